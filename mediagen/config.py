@@ -1,0 +1,92 @@
+"""All configuration in one pydantic-settings class, read from the environment and `.env`.
+
+Every variable is listed, with its default, in `.env-example`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- infrastructure --------------------------------------------------------------------
+    # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see README).
+    database_url: str | None = None
+    redis_url: str | None = None
+    db_pool_max: int = Field(10, ge=1, le=100)
+    embedded_data_dir: Path = Path("./.mediagen")
+
+    # --- generation --------------------------------------------------------------------------
+    replicate_api_token: str = ""
+    replicate_base_url: str = "https://api.replicate.com/v1"
+    replicate_default_model: str = "black-forest-labs/flux-schnell"
+    # Secret (`whsec_...`) that verifies Replicate's webhooks; webhooks are used only when
+    # PUBLIC_BASE_URL is set (the address Replicate can reach us at), else jobs are polled.
+    replicate_webhook_secret: str = ""
+    public_base_url: str = ""
+    replicate_timeout: float = Field(30.0, gt=0)
+    download_timeout: float = Field(120.0, gt=0)
+    download_max_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    # Hosts/networks allowed even though private (for local testing against a fake server).
+    download_allow_private: bool = False
+    max_retries: int = Field(3, ge=0, le=20)
+    retry_delay: float = Field(60.0, ge=0)
+    retry_max_delay: float = Field(900.0, ge=0)
+    job_timeout: float = Field(3600.0, gt=0)
+    poll_interval: float = Field(2.0, gt=0)
+    builtin_latency: float = Field(0.0, ge=0, le=3600)
+    builtin_fault_injection: bool = False
+
+    # --- durability --------------------------------------------------------------------------
+    lease_seconds: float = Field(120.0, gt=0)
+    sweep_interval: float = Field(30.0, gt=0)
+    dispatch_grace: float = Field(30.0, ge=0)
+
+    # --- storage -----------------------------------------------------------------------------
+    storage_type: Literal["local", "s3"] = "local"
+    local_storage_path: Path = Path("./storage/media")
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+    s3_bucket_name: str = "media-generation-bucket"
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_key_prefix: str = ""
+    s3_presign_expiry: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # When set, result URLs are `{MEDIA_BASE_URL}/{key}` (public bucket or CDN), not presigned.
+    media_base_url: str = ""
+
+    # --- API ---------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(65536, ge=1024)
+    max_prompt_length: int = Field(2000, ge=1)
+    min_dimension: int = Field(64, ge=8)
+    max_dimension: int = Field(2048, ge=64)
+
+    # --- worker ------------------------------------------------------------------------------
+    worker_concurrency: int = Field(16, ge=1, le=1000)
+
+    debug: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def provider_name(self) -> str:
+        return "replicate" if self.replicate_api_token else "builtin"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

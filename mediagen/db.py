@@ -1,0 +1,94 @@
+"""Tortoise ORM set-up: one connection pool per process, and versioned migrations.
+
+The schema is created only by migrations (`mediagen migrate`, `make migrate`), never by
+`generate_schemas`. `TORTOISE_ORM` makes the `tortoise` CLI work too:
+`tortoise -c mediagen.db.TORTOISE_ORM makemigrations`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from tortoise import Tortoise, connections
+from tortoise.migrations.api import migrate as _migrate
+
+from mediagen.config import Settings, get_settings
+from mediagen.errors import DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
+
+MODELS = ["mediagen.jobs.models"]
+_initialised = False
+
+
+def database_url(settings: Settings) -> str:
+    """The configured URL with the pool size added (Tortoise reads minsize/maxsize from it)."""
+    if not settings.database_url:
+        raise DatabaseUnavailableError(
+            "DATABASE_URL is not set; `mediagen run` starts an embedded Postgres when it is unset"
+        )
+    parts = urlsplit(settings.database_url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("minsize", "1")
+    query.setdefault("maxsize", str(settings.db_pool_max))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def tortoise_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "connections": {"default": database_url(settings)},
+        "apps": {
+            "jobs": {
+                "models": MODELS,
+                "migrations": "mediagen.jobs.migrations",
+                "default_connection": "default",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """`TORTOISE_ORM`, built from settings only when the `tortoise` CLI asks for it."""
+    if name == "TORTOISE_ORM":
+        return tortoise_config(get_settings())
+    raise AttributeError(name)
+
+
+async def init_db(settings: Settings | None = None) -> None:
+    """Open this process's Tortoise context (once; later calls are no-ops).
+
+    The global fallback lets every task on the process's event loop see the one context,
+    whichever task or thread created it.
+    """
+    global _initialised
+    if _initialised:
+        return
+    await Tortoise.init(config=tortoise_config(settings or get_settings()),
+                        _enable_global_fallback=True)
+    _initialised = True
+
+
+async def close_db() -> None:
+    global _initialised
+    if _initialised:
+        await connections.close_all()
+        await Tortoise.close_connections()
+        _initialised = False
+
+
+async def migrate(settings: Settings | None = None) -> None:
+    """Apply every pending migration (idempotent)."""
+    await _migrate(config=tortoise_config(settings or get_settings()))
+    await Tortoise.close_connections()
+
+
+async def ping() -> None:
+    """One round trip to the database; `DatabaseUnavailableError` when it does not answer."""
+    try:
+        await connections.get("default").execute_query("SELECT 1")
+    except Exception as exc:
+        raise DatabaseUnavailableError(f"database unreachable: {exc}") from exc

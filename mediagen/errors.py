@@ -1,0 +1,72 @@
+"""The one exception tree of mediagen. Services raise these; `mediagen.main` maps them to HTTP.
+
+    MediagenError
+    ├── NotFoundError            404  a job (or file) that does not exist
+    ├── ConflictError            409  the request contradicts the job's current state
+    ├── ServiceUnavailableError  503  a dependency we cannot do without is down
+    │   ├── DatabaseUnavailableError
+    │   └── BrokerUnavailableError
+    ├── ProviderError                 raised by a generation provider
+    │   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
+    │   └── PermanentProviderError    bad input or model failure: fail the job at once
+    └── StorageError                  the result store refused a read or write
+"""
+
+from __future__ import annotations
+
+
+class MediagenError(Exception):
+    """Base of every error mediagen raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFoundError(MediagenError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(MediagenError):
+    status_code = 409
+    code = "conflict"
+
+
+class ServiceUnavailableError(MediagenError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    code = "database_unavailable"
+
+
+class BrokerUnavailableError(ServiceUnavailableError):
+    code = "broker_unavailable"
+
+
+class ProviderError(MediagenError):
+    code = "provider_error"
+    retryable = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **details: object):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class RetryableProviderError(ProviderError):
+    code = "provider_retryable"
+    retryable = True
+
+
+class PermanentProviderError(ProviderError):
+    code = "provider_permanent"
+
+
+class StorageError(MediagenError):
+    code = "storage_error"

@@ -1,0 +1,71 @@
+"""The one place where errors become HTTP answers (`{detail, code, errors?}`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from tortoise.exceptions import DBConnectionError, OperationalError
+
+from mediagen.errors import DatabaseUnavailableError, MediagenError
+
+log = logging.getLogger(__name__)
+
+# What the database driver raises when Postgres is down or the connection dropped.
+_DB_DOWN: tuple[type[BaseException], ...] = (DBConnectionError, OperationalError, OSError,
+                                             ConnectionError)
+try:
+    import asyncpg
+
+    _DB_DOWN += (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                 asyncpg.CannotConnectNowError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _error(status: int, detail: str, code: str, errors: Any = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail, "code": code}
+    if errors is not None:
+        body["errors"] = jsonable_encoder(errors)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(MediagenError)
+    async def _mediagen(_: Request, exc: MediagenError) -> JSONResponse:
+        return _error(exc.status_code, exc.message, exc.code, exc.details or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
+                  for e in exc.errors()]
+        return _error(422, _describe(errors), "validation_error", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error")
+        return _error(exc.status_code, str(exc.detail), code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, _DB_DOWN):
+            log.warning("database unavailable: %s", exc)
+            err = DatabaseUnavailableError("the database is unavailable; try again shortly")
+            return _error(503, err.message, err.code, headers={"Retry-After": "5"})
+        log.exception("unhandled error")
+        return _error(500, "internal server error", "internal_error")

@@ -1,0 +1,53 @@
+"""The job row: the single source of truth for a job's state (Celery's result store is unused)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.models import Model
+
+from mediagen.jobs.states import JobStatus
+
+
+class Job(Model):
+    id = fields.UUIDField(primary_key=True)
+    status = fields.CharEnumField(JobStatus, max_length=16, default=JobStatus.PENDING)
+    prompt = fields.TextField()
+    parameters: dict[str, Any] = fields.JSONField(default=dict)  # type: ignore[assignment]
+    model = fields.CharField(max_length=200, null=True)
+    provider = fields.CharField(max_length=32)
+
+    # Outcome
+    result_key = fields.CharField(max_length=512, null=True)
+    outputs: list[dict[str, Any]] = fields.JSONField(default=list)  # type: ignore[assignment]
+    error = fields.TextField(null=True)
+
+    # Attempts: `attempt` counts starts (1-based once running); `retry_count` counts retries.
+    attempt = fields.IntField(default=0)
+    retry_count = fields.IntField(default=0)
+    prediction_id = fields.CharField(max_length=200, null=True)
+
+    # Durability: when the task was handed to the broker, until when the current owner holds the
+    # job, and when a retry is due. The sweeper re-dispatches whatever these show as stranded.
+    dispatched_at = fields.DatetimeField(null=True)
+    lease_expires_at = fields.DatetimeField(null=True)
+    next_attempt_at = fields.DatetimeField(null=True)
+
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+    started_at = fields.DatetimeField(null=True)
+    completed_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "jobs"
+        indexes = (
+            # The sweeper scans unfinished jobs by state and due time.
+            Index(fields=("status", "lease_expires_at"), name="jobs_status_lease_idx"),
+            Index(fields=("status", "next_attempt_at"), name="jobs_status_next_idx"),
+            Index(fields=("created_at",), name="jobs_created_idx"),
+        )
+
+    def __str__(self) -> str:
+        return f"Job({self.id}, {self.status})"

@@ -1,0 +1,188 @@
+"""The worker side of a job: short async steps, none of which waits for the model.
+
+`start` claims an attempt and creates (or resumes) the upstream prediction; `poll` looks at it
+once; `on_prediction` (shared with webhooks) finishes, fails, or asks to be polled again. Each
+step returns the `Next` step for the task layer to schedule with a countdown, so waiting for a
+model costs a broker message, not a worker slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from mediagen.config import Settings
+from mediagen.errors import PermanentProviderError, ProviderError, StorageError
+from mediagen.jobs import repository as repo
+from mediagen.jobs.models import Job
+from mediagen.jobs.states import JobStatus
+from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
+from mediagen.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+MAX_POLL_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class Next:
+    """The step to run next, after `countdown` seconds."""
+
+    step: Literal["start", "poll"]
+    job_id: str
+    attempt: int | None = None
+    countdown: float = 0.0
+
+
+def backoff(settings: Settings, retries_so_far: int) -> float:
+    """RETRY_DELAY * 2**n, capped at RETRY_MAX_DELAY, with +-10% jitter to spread a herd."""
+    base = min(settings.retry_max_delay, settings.retry_delay * 2**retries_so_far)
+    return min(settings.retry_max_delay, base * random.uniform(0.9, 1.1))
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, provider: Provider, storage: Storage) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.storage = storage
+
+    # --- steps -------------------------------------------------------------------------------
+    async def start(self, job_id: str) -> Next | None:
+        job = await repo.get(job_id)
+        if job is None or job.status.is_terminal:
+            return None
+        if self._expired(job):
+            await self._fail_deadline(job)
+            return None
+        if not await repo.claim(job, self.settings.lease_seconds):
+            return None  # another delivery owns it, or it is not startable
+        attempt = job.attempt + 1
+        request = self._request(job, attempt)
+        log.info("job %s: attempt %d started", job.id, attempt)
+
+        if job.prediction_id:  # resume the earlier attempt's prediction rather than pay twice
+            resumed = await self._resume(job.prediction_id, request)
+            if resumed is not None:
+                return await self.on_prediction(job, attempt, resumed)
+        try:
+            prediction = await self.provider.create(request)
+        except ProviderError as exc:
+            return await self._on_error(job, attempt, exc)
+        if not await repo.renew_lease(job.id, attempt, self.settings.lease_seconds,
+                                      prediction_id=prediction.id):
+            await self._cancel_quietly(prediction.id)  # we lost the job while creating
+            return None
+        if not prediction.status.is_terminal and prediction.poll_after == 0:
+            return await self._poll_now(job, attempt, prediction.id, request)
+        return await self.on_prediction(job, attempt, prediction)
+
+    async def poll(self, job_id: str, attempt: int) -> Next | None:
+        job = await repo.get(job_id)
+        if (job is None or job.status is not JobStatus.PROCESSING or job.attempt != attempt
+                or not job.prediction_id):
+            return None  # stale: finished, retried, or owned by a newer attempt
+        if self._expired(job):
+            await self._fail_deadline(job)
+            return None
+        return await self._poll_now(job, attempt, job.prediction_id, self._request(job, attempt))
+
+    async def on_prediction(self, job: Job, attempt: int, prediction: Prediction) -> Next | None:
+        """Act on what upstream says of the prediction (from a poll or a webhook)."""
+        if prediction.status is PredictionStatus.SUCCEEDED:
+            return await self._finish(job, attempt, prediction)
+        if prediction.status is PredictionStatus.FAILED:
+            await repo.fail(job.id, f"generation failed: {prediction.error or 'no reason given'}",
+                            attempt)
+            return None
+        if prediction.status is PredictionStatus.CANCELED:
+            await repo.fail(job.id, "the prediction was canceled upstream", attempt)
+            return None
+        if not await repo.renew_lease(job.id, attempt, self._lease_for(prediction)):
+            return None
+        wait = self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
+        return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
+
+    # --- helpers -----------------------------------------------------------------------------
+    async def _poll_now(self, job: Job, attempt: int, prediction_id: str,
+                        request: GenerationRequest) -> Next | None:
+        try:
+            prediction = await self.provider.get(prediction_id, request)
+        except PermanentProviderError as exc:
+            await repo.fail(job.id, exc.message, attempt)
+            return None
+        except ProviderError as exc:
+            # A failed look is not a failed generation: look again; the deadline bounds this.
+            await repo.renew_lease(job.id, attempt, self.settings.lease_seconds)
+            wait = exc.retry_after or self.settings.poll_interval
+            return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
+        return await self.on_prediction(job, attempt, prediction)
+
+    async def _finish(self, job: Job, attempt: int, prediction: Prediction) -> Next | None:
+        outputs: list[dict[str, Any]] = []
+        try:
+            if not prediction.outputs:
+                raise PermanentProviderError("the prediction succeeded without any output")
+            for index, output in enumerate(prediction.outputs):
+                fetched = await self.provider.fetch(output)
+                key = self.storage.key_for(str(job.id), index, fetched.ext)
+                size = await self.storage.save(key, fetched.body, fetched.content_type)
+                outputs.append({"key": key, "content_type": fetched.content_type, "size": size})
+        except (ProviderError, StorageError) as exc:
+            return await self._on_error(job, attempt, exc)
+        if await repo.complete(job.id, attempt, outputs[0]["key"], outputs):
+            log.info("job %s: completed on attempt %d", job.id, attempt)
+        return None
+
+    async def _on_error(self, job: Job, attempt: int, exc: ProviderError | StorageError) -> Next | None:
+        retryable = isinstance(exc, StorageError) or getattr(exc, "retryable", False)
+        if not retryable:
+            await repo.fail(job.id, exc.message, attempt)
+            return None
+        if job.retry_count >= self.settings.max_retries:
+            await repo.fail(job.id, f"gave up after {job.retry_count} retries: {exc.message}",
+                            attempt)
+            return None
+        delay = backoff(self.settings, job.retry_count)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            delay = max(delay, min(retry_after, self.settings.retry_max_delay))
+        if not await repo.schedule_retry(job, attempt, exc.message, delay):
+            return None
+        log.warning("job %s: attempt %d failed (%s); retry in %.1fs", job.id, attempt,
+                    exc.message, delay)
+        return Next("start", str(job.id), None, delay)
+
+    async def _resume(self, prediction_id: str, request: GenerationRequest) -> Prediction | None:
+        try:
+            prediction = await self.provider.get(prediction_id, request)
+        except ProviderError:
+            return None
+        return None if prediction.status in (PredictionStatus.FAILED,
+                                             PredictionStatus.CANCELED) else prediction
+
+    async def _fail_deadline(self, job: Job) -> None:
+        if job.prediction_id and job.status is JobStatus.PROCESSING:
+            await self._cancel_quietly(job.prediction_id)
+        await repo.fail(job.id, f"deadline exceeded: not finished within JOB_TIMEOUT="
+                                f"{self.settings.job_timeout:g}s")
+
+    async def _cancel_quietly(self, prediction_id: str) -> None:
+        try:
+            await self.provider.cancel(prediction_id)
+        except ProviderError as exc:
+            log.warning("cancel of prediction %s failed: %s", prediction_id, exc)
+
+    def _expired(self, job: Job) -> bool:
+        return repo.now() > job.created_at + timedelta(seconds=self.settings.job_timeout)
+
+    def _lease_for(self, prediction: Prediction) -> float:
+        wait = prediction.poll_after or self.settings.poll_interval
+        return self.settings.lease_seconds + min(wait, MAX_POLL_WAIT)
+
+    def _request(self, job: Job, attempt: int) -> GenerationRequest:
+        return GenerationRequest(job_id=str(job.id), prompt=job.prompt,
+                                 parameters=dict(job.parameters), model=job.model,
+                                 attempt=attempt)

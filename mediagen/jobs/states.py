@@ -1,0 +1,36 @@
+"""The job state machine. Every move is a compare-and-set on the current state (see repository).
+
+    pending ──> processing ──> completed
+       │          │   ▲
+       │          ▼   │
+       │        retrying
+       │          │
+       └────────> failed  <── (processing, retrying)
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+# The states each state may be entered from. Nothing leaves a terminal state.
+ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.RETRYING}),
+    JobStatus.RETRYING: frozenset({JobStatus.PROCESSING}),
+    JobStatus.COMPLETED: frozenset({JobStatus.PROCESSING}),
+    JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.RETRYING}),
+}

@@ -1,0 +1,81 @@
+"""The FastAPI application: `uvicorn mediagen.main:app` (or `mediagen api`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+
+from mediagen import __version__, errors_http, health
+from mediagen.config import Settings, get_settings
+from mediagen.db import close_db, init_db
+from mediagen.jobs.router import router as jobs_router
+from mediagen.limits import BodySizeLimit
+from mediagen.storage import create_storage
+from mediagen.storage.local import LocalStorage
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """
+Submit a prompt with `POST /api/v1/generate`, get a job id at once, then follow the job with
+`GET /api/v1/status/{job_id}` until it is `completed` (or `failed`) and fetch `result_url`.
+
+Job states: `pending` -> `processing` -> `completed`; `processing` -> `retrying` -> `processing`
+on transient errors (exponential backoff, at most `MAX_RETRIES`); any unfinished state ->
+`failed`. Errors are JSON: `{"detail": "...", "code": "...", "errors": [...]}`.
+"""
+
+
+def configure_logging(settings: Settings) -> None:
+    level = logging.DEBUG if settings.debug else getattr(logging, settings.log_level.upper(),
+                                                         logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    storage = create_storage(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await init_db(settings)
+        app.state.redis = aioredis.from_url(settings.redis_url or "redis://localhost:6379/0",
+                                            socket_connect_timeout=2, socket_timeout=2)
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+            await storage.close()
+            await close_db()
+
+    app = FastAPIOffline(
+        title="mediagen",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        debug=settings.debug,
+    )
+    app.state.settings = settings
+    app.state.storage = storage
+    app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(health.router, prefix=API_PREFIX)
+    errors_http.install(app)
+    if isinstance(storage, LocalStorage):
+        storage.root.mkdir(parents=True, exist_ok=True)
+        # StaticFiles refuses paths outside the directory and sets content types.
+        app.mount("/media", StaticFiles(directory=storage.root), name="media")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`mediagen.main:app` for uvicorn, built on first access (so importing is cheap)."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,90 @@
+"""The built-in provider: real images, offline, behind the same non-blocking interface as Replicate.
+
+A prediction's id carries its creation time, so `get` can tell from the clock alone whether the
+simulated latency (`BUILTIN_LATENCY`) has passed: no task sleeps, no state is kept in memory.
+
+Fault injection (`BUILTIN_FAULT_INJECTION=true`, for tests and chaos drills only) reads
+directives in the prompt: `[fault:transient=N]` fails the first N attempts with a retryable
+error, `[fault:permanent]` fails every attempt with a permanent one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+from mediagen.errors import PermanentProviderError, RetryableProviderError
+from mediagen.providers.base import (
+    Fetched,
+    GenerationRequest,
+    Output,
+    Prediction,
+    PredictionStatus,
+)
+from mediagen.providers.render import CONTENT_TYPES, render
+
+_TRANSIENT = re.compile(r"\[fault:transient=(\d+)\]")
+_PERMANENT = "[fault:permanent]"
+
+
+class BuiltinProvider:
+    name = "builtin"
+
+    def __init__(self, latency: float = 0.0, fault_injection: bool = False) -> None:
+        self.latency = latency
+        self.fault_injection = fault_injection
+
+    def _inject_faults(self, request: GenerationRequest) -> None:
+        if not self.fault_injection:
+            return
+        if _PERMANENT in request.prompt:
+            raise PermanentProviderError("injected permanent fault: the model rejected the input")
+        match = _TRANSIENT.search(request.prompt)
+        if match and request.attempt <= int(match.group(1)):
+            raise RetryableProviderError(
+                f"injected transient fault on attempt {request.attempt} of {match.group(1)}"
+            )
+
+    async def create(self, request: GenerationRequest) -> Prediction:
+        self._inject_faults(request)
+        prediction_id = f"builtin-{request.job_id}-{request.attempt}-{time.time_ns() // 1_000_000}"
+        return Prediction(prediction_id, PredictionStatus.PROCESSING, poll_after=self.latency)
+
+    async def get(self, prediction_id: str, request: GenerationRequest) -> Prediction:
+        try:
+            created_ms = int(prediction_id.rsplit("-", 1)[1])
+        except (IndexError, ValueError) as exc:
+            raise PermanentProviderError(f"unknown prediction {prediction_id!r}") from exc
+        remaining = created_ms / 1000 + self.latency - time.time()
+        if remaining > 0:
+            return Prediction(prediction_id, PredictionStatus.PROCESSING, poll_after=remaining)
+        params = request.parameters
+        fmt = str(params.get("output_format", "png"))
+        count = int(params.get("num_outputs", 1))
+        seed = params.get("seed")
+        outputs = []
+        for index in range(count):
+            data = await asyncio.to_thread(
+                render,
+                request.prompt,
+                int(params.get("width", 1024)),
+                int(params.get("height", 1024)),
+                None if seed is None else int(seed) + index,
+                int(params.get("num_inference_steps", 50)),
+                fmt,
+            )
+            outputs.append(Output(data=data, content_type=CONTENT_TYPES[fmt]))
+        return Prediction(prediction_id, PredictionStatus.SUCCEEDED, outputs=outputs)
+
+    async def cancel(self, prediction_id: str) -> None:
+        return None
+
+    async def fetch(self, output: Output) -> Fetched:
+        if output.data is None or output.content_type is None:
+            raise PermanentProviderError("built-in output has no data")
+        ext = output.content_type.split("/", 1)[1].replace("jpeg", "jpg")
+        return Fetched(body=output.data, content_type=output.content_type, ext=ext)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,164 @@
+"""The Celery application and the per-process runtime its tasks run on.
+
+Real module path for Celery's CLI: `celery -A mediagen.worker inspect ping`.
+
+Each worker process owns one asyncio event loop, running in a daemon thread, with one Tortoise
+connection pool, one provider and one storage client on it. Tasks are thin: they submit a
+coroutine to that loop and publish the step it returns. Because no step waits for a model,
+a handful of pool threads keep thousands of jobs in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+
+from mediagen.config import Settings, get_settings
+from mediagen.db import close_db, init_db
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+QUEUE = "mediagen"
+HEARTBEAT_PREFIX = "mediagen:worker:"
+HEARTBEAT_TTL = 15
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("mediagen", include=["mediagen.jobs.tasks"])
+    app.conf.update(
+        broker_url=settings.redis_url or "redis://localhost:6379/0",
+        result_backend=None,
+        task_ignore_result=True,
+        task_default_queue=QUEUE,
+        task_routes={"mediagen.*": {"queue": QUEUE}},
+        # A task is acknowledged after it ran; if its process dies the job's lease (not the
+        # broker) brings it back, so no endless redelivery loop.
+        task_acks_late=True,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=8,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2.0,
+        broker_transport_options={
+            # Countdowns never exceed RETRY_MAX_DELAY; keep the redelivery window well above it.
+            "visibility_timeout": max(3600, int(settings.retry_max_delay * 2)),
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+        beat_schedule={
+            "sweep": {"task": "mediagen.jobs.sweep", "schedule": settings.sweep_interval,
+                      "options": {"expires": settings.sweep_interval}},
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())
+app = celery_app  # `celery -A mediagen.worker` finds `app`
+
+
+class Runtime:
+    """One event loop thread, Tortoise pool, provider and storage per worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mediagen.jobs.pipeline import Pipeline
+        from mediagen.providers import create_provider
+        from mediagen.storage import create_storage
+
+        self.settings = settings
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mediagen-loop",
+                                        daemon=True)
+        self._thread.start()
+        self.provider = create_provider(settings)
+        self.storage = create_storage(settings)
+        self.pipeline = Pipeline(settings, self.provider, self.storage)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.run(self._open())
+
+    async def _open(self) -> None:
+        await init_db(self.settings)
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        """Announce this process in Redis so the API's health check can count live workers."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.settings.redis_url or "redis://localhost:6379/0")
+        key = f"{HEARTBEAT_PREFIX}{socket.gethostname()}:{self.pid}"
+        try:
+            while True:
+                try:
+                    await client.set(key, "alive", ex=HEARTBEAT_TTL)
+                except Exception as exc:  # the broker being down is reported by health
+                    log.debug("heartbeat failed: %s", exc)
+                await asyncio.sleep(HEARTBEAT_TTL / 3)
+        finally:
+            await client.aclose()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on this process's loop and wait for it (from a pool thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _close(self) -> None:
+        if self._heartbeat:
+            self._heartbeat.cancel()
+        await self.provider.close()
+        await self.storage.close()
+        await close_db()
+
+    def close(self) -> None:
+        try:
+            self.run(self._close(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """This process's runtime, created on first use after any fork (keyed by PID)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = Runtime(get_settings())
+        return _runtime
+
+
+@worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    runtime()  # prefork children: open the loop and pool after the fork
+
+
+@worker_ready.connect
+def _on_ready(**_: Any) -> None:
+    runtime()  # threads/solo pools: open them in the main process
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.close()
+            _runtime = None
