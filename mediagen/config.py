@@ -14,7 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # `.mediagen/embedded.env` is written by `mediagen run` while it runs embedded servers, so
+    # other commands (`celery -A mediagen.worker inspect ping`, `mediagen migrate`) find them.
+    model_config = SettingsConfigDict(
+        env_file=(".env", ".mediagen/embedded.env"), extra="ignore", case_sensitive=False
+    )
 
     # --- infrastructure --------------------------------------------------------------------
     # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see README).

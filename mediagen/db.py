@@ -67,8 +67,9 @@ async def init_db(settings: Settings | None = None) -> None:
     global _initialised
     if _initialised:
         return
-    await Tortoise.init(config=tortoise_config(settings or get_settings()),
-                        _enable_global_fallback=True)
+    await Tortoise.init(
+        config=tortoise_config(settings or get_settings()), _enable_global_fallback=True
+    )
     _initialised = True
 
 

@@ -1,15 +1,15 @@
 """The one exception tree of mediagen. Services raise these; `mediagen.main` maps them to HTTP.
 
-    MediagenError
-    ├── NotFoundError            404  a job (or file) that does not exist
-    ├── ConflictError            409  the request contradicts the job's current state
-    ├── ServiceUnavailableError  503  a dependency we cannot do without is down
-    │   ├── DatabaseUnavailableError
-    │   └── BrokerUnavailableError
-    ├── ProviderError                 raised by a generation provider
-    │   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
-    │   └── PermanentProviderError    bad input or model failure: fail the job at once
-    └── StorageError                  the result store refused a read or write
+MediagenError
+├── NotFoundError            404  a job (or file) that does not exist
+├── ConflictError            409  the request contradicts the job's current state
+├── ServiceUnavailableError  503  a dependency we cannot do without is down
+│   ├── DatabaseUnavailableError
+│   └── BrokerUnavailableError
+├── ProviderError                 raised by a generation provider
+│   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
+│   └── PermanentProviderError    bad input or model failure: fail the job at once
+└── StorageError                  the result store refused a read or write
 """
 
 from __future__ import annotations

@@ -17,19 +17,27 @@ from mediagen.errors import DatabaseUnavailableError, MediagenError
 log = logging.getLogger(__name__)
 
 # What the database driver raises when Postgres is down or the connection dropped.
-_DB_DOWN: tuple[type[BaseException], ...] = (DBConnectionError, OperationalError, OSError,
-                                             ConnectionError)
+_DB_DOWN: tuple[type[BaseException], ...] = (
+    DBConnectionError,
+    OperationalError,
+    OSError,
+    ConnectionError,
+)
 try:
     import asyncpg
 
-    _DB_DOWN += (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                 asyncpg.CannotConnectNowError)
+    _DB_DOWN += (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+    )
 except ImportError:  # pragma: no cover
     pass
 
 
-def _error(status: int, detail: str, code: str, errors: Any = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, detail: str, code: str, errors: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail, "code": code}
     if errors is not None:
         body["errors"] = jsonable_encoder(errors)
@@ -51,15 +59,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
-                  for e in exc.errors()]
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return _error(422, _describe(errors), "validation_error", errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error")
-        return _error(exc.status_code, str(exc.detail), code, headers=exc.headers)
+            exc.status_code, "http_error"
+        )
+        return _error(exc.status_code, str(exc.detail), code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -41,8 +41,12 @@ async def _timed(probe: Callable[[], Awaitable[str | None]]) -> Check:
     return Check(ok=ok, latency_ms=round((time.perf_counter() - started) * 1000, 2), detail=detail)
 
 
-@router.get("/health", response_model=Health, summary="Service health",
-            responses={503: {"model": Health, "description": "A dependency is down."}})
+@router.get(
+    "/health",
+    response_model=Health,
+    summary="Service health",
+    responses={503: {"model": Health, "description": "A dependency is down."}},
+)
 async def health(request: Request) -> Any:
     """200 when the database, broker, at least one worker and the storage all answer; 503 with
     each check's detail otherwise."""
@@ -65,8 +69,9 @@ async def health(request: Request) -> Any:
         await state.storage.check()
         return str(state.storage.name)
 
-    results = await asyncio.gather(_timed(database), _timed(broker), _timed(workers),
-                                   _timed(storage))
+    results = await asyncio.gather(
+        _timed(database), _timed(broker), _timed(workers), _timed(storage)
+    )
     checks = dict(zip(("database", "broker", "workers", "storage"), results, strict=True))
     healthy = all(c.ok for c in checks.values())
     body = Health(status="ok" if healthy else "unavailable", version=__version__, checks=checks)

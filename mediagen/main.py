@@ -32,8 +32,11 @@ on transient errors (exponential backoff, at most `MAX_RETRIES`); any unfinished
 
 
 def configure_logging(settings: Settings) -> None:
-    level = logging.DEBUG if settings.debug else getattr(logging, settings.log_level.upper(),
-                                                         logging.INFO)
+    level = (
+        logging.DEBUG
+        if settings.debug
+        else getattr(logging, settings.log_level.upper(), logging.INFO)
+    )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -45,8 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await init_db(settings)
-        app.state.redis = aioredis.from_url(settings.redis_url or "redis://localhost:6379/0",
-                                            socket_connect_timeout=2, socket_timeout=2)
+        app.state.redis = aioredis.from_url(
+            settings.redis_url or "redis://localhost:6379/0",
+            socket_connect_timeout=2,
+            socket_timeout=2,
+        )
         try:
             yield
         finally:

@@ -19,7 +19,12 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
@@ -55,11 +60,18 @@ def make_celery(settings: Settings) -> Celery:
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
         },
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1,
-                                   "interval_step": 0.2, "interval_max": 0.5},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         beat_schedule={
-            "sweep": {"task": "mediagen.jobs.sweep", "schedule": settings.sweep_interval,
-                      "options": {"expires": settings.sweep_interval}},
+            "sweep": {
+                "task": "mediagen.jobs.sweep",
+                "schedule": settings.sweep_interval,
+                "options": {"expires": settings.sweep_interval},
+            },
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
@@ -83,8 +95,9 @@ class Runtime:
         self.settings = settings
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="mediagen-loop",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="mediagen-loop", daemon=True
+        )
         self._thread.start()
         self.provider = create_provider(settings)
         self.storage = create_storage(settings)

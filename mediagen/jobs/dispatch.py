@@ -18,8 +18,13 @@ def send(step: Next) -> bool:
     """Publish one step; False (logged) if the broker did not take it."""
     args: list[object] = [step.job_id] if step.attempt is None else [step.job_id, step.attempt]
     try:
-        celery_app.send_task(f"mediagen.jobs.{step.step}", args=args, queue=QUEUE,
-                             countdown=step.countdown or None, retry=True)
+        celery_app.send_task(
+            f"mediagen.jobs.{step.step}",
+            args=args,
+            queue=QUEUE,
+            countdown=step.countdown or None,
+            retry=True,
+        )
     except Exception as exc:  # broker down or refusing: the sweeper will dispatch it later
         log.warning("could not publish %s for job %s: %s", step.step, step.job_id, exc)
         return False

@@ -15,13 +15,13 @@ class Job(Model):
     id = fields.UUIDField(primary_key=True)
     status = fields.CharEnumField(JobStatus, max_length=16, default=JobStatus.PENDING)
     prompt = fields.TextField()
-    parameters: dict[str, Any] = fields.JSONField(default=dict)  # type: ignore[assignment]
+    parameters: dict[str, Any] = fields.JSONField(default=dict)
     model = fields.CharField(max_length=200, null=True)
     provider = fields.CharField(max_length=32)
 
     # Outcome
     result_key = fields.CharField(max_length=512, null=True)
-    outputs: list[dict[str, Any]] = fields.JSONField(default=list)  # type: ignore[assignment]
+    outputs: list[dict[str, Any]] = fields.JSONField(default=list)
     error = fields.TextField(null=True)
 
     # Attempts: `attempt` counts starts (1-based once running); `retry_count` counts retries.

@@ -40,7 +40,7 @@ class Next:
 def backoff(settings: Settings, retries_so_far: int) -> float:
     """RETRY_DELAY * 2**n, capped at RETRY_MAX_DELAY, with +-10% jitter to spread a herd."""
     base = min(settings.retry_max_delay, settings.retry_delay * 2**retries_so_far)
-    return min(settings.retry_max_delay, base * random.uniform(0.9, 1.1))
+    return float(min(settings.retry_max_delay, base * random.uniform(0.9, 1.1)))
 
 
 class Pipeline:
@@ -71,8 +71,9 @@ class Pipeline:
             prediction = await self.provider.create(request)
         except ProviderError as exc:
             return await self._on_error(job, attempt, exc)
-        if not await repo.renew_lease(job.id, attempt, self.settings.lease_seconds,
-                                      prediction_id=prediction.id):
+        if not await repo.renew_lease(
+            job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id
+        ):
             await self._cancel_quietly(prediction.id)  # we lost the job while creating
             return None
         if not prediction.status.is_terminal and prediction.poll_after == 0:
@@ -81,8 +82,12 @@ class Pipeline:
 
     async def poll(self, job_id: str, attempt: int) -> Next | None:
         job = await repo.get(job_id)
-        if (job is None or job.status is not JobStatus.PROCESSING or job.attempt != attempt
-                or not job.prediction_id):
+        if (
+            job is None
+            or job.status is not JobStatus.PROCESSING
+            or job.attempt != attempt
+            or not job.prediction_id
+        ):
             return None  # stale: finished, retried, or owned by a newer attempt
         if self._expired(job):
             await self._fail_deadline(job)
@@ -94,20 +99,24 @@ class Pipeline:
         if prediction.status is PredictionStatus.SUCCEEDED:
             return await self._finish(job, attempt, prediction)
         if prediction.status is PredictionStatus.FAILED:
-            await repo.fail(job.id, f"generation failed: {prediction.error or 'no reason given'}",
-                            attempt)
+            await repo.fail(
+                job.id, f"generation failed: {prediction.error or 'no reason given'}", attempt
+            )
             return None
         if prediction.status is PredictionStatus.CANCELED:
             await repo.fail(job.id, "the prediction was canceled upstream", attempt)
             return None
         if not await repo.renew_lease(job.id, attempt, self._lease_for(prediction)):
             return None
-        wait = self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
+        wait = (
+            self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
+        )
         return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
 
     # --- helpers -----------------------------------------------------------------------------
-    async def _poll_now(self, job: Job, attempt: int, prediction_id: str,
-                        request: GenerationRequest) -> Next | None:
+    async def _poll_now(
+        self, job: Job, attempt: int, prediction_id: str, request: GenerationRequest
+    ) -> Next | None:
         try:
             prediction = await self.provider.get(prediction_id, request)
         except PermanentProviderError as exc:
@@ -136,14 +145,17 @@ class Pipeline:
             log.info("job %s: completed on attempt %d", job.id, attempt)
         return None
 
-    async def _on_error(self, job: Job, attempt: int, exc: ProviderError | StorageError) -> Next | None:
+    async def _on_error(
+        self, job: Job, attempt: int, exc: ProviderError | StorageError
+    ) -> Next | None:
         retryable = isinstance(exc, StorageError) or getattr(exc, "retryable", False)
         if not retryable:
             await repo.fail(job.id, exc.message, attempt)
             return None
         if job.retry_count >= self.settings.max_retries:
-            await repo.fail(job.id, f"gave up after {job.retry_count} retries: {exc.message}",
-                            attempt)
+            await repo.fail(
+                job.id, f"gave up after {job.retry_count} retries: {exc.message}", attempt
+            )
             return None
         delay = backoff(self.settings, job.retry_count)
         retry_after = getattr(exc, "retry_after", None)
@@ -151,8 +163,9 @@ class Pipeline:
             delay = max(delay, min(retry_after, self.settings.retry_max_delay))
         if not await repo.schedule_retry(job, attempt, exc.message, delay):
             return None
-        log.warning("job %s: attempt %d failed (%s); retry in %.1fs", job.id, attempt,
-                    exc.message, delay)
+        log.warning(
+            "job %s: attempt %d failed (%s); retry in %.1fs", job.id, attempt, exc.message, delay
+        )
         return Next("start", str(job.id), None, delay)
 
     async def _resume(self, prediction_id: str, request: GenerationRequest) -> Prediction | None:
@@ -160,14 +173,19 @@ class Pipeline:
             prediction = await self.provider.get(prediction_id, request)
         except ProviderError:
             return None
-        return None if prediction.status in (PredictionStatus.FAILED,
-                                             PredictionStatus.CANCELED) else prediction
+        return (
+            None
+            if prediction.status in (PredictionStatus.FAILED, PredictionStatus.CANCELED)
+            else prediction
+        )
 
     async def _fail_deadline(self, job: Job) -> None:
         if job.prediction_id and job.status is JobStatus.PROCESSING:
             await self._cancel_quietly(job.prediction_id)
-        await repo.fail(job.id, f"deadline exceeded: not finished within JOB_TIMEOUT="
-                                f"{self.settings.job_timeout:g}s")
+        await repo.fail(
+            job.id,
+            f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
+        )
 
     async def _cancel_quietly(self, prediction_id: str) -> None:
         try:
@@ -183,6 +201,10 @@ class Pipeline:
         return self.settings.lease_seconds + min(wait, MAX_POLL_WAIT)
 
     def _request(self, job: Job, attempt: int) -> GenerationRequest:
-        return GenerationRequest(job_id=str(job.id), prompt=job.prompt,
-                                 parameters=dict(job.parameters), model=job.model,
-                                 attempt=attempt)
+        return GenerationRequest(
+            job_id=str(job.id),
+            prompt=job.prompt,
+            parameters=dict(job.parameters),
+            model=job.model,
+            attempt=attempt,
+        )

@@ -45,30 +45,34 @@ async def claim(job: Job, lease_seconds: float) -> bool:
     owner died before it recorded a prediction (its lease expired)."""
     moment = now()
     stranded = Q(status=JobStatus.PROCESSING, lease_expires_at__lt=moment, prediction_id=None)
-    updated = await (
-        Job.filter(Q(status__in=[JobStatus.PENDING, JobStatus.RETRYING]) | stranded,
-                   id=job.id, attempt=job.attempt)
-        .update(
-            status=JobStatus.PROCESSING,
-            attempt=F("attempt") + 1,
-            lease_expires_at=moment + timedelta(seconds=lease_seconds),
-            started_at=job.started_at or moment,
-            next_attempt_at=None,
-            updated_at=moment,
-        )
+    updated = await Job.filter(
+        Q(status__in=[JobStatus.PENDING, JobStatus.RETRYING]) | stranded,
+        id=job.id,
+        attempt=job.attempt,
+    ).update(
+        status=JobStatus.PROCESSING,
+        attempt=F("attempt") + 1,
+        lease_expires_at=moment + timedelta(seconds=lease_seconds),
+        started_at=job.started_at or moment,
+        next_attempt_at=None,
+        updated_at=moment,
     )
     return updated == 1
 
 
 async def update_running(job_id: uuid.UUID | str, attempt: int, **fields: Any) -> bool:
     """Write to a processing job only while `attempt` still owns it."""
-    return await Job.filter(id=job_id, status=JobStatus.PROCESSING, attempt=attempt).update(
-        updated_at=now(), **fields
-    ) == 1
+    return (
+        await Job.filter(id=job_id, status=JobStatus.PROCESSING, attempt=attempt).update(
+            updated_at=now(), **fields
+        )
+        == 1
+    )
 
 
-async def renew_lease(job_id: uuid.UUID | str, attempt: int, lease_seconds: float,
-                      **fields: Any) -> bool:
+async def renew_lease(
+    job_id: uuid.UUID | str, attempt: int, lease_seconds: float, **fields: Any
+) -> bool:
     return await update_running(
         job_id, attempt, lease_expires_at=now() + timedelta(seconds=lease_seconds), **fields
     )
@@ -95,14 +99,26 @@ async def schedule_retry(job: Job, attempt: int, error: str, delay: float) -> bo
 async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) -> bool:
     moment = now()
     return await transition(
-        job_id, JobStatus.FAILED, attempt=attempt, error=error, completed_at=moment,
-        lease_expires_at=None, next_attempt_at=None,
+        job_id,
+        JobStatus.FAILED,
+        attempt=attempt,
+        error=error,
+        completed_at=moment,
+        lease_expires_at=None,
+        next_attempt_at=None,
     )
 
 
-async def complete(job_id: uuid.UUID | str, attempt: int, result_key: str,
-                   outputs: list[dict[str, Any]]) -> bool:
+async def complete(
+    job_id: uuid.UUID | str, attempt: int, result_key: str, outputs: list[dict[str, Any]]
+) -> bool:
     return await transition(
-        job_id, JobStatus.COMPLETED, attempt=attempt, result_key=result_key, outputs=outputs,
-        error=None, completed_at=now(), lease_expires_at=None,
+        job_id,
+        JobStatus.COMPLETED,
+        attempt=attempt,
+        result_key=result_key,
+        outputs=outputs,
+        error=None,
+        completed_at=now(),
+        lease_expires_at=None,
     )

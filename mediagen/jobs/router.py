@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -17,8 +18,10 @@ from mediagen.jobs.schemas import (
 
 router = APIRouter(tags=["jobs"])
 
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job has this id."},
-              422: {"model": ErrorResponse, "description": "The job id is not a UUID."}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No job has this id."},
+    422: {"model": ErrorResponse, "description": "The job id is not a UUID."},
+}
 
 
 @router.post(
@@ -43,15 +46,23 @@ async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
     )
 
 
-@router.get("/status/{job_id}", response_model=JobStatusResponse, responses=_NOT_FOUND,
-            summary="Get a job's status")
+@router.get(
+    "/status/{job_id}",
+    response_model=JobStatusResponse,
+    responses=_NOT_FOUND,
+    summary="Get a job's status",
+)
 async def get_status(job_id: uuid.UUID, request: Request) -> JobStatusResponse:
     job = await service.get_job(job_id)
     return await service.status_of(job, request.app.state.storage)
 
 
-@router.get("/jobs/{job_id}", response_model=JobDetail, responses=_NOT_FOUND,
-            summary="Get a job's full details")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobDetail,
+    responses=_NOT_FOUND,
+    summary="Get a job's full details",
+)
 async def get_job(job_id: uuid.UUID, request: Request) -> JobDetail:
     job = await service.get_job(job_id)
     return await service.detail_of(job, request.app.state.storage, request.app.state.settings)

@@ -33,7 +33,9 @@ class GenerationParameters(BaseModel):
     width: int = Field(1024, description="Image width in pixels, a multiple of 8.")
     height: int = Field(1024, description="Image height in pixels, a multiple of 8.")
     num_inference_steps: int = Field(50, ge=1, le=150)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Same prompt + seed, same image.")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Same prompt + seed, same image."
+    )
     output_format: Literal["png", "jpg", "jpeg", "webp"] = "png"
     num_outputs: int = Field(1, ge=1, le=4)
     guidance_scale: float | None = Field(None, ge=0, le=50)
@@ -60,7 +62,9 @@ class GenerationParameters(BaseModel):
                 raise ValueError(f"parameter name {key!r} is not an identifier")
             values = value if isinstance(value, list) else [value]
             if len(values) > 64 or not all(isinstance(v, Scalar) for v in values):
-                raise ValueError(f"parameter {key!r} must be a scalar or a list of up to 64 scalars")
+                raise ValueError(
+                    f"parameter {key!r} must be a scalar or a list of up to 64 scalars"
+                )
             if any(isinstance(v, str) and len(v) > 10_000 for v in values):
                 raise ValueError(f"parameter {key!r} is longer than 10000 characters")
         return self

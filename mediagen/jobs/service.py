@@ -53,8 +53,9 @@ async def status_of(job: Job, storage: Storage) -> JobStatusResponse:
 
 async def detail_of(job: Job, storage: Storage, settings: Settings) -> JobDetail:
     outputs = [
-        OutputInfo(url=await storage.url_for(o["key"]), content_type=o["content_type"],
-                   size=o["size"])
+        OutputInfo(
+            url=await storage.url_for(o["key"]), content_type=o["content_type"], size=o["size"]
+        )
         for o in job.outputs
     ]
     duration = (job.completed_at - job.created_at).total_seconds() if job.completed_at else None

@@ -1,11 +1,11 @@
 """The job state machine. Every move is a compare-and-set on the current state (see repository).
 
-    pending ──> processing ──> completed
-       │          │   ▲
-       │          ▼   │
-       │        retrying
-       │          │
-       └────────> failed  <── (processing, retrying)
+pending ──> processing ──> completed
+   │          │   ▲
+   │          ▼   │
+   │        retrying
+   │          │
+   └────────> failed  <── (processing, retrying)
 """
 
 from __future__ import annotations

@@ -37,33 +37,47 @@ async def sweep(pipeline: Pipeline) -> list[Next]:
     for job in expired:
         await pipeline._fail_deadline(job)
 
-    pending = await Job.filter(
-        Q(dispatched_at=None, created_at__lt=moment - grace) | Q(dispatched_at__lt=moment - lease),
-        status=JobStatus.PENDING,
-    ).limit(BATCH).values_list("id", flat=True)
-    if pending:
-        await repo.mark_dispatched(pending)
-        steps += [Next("start", str(job_id)) for job_id in pending]
+    # Whatever this sweep re-sends is stamped, so the next sweeps leave it alone a while.
+    recent = moment - timedelta(seconds=max(2 * settings.sweep_interval, settings.dispatch_grace))
+    not_recently_sent = Q(dispatched_at=None) | Q(dispatched_at__lt=recent)
 
-    overdue = await Job.filter(
-        status=JobStatus.RETRYING, next_attempt_at__lt=moment - grace
-    ).limit(BATCH).values_list("id", flat=True)
-    if overdue:
-        await Job.filter(id__in=overdue, status=JobStatus.RETRYING).update(next_attempt_at=moment)
-        steps += [Next("start", str(job_id)) for job_id in overdue]
+    pending = (
+        await Job.filter(
+            Q(dispatched_at=None, created_at__lt=moment - grace)
+            | Q(dispatched_at__lt=moment - lease),
+            status=JobStatus.PENDING,
+        )
+        .limit(BATCH)
+        .values_list("id", flat=True)
+    )
+    steps += [Next("start", str(job_id)) for job_id in pending]
 
-    stranded = await Job.filter(
-        status=JobStatus.PROCESSING, lease_expires_at__lt=moment
-    ).limit(BATCH).values("id", "attempt", "prediction_id")
+    overdue = (
+        await Job.filter(
+            not_recently_sent, status=JobStatus.RETRYING, next_attempt_at__lt=moment - grace
+        )
+        .limit(BATCH)
+        .values_list("id", flat=True)
+    )
+    steps += [Next("start", str(job_id)) for job_id in overdue]
+
+    stranded = (
+        await Job.filter(
+            not_recently_sent, status=JobStatus.PROCESSING, lease_expires_at__lt=moment
+        )
+        .limit(BATCH)
+        .values("id", "attempt", "prediction_id")
+    )
     for row in stranded:
-        job_id, attempt = str(row["id"]), row["attempt"]
-        if row["prediction_id"]:
-            # Hold the lease a while so the next sweep does not send it again meanwhile.
-            if await repo.renew_lease(job_id, attempt, settings.lease_seconds):
-                steps.append(Next("poll", job_id, attempt))
-        else:
-            steps.append(Next("start", job_id))  # claim() takes over a stranded attempt
+        job_id = str(row["id"])
+        # With a prediction upstream, look at it again; without one the owner died before
+        # creating it, and `start` takes the attempt over (see repository.claim).
+        steps.append(
+            Next("poll", job_id, row["attempt"]) if row["prediction_id"] else Next("start", job_id)
+        )
 
+    if steps:
+        await repo.mark_dispatched({s.job_id for s in steps})
     if steps or expired:
         log.info("sweep: %d to re-dispatch, %d past deadline", len(steps), len(expired))
     return steps

@@ -31,14 +31,26 @@ PALETTES: dict[str, tuple[RGB, RGB, RGB]] = {
     "space": ((0, 0, 0), (20, 10, 50), (10, 5, 20)),
 }
 COLOR_WORDS: dict[str, RGB] = {
-    "red": (220, 40, 40), "orange": (245, 140, 30), "yellow": (240, 210, 40),
-    "green": (50, 170, 70), "blue": (40, 90, 220), "purple": (130, 60, 180),
-    "pink": (240, 120, 170), "white": (240, 240, 240), "black": (20, 20, 20),
-    "gold": (212, 175, 55), "silver": (190, 190, 200), "teal": (0, 128, 128),
+    "red": (220, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (240, 210, 40),
+    "green": (50, 170, 70),
+    "blue": (40, 90, 220),
+    "purple": (130, 60, 180),
+    "pink": (240, 120, 170),
+    "white": (240, 240, 240),
+    "black": (20, 20, 20),
+    "gold": (212, 175, 55),
+    "silver": (190, 190, 200),
+    "teal": (0, 128, 128),
 }
 FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
-                 "webp": "image/webp"}
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+}
 
 
 def _words(prompt: str) -> list[str]:
@@ -51,24 +63,36 @@ def _palette(words: list[str], rng: random.Random) -> tuple[RGB, RGB, RGB]:
             return PALETTES[word]
         if word.rstrip("s") in PALETTES:
             return PALETTES[word.rstrip("s")]
+
     def rand() -> RGB:
         return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
     return rand(), rand(), rand()
 
 
 def _mix(a: RGB, b: RGB, t: float) -> RGB:
-    return (round(a[0] + (b[0] - a[0]) * t), round(a[1] + (b[1] - a[1]) * t),
-            round(a[2] + (b[2] - a[2]) * t))
+    return (
+        round(a[0] + (b[0] - a[0]) * t),
+        round(a[1] + (b[1] - a[1]) * t),
+        round(a[2] + (b[2] - a[2]) * t),
+    )
 
 
 def _sky(width: int, height: int, top: RGB, bottom: RGB) -> Image.Image:
     gradient = Image.linear_gradient("L").resize((width, height))
-    return Image.composite(Image.new("RGB", (width, height), bottom),
-                           Image.new("RGB", (width, height), top), gradient)
+    return Image.composite(
+        Image.new("RGB", (width, height), bottom), Image.new("RGB", (width, height), top), gradient
+    )
 
 
-def render(prompt: str, width: int, height: int, seed: int | None = None,
-           steps: int = 50, output_format: str = "png") -> bytes:
+def render(
+    prompt: str,
+    width: int,
+    height: int,
+    seed: int | None = None,
+    steps: int = 50,
+    output_format: str = "png",
+) -> bytes:
     """Encode an image of `width`x`height` for `prompt`; same inputs, same bytes."""
     if seed is None:
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
@@ -84,11 +108,15 @@ def render(prompt: str, width: int, height: int, seed: int | None = None,
     if {"night", "space", "star", "stars", "galaxy"} & set(words):
         for _ in range(int(width * height / 4000)):
             x, y, r = rng.randrange(width), rng.randrange(horizon), rng.choice((1, 1, 2))
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=(255, 255, 240, rng.randrange(120, 255)))
+            draw.ellipse(
+                (x - r, y - r, x + r, y + r), fill=(255, 255, 240, rng.randrange(120, 255))
+            )
     body = "moon" if {"night", "moon"} & set(words) else "sun"
     cx, cy = rng.uniform(0.2, 0.8) * width, horizon - rng.uniform(0.1, 0.35) * height
     radius = unit * rng.uniform(0.06, 0.12)
-    body_color = (235, 235, 210, 255) if body == "moon" else (*_mix(bottom, (255, 240, 150), 0.7), 255)
+    body_color = (
+        (235, 235, 210, 255) if body == "moon" else (*_mix(bottom, (255, 240, 150), 0.7), 255)
+    )
     for glow in range(6, 0, -1):
         g = radius * (1 + glow * 0.25)
         draw.ellipse((cx - g, cy - g, cx + g, cy + g), fill=(*body_color[:3], 18))
@@ -100,11 +128,11 @@ def render(prompt: str, width: int, height: int, seed: int | None = None,
     for layer in range(layers):
         shade = _mix(ground, bottom, 0.5 - layer * 0.2)
         base = horizon + layer * height // 20
-        points = [(0, height), (0, base)]
+        points: list[tuple[float, float]] = [(0, height), (0, base)]
         for i in range(1, detail + 1):
-            x = width * i / detail
+            ridge_x = width * i / detail
             peak = rng.uniform(0.05, 0.35 if layers > 1 else 0.08) * height
-            points.append((x, base - peak))
+            points.append((ridge_x, base - peak))
         points.append((width, height))
         draw.polygon(points, fill=shade)
 
@@ -114,17 +142,22 @@ def render(prompt: str, width: int, height: int, seed: int | None = None,
         for _ in range(40):
             y = rng.randrange(water_top, height)
             x = rng.randrange(width)
-            draw.line((x, y, x + unit // 15, y), fill=(255, 255, 255, 90), width=max(1, unit // 300))
+            draw.line(
+                (x, y, x + unit // 15, y), fill=(255, 255, 255, 90), width=max(1, unit // 300)
+            )
     if {"forest", "tree", "trees", "woods"} & set(words):
         for _ in range(max(6, width // 40)):
             x, tree_h = rng.randrange(width), rng.uniform(0.08, 0.2) * height
             base_y = rng.uniform(horizon, height)
-            draw.polygon([(x, base_y - tree_h), (x - tree_h / 4, base_y), (x + tree_h / 4, base_y)],
-                         fill=(*_mix(ground, (10, 40, 15), 0.5), 255))
+            draw.polygon(
+                [(x, base_y - tree_h), (x - tree_h / 4, base_y), (x + tree_h / 4, base_y)],
+                fill=(*_mix(ground, (10, 40, 15), 0.5), 255),
+            )
     for color in accents:  # colour words become shapes of that colour
         for _ in range(3):
-            x, y, r = rng.randrange(width), rng.randrange(height), unit * rng.uniform(0.03, 0.08)
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=(*color, 200))
+            ax, ay = rng.randrange(width), rng.randrange(height)
+            ar = unit * rng.uniform(0.03, 0.08)
+            draw.ellipse((ax - ar, ay - ar, ax + ar, ay + ar), fill=(*color, 200))
 
     image = image.filter(ImageFilter.SMOOTH)
     _caption(image, prompt, unit)

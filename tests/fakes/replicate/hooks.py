@@ -75,12 +75,13 @@ class WebhookDispatcher:
             self._send(prediction, snapshot)
             return
         wants_logs = "logs" in prediction.events
-        if wants_logs and snapshot["logs"] != prediction.sent_logs:
-            if now - prediction.last_sent >= config.webhook_throttle:
-                prediction.sent_logs, prediction.last_sent = snapshot["logs"], now
-                self._send(prediction, snapshot)
-        due = [t for t in (prediction.ends_at, now + config.webhook_throttle if wants_logs else None)
-               if t is not None]
+        throttled = now - prediction.last_sent < config.webhook_throttle
+        if wants_logs and snapshot["logs"] != prediction.sent_logs and not throttled:
+            prediction.sent_logs, prediction.last_sent = snapshot["logs"], now
+            self._send(prediction, snapshot)
+        due = [prediction.ends_at] if prediction.ends_at is not None else []
+        if wants_logs:
+            due.append(now + config.webhook_throttle)
         if due:
             self.schedule(prediction, min(due))
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import threading
 import time
@@ -31,9 +32,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(state: FakeState, **options: Any) -> uvicorn.Server:
+def _quiet_truncation(record: logging.LogRecord) -> bool:
+    """Drop the traceback of the deliberate `truncated` fault from uvicorn's error log."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ConnectionAbortedError))
+
+
+def _server(state: FakeState) -> uvicorn.Server:
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1, backlog=4096, **options)
+                            timeout_graceful_shutdown=1, backlog=4096)
+    logging.getLogger("uvicorn.error").addFilter(_quiet_truncation)
     return uvicorn.Server(config)
 
 

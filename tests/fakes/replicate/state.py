@@ -62,7 +62,7 @@ def new_secret() -> str:
 
 @dataclass
 class FakeConfig:
-    """Runtime behaviour; change attributes directly, via `FakeReplicate.configure` or the admin API."""
+    """Runtime behaviour: set attributes, call `FakeReplicate.configure` or the admin API."""
 
     token: str = "test-token"
     latency: float = 0.3  # seconds from creation to the terminal state
@@ -96,6 +96,7 @@ class Stats:
     create_attempts: int = 0  # including those a fault answered
     cancels: int = 0
     downloads: int = 0
+    downloads_with_token: int = 0  # file requests that carried an Authorization header (a leak)
     webhooks_delivered: int = 0
     webhooks_failed: int = 0  # failed delivery attempts (each retry counts)
     requests: Counter[str] = field(default_factory=Counter)  # "GET /v1/predictions/{id}": n
@@ -158,7 +159,7 @@ class FakePrediction:
             output = urls[0] if "single" in self.options else urls
         error = None
         if status == "failed":
-            error = self.options.get("error", "").replace("_", " ") or "fake model crashed: CUDA OOM"
+            error = self.options.get("error", "").replace("_", " ") or "fake model crashed: OOM"
         logs = None
         if config.logs and status != "starting":
             progress = 0.4 if "stuck" in self.options else 1.0
@@ -200,7 +201,7 @@ def progress_logs(fraction: float, total: int, latency: float) -> str:
         left = (total - step) / rate
         lines.append(
             f"{pct:3d}%|{'#' * (pct // 10):<10}| {step}/{total} "
-            f"[00:{step / rate:05.2f}<00:{left:05.2f}, {rate:.2f}it/s]"
+            f"[00:{int(step / rate):02d}<00:{int(left):02d}, {rate:.2f}it/s]"
         )
     return "\n".join(lines) + "\n"
 

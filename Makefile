@@ -1,0 +1,66 @@
+# mediagen: `make run` starts the service, `make test` runs the tests. Both set everything up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help setup run api worker beat migrate test test-fast lint format lock bench-inflight \
+        compose-check ping clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.8
+	$(UV) pip install -q --python $(PY) -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv with pinned dependencies, .env and the storage folder
+	@test -f .env || cp .env-example .env
+	@mkdir -p storage/media
+
+run: setup ## API on :8000 + worker + sweeper (embedded Postgres/Redis when unset)
+	$(PY) -m mediagen run
+
+api: setup ## The API alone (needs DATABASE_URL/REDIS_URL, or a running `make run`)
+	$(PY) -m mediagen api
+
+worker: setup ## A Celery worker alone
+	$(PY) -m mediagen worker
+
+beat: setup ## The sweeper schedule alone (Celery beat)
+	$(PY) -m mediagen beat
+
+migrate: setup ## Apply database migrations
+	$(PY) -m mediagen migrate
+
+ping: setup ## celery inspect ping against the configured (or running embedded) broker
+	$(VENV)/bin/celery -A mediagen.worker inspect ping
+
+test: setup ## The whole test suite against real Postgres, Redis and Celery
+	scripts/ensure-services.sh
+	$(PY) -m pytest
+
+lint: setup ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check mediagen
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format mediagen tests bench
+	$(VENV)/bin/ruff check --fix .
+
+lock: ## Re-pin constraints.txt from pyproject.toml
+	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o constraints.txt
+
+bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s latency
+	$(PY) bench/inflight.py
+
+compose-check: ## Validate docker-compose.yml without a Docker engine
+	$(PY) scripts/check_compose.py
+
+clean:
+	rm -rf .mediagen storage .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from mediagen.cli import main
+
+raise SystemExit(main())

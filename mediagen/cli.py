@@ -1,0 +1,196 @@
+"""`mediagen`: run the whole service, or one part of it.
+
+mediagen run       API + worker (+ sweeper), on an embedded Postgres/Redis when
+                   DATABASE_URL / REDIS_URL are unset; migrations applied first
+mediagen api       the API alone (uvicorn)
+mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
+mediagen beat      the sweeper schedule alone (Celery beat)
+mediagen migrate   apply pending database migrations
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+from mediagen.config import Settings, get_settings
+
+EMBEDDED_ENV = "embedded.env"
+
+
+def _api_cmd(settings: Settings) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "mediagen.main:app",
+        "--host",
+        settings.api_host,
+        "--port",
+        str(settings.api_port),
+        "--no-access-log",
+    ]
+    return cmd + (["--reload", "--reload-dir", "mediagen"] if settings.debug else [])
+
+
+def _worker_cmd(settings: Settings, beat: bool) -> list[str]:
+    level = "DEBUG" if settings.debug else settings.log_level
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mediagen.worker",
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        str(settings.worker_concurrency),
+        "-Q",
+        "mediagen",
+        "--loglevel",
+        level,
+        "-n",
+        f"mediagen-{os.getpid()}@%h",
+    ]
+    if beat:
+        schedule = settings.embedded_data_dir / "celerybeat-schedule"
+        cmd += ["-B", "-s", str(schedule)]
+    return cmd
+
+
+def _beat_cmd(settings: Settings) -> list[str]:
+    schedule = settings.embedded_data_dir / "celerybeat-schedule"
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mediagen.worker",
+        "beat",
+        "-s",
+        str(schedule),
+        "--loglevel",
+        settings.log_level,
+    ]
+
+
+@contextlib.contextmanager
+def _services(settings: Settings) -> Iterator[dict[str, str]]:
+    """The DATABASE_URL/REDIS_URL to use: configured ones, or embedded servers for the rest."""
+    env: dict[str, str] = {}
+    if settings.database_url and settings.redis_url:
+        yield env
+        return
+    from mediagen.embedded import EmbeddedServices
+
+    data_dir = settings.embedded_data_dir.resolve()
+    print(f"mediagen: starting embedded Postgres and Redis in {data_dir}", flush=True)
+    with EmbeddedServices(data_dir) as services:
+        env["DATABASE_URL"] = settings.database_url or services.database_url
+        env["REDIS_URL"] = settings.redis_url or services.redis_url
+        env_file = data_dir / EMBEDDED_ENV
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        try:
+            yield env
+        finally:
+            env_file.unlink(missing_ok=True)
+
+
+def _migrate(settings: Settings) -> None:
+    from mediagen.db import migrate
+
+    asyncio.run(migrate(settings))
+
+
+def cmd_run(_: argparse.Namespace) -> int:
+    # Decide embedded-or-not from the real configuration only, not a previous run's file.
+    settings = Settings(_env_file=".env")
+    settings.embedded_data_dir.mkdir(parents=True, exist_ok=True)
+    with _services(settings) as env:
+        os.environ.update(env)
+        settings = Settings(_env_file=".env")
+        _migrate(settings)
+        children = [
+            subprocess.Popen(_api_cmd(settings)),  # noqa: S603
+            subprocess.Popen(_worker_cmd(settings, beat=True)),  # noqa: S603
+        ]
+        print(
+            f"mediagen: API on http://{settings.api_host}:{settings.api_port} "
+            f"(docs at /docs), worker and sweeper started",
+            flush=True,
+        )
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        code = 0
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(
+                        f"mediagen: process {child.pid} exited with {child.returncode}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    code, stopping = child.returncode or 1, True
+            time.sleep(0.3)
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 20
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return code
+
+
+def _exec(cmd: list[str]) -> int:
+    os.execv(cmd[0], cmd)  # noqa: S606
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mediagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="API + worker + sweeper (embedded Postgres/Redis if unset)")
+    sub.add_parser("api", help="the API alone")
+    worker = sub.add_parser("worker", help="a Celery worker")
+    worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
+    sub.add_parser("beat", help="the sweeper schedule alone")
+    sub.add_parser("migrate", help="apply pending database migrations")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "migrate":
+        _migrate(settings)
+        print("mediagen: migrations applied")
+        return 0
+    if args.command == "api":
+        return _exec(_api_cmd(settings))
+    if args.command == "worker":
+        return _exec(_worker_cmd(settings, beat=args.beat))
+    if args.command == "beat":
+        return _exec(_beat_cmd(settings))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,335 @@
+"""Replicate provider: the predictions API over one pooled `httpx.AsyncClient`.
+
+Why not the official `replicate` client: its `create` is never retried and its errors are one
+coarse `ReplicateError`, while the job pipeline needs the raw status code and `Retry-After` to
+decide retryable vs permanent itself; we also need a pool sized for ~1000 in-flight jobs and a
+download path that checks size, type and address (SSRF), which the client doesn't do. The four
+calls we use are small enough to speak directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import math
+import re
+import socket
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from mediagen.config import Settings, get_settings
+from mediagen.errors import PermanentProviderError, RetryableProviderError
+from mediagen.providers.base import (
+    Fetched,
+    GenerationRequest,
+    Output,
+    Prediction,
+    PredictionStatus,
+)
+
+MAX_REDIRECTS = 5
+WEBHOOK_EVENTS = ["start", "output", "logs", "completed"]
+# Media types we store, and the extension each gets; anything else (HTML, SVG, JSON) is refused.
+MEDIA_TYPES = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/avif": "avif",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/ogg": "ogg",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/mp4": "m4a",
+    "audio/aac": "aac",
+}
+_CANONICAL = {ext: media for media, ext in reversed(MEDIA_TYPES.items())}  # first type wins
+_OCTET = ("", "application/octet-stream", "binary/octet-stream")
+_VERSION = re.compile(r"^[0-9a-f]{64}$")
+_MODEL = re.compile(r"^[\w.-]+/[\w.-]+$")
+_PROGRESS = re.compile(r"(\d{1,3})%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
+_STATUSES = {status.value: status for status in PredictionStatus} | {
+    "aborted": PredictionStatus.FAILED  # terminated before it ran (e.g. a deadline)
+}
+
+
+def parse_progress(logs: str | None) -> dict[str, int] | None:
+    """{current, total, percent} from the last tqdm-style line (`40%|####  | 20/50 [...]`)."""
+    match = None
+    for match in _PROGRESS.finditer(logs or ""):  # noqa: B007 - keep the last one
+        pass
+    if match is None or int(match.group(3)) <= 0:
+        return None
+    percent, current, total = (int(group) for group in match.groups())
+    return {"current": current, "total": total, "percent": percent}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:300].strip() or response.reason_phrase
+    if isinstance(data, dict):
+        text = data.get("detail") or data.get("title") or data.get("error")
+        if text:
+            return str(text)
+    return str(data)[:300]
+
+
+def _check(response: httpx.Response, what: str) -> None:
+    """Raise the provider error a non-2xx answer means."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = f"{what}: HTTP {status}: {_detail(response)}"
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise RetryableProviderError(message, retry_after=retry_after, http_status=status)
+    raise PermanentProviderError(message, http_status=status)
+
+
+def _urls(value: Any) -> list[str]:
+    """Output URLs in the shapes Replicate returns: one string, a list, or a dict of them."""
+    if isinstance(value, str):
+        return [value] if value.startswith(("https://", "http://")) else []
+    if isinstance(value, list | tuple):
+        return [url for item in value for url in _urls(item)]
+    if isinstance(value, dict):
+        return [url for item in value.values() for url in _urls(item)]
+    return []
+
+
+def _prediction(data: Any) -> Prediction:
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        raise RetryableProviderError(f"replicate returned no prediction: {str(data)[:200]}")
+    status = _STATUSES.get(str(data.get("status")))
+    if status is None:
+        raise RetryableProviderError(f"replicate returned unknown status {data.get('status')!r}")
+    logs = data.get("logs") if isinstance(data.get("logs"), str) else None
+    error = None
+    if status is PredictionStatus.FAILED:
+        error = str(data.get("error") or f"prediction {data.get('status')} without an error text")
+    outputs: list[Output] = []
+    if status is PredictionStatus.SUCCEEDED:
+        outputs = [Output(url=url) for url in _urls(data.get("output"))]
+        if not outputs:
+            raise PermanentProviderError("prediction succeeded without any output URL")
+    return Prediction(data["id"], status, outputs, error, logs, poll_after=None)
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def _media_type(header: str | None, url: str) -> tuple[str, str]:
+    """(content type, extension) of a download, from its header or, for octet-stream, its URL."""
+    media = (header or "").split(";")[0].strip().lower()
+    if media in MEDIA_TYPES:
+        ext = MEDIA_TYPES[media]
+        return _CANONICAL[ext], ext
+    if media in _OCTET:
+        suffix = PurePosixPath(urlsplit(url).path).suffix.lower().lstrip(".")
+        suffix = {"jpeg": "jpg"}.get(suffix, suffix)
+        if suffix in _CANONICAL:
+            return _CANONICAL[suffix], suffix
+    raise PermanentProviderError(f"output has unsupported content type {media or 'none'!r}")
+
+
+class ReplicateProvider:
+    name = "replicate"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._base = self.settings.replicate_base_url.rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        """The pooled client of the running loop (a client can't be shared across loops)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(
+                timeout=self.settings.replicate_timeout,
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+                headers={"User-Agent": "mediagen"},
+            )
+            self._loop = loop
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+    async def _request(self, method: str, path: str, what: str,
+                       body: dict[str, Any] | None = None) -> httpx.Response:
+        """One API call; the token goes only to the API base, never to output hosts."""
+        headers = {"Authorization": f"Bearer {self.settings.replicate_api_token}"}
+        try:
+            return await self._http().request(method, self._base + path, json=body,
+                                              headers=headers)
+        except httpx.TimeoutException as exc:
+            raise RetryableProviderError(f"{what}: timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise RetryableProviderError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    async def _call(self, method: str, path: str, what: str,
+                    body: dict[str, Any] | None = None) -> Prediction:
+        response = await self._request(method, path, what, body)
+        _check(response, what)
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise RetryableProviderError(f"{what}: invalid JSON from replicate") from exc
+        return _prediction(data)
+
+    async def create(self, request: GenerationRequest) -> Prediction:
+        model = request.model or self.settings.replicate_default_model
+        body: dict[str, Any] = {"input": {"prompt": request.prompt, **request.parameters}}
+        if request.webhook_url:
+            body["webhook"] = request.webhook_url
+            body["webhook_events_filter"] = WEBHOOK_EVENTS
+        name, _, version = model.rpartition(":") if ":" in model else ("", "", model)
+        if _VERSION.match(version) and (not name or _MODEL.match(name)):
+            body["version"] = version
+            path = "/predictions"
+        elif _MODEL.match(model):
+            path = f"/models/{model}/predictions"
+        else:
+            raise PermanentProviderError(
+                f"invalid model {model!r}: expected owner/name, owner/name:version or a version id"
+            )
+        return await self._call("POST", path, f"replicate create ({model})", body)
+
+    async def get(self, prediction_id: str, request: GenerationRequest) -> Prediction:
+        path = f"/predictions/{quote(prediction_id, safe='')}"
+        return await self._call("GET", path, f"replicate get {prediction_id}")
+
+    async def cancel(self, prediction_id: str) -> None:
+        what = f"replicate cancel {prediction_id}"
+        path = f"/predictions/{quote(prediction_id, safe='')}/cancel"
+        response = await self._request("POST", path, what)
+        if response.status_code not in (404, 409):  # gone or already terminal: nothing to stop
+            _check(response, what)
+
+    async def fetch(self, output: Output) -> Fetched:
+        if output.data is not None:
+            media = (output.content_type or "").split(";")[0].strip().lower()
+            if media not in MEDIA_TYPES:
+                raise PermanentProviderError(f"inline output has unsupported type {media!r}")
+            return Fetched(output.data, _CANONICAL[MEDIA_TYPES[media]], MEDIA_TYPES[media])
+        if not output.url:
+            raise PermanentProviderError("output has neither a URL nor data")
+        timeout = self.settings.download_timeout
+        try:
+            async with asyncio.timeout(timeout):  # a total deadline; httpx's is per read
+                return await self._download(output.url)
+        except TimeoutError as exc:
+            raise RetryableProviderError(f"output download timed out after {timeout:g}s") from exc
+
+    async def _pinned(self, url: str) -> httpx.URL:
+        """`url` with its host replaced by a checked address (resolved once: no DNS rebinding)."""
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise PermanentProviderError(f"refusing to fetch {url!r}: not an http(s) URL")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                parsed.host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise RetryableProviderError(f"cannot resolve {parsed.host}: {exc}") from exc
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        if not addresses:
+            raise RetryableProviderError(f"cannot resolve {parsed.host}: no address")
+        if not self.settings.download_allow_private:
+            for address in addresses:
+                if not _is_public(address):
+                    raise PermanentProviderError(
+                        f"refusing to fetch {parsed.host}: it resolves to non-public {address}"
+                    )
+        return parsed.copy_with(host=str(addresses[0]))
+
+    async def _download(self, url: str) -> Fetched:
+        client = self._http()
+        for _ in range(MAX_REDIRECTS + 1):
+            parsed = httpx.URL(url)
+            request = client.build_request(
+                "GET",
+                await self._pinned(url),
+                headers={"Host": parsed.netloc.decode("ascii"), "Accept-Encoding": "identity"},
+                extensions={"sni_hostname": parsed.host},
+                timeout=self.settings.download_timeout,
+            )
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise RetryableProviderError(f"output download failed: {exc!r}") from exc
+            try:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers.get("location", ""))
+                    continue
+                return await self._read(url, response)
+            finally:
+                await response.aclose()
+        raise PermanentProviderError(f"output download: more than {MAX_REDIRECTS} redirects")
+
+    async def _read(self, url: str, response: httpx.Response) -> Fetched:
+        status = response.status_code
+        if status in (404, 410):
+            raise PermanentProviderError(f"output not found (HTTP {status}): {url}")
+        if status != 200:
+            await response.aread()
+            _check(response, "output download")
+            raise PermanentProviderError(f"output download: unexpected HTTP {status}")
+        content_type, ext = _media_type(response.headers.get("content-type"), url)
+        limit = self.settings.download_max_bytes
+        length = response.headers.get("content-length", "")
+        expected = int(length) if length.isdigit() else None
+        if expected is not None and expected > limit:
+            raise PermanentProviderError(f"output exceeds {limit} bytes ({expected} declared)")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise PermanentProviderError(f"output exceeds {limit} bytes")
+                chunks.append(chunk)
+        except httpx.HTTPError as exc:  # includes a connection closed before Content-Length
+            raise RetryableProviderError(f"output download interrupted: {exc!r}") from exc
+        if expected is not None and response.num_bytes_downloaded < expected:
+            raise RetryableProviderError(
+                f"output truncated: {response.num_bytes_downloaded} of {expected} bytes"
+            )
+        return Fetched(b"".join(chunks), content_type, ext)

@@ -1,0 +1,130 @@
+"""Test fixtures: a fresh, migrated Postgres database, a Redis database, a real Celery worker and
+the API under uvicorn, all as real processes on loopback. Nothing of ours is faked.
+
+The machine's Postgres (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) are used;
+`TEST_PG_ADMIN_URL` / `TEST_REDIS_URL` point elsewhere. Each session gets its own database,
+dropped at the end, and its own Redis database number, flushed before and after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from tests.support import Proc, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = f"mediagen_test_{os.getpid()}"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+TMP = Path(tempfile.mkdtemp(prefix="mediagen-test-"))
+
+# The settings every process of the session shares (read before mediagen is imported).
+TEST_ENV = {
+    "DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgres://")
+    + f"/{TEST_DB}",
+    "REDIS_URL": REDIS_URL,
+    "LOCAL_STORAGE_PATH": str(TMP / "media"),
+    "EMBEDDED_DATA_DIR": str(TMP / "embedded"),
+    "REPLICATE_API_TOKEN": "",
+    "STORAGE_TYPE": "local",
+    "BUILTIN_FAULT_INJECTION": "true",
+    "BUILTIN_LATENCY": "0",
+    "MAX_RETRIES": "2",
+    "RETRY_DELAY": "0.2",
+    "RETRY_MAX_DELAY": "1",
+    "POLL_INTERVAL": "0.2",
+    "DISPATCH_GRACE": "0",
+    "DB_POOL_MAX": "5",
+    "LOG_LEVEL": "INFO",
+    "DEBUG": "false",
+}
+os.environ.update(TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+async def database() -> AsyncIterator[str]:
+    """A fresh database with every migration applied; dropped after the session."""
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}"')
+    await admin.execute(f'CREATE DATABASE "{TEST_DB}"')
+    from mediagen.config import get_settings
+    from mediagen.db import close_db, init_db, migrate
+
+    await migrate(get_settings())
+    await init_db(get_settings())
+    try:
+        yield TEST_ENV["DATABASE_URL"]
+    finally:
+        await close_db()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker(database: str, redis_db: redis.Redis) -> Iterator[Proc]:
+    """A real Celery worker process (threads pool) consuming the service's queue."""
+    proc = Proc.start(
+        "worker",
+        ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "threads", "-c", "8",
+         "-Q", "mediagen", "--loglevel", "INFO", "-n", f"test-{os.getpid()}@%h"],
+        TMP / "worker.log",
+    )
+    wait_for(lambda: bool(redis_db.keys("mediagen:worker:*")), 30, proc, "worker heartbeat")
+    yield proc
+    proc.stop()
+
+
+def start_api(name: str, extra_env: dict[str, str] | None = None) -> tuple[Proc, str]:
+    port = free_port()
+    proc = Proc.start(
+        name,
+        ["python", "-m", "uvicorn", "mediagen.main:app", "--host", "127.0.0.1", "--port",
+         str(port)],
+        TMP / f"{name}.log",
+        extra_env,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 30, proc, f"{name} listening")
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def api(database: str, redis_db: redis.Redis) -> Iterator[str]:
+    proc, url = start_api("api")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+async def client(api: str, worker: Proc) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        yield http
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(TMP, ignore_errors=True)

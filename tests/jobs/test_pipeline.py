@@ -1,0 +1,104 @@
+"""Pipeline steps in-process against the real database: retry scheduling, polling with a
+countdown instead of waiting, and the sweeper's recovery of stranded jobs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from mediagen.config import Settings
+from mediagen.jobs import repository as repo
+from mediagen.jobs.models import Job
+from mediagen.jobs.pipeline import Next, Pipeline, backoff
+from mediagen.jobs.states import JobStatus
+from mediagen.jobs.sweeper import sweep
+from mediagen.providers.builtin import BuiltinProvider
+from mediagen.storage.local import LocalStorage
+
+
+def _pipeline(tmp_path: Path, **overrides: object) -> Pipeline:
+    settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+    provider = BuiltinProvider(settings.builtin_latency, fault_injection=True)
+    return Pipeline(settings, provider, LocalStorage(tmp_path))
+
+
+async def _new_job(prompt: str = "a hill", **fields: object) -> str:
+    job = await Job.create(id=uuid.uuid4(), prompt=prompt,
+                           parameters={"width": 64, "height": 64}, provider="builtin", **fields)
+    return str(job.id)
+
+
+async def test_transient_error_moves_to_retrying_with_backoff(database: str,
+                                                               tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path, retry_delay=10, retry_max_delay=600, max_retries=3)
+    job_id = await _new_job("[fault:transient=1] a hill")
+    step = await pipeline.start(job_id)
+    assert step is not None and step.step == "start" and 9 <= step.countdown <= 11
+    job = await Job.get(id=job_id)
+    assert job.status is JobStatus.RETRYING
+    assert job.retry_count == 1
+    assert job.error and "transient" in job.error
+    assert job.next_attempt_at is not None and job.lease_expires_at is None
+    # The retry itself: a new attempt that succeeds.
+    assert await pipeline.start(job_id) is None
+    job = await Job.get(id=job_id)
+    assert (job.status, job.attempt, job.retry_count) == (JobStatus.COMPLETED, 2, 1)
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    settings = Settings(_env_file=None, retry_delay=60, retry_max_delay=300)  # type: ignore[call-arg]
+    assert 54 <= backoff(settings, 0) <= 66
+    assert 108 <= backoff(settings, 1) <= 132
+    assert 216 <= backoff(settings, 2) <= 264
+    assert backoff(settings, 3) <= 300 and backoff(settings, 10) <= 300
+    assert len({backoff(settings, 1) for _ in range(20)}) > 1
+
+
+async def test_slow_generation_is_polled_not_waited_for(database: str, tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path, builtin_latency=30)
+    job_id = await _new_job()
+    step = await pipeline.start(job_id)
+    assert step is not None and step.step == "poll" and step.attempt == 1
+    assert 25 < step.countdown <= 30  # come back when it should be ready; hold nothing meanwhile
+    job = await Job.get(id=job_id)
+    assert job.status is JobStatus.PROCESSING and job.prediction_id
+    again = await pipeline.poll(job_id, 1)
+    assert again is not None and again.step == "poll"
+    assert await pipeline.poll(job_id, 2) is None  # a poll for another attempt is stale
+
+
+async def test_sweeper_redispatches_stranded_jobs(database: str, tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path, dispatch_grace=0, lease_seconds=60, job_timeout=3600)
+    past = repo.now() - timedelta(seconds=120)
+    never_sent = await _new_job()
+    overdue = await _new_job(status=JobStatus.RETRYING, attempt=1, next_attempt_at=past)
+    dead_owner = await _new_job(status=JobStatus.PROCESSING, attempt=1, prediction_id="builtin-x-1-0",
+                                lease_expires_at=past)
+    died_before_create = await _new_job(status=JobStatus.PROCESSING, attempt=1,
+                                        lease_expires_at=past)
+    healthy = await _new_job(status=JobStatus.PROCESSING, attempt=1, prediction_id="p",
+                             lease_expires_at=repo.now() + timedelta(seconds=60))
+    steps = await sweep(pipeline)
+    assert Next("start", never_sent) in steps
+    assert Next("start", overdue) in steps
+    assert Next("poll", dead_owner, 1) in steps
+    assert Next("start", died_before_create) in steps
+    assert not [s for s in steps if s.job_id == healthy]
+    # What was re-sent is not re-sent at once by the next sweep.
+    again = {s.job_id for s in await sweep(pipeline)}
+    assert not again & {never_sent, overdue, dead_owner}
+    # The stranded attempt without a prediction is taken over by a new attempt.
+    assert await pipeline.start(died_before_create) is None
+    job = await Job.get(id=died_before_create)
+    assert (job.status, job.attempt) == (JobStatus.COMPLETED, 2)
+
+
+async def test_sweeper_fails_jobs_past_deadline(database: str, tmp_path: Path) -> None:
+    pipeline = _pipeline(tmp_path, job_timeout=60)
+    old = await _new_job()
+    await Job.filter(id=old).update(created_at=repo.now() - timedelta(seconds=120))
+    await sweep(pipeline)
+    job = await Job.get(id=old)
+    assert job.status is JobStatus.FAILED
+    assert job.error and job.error.startswith("deadline exceeded")

@@ -1,0 +1,98 @@
+"""Every state path of a job, driven through the built-in generator's fault injection, and the
+guarded transitions that make duplicated or late tasks harmless."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from mediagen.jobs import repository as repo
+from mediagen.jobs.models import Job
+from mediagen.jobs.states import JobStatus
+from mediagen.worker import QUEUE, celery_app
+from tests.support import Proc, submit, wait_terminal
+
+
+async def test_pending_processing_completed(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client, "a quiet lake", width=64, height=64)
+    detail = await wait_terminal(client, job_id)
+    assert detail["status"] == "completed"
+    assert (detail["attempts"], detail["retry_count"], detail["error"]) == (1, 0, None)
+
+
+async def test_retry_then_succeed(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client, "[fault:transient=1] a lighthouse", width=64, height=64)
+    detail = await wait_terminal(client, job_id)
+    assert detail["status"] == "completed", detail
+    assert detail["retry_count"] == 1
+    assert detail["attempts"] == 2
+    # The last error is kept for the record even though the job then succeeded.
+    assert detail["error"] is None
+
+
+async def test_retries_exhausted_then_failed(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client, "[fault:transient=9] a storm", width=64, height=64)
+    detail = await wait_terminal(client, job_id)
+    assert detail["status"] == "failed", detail
+    assert detail["retry_count"] == 2  # MAX_RETRIES in the test settings
+    assert detail["attempts"] == 3
+    assert detail["error"].startswith("gave up after 2 retries: injected transient fault")
+    assert detail["result_url"] is None
+
+
+async def test_permanent_error_fails_at_once(client: httpx.AsyncClient) -> None:
+    job_id = await submit(client, "[fault:permanent] a cat", width=64, height=64)
+    detail = await wait_terminal(client, job_id)
+    assert detail["status"] == "failed"
+    assert detail["retry_count"] == 0
+    assert detail["attempts"] == 1
+    assert detail["error"] == "injected permanent fault: the model rejected the input"
+
+
+async def test_task_delivered_twice_completes_once(client: httpx.AsyncClient,
+                                                   worker: Proc) -> None:
+    job_id = await submit(client, "a twice-told tale", width=64, height=64)
+    for _ in range(3):  # the same message again, as a broker redelivery would
+        celery_app.send_task("mediagen.jobs.start", args=[job_id], queue=QUEUE)
+    detail = await wait_terminal(client, job_id)
+    assert detail["status"] == "completed"
+    assert detail["attempts"] == 1  # only one delivery could claim the job
+    first_completion = detail["completed_at"]
+    celery_app.send_task("mediagen.jobs.start", args=[job_id], queue=QUEUE)
+    celery_app.send_task("mediagen.jobs.poll", args=[job_id, 1], queue=QUEUE)
+    await wait_terminal(client, job_id)
+    late = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert late["completed_at"] == first_completion
+    assert late["attempts"] == 1
+
+
+async def _job(status: JobStatus, **fields: object) -> Job:
+    return await Job.create(id=uuid.uuid4(), prompt="p", parameters={}, provider="builtin",
+                            status=status, **fields)
+
+
+async def test_guarded_transitions_never_move_backwards(database: str) -> None:
+    done = await _job(JobStatus.COMPLETED, attempt=1)
+    for target in (JobStatus.PROCESSING, JobStatus.RETRYING, JobStatus.FAILED,
+                   JobStatus.COMPLETED):
+        assert not await repo.transition(done.id, target)
+    assert not await repo.claim(done, 60)
+    assert (await Job.get(id=done.id)).status is JobStatus.COMPLETED
+
+    failed = await _job(JobStatus.FAILED, attempt=1)
+    assert not await repo.complete(failed.id, 1, "k", [])
+    assert (await Job.get(id=failed.id)).status is JobStatus.FAILED
+
+
+async def test_claim_is_compare_and_set(database: str) -> None:
+    job = await _job(JobStatus.PENDING)
+    assert await repo.claim(job, 60)
+    assert not await repo.claim(job, 60)  # same snapshot: the second claimant loses
+    fresh = await Job.get(id=job.id)
+    assert (fresh.status, fresh.attempt) == (JobStatus.PROCESSING, 1)
+    # A stale attempt can neither complete nor retry the job.
+    assert not await repo.complete(job.id, 0, "k", [])
+    assert not await repo.schedule_retry(fresh, 0, "late", 1)
+    assert await repo.complete(job.id, 1, "k", [{"key": "k"}])
+    assert not await repo.complete(job.id, 1, "k", [{"key": "k"}])

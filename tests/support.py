@@ -1,0 +1,93 @@
+"""Helpers for tests that run real processes: free ports, subprocesses, waiting, polling jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"completed", "failed", "canceled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, cmd: list[str], log: Path,
+              extra_env: dict[str, str] | None = None) -> Proc:
+        if cmd[0] == "python":
+            cmd = [sys.executable, *cmd[1:]]
+        env = {**os.environ, **(extra_env or {})}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handle = log.open("ab")
+        popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        return cls(name, popen, log)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def wait_for(check: Callable[[], bool], timeout: float, proc: Proc | None = None,
+             what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}" + (f"\n{proc.tail()}" if proc else ""))
+
+
+async def submit(client: httpx.AsyncClient, prompt: str, **parameters: Any) -> str:
+    response = await client.post("/api/v1/generate",
+                                 json={"prompt": prompt, "parameters": parameters})
+    assert response.status_code == 201, response.text
+    return str(response.json()["job_id"])
+
+
+async def wait_terminal(client: httpx.AsyncClient, job_id: str,
+                        timeout: float = 30) -> dict[str, Any]:
+    """Poll the detail endpoint until the job is terminal; return its last body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if body["status"] in TERMINAL:
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {body['status']} after {timeout}s: {body}")
+        await asyncio.sleep(0.05)
