@@ -47,6 +47,8 @@ class Job(Model):
             Index(fields=("status", "lease_expires_at"), name="jobs_status_lease_idx"),
             Index(fields=("status", "next_attempt_at"), name="jobs_status_next_idx"),
             Index(fields=("created_at",), name="jobs_created_idx"),
+            # Webhooks find their job by the upstream prediction id.
+            Index(fields=("prediction_id",), name="jobs_prediction_idx"),
         )
 
     def __str__(self) -> str:
