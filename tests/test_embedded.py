@@ -18,7 +18,8 @@ import redis
 from celery import Celery
 from tortoise.context import TortoiseContext
 
-from mediagen.embedded import MAX_SOCKET_PATH, EmbeddedServices
+from mediagen.embedded import EmbeddedServices
+from mediagen.embedded._constants import MAX_SOCKET_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 URL_RE = re.compile(r"^asyncpg://postgres@/mediagen\?host=(?P<host>/[^&]+)$")
