@@ -14,12 +14,14 @@ from fastapi_offline import FastAPIOffline
 from mediagen import __version__, errors_http, health
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
+from mediagen.errors import StorageError
 from mediagen.jobs.router import router as jobs_router
 from mediagen.limits import BodySizeLimit
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 
 API_PREFIX = "/api/v1"
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Submit a prompt with `POST /api/v1/generate`, get a job id at once, then follow the job with
@@ -48,6 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await init_db(settings)
+        try:
+            await storage.check()
+        except StorageError as exc:  # keep serving: health answers 503 and says why
+            log.error("storage is not usable: %s", exc)
         app.state.redis = aioredis.from_url(
             settings.redis_url or "redis://localhost:6379/0",
             socket_connect_timeout=2,

@@ -28,6 +28,7 @@ from celery.signals import (
 
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
+from mediagen.errors import StorageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,6 +108,10 @@ class Runtime:
 
     async def _open(self) -> None:
         await init_db(self.settings)
+        try:
+            await self.storage.check()
+        except StorageError as exc:  # jobs retry, then fail saying why; no crash loop
+            log.error("storage is not usable: %s", exc)
         self._heartbeat = asyncio.create_task(self._beat())
 
     async def _beat(self) -> None:

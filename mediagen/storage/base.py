@@ -1,0 +1,45 @@
+"""The storage interface every backend implements, and the one key scheme they share.
+
+Keys derive only from the job id and the output's index, so a task that runs twice overwrites its
+own outputs instead of leaving a second set behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+Body = bytes | AsyncIterator[bytes]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Where finished outputs live. All methods are async and never block the event loop."""
+
+    name: str
+
+    def key_for(self, job_id: str, index: int, ext: str) -> str:
+        """The deterministic key of a job's `index`-th output (derived from nothing else)."""
+        ...
+
+    async def save(self, key: str, body: Body, content_type: str) -> int:
+        """Store `body` under `key` (replacing any previous object); return the bytes written."""
+        ...
+
+    async def read(self, key: str) -> bytes:
+        """The stored bytes of `key`; `StorageError` if absent."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def url_for(self, key: str) -> str:
+        """The URL a client fetches the object from (path, presigned or CDN URL)."""
+        ...
+
+    async def check(self) -> None:
+        """Prove the store is reachable and writable; raise `StorageError` saying why not."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,80 @@
+"""Local filesystem storage, served by the API under `/media/{key}`.
+
+File I/O runs in a worker thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+from mediagen.errors import StorageError
+from mediagen.storage.base import Body
+
+
+class LocalStorage:
+    name = "local"
+
+    def __init__(self, root: Path, url_prefix: str = "/media") -> None:
+        self.root = root.resolve()
+        self.url_prefix = url_prefix.rstrip("/")
+
+    def key_for(self, job_id: str, index: int, ext: str) -> str:
+        """`{job_id}.{ext}` for the first output (the spec's `/media/{job_id}.{ext}`), then
+        `{job_id}-{index}.{ext}`."""
+        suffix = "" if index == 0 else f"-{index}"
+        return f"{job_id}{suffix}.{ext.lstrip('.').lower()}"
+
+    def path_for(self, key: str) -> Path:
+        """The file of `key`, refusing anything that would land outside the root."""
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise StorageError(f"key escapes the storage root: {key!r}")
+        return path
+
+    async def save(self, key: str, body: Body, content_type: str) -> int:
+        path = self.path_for(key)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        # Write to a temporary name then rename: readers never see a half-written file.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        written = 0
+        try:
+            fh = await asyncio.to_thread(open, tmp, "wb")
+            try:
+                if isinstance(body, bytes):
+                    written = await asyncio.to_thread(fh.write, body)
+                else:
+                    async for chunk in body:
+                        written += await asyncio.to_thread(fh.write, chunk)
+            finally:
+                await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(os.replace, tmp, path)
+        except OSError as exc:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            raise StorageError(f"cannot write {key}: {exc}") from exc
+        return written
+
+    async def read(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self.path_for(key).read_bytes)
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc}") from exc
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_for(key).is_file)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)
+
+    async def url_for(self, key: str) -> str:
+        return f"{self.url_prefix}/{key}"
+
+    async def check(self) -> None:
+        probe = f".health/{uuid.uuid4().hex}"
+        await self.save(probe, b"ok", "text/plain")
+        await self.delete(probe)
+
+    async def close(self) -> None:
+        return None
