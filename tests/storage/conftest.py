@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from aiobotocore.session import AioSession
-from moto.server import ThreadedMotoServer
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
 
 from mediagen.config import Settings
 from mediagen.storage.base import Storage
@@ -23,9 +31,43 @@ BUCKET = "mediagen-test"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
+def _enforce_presign_expiry(app: Any) -> Any:
+    """Refuse expired presigned requests as AWS and MinIO do (moto 5.2 ignores X-Amz-Expires)."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if "X-Amz-Date" in query and "X-Amz-Expires" in query:
+            signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            if datetime.now(UTC) > signed + timedelta(seconds=int(query["X-Amz-Expires"][0])):
+                body = (
+                    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                    b"<Message>Request has expired</Message></Error>"
+                )
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return app(environ, start_response)
+
+    return wrapped
+
+
+class S3Server(ThreadedMotoServer):
+    """moto's S3 server over real HTTP, made strict about presigned URL expiry."""
+
+    def _server_entry(self) -> None:
+        app = _enforce_presign_expiry(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = S3Server(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"

@@ -104,19 +104,17 @@ async def test_presigned_url_carries_configured_expiry(make_s3: MakeS3) -> None:
     assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="moto 5.2 ignores X-Amz-Expires (serves 200); AWS and MinIO answer 403"
-)
 async def test_expired_presigned_url_is_refused(make_s3: MakeS3) -> None:
-    """Strict xfail: if moto starts enforcing expiry this passes, fails the run, and the marker
-    should go."""
+    """The test server enforces expiry as AWS does (see conftest: moto alone ignores it)."""
     storage = make_s3(s3_presign_expiry=1)
     key = storage.key_for("expiring", 0, "png")
     await storage.save(key, b"short-lived", "image/png")
     url = await storage.url_for(key)
     await asyncio.sleep(2.1)
     async with httpx.AsyncClient() as client:
-        assert (await client.get(url)).status_code == 403
+        refused = await client.get(url)
+    assert refused.status_code == 403
+    assert b"Request has expired" in refused.content
 
 
 async def test_media_base_url_mode(make_s3: MakeS3) -> None:
