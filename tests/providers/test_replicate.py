@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import time
 import uuid
 import wave
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -38,7 +42,7 @@ def settings_for(fake: FakeReplicate, **overrides: Any) -> Settings:
         "replicate_timeout": 5.0,
         "download_timeout": 5.0,
     }
-    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
+    return Settings(_env_file=None, **(values | overrides))
 
 
 @pytest.fixture
@@ -50,12 +54,17 @@ async def provider(fake: FakeReplicate) -> AsyncIterator[ReplicateProvider]:
 
 def request(prompt: str = "a lighthouse", **kwargs: Any) -> GenerationRequest:
     """A request whose prompt is unique, so `times=` fault counters never cross tests."""
-    return GenerationRequest(job_id=uuid.uuid4().hex, prompt=f"{prompt} #{uuid.uuid4().hex[:8]}",
-                             parameters=kwargs.pop("parameters", {}), **kwargs)
+    return GenerationRequest(
+        job_id=uuid.uuid4().hex,
+        prompt=f"{prompt} #{uuid.uuid4().hex[:8]}",
+        parameters=kwargs.pop("parameters", {}),
+        **kwargs,
+    )
 
 
-async def finish(provider: ReplicateProvider, req: GenerationRequest,
-                 prediction: Prediction | None = None) -> Prediction:
+async def finish(
+    provider: ReplicateProvider, req: GenerationRequest, prediction: Prediction | None = None
+) -> Prediction:
     prediction = prediction or await provider.create(req)
     deadline = time.monotonic() + 5
     while not prediction.status.is_terminal:
@@ -93,8 +102,9 @@ async def test_create_get_fetch_png(provider: ReplicateProvider, fake: FakeRepli
         (VERSION, "POST /v1/predictions"),
     ],
 )
-async def test_model_and_version_forms(provider: ReplicateProvider, fake: FakeReplicate,
-                                       model: str | None, route: str) -> None:
+async def test_model_and_version_forms(
+    provider: ReplicateProvider, fake: FakeReplicate, model: str | None, route: str
+) -> None:
     before = fake.stats.requests[route]
     prediction = await provider.create(request(model=model))
     assert prediction.id and fake.stats.requests[route] == before + 1
@@ -120,8 +130,9 @@ def test_retry_after_http_date() -> None:
 
 
 @pytest.mark.parametrize("fault", ["500", "garbage"])
-async def test_server_errors_and_garbage_are_retryable(provider: ReplicateProvider,
-                                                       fault: str) -> None:
+async def test_server_errors_and_garbage_are_retryable(
+    provider: ReplicateProvider, fault: str
+) -> None:
     with pytest.raises(RetryableProviderError):
         await provider.create(request(f"[fake:{fault}]"))
 
@@ -159,8 +170,11 @@ async def test_several_outputs_of_several_media_types(provider: ReplicateProvide
     done = await finish(provider, request(f"[fake:outputs={kinds}]"))
     fetched = [await provider.fetch(output) for output in done.outputs]
     assert [(f.content_type, f.ext) for f in fetched] == [
-        ("image/png", "png"), ("image/jpeg", "jpg"), ("image/webp", "webp"),
-        ("video/mp4", "mp4"), ("audio/wav", "wav"),
+        ("image/png", "png"),
+        ("image/jpeg", "jpg"),
+        ("image/webp", "webp"),
+        ("video/mp4", "mp4"),
+        ("audio/wav", "wav"),
     ]
     bodies = [f.body for f in fetched]
     assert all(isinstance(body, bytes) for body in bodies)
@@ -187,7 +201,7 @@ async def test_oversized_output_refused(fake: FakeReplicate, prompt: str) -> Non
 
 async def test_truncated_download_is_retryable(provider: ReplicateProvider) -> None:
     done = await finish(provider, request("[fake:truncated]"))
-    with pytest.raises(RetryableProviderError, match="interrupted|truncated"):
+    with pytest.raises(RetryableProviderError, match=r"interrupted|truncated"):
         await provider.fetch(done.outputs[0])
 
 
@@ -235,7 +249,7 @@ async def test_hung_response_is_retryable_within_timeout(fake: FakeReplicate) ->
     provider = ReplicateProvider(settings_for(fake, replicate_timeout=0.5))
     started = time.monotonic()
     try:
-        with pytest.raises(RetryableProviderError, match="timed out"):
+        with pytest.raises(RetryableProviderError, match="Timeout"):
             await provider.create(request("[fake:hang]"))
     finally:
         await provider.close()
@@ -246,8 +260,9 @@ async def test_many_predictions_in_flight(provider: ReplicateProvider) -> None:
     requests = [request(f"job {n}") for n in range(200)]
     created = await asyncio.gather(*(provider.create(req) for req in requests))
     await asyncio.sleep(0.3)
-    done = await asyncio.gather(*(provider.get(p.id, r) for p, r in zip(created, requests,
-                                                                          strict=True)))
+    done = await asyncio.gather(
+        *(provider.get(p.id, r) for p, r in zip(created, requests, strict=True))
+    )
     assert {p.status for p in done} == {PredictionStatus.SUCCEEDED}
 
 
@@ -256,11 +271,53 @@ async def test_many_predictions_in_flight(provider: ReplicateProvider) -> None:
     [
         (None, None),
         ("Using seed 1\nloading weights", None),
-        ("  0%|          | 0/50 [00:00<?, ?it/s]\n 40%|####      | 20/50 [00:02<00:03, 9.9it/s]",
-         {"current": 20, "total": 50, "percent": 40}),
-        ("Sampling: 100%|██████████| 28/28 [00:04<00:00,  6.2it/s]\rdone",
-         {"current": 28, "total": 28, "percent": 100}),
+        (
+            "  0%|          | 0/50 [00:00<?, ?it/s]\n 40%|####      | 20/50 [00:02<00:03, 9.9it/s]",
+            {"current": 20, "total": 50, "percent": 40},
+        ),
+        (
+            "Sampling: 100%|██████████| 28/28 [00:04<00:00,  6.2it/s]\rdone",
+            {"current": 28, "total": 28, "percent": 100},
+        ),
     ],
 )
 def test_parse_progress(logs: str | None, expected: dict[str, int] | None) -> None:
     assert parse_progress(logs) == expected
+
+
+async def test_global_faults_and_reset() -> None:
+    with FakeReplicate(latency=0.1, faults="500 times=2") as fake:
+        provider = ReplicateProvider(settings_for(fake))
+        try:
+            for _ in range(2):
+                with pytest.raises(RetryableProviderError, match="HTTP 500"):
+                    await provider.create(request())
+            await provider.create(request())
+            assert (fake.stats.create_attempts, fake.stats.created) == (3, 1)
+            fake.reset()
+            fake.configure(faults="failed error=boom")
+            assert (await finish(provider, request())).error == "boom"
+            assert fake.stats.requests["POST /v1/predictions/{id}/cancel"] == 0
+        finally:
+            await provider.close()
+
+
+def test_fake_runs_as_a_subprocess() -> None:
+    """The benchmark's mode: configured over the admin API, counters read back the same way."""
+    command = [sys.executable, "-m", "tests.fakes.replicate_server", "--port", "0"]
+    root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().split()[3]  # "fake replicate on URL secret=..."
+            admin = url.removesuffix("/v1") + "/_admin"
+            config = {"latency": 0.1, "outputs": ["audio/wav"]}
+            httpx.post(f"{admin}/config", json=config).raise_for_status()
+            api = httpx.Client(base_url=url, headers={"Authorization": "Bearer test-token"})
+            created = api.post("/predictions", json={"version": VERSION, "input": {}}).json()
+            time.sleep(0.2)
+            done = api.get(f"/predictions/{created['id']}").json()
+            assert done["status"] == "succeeded" and done["output"][0].endswith(".wav")
+            assert httpx.get(f"{admin}/stats").json()["created"] == 1
+        finally:
+            process.terminate()

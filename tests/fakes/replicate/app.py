@@ -1,8 +1,8 @@
 """The fake Replicate's HTTP surface: predictions API, output files and an admin API (Starlette).
 
-`/v1/...` needs `Authorization: Bearer <token>`; `/files/...` does not (like replicate.delivery,
-and so a client that sends its token to output hosts would be caught by nothing but review);
-`/_admin/...` configures a subprocess server and reads its counters.
+`/v1/...` needs `Authorization: Bearer <token>`; `/files/...` does not, like replicate.delivery
+(`stats.downloads_with_token` counts clients leaking the token there); `/_admin/...` configures
+a subprocess server and reads its counters.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class FakeState:
         own = parse_tags(prompt)
         return {**parse_tags(f"[fake:{self.config.faults}]"), **own}, own
 
-    async def fault(self, options: dict[str, str], phase: str, scope: str) -> Response | None:
+    async def fault(
+        self, request: Request, options: dict[str, str], phase: str, scope: str
+    ) -> Response | None:
         """The response a create/get fault gives instead of the real one, counting `times`."""
         if options.get("on", "create") != phase:
             return None
@@ -67,25 +69,36 @@ class FakeState:
             times = int(options.get("times") or 0)
             if times and self.hits[(name, scope)] > times:
                 return None
-            if name == "hang":
-                await asyncio.sleep(self.config.hang_seconds)
+            if name == "hang":  # until the client gives up (or hang_seconds)
+                deadline = time.monotonic() + self.config.hang_seconds
+                while time.monotonic() < deadline and not await request.is_disconnected():
+                    await asyncio.sleep(0.05)
                 return _problem(504, "Gateway timeout", "fake hang ended")
             if name == "429":
                 retry = options.get("retry_after") or str(self.config.retry_after)
-                return _problem(429, "Too many requests", "Request was throttled.",
-                                headers={"Retry-After": retry})
+                return _problem(
+                    429,
+                    "Too many requests",
+                    "Request was throttled.",
+                    headers={"Retry-After": retry},
+                )
             if name == "500":
                 return _problem(500, "Internal server error", "fake upstream failure")
             if name == "garbage":
-                return Response(b'{"id": "oops", "status": <html>502</html>', 201,
-                                media_type="application/json")
-            return _problem(422, "Input validation failed",
-                            "- input.prompt: fake validation error: prompt rejected")
+                return Response(
+                    b'{"id": "oops", "status": <html>502</html>', 201, media_type="application/json"
+                )
+            return _problem(
+                422,
+                "Input validation failed",
+                "- input.prompt: fake validation error: prompt rejected",
+            )
         return None
 
 
-def _problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None
-             ) -> JSONResponse:
+def _problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"title": title, "detail": detail, "status": status}, status, headers)
 
 
@@ -93,10 +106,16 @@ class TruncatedResponse(Response):
     """Declares a Content-Length twice the body, sends the body, then drops the connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", self.media_type.encode() if self.media_type else b""),
-            (b"content-length", str(len(self.body) * 2).encode()),
-        ]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", self.media_type.encode() if self.media_type else b""),
+                    (b"content-length", str(len(self.body) * 2).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": self.body, "more_body": True})
         raise ConnectionAbortedError("fake truncated download")
 
@@ -108,8 +127,9 @@ def create_app(state: FakeState) -> Starlette:
         async def endpoint(request: Request) -> Response:
             state.stats.requests[key] += 1
             if auth and request.headers.get("authorization") != f"Bearer {state.config.token}":
-                return _problem(401, "Unauthenticated",
-                                "You did not pass a valid authentication token")
+                return _problem(
+                    401, "Unauthenticated", "You did not pass a valid authentication token"
+                )
             return await handler(request)
 
         return Route(path, endpoint, methods=[method])
@@ -130,13 +150,16 @@ def create_app(state: FakeState) -> Starlette:
             model, _, version = str(body.get("version") or "").rpartition(":")
             model = model or "fake/model"
             if not _HEX64.match(version):
-                return _problem(422, "Invalid version or not permitted",
-                                "The specified version does not exist (or perhaps you don't "
-                                "have permission to use it?)")
+                return _problem(
+                    422,
+                    "Invalid version or not permitted",
+                    "The specified version does not exist (or perhaps you don't "
+                    "have permission to use it?)",
+                )
         prompt = str(body["input"].get("prompt", ""))
         options, own = state.options(prompt)
         scope = prompt if any(k in own for k in ("hang", "429", "500", "garbage", "422")) else "*"
-        if (faulted := await state.fault(options, "create", scope)) is not None:
+        if (faulted := await state.fault(request, options, "create", scope)) is not None:
             return faulted
         events = body.get("webhook_events_filter")
         prediction = FakePrediction(
@@ -147,7 +170,8 @@ def create_app(state: FakeState) -> Starlette:
             options=options,
             base_url=str(request.base_url),
             latency=float(options.get("latency") or state.config.latency),
-            outputs=(options.get("outputs") or "").split(",") if options.get("outputs")
+            outputs=(options.get("outputs") or "").split(",")
+            if options.get("outputs")
             else list(state.config.outputs),
             webhook=body.get("webhook"),
             events=frozenset([*(events or ["output"]), "completed"]),
@@ -161,7 +185,9 @@ def create_app(state: FakeState) -> Starlette:
         prediction = state.predictions.get(request.path_params["id"])
         if prediction is None:
             return _problem(404, "Not found", "Not found.")
-        if (faulted := await state.fault(prediction.options, "get", prediction.id)) is not None:
+        if (
+            faulted := await state.fault(request, prediction.options, "get", prediction.id)
+        ) is not None:
             return faulted
         return JSONResponse(prediction.to_json(state.config))
 
@@ -196,9 +222,11 @@ def create_app(state: FakeState) -> Starlette:
         if "oversized" in options:
             size, chunk = state.config.oversize_bytes, b"\0" * 65536
             if "nolength" in options:
+
                 async def chunks() -> AsyncIterator[bytes]:
                     for _ in range(0, size, len(chunk)):
                         yield chunk
+
                 return StreamingResponse(chunks(), media_type=kind)
             return Response(b"\0" * size, media_type=kind)
         body = media_bytes(kind, f"{prediction.id}/{index}", state.config.image_size)

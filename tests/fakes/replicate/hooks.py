@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from standardwebhooks import Webhook
 
 from tests.fakes.replicate.state import TERMINAL, FakePrediction
@@ -44,7 +45,10 @@ class WebhookDispatcher:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self.limit = asyncio.Semaphore(200)  # made here: bound to the server's loop
-        async with httpx.AsyncClient(timeout=5.0) as self.client:
+        limits = httpx.Limits(max_connections=200)  # aiohttp's pool: httpcore's thrashes at 1000
+        async with httpx.AsyncClient(
+            timeout=5.0, transport=AiohttpTransport(limits=limits)
+        ) as self.client:
             loop = asyncio.create_task(self._loop())
             try:
                 yield
@@ -97,8 +101,9 @@ class WebhookDispatcher:
 
         task.add_done_callback(forget)
 
-    async def _deliver(self, url: str, payload: dict[str, Any],
-                       previous: asyncio.Task[None] | None) -> None:
+    async def _deliver(
+        self, url: str, payload: dict[str, Any], previous: asyncio.Task[None] | None
+    ) -> None:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         assert self.client is not None and self.limit is not None

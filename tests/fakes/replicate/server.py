@@ -1,17 +1,18 @@
 """Run the fake Replicate: `FakeReplicate` in a background thread, or `main()` as a process.
 
-    with FakeReplicate(latency=0.3) as fake:        # binds a free port on 127.0.0.1
-        settings = Settings(replicate_base_url=fake.url, replicate_api_token=fake.config.token)
-        fake.configure(faults="429 times=1")          # or fake.config.latency = 1.0
-        assert fake.stats.created == 1
+with FakeReplicate(latency=0.3) as fake:        # binds a free port on 127.0.0.1
+    settings = Settings(replicate_base_url=fake.url, replicate_api_token=fake.config.token)
+    fake.configure(faults="429 times=1")          # or fake.config.latency = 1.0
+    assert fake.stats.created == 1
 
-    python -m tests.fakes.replicate_server --port 8765 --latency 5 [--token T] [--secret whsec_..]
-    curl -X POST localhost:8765/_admin/config -d '{"latency": 2}'   # GET /_admin/stats, reset
+python -m tests.fakes.replicate_server --port 8765 --latency 5 [--token T] [--secret whsec_..]
+curl -X POST localhost:8765/_admin/config -d '{"latency": 2}'   # GET /_admin/stats, reset
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
 import threading
@@ -29,17 +30,24 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(4096)  # accept (queue) connections before uvicorn has started
     return sock
 
 
 def _quiet_truncation(record: logging.LogRecord) -> bool:
-    """Drop the traceback of the deliberate `truncated` fault from uvicorn's error log."""
-    return not (record.exc_info and isinstance(record.exc_info[1], ConnectionAbortedError))
+    """Drop tracebacks of deliberate faults (truncated body, hang cut by shutdown)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, ConnectionAbortedError | asyncio.CancelledError)
 
 
 def _server(state: FakeState) -> uvicorn.Server:
-    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=1, backlog=4096)
+    config = uvicorn.Config(
+        create_app(state),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+        backlog=4096,
+    )
     logging.getLogger("uvicorn.error").addFilter(_quiet_truncation)
     return uvicorn.Server(config)
 
@@ -101,8 +109,12 @@ class FakeReplicate:
     def __enter__(self) -> FakeReplicate:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -116,14 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outputs", default="image/png", help="comma-separated media types")
     parser.add_argument("--faults", default="", help='global fault tag, e.g. "429 times=3"')
     args = parser.parse_args(argv)
-    config = FakeConfig(token=args.token, latency=args.latency,
-                        outputs=args.outputs.split(","), faults=args.faults)
+    config = FakeConfig(
+        token=args.token, latency=args.latency, outputs=args.outputs.split(","), faults=args.faults
+    )
     if args.secret:
         config.webhook_secret = args.secret
     sock = _bind(args.host, args.port)
     port = sock.getsockname()[1]
-    print(f"fake replicate on http://{args.host}:{port}/v1 secret={config.webhook_secret}",
-          flush=True)
+    print(
+        f"fake replicate on http://{args.host}:{port}/v1 secret={config.webhook_secret}", flush=True
+    )
     _server(FakeState(config)).run(sockets=[sock])
 
 

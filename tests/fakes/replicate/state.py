@@ -215,8 +215,9 @@ def media_bytes(kind: str, seed: str, size: int = 64) -> bytes:
     digest = hashlib.sha256(seed.encode()).digest()
     if kind.startswith("image/"):
         image = Image.new("RGB", (size, size), tuple(digest[:3]))
-        ImageDraw.Draw(image).ellipse((size // 4, size // 4, size * 3 // 4, size * 3 // 4),
-                                      fill=tuple(digest[3:6]))
+        ImageDraw.Draw(image).ellipse(
+            (size // 4, size // 4, size * 3 // 4, size * 3 // 4), fill=tuple(digest[3:6])
+        )
         buffer = io.BytesIO()
         image.save(buffer, format={"image/jpeg": "JPEG", "image/webp": "WEBP"}.get(kind, "PNG"))
         return buffer.getvalue()
@@ -226,9 +227,11 @@ def media_bytes(kind: str, seed: str, size: int = 64) -> bytes:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(8000)
-            out.writeframes(b"".join(
-                struct.pack("<h", int(8000 * math.sin(i * digest[0] / 200))) for i in range(800)
-            ))
+            out.writeframes(
+                b"".join(
+                    struct.pack("<h", int(8000 * math.sin(i * digest[0] / 200))) for i in range(800)
+                )
+            )
         return buffer.getvalue()
     if kind == "video/mp4":
         ftyp = struct.pack(">I4s4sI", 32, b"ftyp", b"isom", 512) + b"isomiso2avc1mp41"
