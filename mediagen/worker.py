@@ -75,8 +75,10 @@ def make_celery(settings: Settings) -> Celery:
             },
         },
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost a Redis publish per task state; Flower switches them on when it
+        # connects (`enable_events`), so they are off unless someone is watching.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
     )
     return app
 
