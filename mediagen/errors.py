@@ -1,6 +1,7 @@
 """The one exception tree of mediagen. Services raise these; `mediagen.main` maps them to HTTP.
 
 MediagenError
+├── AuthenticationError      401  missing or invalid credentials or signature
 ├── NotFoundError            404  a job (or file) that does not exist
 ├── ConflictError            409  the request contradicts the job's current state
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
@@ -25,6 +26,11 @@ class MediagenError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+class AuthenticationError(MediagenError):
+    status_code = 401
+    code = "unauthorized"
 
 
 class NotFoundError(MediagenError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,11 +17,13 @@ from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 from mediagen.jobs.router import router as jobs_router
+from mediagen.jobs.webhooks import router as webhooks_router
 from mediagen.limits import BodySizeLimit
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 
 API_PREFIX = "/api/v1"
+WEBHOOK_MAX_BYTES = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """
@@ -31,6 +34,20 @@ Job states: `pending` -> `processing` -> `completed`; `processing` -> `retrying`
 on transient errors (exponential backoff, at most `MAX_RETRIES`); any unfinished state ->
 `failed`. Errors are JSON: `{"detail": "...", "code": "...", "errors": [...]}`.
 """
+
+
+# /media answers with the same content types the outputs were stored with (the platform's
+# tables differ, e.g. audio/x-wav).
+for _type, _ext in (
+    ("audio/wav", ".wav"),
+    ("image/webp", ".webp"),
+    ("video/mp4", ".mp4"),
+    ("video/webm", ".webm"),
+    ("audio/mpeg", ".mp3"),
+    ("audio/flac", ".flac"),
+    ("audio/ogg", ".ogg"),
+):
+    mimetypes.add_type(_type, _ext)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -77,12 +94,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage
     app.include_router(jobs_router, prefix=API_PREFIX)
     app.include_router(health.router, prefix=API_PREFIX)
+    app.include_router(webhooks_router, prefix=API_PREFIX)
     errors_http.install(app)
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)
         # StaticFiles refuses paths outside the directory and sets content types.
         app.mount("/media", StaticFiles(directory=storage.root), name="media")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Webhook bodies carry a prediction's logs: allow them more room than client requests.
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        overrides={f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES},
+    )
     return app
 
 

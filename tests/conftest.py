@@ -78,22 +78,32 @@ def redis_db() -> Iterator[redis.Redis]:
     client.close()
 
 
+def start_worker(name: str, broker: redis.Redis,
+                 extra_env: dict[str, str] | None = None) -> Proc:
+    """A real Celery worker process (threads pool) consuming the service's queue; returns once
+    its heartbeat is in `broker`."""
+    proc = Proc.start(
+        name,
+        ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "threads", "-c", "8",
+         "-Q", "mediagen", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+         "-n", f"{name}-{os.getpid()}@%h"],
+        TMP / f"{name}.log",
+        extra_env,
+    )
+    wait_for(lambda: bool(broker.keys("mediagen:worker:*")), 30, proc, f"{name} heartbeat")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def worker(database: str, redis_db: redis.Redis) -> Iterator[Proc]:
-    """A real Celery worker process (threads pool) consuming the service's queue."""
-    proc = Proc.start(
-        "worker",
-        ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "threads", "-c", "8",
-         "-Q", "mediagen", "--loglevel", "INFO", "-n", f"test-{os.getpid()}@%h"],
-        TMP / "worker.log",
-    )
-    wait_for(lambda: bool(redis_db.keys("mediagen:worker:*")), 30, proc, "worker heartbeat")
+    proc = start_worker("worker", redis_db)
     yield proc
     proc.stop()
 
 
-def start_api(name: str, extra_env: dict[str, str] | None = None) -> tuple[Proc, str]:
-    port = free_port()
+def start_api(name: str, extra_env: dict[str, str] | None = None,
+              port: int | None = None) -> tuple[Proc, str]:
+    port = port or free_port()
     proc = Proc.start(
         name,
         ["python", "-m", "uvicorn", "mediagen.main:app", "--host", "127.0.0.1", "--port",

@@ -135,9 +135,9 @@ class Pipeline:
             if not prediction.outputs:
                 raise PermanentProviderError("the prediction succeeded without any output")
             for index, output in enumerate(prediction.outputs):
-                fetched = await self.provider.fetch(output)
-                key = self.storage.key_for(str(job.id), index, fetched.ext)
-                size = await self.storage.save(key, fetched.body, fetched.content_type)
+                async with self.provider.fetch(output) as fetched:  # streams into storage
+                    key = self.storage.key_for(str(job.id), index, fetched.ext)
+                    size = await self.storage.save(key, fetched.body, fetched.content_type)
                 outputs.append({"key": key, "content_type": fetched.content_type, "size": size})
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
@@ -201,7 +201,9 @@ class Pipeline:
         return self.settings.lease_seconds + min(wait, MAX_POLL_WAIT)
 
     def _request(self, job: Job, attempt: int) -> GenerationRequest:
+        base = self.settings.public_base_url.rstrip("/")
         return GenerationRequest(
+            webhook_url=f"{base}/api/v1/webhooks/replicate" if base else None,
             job_id=str(job.id),
             prompt=job.prompt,
             parameters=dict(job.parameters),

@@ -2,14 +2,16 @@
 
 A provider is driven in short, non-blocking steps. `create` starts a prediction and returns at
 once; `get` reports where it stands (the worker re-schedules itself with a countdown while it
-runs); `fetch` turns a finished output into bytes to store; `cancel` stops it upstream. No method
-may sleep for the model: that is what keeps thousands of jobs in flight on one worker process.
+runs); `fetch` opens a finished output as a checked byte stream that goes straight into storage
+(never whole in memory); `cancel` stops it upstream. No method may sleep for the model: that is
+what keeps thousands of jobs in flight on one worker process.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -60,7 +62,14 @@ class Prediction:
 
 @dataclass
 class Fetched:
-    """A downloaded output ready to store: a byte stream with its checked type and extension."""
+    """An output opened for storing: its body with its checked type and extension.
+
+    `body` is the whole output (`bytes`) or a stream of it (`AsyncIterator[bytes]`), usable only
+    while the `fetch` context that yielded it is open, and only once. A stream checks as it goes
+    and raises `PermanentProviderError` / `RetryableProviderError` from inside the iteration
+    (over the size limit, truncated, interrupted), so whatever consumes it fails with that same
+    error and keeps nothing.
+    """
 
     body: bytes | AsyncIterator[bytes]
     content_type: str
@@ -83,8 +92,17 @@ class Provider(Protocol):
         """Ask upstream to stop; a prediction already terminal is not an error."""
         ...
 
-    async def fetch(self, output: Output) -> Fetched:
-        """The output's bytes, checked (type, size, address) before anything is stored."""
+    def fetch(self, output: Output) -> AbstractAsyncContextManager[Fetched]:
+        """Open the output for reading; `Fetched.body` streams (checked as it goes) while open.
+
+            async with provider.fetch(output) as fetched:
+                size = await storage.save(key, fetched.body, fetched.content_type)
+
+        What can be checked before any byte is read (address, status, type, declared size)
+        raises on entering; what only the bytes tell (size, truncation, a dropped connection)
+        raises from the body's iteration. Leaving the context releases the download whatever
+        happened; the provider's download deadline covers the context's whole lifetime.
+        """
         ...
 
     async def close(self) -> None: ...

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from mediagen.errors import PermanentProviderError, RetryableProviderError
 from mediagen.providers.base import (
@@ -80,11 +82,13 @@ class BuiltinProvider:
     async def cancel(self, prediction_id: str) -> None:
         return None
 
-    async def fetch(self, output: Output) -> Fetched:
+    @asynccontextmanager
+    async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
+        """The rendered image, already in memory: its body is plain bytes."""
         if output.data is None or output.content_type is None:
             raise PermanentProviderError("built-in output has no data")
         ext = output.content_type.split("/", 1)[1].replace("jpeg", "jpg")
-        return Fetched(body=output.data, content_type=output.content_type, ext=ext)
+        yield Fetched(body=output.data, content_type=output.content_type, ext=ext)
 
     async def close(self) -> None:
         return None

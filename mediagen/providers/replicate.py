@@ -19,6 +19,8 @@ import ipaddress
 import math
 import re
 import socket
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -171,6 +173,74 @@ def _media_type(header: str | None, url: str) -> tuple[str, str]:
     raise PermanentProviderError(f"output has unsupported content type {media or 'none'!r}")
 
 
+def _checked_headers(url: str, response: httpx.Response, settings: Settings) -> tuple[str, str]:
+    """(content type, extension) of a download, or the error its status or headers mean."""
+    status = response.status_code
+    if status in (404, 410):
+        raise PermanentProviderError(f"output not found (HTTP {status}): {url}")
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise RetryableProviderError(
+            f"output download: HTTP {status}", retry_after=retry_after, http_status=status
+        )
+    if status != 200:
+        raise PermanentProviderError(f"output download: HTTP {status}", http_status=status)
+    content_type, ext = _media_type(response.headers.get("content-type"), url)
+    limit = settings.download_max_bytes
+    expected = _content_length(response)
+    if expected is not None and expected > limit:
+        raise PermanentProviderError(f"output exceeds {limit} bytes ({expected} declared)")
+    return content_type, ext
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    length = response.headers.get("content-length", "")
+    return int(length) if length.isdigit() else None
+
+
+class _Body:
+    """The checked byte stream of one download, readable while its `fetch` context is open.
+
+    Reading it after that would otherwise look like an empty (or cut) output and get stored as
+    one; it is a bug, so it raises instead.
+    """
+
+    def __init__(self, response: httpx.Response, limit: int) -> None:
+        self._chunks = _checked_chunks(response, limit)
+        self._closed = False
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise RuntimeError("output body read after its fetch context was left")
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._chunks.aclose()
+
+
+async def _checked_chunks(response: httpx.Response, limit: int) -> AsyncGenerator[bytes, None]:
+    """The response's bytes as they arrive, raising the provider error of a bad download from
+    inside the iteration: whoever consumes it (a storage's `save`) fails and keeps nothing."""
+    expected = _content_length(response)
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise PermanentProviderError(f"output exceeds {limit} bytes")
+            yield chunk
+    except httpx.HTTPError as exc:  # includes a connection closed before Content-Length
+        raise RetryableProviderError(f"output download interrupted: {exc!r}") from exc
+    if expected is not None and response.num_bytes_downloaded < expected:
+        raise RetryableProviderError(
+            f"output truncated: {response.num_bytes_downloaded} of {expected} bytes"
+        )
+
+
 class ReplicateProvider:
     name = "replicate"
 
@@ -248,19 +318,27 @@ class ReplicateProvider:
         if response.status_code not in (404, 409):  # gone or already terminal: nothing to stop
             _check(response, what)
 
-    async def fetch(self, output: Output) -> Fetched:
+    @asynccontextmanager
+    async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
         if output.data is not None:
             media = (output.content_type or "").split(";")[0].strip().lower()
             if media not in MEDIA_TYPES:
                 raise PermanentProviderError(f"inline output has unsupported type {media!r}")
-            return Fetched(output.data, _CANONICAL[MEDIA_TYPES[media]], MEDIA_TYPES[media])
+            yield Fetched(output.data, _CANONICAL[MEDIA_TYPES[media]], MEDIA_TYPES[media])
+            return
         if not output.url:
             raise PermanentProviderError("output has neither a URL nor data")
         timeout = self.settings.download_timeout
+        # A total deadline over the context's whole life, streaming included (httpx's is per
+        # read, so a server dripping bytes could otherwise hold a job for ever). It cancels the
+        # task, so the consumer (storage.save) unwinds and cleans up as for any failure.
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):  # a total deadline; httpx's is per read
-                return await self._download(output.url)
+            async with deadline, self._download(output.url) as fetched:
+                yield fetched
         except TimeoutError as exc:
+            if not deadline.expired():  # the consumer's own TimeoutError: not ours to rename
+                raise
             raise RetryableProviderError(f"output download timed out after {timeout:g}s") from exc
 
     async def _pinned(self, url: str) -> list[httpx.URL]:
@@ -287,14 +365,22 @@ class ReplicateProvider:
                     )
         return [parsed.copy_with(host=str(address)) for address in addresses]
 
-    async def _download(self, url: str) -> Fetched:
+    @asynccontextmanager
+    async def _download(self, url: str) -> AsyncIterator[Fetched]:
+        """Follow redirects to the output, check its headers, hand out its checked stream."""
         for _ in range(MAX_REDIRECTS + 1):
             response = await self._connect(url)
             try:
                 if response.is_redirect:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
-                return await self._read(url, response)
+                content_type, ext = _checked_headers(url, response, self.settings)
+                body = _Body(response, self.settings.download_max_bytes)
+                try:
+                    yield Fetched(body, content_type, ext)
+                finally:
+                    await body.aclose()
+                return
             finally:
                 await response.aclose()
         raise PermanentProviderError(f"output download: more than {MAX_REDIRECTS} redirects")
@@ -318,36 +404,3 @@ class ReplicateProvider:
             except httpx.HTTPError as exc:
                 raise RetryableProviderError(f"output download failed: {exc!r}") from exc
         raise RetryableProviderError(f"output download failed: {error!r}") from error
-
-    async def _read(self, url: str, response: httpx.Response) -> Fetched:
-        status = response.status_code
-        if status in (404, 410):
-            raise PermanentProviderError(f"output not found (HTTP {status}): {url}")
-        if status in (408, 429) or status >= 500:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise RetryableProviderError(
-                f"output download: HTTP {status}", retry_after=retry_after, http_status=status
-            )
-        if status != 200:
-            raise PermanentProviderError(f"output download: HTTP {status}", http_status=status)
-        content_type, ext = _media_type(response.headers.get("content-type"), url)
-        limit = self.settings.download_max_bytes
-        length = response.headers.get("content-length", "")
-        expected = int(length) if length.isdigit() else None
-        if expected is not None and expected > limit:
-            raise PermanentProviderError(f"output exceeds {limit} bytes ({expected} declared)")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise PermanentProviderError(f"output exceeds {limit} bytes")
-                chunks.append(chunk)
-        except httpx.HTTPError as exc:  # includes a connection closed before Content-Length
-            raise RetryableProviderError(f"output download interrupted: {exc!r}") from exc
-        if expected is not None and response.num_bytes_downloaded < expected:
-            raise RetryableProviderError(
-                f"output truncated: {response.num_bytes_downloaded} of {expected} bytes"
-            )
-        return Fetched(b"".join(chunks), content_type, ext)

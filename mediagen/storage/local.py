@@ -54,6 +54,11 @@ class LocalStorage:
         except OSError as exc:
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
             raise StorageError(f"cannot write {key}: {exc}") from exc
+        except BaseException:
+            # The body's own failure (a provider error from a stream cut short or over its size
+            # limit) or a cancellation: keep nothing, and let it propagate as it is.
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            raise
         return written
 
     async def read(self, key: str) -> bytes:

@@ -1,15 +1,19 @@
-"""ReplicateProvider against the fake Replicate over real HTTP (faults chosen per prompt)."""
+"""ReplicateProvider against the fake Replicate over real HTTP (faults chosen per prompt), its
+downloads streamed into real storage (a local directory, S3 on moto)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
+import math
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
 import wave
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,12 +24,25 @@ import pytest
 from PIL import Image
 
 from mediagen.config import Settings
-from mediagen.errors import PermanentProviderError, RetryableProviderError
-from mediagen.providers.base import GenerationRequest, Output, Prediction, PredictionStatus
+from mediagen.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from mediagen.providers.base import (
+    Fetched,
+    GenerationRequest,
+    Output,
+    Prediction,
+    PredictionStatus,
+)
 from mediagen.providers.replicate import ReplicateProvider, parse_progress, parse_retry_after
+from mediagen.storage.base import Storage
+from mediagen.storage.local import LocalStorage
+from mediagen.storage.s3 import PART_SIZE, S3Storage
+from tests.fakes.replicate.state import stream_bytes
 from tests.fakes.replicate_server import FakeReplicate
+from tests.s3_fixtures import BUCKET
 
 VERSION = "a" * 64
+MiB = 1024 * 1024
+LARGE = 20 * MiB  # a video-sized output: several S3 parts
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +91,41 @@ async def finish(
     return prediction
 
 
+async def read_all(fetched: Fetched) -> bytes:
+    if isinstance(fetched.body, bytes):
+        return fetched.body
+    return b"".join([chunk async for chunk in fetched.body])
+
+
+async def fetch_all(provider: ReplicateProvider, output: Output) -> Fetched:
+    """The output read whole (small outputs only: what storage does, minus the storage)."""
+    async with provider.fetch(output) as fetched:
+        return Fetched(await read_all(fetched), fetched.content_type, fetched.ext)
+
+
+async def fetch_into(
+    provider: ReplicateProvider, output: Output, storage: Storage, key: str
+) -> tuple[int, bool]:
+    """What the job pipeline does: (bytes saved, whether the body was handed out at all)."""
+    opened = False
+    async with provider.fetch(output) as fetched:
+        opened = True
+        assert not isinstance(fetched.body, bytes)  # a stream, not a buffer
+        return await storage.save(key, fetched.body, fetched.content_type), opened
+
+
+def generated_digest(prediction: Prediction, size: int, index: int = 0) -> str:
+    """sha256 of what the fake serves for `[fake:bytes=size]`, made chunk by chunk."""
+    digest = hashlib.sha256()
+    for chunk in stream_bytes(f"{prediction.id}/{index}", size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_under(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
 async def test_create_get_fetch_png(provider: ReplicateProvider, fake: FakeReplicate) -> None:
     req = request(parameters={"width": 512})
     created = await provider.create(req)
@@ -85,10 +137,11 @@ async def test_create_get_fetch_png(provider: ReplicateProvider, fake: FakeRepli
     done = await finish(provider, req, midway)
     assert done.status is PredictionStatus.SUCCEEDED and len(done.outputs) == 1
     assert parse_progress(done.logs) == {"current": 20, "total": 20, "percent": 100}
-    fetched = await provider.fetch(done.outputs[0])
-    assert (fetched.content_type, fetched.ext) == ("image/png", "png")
-    assert isinstance(fetched.body, bytes)
-    with Image.open(io.BytesIO(fetched.body)) as image:
+    async with provider.fetch(done.outputs[0]) as fetched:
+        assert (fetched.content_type, fetched.ext) == ("image/png", "png")
+        assert not isinstance(fetched.body, bytes)  # streamed from the response as it arrives
+        body = await read_all(fetched)
+    with Image.open(io.BytesIO(body)) as image:
         assert image.format == "PNG" and image.size == (64, 64)
     assert fake.stats.downloads_with_token == 0  # the API token never goes to output hosts
 
@@ -168,7 +221,7 @@ async def test_failed_prediction_surfaces_error(provider: ReplicateProvider) -> 
 async def test_several_outputs_of_several_media_types(provider: ReplicateProvider) -> None:
     kinds = "image/png,image/jpeg,image/webp,video/mp4,audio/wav"
     done = await finish(provider, request(f"[fake:outputs={kinds}]"))
-    fetched = [await provider.fetch(output) for output in done.outputs]
+    fetched = [await fetch_all(provider, output) for output in done.outputs]
     assert [(f.content_type, f.ext) for f in fetched] == [
         ("image/png", "png"),
         ("image/jpeg", "jpg"),
@@ -188,35 +241,52 @@ async def test_single_string_output(provider: ReplicateProvider) -> None:
     assert len(done.outputs) == 1 and (done.outputs[0].url or "").endswith(".png")
 
 
-@pytest.mark.parametrize("prompt", ["[fake:oversized]", "[fake:oversized nolength]"])
-async def test_oversized_output_refused(fake: FakeReplicate, prompt: str) -> None:
+@pytest.mark.parametrize(
+    ("prompt", "declared"),
+    [("[fake:oversized]", True), ("[fake:oversized nolength]", False)],
+)
+async def test_oversized_output_refused(fake: FakeReplicate, prompt: str, declared: bool) -> None:
+    """A declared size over the limit is refused before the body is handed out; an undeclared
+    one while it is read."""
     provider = ReplicateProvider(settings_for(fake, download_max_bytes=64 * 1024))
+    opened = False
     try:
         done = await finish(provider, request(prompt))
         with pytest.raises(PermanentProviderError, match="output exceeds 65536 bytes"):
-            await provider.fetch(done.outputs[0])
+            async with provider.fetch(done.outputs[0]) as fetched:
+                opened = True
+                await read_all(fetched)
     finally:
         await provider.close()
+    assert opened is not declared
 
 
 async def test_truncated_download_is_retryable(provider: ReplicateProvider) -> None:
     done = await finish(provider, request("[fake:truncated]"))
     with pytest.raises(RetryableProviderError, match=r"interrupted|truncated"):
-        await provider.fetch(done.outputs[0])
+        await fetch_all(provider, done.outputs[0])
 
 
 async def test_missing_output_is_permanent(provider: ReplicateProvider) -> None:
     done = await finish(provider, request("[fake:file404]"))
     with pytest.raises(PermanentProviderError, match="not found"):
-        await provider.fetch(done.outputs[0])
+        async with provider.fetch(done.outputs[0]):
+            pytest.fail("the body of a 404 was handed out")
 
 
 async def test_redirects_followed_up_to_five(provider: ReplicateProvider) -> None:
     done = await finish(provider, request("[fake:redirect=3]"))
-    assert (await provider.fetch(done.outputs[0])).ext == "png"
+    assert (await fetch_all(provider, done.outputs[0])).ext == "png"
     done = await finish(provider, request("[fake:redirect=6]"))
     with pytest.raises(PermanentProviderError, match="redirects"):
-        await provider.fetch(done.outputs[0])
+        await fetch_all(provider, done.outputs[0])
+
+
+async def test_inline_output_is_bytes(provider: ReplicateProvider) -> None:
+    async with provider.fetch(Output(data=b"GIF89a", content_type="image/gif")) as fetched:
+        assert (fetched.body, fetched.content_type, fetched.ext) == (b"GIF89a", "image/gif", "gif")
+    with pytest.raises(PermanentProviderError, match="unsupported type"):
+        await fetch_all(provider, Output(data=b"<svg/>", content_type="image/svg+xml"))
 
 
 async def test_private_address_refused(fake: FakeReplicate, provider: ReplicateProvider) -> None:
@@ -225,11 +295,220 @@ async def test_private_address_refused(fake: FakeReplicate, provider: ReplicateP
     try:
         for url in [done.outputs[0].url, "http://localhost:9/x.png", "http://169.254.169.254/"]:
             with pytest.raises(PermanentProviderError, match="non-public"):
-                await strict.fetch(Output(url=url))
+                await fetch_all(strict, Output(url=url))
         with pytest.raises(PermanentProviderError, match="not an http"):
-            await strict.fetch(Output(url="file:///etc/passwd"))
+            await fetch_all(strict, Output(url="file:///etc/passwd"))
     finally:
         await strict.close()
+
+
+# --- streaming into storage ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", ["", "nolength"])
+async def test_large_output_streams_into_local_storage(
+    provider: ReplicateProvider, tmp_path: Path, length: str
+) -> None:
+    done = await finish(provider, request(f"[fake:bytes={LARGE} outputs=video/mp4 {length}]"))
+    storage = LocalStorage(tmp_path / "media")
+    key = storage.key_for("large", 0, "mp4")
+    tracemalloc.start()
+    try:
+        size, _ = await fetch_into(provider, done.outputs[0], storage, key)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size == LARGE
+    assert peak < LARGE // 4, f"{peak} bytes held at once: the output was buffered"
+    digest = hashlib.sha256()
+    with storage.path_for(key).open("rb") as stored:
+        while chunk := stored.read(MiB):
+            digest.update(chunk)
+    assert digest.hexdigest() == generated_digest(done, LARGE)
+    assert files_under(storage.root) == [storage.path_for(key)]  # no temporary file left
+
+
+async def test_large_output_streams_into_s3_as_multipart(
+    provider: ReplicateProvider, make_s3: Callable[..., S3Storage], raw_s3: Any
+) -> None:
+    done = await finish(provider, request(f"[fake:bytes={LARGE} outputs=video/mp4]"))
+    storage = make_s3()
+    key = storage.key_for("large", 0, "mp4")
+    size, _ = await fetch_into(provider, done.outputs[0], storage, key)
+    assert size == LARGE
+    head = await raw_s3.head_object(Bucket=BUCKET, Key=key)
+    assert (head["ContentLength"], head["ContentType"]) == (LARGE, "video/mp4")
+    assert head["ETag"].strip('"').endswith(f"-{math.ceil(LARGE / PART_SIZE)}")  # multipart
+    assert hashlib.sha256(await storage.read(key)).hexdigest() == generated_digest(done, LARGE)
+
+
+# (fault tags, provider settings, error, message, whether the body gets handed out at all)
+BAD_STREAMS = [
+    pytest.param(
+        f"bytes={LARGE} truncated",
+        {},
+        RetryableProviderError,
+        r"interrupted|truncated",
+        True,
+        id="truncated",
+    ),
+    pytest.param(
+        f"bytes={LARGE} nolength",
+        {"download_max_bytes": 12 * MiB},
+        PermanentProviderError,
+        f"output exceeds {12 * MiB} bytes",
+        True,
+        id="oversized-streamed",
+    ),
+    pytest.param(
+        f"bytes={LARGE}",
+        {"download_max_bytes": 12 * MiB},
+        PermanentProviderError,
+        rf"output exceeds {12 * MiB} bytes \({LARGE} declared\)",
+        False,
+        id="oversized-declared",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tags", "overrides", "error", "match", "opens"), BAD_STREAMS)
+async def test_bad_stream_leaves_nothing_in_s3(
+    fake: FakeReplicate,
+    make_s3: Callable[..., S3Storage],
+    raw_s3: Any,
+    tags: str,
+    overrides: dict[str, Any],
+    error: type[ProviderError],
+    match: str,
+    opens: bool,
+) -> None:
+    provider = ReplicateProvider(settings_for(fake, **overrides))
+    storage = make_s3()
+    key = storage.key_for("bad", 0, "mp4")
+    parts: list[int] = []
+    upload_part = storage._part
+
+    async def counted(*args: Any) -> Any:
+        parts.append(args[3])
+        return await upload_part(*args)
+
+    storage._part = counted  # type: ignore[method-assign]
+    try:
+        done = await finish(provider, request(f"[fake:{tags} outputs=video/mp4]"))
+        with pytest.raises(error, match=match) as caught:
+            await fetch_into(provider, done.outputs[0], storage, key)
+    finally:
+        await provider.close()
+    assert type(caught.value) is error  # the provider's own error, not wrapped by the storage
+    assert bool(parts) is opens  # a streamed failure came after multipart had begun...
+    assert not await storage.exists(key)
+    uploads = await raw_s3.list_multipart_uploads(Bucket=BUCKET, Prefix=storage.prefix)
+    assert not uploads.get("Uploads")  # ...and the upload was aborted, its parts dropped
+
+
+@pytest.mark.parametrize(("tags", "overrides", "error", "match", "opens"), BAD_STREAMS)
+async def test_bad_stream_leaves_nothing_on_disk(
+    fake: FakeReplicate,
+    tmp_path: Path,
+    tags: str,
+    overrides: dict[str, Any],
+    error: type[ProviderError],
+    match: str,
+    opens: bool,
+) -> None:
+    provider = ReplicateProvider(settings_for(fake, **overrides))
+    storage = LocalStorage(tmp_path / "media")
+    try:
+        done = await finish(provider, request(f"[fake:{tags} outputs=video/mp4]"))
+        with pytest.raises(error, match=match) as caught:
+            await fetch_into(provider, done.outputs[0], storage, storage.key_for("bad", 0, "mp4"))
+    finally:
+        await provider.close()
+    assert type(caught.value) is error
+    assert files_under(tmp_path) == []  # neither the output nor its `.part` temporary file
+
+
+async def test_deadline_covers_the_streaming(fake: FakeReplicate, tmp_path: Path) -> None:
+    """Bytes dripping in just fast enough for httpx's per-read timeout still hit the total one."""
+    provider = ReplicateProvider(settings_for(fake, download_timeout=0.5))
+    storage = LocalStorage(tmp_path / "media")
+    try:
+        done = await finish(provider, request(f"[fake:bytes={MiB} drip=0.1 nolength]"))
+        started = time.monotonic()
+        with pytest.raises(RetryableProviderError, match=r"timed out after 0\.5s") as caught:
+            await fetch_into(provider, done.outputs[0], storage, storage.key_for("slow", 0, "png"))
+    finally:
+        await provider.close()
+    assert time.monotonic() - started < 1.5
+    assert isinstance(caught.value.__cause__, TimeoutError)
+    assert files_under(tmp_path) == []
+
+
+async def test_deadline_mid_multipart_aborts_the_upload(
+    fake: FakeReplicate, make_s3: Callable[..., S3Storage], raw_s3: Any
+) -> None:
+    """The deadline cancels the save midway: S3 aborts the upload it had begun."""
+    provider = ReplicateProvider(settings_for(fake, download_timeout=1.0))
+    storage = make_s3()
+    key = storage.key_for("stalled", 0, "mp4")
+    parts: list[int] = []
+    upload_part = storage._part
+
+    async def counted(*args: Any) -> Any:
+        parts.append(args[3])
+        return await upload_part(*args)
+
+    storage._part = counted  # type: ignore[method-assign]
+    try:
+        done = await finish(provider, request(f"[fake:bytes={LARGE} stall=5 outputs=video/mp4]"))
+        with pytest.raises(RetryableProviderError, match=r"timed out after 1s"):
+            await fetch_into(provider, done.outputs[0], storage, key)
+    finally:
+        await provider.close()
+    assert parts == [1]  # half of LARGE came before the stall: one part, then the deadline
+    assert not await storage.exists(key)
+    uploads = await raw_s3.list_multipart_uploads(Bucket=BUCKET, Prefix=storage.prefix)
+    assert not uploads.get("Uploads")
+
+
+async def test_consumers_own_timeout_is_not_renamed(provider: ReplicateProvider) -> None:
+    done = await finish(provider, request())
+    with pytest.raises(TimeoutError):
+        async with provider.fetch(done.outputs[0]):
+            raise TimeoutError("the consumer's, not the download's")
+
+
+async def test_download_closed_when_the_context_exits(
+    provider: ReplicateProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    responses: list[httpx.Response] = []
+    connect = provider._connect
+
+    async def spy(url: str) -> httpx.Response:
+        responses.append(await connect(url))
+        return responses[-1]
+
+    monkeypatch.setattr(provider, "_connect", spy)
+    done = await finish(provider, request(f"[fake:bytes={MiB}]"))
+    # Left without reading: closed, and the body can't be read afterwards (it'd look empty).
+    async with provider.fetch(done.outputs[0]) as fetched:
+        body = fetched.body
+    assert isinstance(body, AsyncIterator)
+    assert responses[-1].is_closed
+    with pytest.raises(RuntimeError, match="after its fetch context was left"):
+        await anext(body)
+    # The consumer fails midway: its error goes through unchanged, the response is closed.
+    with pytest.raises(ValueError, match="consumer failed"):
+        async with provider.fetch(done.outputs[0]) as fetched:
+            assert not isinstance(fetched.body, bytes)
+            async for _ in fetched.body:
+                raise ValueError("consumer failed")
+    assert responses[-1].is_closed
+    # Redirect hops are closed as they are followed.
+    done = await finish(provider, request("[fake:redirect=2]"))
+    before = len(responses)
+    assert (await fetch_all(provider, done.outputs[0])).ext == "png"
+    assert len(responses) == before + 3 and all(r.is_closed for r in responses)
 
 
 async def test_cancel(provider: ReplicateProvider, fake: FakeReplicate) -> None:

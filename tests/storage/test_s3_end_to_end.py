@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from mediagen.providers.render import render
-from tests.conftest import REDIS_URL, TMP, start_api
+from tests.conftest import REDIS_URL, start_api, start_worker
 from tests.storage.conftest import BUCKET, CREDENTIALS
-from tests.support import Proc, wait_for, wait_terminal
+from tests.support import wait_terminal
 
 S3_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
 
@@ -37,28 +37,7 @@ def s3_env(moto_endpoint: str, raw_s3: Any) -> dict[str, str]:
 def s3_api(database: str, s3_env: dict[str, str]) -> Iterator[str]:
     broker = redis.Redis.from_url(S3_REDIS)
     broker.flushdb()
-    worker = Proc.start(
-        "worker-s3",
-        [
-            "python",
-            "-m",
-            "celery",
-            "-A",
-            "mediagen.worker",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            "4",
-            "-Q",
-            "mediagen",
-            "-n",
-            f"s3-{uuid.uuid4().hex[:6]}@%h",
-        ],
-        TMP / "worker-s3.log",
-        s3_env,
-    )
-    wait_for(lambda: bool(broker.keys("mediagen:worker:*")), 30, worker, "s3 worker")
+    worker = start_worker("worker-s3", broker, s3_env)
     api, url = start_api("api-s3", s3_env)
     yield url
     api.stop()

@@ -29,6 +29,7 @@ from tests.fakes.replicate.state import (
     Stats,
     media_bytes,
     parse_tags,
+    stream_bytes,
     version_of,
 )
 
@@ -118,6 +119,58 @@ class TruncatedResponse(Response):
         )
         await send({"type": "http.response.body", "body": self.body, "more_body": True})
         raise ConnectionAbortedError("fake truncated download")
+
+
+class GeneratedResponse(Response):
+    """`size` bytes of `stream_bytes(seed)`, sent as they are made; `drip` seconds before each
+    chunk, `stall` seconds once half-way. `length` is the Content-Length to declare (None:
+    chunked); `cut` drops the connection after the last chunk instead of ending the body."""
+
+    def __init__(
+        self,
+        seed: str,
+        size: int,
+        media_type: str,
+        *,
+        length: int | None,
+        drip: float = 0.0,
+        stall: float = 0.0,
+        cut: bool = False,
+    ) -> None:
+        super().__init__(media_type=media_type)
+        self.seed, self.size, self.length, self.cut = seed, size, length, cut
+        self.drip, self.stall = drip, stall
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", (self.media_type or "").encode())]
+        if self.length is not None:
+            headers.append((b"content-length", str(self.length).encode()))
+        gone = asyncio.Event()  # the client hung up: stop making bytes nobody will read
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            sent = 0
+            for chunk in stream_bytes(self.seed, self.size):
+                if self.drip:
+                    await asyncio.sleep(self.drip)
+                if self.stall and sent < self.size // 2 <= sent + len(chunk):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gone.wait(), self.stall)
+                if gone.is_set():
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+            if self.cut:
+                raise ConnectionAbortedError("fake truncated download")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
 
 
 def create_app(state: FakeState) -> Starlette:
@@ -229,6 +282,17 @@ def create_app(state: FakeState) -> Starlette:
 
                 return StreamingResponse(chunks(), media_type=kind)
             return Response(b"\0" * size, media_type=kind)
+        if "bytes" in options:
+            size, cut = int(options["bytes"]), "truncated" in options
+            return GeneratedResponse(
+                f"{prediction.id}/{index}",
+                size,
+                kind,
+                length=None if "nolength" in options else size * 2 if cut else size,
+                drip=float(options.get("drip") or 0),
+                stall=float(options.get("stall") or 0),
+                cut=cut,
+            )
         body = media_bytes(kind, f"{prediction.id}/{index}", state.config.image_size)
         if "truncated" in options:
             return TruncatedResponse(body, media_type=kind)

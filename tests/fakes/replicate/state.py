@@ -13,6 +13,9 @@ space-separated `name` or `name=value` tokens; several tags merge, the prompt wi
                         single (output is one URL string, not a list)
     files               file404 truncated oversized (+ nolength: chunked, no Content-Length)
                         redirect=N (each output URL answers N redirects first)
+                        bytes=N (N pseudo-random bytes from `stream_bytes`, generated as sent;
+                        + nolength, truncated, drip=S: sleep S seconds before each 64 KiB,
+                        stall=S: sleep S seconds once half-way)
     options             latency=S outputs=image/png,video/mp4,audio/wav
 """
 
@@ -22,12 +25,14 @@ import base64
 import hashlib
 import io
 import math
+import random
 import re
 import secrets
 import struct
 import time
 import wave
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -238,3 +243,11 @@ def media_bytes(kind: str, seed: str, size: int = 64) -> bytes:
         payload = digest * 32
         return ftyp + struct.pack(">I4s", 8 + len(payload), b"mdat") + payload
     return digest * 16
+
+
+def stream_bytes(seed: str, size: int, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """`size` pseudo-random bytes, the same for the same seed, made `chunk` at a time (a large
+    output is never whole in memory, here or in the test that checks it)."""
+    rng = random.Random(seed)
+    for start in range(0, size, chunk):
+        yield rng.randbytes(min(chunk, size - start))

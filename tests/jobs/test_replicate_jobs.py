@@ -1,0 +1,225 @@
+"""Jobs on the Replicate provider, end to end: API + worker processes against the fake
+Replicate server over HTTP. Two stacks: one polling only, one with webhooks (and polling slowed
+to 60 s, so a job that finishes quickly can only have been finished by its webhook)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.fakes.replicate import FakeReplicate
+from tests.support import free_port, wait_terminal
+
+
+@dataclass
+class Stack:
+    url: str
+    fake: FakeReplicate
+
+
+def _stack(name: str, db: int, fake: FakeReplicate, **env: str) -> Iterator[Stack]:
+    broker_url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    broker = redis.Redis.from_url(broker_url)
+    broker.flushdb()
+    port = free_port()
+    settings = {"REPLICATE_API_TOKEN": fake.config.token, "REPLICATE_BASE_URL": fake.url,
+                "DOWNLOAD_ALLOW_PRIVATE": "true", "REDIS_URL": broker_url,
+                "DOWNLOAD_MAX_BYTES": str(1024 * 1024), "REPLICATE_TIMEOUT": "3", **env}
+    worker = start_worker(f"worker-{name}", broker, settings)
+    api, url = start_api(f"api-{name}", settings, port)
+    try:
+        yield Stack(url, fake)
+    finally:
+        api.stop()
+        worker.stop()
+        broker.flushdb()
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeReplicate]:
+    with FakeReplicate(latency=0.4) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def polling(database: str, fake: FakeReplicate) -> Iterator[Stack]:
+    yield from _stack("poll", 14, fake, POLL_INTERVAL="0.3", JOB_TIMEOUT="6")
+
+
+@pytest.fixture(scope="module")
+def hooked(database: str, fake: FakeReplicate) -> Iterator[Stack]:
+    port = free_port()
+    settings = {"POLL_INTERVAL": "60", "REPLICATE_WEBHOOK_SECRET": fake.config.webhook_secret}
+    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/15"
+    broker = redis.Redis.from_url(broker_url)
+    broker.flushdb()
+    settings |= {"REPLICATE_API_TOKEN": fake.config.token, "REPLICATE_BASE_URL": fake.url,
+                 "DOWNLOAD_ALLOW_PRIVATE": "true", "REDIS_URL": broker_url,
+                 "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    worker = start_worker("worker-hook", broker, settings)
+    api, url = start_api("api-hook", settings, port)
+    try:
+        yield Stack(url, fake)
+    finally:
+        api.stop()
+        worker.stop()
+        broker.flushdb()
+        broker.close()
+
+
+async def _run(stack: Stack, prompt: str, timeout: float = 20, **params: object) -> dict:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        created = await client.post("/api/v1/generate",
+                                    json={"prompt": prompt, "parameters": params})
+        assert created.status_code == 201, created.text
+        return await wait_terminal(client, created.json()["job_id"], timeout)
+
+
+def _sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def _headers(secret: str, body: bytes, message_id: str | None = None,
+             timestamp: int | None = None) -> dict[str, str]:
+    message_id = message_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": _sign(secret, message_id, timestamp, body),
+            "content-type": "application/json"}
+
+
+# --- polling ------------------------------------------------------------------------------
+
+async def test_success_by_polling(polling: Stack) -> None:
+    job = await _run(polling, "a polled lighthouse")
+    assert job["status"] == "completed", job
+    assert job["provider"] == "replicate" and job["prediction_id"]
+    assert job["outputs"][0]["content_type"] == "image/png"
+    async with httpx.AsyncClient(base_url=polling.url) as client:
+        image = await client.get(job["result_url"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+async def test_429_then_success(polling: Stack) -> None:
+    job = await _run(polling, f"[fake:429 times=1 retry_after=1] {uuid.uuid4()}")
+    assert job["status"] == "completed", job
+    assert job["retry_count"] == 1 and job["attempts"] == 2
+
+
+async def test_500_until_retries_exhausted(polling: Stack) -> None:
+    job = await _run(polling, f"[fake:500 times=9] {uuid.uuid4()}")
+    assert job["status"] == "failed", job
+    assert job["retry_count"] == 2  # MAX_RETRIES in the test settings
+    assert job["error"].startswith("gave up after 2 retries:")
+    assert "500" in job["error"]
+
+
+async def test_model_failure_text_is_surfaced(polling: Stack) -> None:
+    job = await _run(polling, "[fake:failed error=NSFW_content_detected] a cat")
+    assert job["status"] == "failed"
+    assert job["retry_count"] == 0
+    assert "NSFW content detected" in job["error"].replace("_", " ")
+
+
+async def test_deadline_cancels_the_prediction(polling: Stack) -> None:
+    cancels = polling.fake.stats.cancels
+    job = await _run(polling, f"[fake:stuck] {uuid.uuid4()}", timeout=20)
+    assert job["status"] == "failed"
+    assert job["error"].startswith("deadline exceeded")
+    assert polling.fake.stats.cancels == cancels + 1
+
+
+async def test_several_outputs_of_several_media_types(polling: Stack) -> None:
+    job = await _run(polling, "[fake:outputs=image/png,video/mp4,audio/wav] a music video")
+    assert job["status"] == "completed", job
+    types = [o["content_type"] for o in job["outputs"]]
+    assert types == ["image/png", "video/mp4", "audio/wav"]
+    assert job["result_url"] == job["outputs"][0]["url"]
+    job_id = job["job_id"]
+    assert [o["url"] for o in job["outputs"]] == [f"/media/{job_id}.png", f"/media/{job_id}-1.mp4",
+                                                  f"/media/{job_id}-2.wav"]
+    async with httpx.AsyncClient(base_url=polling.url) as client:
+        for output in job["outputs"]:
+            response = await client.get(output["url"])
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith(output["content_type"])
+            assert len(response.content) == output["size"]
+
+
+async def test_oversized_output_is_refused(polling: Stack) -> None:
+    job = await _run(polling, "[fake:oversized] a huge panorama")
+    assert job["status"] == "failed"
+    assert "exceeds" in job["error"]
+    assert job["outputs"] == [] and job["result_url"] is None
+
+
+# --- webhooks -----------------------------------------------------------------------------
+
+async def test_success_by_webhook(hooked: Stack) -> None:
+    delivered = hooked.fake.stats.webhooks_delivered
+    started = time.monotonic()
+    job = await _run(hooked, "a lighthouse told by webhook", timeout=15)
+    assert job["status"] == "completed", job
+    assert time.monotonic() - started < 15  # polling is set to 60 s: this was the webhook
+    assert hooked.fake.stats.webhooks_delivered > delivered
+
+
+async def test_forged_and_replayed_webhooks_are_rejected(hooked: Stack) -> None:
+    async with httpx.AsyncClient(base_url=hooked.url, timeout=30) as client:
+        created = await client.post("/api/v1/generate",
+                                    json={"prompt": f"[fake:stuck] {uuid.uuid4()}"})
+        job_id = created.json()["job_id"]
+        for _ in range(100):
+            job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+            if job["prediction_id"]:
+                break
+            time.sleep(0.05)
+        body = json.dumps({"id": job["prediction_id"], "status": "succeeded",
+                           "output": ["http://127.0.0.1:1/x.png"]}).encode()
+        secret = hooked.fake.config.webhook_secret
+        forged = _headers("whsec_" + base64.b64encode(b"not-the-secret").decode(), body)
+        replayed = _headers(secret, body, timestamp=int(time.time()) - 600)
+        unsigned = {"content-type": "application/json"}
+        for headers in (forged, replayed, unsigned):
+            response = await client.post("/api/v1/webhooks/replicate", content=body,
+                                         headers=headers)
+            assert response.status_code == 401, response.text
+            assert response.json()["code"] == "unauthorized"
+        after = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert after["status"] == "processing"
+    assert after["updated_at"] >= job["updated_at"]
+
+
+async def test_duplicate_webhook_completes_once(hooked: Stack) -> None:
+    job = await _run(hooked, "a twice-delivered sunrise", timeout=15)
+    assert job["status"] == "completed"
+    body = json.dumps({"id": job["prediction_id"], "status": "succeeded"}).encode()
+    headers = _headers(hooked.fake.config.webhook_secret, body, message_id="msg_dup_1")
+    async with httpx.AsyncClient(base_url=hooked.url, timeout=30) as client:
+        first = await client.post("/api/v1/webhooks/replicate", content=body, headers=headers)
+        second = await client.post("/api/v1/webhooks/replicate", content=body, headers=headers)
+        assert first.status_code == second.status_code == 200
+        assert first.json()["status"] == "ignored"  # the job is already completed
+        assert second.json()["status"] == "duplicate"
+        again = (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
+    assert again["completed_at"] == job["completed_at"] and again["attempts"] == 1
+
+
+async def test_webhooks_off_without_a_secret(polling: Stack) -> None:
+    async with httpx.AsyncClient(base_url=polling.url) as client:
+        response = await client.post("/api/v1/webhooks/replicate", json={})
+    assert response.status_code == 404
