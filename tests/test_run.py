@@ -13,7 +13,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.s3_fixtures import BUCKET, CREDENTIALS, moto_endpoint, raw_s3
 from tests.support import Proc, free_port, wait_for
+
+__all__ = ["moto_endpoint", "raw_s3"]  # fixtures used through getfixturevalue
 
 README_BODY = {
     "prompt": "A beautiful sunset over mountains",
@@ -32,13 +35,24 @@ def _processes_under(path: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.fixture(params=["local", "s3"])
+def storage_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Local storage, or S3 with the README's documented variables (moto's S3 server)."""
+    if request.param == "local":
+        return {"STORAGE_TYPE": "local", "LOCAL_STORAGE_PATH": str(tmp_path / "media")}
+    endpoint = request.getfixturevalue("moto_endpoint")
+    request.getfixturevalue("raw_s3")  # creates the bucket
+    return {"STORAGE_TYPE": "s3", "S3_BUCKET_NAME": BUCKET, "S3_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}
+
+
 @pytest.mark.timeout(180)
-def test_run_with_nothing_configured(tmp_path: Path) -> None:
+def test_run_with_nothing_configured(tmp_path: Path, storage_env: dict[str, str]) -> None:
     port = free_port()
     data_dir = tmp_path / "embedded"
     env = {"DATABASE_URL": "", "REDIS_URL": "", "API_PORT": str(port),
-           "EMBEDDED_DATA_DIR": str(data_dir), "LOCAL_STORAGE_PATH": str(tmp_path / "media"),
-           "WORKER_CONCURRENCY": "4"}
+           "EMBEDDED_DATA_DIR": str(data_dir), "WORKER_CONCURRENCY": "4", **storage_env}
     run = Proc.start("run", [sys.executable, "-m", "mediagen", "run"], tmp_path / "run.log", env)
     # Signal only the launcher (not its process group): it must stop its children itself.
     try:
@@ -62,8 +76,9 @@ def test_run_with_nothing_configured(tmp_path: Path) -> None:
                 assert status["status"] in ("pending", "processing"), status
                 assert time.monotonic() < deadline, status
                 time.sleep(0.1)
-            media = client.get(status["result_url"])
+            media = client.get(status["result_url"])  # /media/... or a presigned S3 URL
             assert media.status_code == 200 and media.headers["content-type"] == "image/png"
+            assert media.content.startswith(b"\x89PNG")
     finally:
         os.kill(run.popen.pid, signal.SIGTERM)
         code = run.popen.wait(60)
