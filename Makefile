@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup run api worker beat migrate test test-fast lint format lock bench-inflight \
-        compose-check ping clean
+.PHONY: help setup run api worker beat migrate test lint format lock bench-inflight \
+        compose-check ping fuzz chaos clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -43,6 +43,13 @@ ping: setup ## celery inspect ping against the configured (or running embedded) 
 test: setup ## The whole test suite against real Postgres, Redis and Celery
 	scripts/ensure-services.sh
 	$(PY) -m pytest
+
+fuzz: setup ## schemathesis over the OpenAPI schema with a random seed (a live API on :8000)
+	$(VENV)/bin/schemathesis --config-file tests/fuzz/schemathesis.toml run \
+	  http://127.0.0.1:8000/openapi.json --checks all --max-examples 500
+
+chaos: setup ## Crash, outage and fault scenarios against real processes (not part of `make test`)
+	$(PY) -m tests.chaos
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -16,23 +17,26 @@ from mediagen.errors import DatabaseUnavailableError, MediagenError
 
 log = logging.getLogger(__name__)
 
-# What the database driver raises when Postgres is down or the connection dropped.
+# What the database driver raises when Postgres is down or the connection dropped. Tortoise
+# wraps driver errors in OperationalError, which also covers bad data: only its connection-type
+# causes mean "unavailable".
 _DB_DOWN: tuple[type[BaseException], ...] = (
     DBConnectionError,
-    OperationalError,
     OSError,
     ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
 )
-try:
-    import asyncpg
 
-    _DB_DOWN += (
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        asyncpg.CannotConnectNowError,
-    )
-except ImportError:  # pragma: no cover
-    pass
+
+def _database_down(exc: BaseException) -> bool:
+    if isinstance(exc, _DB_DOWN):
+        return True
+    return isinstance(exc, OperationalError) and isinstance(exc.__cause__, _DB_DOWN)
 
 
 def _error(
@@ -64,14 +68,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        code = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
         return _error(exc.status_code, str(exc.detail), code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, _DB_DOWN):
+        if _database_down(exc):
             log.warning("database unavailable: %s", exc)
             err = DatabaseUnavailableError("the database is unavailable; try again shortly")
             return _error(503, err.message, err.code, headers={"Retry-After": "5"})

@@ -30,6 +30,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     response_model=GenerateResponse,
     summary="Create a media generation job",
     responses={
+        400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8)."},
         413: {"model": ErrorResponse, "description": "The request body is too large."},
         422: {"model": ErrorResponse, "description": "The body is invalid; `errors` says where."},
         503: {"model": ErrorResponse, "description": "The database is unavailable."},

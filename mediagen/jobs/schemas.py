@@ -9,37 +9,116 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict, JsonValue
+from pydantic_core import PydanticCustomError
 
 from mediagen.config import get_settings
 from mediagen.jobs.states import JobStatus
 
-MAX_EXTRA_PARAMETERS = 32
+MAX_PARAMETERS = 40  # known and passed-through keys together
 _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$|^[0-9a-f]{64}$")
 
 Scalar = str | int | float | bool | None
+_NO_NUL = "^[^\\u0000]*$"  # Postgres text and JSON cannot hold NUL characters
+_SETTINGS = get_settings()  # bounds that the OpenAPI schema states, as configured
+_SCALAR_SCHEMA: list[JsonValue] = [
+    {"type": "integer"},
+    {"type": "number"},
+    {"type": "boolean"},
+    {"type": "null"},
+    {"type": "string", "maxLength": 10_000, "pattern": _NO_NUL},
+]
+_EXTRAS_SCHEMA: JsonDict = {
+    # Unknown parameters as the model validator below accepts them, stated for clients and fuzzers.
+    "additionalProperties": {
+        "anyOf": [
+            *_SCALAR_SCHEMA,
+            {"type": "array", "maxItems": 64, "items": {"anyOf": _SCALAR_SCHEMA}},
+        ]
+    },
+    "propertyNames": {"pattern": _EXTRA_KEY.pattern},
+    "maxProperties": MAX_PARAMETERS,
+}
+_DIMENSION_SCHEMA: JsonDict = {
+    "minimum": _SETTINGS.min_dimension,
+    "maximum": _SETTINGS.max_dimension,
+    "multipleOf": 8,
+}
+
+
+def _json_number(kind: str) -> Callable[[object], object]:
+    """As JSON Schema counts numbers: 976.0 is an integer, `true` and "7" are not numbers."""
+
+    def check(value: object) -> object:
+        if isinstance(value, bool | str):
+            raise PydanticCustomError(f"{kind}_type", f"Input should be a valid {kind}")
+        return value
+
+    return check
+
+
+_BOUND_NAMES = {
+    "ge": "minimum",
+    "le": "maximum",
+    "gt": "exclusiveMinimum",
+    "lt": "exclusiveMaximum",
+}
+
+
+def _schema_extra(schema: JsonDict) -> None:
+    """Add the extras rules, and name bounds as JSON Schema does: behind a BeforeValidator,
+    pydantic emits a field's `ge`/`le` under those names."""
+    schema.update(_EXTRAS_SCHEMA)
+
+    def rename(node: JsonValue) -> None:
+        if isinstance(node, dict):
+            for short, standard in _BOUND_NAMES.items():
+                if short in node:
+                    node[standard] = node.pop(short)
+            for child in node.values():
+                rename(child)
+        elif isinstance(node, list):
+            for child in node:
+                rename(child)
+
+    rename(schema.get("properties"))
+
+
+Int = Annotated[int, BeforeValidator(_json_number("integer"))]
+Float = Annotated[float, BeforeValidator(_json_number("number"))]
 
 
 class GenerationParameters(BaseModel):
     """Generation settings. Width and height must be multiples of 8 within the configured bounds
     (64..2048 by default)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_extra)
 
-    width: int = Field(1024, description="Image width in pixels, a multiple of 8.")
-    height: int = Field(1024, description="Image height in pixels, a multiple of 8.")
-    num_inference_steps: int = Field(50, ge=1, le=150)
-    seed: int | None = Field(
-        None, ge=0, le=2**32 - 1, description="Same prompt + seed, same image."
+    width: Int = Field(
+        1024,
+        description="Image width in pixels, a multiple of 8.",
+        json_schema_extra=_DIMENSION_SCHEMA,
+    )
+    height: Int = Field(
+        1024,
+        description="Image height in pixels, a multiple of 8.",
+        json_schema_extra=_DIMENSION_SCHEMA,
+    )
+    num_inference_steps: Int = Field(50, ge=1, le=150)
+    # Bounds inside the Annotated: on the Optional they would reach the schema as `ge`/`le`.
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] | None = Field(
+        None, description="Same prompt + seed, same image."
     )
     output_format: Literal["png", "jpg", "jpeg", "webp"] = "png"
-    num_outputs: int = Field(1, ge=1, le=4)
-    guidance_scale: float | None = Field(None, ge=0, le=50)
-    negative_prompt: str | None = Field(None, max_length=2000)
+    num_outputs: Int = Field(1, ge=1, le=4)
+    guidance_scale: Annotated[Float, Field(ge=0, le=50)] | None = None
+    negative_prompt: str | None = Field(None, max_length=2000, pattern=_NO_NUL)
 
     @field_validator("width", "height")
     @classmethod
@@ -55,8 +134,8 @@ class GenerationParameters(BaseModel):
     @model_validator(mode="after")
     def _extras(self) -> GenerationParameters:
         extra = self.model_extra or {}
-        if len(extra) > MAX_EXTRA_PARAMETERS:
-            raise ValueError(f"at most {MAX_EXTRA_PARAMETERS} extra parameters are accepted")
+        if len(self.model_fields_set | set(extra)) > MAX_PARAMETERS:
+            raise ValueError(f"at most {MAX_PARAMETERS} parameters are accepted")
         for key, value in extra.items():
             if not _EXTRA_KEY.match(key):
                 raise ValueError(f"parameter name {key!r} is not an identifier")
@@ -67,6 +146,8 @@ class GenerationParameters(BaseModel):
                 )
             if any(isinstance(v, str) and len(v) > 10_000 for v in values):
                 raise ValueError(f"parameter {key!r} is longer than 10000 characters")
+            if any(isinstance(v, str) and "\x00" in v for v in values):
+                raise ValueError(f"parameter {key!r} must not contain NUL characters")
         return self
 
 
@@ -83,12 +164,21 @@ class GenerateRequest(BaseModel):
         },
     )
 
-    prompt: str = Field(..., description="What to generate; not blank, at most MAX_PROMPT_LENGTH.")
+    prompt: str = Field(
+        ...,
+        description="What to generate; not blank, at most MAX_PROMPT_LENGTH characters.",
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": _SETTINGS.max_prompt_length,
+            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
+        },
+    )
     parameters: GenerationParameters = Field(default_factory=GenerationParameters)
     model: str | None = Field(
         None,
         description="Replicate model `owner/name`, `owner/name:version` or a version id; "
         "defaults to REPLICATE_DEFAULT_MODEL. Ignored by the built-in generator.",
+        json_schema_extra={"pattern": _MODEL.pattern},
     )
 
     @field_validator("prompt")

@@ -39,7 +39,7 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("too many outputs", with_params(num_outputs=9), "parameters.num_outputs"),
     ("extra param bad name", with_params(**{"bad name": 1}), "is not an identifier"),
     ("extra param nested object", with_params(style={"a": 1}), "must be a scalar or a list"),
-    ("too many extra params", with_params(**{f"p{i}": i for i in range(40)}), "at most 32 extra"),
+    ("too many params", with_params(**{f"p{i}": i for i in range(39)}), "at most 40 parameters"),
     ("bad model", {**GOOD, "model": "not a model!"}, "model: Value error"),
     ("body is a list", [GOOD], "Input should be a valid dictionary"),
     ("body is null", None, "Field required"),

@@ -1,0 +1,57 @@
+"""schemathesis over the OpenAPI schema, every check, against a live API under uvicorn.
+
+The stack under test (API + worker on a Redis database of their own) generates through the fake
+Replicate, whose outputs are tiny, so the hundreds of jobs the fuzzer creates (up to 2048x2048,
+four outputs) finish without loading the machine, and health is truthfully 200. `make fuzz`
+runs it with a random seed; here the seed is fixed so CI is repeatable.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.fakes.replicate import FakeReplicate
+
+HERE = Path(__file__).parent
+MIN_CASES = 1000
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(database: str) -> Iterator[str]:
+    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/9"
+    broker = redis.Redis.from_url(broker_url)
+    with FakeReplicate(latency=0.2) as fake:
+        env = {"REDIS_URL": broker_url, "REPLICATE_API_TOKEN": fake.config.token,
+               "REPLICATE_BASE_URL": fake.url, "DOWNLOAD_ALLOW_PRIVATE": "true",
+               "POLL_INTERVAL": "0.5"}
+        worker = start_worker("worker-fuzz", broker, env)
+        proc, url = start_api("api-fuzz", env)
+        try:
+            yield url
+        finally:
+            proc.stop()
+            worker.stop()
+            broker.close()
+
+
+@pytest.mark.timeout(600)
+def test_fuzz_finds_no_server_error_and_no_schema_violation(fuzz_api: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(HERE / "schemathesis.toml"),
+         "run", f"{fuzz_api}/openapi.json", "--checks", "all", "--max-examples", "500",
+         "--workers", "2", "--seed", "20261124"],
+        capture_output=True, text=True, timeout=540,
+    )
+    output = result.stdout + result.stderr
+    generated = re.search(r"(\d+) generated", output)
+    print(output[-3000:])
+    assert result.returncode == 0, output[-6000:]
+    assert generated and int(generated.group(1)) >= MIN_CASES, output[-2000:]
