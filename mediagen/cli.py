@@ -6,6 +6,7 @@ mediagen api       the API alone (uvicorn)
 mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
 mediagen beat      the sweeper schedule alone (Celery beat)
 mediagen migrate   apply pending database migrations
+mediagen keys      create | list | revoke API keys
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from mediagen.config import Settings, get_settings
+from mediagen.keys import cli as keys_cli
 
 EMBEDDED_ENV = "embedded.env"
 
@@ -173,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
     sub.add_parser("beat", help="the sweeper schedule alone")
     sub.add_parser("migrate", help="apply pending database migrations")
+    keys_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     settings = get_settings()
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "keys":
+        return keys_cli.run(args)
     if args.command == "migrate":
         _migrate(settings)
         print("mediagen: migrations applied")

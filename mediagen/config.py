@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     media_base_url: str = ""
 
     # --- API ---------------------------------------------------------------------------------
+    # auto: keys are required as soon as one exists (a fresh local run needs none).
+    auth_required: Literal["auto", "true", "false"] = "auto"
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(65536, ge=1024)

@@ -21,6 +21,7 @@ class MediagenError(Exception):
 
     status_code = 500
     code = "internal_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
@@ -31,6 +32,7 @@ class MediagenError(Exception):
 class AuthenticationError(MediagenError):
     status_code = 401
     code = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class NotFoundError(MediagenError):

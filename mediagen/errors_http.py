@@ -40,12 +40,18 @@ def _database_down(exc: BaseException) -> bool:
 
 
 def _error(
-    status: int, detail: str, code: str, errors: Any = None, headers: dict[str, str] | None = None
+    http_status: int,
+    detail: str,
+    code: str,
+    errors: Any = None,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"detail": detail, "code": code}
+    """`{detail, code, errors?, ...fields}`: fields carry an error's details (a 409's `status`)."""
+    body: dict[str, Any] = {"detail": detail, "code": code, **jsonable_encoder(fields)}
     if errors is not None:
         body["errors"] = jsonable_encoder(errors)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=http_status, headers=headers)
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
@@ -59,7 +65,7 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(MediagenError)
     async def _mediagen(_: Request, exc: MediagenError) -> JSONResponse:
-        return _error(exc.status_code, exc.message, exc.code, exc.details or None)
+        return _error(exc.status_code, exc.message, exc.code, None, exc.headers, **exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

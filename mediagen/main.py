@@ -18,6 +18,7 @@ from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 from mediagen.jobs.router import router as jobs_router
 from mediagen.jobs.webhooks import router as webhooks_router
+from mediagen.keys.service import KeysExist
 from mediagen.limits import BodySizeLimit
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         debug=settings.debug,
     )
     app.state.settings = settings
+    app.state.keys_exist = KeysExist()
     app.state.storage = storage
     app.include_router(jobs_router, prefix=API_PREFIX)
     app.include_router(health.router, prefix=API_PREFIX)

@@ -72,6 +72,7 @@ TEST_ENV = {
     "POLL_INTERVAL": "0.2",
     "DISPATCH_GRACE": "0",
     "DB_POOL_MAX": "5",
+    "AUTH_REQUIRED": "false",  # tests/keys runs its own API with the default, auto
     "LOG_LEVEL": "INFO",
     "DEBUG": "false",
 }

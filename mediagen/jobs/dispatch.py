@@ -29,3 +29,15 @@ def send(step: Next) -> bool:
         log.warning("could not publish %s for job %s: %s", step.step, step.job_id, exc)
         return False
     return True
+
+
+def send_cancel(prediction_id: str) -> bool:
+    """Ask a worker to cancel a prediction upstream (the job is already canceled)."""
+    try:
+        celery_app.send_task(
+            "mediagen.jobs.cancel_upstream", args=[prediction_id], queue=QUEUE, retry=True
+        )
+    except Exception as exc:
+        log.warning("could not publish cancel of prediction %s: %s", prediction_id, exc)
+        return False
+    return True

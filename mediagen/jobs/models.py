@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from tortoise import fields
@@ -9,6 +10,7 @@ from tortoise.indexes import Index
 from tortoise.models import Model
 
 from mediagen.jobs.states import JobStatus
+from mediagen.keys.models import ApiKey
 
 
 class Job(Model):
@@ -18,6 +20,11 @@ class Job(Model):
     parameters: dict[str, Any] = fields.JSONField(default=dict)
     model = fields.CharField(max_length=200, null=True)
     provider = fields.CharField(max_length=32)
+    # The key that created the job; only it can see the job (NULL: created without a key).
+    api_key: fields.ForeignKeyNullableRelation[ApiKey] = fields.ForeignKeyField(
+        "jobs.ApiKey", related_name="jobs", null=True, on_delete=fields.SET_NULL
+    )
+    api_key_id: uuid.UUID | None
 
     # Outcome
     result_key = fields.CharField(max_length=512, null=True)
@@ -47,6 +54,8 @@ class Job(Model):
             Index(fields=("status", "lease_expires_at"), name="jobs_status_lease_idx"),
             Index(fields=("status", "next_attempt_at"), name="jobs_status_next_idx"),
             Index(fields=("created_at",), name="jobs_created_idx"),
+            # Listing: one key's jobs, newest first (keyset pagination on created_at, id).
+            Index(fields=("api_key_id", "created_at", "id"), name="jobs_key_created_idx"),
             # Webhooks find their job by the upstream prediction id.
             Index(fields=("prediction_id",), name="jobs_prediction_idx"),
         )

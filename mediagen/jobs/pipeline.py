@@ -74,7 +74,7 @@ class Pipeline:
         if not await repo.renew_lease(
             job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id
         ):
-            await self._cancel_quietly(prediction.id)  # we lost the job while creating
+            await self.cancel_quietly(prediction.id)  # we lost the job while creating
             return None
         if not prediction.status.is_terminal and prediction.poll_after == 0:
             return await self._poll_now(job, attempt, prediction.id, request)
@@ -181,13 +181,13 @@ class Pipeline:
 
     async def _fail_deadline(self, job: Job) -> None:
         if job.prediction_id and job.status is JobStatus.PROCESSING:
-            await self._cancel_quietly(job.prediction_id)
+            await self.cancel_quietly(job.prediction_id)
         await repo.fail(
             job.id,
             f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
         )
 
-    async def _cancel_quietly(self, prediction_id: str) -> None:
+    async def cancel_quietly(self, prediction_id: str) -> None:
         try:
             await self.provider.cancel(prediction_id)
         except ProviderError as exc:

@@ -25,6 +25,16 @@ _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$|^[0-9a-f]{64}$")
 
 Scalar = str | int | float | bool | None
+# What counts as blank around a prompt: Python's and JSON Schema's (ECMAScript) whitespace
+# together, so the schema's pattern and the validator agree on every string.
+BLANK = (
+    " \t\n\r\f\v\x1c\x1d\x1e\x1f\x85\xa0\u1680"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+    + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_PROMPT_PATTERN = "^[^\\u0000]*[^\\u0000{}][^\\u0000]*$".format(
+    "".join(f"\\u{ord(c):04x}" for c in BLANK)
+)
 _NO_NUL = "^[^\\u0000]*$"  # Postgres text and JSON cannot hold NUL characters
 _SETTINGS = get_settings()  # bounds that the OpenAPI schema states, as configured
 _SCALAR_SCHEMA: list[JsonValue] = [
@@ -170,7 +180,7 @@ class GenerateRequest(BaseModel):
         json_schema_extra={
             "minLength": 1,
             "maxLength": _SETTINGS.max_prompt_length,
-            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
+            "pattern": _PROMPT_PATTERN,
         },
     )
     parameters: GenerationParameters = Field(default_factory=GenerationParameters)
@@ -184,14 +194,14 @@ class GenerateRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
         limit = get_settings().max_prompt_length
         if len(value) > limit:
             raise ValueError(f"must be at most {limit} characters")
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        value = value.strip(BLANK)
+        if not value:
+            raise ValueError("must not be blank")
         return value
 
     @field_validator("model")
@@ -244,4 +254,41 @@ class ErrorResponse(BaseModel):
 
     detail: str
     code: str
-    errors: list[dict[str, Any]] | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="Each invalid field (422).")
+    status: JobStatus | None = Field(None, description="The job's state (409 on cancel).")
+
+
+def _iso_datetime(value: object) -> object:
+    """Only ISO 8601 date-times, as the schema says (not pydantic's Unix timestamps)."""
+    if isinstance(value, str) and not re.match(r"^\d{4}-\d\d-\d\d", value):
+        raise PydanticCustomError("datetime_format", "Input should be an ISO 8601 date-time")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+
+
+class JobQuery(BaseModel):
+    """Filters and paging of `GET /api/v1/jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    model: str | None = Field(None, max_length=200)
+    created_after: IsoDatetime | None = None
+    created_before: IsoDatetime | None = None
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(
+        None, pattern=r"^[0-9]{1,16}~[0-9a-f]{32}$", description="From the previous page's `next`."
+    )
+
+
+class JobSummary(JobStatusResponse):
+    prompt: str
+    model: str | None
+    error: str | None
+
+
+class JobList(BaseModel):
+    data: list[JobSummary]
+    next: str | None = Field(description="URL of the next page; null on the last one.")

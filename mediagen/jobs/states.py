@@ -6,6 +6,8 @@ pending ──> processing ──> completed
    │        retrying
    │          │
    └────────> failed  <── (processing, retrying)
+
+and from any unfinished state (pending, processing, retrying) -> canceled, on request.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ class JobStatus(enum.StrEnum):
     RETRYING = "retrying"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+UNFINISHED = frozenset({JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.RETRYING})
 
 # The states each state may be entered from. Nothing leaves a terminal state.
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PROCESSING: frozenset({JobStatus.PENDING, JobStatus.RETRYING}),
     JobStatus.RETRYING: frozenset({JobStatus.PROCESSING}),
     JobStatus.COMPLETED: frozenset({JobStatus.PROCESSING}),
-    JobStatus.FAILED: frozenset({JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.RETRYING}),
+    JobStatus.FAILED: UNFINISHED,
+    JobStatus.CANCELED: UNFINISHED,
 }

@@ -36,3 +36,10 @@ def sweep() -> int:
     for step in steps:
         send(step)
     return len(steps)
+
+
+@celery_app.task(name="mediagen.jobs.cancel_upstream")
+def cancel_upstream(prediction_id: str) -> None:
+    """Stop a canceled job's prediction upstream (best effort; the job is already canceled)."""
+    rt = runtime()
+    rt.run(rt.pipeline.cancel_quietly(prediction_id))

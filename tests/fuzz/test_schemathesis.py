@@ -25,29 +25,36 @@ MIN_CASES = 1000
 
 
 @pytest.fixture(scope="module")
-def fuzz_api(database: str) -> Iterator[str]:
+def fuzz_api(database: str) -> Iterator[tuple[str, str]]:
     broker_url = REDIS_URL.rsplit("/", 1)[0] + "/9"
     broker = redis.Redis.from_url(broker_url)
     with FakeReplicate(latency=0.2) as fake:
         env = {"REDIS_URL": broker_url, "REPLICATE_API_TOKEN": fake.config.token,
+               "AUTH_REQUIRED": "true",
                "REPLICATE_BASE_URL": fake.url, "DOWNLOAD_ALLOW_PRIVATE": "true",
                "POLL_INTERVAL": "0.5"}
         worker = start_worker("worker-fuzz", broker, env)
         proc, url = start_api("api-fuzz", env)
+        key = subprocess.run([sys.executable, "-m", "mediagen", "keys", "create", "fuzz"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()[1]
         try:
-            yield url
-        finally:
+            yield url, key
+        finally:  # other tests run in the default mode, where any active key requires one
+            subprocess.run([sys.executable, "-m", "mediagen", "keys", "revoke", key[:11]],
+                           capture_output=True, check=True)
             proc.stop()
             worker.stop()
             broker.close()
 
 
 @pytest.mark.timeout(600)
-def test_fuzz_finds_no_server_error_and_no_schema_violation(fuzz_api: str) -> None:
+def test_fuzz_finds_no_server_error_and_no_schema_violation(fuzz_api: tuple[str, str]) -> None:
+    url, key = fuzz_api
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(HERE / "schemathesis.toml"),
-         "run", f"{fuzz_api}/openapi.json", "--checks", "all", "--max-examples", "500",
-         "--workers", "2", "--seed", "20261124"],
+         "run", f"{url}/openapi.json", "--header", f"Authorization: Bearer {key}",
+         "--checks", "all", "--max-examples", "250",
+         "--workers", "1", "--seed", "20261124"],
         capture_output=True, text=True, timeout=540,
     )
     output = result.stdout + result.stderr

@@ -1,0 +1,52 @@
+"""`mediagen keys create|list|revoke`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from mediagen.config import get_settings
+from mediagen.db import close_db, init_db
+from mediagen.errors import NotFoundError
+from mediagen.keys import service
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("name", help="what the key is for")
+    actions.add_parser("list", help="list keys (prefix, name, created, revoked)")
+    revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    await init_db(get_settings())
+    try:
+        if args.action == "create":
+            key, secret = await service.create_key(args.name)
+            print(
+                f"created key {key.id} ({key.name})\n{secret}\nStore it now: it is not shown again."
+            )
+        elif args.action == "list":
+            for key in await service.list_keys():
+                state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+                print(
+                    f"{key.id}  {key.prefix}...  {key.created_at:%Y-%m-%d %H:%M}  {state}  "
+                    f"{key.name}"
+                )
+        else:
+            try:
+                key = await service.revoke_key(args.key)
+            except NotFoundError as exc:
+                print(f"mediagen keys: {exc.message}")
+                return 1
+            print(f"revoked key {key.id} ({key.prefix}...)")
+        return 0
+    finally:
+        await close_db()
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))

@@ -1,0 +1,21 @@
+"""The API key row. Only a SHA-256 of the key is stored; the prefix identifies it in listings."""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class ApiKey(Model):
+    id = fields.UUIDField(primary_key=True)
+    name = fields.CharField(max_length=100)
+    prefix = fields.CharField(max_length=16, db_index=True)
+    key_hash = fields.CharField(max_length=64, unique=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "api_keys"
+
+    def __str__(self) -> str:
+        return f"ApiKey({self.prefix}..., {self.name})"

@@ -1,0 +1,72 @@
+"""Creating, listing, revoking and checking API keys.
+
+A key is `mg_` + 32 random URL-safe bytes. It is shown once, at creation; the database keeps its
+SHA-256 (a fast hash is right for a 256-bit random secret: there is nothing to brute-force) and
+its first characters, so `mediagen keys list` can tell keys apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+
+from mediagen.errors import AuthenticationError, NotFoundError
+from mediagen.jobs.repository import now
+from mediagen.keys.models import ApiKey
+
+PREFIX = "mg_"
+SHOWN = 11  # characters of the key kept in clear (`mg_` + 8)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_key(name: str) -> tuple[ApiKey, str]:
+    """A new key and its secret value (the only time the value exists in clear)."""
+    secret = PREFIX + secrets.token_urlsafe(32)
+    key = await ApiKey.create(
+        id=uuid.uuid4(), name=name, prefix=secret[:SHOWN], key_hash=hash_key(secret)
+    )
+    return key, secret
+
+
+async def list_keys() -> list[ApiKey]:
+    return await ApiKey.all().order_by("created_at")
+
+
+async def revoke_key(key_id_or_prefix: str) -> ApiKey:
+    try:
+        query = ApiKey.filter(id=uuid.UUID(key_id_or_prefix))
+    except ValueError:
+        query = ApiKey.filter(prefix=key_id_or_prefix)
+    keys = await query.filter(revoked_at=None)
+    if len(keys) != 1:
+        raise NotFoundError(f"no single active key matches {key_id_or_prefix!r}")
+    await ApiKey.filter(id=keys[0].id).update(revoked_at=now())
+    return keys[0]
+
+
+async def authenticate(secret: str) -> ApiKey:
+    key = await ApiKey.get_or_none(key_hash=hash_key(secret), revoked_at=None)
+    if key is None:
+        raise AuthenticationError("invalid or revoked API key")
+    return key
+
+
+class KeysExist:
+    """Whether any active key exists (AUTH_REQUIRED=auto). Only "yes" is cached, for a few
+    seconds: the first key created locks anonymous callers out at once."""
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._value = False
+        self._read_at = float("-inf")
+
+    async def __call__(self) -> bool:
+        if not self._value or time.monotonic() - self._read_at > self.ttl:
+            self._value = await ApiKey.filter(revoked_at=None).exists()
+            self._read_at = time.monotonic()
+        return self._value

@@ -1,0 +1,189 @@
+"""API keys, ownership, listing and cancel, over HTTP against an API with AUTH_REQUIRED=auto
+(the default) and the session's real worker."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from mediagen.jobs.models import Job
+from mediagen.jobs.states import JobStatus
+from mediagen.keys.models import ApiKey
+from tests.conftest import ROOT, start_api
+from tests.support import Proc, wait_terminal
+
+BODY = {"prompt": "a key-holder's kite", "parameters": {"width": 64, "height": 64}}
+
+
+def mediagen_cli(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "mediagen", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def create_key(name: str) -> str:
+    return mediagen_cli("keys", "create", name).splitlines()[1]
+
+
+@pytest.fixture(scope="module")
+def auto_api(database: str, worker: Proc) -> Iterator[str]:
+    proc, url = start_api("api-keys", {"AUTH_REQUIRED": "auto"})
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(auto_api: str) -> dict[str, str]:
+    """Before any key exists an anonymous call works (auto mode); then two keys are made."""
+    with httpx.Client(base_url=auto_api) as client:
+        assert client.post("/api/v1/generate", json=BODY).status_code == 201
+    return {"alice": create_key("alice"), "bob": create_key("bob")}
+
+
+def as_key(url: str, secret: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def alice(auto_api: str, keys: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with as_key(auto_api, keys["alice"]) as client:
+        yield client
+
+
+@pytest.fixture
+async def bob(auto_api: str, keys: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with as_key(auto_api, keys["bob"]) as client:
+        yield client
+
+
+async def test_keys_are_prefixed_and_stored_only_as_a_hash(keys: dict[str, str]) -> None:
+    for secret in keys.values():
+        assert secret.startswith("mg_") and len(secret) > 40
+        stored = await ApiKey.get(key_hash=hashlib.sha256(secret.encode()).hexdigest())
+        assert secret not in (stored.key_hash, stored.prefix, stored.name)
+        assert secret.startswith(stored.prefix)
+    listing = mediagen_cli("keys", "list")
+    assert "alice" in listing and "bob" in listing
+    assert not any(secret in listing for secret in keys.values())
+
+
+async def test_once_keys_exist_a_key_is_required(auto_api: str, keys: dict[str, str]) -> None:
+    async with as_key(auto_api, None) as anonymous, as_key(auto_api, "mg_wrong") as wrong:
+        for client in (anonymous, wrong):
+            response = await client.post("/api/v1/generate", json=BODY)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["code"] == "unauthorized"
+        basic = await anonymous.get("/api/v1/jobs", headers={"Authorization": "Basic eDp5"})
+        assert basic.status_code == 401
+
+
+async def test_a_revoked_key_stops_working(auto_api: str, keys: dict[str, str]) -> None:
+    secret = create_key("temporary")
+    async with as_key(auto_api, secret) as client:
+        assert (await client.post("/api/v1/generate", json=BODY)).status_code == 201
+        mediagen_cli("keys", "revoke", secret[:11])
+        assert (await client.post("/api/v1/generate", json=BODY)).status_code == 401
+
+
+async def test_keys_cannot_see_each_others_jobs(alice: httpx.AsyncClient,
+                                                bob: httpx.AsyncClient) -> None:
+    created = await alice.post("/api/v1/generate", json=BODY)
+    job_id = created.json()["job_id"]
+    assert (await wait_terminal(alice, job_id))["status"] == "completed"
+    for path in (f"/api/v1/status/{job_id}", f"/api/v1/jobs/{job_id}"):
+        assert (await bob.get(path)).status_code == 404
+        assert (await alice.get(path)).status_code == 200
+    cancel = await bob.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert cancel.status_code == 404
+    bobs = (await bob.get("/api/v1/jobs", params={"limit": 100})).json()["data"]
+    assert job_id not in {job["job_id"] for job in bobs}
+    alices = (await alice.get("/api/v1/jobs", params={"limit": 100})).json()["data"]
+    assert job_id in {job["job_id"] for job in alices}
+
+
+async def _key_id(secret: str) -> uuid.UUID:
+    return (await ApiKey.get(key_hash=hashlib.sha256(secret.encode()).hexdigest())).id
+
+
+async def test_list_filters_and_pagination_across_250_jobs(auto_api: str) -> None:
+    secret = create_key("lister")
+    key_id = await _key_id(secret)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    statuses = [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING, JobStatus.CANCELED]
+    await Job.bulk_create([
+        Job(id=uuid.uuid4(), prompt=f"job {n}", parameters={}, provider="builtin",
+            model="acme/painter" if n % 5 == 0 else None, status=statuses[n % 4],
+            api_key_id=key_id, created_at=base + timedelta(minutes=n // 2))  # ties on purpose
+        for n in range(250)
+    ])
+    async with as_key(auto_api, secret) as client:
+        seen: list[dict] = []
+        url: str | None = "/api/v1/jobs?limit=37"
+        pages = 0
+        while url:
+            page = (await client.get(url)).json()
+            seen += page["data"]
+            url = page["next"]
+            pages += 1
+        assert pages == 7 and len(seen) == 250
+        assert len({job["job_id"] for job in seen}) == 250
+        created = [job["created_at"] for job in seen]
+        assert created == sorted(created, reverse=True)
+
+        failed = (await client.get("/api/v1/jobs", params={"status": "failed", "limit": 100})).json()
+        assert len(failed["data"]) == 63 and {j["status"] for j in failed["data"]} == {"failed"}
+        model = await client.get("/api/v1/jobs", params={"model": "acme/painter", "limit": 100})
+        assert len(model.json()["data"]) == 50
+        window = await client.get("/api/v1/jobs", params={
+            "created_after": (base + timedelta(minutes=9)).isoformat(),
+            "created_before": (base + timedelta(minutes=20)).isoformat(), "limit": 100})
+        assert len(window.json()["data"]) == 20  # minutes 10..19, two jobs each
+        filtered_pages = await client.get("/api/v1/jobs", params={"status": "pending", "limit": 50})
+        body = filtered_pages.json()
+        assert "status=pending" in body["next"] and len(body["data"]) == 50
+        rest = (await client.get(body["next"])).json()
+        assert len(rest["data"]) == 12 and rest["next"] is None
+        for bad in ({"limit": 0}, {"limit": 101}, {"status": "sleeping"}, {"cursor": "garbage"},
+                    {"created_after": "yesterday"}, {"colour": "red"}):
+            response = await client.get("/api/v1/jobs", params=bad)
+            assert response.status_code == 422, (bad, response.text)
+
+
+async def test_cancel_in_each_state(alice: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    key_id = await _key_id(keys["alice"])
+    jobs = {}
+    for status, extra in ((JobStatus.PENDING, {}), (JobStatus.RETRYING, {"attempt": 1}),
+                          (JobStatus.PROCESSING, {"attempt": 1,
+                                                  "prediction_id": "builtin-x-1-0"})):
+        job = await Job.create(id=uuid.uuid4(), prompt="to cancel", parameters={},
+                               provider="builtin", status=status, api_key_id=key_id, **extra)
+        jobs[status] = str(job.id)
+    for job_id in jobs.values():
+        response = await alice.post(f"/api/v1/jobs/{job_id}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "canceled"
+        detail = (await alice.get(f"/api/v1/jobs/{job_id}")).json()
+        assert detail["status"] == "canceled" and detail["error"] == "canceled by the client"
+        again = await alice.post(f"/api/v1/jobs/{job_id}/cancel")
+        assert again.status_code == 409
+        assert again.json()["detail"] == f"job {job_id} is already canceled"
+        assert again.json()["status"] == "canceled"
+
+    finished = await alice.post("/api/v1/generate", json=BODY)
+    done_id = finished.json()["job_id"]
+    assert (await wait_terminal(alice, done_id))["status"] == "completed"
+    conflict = await alice.post(f"/api/v1/jobs/{done_id}/cancel")
+    assert conflict.status_code == 409
+    assert conflict.json()["code"] == "conflict"
+    assert conflict.json()["status"] == "completed"
+    assert (await alice.get(f"/api/v1/status/{done_id}")).json()["status"] == "completed"
