@@ -19,7 +19,7 @@ from mediagen.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
-MODELS = ["mediagen.jobs.models", "mediagen.keys.models"]
+MODELS = ["mediagen.jobs.models", "mediagen.jobs.idempotency", "mediagen.keys.models"]
 _initialised = False
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from mediagen.jobs import service
+from mediagen.jobs import idempotency, service
 from mediagen.jobs.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -42,20 +42,50 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     responses={
         **_AUTH,
         400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8)."},
+        409: {"model": ErrorResponse, "description": "Same Idempotency-Key still in progress."},
         413: {"model": ErrorResponse, "description": "The request body is too large."},
-        422: {"model": ErrorResponse, "description": "The body is invalid; `errors` says where."},
+        422: {
+            "model": ErrorResponse,
+            "description": "The body is invalid (`errors` says where), "
+            "or the Idempotency-Key was used with another body.",
+        },
         503: {"model": ErrorResponse, "description": "The database is unavailable."},
     },
 )
-async def generate(body: GenerateRequest, request: Request, owner: Caller) -> GenerateResponse:
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    response: Response,
+    owner: Caller,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry-safe submission: the same key and body within 24 h returns "
+            "the first response and creates nothing.",
+        ),
+    ] = None,
+) -> GenerateResponse:
     """Accept a job and return its id at once. The job is durable once this answers 201, even
     if the broker is down (it is dispatched when the broker returns)."""
-    job = await service.create_job(body, request.app.state.settings, owner)
-    return GenerateResponse(
-        job_id=job.id,
-        status=job.status,
-        message=f"Job created successfully. Use job ID {job.id} to check status.",
-    )
+    if idempotency_key is None:
+        job = await service.create_job(body, request.app.state.settings, owner)
+        return service.accepted(job)
+    body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
+    replay = await idempotency.claim(owner, idempotency_key, body_hash)
+    if replay is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return GenerateResponse.model_validate(replay)
+    try:
+        job = await service.create_job(body, request.app.state.settings, owner)
+    except BaseException:
+        await idempotency.release(owner, idempotency_key)
+        raise
+    answer = service.accepted(job)
+    await idempotency.complete(owner, idempotency_key, answer.model_dump(mode="json"))
+    return answer
 
 
 @router.get(

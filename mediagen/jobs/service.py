@@ -21,6 +21,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.schemas import (
     GenerateRequest,
+    GenerateResponse,
     JobDetail,
     JobQuery,
     JobStatusResponse,
@@ -45,6 +46,14 @@ async def create_job(
     if await asyncio.to_thread(send, Next("start", str(job.id))):
         await repo.mark_dispatched([job.id])
     return job
+
+
+def accepted(job: Job) -> GenerateResponse:
+    return GenerateResponse(
+        job_id=job.id,
+        status=job.status,
+        message=f"Job created successfully. Use job ID {job.id} to check status.",
+    )
 
 
 async def get_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:

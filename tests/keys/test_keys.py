@@ -187,3 +187,43 @@ async def test_cancel_in_each_state(alice: httpx.AsyncClient, keys: dict[str, st
     assert conflict.json()["code"] == "conflict"
     assert conflict.json()["status"] == "completed"
     assert (await alice.get(f"/api/v1/status/{done_id}")).json()["status"] == "completed"
+
+
+async def test_idempotency_key_replays_conflicts_and_mismatches(
+    alice: httpx.AsyncClient, bob: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    from mediagen.jobs.idempotency import IdempotencyRecord, fingerprint
+    from mediagen.jobs.schemas import GenerateRequest
+
+    key = f"order-{uuid.uuid4()}"
+    first = await alice.post("/api/v1/generate", json=BODY, headers={"Idempotency-Key": key})
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    jobs_before = await Job.all().count()
+    again = await alice.post("/api/v1/generate", json=BODY, headers={"Idempotency-Key": key})
+    assert again.status_code == 201
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await Job.all().count() == jobs_before  # nothing created
+
+    other_body = {**BODY, "prompt": "a different kite"}
+    mismatch = await alice.post("/api/v1/generate", json=other_body,
+                                headers={"Idempotency-Key": key})
+    assert mismatch.status_code == 422
+    assert mismatch.json()["code"] == "idempotency_key_mismatch"
+
+    # Keys are scoped per API key: bob's identical key is a new request.
+    bobs = await bob.post("/api/v1/generate", json=BODY, headers={"Idempotency-Key": key})
+    assert bobs.status_code == 201 and bobs.json()["job_id"] != first.json()["job_id"]
+
+    # A twin still in progress (claimed, no response yet) answers 409.
+    busy = f"busy-{uuid.uuid4()}"
+    body_hash = fingerprint(GenerateRequest.model_validate(BODY).model_dump(mode="json"))
+    await IdempotencyRecord.create(id=uuid.uuid4(), scope=str(await _key_id(keys["alice"])),
+                                   key=busy, request_hash=body_hash)
+    in_progress = await alice.post("/api/v1/generate", json=BODY,
+                                   headers={"Idempotency-Key": busy})
+    assert in_progress.status_code == 409
+    assert "still being processed" in in_progress.json()["detail"]
+    too_long = await alice.post("/api/v1/generate", json=BODY,
+                                headers={"Idempotency-Key": "k" * 256})
+    assert too_long.status_code == 422
