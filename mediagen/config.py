@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     # --- API ---------------------------------------------------------------------------------
     # auto: keys are required as soon as one exists (a fresh local run needs none).
     auth_required: Literal["auto", "true", "false"] = "auto"
+    # Per API key (or for all anonymous callers together); 0 turns a limit off.
+    rate_limit_per_minute: int = Field(6000, ge=0)
+    max_jobs_in_flight: int = Field(2000, ge=0)
+    # Origins allowed to call the API from a browser, comma-separated; empty: no CORS headers.
+    cors_origins: str = ""
+    cors_allow_credentials: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(65536, ge=1024)
@@ -86,6 +92,16 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _cors(self) -> Settings:
+        if self.cors_allow_credentials and "*" in self.cors_origin_list:
+            raise ValueError("CORS_ORIGINS cannot be '*' when CORS_ALLOW_CREDENTIALS is true")
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def provider_name(self) -> str:

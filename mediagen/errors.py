@@ -4,6 +4,7 @@ MediagenError
 ├── AuthenticationError      401  missing or invalid credentials or signature
 ├── NotFoundError            404  a job (or file) that does not exist
 ├── ConflictError            409  the request contradicts the job's current state
+├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
 │   ├── DatabaseUnavailableError
 │   └── BrokerUnavailableError
@@ -43,6 +44,15 @@ class NotFoundError(MediagenError):
 class ConflictError(MediagenError):
     status_code = 409
     code = "conflict"
+
+
+class RateLimitedError(MediagenError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int, **details: object) -> None:
+        super().__init__(message, **details)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class ServiceUnavailableError(MediagenError):

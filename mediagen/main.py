@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -103,6 +104,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # StaticFiles refuses paths outside the directory and sets content types.
         app.mount("/media", StaticFiles(directory=storage.root), name="media")
     # Webhook bodies carry a prediction's logs: allow them more room than client requests.
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Retry-After", "Idempotent-Replayed"],
+        )
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

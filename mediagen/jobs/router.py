@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from mediagen.jobs import idempotency, service
+from mediagen.jobs import idempotency, quotas, service
 from mediagen.jobs.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -44,6 +44,7 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8)."},
         409: {"model": ErrorResponse, "description": "Same Idempotency-Key still in progress."},
         413: {"model": ErrorResponse, "description": "The request body is too large."},
+        429: {"model": ErrorResponse, "description": "Rate or in-flight limit; see Retry-After."},
         422: {
             "model": ErrorResponse,
             "description": "The body is invalid (`errors` says where), "
@@ -70,6 +71,7 @@ async def generate(
 ) -> GenerateResponse:
     """Accept a job and return its id at once. The job is durable once this answers 201, even
     if the broker is down (it is dispatched when the broker returns)."""
+    await quotas.enforce(owner, request.app.state.settings, request.app.state.redis)
     if idempotency_key is None:
         job = await service.create_job(body, request.app.state.settings, owner)
         return service.accepted(job)
