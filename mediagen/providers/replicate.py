@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import math
 import re
-import socket
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,6 +27,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from mediagen import netguard
 from mediagen.config import Settings, get_settings
 from mediagen.errors import PermanentProviderError, RetryableProviderError
 from mediagen.providers.base import (
@@ -151,12 +150,6 @@ def _prediction(data: Any) -> Prediction:
         if not outputs:
             raise PermanentProviderError("prediction succeeded without any output URL")
     return Prediction(data["id"], status, outputs, error, logs, poll_after=None)
-
-
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
 
 
 def _media_type(header: str | None, url: str) -> tuple[str, str]:
@@ -342,28 +335,14 @@ class ReplicateProvider:
             raise RetryableProviderError(f"output download timed out after {timeout:g}s") from exc
 
     async def _pinned(self, url: str) -> list[httpx.URL]:
-        """`url` with its host replaced by each checked address (no DNS rebinding after)."""
-        parsed = httpx.URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise PermanentProviderError(f"refusing to fetch {url!r}: not an http(s) URL")
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                parsed.host, port, type=socket.SOCK_STREAM
+            return await netguard.pinned_urls(
+                url, allow_private=self.settings.download_allow_private
             )
-        except OSError as exc:
-            raise RetryableProviderError(f"cannot resolve {parsed.host}: {exc}") from exc
-        found = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        addresses = list(dict.fromkeys(found))
-        if not addresses:
-            raise RetryableProviderError(f"cannot resolve {parsed.host}: no address")
-        if not self.settings.download_allow_private:
-            for address in addresses:
-                if not _is_public(address):
-                    raise PermanentProviderError(
-                        f"refusing to fetch {parsed.host}: it resolves to non-public {address}"
-                    )
-        return [parsed.copy_with(host=str(address)) for address in addresses]
+        except netguard.UnsafeURLError as exc:
+            raise PermanentProviderError(f"refusing to fetch: {exc}") from exc
+        except netguard.ResolveError as exc:
+            raise RetryableProviderError(str(exc)) from exc
 
     @asynccontextmanager
     async def _download(self, url: str) -> AsyncIterator[Fetched]:
