@@ -8,6 +8,7 @@ runs it with a random seed; here the seed is fixed so CI is repeatable.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 
 HERE = Path(__file__).parent
@@ -56,9 +57,11 @@ def test_fuzz_finds_no_server_error_and_no_schema_violation(fuzz_api: tuple[str,
          "--checks", "all", "--max-examples", "250",
          "--workers", "1", "--seed", "20261124"],
         capture_output=True, text=True, timeout=540,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks"}, cwd=ROOT,
     )
     output = result.stdout + result.stderr
     generated = re.search(r"(\d+) generated", output)
+    failures = output[output.find("FAILURES"):output.find("SUMMARY")]
     print(output[-3000:])
-    assert result.returncode == 0, output[-6000:]
+    assert result.returncode == 0, (failures or output)[:8000]
     assert generated and int(generated.group(1)) >= MIN_CASES, output[-2000:]
