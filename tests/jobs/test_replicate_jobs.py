@@ -28,7 +28,9 @@ class Stack:
     fake: FakeReplicate
 
 
-def _stack(name: str, db: int, fake: FakeReplicate, **env: str) -> Iterator[Stack]:
+def _stack(name: str, db: int, fake: FakeReplicate, webhooks: bool = False,
+           **env: str) -> Iterator[Stack]:
+    """API + worker on Redis database `db`; with `webhooks`, Replicate is told to call back."""
     broker_url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
@@ -36,6 +38,9 @@ def _stack(name: str, db: int, fake: FakeReplicate, **env: str) -> Iterator[Stac
     settings = {"REPLICATE_API_TOKEN": fake.config.token, "REPLICATE_BASE_URL": fake.url,
                 "DOWNLOAD_ALLOW_PRIVATE": "true", "REDIS_URL": broker_url,
                 "DOWNLOAD_MAX_BYTES": str(1024 * 1024), "REPLICATE_TIMEOUT": "3", **env}
+    if webhooks:
+        settings |= {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+                     "REPLICATE_WEBHOOK_SECRET": fake.config.webhook_secret}
     worker = start_worker(f"worker-{name}", broker, settings)
     api, url = start_api(f"api-{name}", settings, port)
     try:
@@ -60,23 +65,8 @@ def polling(database: str, fake: FakeReplicate) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def hooked(database: str, fake: FakeReplicate) -> Iterator[Stack]:
-    port = free_port()
-    settings = {"POLL_INTERVAL": "60", "REPLICATE_WEBHOOK_SECRET": fake.config.webhook_secret}
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/15"
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
-    settings |= {"REPLICATE_API_TOKEN": fake.config.token, "REPLICATE_BASE_URL": fake.url,
-                 "DOWNLOAD_ALLOW_PRIVATE": "true", "REDIS_URL": broker_url,
-                 "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
-    worker = start_worker("worker-hook", broker, settings)
-    api, url = start_api("api-hook", settings, port)
-    try:
-        yield Stack(url, fake)
-    finally:
-        api.stop()
-        worker.stop()
-        broker.flushdb()
-        broker.close()
+    # Polling slowed to 60 s: a job that finishes quickly was finished by its webhook.
+    yield from _stack("hook", 15, fake, webhooks=True, POLL_INTERVAL="60")
 
 
 async def _run(stack: Stack, prompt: str, timeout: float = 20, **params: object) -> dict:
