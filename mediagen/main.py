@@ -17,6 +17,7 @@ from mediagen import __version__, errors_http, health
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
+from mediagen.jobs.live import router as live_router
 from mediagen.jobs.router import router as jobs_router
 from mediagen.jobs.webhooks import router as webhooks_router
 from mediagen.keys.service import KeysExist
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys_exist = KeysExist()
     app.state.storage = storage
     app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(live_router, prefix=API_PREFIX)  # job events (SSE)
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     errors_http.install(app)

@@ -29,6 +29,7 @@ from celery.signals import (
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
+from mediagen.jobs import events
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,6 +111,7 @@ class Runtime:
 
     async def _open(self) -> None:
         await init_db(self.settings)
+        await events.open_publisher(self.settings)
         try:
             await self.storage.check()
         except StorageError as exc:  # jobs retry, then fail saying why; no crash loop
@@ -141,6 +143,7 @@ class Runtime:
             self._heartbeat.cancel()
         await self.provider.close()
         await self.storage.close()
+        await events.close_publisher()
         await close_db()
 
     def close(self) -> None:

@@ -30,6 +30,8 @@ class Job(Model):
     result_key = fields.CharField(max_length=512, null=True)
     outputs: list[dict[str, Any]] = fields.JSONField(default=list)
     error = fields.TextField(null=True)
+    # The running prediction's last reported progress: {current, total, percent} (or NULL).
+    progress: dict[str, int] | None = fields.JSONField(null=True)
 
     # Attempts: `attempt` counts starts (1-based once running); `retry_count` counts retries.
     attempt = fields.IntField(default=0)
@@ -54,6 +56,8 @@ class Job(Model):
             Index(fields=("status", "lease_expires_at"), name="jobs_status_lease_idx"),
             Index(fields=("status", "next_attempt_at"), name="jobs_status_next_idx"),
             Index(fields=("created_at",), name="jobs_created_idx"),
+            # Queue position: pending jobs created before this one.
+            Index(fields=("status", "created_at"), name="jobs_status_created_idx"),
             # Listing: one key's jobs, newest first (keyset pagination on created_at, id).
             Index(fields=("api_key_id", "created_at", "id"), name="jobs_key_created_idx"),
             # Webhooks find their job by the upstream prediction id.

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from mediagen.config import Settings
 from mediagen.errors import PermanentProviderError, ProviderError, StorageError
+from mediagen.jobs import events, progress
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
@@ -96,8 +97,10 @@ class Pipeline:
 
     async def on_prediction(self, job: Job, attempt: int, prediction: Prediction) -> Next | None:
         """Act on what upstream says of the prediction (from a poll or a webhook)."""
+        changed = progress.update(job, prediction)  # new {current, total, percent}, or None
+        fields = {"progress": changed} if changed else {}
         if prediction.status is PredictionStatus.SUCCEEDED:
-            return await self._finish(job, attempt, prediction)
+            return await self._finish(job, attempt, prediction, changed)
         if prediction.status is PredictionStatus.FAILED:
             await repo.fail(
                 job.id, f"generation failed: {prediction.error or 'no reason given'}", attempt
@@ -106,8 +109,10 @@ class Pipeline:
         if prediction.status is PredictionStatus.CANCELED:
             await repo.fail(job.id, "the prediction was canceled upstream", attempt)
             return None
-        if not await repo.renew_lease(job.id, attempt, self._lease_for(prediction)):
+        if not await repo.renew_lease(job.id, attempt, self._lease_for(prediction), **fields):
             return None
+        if changed:
+            await events.progress_changed(job.id, changed)
         wait = (
             self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
         )
@@ -129,7 +134,9 @@ class Pipeline:
             return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
         return await self.on_prediction(job, attempt, prediction)
 
-    async def _finish(self, job: Job, attempt: int, prediction: Prediction) -> Next | None:
+    async def _finish(
+        self, job: Job, attempt: int, prediction: Prediction, done: dict[str, int] | None = None
+    ) -> Next | None:
         outputs: list[dict[str, Any]] = []
         try:
             if not prediction.outputs:
@@ -141,7 +148,10 @@ class Pipeline:
                 outputs.append({"key": key, "content_type": fetched.content_type, "size": size})
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
-        if await repo.complete(job.id, attempt, outputs[0]["key"], outputs):
+        if done:  # the final progress, stored with the completion
+            await events.progress_changed(job.id, done)
+        fields = {"progress": done} if done else {}
+        if await repo.complete(job.id, attempt, outputs[0]["key"], outputs, **fields):
             log.info("job %s: completed on attempt %d", job.id, attempt)
         return None
 

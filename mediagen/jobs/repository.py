@@ -13,6 +13,7 @@ from typing import Any
 
 from tortoise.expressions import F, Q
 
+from mediagen.jobs import events
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import ALLOWED_FROM, JobStatus
 
@@ -37,7 +38,10 @@ async def transition(
     query = Job.filter(id=job_id, status__in=list(allowed_from or ALLOWED_FROM[to]))
     if attempt is not None:
         query = query.filter(attempt=attempt)
-    return await query.update(status=to, updated_at=now(), **fields) == 1
+    moved = await query.update(status=to, updated_at=now(), **fields) == 1
+    if moved:
+        await events.job_moved(job_id, to)
+    return moved
 
 
 async def claim(job: Job, lease_seconds: float) -> bool:
@@ -57,6 +61,8 @@ async def claim(job: Job, lease_seconds: float) -> bool:
         next_attempt_at=None,
         updated_at=moment,
     )
+    if updated == 1:
+        await events.job_moved(job.id, JobStatus.PROCESSING)
     return updated == 1
 
 
@@ -110,7 +116,11 @@ async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) 
 
 
 async def complete(
-    job_id: uuid.UUID | str, attempt: int, result_key: str, outputs: list[dict[str, Any]]
+    job_id: uuid.UUID | str,
+    attempt: int,
+    result_key: str,
+    outputs: list[dict[str, Any]],
+    **fields: Any,
 ) -> bool:
     return await transition(
         job_id,
@@ -121,4 +131,5 @@ async def complete(
         error=None,
         completed_at=now(),
         lease_expires_at=None,
+        **fields,
     )

@@ -233,6 +233,12 @@ class OutputInfo(BaseModel):
     size: int
 
 
+class JobProgress(BaseModel):
+    current: int
+    total: int
+    percent: int
+
+
 class JobDetail(JobStatusResponse):
     prompt: str
     parameters: dict[str, Any]
@@ -247,6 +253,12 @@ class JobDetail(JobStatusResponse):
     completed_at: datetime | None
     next_attempt_at: datetime | None = Field(description="When a retrying job runs again.")
     duration_seconds: float | None = Field(description="From creation to completion.")
+    progress: JobProgress | None = Field(
+        description="The prediction's last reported progress (parsed from its logs)."
+    )
+    queue_position: int | None = Field(
+        description="While pending: how many pending jobs were created before this one."
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -274,7 +286,7 @@ class JobQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: JobStatus | None = None
-    model: str | None = Field(None, max_length=200)
+    model: str | None = Field(None, pattern=_MODEL.pattern, description="`owner/name[:version]`.")
     created_after: IsoDatetime | None = None
     created_before: IsoDatetime | None = None
     limit: int = Field(20, ge=1, le=100)

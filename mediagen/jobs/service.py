@@ -15,10 +15,12 @@ from tortoise.expressions import Q
 
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
+from mediagen.jobs import events
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import send, send_cancel
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
+from mediagen.jobs.progress import queue_position
 from mediagen.jobs.schemas import (
     GenerateRequest,
     GenerateResponse,
@@ -43,6 +45,7 @@ async def create_job(
         model=request.model,
         provider=settings.provider_name,
     )
+    await events.job_created(job)
     if await asyncio.to_thread(send, Next("start", str(job.id))):
         await repo.mark_dispatched([job.id])
     return job
@@ -151,4 +154,6 @@ async def detail_of(job: Job, storage: Storage, settings: Settings) -> JobDetail
         completed_at=job.completed_at,
         next_attempt_at=job.next_attempt_at,
         duration_seconds=duration,
+        progress=job.progress,
+        queue_position=await queue_position(job),
     )

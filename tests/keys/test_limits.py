@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import redis
 from pydantic import ValidationError
 
 from mediagen.config import Settings
 from tests.conftest import REDIS_URL, start_api
-from tests.support import Proc
 
 BODY = {"prompt": "a limited edition", "parameters": {"width": 64, "height": 64}}
 
 
-async def test_rate_limit_answers_429_with_retry_after(database: str, worker: Proc) -> None:
-    proc, url = start_api("api-rate", {"RATE_LIMIT_PER_MINUTE": "3", "MAX_JOBS_IN_FLIGHT": "0"})
+async def test_rate_limit_answers_429_with_retry_after(database: str) -> None:
+    # A Redis database of its own: the anonymous counter must not include earlier tests' POSTs.
+    own = REDIS_URL.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(own).flushdb()
+    proc, url = start_api("api-rate", {"RATE_LIMIT_PER_MINUTE": "3", "MAX_JOBS_IN_FLIGHT": "0",
+                                       "REDIS_URL": own})
     try:
         async with httpx.AsyncClient(base_url=url) as client:
             codes = [(await client.post("/api/v1/generate", json=BODY)).status_code

@@ -1,0 +1,321 @@
+"""`GET /api/v1/jobs/{job_id}/events`: a job's status changes and progress as Server-Sent Events.
+
+The first event is a snapshot of the job from Postgres (`id:` the newest stream entry it
+covers); then the job's Redis Stream (`mediagen.jobs.events`) is followed with XREAD BLOCK, so
+any API instance serves any job. `Last-Event-ID` resumes after that entry (replaying what the
+stream still holds) instead of sending a snapshot; an id the stream no longer covers (trimmed,
+expired, unknown) gets a snapshot. The server closes the stream after the terminal event, and
+answers a resume of a finished job that has nothing more to say with 204, which tells an
+`EventSource` to stop reconnecting.
+
+Events are checked against what was already sent: a `status` event not newer than the last one
+(see `events.order`) and a repeated `progress` are dropped. When the stream is quiet, or Redis is
+unreachable, the job is re-read from Postgres, so a lost event delays an update but never hides
+the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+import redis.asyncio as aioredis
+from fastapi import APIRouter, FastAPI, Header, Request, Response
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from mediagen.jobs import events, service
+from mediagen.jobs.models import Job
+from mediagen.jobs.router import Caller
+from mediagen.jobs.schemas import ErrorResponse
+from mediagen.jobs.states import JobStatus
+from mediagen.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 10.0  # XREAD BLOCK; a quiet stream is reconciled with Postgres this often
+BATCH = 100
+PING_SECONDS = 15
+SEND_TIMEOUT = 30.0
+_MAX_ID_PART = 2**64 - 1
+
+StreamId = tuple[int, int]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Publish this API's transitions (creation, cancel) on its Redis client, and read streams
+    on a client of their own whose socket timeout outlasts a blocked XREAD."""
+    settings = app.state.settings
+    events.install(app.state.redis)
+    app.state.events_redis = aioredis.from_url(
+        settings.redis_url or "redis://localhost:6379/0",
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=BLOCK_SECONDS + 5,
+    )
+    try:
+        yield
+    finally:
+        await events.close_publisher()
+        await app.state.events_redis.aclose()
+
+
+router = APIRouter(tags=["jobs"], lifespan=lifespan)
+
+_STREAM_DOC = """\
+`text/event-stream`. Each event has an `id:` (resume with `Last-Event-ID`) and JSON `data:`:
+
+- `event: status` - `{job_id, status, retry_count, error, attempts, result_url}` (`result_url`
+  once completed). The first event is the job's current state.
+- `event: progress` - `{current, total, percent}` while the prediction reports progress.
+
+The server closes the stream after the terminal status (completed, failed, canceled)."""
+
+
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+def _event_schema(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": kind},
+            "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+            "data": _json_data(data),
+        },
+    }
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+# One event, as OpenAPI before 3.2 describes an event stream (`schema` is each event).
+EVENT_SCHEMA = {
+    "oneOf": [
+        _event_schema(
+            "status",
+            {
+                "type": "object",
+                "required": ["job_id", "status", "retry_count", "error", "attempts", "result_url"],
+                "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "status": {"type": "string", "enum": [str(s) for s in JobStatus]},
+                    "retry_count": _COUNT,
+                    "error": _NULLABLE_STRING,
+                    "attempts": _COUNT,
+                    "result_url": _NULLABLE_STRING,
+                },
+            },
+        ),
+        _event_schema(
+            "progress",
+            {
+                "type": "object",
+                "required": ["current", "total", "percent"],
+                "properties": {"current": _COUNT, "total": _COUNT, "percent": _COUNT},
+            },
+        ),
+    ]
+}
+
+
+def parse_id(value: str) -> StreamId | None:
+    """A Redis stream id `ms-seq`; None if `value` is not one."""
+    ms, dash, seq = value.partition("-")
+    if not (dash and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii()):
+        return None
+    parsed = int(ms), int(seq)
+    return parsed if max(parsed) <= _MAX_ID_PART else None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    first: StreamId
+    last: str
+    length: int
+
+
+async def stream_info(client: aioredis.Redis, key: str) -> StreamInfo | None:
+    """The stream's first entry, last id and length; None if it does not exist."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.xrange(key, count=1)
+        pipe.xrevrange(key, count=1)
+        pipe.xlen(key)
+        head, tail, length = await pipe.execute()
+    if not head or not tail:
+        return None
+    first = parse_id(head[0][0])
+    return StreamInfo(first or (0, 0), tail[0][0], int(length))
+
+
+def resumable(last_event_id: str, info: StreamInfo) -> bool:
+    """The stream still holds every entry after `last_event_id`, which it issued."""
+    wanted, last = parse_id(last_event_id), parse_id(info.last)
+    if wanted is None or last is None or wanted > last:
+        return False
+    # Trimming (MAXLEN ~) never leaves fewer than STREAM_MAXLEN entries: a shorter stream is whole.
+    return info.length < events.STREAM_MAXLEN or wanted >= info.first
+
+
+class JobFeed:
+    """The events of one job for one client."""
+
+    def __init__(self, job: Job, client: aioredis.Redis, storage: Storage) -> None:
+        self.job = job
+        self.key = events.stream_key(job.id)
+        self.client = client
+        self.storage = storage
+        self.sent: tuple[int, int] | None = None  # events.order of the last status sent
+        self.progress: dict[str, Any] | None = None
+        self.finished = False
+
+    async def run(
+        self, cursor: str | None, info: StreamInfo | None
+    ) -> AsyncIterator[ServerSentEvent]:
+        """`cursor`: resume after this stream id (no snapshot); None: snapshot first."""
+        if cursor is None:
+            cursor = info.last if info else "0-0"
+            for event in await self._snapshot(self.job, cursor):
+                yield event
+        while not self.finished:
+            try:
+                entries = _entries(
+                    await self.client.xread(
+                        {self.key: cursor}, count=BATCH, block=int(BLOCK_SECONDS * 1000)
+                    )
+                )
+            except RedisError as exc:
+                log.warning(
+                    "job %s: events stream unreadable (%s); using Postgres", self.job.id, exc
+                )
+                await asyncio.sleep(BLOCK_SECONDS)
+                entries = []
+            if not entries:  # quiet (or Redis down): make sure nothing was missed
+                job = await Job.get_or_none(id=self.job.id)
+                if job is None:
+                    return  # deleted
+                for event in await self._snapshot(job, cursor):
+                    yield event
+                continue
+            for entry_id, fields in entries:
+                cursor = entry_id
+                for event in await self._entry(entry_id, fields):
+                    yield event
+                if self.finished:
+                    break
+
+    async def _entry(self, entry_id: str, fields: dict[str, str]) -> list[ServerSentEvent]:
+        try:
+            kind, data = fields["event"], orjson.loads(fields["data"])
+            if kind == "status":
+                events.order(data)  # checks the fields it needs
+                return await self._status(data, entry_id)
+            if kind == "progress" and isinstance(data, dict):
+                return self._progress(data, entry_id)
+            if kind not in ("status", "progress"):
+                return []  # a kind this version does not serve
+        except (KeyError, TypeError, ValueError):
+            pass
+        log.warning("job %s: malformed event %s ignored", self.job.id, entry_id)
+        return []
+
+    async def _snapshot(self, job: Job, event_id: str) -> list[ServerSentEvent]:
+        """The job as Postgres has it, where it is newer than what was sent."""
+        sent = await self._status(events.payload_of(job), event_id)
+        if job.progress and job.status is JobStatus.PROCESSING:
+            sent += self._progress(job.progress, event_id)
+        return sent
+
+    async def _status(self, payload: dict[str, Any], event_id: str) -> list[ServerSentEvent]:
+        order = events.order(payload)
+        if self.finished or (self.sent is not None and order <= self.sent):
+            return []  # stale or already sent
+        self.sent = order
+        status = JobStatus(payload["status"])
+        self.finished = status.is_terminal
+        key = payload.get("result_key")
+        data = {
+            "job_id": payload["job_id"],
+            "status": str(status),
+            "retry_count": payload["retry_count"],
+            "error": payload["error"],
+            "attempts": payload["attempts"],
+            "result_url": (
+                await self.storage.url_for(key) if key and status is JobStatus.COMPLETED else None
+            ),
+        }
+        return [_event("status", data, event_id)]
+
+    def _progress(self, data: dict[str, Any], event_id: str) -> list[ServerSentEvent]:
+        if self.finished or data == self.progress:
+            return []
+        self.progress = data
+        return [_event("progress", data, event_id)]
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of an XREAD reply on one stream (RESP2: [[key, entries]]; RESP3: a dict)."""
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
+    return [(str(entry_id), dict(fields or {})) for entry_id, fields in streams[0]]
+
+
+def _event(kind: str, data: dict[str, Any], event_id: str) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(data).decode(), event=kind, id=event_id)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Follow a job's status and progress (Server-Sent Events)",
+    description=_STREAM_DOC,
+    responses={
+        200: {
+            "description": "The job's events, until its terminal status.",
+            "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
+        },
+        204: {"description": "Resumed after the end of a finished job: nothing more to send."},
+        401: {"model": ErrorResponse, "description": "A valid API key is required."},
+        404: {"model": ErrorResponse, "description": "No job of yours has this id."},
+        422: {"model": ErrorResponse, "description": "The job id is not a UUID."},
+    },
+)
+async def job_events(
+    job_id: uuid.UUID,
+    request: Request,
+    owner: Caller,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            description="Resume after this event id (`EventSource` sends it on reconnect); "
+            "`0-0`: the whole history. Anything else gets a snapshot first.",
+        ),
+    ] = None,
+) -> Response:
+    client: aioredis.Redis = request.app.state.events_redis
+    # The stream's end first, then the row: the snapshot then covers at least every entry up to
+    # the id it is sent with (a later one it already reflects is dropped as not newer).
+    try:
+        info = await stream_info(client, events.stream_key(job_id))
+    except RedisError as exc:
+        log.warning("job %s: events stream unreadable (%s); using Postgres", job_id, exc)
+        info = None
+    job = await service.get_job(job_id, owner)
+    if last_event_id is not None and parse_id(last_event_id) is None:
+        last_event_id = None  # not one of ours: start afresh
+    cursor = last_event_id if last_event_id and info and resumable(last_event_id, info) else None
+    if last_event_id and job.status.is_terminal:
+        at_end = cursor is not None and info is not None and parse_id(cursor) == parse_id(info.last)
+        if info is None or at_end:
+            return Response(status_code=204)
+    feed = JobFeed(job, client, request.app.state.storage)
+    return EventSourceResponse(feed.run(cursor, info), ping=PING_SECONDS, send_timeout=SEND_TIMEOUT)
