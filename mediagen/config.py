@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     min_dimension: int = Field(64, ge=8)
     max_dimension: int = Field(2048, ge=64)
 
+    # --- client webhooks (`webhook` on POST /generate; see README "Client webhooks") ---------
+    # Signs webhooks of anonymous jobs (`whsec_` + base64); keyed jobs use their key's secret.
+    webhook_secret: str = ""
+    # Hosts exempt from the private-address check, comma-separated (local testing only).
+    webhook_allow_hosts: str = ""
+    # Base of the retry schedule: base x (1, 6, 24, 120, 360, 720) seconds, then give up.
+    webhook_retry_delay: float = Field(5.0, gt=0)
+
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=1000)
 
@@ -102,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def webhook_allow_host_list(self) -> list[str]:
+        return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
 
     @property
     def provider_name(self) -> str:

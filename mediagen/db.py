@@ -19,7 +19,12 @@ from mediagen.errors import DatabaseUnavailableError
 
 log = logging.getLogger(__name__)
 
-MODELS = ["mediagen.jobs.models", "mediagen.jobs.idempotency", "mediagen.keys.models"]
+MODELS = [
+    "mediagen.jobs.models",
+    "mediagen.jobs.idempotency",
+    "mediagen.keys.models",
+    "mediagen.notify.models",
+]
 _initialised = False
 
 

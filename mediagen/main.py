@@ -22,6 +22,7 @@ from mediagen.jobs.router import router as jobs_router
 from mediagen.jobs.webhooks import router as webhooks_router
 from mediagen.keys.service import KeysExist
 from mediagen.limits import BodySizeLimit
+from mediagen.notify.router import router as notify_router
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live_router, prefix=API_PREFIX)  # job events (SSE)
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
+    app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
     errors_http.install(app)
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ HEARTBEAT_TTL = 15
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("mediagen", include=["mediagen.jobs.tasks"])
+    app = Celery("mediagen", include=["mediagen.jobs.tasks", "mediagen.notify.tasks"])
     app.conf.update(
         broker_url=settings.redis_url or "redis://localhost:6379/0",
         result_backend=None,

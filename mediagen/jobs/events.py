@@ -136,8 +136,11 @@ async def job_moved(job_id: uuid.UUID | str, to: JobStatus) -> None:
     """Called right after a successful guarded transition to `to`: publish the row as it is.
 
     If the row has already moved on (a concurrent transition), nothing is published: the later
-    transition publishes its own event.
+    transition publishes its own event. Client webhooks (`mediagen.notify`) are queued first.
     """
+    from mediagen.notify import service as notify
+
+    await notify.job_moved(job_id, to)
     if _publisher is None:
         return
     try:
@@ -151,4 +154,7 @@ async def job_moved(job_id: uuid.UUID | str, to: JobStatus) -> None:
 
 
 async def progress_changed(job_id: uuid.UUID | str, progress: dict[str, int]) -> None:
+    from mediagen.notify import service as notify
+
+    await notify.progress_changed(job_id, progress)
     await _publish(job_id, "progress", progress)

@@ -24,6 +24,19 @@ MAX_PARAMETERS = 40  # known and passed-through keys together
 _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$|^[0-9a-f]{64}$")
 
+# http(s) with a DNS name or IPv4 host, optional port (0..65535), printable ASCII after it.
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_WEBHOOK = re.compile(
+    r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+    rf"(:{_PORT})?([/?#][\x21-\x7e]*)?$"
+)
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
+def _all_events() -> list[WebhookEvent]:
+    return ["start", "progress", "completed"]
+
+
 Scalar = str | int | float | bool | None
 # What counts as blank around a prompt: Python's and JSON Schema's (ECMAScript) whitespace
 # together, so the schema's pattern and the validator agree on every string.
@@ -190,6 +203,27 @@ class GenerateRequest(BaseModel):
         "defaults to REPLICATE_DEFAULT_MODEL. Ignored by the built-in generator.",
         json_schema_extra={"pattern": _MODEL.pattern},
     )
+
+    webhook: str | None = Field(
+        None,
+        max_length=2000,
+        pattern=_WEBHOOK.pattern,
+        description="http(s) URL that receives the job's events as signed POSTs (Standard "
+        "Webhooks); a host resolving to a private, loopback or link-local address is refused.",
+    )
+    webhook_events_filter: list[WebhookEvent] = Field(
+        default_factory=_all_events,
+        min_length=1,
+        description="Which events are sent to `webhook`; all three by default.",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _unique_events(cls, value: list[WebhookEvent]) -> list[WebhookEvent]:
+        if len(set(value)) != len(value):
+            raise ValueError("events must not repeat")
+        return value
 
     @field_validator("prompt")
     @classmethod

@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 
 from tortoise.expressions import Q
+from tortoise.transactions import in_transaction
 
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
@@ -31,20 +32,26 @@ from mediagen.jobs.schemas import (
 )
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.notify import service as notify
 from mediagen.storage.base import Storage
 
 
 async def create_job(
     request: GenerateRequest, settings: Settings, owner: ApiKey | None = None
 ) -> Job:
-    job = await Job.create(
-        id=uuid.uuid4(),
-        api_key=owner,
-        prompt=request.prompt,
-        parameters=request.parameters.model_dump(exclude_none=True),
-        model=request.model,
-        provider=settings.provider_name,
-    )
+    if request.webhook is not None:
+        await notify.check_webhook(request.webhook, settings, owner)
+    async with in_transaction():
+        job = await Job.create(
+            id=uuid.uuid4(),
+            api_key=owner,
+            prompt=request.prompt,
+            parameters=request.parameters.model_dump(exclude_none=True),
+            model=request.model,
+            provider=settings.provider_name,
+        )
+        if request.webhook is not None:
+            await notify.record(job.id, request.webhook, list(request.webhook_events_filter))
     await events.job_created(job)
     if await asyncio.to_thread(send, Next("start", str(job.id))):
         await repo.mark_dispatched([job.id])

@@ -28,6 +28,7 @@ async def _run(args: argparse.Namespace) -> int:
             key, secret = await service.create_key(args.name)
             print(
                 f"created key {key.id} ({key.name})\n{secret}\nStore it now: it is not shown again."
+                f"\nwebhook secret (verifies this key's job webhooks): {key.webhook_secret}"
             )
         elif args.action == "list":
             for key in await service.list_keys():

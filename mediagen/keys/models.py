@@ -13,6 +13,8 @@ class ApiKey(Model):
     key_hash = fields.CharField(max_length=64, unique=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     revoked_at = fields.DatetimeField(null=True)
+    # Signs this key's client webhooks (`whsec_` + base64); NULL for keys made before them.
+    webhook_secret = fields.CharField(max_length=100, null=True)
 
     class Meta:
         table = "api_keys"

@@ -7,6 +7,7 @@ its first characters, so `mediagen keys list` can tell keys apart.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
@@ -20,6 +21,11 @@ PREFIX = "mg_"
 SHOWN = 11  # characters of the key kept in clear (`mg_` + 8)
 
 
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -28,7 +34,11 @@ async def create_key(name: str) -> tuple[ApiKey, str]:
     """A new key and its secret value (the only time the value exists in clear)."""
     secret = PREFIX + secrets.token_urlsafe(32)
     key = await ApiKey.create(
-        id=uuid.uuid4(), name=name, prefix=secret[:SHOWN], key_hash=hash_key(secret)
+        id=uuid.uuid4(),
+        name=name,
+        prefix=secret[:SHOWN],
+        key_hash=hash_key(secret),
+        webhook_secret=new_webhook_secret(),
     )
     return key, secret
 
