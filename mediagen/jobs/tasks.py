@@ -6,6 +6,8 @@ from __future__ import annotations
 from mediagen.jobs.dispatch import send
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.sweeper import sweep as sweep_jobs
+from mediagen.notify.dispatch import send_delivery
+from mediagen.notify.service import stranded_deliveries
 from mediagen.worker import celery_app, runtime
 
 
@@ -30,12 +32,15 @@ def poll(job_id: str, attempt: int) -> None:
 
 @celery_app.task(name="mediagen.jobs.sweep")
 def sweep() -> int:
-    """Re-dispatch stranded jobs (see `mediagen.jobs.sweeper`)."""
+    """Re-dispatch stranded jobs (see `mediagen.jobs.sweeper`) and lost webhook deliveries."""
     rt = runtime()
     steps = rt.run(sweep_jobs(rt.pipeline))
     for step in steps:
         send(step)
-    return len(steps)
+    deliveries = rt.run(stranded_deliveries(rt.settings))
+    for delivery_id in deliveries:
+        send_delivery(delivery_id)
+    return len(steps) + len(deliveries)
 
 
 @celery_app.task(name="mediagen.jobs.cancel_upstream")

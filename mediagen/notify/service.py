@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from tortoise.expressions import Q
 
 from mediagen.config import Settings
 from mediagen.errors import MediagenError
 from mediagen.jobs.models import Job
+from mediagen.jobs.repository import now
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.netguard import ResolveError, UnsafeURLError, pinned_urls
-from mediagen.notify.models import JobWebhook, WebhookDelivery
+from mediagen.notify.models import DeliveryStatus, JobWebhook, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +129,22 @@ async def progress_changed(job_id: uuid.UUID | str, progress: dict[str, int]) ->
             await _enqueue(hook, job, "progress", progress)
     except Exception as exc:
         log.warning("job %s: progress webhook not queued: %s", job_id, exc)
+
+
+async def stranded_deliveries(settings: Settings) -> list[str]:
+    """Pending deliveries whose publish or retry message was lost (broker down, worker killed):
+    due more than a lease ago. They are stamped as due now, so the next sweeps leave them alone
+    while this re-send is in the queue; an attempt on a finished delivery does nothing."""
+    moment = now()
+    overdue = moment - timedelta(seconds=settings.lease_seconds)
+    ids = (
+        await WebhookDelivery.filter(
+            Q(next_attempt_at=None, created_at__lt=overdue) | Q(next_attempt_at__lt=overdue),
+            status=DeliveryStatus.PENDING,
+        )
+        .limit(500)
+        .values_list("id", flat=True)
+    )
+    if ids:
+        await WebhookDelivery.filter(id__in=list(ids)).update(next_attempt_at=moment)
+    return [str(delivery_id) for delivery_id in ids]
