@@ -25,6 +25,8 @@ from mediagen.config import Settings, get_settings
 from mediagen.keys import cli as keys_cli
 
 EMBEDDED_ENV = "embedded.env"
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 
 
 def _api_cmd(settings: Settings) -> list[str]:
@@ -120,10 +122,9 @@ def cmd_run(_: argparse.Namespace) -> int:
         os.environ.update(env)
         settings = Settings(_env_file=".env")
         _migrate(settings)
-        children = [
-            subprocess.Popen(_api_cmd(settings)),  # noqa: S603
-            subprocess.Popen(_worker_cmd(settings, beat=True)),  # noqa: S603
-        ]
+        commands = [_api_cmd(settings), _worker_cmd(settings, beat=True)]
+        children = [subprocess.Popen(cmd) for cmd in commands]  # noqa: S603
+        restarts: list[float] = []
         print(
             f"mediagen: API on http://{settings.api_host}:{settings.api_port} "
             f"(docs at /docs), worker and sweeper started",
@@ -139,14 +140,27 @@ def cmd_run(_: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, stop)
         code = 0
         while not stopping:
-            for child in children:
-                if child.poll() is not None:
+            for index, child in enumerate(children):
+                if child.poll() is None:
+                    continue
+                # A supervisor's job: start it again (jobs are safe in Postgres meanwhile),
+                # unless it keeps dying, which needs a human.
+                restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW]
+                if len(restarts) >= MAX_RESTARTS:
                     print(
-                        f"mediagen: process {child.pid} exited with {child.returncode}",
+                        f"mediagen: giving up after {MAX_RESTARTS} restarts in {RESTART_WINDOW:g}s",
                         file=sys.stderr,
                         flush=True,
                     )
                     code, stopping = child.returncode or 1, True
+                    break
+                print(
+                    f"mediagen: process {child.pid} exited with {child.returncode}; restarting it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                restarts.append(time.monotonic())
+                children[index] = subprocess.Popen(commands[index])  # noqa: S603
             time.sleep(0.3)
         for child in children:
             if child.poll() is None:

@@ -30,6 +30,8 @@ _DB_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # The pool releasing a connection the server is closing ("cannot switch to state ...").
+    asyncpg.InternalClientError,
 )
 
 
@@ -82,7 +84,6 @@ def install(app: FastAPI) -> None:
         }.get(exc.status_code, "http_error")
         return _error(exc.status_code, str(exc.detail), code, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         if _database_down(exc):
             log.warning("database unavailable: %s", exc)
@@ -90,3 +91,10 @@ def install(app: FastAPI) -> None:
             return _error(503, err.message, err.code, headers={"Retry-After": "5"})
         log.exception("unhandled error")
         return _error(500, "internal server error", "internal_error")
+
+    # Registered for the database's exception types themselves, the handler runs in Starlette's
+    # ExceptionMiddleware, which answers and keeps the connection; the catch-all `Exception`
+    # handler runs in ServerErrorMiddleware, which re-raises and so drops a keep-alive client.
+    for exc_type in (*_DB_DOWN, OperationalError):
+        app.add_exception_handler(exc_type, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)

@@ -39,6 +39,34 @@ HEARTBEAT_PREFIX = "mediagen:worker:"
 HEARTBEAT_TTL = 15
 
 
+def _survive_broker_loss() -> None:
+    """Work around kombu 5.7.0 + celery 5.7.0 exiting every worker when Redis drops.
+
+    On a lost connection Celery's consumer calls `Connection.collect()` (which detaches the
+    transport) and then `close()`, whose restore of unacknowledged messages reads
+    `connection.client.hostname` on None: AttributeError, "Unrecoverable error", exit 1. Raising
+    a connection error there instead lets `maybe_close_channel` ignore it; the unacknowledged
+    messages stay in Redis and the job leases and the sweeper cover them. Found by the chaos
+    suite (docs/chaos.md, S4/S5); to report upstream.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams  # type: ignore[attr-defined]
+    if getattr(original, "_mediagen_safe", False):
+        return
+
+    def connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:  # detached by Connection.collect() after a loss
+            raise ConnectionError("broker connection already released")
+        return original(self, asynchronous)
+
+    connparams._mediagen_safe = True  # type: ignore[attr-defined]
+    kombu_redis.Channel._connparams = connparams  # type: ignore[attr-defined]
+
+
+_survive_broker_loss()
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("mediagen", include=["mediagen.jobs.tasks", "mediagen.notify.tasks"])
     app.conf.update(
