@@ -213,3 +213,26 @@ async def test_webhooks_off_without_a_secret(polling: Stack) -> None:
     async with httpx.AsyncClient(base_url=polling.url) as client:
         response = await client.post("/api/v1/webhooks/replicate", json={})
     assert response.status_code == 404
+
+
+async def test_cancel_a_processing_job_cancels_its_prediction(polling: Stack) -> None:
+    cancels = polling.fake.stats.cancels
+    async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
+        created = await client.post("/api/v1/generate",
+                                    json={"prompt": f"[fake:stuck] {uuid.uuid4()}"})
+        job_id = created.json()["job_id"]
+        for _ in range(200):  # until the prediction is recorded
+            job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+            if job["prediction_id"]:
+                break
+            time.sleep(0.05)
+        assert job["status"] == "processing" and job["prediction_id"]
+        canceled = await client.post(f"/api/v1/jobs/{job_id}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+        for _ in range(100):  # the worker cancels upstream right after
+            if polling.fake.stats.cancels > cancels:
+                break
+            time.sleep(0.05)
+        final = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert polling.fake.stats.cancels == cancels + 1
+    assert final["status"] == "canceled"
