@@ -19,6 +19,7 @@ from tests.chaos.stack import Timings
 JOBS = 60
 SUBSET = ("S1", "S5", "S8")
 
+
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
 async def test_chaos_subset() -> None:
