@@ -103,6 +103,19 @@ async def fetch_all(provider: ReplicateProvider, output: Output) -> Fetched:
         return Fetched(await read_all(fetched), fetched.content_type, fetched.ext)
 
 
+def count_parts(storage: S3Storage) -> list[int]:
+    """Record the part numbers `storage` uploads (to tell a streamed multipart from one put)."""
+    parts: list[int] = []
+    upload_part = storage._part
+
+    async def counted(*args: Any) -> Any:
+        parts.append(args[3])
+        return await upload_part(*args)
+
+    storage._part = counted  # type: ignore[method-assign]
+    return parts
+
+
 async def fetch_into(
     provider: ReplicateProvider, output: Output, storage: Storage, key: str
 ) -> tuple[int, bool]:
@@ -385,14 +398,7 @@ async def test_bad_stream_leaves_nothing_in_s3(
     provider = ReplicateProvider(settings_for(fake, **overrides))
     storage = make_s3()
     key = storage.key_for("bad", 0, "mp4")
-    parts: list[int] = []
-    upload_part = storage._part
-
-    async def counted(*args: Any) -> Any:
-        parts.append(args[3])
-        return await upload_part(*args)
-
-    storage._part = counted  # type: ignore[method-assign]
+    parts = count_parts(storage)
     try:
         done = await finish(provider, request(f"[fake:{tags} outputs=video/mp4]"))
         with pytest.raises(error, match=match) as caught:
@@ -451,14 +457,7 @@ async def test_deadline_mid_multipart_aborts_the_upload(
     provider = ReplicateProvider(settings_for(fake, download_timeout=1.0))
     storage = make_s3()
     key = storage.key_for("stalled", 0, "mp4")
-    parts: list[int] = []
-    upload_part = storage._part
-
-    async def counted(*args: Any) -> Any:
-        parts.append(args[3])
-        return await upload_part(*args)
-
-    storage._part = counted  # type: ignore[method-assign]
+    parts = count_parts(storage)
     try:
         done = await finish(provider, request(f"[fake:bytes={LARGE} stall=5 outputs=video/mp4]"))
         with pytest.raises(RetryableProviderError, match=r"timed out after 1s"):
