@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # --- API ---------------------------------------------------------------------------------
     # auto: keys are required as soon as one exists (a fresh local run needs none).
     auth_required: Literal["auto", "true", "false"] = "auto"
+    # How long an API process trusts a key it looked up; a create or revoke reaches every
+    # process at once over Redis pub/sub, this only bounds a missed message. 0: no cache.
+    key_cache_seconds: float = Field(5.0, ge=0, le=300)
     # Per API key (or for all anonymous callers together); 0 turns a limit off.
     rate_limit_per_minute: int = Field(6000, ge=0)
     max_jobs_in_flight: int = Field(2000, ge=0)
@@ -78,6 +81,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(65536, ge=1024)
+    # Serve the common submit and status requests without FastAPI's generic machinery
+    # (mediagen.jobs.fastpath); false sends every request through the documented routes.
+    fast_paths: bool = True
     max_prompt_length: int = Field(2000, ge=1)
     min_dimension: int = Field(64, ge=8)
     max_dimension: int = Field(2048, ge=64)

@@ -3,14 +3,19 @@
 The schema is created only by migrations (`mediagen migrate`, `make migrate`), never by
 `generate_schemas`. `TORTOISE_ORM` makes the `tortoise` CLI work too:
 `tortoise -c mediagen.db.TORTOISE_ORM makemigrations`.
+
+The hot paths (submit, status, every job transition) are single SQL statements sent straight
+through asyncpg on Tortoise's own pool (`pool()`): one round trip each, prepared once per
+connection, with none of the ORM's per-query work. Everything else uses the ORM.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import asyncpg
 from tortoise import Tortoise, connections
 from tortoise.migrations.api import migrate as _migrate
 
@@ -26,6 +31,7 @@ MODELS = [
     "mediagen.notify.models",
 ]
 _initialised = False
+_pool: asyncpg.Pool | None = None
 
 
 def database_url(settings: Settings) -> str:
@@ -78,8 +84,20 @@ async def init_db(settings: Settings | None = None) -> None:
     _initialised = True
 
 
+async def pool() -> asyncpg.Pool:
+    """This process's asyncpg pool: the one Tortoise opened (there is no second pool)."""
+    global _pool
+    if _pool is None:
+        client: Any = connections.get("default")
+        if client._pool is None:  # Tortoise opens its pool lazily, on the first query
+            await client.execute_query("SELECT 1")
+        _pool = cast(asyncpg.Pool, client._pool)
+    return _pool
+
+
 async def close_db() -> None:
-    global _initialised
+    global _initialised, _pool
+    _pool = None
     if _initialised:
         await connections.close_all()
         await Tortoise.close_connections()

@@ -64,10 +64,24 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def error_response(exc: BaseException) -> JSONResponse | None:
+    """The answer to one of our errors or to the database being down; None for anything else.
+    (The fast paths, which run outside FastAPI's handlers, answer with this too.)"""
+    if isinstance(exc, MediagenError):
+        return _error(exc.status_code, exc.message, exc.code, None, exc.headers, **exc.details)
+    if _database_down(exc):
+        log.warning("database unavailable: %s", exc)
+        err = DatabaseUnavailableError("the database is unavailable; try again shortly")
+        return _error(503, err.message, err.code, headers={"Retry-After": "5"})
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(MediagenError)
     async def _mediagen(_: Request, exc: MediagenError) -> JSONResponse:
-        return _error(exc.status_code, exc.message, exc.code, None, exc.headers, **exc.details)
+        response = error_response(exc)
+        assert response is not None
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,10 +99,9 @@ def install(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), code, headers=dict(exc.headers or {}))
 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if _database_down(exc):
-            log.warning("database unavailable: %s", exc)
-            err = DatabaseUnavailableError("the database is unavailable; try again shortly")
-            return _error(503, err.message, err.code, headers={"Retry-After": "5"})
+        response = error_response(exc)
+        if response is not None:
+            return response
         log.exception("unhandled error")
         return _error(500, "internal server error", "internal_error")
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from mediagen import __version__, db
-from mediagen.worker import HEARTBEAT_PREFIX
+from mediagen.broker import HEARTBEAT_PREFIX
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 3.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 from collections.abc import AsyncIterator
@@ -14,13 +15,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from mediagen import __version__, errors_http, health
+from mediagen.broker import Outbox
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
+from mediagen.jobs import service as jobs_service
+from mediagen.jobs.fastpath import FastPaths
 from mediagen.jobs.live import router as live_router
+from mediagen.jobs.quotas import RateLimiter
 from mediagen.jobs.router import router as jobs_router
 from mediagen.jobs.webhooks import router as webhooks_router
-from mediagen.keys.service import KeysExist
+from mediagen.keys.cache import PING_EVERY, KeyCache
 from mediagen.limits import BodySizeLimit
 from mediagen.notify.router import router as notify_router
 from mediagen.storage import create_storage
@@ -75,15 +80,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await storage.check()
         except StorageError as exc:  # keep serving: health answers 503 and says why
             log.error("storage is not usable: %s", exc)
-        app.state.redis = aioredis.from_url(
-            settings.redis_url or "redis://localhost:6379/0",
-            socket_connect_timeout=2,
-            socket_timeout=2,
-        )
+        redis_url = settings.redis_url or "redis://localhost:6379/0"
+
+        def client(name: str, timeout: float = 2) -> aioredis.Redis:
+            return aioredis.from_url(
+                redis_url, socket_connect_timeout=2, socket_timeout=timeout, client_name=name
+            )
+
+        # Separate connections for the request path, the outbox's batches and the key-change
+        # subscription, so none waits behind another.
+        app.state.redis = client("mediagen-api")
+        app.state.rate_limiter = RateLimiter(app.state.redis, settings.rate_limit_per_minute)
+        app.state.outbox = Outbox(client("mediagen-outbox", timeout=5))
+        subscriber = client("mediagen-keys", timeout=PING_EVERY * 3)
+        following = asyncio.create_task(app.state.keys.follow(subscriber), name="key-changes")
         try:
             yield
         finally:
-            await app.state.redis.aclose()
+            following.cancel()
+            await app.state.rate_limiter.close()
+            await app.state.outbox.close()
+            await jobs_service.settle()
+            for redis_client in (app.state.outbox.client, subscriber, app.state.redis):
+                await redis_client.aclose()
             await storage.close()
             await close_db()
 
@@ -95,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         debug=settings.debug,
     )
     app.state.settings = settings
-    app.state.keys_exist = KeysExist()
+    app.state.keys = KeyCache(settings.key_cache_seconds)
     app.state.storage = storage
     app.include_router(jobs_router, prefix=API_PREFIX)
     app.include_router(live_router, prefix=API_PREFIX)  # job events (SSE)
@@ -103,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
     errors_http.install(app)
+    if settings.fast_paths:  # innermost: CORS and the body limit apply to it as to the routes
+        app.add_middleware(FastPaths)
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)
         # StaticFiles refuses paths outside the directory and sets content types.

@@ -3,9 +3,11 @@
 Real module path for Celery's CLI: `celery -A mediagen.worker inspect ping`.
 
 Each worker process owns one asyncio event loop, running in a daemon thread, with one Tortoise
-connection pool, one provider and one storage client on it. Tasks are thin: they submit a
-coroutine to that loop and publish the step it returns. Because no step waits for a model,
-a handful of pool threads keep thousands of jobs in flight.
+connection pool, one outbox (`mediagen.broker`), one provider and one storage client on it.
+Tasks are thin: they submit a coroutine to that loop, which publishes the step it returns
+through the outbox and waits for the batch to be sent, so the task is acknowledged only after
+its successor is in Redis. Because no step waits for a model, a handful of pool threads keep
+thousands of jobs in flight.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery
 from celery.signals import (
@@ -26,16 +28,17 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from mediagen.broker import HEARTBEAT_PREFIX, QUEUE, Outbox, Task
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
-from mediagen.jobs import events
+
+if TYPE_CHECKING:
+    from mediagen.jobs.pipeline import Next
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-QUEUE = "mediagen"
-HEARTBEAT_PREFIX = "mediagen:worker:"
 HEARTBEAT_TTL = 15
 
 
@@ -133,18 +136,28 @@ class Runtime:
         self._thread.start()
         self.provider = create_provider(settings)
         self.storage = create_storage(settings)
-        self.pipeline = Pipeline(settings, self.provider, self.storage)
         self._heartbeat: asyncio.Task[None] | None = None
-        self.run(self._open())
+        self.outbox = self.run(self._open())
+        self.pipeline = Pipeline(settings, self.provider, self.storage, self.outbox)
 
-    async def _open(self) -> None:
+    async def _open(self) -> Outbox:
+        import redis.asyncio as aioredis
+
         await init_db(self.settings)
-        await events.open_publisher(self.settings)
+        outbox = Outbox(
+            aioredis.from_url(
+                self.settings.redis_url or "redis://localhost:6379/0",
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                client_name="mediagen-worker",
+            )
+        )
         try:
             await self.storage.check()
         except StorageError as exc:  # jobs retry, then fail saying why; no crash loop
             log.error("storage is not usable: %s", exc)
         self._heartbeat = asyncio.create_task(self._beat())
+        return outbox
 
     async def _beat(self) -> None:
         """Announce this process in Redis so the API's health check can count live workers."""
@@ -166,12 +179,24 @@ class Runtime:
         """Run `coro` on this process's loop and wait for it (from a pool thread)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    async def step(self, coro: Coroutine[Any, Any, Next | None]) -> None:
+        """Run a pipeline step, publish the step it asks for next, and wait until everything it
+        announced has been sent."""
+        following = await coro
+        if following is not None:
+            self.outbox.send(following.task())
+        await self.outbox.flush()
+
+    async def publish(self, task: Task) -> bool:
+        return await self.outbox.send(task)
+
     async def _close(self) -> None:
         if self._heartbeat:
             self._heartbeat.cancel()
+        await self.outbox.close()
+        await self.outbox.client.aclose()
         await self.provider.close()
         await self.storage.close()
-        await events.close_publisher()
         await close_db()
 
     def close(self) -> None:

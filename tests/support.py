@@ -91,3 +91,42 @@ async def wait_terminal(client: httpx.AsyncClient, job_id: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {body['status']} after {timeout}s: {body}")
         await asyncio.sleep(0.05)
+
+
+async def new_job(prompt: str = "p", owner: Any = None, **fields: Any) -> Any:
+    """A job row as the API creates it (`repository.insert`, so the owner's unfinished-jobs
+    counter agrees), then given `fields` (another unfinished state, an older `created_at`...).
+    No worker is told about it, and its row says so (`dispatched_at` is empty). A job created straight into a terminal state skips the insert:
+    it was never unfinished."""
+    import uuid
+
+    from mediagen.jobs import repository as repo
+    from mediagen.jobs.models import Job
+    from mediagen.jobs.states import JobStatus
+
+    job_id = uuid.uuid4()
+    parameters = fields.pop("parameters", {"width": 64, "height": 64})
+    status = fields.get("status")
+    if status is not None and JobStatus(status).is_terminal:
+        return await Job.create(id=job_id, prompt=prompt, parameters=parameters,
+                                provider="builtin", api_key_id=owner, **fields)
+    await repo.insert(job_id, prompt=prompt, parameters=parameters, model=None,
+                      provider="builtin", owner=owner, max_in_flight=0)
+    await Job.filter(id=job_id).update(**{"dispatched_at": None, **fields})
+    return await Job.get(id=job_id)
+
+
+async def publish(redis_url: str, *tasks: Any) -> bool:
+    """Send Celery tasks (`mediagen.broker.Task`) the way the service does, through an outbox."""
+    import redis.asyncio as aioredis
+
+    from mediagen.broker import Outbox
+
+    outbox = Outbox(aioredis.from_url(redis_url))
+    try:
+        for task in tasks:
+            outbox.send(task)
+        return await outbox.flush()
+    finally:
+        await outbox.close()
+        await outbox.client.aclose()

@@ -50,10 +50,8 @@ StreamId = tuple[int, int]
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Publish this API's transitions (creation, cancel) on its Redis client, and read streams
-    on a client of their own whose socket timeout outlasts a blocked XREAD."""
+    """Read streams on a client of their own whose socket timeout outlasts a blocked XREAD."""
     settings = app.state.settings
-    events.install(app.state.redis)
     app.state.events_redis = aioredis.from_url(
         settings.redis_url or "redis://localhost:6379/0",
         decode_responses=True,
@@ -63,7 +61,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await events.close_publisher()
         await app.state.events_redis.aclose()
 
 

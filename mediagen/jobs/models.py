@@ -66,3 +66,20 @@ class Job(Model):
 
     def __str__(self) -> str:
         return f"Job({self.id}, {self.status})"
+
+
+ANONYMOUS = uuid.UUID(int=0)  # the counter scope of jobs created without a key
+
+
+class JobCounter(Model):
+    """Unfinished jobs per API key (`ANONYMOUS` for keyless callers).
+
+    Kept by the same single statements that create a job and that move it to a terminal state,
+    so the in-flight limit reads one row instead of counting a backlog, and can never drift.
+    """
+
+    scope = fields.UUIDField(primary_key=True)
+    unfinished = fields.IntField(default=0)
+
+    class Meta:
+        table = "job_counters"

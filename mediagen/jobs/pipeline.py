@@ -2,8 +2,12 @@
 
 `start` claims an attempt and creates (or resumes) the upstream prediction; `poll` looks at it
 once; `on_prediction` (shared with webhooks) finishes, fails, or asks to be polled again. Each
-step returns the `Next` step for the task layer to schedule with a countdown, so waiting for a
-model costs a broker message, not a worker slot.
+step returns the `Next` step for the task layer to publish with a countdown, so waiting for a
+model costs a broker message, not a worker slot. Every write is one statement
+(`repository`), announced through the outbox after it commits (`events.announce`).
+
+A job whose prediction is ready at once (the built-in generator without latency) costs two
+statements: the claim, and the completion, which records the prediction id with it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from mediagen.broker import Outbox, Task
 from mediagen.config import Settings
 from mediagen.errors import PermanentProviderError, ProviderError, StorageError
 from mediagen.jobs import events, progress
@@ -37,6 +42,10 @@ class Next:
     attempt: int | None = None
     countdown: float = 0.0
 
+    def task(self) -> Task:
+        args = (self.job_id,) if self.attempt is None else (self.job_id, self.attempt)
+        return Task(f"mediagen.jobs.{self.step}", args, self.countdown)
+
 
 def backoff(settings: Settings, retries_so_far: int) -> float:
     """RETRY_DELAY * 2**n, capped at RETRY_MAX_DELAY, with +-10% jitter to spread a herd."""
@@ -45,22 +54,23 @@ def backoff(settings: Settings, retries_so_far: int) -> float:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, provider: Provider, storage: Storage) -> None:
+    def __init__(
+        self, settings: Settings, provider: Provider, storage: Storage, outbox: Outbox
+    ) -> None:
         self.settings = settings
         self.provider = provider
         self.storage = storage
+        self.outbox = outbox
 
     # --- steps -------------------------------------------------------------------------------
     async def start(self, job_id: str) -> Next | None:
-        job = await repo.get(job_id)
-        if job is None or job.status.is_terminal:
+        moved = await repo.claim(job_id, self.settings.lease_seconds, self.settings.job_timeout)
+        if moved is None:
+            await self._not_claimed(job_id)
             return None
-        if self._expired(job):
-            await self._fail_deadline(job)
-            return None
-        if not await repo.claim(job, self.settings.lease_seconds):
-            return None  # another delivery owns it, or it is not startable
-        attempt = job.attempt + 1
+        events.announce(self.outbox, moved)
+        job = moved.job
+        attempt = job.attempt
         request = self._request(job, attempt)
         log.info("job %s: attempt %d started", job.id, attempt)
 
@@ -72,13 +82,18 @@ class Pipeline:
             prediction = await self.provider.create(request)
         except ProviderError as exc:
             return await self._on_error(job, attempt, exc)
-        if not await repo.renew_lease(
-            job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id
+        if not prediction.status.is_terminal and prediction.poll_after == 0:
+            # Ready at once: nothing to lose by a crash now, so the id is recorded with the
+            # outcome instead of by a write of its own.
+            return await self._poll_now(job, attempt, prediction.id, request, recorded=False)
+        if (
+            await repo.renew_lease(
+                job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id
+            )
+            is None
         ):
             await self.cancel_quietly(prediction.id)  # we lost the job while creating
             return None
-        if not prediction.status.is_terminal and prediction.poll_after == 0:
-            return await self._poll_now(job, attempt, prediction.id, request)
         return await self.on_prediction(job, attempt, prediction)
 
     async def poll(self, job_id: str, attempt: int) -> Next | None:
@@ -95,24 +110,34 @@ class Pipeline:
             return None
         return await self._poll_now(job, attempt, job.prediction_id, self._request(job, attempt))
 
-    async def on_prediction(self, job: Job, attempt: int, prediction: Prediction) -> Next | None:
+    async def on_prediction(
+        self, job: Job, attempt: int, prediction: Prediction, recorded: bool = True
+    ) -> Next | None:
         """Act on what upstream says of the prediction (from a poll or a webhook)."""
         changed = progress.update(job, prediction)  # new {current, total, percent}, or None
-        fields = {"progress": changed} if changed else {}
+        fields: dict[str, Any] = {} if recorded else {"prediction_id": prediction.id}
         if prediction.status is PredictionStatus.SUCCEEDED:
-            return await self._finish(job, attempt, prediction, changed)
+            return await self._finish(job, attempt, prediction, changed, fields)
         if prediction.status is PredictionStatus.FAILED:
-            await repo.fail(
-                job.id, f"generation failed: {prediction.error or 'no reason given'}", attempt
-            )
+            error = f"generation failed: {prediction.error or 'no reason given'}"
+            await self._fail(job.id, error, attempt, **fields)
             return None
         if prediction.status is PredictionStatus.CANCELED:
-            await repo.fail(job.id, "the prediction was canceled upstream", attempt)
-            return None
-        if not await repo.renew_lease(job.id, attempt, self._lease_for(prediction), **fields):
+            await self._fail(job.id, "the prediction was canceled upstream", attempt, **fields)
             return None
         if changed:
-            await events.progress_changed(job.id, changed)
+            fields["progress"] = changed
+        moved = await repo.renew_lease(
+            job.id,
+            attempt,
+            self._lease_for(prediction),
+            events=("progress",) if changed else (),
+            **fields,
+        )
+        if moved is None:
+            return None
+        if changed:
+            events.announce_progress(self.outbox, moved, changed)
         wait = (
             self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
         )
@@ -120,22 +145,33 @@ class Pipeline:
 
     # --- helpers -----------------------------------------------------------------------------
     async def _poll_now(
-        self, job: Job, attempt: int, prediction_id: str, request: GenerationRequest
+        self,
+        job: Job,
+        attempt: int,
+        prediction_id: str,
+        request: GenerationRequest,
+        recorded: bool = True,
     ) -> Next | None:
         try:
             prediction = await self.provider.get(prediction_id, request)
         except PermanentProviderError as exc:
-            await repo.fail(job.id, exc.message, attempt)
+            await self._fail(job.id, exc.message, attempt)
             return None
         except ProviderError as exc:
             # A failed look is not a failed generation: look again; the deadline bounds this.
-            await repo.renew_lease(job.id, attempt, self.settings.lease_seconds)
+            fields = {} if recorded else {"prediction_id": prediction_id}
+            await repo.renew_lease(job.id, attempt, self.settings.lease_seconds, **fields)
             wait = exc.retry_after or self.settings.poll_interval
             return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
-        return await self.on_prediction(job, attempt, prediction)
+        return await self.on_prediction(job, attempt, prediction, recorded)
 
     async def _finish(
-        self, job: Job, attempt: int, prediction: Prediction, done: dict[str, int] | None = None
+        self,
+        job: Job,
+        attempt: int,
+        prediction: Prediction,
+        done: dict[str, int] | None,
+        fields: dict[str, Any],
     ) -> Next | None:
         outputs: list[dict[str, Any]] = []
         try:
@@ -149,9 +185,17 @@ class Pipeline:
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
         if done:  # the final progress, stored with the completion
-            await events.progress_changed(job.id, done)
-        fields = {"progress": done} if done else {}
-        if await repo.complete(job.id, attempt, outputs[0]["key"], outputs, **fields):
+            fields = {**fields, "progress": done}
+        moved = await repo.complete(
+            job.id,
+            attempt,
+            outputs[0]["key"],
+            outputs,
+            events=("progress", "completed") if done else ("completed",),
+            **fields,
+        )
+        if moved is not None:
+            events.announce(self.outbox, moved, progress=done)
             log.info("job %s: completed on attempt %d", job.id, attempt)
         return None
 
@@ -160,10 +204,10 @@ class Pipeline:
     ) -> Next | None:
         retryable = isinstance(exc, StorageError) or getattr(exc, "retryable", False)
         if not retryable:
-            await repo.fail(job.id, exc.message, attempt)
+            await self._fail(job.id, exc.message, attempt)
             return None
         if job.retry_count >= self.settings.max_retries:
-            await repo.fail(
+            await self._fail(
                 job.id, f"gave up after {job.retry_count} retries: {exc.message}", attempt
             )
             return None
@@ -171,12 +215,32 @@ class Pipeline:
         retry_after = getattr(exc, "retry_after", None)
         if retry_after:
             delay = max(delay, min(retry_after, self.settings.retry_max_delay))
-        if not await repo.schedule_retry(job, attempt, exc.message, delay):
+        moved = await repo.schedule_retry(job.id, attempt, exc.message, delay)
+        if moved is None:
             return None
+        events.announce(self.outbox, moved)
         log.warning(
             "job %s: attempt %d failed (%s); retry in %.1fs", job.id, attempt, exc.message, delay
         )
         return Next("start", str(job.id), None, delay)
+
+    async def _fail(
+        self, job_id: Any, error: str, attempt: int | None = None, **fields: Any
+    ) -> bool:
+        moved = await repo.transition(
+            job_id,
+            JobStatus.FAILED,
+            attempt=attempt,
+            error=error,
+            completed_at=repo.NOW,
+            lease_expires_at=None,
+            next_attempt_at=None,
+            **fields,
+        )
+        if moved is None:
+            return False
+        events.announce(self.outbox, moved)
+        return True
 
     async def _resume(self, prediction_id: str, request: GenerationRequest) -> Prediction | None:
         try:
@@ -189,10 +253,17 @@ class Pipeline:
             else prediction
         )
 
+    async def _not_claimed(self, job_id: str) -> None:
+        """The claim found nothing to start: finished, owned by another attempt, or past its
+        deadline, which is failed here (the claim never starts an expired job)."""
+        job = await repo.get(job_id)
+        if job is not None and not job.status.is_terminal and self._expired(job):
+            await self._fail_deadline(job)
+
     async def _fail_deadline(self, job: Job) -> None:
         if job.prediction_id and job.status is JobStatus.PROCESSING:
             await self.cancel_quietly(job.prediction_id)
-        await repo.fail(
+        await self._fail(
             job.id,
             f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
         )

@@ -1,115 +1,355 @@
-"""Every write to a job: single guarded UPDATEs (compare-and-set on status, and on the attempt).
+"""Every write to a job, each a single SQL statement: one round trip, atomic with what it implies.
 
-A duplicated, late or concurrent task finds the guard false, updates nothing and stops, so a job
-can never move backwards, run one attempt twice, or reach a terminal state twice.
+A transition is a guarded UPDATE, a compare-and-set on the status (and on the attempt, where an
+attempt owns the job): a duplicated, late or concurrent task finds the guard false, changes
+nothing and stops, so a job never moves backwards, never runs one attempt twice, and reaches a
+terminal state once. The same statement writes what the transition implies:
+
+- the client webhook deliveries its events call for (`webhook_deliveries`, if the job has a
+  webhook that wants them), so a crash can never keep a transition and lose its webhook;
+- on entering a terminal state, the owner's unfinished-jobs counter (`job_counters`), so the
+  in-flight limit reads one row and is exact.
+
+It returns the row as it now is. Publishing what it means (task messages, live events) is the
+caller's job, after the statement has committed (`mediagen.jobs.events.announce`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import EllipsisType
 from typing import Any
 
-from tortoise.expressions import F, Q
+import orjson
+from asyncpg import Record
 
-from mediagen.jobs import events
-from mediagen.jobs.models import Job
-from mediagen.jobs.states import ALLOWED_FROM, JobStatus
+from mediagen.db import pool
+from mediagen.jobs.models import ANONYMOUS, Job
+from mediagen.jobs.states import ALLOWED_FROM, TERMINAL, JobStatus
+
+_JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
+_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Expr:
+    """A SQL expression for a SET clause, written here (never from input); `{}` marks args."""
+
+    sql: str
+    args: tuple[Any, ...] = ()
+
+
+NOW = Expr("now()")
+
+
+def seconds_from_now(seconds: float) -> Expr:
+    return Expr("now() + make_interval(secs => {}::float8)", (float(seconds),))
+
+
+def plus_one(column: str) -> Expr:
+    return Expr(f"{column} + 1")
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A job right after a successful write, and the webhook deliveries written with it."""
+
+    job: Job
+    deliveries: tuple[uuid.UUID, ...] = ()
+
+
+# The payload of a client webhook, as of the transition (`result_key` becomes `result_url`
+# when sent; see mediagen.notify.delivery).
+_PAYLOAD = f"""jsonb_build_object(
+    'event', e.event, 'job_id', moved.id::text, 'status', moved.status,
+    'retry_count', moved.retry_count, 'error', moved.error, 'attempts', moved.attempt,
+    'progress', moved.progress, 'result_key', moved.result_key,
+    'created_at', to_char(moved.created_at AT TIME ZONE 'UTC', {_ISO}),
+    'updated_at', to_char(moved.updated_at AT TIME ZONE 'UTC', {_ISO}))"""
+
+
+class _Statement:
+    """Builds one statement's text and arguments. The text depends only on which columns are
+    set and how, so each shape is prepared once per connection and reused."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def arg(self, value: Any, cast: str = "") -> str:
+        self.args.append(value)
+        return f"${len(self.args)}{cast}"
+
+    def sets(self, fields: Mapping[str, Any]) -> str:
+        parts = []
+        for column, value in fields.items():
+            if isinstance(value, Expr):
+                sql = value.sql.format(*(self.arg(a) for a in value.args))
+            elif column in _JSON_COLUMNS and value is not None:
+                sql = self.arg(orjson.dumps(value).decode(), "::jsonb")
+            else:
+                sql = self.arg(value)
+            parts.append(f"{column} = {sql}")
+        return ", ".join(parts)
+
+    def update(
+        self,
+        where: str,
+        fields: Mapping[str, Any],
+        *,
+        terminal: bool = False,
+        events: Sequence[str] = (),
+    ) -> str:
+        """UPDATE jobs ... RETURNING the row, plus what the change implies (module docstring)."""
+        sql = [
+            f"WITH moved AS (UPDATE jobs SET updated_at = now(), {self.sets(fields)} "
+            f"WHERE {where} RETURNING jobs.*)"
+        ]
+        if terminal:
+            sql.append(
+                ", counted AS (UPDATE job_counters SET unfinished = job_counters.unfinished - 1 "
+                "FROM moved WHERE job_counters.scope = "
+                f"coalesce(moved.api_key_id, '{ANONYMOUS}'::uuid))"
+            )
+        if events:
+            sql.append(
+                ", delivered AS (INSERT INTO webhook_deliveries "
+                "(id, job_id, event, url, payload, status, attempts, created_at) "
+                f"SELECT gen_random_uuid(), moved.id, e.event, w.url, {_PAYLOAD}, 'pending', 0, "
+                "clock_timestamp() FROM moved JOIN job_webhooks w ON w.job_id = moved.id "
+                f"CROSS JOIN unnest({self.arg(list(events), '::text[]')}) "
+                "WITH ORDINALITY AS e(event, n) "
+                "WHERE w.events ? e.event AND (e.event <> 'start' OR moved.attempt = 1) "
+                "ORDER BY e.n RETURNING id)"
+                " SELECT moved.*, ARRAY(SELECT id FROM delivered) AS delivery_ids FROM moved"
+            )
+        else:
+            sql.append(" SELECT moved.* FROM moved")
+        return "".join(sql)
+
+
+async def _moved(statement: _Statement, sql: str) -> Moved | None:
+    record = await (await pool()).fetchrow(sql, *statement.args)
+    if record is None:
+        return None
+    row = dict(record)
+    deliveries = tuple(row.pop("delivery_ids", None) or ())
+    return Moved(Job._init_from_db(**row), deliveries)
+
+
+def _event_of(to: JobStatus) -> tuple[str, ...]:
+    """The client webhook event a move to `to` may send (`start`: only the first attempt's)."""
+    if to in TERMINAL:
+        return ("completed",)
+    if to is JobStatus.PROCESSING:
+        return ("start",)
+    return ()
+
+
+# --- creating --------------------------------------------------------------------------------
+_INSERT_JOB = f"""
+WITH counted AS (
+    INSERT INTO job_counters AS c (scope, unfinished) VALUES ($1, 1)
+    ON CONFLICT (scope) DO UPDATE SET unfinished = c.unfinished + 1
+    WHERE $2::int = 0 OR c.unfinished < $2::int
+    RETURNING c.unfinished
+), created AS (
+    INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
+                      attempt, retry_count, dispatched_at, created_at, updated_at)
+    SELECT $3, '{JobStatus.PENDING}', $4, $5::jsonb, $6, $7, $8, '[]'::jsonb, 0, 0,
+           now(), now(), now()
+    FROM counted
+    RETURNING id, created_at
+), hooked AS (
+    INSERT INTO job_webhooks (id, job_id, url, events, created_at)
+    SELECT gen_random_uuid(), created.id, $9::text, $10::jsonb, now()
+    FROM created WHERE $9::text IS NOT NULL
+)
+SELECT created_at FROM created
+"""
+
+
+async def insert(
+    job_id: uuid.UUID,
+    *,
+    prompt: str,
+    parameters: dict[str, Any],
+    model: str | None,
+    provider: str,
+    owner: uuid.UUID | None,
+    max_in_flight: int,
+    webhook: str | None = None,
+    webhook_events: Sequence[str] = (),
+) -> datetime | None:
+    """Create a pending job (and its webhook) if its owner has fewer than `max_in_flight`
+    unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached.
+
+    `dispatched_at` is set at once: the caller publishes the start right after the commit, and
+    clears it if that fails (`clear_dispatched`), so the sweeper dispatches it soon."""
+    created: datetime | None = await (await pool()).fetchval(
+        _INSERT_JOB,
+        owner or ANONYMOUS,
+        max_in_flight,
+        job_id,
+        prompt,
+        orjson.dumps(parameters).decode(),
+        model,
+        provider,
+        owner,
+        webhook,
+        orjson.dumps(list(webhook_events)).decode(),
+    )
+    return created
+
+
+# --- reading ---------------------------------------------------------------------------------
+_GET = "SELECT * FROM jobs WHERE id = $1"
+_STATUS = "SELECT status, result_key, created_at, updated_at, retry_count FROM jobs WHERE id = $1"
+_GET_OWNED = "SELECT * FROM jobs WHERE id = $1 AND api_key_id = $2"
+_GET_ANONYMOUS = "SELECT * FROM jobs WHERE id = $1 AND api_key_id IS NULL"
+
+
 async def get(job_id: uuid.UUID | str) -> Job | None:
-    return await Job.get_or_none(id=job_id)
+    record = await (await pool()).fetchrow(_GET, _uuid(job_id))
+    return None if record is None else Job._init_from_db(**record)
 
 
+async def get_owned(job_id: uuid.UUID, owner: uuid.UUID | None) -> Job | None:
+    """The job if `owner` (None: anonymous) created it."""
+    db = await pool()
+    if owner is None:
+        record = await db.fetchrow(_GET_ANONYMOUS, job_id)
+    else:
+        record = await db.fetchrow(_GET_OWNED, job_id, owner)
+    return None if record is None else Job._init_from_db(**record)
+
+
+async def status_row(job_id: uuid.UUID, owner: uuid.UUID | None) -> Record | None:
+    """What `GET /status` shows of a job `owner` created (one primary-key lookup)."""
+    db = await pool()
+    if owner is None:
+        return await db.fetchrow(_STATUS + " AND api_key_id IS NULL", job_id)
+    return await db.fetchrow(_STATUS + " AND api_key_id = $2", job_id, owner)
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+# --- moving ----------------------------------------------------------------------------------
 async def transition(
     job_id: uuid.UUID | str,
     to: JobStatus,
     *,
     attempt: int | None = None,
     allowed_from: Iterable[JobStatus] | None = None,
+    events: Sequence[str] | None = None,
+    owner: uuid.UUID | EllipsisType | None = ...,
     **fields: Any,
-) -> bool:
-    """Move the job to `to` if it is in an allowed state (and on `attempt`); True if it moved."""
-    query = Job.filter(id=job_id, status__in=list(allowed_from or ALLOWED_FROM[to]))
+) -> Moved | None:
+    """Move the job to `to` if it is in an allowed state (and on `attempt`, and created by
+    `owner` when one is given; None: anonymous)."""
+    statement = _Statement()
+    where = (
+        f"id = {statement.arg(_uuid(job_id))} AND status = ANY("
+        f"{statement.arg([str(s) for s in (allowed_from or ALLOWED_FROM[to])], '::text[]')})"
+    )
     if attempt is not None:
-        query = query.filter(attempt=attempt)
-    moved = await query.update(status=to, updated_at=now(), **fields) == 1
-    if moved:
-        await events.job_moved(job_id, to)
-    return moved
+        where += f" AND attempt = {statement.arg(attempt)}"
+    if owner is None:
+        where += " AND api_key_id IS NULL"
+    elif isinstance(owner, uuid.UUID):
+        where += f" AND api_key_id = {statement.arg(owner)}"
+    sql = statement.update(
+        where,
+        {"status": str(to), **fields},
+        terminal=to in TERMINAL,
+        events=_event_of(to) if events is None else events,
+    )
+    return await _moved(statement, sql)
 
 
-async def claim(job: Job, lease_seconds: float) -> bool:
+async def claim(job_id: uuid.UUID | str, lease_seconds: float, job_timeout: float) -> Moved | None:
     """Start a new attempt: pending/retrying -> processing, or take over a processing job whose
-    owner died before it recorded a prediction (its lease expired)."""
-    moment = now()
-    stranded = Q(status=JobStatus.PROCESSING, lease_expires_at__lt=moment, prediction_id=None)
-    updated = await Job.filter(
-        Q(status__in=[JobStatus.PENDING, JobStatus.RETRYING]) | stranded,
-        id=job.id,
-        attempt=job.attempt,
-    ).update(
-        status=JobStatus.PROCESSING,
-        attempt=F("attempt") + 1,
-        lease_expires_at=moment + timedelta(seconds=lease_seconds),
-        started_at=job.started_at or moment,
-        next_attempt_at=None,
-        updated_at=moment,
+    owner died before it recorded a prediction (its lease ran out). A job past its deadline is
+    not claimed (the caller fails it)."""
+    statement = _Statement()
+    where = (
+        f"id = {statement.arg(_uuid(job_id))} "
+        f"AND created_at > now() - make_interval(secs => {statement.arg(job_timeout)}::float8) "
+        f"AND (status IN ('{JobStatus.PENDING}', '{JobStatus.RETRYING}') "
+        f"OR (status = '{JobStatus.PROCESSING}' AND lease_expires_at < now() "
+        "AND prediction_id IS NULL))"
     )
-    if updated == 1:
-        await events.job_moved(job.id, JobStatus.PROCESSING)
-    return updated == 1
+    sql = statement.update(
+        where,
+        {
+            "status": str(JobStatus.PROCESSING),
+            "attempt": plus_one("attempt"),
+            "lease_expires_at": seconds_from_now(lease_seconds),
+            "started_at": Expr("coalesce(started_at, now())"),
+            "next_attempt_at": None,
+        },
+        events=("start",),
+    )
+    return await _moved(statement, sql)
 
 
-async def update_running(job_id: uuid.UUID | str, attempt: int, **fields: Any) -> bool:
+async def update_running(
+    job_id: uuid.UUID | str, attempt: int, *, events: Sequence[str] = (), **fields: Any
+) -> Moved | None:
     """Write to a processing job only while `attempt` still owns it."""
-    return (
-        await Job.filter(id=job_id, status=JobStatus.PROCESSING, attempt=attempt).update(
-            updated_at=now(), **fields
-        )
-        == 1
+    statement = _Statement()
+    where = (
+        f"id = {statement.arg(_uuid(job_id))} AND status = '{JobStatus.PROCESSING}' "
+        f"AND attempt = {statement.arg(attempt)}"
     )
+    return await _moved(statement, statement.update(where, fields, events=events))
 
 
 async def renew_lease(
-    job_id: uuid.UUID | str, attempt: int, lease_seconds: float, **fields: Any
-) -> bool:
+    job_id: uuid.UUID | str,
+    attempt: int,
+    lease_seconds: float,
+    *,
+    events: Sequence[str] = (),
+    **fields: Any,
+) -> Moved | None:
     return await update_running(
-        job_id, attempt, lease_expires_at=now() + timedelta(seconds=lease_seconds), **fields
+        job_id,
+        attempt,
+        events=events,
+        lease_expires_at=seconds_from_now(lease_seconds),
+        **fields,
     )
 
 
-async def mark_dispatched(job_ids: Iterable[uuid.UUID | str]) -> None:
-    await Job.filter(id__in=list(job_ids)).update(dispatched_at=now())
-
-
-async def schedule_retry(job: Job, attempt: int, error: str, delay: float) -> bool:
+async def schedule_retry(job_id: uuid.UUID, attempt: int, error: str, delay: float) -> Moved | None:
     """processing -> retrying, counting the retry and remembering why."""
-    moment = now()
     return await transition(
-        job.id,
+        job_id,
         JobStatus.RETRYING,
         attempt=attempt,
-        retry_count=F("retry_count") + 1,
+        retry_count=plus_one("retry_count"),
         error=error,
         lease_expires_at=None,
-        next_attempt_at=moment + timedelta(seconds=delay),
+        next_attempt_at=seconds_from_now(delay),
     )
 
 
-async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) -> bool:
-    moment = now()
+async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) -> Moved | None:
     return await transition(
         job_id,
         JobStatus.FAILED,
         attempt=attempt,
         error=error,
-        completed_at=moment,
+        completed_at=NOW,
         lease_expires_at=None,
         next_attempt_at=None,
     )
@@ -120,16 +360,37 @@ async def complete(
     attempt: int,
     result_key: str,
     outputs: list[dict[str, Any]],
+    *,
+    events: Sequence[str] = ("completed",),
     **fields: Any,
-) -> bool:
+) -> Moved | None:
     return await transition(
         job_id,
         JobStatus.COMPLETED,
         attempt=attempt,
+        events=events,
         result_key=result_key,
         outputs=outputs,
         error=None,
-        completed_at=now(),
+        completed_at=NOW,
         lease_expires_at=None,
         **fields,
+    )
+
+
+async def mark_dispatched(job_ids: Iterable[uuid.UUID | str]) -> None:
+    ids = [_uuid(job_id) for job_id in job_ids]
+    await (await pool()).execute(
+        "UPDATE jobs SET dispatched_at = now() WHERE id = ANY($1::uuid[])", ids
+    )
+
+
+async def clear_dispatched(job_ids: Iterable[uuid.UUID | str]) -> None:
+    """The start of these pending jobs was not published: let the sweeper dispatch them after
+    DISPATCH_GRACE rather than after a whole lease."""
+    ids = [_uuid(job_id) for job_id in job_ids]
+    await (await pool()).execute(
+        f"UPDATE jobs SET dispatched_at = NULL WHERE id = ANY($1::uuid[]) "
+        f"AND status = '{JobStatus.PENDING}'",
+        ids,
     )

@@ -1,30 +1,35 @@
 """The API side of jobs: accept a job durably, then dispatch it; read jobs back for clients.
 
-One place writes the new row (a single INSERT, committed on its own) and only then publishes the
-task, so a worker never sees a job id before its row exists. If the broker is down the job is
-still accepted: its `dispatched_at` stays empty and the sweeper dispatches it later.
+Accepting is one statement (`repository.insert`: the row, its webhook, and the owner's
+unfinished-jobs counter, which enforces MAX_JOBS_IN_FLIGHT). Only after it has committed does
+the process's outbox publish the job's start, in a batch with other requests' (no thread hop,
+no wait: the 201 does not depend on Redis). If that publish fails the job is still accepted:
+its `dispatched_at` is cleared and the sweeper dispatches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
+import redis.asyncio as aioredis
+from starlette.responses import Response
 from tortoise.expressions import Q
-from tortoise.transactions import in_transaction
 
+from mediagen.broker import Outbox, Task
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
-from mediagen.jobs import events
+from mediagen.jobs import events, quotas
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import send, send_cancel
+from mediagen.jobs.dispatch import CANCEL_UPSTREAM, dispatch_new, queue_position
 from mediagen.jobs.models import Job
-from mediagen.jobs.pipeline import Next
-from mediagen.jobs.progress import queue_position
 from mediagen.jobs.schemas import (
     GenerateRequest,
-    GenerateResponse,
     JobDetail,
     JobQuery,
     JobStatusResponse,
@@ -35,61 +40,116 @@ from mediagen.keys.models import ApiKey
 from mediagen.notify import service as notify
 from mediagen.storage.base import Storage
 
+log = logging.getLogger(__name__)
+_background: set[asyncio.Task[None]] = set()
+
 
 async def create_job(
-    request: GenerateRequest, settings: Settings, owner: ApiKey | None = None
-) -> Job:
+    request: GenerateRequest, settings: Settings, outbox: Outbox, owner: ApiKey | None = None
+) -> uuid.UUID:
+    """Accept a job (durable once this returns) and have it dispatched after the commit."""
     if request.webhook is not None:
         await notify.check_webhook(request.webhook, settings, owner)
-    async with in_transaction():
-        job = await Job.create(
-            id=uuid.uuid4(),
-            api_key=owner,
-            prompt=request.prompt,
-            parameters=request.parameters.model_dump(exclude_none=True),
-            model=request.model,
-            provider=settings.provider_name,
-        )
-        if request.webhook is not None:
-            await notify.record(job.id, request.webhook, list(request.webhook_events_filter))
-    await events.job_created(job)
-    if await asyncio.to_thread(send, Next("start", str(job.id))):
-        await repo.mark_dispatched([job.id])
-    return job
+    job_id = uuid.uuid4()
+    created_at = await repo.insert(
+        job_id,
+        prompt=request.prompt,
+        parameters=request.parameters.model_dump(exclude_none=True),
+        model=request.model,
+        provider=settings.provider_name,
+        owner=owner.id if owner else None,
+        max_in_flight=settings.max_jobs_in_flight,
+        webhook=request.webhook,
+        webhook_events=request.webhook_events_filter,
+    )
+    if created_at is None:
+        raise quotas.in_flight_exceeded(settings)
+    dispatch_new(outbox, job_id, created_at).add_done_callback(
+        lambda sent: _undispatched(job_id) if not sent.result() else None
+    )
+    return job_id
 
 
-def accepted(job: Job) -> GenerateResponse:
-    return GenerateResponse(
-        job_id=job.id,
-        status=job.status,
-        message=f"Job created successfully. Use job ID {job.id} to check status.",
+def _undispatched(job_id: uuid.UUID) -> None:
+    """The start was not published: let the sweeper dispatch the job after DISPATCH_GRACE."""
+
+    async def clear() -> None:
+        try:
+            await repo.clear_dispatched([job_id])
+        except Exception as exc:  # it is still dispatched, a lease later
+            log.warning("job %s: dispatch not reset: %s", job_id, exc)
+
+    task = asyncio.get_running_loop().create_task(clear())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def settle() -> None:
+    """Wait for the dispatch resets still running (at shutdown, before the pool closes)."""
+    if _background:
+        await asyncio.gather(*_background, return_exceptions=True)
+
+
+def accepted_body(job_id: uuid.UUID) -> dict[str, Any]:
+    """The 201 of `POST /generate` (`GenerateResponse`)."""
+    return {
+        "job_id": str(job_id),
+        "status": str(JobStatus.PENDING),
+        "message": f"Job created successfully. Use job ID {job_id} to check status.",
+    }
+
+
+async def status_body(
+    job_id: uuid.UUID, row: Mapping[str, Any], storage: Storage
+) -> dict[str, Any]:
+    """`GET /status` (`JobStatusResponse`) from `repository.status_row`."""
+    key = row["result_key"]
+    return {
+        "job_id": str(job_id),
+        "status": row["status"],
+        "result_url": await storage.url_for(key) if key else None,
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "retry_count": row["retry_count"],
+    }
+
+
+def json_response(data: dict[str, Any], status_code: int = 200) -> Response:
+    """JSON straight from a dict (UTC datetimes as `...Z`, as pydantic writes them)."""
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_UTC_Z),
+        status_code=status_code,
+        media_type="application/json",
     )
 
 
 async def get_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:
     """The job if `owner` may see it: another key's job is "not found", never "forbidden"."""
-    job = await Job.get_or_none(id=job_id, api_key_id=owner.id if owner else None)
+    job = await repo.get_owned(job_id, owner.id if owner else None)
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job
 
 
-async def cancel_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:
+async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = None) -> Job:
     """Cancel an unfinished job at once; a running prediction is canceled upstream after."""
-    job = await get_job(job_id, owner)
-    if not await repo.transition(
-        job.id,
+    owner_id = owner.id if owner else None
+    moved = await repo.transition(
+        job_id,
         JobStatus.CANCELED,
+        owner=owner_id,
         error="canceled by the client",
-        completed_at=repo.now(),
+        completed_at=repo.NOW,
         lease_expires_at=None,
         next_attempt_at=None,
-    ):
+    )
+    if moved is None:
         current = await get_job(job_id, owner)
         raise ConflictError(f"job {job_id} is already {current.status}", status=current.status)
-    if job.prediction_id and job.status is JobStatus.PROCESSING:
-        await asyncio.to_thread(send_cancel, job.prediction_id)
-    return await get_job(job_id, owner)
+    events.announce(outbox, moved)
+    if moved.job.prediction_id:
+        outbox.send(Task(CANCEL_UPSTREAM, (moved.job.prediction_id,)))
+    return moved.job
 
 
 async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], str | None]:
@@ -138,7 +198,9 @@ async def status_of(job: Job, storage: Storage) -> JobStatusResponse:
     )
 
 
-async def detail_of(job: Job, storage: Storage, settings: Settings) -> JobDetail:
+async def detail_of(
+    job: Job, storage: Storage, settings: Settings, redis: aioredis.Redis
+) -> JobDetail:
     outputs = [
         OutputInfo(
             url=await storage.url_for(o["key"]), content_type=o["content_type"], size=o["size"]
@@ -146,6 +208,12 @@ async def detail_of(job: Job, storage: Storage, settings: Settings) -> JobDetail
         for o in job.outputs
     ]
     duration = (job.completed_at - job.created_at).total_seconds() if job.completed_at else None
+    position = None
+    if job.status is JobStatus.PENDING:
+        try:
+            position = await queue_position(redis, job.id)
+        except Exception as exc:  # unknown beats failing the whole detail
+            log.warning("job %s: queue position unknown: %s", job.id, exc)
     return JobDetail(
         **(await status_of(job, storage)).model_dump(),
         prompt=job.prompt,
@@ -162,5 +230,5 @@ async def detail_of(job: Job, storage: Storage, settings: Settings) -> JobDetail
         next_attempt_at=job.next_attempt_at,
         duration_seconds=duration,
         progress=job.progress,
-        queue_position=await queue_position(job),
+        queue_position=position,
     )

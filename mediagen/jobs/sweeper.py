@@ -3,7 +3,11 @@
 Postgres, not Redis, knows which jobs are unfinished. Every SWEEP_INTERVAL this re-dispatches:
 pending jobs never dispatched (broker down at submit) or dispatched long ago (message lost);
 retrying jobs whose retry is overdue; processing jobs whose lease ran out (worker killed); and it
-fails jobs past JOB_TIMEOUT. Re-dispatching twice is harmless: every step is guarded.
+fails jobs past JOB_TIMEOUT. Re-dispatching twice is harmless: every step is guarded. It also
+drops from the head of the pending-queue index the jobs that are no longer pending (a crash
+between a commit and its announcement), so queue positions stay true.
+
+Each query takes at most BATCH rows, so a sweep's work is bounded whatever the backlog.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import redis.asyncio as aioredis
 from tortoise.expressions import Q
 
+from mediagen.broker import QUEUE_INDEX
 from mediagen.jobs import repository as repo
+from mediagen.jobs.dispatch import redispatch
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next, Pipeline
 from mediagen.jobs.states import JobStatus
@@ -21,14 +28,16 @@ from mediagen.jobs.states import JobStatus
 log = logging.getLogger(__name__)
 
 BATCH = 500
+INDEX_HEAD = 1000  # entries at the head of the queue index checked per sweep
 
 
-async def sweep(pipeline: Pipeline) -> list[Next]:
+async def sweep(pipeline: Pipeline) -> int:
+    """One sweep; publishes what it re-dispatches and returns how many jobs that was."""
     settings = pipeline.settings
+    outbox = pipeline.outbox
     moment = repo.now()
     grace = timedelta(seconds=settings.dispatch_grace)
     lease = timedelta(seconds=settings.lease_seconds)
-    steps: list[Next] = []
 
     expired = await Job.filter(
         status__in=[JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.RETRYING],
@@ -41,16 +50,16 @@ async def sweep(pipeline: Pipeline) -> list[Next]:
     recent = moment - timedelta(seconds=max(2 * settings.sweep_interval, settings.dispatch_grace))
     not_recently_sent = Q(dispatched_at=None) | Q(dispatched_at__lt=recent)
 
-    pending = (
-        await Job.filter(
+    pending = await (
+        Job.filter(
             Q(dispatched_at=None, created_at__lt=moment - grace)
             | Q(dispatched_at__lt=moment - lease),
             status=JobStatus.PENDING,
         )
         .limit(BATCH)
-        .values_list("id", flat=True)
+        .values_list("id", "created_at")
     )
-    steps += [Next("start", str(job_id)) for job_id in pending]
+    redispatch(outbox, pending)
 
     overdue = (
         await Job.filter(
@@ -59,7 +68,7 @@ async def sweep(pipeline: Pipeline) -> list[Next]:
         .limit(BATCH)
         .values_list("id", flat=True)
     )
-    steps += [Next("start", str(job_id)) for job_id in overdue]
+    steps = [Next("start", str(job_id)) for job_id in overdue]
 
     stranded = (
         await Job.filter(
@@ -75,9 +84,38 @@ async def sweep(pipeline: Pipeline) -> list[Next]:
         steps.append(
             Next("poll", job_id, row["attempt"]) if row["prediction_id"] else Next("start", job_id)
         )
+    for step in steps:
+        outbox.send(step.task())
 
-    if steps:
-        await repo.mark_dispatched({s.job_id for s in steps})
-    if steps or expired:
-        log.info("sweep: %d to re-dispatch, %d past deadline", len(steps), len(expired))
-    return steps
+    resent = {str(job_id) for job_id, _ in pending} | {s.job_id for s in steps}
+    if resent:
+        await repo.mark_dispatched(resent)
+    await prune_queue_index(outbox.client)
+    await outbox.flush()
+    if resent or expired:
+        log.info("sweep: %d to re-dispatch, %d past deadline", len(resent), len(expired))
+    return len(resent)
+
+
+async def prune_queue_index(redis: aioredis.Redis) -> None:
+    """Drop entries at the head of the queue index whose job is no longer pending."""
+    try:
+        head = [
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in await redis.zrange(QUEUE_INDEX, 0, INDEX_HEAD - 1)
+        ]
+    except Exception as exc:  # Redis down: the next sweep tries again
+        log.warning("sweep: queue index not checked: %s", exc)
+        return
+    if not head:
+        return
+    still = {
+        str(job_id)
+        for job_id in await Job.filter(id__in=head, status=JobStatus.PENDING).values_list(
+            "id", flat=True
+        )
+    }
+    gone = [member for member in head if member not in still]
+    if gone:
+        await redis.zrem(QUEUE_INDEX, *gone)
+        log.info("sweep: %d started or finished jobs dropped from the queue index", len(gone))

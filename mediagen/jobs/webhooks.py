@@ -9,7 +9,6 @@ the job finished and does nothing).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -17,8 +16,8 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from mediagen.broker import Outbox
 from mediagen.errors import AuthenticationError, NotFoundError
-from mediagen.jobs.dispatch import send
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.schemas import ErrorResponse
@@ -37,7 +36,7 @@ class WebhookAck(BaseModel):
     status: str
 
 
-async def accept(payload: dict[str, Any]) -> str:
+async def accept(payload: dict[str, Any], outbox: Outbox) -> str:
     """Route one verified prediction update to its job; say what was done."""
     prediction_id = payload.get("id")
     if not isinstance(prediction_id, str):
@@ -47,7 +46,7 @@ async def accept(payload: dict[str, Any]) -> str:
         return "ignored"  # unknown, already finished, or between attempts: polling covers it
     if payload.get("status") not in TERMINAL:
         return "noted"
-    if not await asyncio.to_thread(send, Next("poll", str(job.id), job.attempt)):
+    if not await outbox.send(Next("poll", str(job.id), job.attempt).task()):
         raise ConnectionError("broker unavailable")
     return "dispatched"
 
@@ -78,7 +77,7 @@ async def replicate_webhook(request: Request) -> WebhookAck:
     if not await seen.set(key, "1", nx=True, ex=SEEN_TTL):
         return WebhookAck(status="duplicate")
     try:
-        outcome = await accept(payload)
+        outcome = await accept(payload, request.app.state.outbox)
     except BaseException:
         await seen.delete(key)  # let Replicate's retry of this delivery through
         raise

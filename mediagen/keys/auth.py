@@ -1,7 +1,8 @@
 """Who is calling: `Authorization: Bearer mg_...`, or nobody when keys are not required.
 
 AUTH_REQUIRED=auto (the default) requires a key as soon as one exists, so a zero-setup local run
-works without one and a deployment that has created keys refuses anonymous calls.
+works without one and a deployment that has created keys refuses anonymous calls. Both the key
+and the "does one exist" answer come from the process's `KeyCache`: no query per request.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mediagen.errors import AuthenticationError
+from mediagen.keys.cache import KeyCache
 from mediagen.keys.models import ApiKey
-from mediagen.keys.service import KeysExist, authenticate
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `mg_...` (see `mediagen keys`).")
 
@@ -21,12 +22,12 @@ async def caller(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> ApiKey | None:
     """The calling key, or None for an anonymous caller where that is allowed."""
+    keys: KeyCache = request.app.state.keys
     if credentials is not None:
-        return await authenticate(credentials.credentials)
+        return await keys.authenticate(credentials.credentials)
     if request.headers.get("authorization"):
         raise AuthenticationError("use `Authorization: Bearer <API key>`")
     mode = request.app.state.settings.auth_required
-    keys_exist: KeysExist = request.app.state.keys_exist
-    if mode == "true" or (mode == "auto" and await keys_exist()):
+    if mode == "true" or (mode == "auto" and await keys.any_active()):
         raise AuthenticationError("an API key is required: `Authorization: Bearer mg_...`")
     return None

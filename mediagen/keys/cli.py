@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from mediagen.config import get_settings
+import redis.asyncio as aioredis
+
+from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import NotFoundError
 from mediagen.keys import service
+from mediagen.keys.cache import publish_change
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,11 +24,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
 
 
+async def _announce(settings: Settings) -> None:
+    """Running API processes drop their cached keys at once (see mediagen.keys.cache)."""
+    client = aioredis.from_url(
+        settings.redis_url or "redis://localhost:6379/0", socket_connect_timeout=2, socket_timeout=2
+    )
+    try:
+        await publish_change(client)
+    except Exception as exc:
+        print(
+            f"mediagen keys: could not tell running API processes ({exc}); "
+            "they notice the change within KEY_CACHE_SECONDS"
+        )
+    finally:
+        await client.aclose()
+
+
 async def _run(args: argparse.Namespace) -> int:
-    await init_db(get_settings())
+    settings = get_settings()
+    await init_db(settings)
     try:
         if args.action == "create":
             key, secret = await service.create_key(args.name)
+            await _announce(settings)
             print(
                 f"created key {key.id} ({key.name})\n{secret}\nStore it now: it is not shown again."
                 f"\nwebhook secret (verifies this key's job webhooks): {key.webhook_secret}"
@@ -43,6 +64,7 @@ async def _run(args: argparse.Namespace) -> int:
             except NotFoundError as exc:
                 print(f"mediagen keys: {exc.message}")
                 return 1
+            await _announce(settings)
             print(f"revoked key {key.id} ({key.prefix}...)")
         return 0
     finally:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import time
 import uuid
+from datetime import UTC, datetime
 
-from mediagen.errors import AuthenticationError, NotFoundError
-from mediagen.jobs.repository import now
+from mediagen.errors import NotFoundError
 from mediagen.keys.models import ApiKey
 
 PREFIX = "mg_"
@@ -55,28 +54,14 @@ async def revoke_key(key_id_or_prefix: str) -> ApiKey:
     keys = await query.filter(revoked_at=None)
     if len(keys) != 1:
         raise NotFoundError(f"no single active key matches {key_id_or_prefix!r}")
-    await ApiKey.filter(id=keys[0].id).update(revoked_at=now())
+    await ApiKey.filter(id=keys[0].id).update(revoked_at=datetime.now(UTC))
     return keys[0]
 
 
-async def authenticate(secret: str) -> ApiKey:
-    key = await ApiKey.get_or_none(key_hash=hash_key(secret), revoked_at=None)
-    if key is None:
-        raise AuthenticationError("invalid or revoked API key")
-    return key
+async def find_active_key(digest: str) -> ApiKey | None:
+    """The active key whose SHA-256 is `digest` (see `mediagen.keys.cache` for the caching)."""
+    return await ApiKey.get_or_none(key_hash=digest, revoked_at=None)
 
 
-class KeysExist:
-    """Whether any active key exists (AUTH_REQUIRED=auto). Only "yes" is cached, for a few
-    seconds: the first key created locks anonymous callers out at once."""
-
-    def __init__(self, ttl: float = 5.0) -> None:
-        self.ttl = ttl
-        self._value = False
-        self._read_at = float("-inf")
-
-    async def __call__(self) -> bool:
-        if not self._value or time.monotonic() - self._read_at > self.ttl:
-            self._value = await ApiKey.filter(revoked_at=None).exists()
-            self._read_at = time.monotonic()
-        return self._value
+async def any_active_key() -> bool:
+    return await ApiKey.filter(revoked_at=None).exists()

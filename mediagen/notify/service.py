@@ -1,36 +1,31 @@
-"""Client webhooks on the job's side: checked at submit, recorded with the job, and turned into
-deliveries by the job's events (`mediagen.jobs.events` calls `job_moved` / `progress_changed`).
+"""Client webhooks on the job's side: checked at submit, and found again by the sweeper when a
+delivery's message was lost.
 
-Events: `start` (the first move to processing), `progress` (the reported progress changed) and
-`completed` (any terminal state: completed, failed or canceled; the payload's `status` says
-which). Nothing here ever fails a transition: errors are logged and dropped.
+The rows themselves are written by the job's own statements (`mediagen.jobs.repository`): the
+webhook with the job, and each delivery with the transition whose event it reports: `start`
+(the first move to processing), `progress` (the reported progress changed) and `completed` (any
+terminal state: completed, failed or canceled; the payload's `status` says which).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from tortoise.expressions import Q
 
 from mediagen.config import Settings
 from mediagen.errors import MediagenError
-from mediagen.jobs.models import Job
-from mediagen.jobs.repository import now
-from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.netguard import ResolveError, UnsafeURLError, pinned_urls
-from mediagen.notify.models import DeliveryStatus, JobWebhook, WebhookDelivery
+from mediagen.notify.models import DeliveryStatus, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
 EVENTS = ("start", "progress", "completed")
 RESOLVE_TIMEOUT = 5.0
-_TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED}
 
 
 class WebhookRejectedError(MediagenError):
@@ -64,78 +59,11 @@ async def check_webhook(url: str, settings: Settings, owner: ApiKey | None) -> N
         raise WebhookRejectedError(f"webhook: invalid URL: {exc}") from exc
 
 
-async def record(job_id: uuid.UUID, url: str, events: list[str]) -> None:
-    await JobWebhook.create(job_id=job_id, url=url, events=list(events))
-
-
-def _payload(event: str, job: Job) -> dict[str, Any]:
-    return {
-        "event": event,
-        "job_id": str(job.id),
-        "status": str(job.status),
-        "retry_count": job.retry_count,
-        "error": job.error,
-        "attempts": job.attempt,
-        "progress": job.progress,
-        "result_key": job.result_key,  # becomes `result_url` when sent
-        "created_at": job.created_at.isoformat(),
-        "updated_at": job.updated_at.isoformat(),
-    }
-
-
-def _event_of(job: Job, to: JobStatus) -> str | None:
-    if to in _TERMINAL:
-        return "completed"
-    if to is JobStatus.PROCESSING and job.attempt == 1:
-        return "start"
-    return None
-
-
-async def _enqueue(
-    hook: JobWebhook, job: Job, event: str, progress: dict[str, int] | None = None
-) -> None:
-    from mediagen.notify.dispatch import send_delivery
-
-    payload = _payload(event, job)
-    if progress is not None:  # the final progress is published before it is stored
-        payload["progress"] = progress
-    delivery = await WebhookDelivery.create(
-        id=uuid.uuid4(), job_id=job.id, event=event, url=hook.url, payload=payload
-    )
-    await asyncio.to_thread(send_delivery, str(delivery.id))
-
-
-async def job_moved(job_id: uuid.UUID | str, to: JobStatus) -> None:
-    """After a successful transition to `to`: a delivery if the job's filter wants the event."""
-    try:
-        hook = await JobWebhook.get_or_none(job_id=job_id)
-        if hook is None:
-            return
-        job = await Job.get_or_none(id=job_id)
-        if job is None or (event := _event_of(job, to)) is None or event not in hook.events:
-            return
-        await _enqueue(hook, job, event)
-    except Exception as exc:  # a notification layer: never fail the caller
-        log.warning("job %s: webhook for %s not queued: %s", job_id, to, exc)
-
-
-async def progress_changed(job_id: uuid.UUID | str, progress: dict[str, int]) -> None:
-    try:
-        hook = await JobWebhook.get_or_none(job_id=job_id)
-        if hook is None or "progress" not in hook.events:
-            return
-        job = await Job.get_or_none(id=job_id)
-        if job is not None:
-            await _enqueue(hook, job, "progress", progress)
-    except Exception as exc:
-        log.warning("job %s: progress webhook not queued: %s", job_id, exc)
-
-
 async def stranded_deliveries(settings: Settings) -> list[str]:
     """Pending deliveries whose publish or retry message was lost (broker down, worker killed):
     due more than a lease ago. They are stamped as due now, so the next sweeps leave them alone
     while this re-send is in the queue; an attempt on a finished delivery does nothing."""
-    moment = now()
+    moment = datetime.now(UTC)
     overdue = moment - timedelta(seconds=settings.lease_seconds)
     ids = (
         await WebhookDelivery.filter(

@@ -3,14 +3,15 @@ countdown (no sleeping in the pool)."""
 
 from __future__ import annotations
 
+from mediagen.broker import Task
+from mediagen.notify import DELIVER_TASK
 from mediagen.notify.delivery import attempt
-from mediagen.notify.dispatch import TASK, send_delivery
 from mediagen.worker import celery_app, runtime
 
 
-@celery_app.task(name=TASK)
+@celery_app.task(name=DELIVER_TASK)
 def deliver(delivery_id: str) -> None:
     rt = runtime()
     countdown = rt.run(attempt(delivery_id, rt.settings, rt.storage))
     if countdown is not None:
-        send_delivery(delivery_id, countdown)
+        rt.run(rt.publish(Task(DELIVER_TASK, (delivery_id,), countdown)))

@@ -12,20 +12,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from mediagen.jobs.dispatch import send
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.states import JobStatus
 from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
-from tests.support import Proc, free_port, wait_terminal
+from tests.support import Proc, free_port, new_job, publish, submit, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
 
@@ -107,13 +105,11 @@ def stream_order(event_id: str) -> tuple[int, int]:
 
 async def pending_row(prompt: str, **fields: Any) -> str:
     """A job row that no worker has been told about (as tests/keys inserts them)."""
-    job = await Job.create(id=uuid.uuid4(), prompt=prompt, parameters=dict(SMALL),
-                           provider="builtin", **fields)
-    return str(job.id)
+    return str((await new_job(prompt, parameters=dict(SMALL), **fields)).id)
 
 
 async def dispatch(job_id: str) -> None:
-    assert await asyncio.to_thread(send, Next("start", job_id))
+    assert await publish(REDIS_URL, Next("start", job_id).task())
 
 
 # --- transitions, in order ----------------------------------------------------------------
@@ -183,16 +179,20 @@ async def test_publishing_never_fails_a_transition(database: str) -> None:
     """With Redis unreachable the event is lost (logged), the transition is not."""
     import redis.asyncio as aioredis
 
+    from mediagen.broker import Outbox
     from mediagen.jobs import events
     from mediagen.jobs import repository as repo
 
     job_id = await pending_row(f"a quiet transition {uuid.uuid4()}")
     dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
-    events.install(dead, owned=True)
+    outbox = Outbox(dead)
     try:
-        assert await repo.transition(job_id, JobStatus.CANCELED, error="by a test")
+        moved = await repo.transition(job_id, JobStatus.CANCELED, error="by a test")
+        assert moved is not None
+        assert await events.announce(outbox, moved) is False
     finally:
-        await events.close_publisher()
+        await outbox.close()
+        await dead.aclose()
     assert (await Job.get(id=job_id)).status is JobStatus.CANCELED
 
 
@@ -357,20 +357,47 @@ async def test_progress_in_the_detail_and_as_events(replicate_url: str) -> None:
 
 # --- queue position -----------------------------------------------------------------------
 
-async def test_queue_position_of_pending_jobs(client: httpx.AsyncClient) -> None:
-    """Jobs no worker was told about stay pending: each counts the pending ones before it."""
-    base = datetime(2000, 1, 1, tzinfo=UTC)
-    ids = [await pending_row(f"queued {n}", created_at=base + timedelta(minutes=n))
-           for n in range(3)]
-    running = await pending_row("running", status=JobStatus.PROCESSING, attempt=1,
-                                created_at=base + timedelta(minutes=1, seconds=30))
+async def test_queue_position_of_pending_jobs(database: str) -> None:
+    """Jobs submitted to an API whose Redis no worker consumes stay pending, in order; the
+    position counts the pending jobs ahead, and follows cancels, starts and the sweeper."""
+    import redis.asyncio as aioredis
+
+    from mediagen.jobs import repository as repo
+    from mediagen.jobs.sweeper import prune_queue_index
+
+    idle = REDIS_URL.rsplit("/", 1)[0] + "/10"
+    redis.Redis.from_url(idle).flushdb()
+    proc, url = start_api("api-queue", {"REDIS_URL": idle})
     try:
-        positions = [(await client.get(f"/api/v1/jobs/{job_id}")).json()["queue_position"]
-                     for job_id in ids]
-        assert positions == [0, 1, 2]
-        assert (await client.get(f"/api/v1/jobs/{running}")).json()["queue_position"] is None
-        await Job.filter(id=ids[0]).update(status=JobStatus.CANCELED)
-        assert (await client.get(f"/api/v1/jobs/{ids[2]}")).json()["queue_position"] == 1
-        assert (await client.get(f"/api/v1/jobs/{ids[0]}")).json()["queue_position"] is None
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def position(job_id: str) -> int | None:
+                value: int | None = (await client.get(f"/api/v1/jobs/{job_id}")).json()[
+                    "queue_position"]
+                return value
+
+            ids = [await submit(client, f"queued {n}", **SMALL) for n in range(4)]
+            for _ in range(50):  # each start is published right after its 201
+                if await position(ids[-1]) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert [await position(job_id) for job_id in ids] == [0, 1, 2, 3]
+
+            assert (await client.post(f"/api/v1/jobs/{ids[0]}/cancel")).status_code == 200
+            assert await position(ids[0]) is None
+            assert await position(ids[3]) == 2
+
+            # A worker starts ids[1] and dies before announcing it: the index still holds it,
+            # until the sweeper drops it.
+            assert await repo.claim(ids[1], 60, 3600)
+            assert await position(ids[1]) is None  # processing: no position
+            assert await position(ids[3]) == 2
+            index = aioredis.from_url(idle)
+            try:
+                await prune_queue_index(index)
+            finally:
+                await index.aclose()
+            assert await position(ids[3]) == 1
+            assert await position(ids[2]) == 0
     finally:
-        await Job.filter(id__in=[*ids, running]).delete()
+        proc.stop()

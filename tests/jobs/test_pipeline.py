@@ -3,30 +3,57 @@ countdown instead of waiting, and the sweeper's recovery of stranded jobs."""
 
 from __future__ import annotations
 
-import uuid
+import base64
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from mediagen.broker import QUEUE, Outbox
 from mediagen.config import Settings
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
-from mediagen.jobs.pipeline import Next, Pipeline, backoff
+from mediagen.jobs.pipeline import Pipeline, backoff
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
 from mediagen.providers.builtin import BuiltinProvider
 from mediagen.storage.local import LocalStorage
+from tests.conftest import REDIS_URL
+from tests.support import new_job
+
+# A Redis database no worker consumes: what the steps publish stays there to be read.
+QUIET = REDIS_URL.rsplit("/", 1)[0] + "/9"
+
+
+@pytest.fixture
+def quiet_redis() -> redis.Redis:
+    client = redis.Redis.from_url(QUIET)
+    client.flushdb()
+    return client
 
 
 def _pipeline(tmp_path: Path, **overrides: object) -> Pipeline:
     settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
     provider = BuiltinProvider(settings.builtin_latency, fault_injection=True)
-    return Pipeline(settings, provider, LocalStorage(tmp_path))
+    return Pipeline(settings, provider, LocalStorage(tmp_path), Outbox(aioredis.from_url(QUIET)))
 
 
 async def _new_job(prompt: str = "a hill", **fields: object) -> str:
-    job = await Job.create(id=uuid.uuid4(), prompt=prompt,
-                           parameters={"width": 64, "height": 64}, provider="builtin", **fields)
-    return str(job.id)
+    return str((await new_job(prompt, **fields)).id)
+
+
+def _published(client: redis.Redis) -> list[tuple[str, list[object]]]:
+    """The tasks waiting in the quiet database's queue: (name, args), oldest first."""
+    tasks = []
+    for raw in reversed(client.lrange(QUEUE, 0, -1)):
+        message = orjson.loads(raw)
+        args = orjson.loads(base64.b64decode(message["body"]))[0]
+        tasks.append((message["headers"]["task"], args))
+    client.delete(QUEUE)
+    return tasks
 
 
 async def test_transient_error_moves_to_retrying_with_backoff(database: str,
@@ -68,7 +95,8 @@ async def test_slow_generation_is_polled_not_waited_for(database: str, tmp_path:
     assert await pipeline.poll(job_id, 2) is None  # a poll for another attempt is stale
 
 
-async def test_sweeper_redispatches_stranded_jobs(database: str, tmp_path: Path) -> None:
+async def test_sweeper_redispatches_stranded_jobs(database: str, tmp_path: Path,
+                                                  quiet_redis: redis.Redis) -> None:
     pipeline = _pipeline(tmp_path, dispatch_grace=0, lease_seconds=60, job_timeout=3600)
     past = repo.now() - timedelta(seconds=120)
     never_sent = await _new_job()
@@ -79,14 +107,18 @@ async def test_sweeper_redispatches_stranded_jobs(database: str, tmp_path: Path)
                                         lease_expires_at=past)
     healthy = await _new_job(status=JobStatus.PROCESSING, attempt=1, prediction_id="p",
                              lease_expires_at=repo.now() + timedelta(seconds=60))
-    steps = await sweep(pipeline)
-    assert Next("start", never_sent) in steps
-    assert Next("start", overdue) in steps
-    assert Next("poll", dead_owner, 1) in steps
-    assert Next("start", died_before_create) in steps
-    assert not [s for s in steps if s.job_id == healthy]
+    await sweep(pipeline)
+    steps = _published(quiet_redis)
+    assert ("mediagen.jobs.start", [never_sent]) in steps
+    assert ("mediagen.jobs.start", [overdue]) in steps
+    assert ("mediagen.jobs.poll", [dead_owner, 1]) in steps
+    assert ("mediagen.jobs.start", [died_before_create]) in steps
+    assert not [s for s in steps if s[1][0] == healthy]
+    # A re-dispatched pending job is back in the queue index.
+    assert quiet_redis.zscore("mediagen:queue", never_sent) is not None
     # What was re-sent is not re-sent at once by the next sweep.
-    again = {s.job_id for s in await sweep(pipeline)}
+    await sweep(pipeline)
+    again = {args[0] for _, args in _published(quiet_redis)}
     assert not again & {never_sent, overdue, dead_owner}
     # The stranded attempt without a prediction is taken over by a new attempt.
     assert await pipeline.start(died_before_create) is None

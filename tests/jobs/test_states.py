@@ -3,15 +3,14 @@ guarded transitions that make duplicated or late tasks harmless."""
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 
+from mediagen.broker import QUEUE
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
-from mediagen.worker import QUEUE, celery_app
-from tests.support import Proc, submit, wait_terminal
+from mediagen.worker import celery_app
+from tests.support import Proc, new_job, submit, wait_terminal
 
 
 async def test_pending_processing_completed(client: httpx.AsyncClient) -> None:
@@ -68,8 +67,8 @@ async def test_task_delivered_twice_completes_once(client: httpx.AsyncClient,
 
 
 async def _job(status: JobStatus, **fields: object) -> Job:
-    return await Job.create(id=uuid.uuid4(), prompt="p", parameters={}, provider="builtin",
-                            status=status, **fields)
+    job: Job = await new_job(status=status, **fields)
+    return job
 
 
 async def test_guarded_transitions_never_move_backwards(database: str) -> None:
@@ -77,7 +76,7 @@ async def test_guarded_transitions_never_move_backwards(database: str) -> None:
     for target in (JobStatus.PROCESSING, JobStatus.RETRYING, JobStatus.FAILED,
                    JobStatus.COMPLETED):
         assert not await repo.transition(done.id, target)
-    assert not await repo.claim(done, 60)
+    assert not await repo.claim(done.id, 60, 3600)
     assert (await Job.get(id=done.id)).status is JobStatus.COMPLETED
 
     failed = await _job(JobStatus.FAILED, attempt=1)
@@ -87,12 +86,12 @@ async def test_guarded_transitions_never_move_backwards(database: str) -> None:
 
 async def test_claim_is_compare_and_set(database: str) -> None:
     job = await _job(JobStatus.PENDING)
-    assert await repo.claim(job, 60)
-    assert not await repo.claim(job, 60)  # same snapshot: the second claimant loses
+    assert await repo.claim(job.id, 60, 3600)
+    assert not await repo.claim(job.id, 60, 3600)  # the second claimant loses
     fresh = await Job.get(id=job.id)
     assert (fresh.status, fresh.attempt) == (JobStatus.PROCESSING, 1)
     # A stale attempt can neither complete nor retry the job.
     assert not await repo.complete(job.id, 0, "k", [])
-    assert not await repo.schedule_retry(fresh, 0, "late", 1)
+    assert not await repo.schedule_retry(fresh.id, 0, "late", 1)
     assert await repo.complete(job.id, 1, "k", [{"key": "k"}])
     assert not await repo.complete(job.id, 1, "k", [{"key": "k"}])

@@ -17,7 +17,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from tests.conftest import ROOT, start_api
-from tests.support import Proc, wait_terminal
+from tests.support import Proc, new_job, wait_terminal
 
 BODY = {"prompt": "a key-holder's kite", "parameters": {"width": 64, "height": 64}}
 
@@ -165,8 +165,7 @@ async def test_cancel_in_each_state(alice: httpx.AsyncClient, keys: dict[str, st
     for status, extra in ((JobStatus.PENDING, {}), (JobStatus.RETRYING, {"attempt": 1}),
                           (JobStatus.PROCESSING, {"attempt": 1,
                                                   "prediction_id": "builtin-x-1-0"})):
-        job = await Job.create(id=uuid.uuid4(), prompt="to cancel", parameters={},
-                               provider="builtin", status=status, api_key_id=key_id, **extra)
+        job = await new_job("to cancel", owner=key_id, status=status, **extra)
         jobs[status] = str(job.id)
     for job_id in jobs.values():
         response = await alice.post(f"/api/v1/jobs/{job_id}/cancel")

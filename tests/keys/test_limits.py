@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 import redis
@@ -9,6 +11,7 @@ from pydantic import ValidationError
 
 from mediagen.config import Settings
 from tests.conftest import REDIS_URL, start_api
+from tests.keys.test_keys import create_key
 
 BODY = {"prompt": "a limited edition", "parameters": {"width": 64, "height": 64}}
 
@@ -33,26 +36,31 @@ async def test_rate_limit_answers_429_with_retry_after(database: str) -> None:
 
 
 async def test_in_flight_limit_answers_429(database: str) -> None:
+    """A key's unfinished jobs are counted with the writes that create and finish them: the
+    limit holds exactly, also against concurrent submissions, and a finished job frees a place."""
     # No worker consumes this Redis database: the jobs stay pending, i.e. in flight.
     idle = REDIS_URL.rsplit("/", 1)[0] + "/8"
-    proc, url = start_api("api-inflight", {"MAX_JOBS_IN_FLIGHT": "2", "REDIS_URL": idle,
+    secret = create_key("in-flight")
+    proc, url = start_api("api-inflight", {"MAX_JOBS_IN_FLIGHT": "5", "REDIS_URL": idle,
                                            "RATE_LIMIT_PER_MINUTE": "0"})
     try:
-        async with httpx.AsyncClient(base_url=url) as client:
-            from mediagen.jobs.models import Job
-            from mediagen.jobs.states import UNFINISHED
-
-            await Job.filter(api_key_id=None, status__in=list(UNFINISHED)).update(
-                status="canceled")  # start from no anonymous job in flight
-            first = [(await client.post("/api/v1/generate", json=BODY)).status_code
+        async with httpx.AsyncClient(base_url=url, timeout=30,
+                                     headers={"Authorization": f"Bearer {secret}"}) as client:
+            answers = await asyncio.gather(*(client.post("/api/v1/generate", json=BODY)
+                                             for _ in range(20)))
+            accepted = [r.json()["job_id"] for r in answers if r.status_code == 201]
+            limited = [r for r in answers if r.status_code != 201]
+            assert len(accepted) == 5, [r.status_code for r in answers]
+            assert {r.status_code for r in limited} == {429}
+            assert limited[0].headers["retry-after"] == "5"
+            assert "limit 5" in limited[0].json()["detail"]
+            # One finishes (here: canceled): exactly one place opens.
+            assert (await client.post(f"/api/v1/jobs/{accepted[0]}/cancel")).status_code == 200
+            again = [(await client.post("/api/v1/generate", json=BODY)).status_code
                      for _ in range(2)]
-            limited = await client.post("/api/v1/generate", json=BODY)
+            assert again == [201, 429]
     finally:
         proc.stop()
-    assert first == [201, 201]
-    assert limited.status_code == 429
-    assert limited.headers["retry-after"] == "5"
-    assert "limit 2" in limited.json()["detail"]
 
 
 async def test_cors_allows_only_configured_origins(database: str) -> None:

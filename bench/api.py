@@ -1,0 +1,193 @@
+"""Benchmark: the request path of mediagen against a bare-stack baseline doing the same I/O.
+
+    make bench-api                          # or: python bench/api.py
+    python bench/api.py --preload 1000000   # first fill `jobs` with a million unfinished jobs
+
+Starts one Postgres and one Redis (fresh embedded servers, or --database-url/--redis-url), our
+API and `bench/baseline_app.py` (Starlette + asyncpg + redis.asyncio + orjson: one INSERT and one
+LPUSH per submit, one SELECT by primary key per status read), each as ONE uvicorn process on the
+same servers. Then drives them alternately with wrk (`-t1 -c32 -d8s` by default), round after
+round, and prints req/s, p50 and p99 of each and the ratio ours/baseline (medians over rounds).
+
+Our API runs with its defaults (no API keys, so anonymous callers are served) except for the
+two per-key limits, raised out of reach but still checked, so every request pays for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    ROOT,
+    Procs,
+    WrkResult,
+    asyncpg_dsn,
+    clean_env,
+    ensure_wrk,
+    free_port,
+    median,
+    servers,
+    wait_http,
+    wrk,
+)
+
+WORK = ROOT / ".bench" / "api"
+BODY = {"prompt": "A beautiful sunset over mountains",
+        "parameters": {"width": 1024, "height": 1024, "num_inference_steps": 50}}
+LUA_SUBMIT = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+"""
+LUA_STATUS = """
+local ids = {%s}
+request = function()
+  return wrk.format("GET", "/api/v1/status/" .. ids[math.random(#ids)])
+end
+"""
+UNLIMITED = "1000000000"
+PATHS = {"submit": "/api/v1/generate", "status": "/"}
+
+
+async def preload(dsn: str, count: int) -> float:
+    """`count` pending jobs (anonymous, created over the last day), as a backlog would be."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(dsn)
+    try:
+        now = datetime.now(UTC)
+        params = orjson.dumps(BODY["parameters"]).decode()
+        batch = 100_000
+        for first in range(0, count, batch):
+            rows = [
+                (uuid.uuid4(), "pending", "a preloaded job", params, "builtin", "[]", 0, 0,
+                 now - timedelta(seconds=86_400 * (count - i) / count), now)
+                for i in range(first, min(count, first + batch))
+            ]
+            await conn.copy_records_to_table(
+                "jobs", records=rows,
+                columns=["id", "status", "prompt", "parameters", "provider", "outputs", "attempt",
+                         "retry_count", "created_at", "updated_at"])
+        # Counters kept with the transitions (where the schema has them) must agree with the rows.
+        if await conn.fetchval("SELECT to_regclass('job_counters') IS NOT NULL"):
+            await conn.execute(
+                "UPDATE job_counters SET unfinished = unfinished + $1 WHERE scope = $2",
+                count, uuid.UUID(int=0))
+        await conn.execute("ANALYZE jobs")
+    finally:
+        await conn.close()
+    return time.monotonic() - started
+
+
+async def submit_some(url: str, count: int) -> list[str]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        ids = []
+        for _ in range(count):
+            response = await client.post("/api/v1/generate", json=BODY)
+            response.raise_for_status()
+            ids.append(response.json()["job_id"])
+        return ids
+
+
+def run_round(name: str, url: str, scripts: dict[str, Path], args: argparse.Namespace,
+              results: dict[tuple[str, str], list[WrkResult]]) -> None:
+    for endpoint, script in scripts.items():
+        result = wrk(url + PATHS[endpoint], script, args.duration, args.connections)
+        if result.errors:
+            raise SystemExit(f"bench: {name} {endpoint}: {result.errors} errors of "
+                             f"{result.requests} requests (see {WORK}/logs)")
+        results.setdefault((name, endpoint), []).append(result)
+        print(f"  {name:8} {endpoint:7} {result.row()}", flush=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    ensure_wrk()
+    WORK.mkdir(parents=True, exist_ok=True)
+    procs = Procs(WORK / "logs")
+    with servers(WORK, args.database_url, args.redis_url) as (database_url, redis_url):
+        try:
+            env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="WARNING",
+                            LOCAL_STORAGE_PATH=str(WORK / "media"),
+                            RATE_LIMIT_PER_MINUTE=UNLIMITED, MAX_JOBS_IN_FLIGHT=UNLIMITED)
+            subprocess_run = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mediagen", "migrate", env=env, cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL)
+            if await subprocess_run.wait():
+                raise SystemExit("bench: migrations failed")
+            dsn = asyncpg_dsn(database_url)
+            if args.preload:
+                took = await preload(dsn, args.preload)
+                print(f"preloaded {args.preload:,} unfinished jobs in {took:.1f} s", flush=True)
+            ours, base = free_port(), free_port()
+            uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log",
+                       "--log-level", "warning"]
+            procs.spawn([*uvicorn, "--port", str(ours), "mediagen.main:app"], env, "ours.log")
+            procs.spawn([*uvicorn, "--port", str(base), "bench.baseline_app:app"],
+                        {**env, "BENCH_DATABASE_URL": dsn, "BENCH_REDIS_URL": redis_url},
+                        "baseline.log")
+            urls = {"mediagen": f"http://127.0.0.1:{ours}", "baseline": f"http://127.0.0.1:{base}"}
+            await wait_http(f"{urls['mediagen']}/openapi.json")
+            await wait_http(f"{urls['baseline']}/api/v1/status/{uuid.uuid4()}", ok=405)
+            submit = WORK / "submit.lua"
+            submit.write_text(LUA_SUBMIT % orjson.dumps(BODY).decode())
+            scripts: dict[str, dict[str, Path]] = {}
+            for name, url in urls.items():
+                ids = await submit_some(url, 500)
+                status = WORK / f"status-{name}.lua"
+                status.write_text(LUA_STATUS % ",".join(f'"{i}"' for i in ids))
+                scripts[name] = {"submit": submit, "status": status}
+                # Warm-up: connections opened, statements prepared, caches filled.
+                for endpoint, script in scripts[name].items():
+                    wrk(url + PATHS[endpoint], script, 2, args.connections)
+
+            results: dict[tuple[str, str], list[WrkResult]] = {}
+            print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds "
+                  f"(req/s, p50 ms, p99 ms):", flush=True)
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    run_round(name, url, scripts[name], args, results)
+            print_table(results, args)
+        finally:
+            procs.stop()
+    return 0
+
+
+def print_table(results: dict[tuple[str, str], list[WrkResult]], args: argparse.Namespace) -> None:
+    backlog = f"{args.preload:,} unfinished jobs preloaded" if args.preload else "empty table"
+    print(f"\nbench-api ({backlog}; medians of {args.rounds} rounds)")
+    print(f"{'endpoint':8} {'mediagen req/s':>14} {'p50':>7} {'p99':>7}  "
+          f"{'baseline req/s':>14} {'p50':>7} {'p99':>7}  {'ratio':>6} {'p99 x':>6}")
+    for endpoint in ("submit", "status"):
+        ours, base = results[("mediagen", endpoint)], results[("baseline", endpoint)]
+        rps = median([r.requests_per_s for r in ours])
+        base_rps = median([r.requests_per_s for r in base])
+        p50, p99 = median([r.p50_ms for r in ours]), median([r.p99_ms for r in ours])
+        bp50, bp99 = median([r.p50_ms for r in base]), median([r.p99_ms for r in base])
+        print(f"{endpoint:8} {rps:14.0f} {p50:7.2f} {p99:7.2f}  {base_rps:14.0f} {bp50:7.2f} "
+              f"{bp99:7.2f}  {rps / base_rps:5.2f}x {p99 / bp99:5.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preload", type=int, default=0, help="unfinished jobs to insert first")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--database-url", help="use this Postgres (default: a fresh embedded one)")
+    parser.add_argument("--redis-url", help="use this Redis (default: a fresh embedded one)")
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Everything a process tells Redis after a commit, batched: Celery task messages, job events and
+the pending-queue index, written from async code without a thread hop.
+
+Celery's publisher (kombu) is synchronous, so async code used to publish from a thread, one
+message and one round trip at a time; under load that was the largest cost of a submit. Here
+each process has one `Outbox` on its event loop. Callers append what their committed
+transaction implies and get a future; a background task sends everything appended meanwhile
+in one MULTI/EXEC pipeline and resolves the futures (True: Redis took it all; False: it did
+not, and the sweeper will find what is missing, because Postgres already holds the truth).
+
+A task message is exactly what kombu's Redis transport LPUSHes for `send_task(...,
+queue=QUEUE)` (Celery protocol 2, JSON body, base64 body encoding; see `task_message`), so
+stock Celery workers consume it. A test publishes through both and compares.
+
+Job events (`mediagen.jobs.events`) go to one Redis Stream per job; the queue index is a sorted
+set of pending job ids, ordered as they were dispatched (`mediagen.jobs.queue`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+QUEUE = "mediagen"  # the one Celery queue (a Redis list of that name)
+STREAM_MAXLEN = 1000  # job event streams: approximate (`MAXLEN ~`), never fewer once trimmed
+STREAM_TTL = 24 * 3600  # refreshed by every event
+_ORIGIN = f"mediagen@{socket.gethostname()}"
+_REPLY_TO = str(uuid.uuid4())  # Celery sets one per app; results are ignored, so it is unused
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A Celery task to run: its registered name, positional arguments, and a delay."""
+
+    name: str
+    args: tuple[Any, ...]
+    countdown: float = 0.0
+
+
+def task_message(task: Task, now: datetime | None = None) -> bytes:
+    """The JSON document kombu's Redis transport stores for `task` (Celery message protocol 2)."""
+    task_id = str(uuid.uuid4())
+    eta = None
+    if task.countdown > 0:
+        eta = ((now or datetime.now(UTC)) + timedelta(seconds=task.countdown)).isoformat()
+    args = list(task.args)
+    body = orjson.dumps([args, {}, _EMBED])
+    return orjson.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": task.name,
+                "id": task_id,
+                "shadow": None,
+                "eta": eta,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [None, None],
+                "root_id": task_id,
+                "parent_id": None,
+                "argsrepr": repr(args),
+                "kwargsrepr": "{}",
+                "origin": f"{os.getpid()}@{_ORIGIN}",
+                "ignore_result": None,
+                "replaced_task_nesting": 0,
+                "stamped_headers": None,
+                "stamps": {},
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": _REPLY_TO,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+def stream_key(job_id: uuid.UUID | str) -> str:
+    return f"mediagen:events:{job_id}"
+
+
+QUEUE_INDEX = "mediagen:queue"  # sorted set: pending job id -> dispatch order (created_at, µs)
+HEARTBEAT_PREFIX = "mediagen:worker:"  # one key per live worker process (health counts them)
+
+
+@dataclass
+class _Batch:
+    tasks: list[bytes] = field(default_factory=list)
+    events: list[tuple[str, str, bytes]] = field(default_factory=list)
+    queued: dict[str, float] = field(default_factory=dict)
+    unqueued: list[str] = field(default_factory=list)
+    done: asyncio.Future[bool] | None = None
+
+    def size(self) -> int:
+        return len(self.tasks) + len(self.events) + len(self.queued) + len(self.unqueued)
+
+
+class Outbox:
+    """One per process, on its event loop. Append, then (optionally) await the returned future."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._batch = _Batch()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- appending -------------------------------------------------------------------------
+    def _future(self) -> asyncio.Future[bool]:
+        batch = self._batch
+        if batch.done is None:
+            batch.done = asyncio.get_running_loop().create_future()
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name="mediagen-outbox")
+        self._idle.clear()
+        self._wake.set()
+        return batch.done
+
+    def send(self, task: Task) -> asyncio.Future[bool]:
+        self._batch.tasks.append(task_message(task))
+        return self._future()
+
+    def event(
+        self, job_id: uuid.UUID | str, kind: str, data: dict[str, Any]
+    ) -> asyncio.Future[bool]:
+        self._batch.events.append((stream_key(job_id), kind, orjson.dumps(data)))
+        return self._future()
+
+    def enqueue(self, job_id: uuid.UUID | str, order: float) -> asyncio.Future[bool]:
+        """Index a pending job at `order` (its place in the queue)."""
+        self._batch.queued[str(job_id)] = order
+        return self._future()
+
+    def dequeue(self, job_ids: Sequence[uuid.UUID | str]) -> asyncio.Future[bool]:
+        """The jobs left the pending queue (started, canceled, failed)."""
+        self._batch.unqueued.extend(str(job_id) for job_id in job_ids)
+        return self._future()
+
+    async def flush(self) -> bool:
+        """Wait until everything appended so far has been sent (or has failed to be)."""
+        if self._batch.done is not None:
+            return await asyncio.shield(self._batch.done)
+        await self._idle.wait()
+        return True
+
+    # --- sending -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._batch = self._batch, _Batch()
+            if batch.done is None:
+                self._idle.set()
+                continue
+            ok = await self._send(batch)
+            if not batch.done.done():
+                batch.done.set_result(ok)
+            if self._batch.done is None:
+                self._idle.set()
+
+    async def _send(self, batch: _Batch) -> bool:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                if batch.tasks:
+                    pipe.lpush(QUEUE, *batch.tasks)
+                if batch.queued:
+                    pipe.zadd(QUEUE_INDEX, batch.queued)
+                if batch.unqueued:
+                    pipe.zrem(QUEUE_INDEX, *batch.unqueued)
+                for key, kind, data in batch.events:
+                    pipe.xadd(
+                        key, {"event": kind, "data": data}, maxlen=STREAM_MAXLEN, approximate=True
+                    )
+                    pipe.expire(key, STREAM_TTL)
+                await pipe.execute()
+        except Exception as exc:  # Redis down: Postgres holds the truth, the sweeper resends
+            log.warning(
+                "outbox: %d messages, %d events not published: %s",
+                len(batch.tasks),
+                len(batch.events),
+                exc,
+            )
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Send what is left, then stop."""
+        if self._batch.done is not None:
+            try:
+                await asyncio.wait_for(self.flush(), 5)
+            except TimeoutError:
+                log.warning("outbox: closing with unsent messages")
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner

@@ -1,0 +1,106 @@
+"""API keys as an API process sees them: looked up once, then served from memory.
+
+Authentication would otherwise cost a query on every request, and `AUTH_REQUIRED=auto` another
+("does any key exist?"). Both answers are kept for KEY_CACHE_SECONDS (negative ones too, so a
+stream of bad keys cannot hammer the database). A change must not wait for that: `mediagen keys
+create|revoke` publishes on the Redis channel `mediagen:keys`, and every API process, subscribed
+to it, drops its cache at once. If the subscription breaks, the cache is dropped and not trusted
+until the subscription is back (each lookup then goes to the database); a missed message can
+therefore only matter for the instant between a disconnect and its detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+
+import redis.asyncio as aioredis
+
+from mediagen.errors import AuthenticationError
+from mediagen.keys.models import ApiKey
+from mediagen.keys.service import any_active_key, find_active_key, hash_key
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mediagen:keys"
+MAX_ENTRIES = 10_000
+RESUBSCRIBE_DELAY = 1.0
+PING_EVERY = 5.0  # a dead subscription is noticed within this (the client's timeout is longer)
+
+
+class KeyCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._keys: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
+        self._any: tuple[bool, float] | None = None
+        self._generation = 0  # bumped by every clear: a lookup that raced one is not kept
+        self.subscribed = False  # caching only while changes can reach us
+
+    def clear(self) -> None:
+        self._keys.clear()
+        self._any = None
+        self._generation += 1
+
+    async def authenticate(self, secret: str) -> ApiKey:
+        digest = hash_key(secret)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[1] > now:
+            key = cached[0]
+        else:
+            generation = self._generation
+            key = await find_active_key(digest)
+            if self.subscribed and generation == self._generation:
+                self._keys[digest] = (key, now + self.ttl)
+                self._keys.move_to_end(digest)
+                while len(self._keys) > MAX_ENTRIES:
+                    self._keys.popitem(last=False)
+        if key is None:
+            raise AuthenticationError("invalid or revoked API key")
+        return key
+
+    async def any_active(self) -> bool:
+        """Whether any active key exists (for AUTH_REQUIRED=auto)."""
+        now = time.monotonic()
+        if self._any is not None and self._any[1] > now:
+            return self._any[0]
+        generation = self._generation
+        found = await any_active_key()
+        if self.subscribed and generation == self._generation:
+            self._any = (found, now + self.ttl)
+        return found
+
+    async def follow(self, client: aioredis.Redis) -> None:
+        """Drop the cache whenever a key changes anywhere (runs for the life of the process).
+
+        `client` must have a socket timeout longer than PING_EVERY."""
+        while True:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                self.clear()  # anything cached before now may have missed a change
+                self.subscribed = True
+                while True:
+                    message = await pubsub.get_message(timeout=PING_EVERY)
+                    if message is None:
+                        await pubsub.ping()  # raises if the connection is gone
+                    elif message.get("type") == "message":
+                        self.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("key changes not followed (%s); keys are read from the database", exc)
+            finally:
+                self.subscribed = False
+                self.clear()
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(RESUBSCRIBE_DELAY)
+
+
+async def publish_change(client: aioredis.Redis) -> int:
+    """Tell every API process that keys changed; the number of processes that heard it."""
+    return int(await client.publish(CHANNEL, "changed"))
