@@ -69,9 +69,9 @@ class Settings(BaseSettings):
     # --- API ---------------------------------------------------------------------------------
     # auto: keys are required as soon as one exists (a fresh local run needs none).
     auth_required: Literal["auto", "true", "false"] = "auto"
-    # How long an API process trusts a key it looked up; a create or revoke reaches every
-    # process at once over Redis pub/sub, this only bounds a missed message. 0: no cache.
-    key_cache_seconds: float = Field(5.0, ge=0, le=300)
+    # How long an API process keeps a key it looked up. A create or revoke reaches every process
+    # at once over Redis pub/sub (mediagen.keys.cache); this is a backstop. 0: no cache.
+    key_cache_seconds: float = Field(60.0, ge=0, le=3600)
     # Per API key (or for all anonymous callers together); 0 turns a limit off.
     rate_limit_per_minute: int = Field(6000, ge=0)
     max_jobs_in_flight: int = Field(2000, ge=0)

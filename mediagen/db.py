@@ -7,6 +7,13 @@ The schema is created only by migrations (`mediagen migrate`, `make migrate`), n
 The hot paths (submit, status, every job transition) are single SQL statements sent straight
 through asyncpg on Tortoise's own pool (`pool()`): one round trip each, prepared once per
 connection, with none of the ORM's per-query work. Everything else uses the ORM.
+
+asyncpg's pool sends a reset query (`RESET ALL; UNLISTEN *; CLOSE ALL; ...`) each time a
+connection goes back to the pool: a second round trip for every one-statement request. mediagen
+never changes session state (no SET, LISTEN, advisory locks or cursors outside a transaction),
+so the pool is told to skip it; an open transaction is still rolled back on release.
+Connections carry `application_name` (`mediagen-api`, `mediagen-worker`...), so
+`pg_stat_activity` shows who holds them.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ _initialised = False
 _pool: asyncpg.Pool | None = None
 
 
-def database_url(settings: Settings) -> str:
-    """The configured URL with the pool size added (Tortoise reads minsize/maxsize from it)."""
+def database_url(settings: Settings, application_name: str = "mediagen") -> str:
+    """The configured URL with the pool size and the connection's name added (Tortoise reads
+    them from it)."""
     if not settings.database_url:
         raise DatabaseUnavailableError(
             "DATABASE_URL is not set; `mediagen run` starts an embedded Postgres when it is unset"
@@ -44,12 +52,13 @@ def database_url(settings: Settings) -> str:
     query = dict(parse_qsl(parts.query))
     query.setdefault("minsize", "1")
     query.setdefault("maxsize", str(settings.db_pool_max))
+    query.setdefault("application_name", application_name)
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def tortoise_config(settings: Settings) -> dict[str, Any]:
+def tortoise_config(settings: Settings, application_name: str = "mediagen") -> dict[str, Any]:
     return {
-        "connections": {"default": database_url(settings)},
+        "connections": {"default": database_url(settings, application_name)},
         "apps": {
             "jobs": {
                 "models": MODELS,
@@ -69,8 +78,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-async def init_db(settings: Settings | None = None) -> None:
-    """Open this process's Tortoise context (once; later calls are no-ops).
+async def init_db(settings: Settings | None = None, application_name: str = "mediagen") -> None:
+    """Open this process's Tortoise context and its pool (once; later calls are no-ops).
 
     The global fallback lets every task on the process's event loop see the one context,
     whichever task or thread created it.
@@ -79,9 +88,15 @@ async def init_db(settings: Settings | None = None) -> None:
     if _initialised:
         return
     await Tortoise.init(
-        config=tortoise_config(settings or get_settings()), _enable_global_fallback=True
+        config=tortoise_config(settings or get_settings(), application_name),
+        _enable_global_fallback=True,
     )
     _initialised = True
+    await pool()
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (module docstring)."""
 
 
 async def pool() -> asyncpg.Pool:
@@ -92,6 +107,7 @@ async def pool() -> asyncpg.Pool:
         if client._pool is None:  # Tortoise opens its pool lazily, on the first query
             await client.execute_query("SELECT 1")
         _pool = cast(asyncpg.Pool, client._pool)
+        _pool._reset = _keep_session  # asyncpg's `reset=` option, set after Tortoise made it
     return _pool
 
 

@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await init_db(settings)
+        await init_db(settings, "mediagen-api")
         try:
             await storage.check()
         except StorageError as exc:  # keep serving: health answers 503 and says why
@@ -87,10 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 redis_url, socket_connect_timeout=2, socket_timeout=timeout, client_name=name
             )
 
-        # Separate connections for the request path, the outbox's batches and the key-change
-        # subscription, so none waits behind another.
+        # Named connections of their own for the request path, the rate counters, the outbox's
+        # batches and the key-change subscription: none waits behind another, and each shows
+        # under its name in `CLIENT LIST`.
         app.state.redis = client("mediagen-api")
-        app.state.rate_limiter = RateLimiter(app.state.redis, settings.rate_limit_per_minute)
+        limits = client("mediagen-limits")
+        app.state.rate_limiter = RateLimiter(limits, settings.rate_limit_per_minute)
         app.state.outbox = Outbox(client("mediagen-outbox", timeout=5))
         subscriber = client("mediagen-keys", timeout=PING_EVERY * 3)
         following = asyncio.create_task(app.state.keys.follow(subscriber), name="key-changes")
@@ -101,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.rate_limiter.close()
             await app.state.outbox.close()
             await jobs_service.settle()
-            for redis_client in (app.state.outbox.client, subscriber, app.state.redis):
+            for redis_client in (app.state.outbox.client, subscriber, limits, app.state.redis):
                 await redis_client.aclose()
             await storage.close()
             await close_db()

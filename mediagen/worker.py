@@ -143,7 +143,7 @@ class Runtime:
     async def _open(self) -> Outbox:
         import redis.asyncio as aioredis
 
-        await init_db(self.settings)
+        await init_db(self.settings, "mediagen-worker")
         outbox = Outbox(
             aioredis.from_url(
                 self.settings.redis_url or "redis://localhost:6379/0",

@@ -2,11 +2,11 @@
 
 Authentication would otherwise cost a query on every request, and `AUTH_REQUIRED=auto` another
 ("does any key exist?"). Both answers are kept for KEY_CACHE_SECONDS (negative ones too, so a
-stream of bad keys cannot hammer the database). A change must not wait for that: `mediagen keys
+stream of bad keys cannot hammer the database). A change does not wait for that: `mediagen keys
 create|revoke` publishes on the Redis channel `mediagen:keys`, and every API process, subscribed
-to it, drops its cache at once. If the subscription breaks, the cache is dropped and not trusted
-until the subscription is back (each lookup then goes to the database); a missed message can
-therefore only matter for the instant between a disconnect and its detection.
+to it, drops its cache at once. Nothing is cached while the subscription is down, and the cache
+is dropped whenever it (re)starts, so a message lost with a broken connection can matter only
+until the break is noticed (PING_EVERY, a few seconds).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ async def _announce(settings: Settings) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
-    await init_db(settings)
+    await init_db(settings, "mediagen-cli")
     try:
         if args.action == "create":
             key, secret = await service.create_key(args.name)
