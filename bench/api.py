@@ -68,22 +68,24 @@ async def preload(dsn: str, count: int) -> float:
     try:
         now = datetime.now(UTC)
         params = orjson.dumps(BODY["parameters"]).decode()
+        # Counters kept with the transitions (where the schema has them) must agree with the rows:
+        # the jobs are counted in shard 0 of the anonymous scope.
+        counted = await conn.fetchval("SELECT to_regclass('job_counters') IS NOT NULL")
+        columns = ["id", "status", "prompt", "parameters", "provider", "outputs", "attempt",
+                   "retry_count", "created_at", "updated_at"] + (["quota_shard"] if counted else [])
         batch = 100_000
         for first in range(0, count, batch):
             rows = [
                 (uuid.uuid4(), "pending", "a preloaded job", params, "builtin", "[]", 0, 0,
-                 now - timedelta(seconds=86_400 * (count - i) / count), now)
+                 now - timedelta(seconds=86_400 * (count - i) / count), now,
+                 *([0] if counted else []))
                 for i in range(first, min(count, first + batch))
             ]
-            await conn.copy_records_to_table(
-                "jobs", records=rows,
-                columns=["id", "status", "prompt", "parameters", "provider", "outputs", "attempt",
-                         "retry_count", "created_at", "updated_at"])
-        # Counters kept with the transitions (where the schema has them) must agree with the rows.
-        if await conn.fetchval("SELECT to_regclass('job_counters') IS NOT NULL"):
+            await conn.copy_records_to_table("jobs", records=rows, columns=columns)
+        if counted:
             await conn.execute(
-                "UPDATE job_counters SET unfinished = unfinished + $1 WHERE scope = $2",
-                count, uuid.UUID(int=0))
+                "UPDATE job_counters SET unfinished = unfinished + $1 WHERE scope = $2 "
+                "AND shard = 0", count, uuid.UUID(int=0))
         await conn.execute("ANALYZE jobs")
     finally:
         await conn.close()

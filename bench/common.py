@@ -58,10 +58,11 @@ class Procs:
         self.logs = logs
         self.children: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, cmd: Sequence[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
+    def spawn(self, cmd: Sequence[str], env: dict[str, str], log: str,
+              cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         handle = (self.logs / log).open("wb")
-        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=handle,
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=handle,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.children.append(proc)
         return proc

@@ -37,6 +37,8 @@ class Job(Model):
     attempt = fields.IntField(default=0)
     retry_count = fields.IntField(default=0)
     prediction_id = fields.CharField(max_length=200, null=True)
+    # Which row of the owner's JobCounter counts this job while it is unfinished.
+    quota_shard = fields.SmallIntField(null=True)
 
     # Durability: when the task was handed to the broker, until when the current owner holds the
     # job, and when a retry is due. The sweeper re-dispatches whatever these show as stranded.
@@ -69,17 +71,25 @@ class Job(Model):
 
 
 ANONYMOUS = uuid.UUID(int=0)  # the counter scope of jobs created without a key
+COUNTER_SHARDS = 16
 
 
 class JobCounter(Model):
-    """Unfinished jobs per API key (`ANONYMOUS` for keyless callers).
+    """Unfinished jobs per API key (`ANONYMOUS` for keyless callers), in COUNTER_SHARDS rows.
 
     Kept by the same single statements that create a job and that move it to a terminal state,
-    so the in-flight limit reads one row instead of counting a backlog, and can never drift.
+    so the in-flight limit reads a row instead of counting a backlog, and can never drift. One
+    row per key would make every submission of a key wait for the previous one's commit (its
+    row lock is held through the WAL flush); with shards, a submission takes any shard that has
+    room and is not locked (`FOR UPDATE SKIP LOCKED`), and each shard holds at most its share
+    of the limit, so the total never exceeds it. A job remembers its shard (`Job.quota_shard`).
     """
 
-    scope = fields.UUIDField(primary_key=True)
+    id = fields.IntField(primary_key=True)
+    scope = fields.UUIDField()
+    shard = fields.SmallIntField()
     unfinished = fields.IntField(default=0)
 
     class Meta:
         table = "job_counters"
+        unique_together = (("scope", "shard"),)

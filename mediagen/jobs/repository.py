@@ -7,8 +7,8 @@ terminal state once. The same statement writes what the transition implies:
 
 - the client webhook deliveries its events call for (`webhook_deliveries`, if the job has a
   webhook that wants them), so a crash can never keep a transition and lose its webhook;
-- on entering a terminal state, the owner's unfinished-jobs counter (`job_counters`), so the
-  in-flight limit reads one row and is exact.
+- on entering a terminal state, the owner's unfinished-jobs counter (`job_counters`, the shard
+  that counted the job), so the in-flight limit reads a row and is exact.
 
 It returns the row as it now is. Publishing what it means (task messages, live events) is the
 caller's job, after the statement has committed (`mediagen.jobs.events.announce`).
@@ -27,7 +27,7 @@ import orjson
 from asyncpg import Record
 
 from mediagen.db import pool
-from mediagen.jobs.models import ANONYMOUS, Job
+from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS, Job
 from mediagen.jobs.states import ALLOWED_FROM, TERMINAL, JobStatus
 
 _JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
@@ -115,7 +115,8 @@ class _Statement:
             sql.append(
                 ", counted AS (UPDATE job_counters SET unfinished = job_counters.unfinished - 1 "
                 "FROM moved WHERE job_counters.scope = "
-                f"coalesce(moved.api_key_id, '{ANONYMOUS}'::uuid))"
+                f"coalesce(moved.api_key_id, '{ANONYMOUS}'::uuid) "
+                "AND job_counters.shard = moved.quota_shard)"
             )
         if events:
             sql.append(
@@ -153,17 +154,24 @@ def _event_of(to: JobStatus) -> tuple[str, ...]:
 
 
 # --- creating --------------------------------------------------------------------------------
+# A shard of the owner's counter with room (its share of the limit; `$2 = 0`: no limit), then
+# the job counted in it, then its webhook. `{lock}` is SKIP LOCKED first: a shard another
+# submission holds is passed over rather than waited for (models.JobCounter).
 _INSERT_JOB = f"""
-WITH counted AS (
-    INSERT INTO job_counters AS c (scope, unfinished) VALUES ($1, 1)
-    ON CONFLICT (scope) DO UPDATE SET unfinished = c.unfinished + 1
-    WHERE $2::int = 0 OR c.unfinished < $2::int
-    RETURNING c.unfinished
+WITH slot AS (
+    SELECT id FROM job_counters
+    WHERE scope = $1 AND ($2::int = 0
+        OR unfinished < $2::int / {COUNTER_SHARDS} + (shard < $2::int % {COUNTER_SHARDS})::int)
+    LIMIT 1 FOR UPDATE {{lock}}
+), counted AS (
+    UPDATE job_counters SET unfinished = job_counters.unfinished + 1
+    FROM slot WHERE job_counters.id = slot.id
+    RETURNING job_counters.shard
 ), created AS (
     INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
-                      attempt, retry_count, dispatched_at, created_at, updated_at)
+                      attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at)
     SELECT $3, '{JobStatus.PENDING}', $4, $5::jsonb, $6, $7, $8, '[]'::jsonb, 0, 0,
-           now(), now(), now()
+           counted.shard, now(), now(), now()
     FROM counted
     RETURNING id, created_at
 ), hooked AS (
@@ -171,7 +179,15 @@ WITH counted AS (
     SELECT gen_random_uuid(), created.id, $9::text, $10::jsonb, now()
     FROM created WHERE $9::text IS NOT NULL
 )
-SELECT created_at FROM created
+SELECT (SELECT created_at FROM created) AS created_at,
+       EXISTS (SELECT 1 FROM job_counters WHERE scope = $1) AS scope_known
+"""
+_INSERT_SKIPPING = _INSERT_JOB.format(lock="SKIP LOCKED")
+_INSERT_WAITING = _INSERT_JOB.format(lock="")
+_ADD_SHARDS = f"""
+INSERT INTO job_counters (scope, shard, unfinished)
+SELECT $1, g, 0 FROM generate_series(0, {COUNTER_SHARDS - 1}) AS g
+ON CONFLICT (scope, shard) DO NOTHING
 """
 
 
@@ -190,10 +206,13 @@ async def insert(
     """Create a pending job (and its webhook) if its owner has fewer than `max_in_flight`
     unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached.
 
+    One statement in the common case. A second one only when every shard with room was held by
+    a concurrent submission (more at once than COUNTER_SHARDS), or for a key's first job.
+
     `dispatched_at` is set at once: the caller publishes the start right after the commit, and
     clears it if that fails (`clear_dispatched`), so the sweeper dispatches it soon."""
-    created: datetime | None = await (await pool()).fetchval(
-        _INSERT_JOB,
+    db = await pool()
+    args = (
         owner or ANONYMOUS,
         max_in_flight,
         job_id,
@@ -205,6 +224,16 @@ async def insert(
         webhook,
         orjson.dumps(list(webhook_events)).decode(),
     )
+    record = await db.fetchrow(_INSERT_SKIPPING, *args)
+    assert record is not None
+    if record["created_at"] is None and not record["scope_known"]:
+        await db.execute(_ADD_SHARDS, owner or ANONYMOUS)  # a key's first job
+        record = await db.fetchrow(_INSERT_SKIPPING, *args)
+        assert record is not None
+    if record["created_at"] is None:  # full, or every shard with room was busy: wait for them
+        record = await db.fetchrow(_INSERT_WAITING, *args)
+        assert record is not None
+    created: datetime | None = record["created_at"]
     return created
 
 

@@ -95,3 +95,37 @@ async def test_claim_is_compare_and_set(database: str) -> None:
     assert not await repo.schedule_retry(fresh.id, 0, "late", 1)
     assert await repo.complete(job.id, 1, "k", [{"key": "k"}])
     assert not await repo.complete(job.id, 1, "k", [{"key": "k"}])
+
+
+async def test_unfinished_counter_matches_the_rows(client: httpx.AsyncClient) -> None:
+    """The counter kept by the statements (job_counters) agrees with a COUNT of the rows after
+    jobs of one key complete, fail, retry, get canceled and stay pending."""
+    from mediagen.jobs.models import JobCounter
+    from mediagen.jobs.states import UNFINISHED
+    from tests.keys.test_keys import _key_id, create_key
+
+    secret = create_key("counted-states")
+    key_id = await _key_id(secret)
+    headers = {"Authorization": f"Bearer {secret}"}
+    prompts = ["a counted dune", "[fault:transient=1] a counted cliff",
+               "[fault:permanent] a counted cave", "[fault:transient=9] a counted gale"]
+    ids = []
+    for prompt in prompts:
+        response = await client.post("/api/v1/generate", headers=headers,
+                                     json={"prompt": prompt,
+                                           "parameters": {"width": 64, "height": 64}})
+        ids.append(response.json()["job_id"])
+    waiting = await new_job("a counted queue", owner=key_id)  # pending, never dispatched
+    to_cancel = await new_job("a counted cancel", owner=key_id)
+    assert (await client.post(f"/api/v1/jobs/{to_cancel.id}/cancel",
+                              headers=headers)).status_code == 200
+    async with httpx.AsyncClient(base_url=client.base_url, headers=headers) as owner:
+        for job_id in ids:
+            await wait_terminal(owner, job_id)
+
+    unfinished = await Job.filter(api_key_id=key_id, status__in=list(UNFINISHED)).count()
+    shards = await JobCounter.filter(scope=key_id).values_list("unfinished", flat=True)
+    assert unfinished == 1 and sum(shards) == 1, (unfinished, shards)
+    await repo.fail(waiting.id, "done counting")
+    shards = await JobCounter.filter(scope=key_id).values_list("unfinished", flat=True)
+    assert sum(shards) == 0 and min(shards) == 0
