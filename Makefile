@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help setup run api worker beat migrate test lint format lock bench-inflight \
-        compose-check ping fuzz chaos clean
+.PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
+        bench-e2e bench-inflight compose-check ping fuzz chaos clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -63,8 +63,17 @@ format: setup
 lock: ## Re-pin constraints.txt from pyproject.toml
 	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o constraints.txt
 
+bench: setup ## Every benchmark below, then one table of their figures
+	$(PY) bench/all.py
+
+bench-api: setup ## Submit and status against a bare-stack baseline (wrk); ARGS="--preload 1000000"
+	$(PY) bench/api.py $(ARGS)
+
+bench-e2e: setup ## Throughput and latency end to end, built-in generator, one worker
+	$(PY) bench/e2e.py $(ARGS)
+
 bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s latency
-	$(PY) bench/inflight.py
+	$(PY) bench/inflight.py $(ARGS)
 
 compose-check: ## Validate docker-compose.yml without a Docker engine
 	$(PY) scripts/check_compose.py

@@ -113,7 +113,8 @@ def run_round(name: str, url: str, scripts: dict[str, Path], args: argparse.Name
         print(f"  {name:8} {endpoint:7} {result.row()}", flush=True)
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    """Drive both apps; print the table; return its figures (medians)."""
     ensure_wrk()
     WORK.mkdir(parents=True, exist_ok=True)
     procs = Procs(WORK / "logs")
@@ -121,7 +122,8 @@ async def run(args: argparse.Namespace) -> int:
         try:
             env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="WARNING",
                             LOCAL_STORAGE_PATH=str(WORK / "media"),
-                            RATE_LIMIT_PER_MINUTE=UNLIMITED, MAX_JOBS_IN_FLIGHT=UNLIMITED)
+                            RATE_LIMIT_PER_MINUTE=UNLIMITED, MAX_JOBS_IN_FLIGHT=UNLIMITED,
+                            **dict(item.split("=", 1) for item in args.env))
             subprocess_run = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mediagen", "migrate", env=env, cwd=ROOT,
                 stdout=asyncio.subprocess.DEVNULL)
@@ -159,17 +161,18 @@ async def run(args: argparse.Namespace) -> int:
             for _ in range(args.rounds):
                 for name, url in urls.items():
                     run_round(name, url, scripts[name], args, results)
-            print_table(results, args)
+            return print_table(results, args)
         finally:
             procs.stop()
-    return 0
 
 
-def print_table(results: dict[tuple[str, str], list[WrkResult]], args: argparse.Namespace) -> None:
+def print_table(results: dict[tuple[str, str], list[WrkResult]],
+                args: argparse.Namespace) -> dict[str, float]:
     backlog = f"{args.preload:,} unfinished jobs preloaded" if args.preload else "empty table"
     print(f"\nbench-api ({backlog}; medians of {args.rounds} rounds)")
     print(f"{'endpoint':8} {'mediagen req/s':>14} {'p50':>7} {'p99':>7}  "
           f"{'baseline req/s':>14} {'p50':>7} {'p99':>7}  {'ratio':>6} {'p99 x':>6}")
+    figures: dict[str, float] = {}
     for endpoint in ("submit", "status"):
         ours, base = results[("mediagen", endpoint)], results[("baseline", endpoint)]
         rps = median([r.requests_per_s for r in ours])
@@ -178,17 +181,28 @@ def print_table(results: dict[tuple[str, str], list[WrkResult]], args: argparse.
         bp50, bp99 = median([r.p50_ms for r in base]), median([r.p99_ms for r in base])
         print(f"{endpoint:8} {rps:14.0f} {p50:7.2f} {p99:7.2f}  {base_rps:14.0f} {bp50:7.2f} "
               f"{bp99:7.2f}  {rps / base_rps:5.2f}x {p99 / bp99:5.2f}x")
+        figures |= {f"{endpoint}_rps": rps, f"{endpoint}_p50": p50, f"{endpoint}_p99": p99,
+                    f"{endpoint}_base_rps": base_rps, f"{endpoint}_base_p99": bp99,
+                    f"{endpoint}_ratio": rps / base_rps, f"{endpoint}_p99_ratio": p99 / bp99}
+    return figures
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preload", type=int, default=0, help="unfinished jobs to insert first")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for our API, e.g. FAST_PATHS=false (repeatable)")
     parser.add_argument("--database-url", help="use this Postgres (default: a fresh embedded one)")
     parser.add_argument("--redis-url", help="use this Redis (default: a fresh embedded one)")
-    return asyncio.run(run(parser.parse_args()))
+    return parser
+
+
+def main() -> int:
+    asyncio.run(run(parser().parse_args()))
+    return 0
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ async def latency(url: str, db: asyncpg.Connection, rate: float, seconds: float)
     return {"jobs": count, "p50_ms": median(latencies), "p90_ms": pct(0.9), "p99_ms": pct(0.99)}
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    """Both measurements; printed, and returned (`ok` is 1 when every job completed)."""
     tree = Path(args.tree).resolve() if args.tree else ROOT
     WORK.mkdir(parents=True, exist_ok=True)
     procs = Procs(WORK / "logs")
@@ -147,17 +148,23 @@ async def run(args: argparse.Namespace) -> int:
     print(f"latency at {args.rate:g} jobs/s for {args.seconds:g} s ({lat['jobs']:.0f} jobs), "
           f"submit to completed: p50 {lat['p50_ms']:.0f} ms, p90 {lat['p90_ms']:.0f} ms, "
           f"p99 {lat['p99_ms']:.0f} ms")
-    return 0 if result["not_completed"] == 0 else 1
+    return {**{f"throughput_{k}": v for k, v in result.items()},
+            **{f"latency_{k}": v for k, v in lat.items()},
+            "ok": float(result["not_completed"] == 0)}
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64, help="open submits at most")
     parser.add_argument("--rate", type=float, default=10.0, help="jobs/s offered for latency")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tree", help="a checkout of mediagen to run instead of this one")
-    return asyncio.run(run(parser.parse_args()))
+    return parser
+
+
+def main() -> int:
+    return 0 if asyncio.run(run(parser().parse_args()))["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 mediagen run       API + worker (+ sweeper), on an embedded Postgres/Redis when
                    DATABASE_URL / REDIS_URL are unset; migrations applied first
-mediagen api       the API alone (uvicorn)
+mediagen api       the API alone (uvicorn; --workers N processes, default WEB_CONCURRENCY)
 mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
 mediagen beat      the sweeper schedule alone (Celery beat)
 mediagen migrate   apply pending database migrations
@@ -29,7 +29,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 
 
-def _api_cmd(settings: Settings) -> list[str]:
+def _api_cmd(settings: Settings, workers: int | None = None) -> list[str]:
+    workers = workers or settings.web_concurrency
     cmd = [
         sys.executable,
         "-m",
@@ -41,7 +42,9 @@ def _api_cmd(settings: Settings) -> list[str]:
         str(settings.api_port),
         "--no-access-log",
     ]
-    return cmd + (["--reload", "--reload-dir", "mediagen"] if settings.debug else [])
+    if settings.debug:  # auto-reload runs one process
+        return cmd + ["--reload", "--reload-dir", "mediagen"]
+    return cmd + (["--workers", str(workers)] if workers > 1 else [])
 
 
 def _worker_cmd(settings: Settings, beat: bool) -> list[str]:
@@ -184,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="API + worker + sweeper (embedded Postgres/Redis if unset)")
-    sub.add_parser("api", help="the API alone")
+    api = sub.add_parser("api", help="the API alone")
+    api.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="API processes (default: WEB_CONCURRENCY, 1); each keeps its own Postgres pool",
+    )
     worker = sub.add_parser("worker", help="a Celery worker")
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
     sub.add_parser("beat", help="the sweeper schedule alone")
@@ -202,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print("mediagen: migrations applied")
         return 0
     if args.command == "api":
-        return _exec(_api_cmd(settings))
+        if args.workers is not None and not 1 <= args.workers <= 64:
+            parser.error("--workers must be between 1 and 64")
+        return _exec(_api_cmd(settings, args.workers))
     if args.command == "worker":
         return _exec(_worker_cmd(settings, beat=args.beat))
     if args.command == "beat":

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     cors_allow_credentials: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    # API processes (uvicorn workers) of `mediagen api` / `mediagen run`; `--workers` overrides.
+    web_concurrency: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(65536, ge=1024)
     # Serve the common submit and status requests without FastAPI's generic machinery
     # (mediagen.jobs.fastpath); false sends every request through the documented routes.

@@ -1,0 +1,73 @@
+"""The outbox writes exactly the messages Celery's own publisher (kombu) writes, so stock
+workers consume them; and it sends what is appended together in one batch."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from mediagen.broker import QUEUE, Outbox, Task, task_message
+from mediagen.worker import celery_app
+from tests.conftest import REDIS_URL
+
+SCRATCH = REDIS_URL.rsplit("/", 1)[0] + "/12"  # no worker consumes it
+
+# Fields that differ between any two messages (ids, times, the sending process).
+_VARYING_HEADERS = {"id", "root_id", "origin", "eta"}
+_VARYING_PROPERTIES = {"correlation_id", "reply_to", "delivery_tag"}
+
+
+def _shape(raw: bytes) -> dict[str, Any]:
+    message = orjson.loads(raw)
+    message["body"] = orjson.loads(base64.b64decode(message["body"]))
+    message["headers"] = {k: v for k, v in message["headers"].items()
+                          if k not in _VARYING_HEADERS}
+    message["properties"] = {k: v for k, v in message["properties"].items()
+                             if k not in _VARYING_PROPERTIES}
+    return message
+
+
+def test_messages_are_the_ones_kombu_writes() -> None:
+    client = redis.Redis.from_url(SCRATCH)
+    client.flushdb()
+    with celery_app.connection_for_write(SCRATCH) as connection:
+        for args, countdown in ((["a-job"], None), (["a-job", 2], 1.5)):
+            celery_app.send_task("mediagen.jobs.poll", args=args, queue=QUEUE,
+                                 countdown=countdown, connection=connection)
+    theirs = [orjson.loads(raw) for raw in reversed(client.lrange(QUEUE, 0, -1))]
+    assert len(theirs) == 2
+    ours = [orjson.loads(task_message(Task("mediagen.jobs.poll", ("a-job",)))),
+            orjson.loads(task_message(Task("mediagen.jobs.poll", ("a-job", 2), 1.5)))]
+    for kombu, mine in zip(theirs, ours, strict=True):
+        assert _shape(orjson.dumps(mine)) == _shape(orjson.dumps(kombu))
+        assert mine["headers"]["id"] == mine["headers"]["root_id"] \
+            == mine["properties"]["correlation_id"]
+    assert theirs[0]["headers"]["eta"] is None and ours[0]["headers"]["eta"] is None
+    assert theirs[1]["headers"]["eta"] and ours[1]["headers"]["eta"]
+    client.flushdb()
+
+
+async def test_appends_made_together_go_out_in_one_batch() -> None:
+    client = aioredis.from_url(SCRATCH)
+    await client.flushdb()
+    outbox = Outbox(client)
+    try:
+        first = outbox.send(Task("mediagen.jobs.start", ("one",)))
+        later = [outbox.send(Task("mediagen.jobs.start", (f"job-{n}",))) for n in range(50)]
+        assert all(f is later[0] for f in later)  # one batch, one future
+        assert await first and await later[0]
+        assert await client.llen(QUEUE) == 51
+        assert await outbox.flush()
+        # A dead Redis: the futures say so, nothing raises.
+        dead = Outbox(aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5))
+        assert await asyncio.wait_for(dead.send(Task("mediagen.jobs.start", ("x",))), 10) is False
+        await dead.close()
+    finally:
+        await outbox.close()
+        await client.flushdb()
+        await client.aclose()
