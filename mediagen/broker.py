@@ -104,7 +104,10 @@ def stream_key(job_id: uuid.UUID | str) -> str:
 
 
 QUEUE_INDEX = "mediagen:queue"  # sorted set: pending job id -> dispatch order (created_at, µs)
-HEARTBEAT_PREFIX = "mediagen:worker:"  # one key per live worker process (health counts them)
+# Live worker processes: sorted set "{host}:{pid}" -> time of its last heartbeat (seconds).
+# Health counts the recent ones with one ZCOUNT, whatever else Redis holds.
+WORKERS = "mediagen:workers"
+HEARTBEAT_TTL = 15
 
 
 @dataclass

@@ -43,7 +43,7 @@ def _api_cmd(settings: Settings, workers: int | None = None) -> list[str]:
         "--no-access-log",
     ]
     if settings.debug:  # auto-reload runs one process
-        return cmd + ["--reload", "--reload-dir", "mediagen"]
+        return [*cmd, "--reload", "--reload-dir", "mediagen"]
     return cmd + (["--workers", str(workers)] if workers > 1 else [])
 
 

@@ -18,6 +18,7 @@ Connections carry `application_name` (`mediagen-api`, `mediagen-worker`...), so
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -38,7 +39,7 @@ MODELS = [
     "mediagen.notify.models",
 ]
 _initialised = False
-_pool: asyncpg.Pool | None = None
+_pool: tuple[asyncio.AbstractEventLoop, asyncpg.Pool] | None = None
 
 
 def database_url(settings: Settings, application_name: str = "mediagen") -> str:
@@ -100,15 +101,20 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 async def pool() -> asyncpg.Pool:
-    """This process's asyncpg pool: the one Tortoise opened (there is no second pool)."""
+    """This loop's asyncpg pool: the one Tortoise opened (there is no second pool).
+
+    Kept per event loop: a forked worker process (or a test) runs another loop, and Tortoise
+    then replaces its connection (`connections.get`) rather than share the parent's sockets."""
     global _pool
-    if _pool is None:
+    loop = asyncio.get_running_loop()
+    if _pool is None or _pool[0] is not loop:
         client: Any = connections.get("default")
         if client._pool is None:  # Tortoise opens its pool lazily, on the first query
             await client.execute_query("SELECT 1")
-        _pool = cast(asyncpg.Pool, client._pool)
-        _pool._reset = _keep_session  # asyncpg's `reset=` option, set after Tortoise made it
-    return _pool
+        opened = cast(asyncpg.Pool, client._pool)
+        opened._reset = _keep_session  # asyncpg's `reset=` option, set after Tortoise made it
+        _pool = (loop, opened)
+    return _pool[1]
 
 
 async def close_db() -> None:

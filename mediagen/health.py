@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from mediagen import __version__, db
-from mediagen.broker import HEARTBEAT_PREFIX
+from mediagen.broker import HEARTBEAT_TTL, WORKERS
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 3.0
@@ -60,10 +60,10 @@ async def health(request: Request) -> Any:
         await redis_client.ping()
 
     async def workers() -> str:
-        names = [key async for key in redis_client.scan_iter(f"{HEARTBEAT_PREFIX}*", count=100)]
-        if not names:
-            raise RuntimeError("no worker has reported in the last 15 s")
-        return f"{len(names)} worker process(es) alive"
+        alive = await redis_client.zcount(WORKERS, time.time() - HEARTBEAT_TTL, "+inf")
+        if not alive:
+            raise RuntimeError(f"no worker has reported in the last {HEARTBEAT_TTL} s")
+        return f"{alive} worker process(es) alive"
 
     async def storage() -> str:
         await state.storage.check()

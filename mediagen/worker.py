@@ -13,10 +13,12 @@ thousands of jobs in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,7 +30,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen.broker import HEARTBEAT_PREFIX, QUEUE, Outbox, Task
+from mediagen.broker import HEARTBEAT_TTL, QUEUE, WORKERS, Outbox, Task
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-HEARTBEAT_TTL = 15
+GONE_AFTER = 3600  # heartbeats older than this are removed from the set
 
 
 def _survive_broker_loss() -> None:
@@ -163,16 +165,24 @@ class Runtime:
         """Announce this process in Redis so the API's health check can count live workers."""
         import redis.asyncio as aioredis
 
-        client = aioredis.from_url(self.settings.redis_url or "redis://localhost:6379/0")
-        key = f"{HEARTBEAT_PREFIX}{socket.gethostname()}:{self.pid}"
+        client = aioredis.from_url(
+            self.settings.redis_url or "redis://localhost:6379/0", client_name="mediagen-beat"
+        )
+        name = f"{socket.gethostname()}:{self.pid}"
         try:
             while True:
                 try:
-                    await client.set(key, "alive", ex=HEARTBEAT_TTL)
+                    now = time.time()
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.zadd(WORKERS, {name: now})
+                        pipe.zremrangebyscore(WORKERS, "-inf", now - GONE_AFTER)
+                        await pipe.execute()
                 except Exception as exc:  # the broker being down is reported by health
                     log.debug("heartbeat failed: %s", exc)
                 await asyncio.sleep(HEARTBEAT_TTL / 3)
         finally:
+            with contextlib.suppress(Exception):  # stopping: say so, if Redis still answers
+                await client.zrem(WORKERS, name)
             await client.aclose()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -227,7 +237,9 @@ def _on_process_init(**_: Any) -> None:
 
 @worker_ready.connect
 def _on_ready(**_: Any) -> None:
-    runtime()  # threads/solo pools: open them in the main process
+    # Threads/solo pools run tasks in the main process. A prefork main process runs none, but
+    # its heartbeat is the worker's; children forked later open their own (see db.pool).
+    runtime()
 
 
 @worker_process_shutdown.connect

@@ -119,7 +119,9 @@ def start_worker(name: str, broker: redis.Redis,
         TMP / f"{name}.log",
         extra_env,
     )
-    wait_for(lambda: bool(broker.keys("mediagen:worker:*")), 30, proc, f"{name} heartbeat")
+    wait_for(lambda: any(m.decode().endswith(f":{proc.popen.pid}")
+                         for m in broker.zrange("mediagen:workers", 0, -1)),
+             30, proc, f"{name} heartbeat")
     return proc
 
 

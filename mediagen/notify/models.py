@@ -55,7 +55,11 @@ class WebhookDelivery(Model):
 
     class Meta:
         table = "webhook_deliveries"
-        indexes = (Index(fields=("job_id", "created_at"), name="webhook_deliveries_job_idx"),)
+        indexes = (
+            Index(fields=("job_id", "created_at"), name="webhook_deliveries_job_idx"),
+            # The sweeper's look for pending deliveries whose message was lost.
+            Index(fields=("status", "next_attempt_at"), name="webhook_deliveries_due_idx"),
+        )
 
     @property
     def message_id(self) -> str:

@@ -220,6 +220,17 @@ def interrupted_steps(logs: list[Path]) -> int:
     return total
 
 
+def task_errors(logs: list[Path]) -> list[str]:
+    """Tasks that raised, other than those a dying pool child took with it."""
+    errors = []
+    for log in logs:
+        with contextlib.suppress(OSError):
+            for line in log.read_text(errors="replace").splitlines():
+                if "raised unexpected:" in line and "WorkerLostError(" not in line:
+                    errors.append(line.split("raised unexpected:", 1)[1].strip()[:160])
+    return errors
+
+
 def worker_redeliveries(logs: list[Path]) -> int:
     """Task ids a worker received more than once (a broker redelivery, not a re-publish)."""
     seen: dict[str, int] = {}

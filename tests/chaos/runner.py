@@ -25,6 +25,7 @@ from tests.chaos.measure import (
     interrupted_steps,
     last_error,
     table,
+    task_errors,
 )
 from tests.chaos.measure import worker_redeliveries as redeliveries
 from tests.chaos.procs import stop_all
@@ -121,6 +122,10 @@ async def run_scenario(the_stack: Stack, scenario: Scenario, jobs: int, seed: in
     outcome = await judge(the_stack, scenario, ctx, monitor, dsn, reference, bound)
     if interrupted := interrupted_steps(log_files):
         outcome.extra += f" steps_lost_with_child={interrupted}"
+    if errors := task_errors(log_files):
+        outcome.extra += f" task_errors={len(errors)}"
+        if scenario.stores_up:  # nothing was down: a task that raised is a bug
+            outcome.problems.append(f"{len(errors)} tasks raised, e.g. {errors[0]}")
     if scenario.lowvis:
         outcome.extra += f" redelivered={redeliveries(log_files)}"
     the_stack.failed |= not outcome.ok

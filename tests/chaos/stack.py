@@ -26,7 +26,7 @@ from tests.chaos.procs import Postgres, Proc, Redis, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "chaos-token"
-HEARTBEAT = "mediagen:worker:"
+WORKERS = "mediagen:workers"  # mediagen.broker.WORKERS
 
 
 @dataclass(frozen=True)
@@ -254,10 +254,10 @@ class Stack:
                     last = (worker.tail(1) or "no output").strip()
                     raise RuntimeError(f"{worker.name} exited at start ({worker.log}): {last}")
                 try:
-                    keys = [k async for k in client.scan_iter(f"{HEARTBEAT}*:{worker.pid}")]
+                    members = await client.zrange(WORKERS, 0, -1)
                 except (aioredis.ConnectionError, OSError):
-                    keys = []
-                if keys:
+                    members = []
+                if any(m.decode().endswith(f":{worker.pid}") for m in members):
                     return
                 await asyncio.sleep(0.2)
             raise TimeoutError(f"{worker.name} did not report in within {timeout:g}s")
