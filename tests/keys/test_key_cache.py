@@ -12,9 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import PG_ADMIN, TEST_DB, TEST_ENV, TMP
+from tests.conftest import PG_ADMIN, TEST_DB, TEST_ENV, start_api
 from tests.keys.test_keys import create_key, mediagen_cli
-from tests.support import Proc, free_port, wait_for
 
 NAME = f"two-processes-{os.getpid()}"
 
@@ -22,20 +21,12 @@ NAME = f"two-processes-{os.getpid()}"
 @pytest.fixture(scope="module")
 def two_processes(database: str) -> Iterator[str]:
     """`mediagen api --workers 2`, keys required, its connections named NAME."""
-    port = free_port()
-    proc = Proc.start("api-two", ["python", "-m", "mediagen", "api", "--workers", "2"],
-                      TMP / "api-two.log",
-                      {"API_PORT": str(port), "AUTH_REQUIRED": "true",
-                       "DATABASE_URL": f"{TEST_ENV['DATABASE_URL']}?application_name={NAME}"})
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 30, proc, "two API processes")
+    proc, url = start_api(
+        "api-two",
+        {"AUTH_REQUIRED": "true",
+         "DATABASE_URL": f"{TEST_ENV['DATABASE_URL']}?application_name={NAME}"},
+        cmd=["python", "-m", "mediagen", "api", "--workers", "2"],
+    )
     yield url
     proc.stop()
 
