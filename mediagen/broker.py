@@ -35,7 +35,9 @@ import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
-QUEUE = "mediagen"  # the one Celery queue (a Redis list of that name)
+QUEUE = "mediagen"  # job steps and the sweeper (a Redis list of that name)
+WEBHOOK_QUEUE = "mediagen.webhooks"  # client webhook deliveries, apart so none waits behind them
+QUEUES = (QUEUE, WEBHOOK_QUEUE)  # what a worker consumes
 STREAM_MAXLEN = 1000  # job event streams: approximate (`MAXLEN ~`), never fewer once trimmed
 STREAM_TTL = 24 * 3600  # refreshed by every event
 _ORIGIN = f"mediagen@{socket.gethostname()}"
@@ -50,6 +52,7 @@ class Task:
     name: str
     args: tuple[Any, ...]
     countdown: float = 0.0
+    queue: str = QUEUE
 
 
 def task_message(task: Task, now: datetime | None = None) -> bytes:
@@ -90,7 +93,7 @@ def task_message(task: Task, now: datetime | None = None) -> bytes:
                 "correlation_id": task_id,
                 "reply_to": _REPLY_TO,
                 "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "delivery_info": {"exchange": "", "routing_key": task.queue},
                 "priority": 0,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
@@ -112,7 +115,7 @@ HEARTBEAT_TTL = 15
 
 @dataclass
 class _Batch:
-    tasks: list[bytes] = field(default_factory=list)
+    tasks: dict[str, list[bytes]] = field(default_factory=dict)  # queue -> messages
     events: list[tuple[str, str, bytes]] = field(default_factory=list)
     queued: dict[str, float] = field(default_factory=dict)
     unqueued: list[str] = field(default_factory=list)
@@ -145,7 +148,7 @@ class Outbox:
         return batch.done
 
     def send(self, task: Task) -> asyncio.Future[bool]:
-        self._batch.tasks.append(task_message(task))
+        self._batch.tasks.setdefault(task.queue, []).append(task_message(task))
         return self._future()
 
     def event(
@@ -189,8 +192,8 @@ class Outbox:
     async def _send(self, batch: _Batch) -> bool:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                if batch.tasks:
-                    pipe.lpush(QUEUE, *batch.tasks)
+                for queue, messages in batch.tasks.items():
+                    pipe.lpush(queue, *messages)
                 if batch.queued:
                     pipe.zadd(QUEUE_INDEX, batch.queued)
                 if batch.unqueued:

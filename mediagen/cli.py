@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from mediagen.broker import QUEUES
 from mediagen.config import Settings, get_settings
 from mediagen.keys import cli as keys_cli
 
@@ -61,7 +62,7 @@ def _worker_cmd(settings: Settings, beat: bool) -> list[str]:
         "-c",
         str(settings.worker_concurrency),
         "-Q",
-        "mediagen",
+        ",".join(QUEUES),
         "--loglevel",
         level,
         "-n",

@@ -96,7 +96,11 @@ class Settings(BaseSettings):
     # Hosts exempt from the private-address check, comma-separated (local testing only).
     webhook_allow_hosts: str = ""
     # Base of the retry schedule: base x (1, 6, 24, 120, 360, 720) seconds, then give up.
-    webhook_retry_delay: float = Field(5.0, gt=0)
+    webhook_retry_delay: float = Field(5.0, gt=0, le=60)
+    # One attempt, all of it (connect, send, the answer), in seconds; then it counts as failed.
+    webhook_timeout: float = Field(10.0, gt=0, le=60)
+    # Attempts in progress at once per worker process (on its event loop, not in its threads).
+    webhook_concurrency: int = Field(100, ge=1, le=10_000)
 
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=1000)
@@ -126,6 +130,23 @@ class Settings(BaseSettings):
     @property
     def provider_name(self) -> str:
         return "replicate" if self.replicate_api_token else "builtin"
+
+
+# Multiples of WEBHOOK_RETRY_DELAY between a client webhook's attempts, and the most a
+# receiver's Retry-After may ask for (mediagen.notify.delivery).
+WEBHOOK_SCHEDULE = (1, 6, 24, 120, 360, 720)
+WEBHOOK_MAX_RETRY_AFTER = 3600.0
+MAX_POLL_WAIT = 60.0  # the longest a running prediction waits for its next look
+
+
+def longest_countdown(settings: Settings) -> float:
+    """The longest delay any task message is scheduled with (the broker must hold it)."""
+    return max(
+        settings.retry_max_delay,
+        MAX_POLL_WAIT,
+        settings.webhook_retry_delay * WEBHOOK_SCHEDULE[-1],
+        WEBHOOK_MAX_RETRY_AFTER,
+    )
 
 
 @lru_cache

@@ -11,6 +11,9 @@ MediagenError
 ├── ProviderError                 raised by a generation provider
 │   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
 │   └── PermanentProviderError    bad input or model failure: fail the job at once
+├── OutboundError                 an outbound HTTP exchange failed (`retryable`, `status`,
+│   │                             `retry_after` say how; mediagen.outbound)
+│   └── RefusedAddressError       not http(s), or the host reaches a non-public address
 └── StorageError                  the result store refused a read or write
 """
 
@@ -84,6 +87,30 @@ class RetryableProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     code = "provider_permanent"
+
+
+class OutboundError(MediagenError):
+    code = "outbound_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RefusedAddressError(OutboundError):
+    code = "refused_address"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 class StorageError(MediagenError):

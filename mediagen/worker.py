@@ -30,8 +30,8 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen.broker import HEARTBEAT_TTL, QUEUE, WORKERS, Outbox, Task
-from mediagen.config import Settings, get_settings
+from mediagen.broker import HEARTBEAT_TTL, QUEUE, WEBHOOK_QUEUE, WORKERS, Outbox, Task
+from mediagen.config import Settings, get_settings, longest_countdown
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 
@@ -79,7 +79,10 @@ def make_celery(settings: Settings) -> Celery:
         result_backend=None,
         task_ignore_result=True,
         task_default_queue=QUEUE,
-        task_routes={"mediagen.*": {"queue": QUEUE}},
+        task_routes={
+            "mediagen.notify.*": {"queue": WEBHOOK_QUEUE},
+            "mediagen.*": {"queue": QUEUE},
+        },
         # A task is acknowledged after it ran; if its process dies the job's lease (not the
         # broker) brings it back, so no endless redelivery loop.
         task_acks_late=True,
@@ -90,8 +93,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
         broker_transport_options={
-            # Countdowns never exceed RETRY_MAX_DELAY; keep the redelivery window well above it.
-            "visibility_timeout": max(3600, int(settings.retry_max_delay * 2)),
+            # Redis redelivers a message not acknowledged within this; a countdown counts, so
+            # keep it at twice the longest countdown anything schedules (job retries, polls,
+            # webhook retries), or such a message would run twice.
+            "visibility_timeout": int(2 * max(1800, longest_countdown(settings))),
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
         },
@@ -122,10 +127,13 @@ app = celery_app  # `celery -A mediagen.worker` finds `app`
 
 
 class Runtime:
-    """One event loop thread, Tortoise pool, provider and storage per worker process."""
+    """One event loop thread, Tortoise pool, outbound HTTP client, provider, storage and webhook
+    deliverer per worker process."""
 
     def __init__(self, settings: Settings) -> None:
         from mediagen.jobs.pipeline import Pipeline
+        from mediagen.notify.delivery import Deliverer
+        from mediagen.outbound import Outbound
         from mediagen.providers import create_provider
         from mediagen.storage import create_storage
 
@@ -136,11 +144,16 @@ class Runtime:
             target=self.loop.run_forever, name="mediagen-loop", daemon=True
         )
         self._thread.start()
-        self.provider = create_provider(settings)
+        self.outbound = Outbound()
+        self.provider = create_provider(settings, self.outbound)
         self.storage = create_storage(settings)
         self._heartbeat: asyncio.Task[None] | None = None
         self.outbox = self.run(self._open())
         self.pipeline = Pipeline(settings, self.provider, self.storage, self.outbox)
+        self.deliverer = self.run(self._deliverer(Deliverer))
+
+    async def _deliverer(self, cls: Any) -> Any:
+        return cls(self.settings, self.storage, self.outbound, self.outbox.send)
 
     async def _open(self) -> Outbox:
         import redis.asyncio as aioredis
@@ -203,9 +216,11 @@ class Runtime:
     async def _close(self) -> None:
         if self._heartbeat:
             self._heartbeat.cancel()
+        await self.deliverer.close()
         await self.outbox.close()
         await self.outbox.client.aclose()
         await self.provider.close()
+        await self.outbound.close()
         await self.storage.close()
         await close_db()
 

@@ -14,8 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mediagen.broker import QUEUES
 from mediagen.config import Settings
-from mediagen.worker import QUEUE
 
 REQUIRED = {"api", "celery_worker", "beat", "flower", "postgres", "redis", "migrate"}
 
@@ -26,8 +26,8 @@ def problems() -> list[str]:
     services = compose["services"]
     found += [f"service {name} missing" for name in sorted(REQUIRED - set(services))]
     worker = services.get("celery_worker", {}).get("command", [])
-    if "-Q" not in worker or worker[worker.index("-Q") + 1] != QUEUE:
-        found.append(f"celery_worker does not consume the {QUEUE!r} queue tasks are routed to")
+    if "-Q" not in worker or worker[worker.index("-Q") + 1] != ",".join(QUEUES):
+        found.append(f"celery_worker does not consume the queues tasks go to: {QUEUES}")
     if "5555:5555" not in services.get("flower", {}).get("ports", []):
         found.append("flower is not published on :5555")
     known = {name.upper() for name in Settings.model_fields}

@@ -120,7 +120,7 @@ def start_worker(name: str, broker: redis.Redis,
     proc = Proc.start(
         name,
         ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "threads", "-c", "8",
-         "-Q", "mediagen", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+         "-Q", "mediagen,mediagen.webhooks", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
          "-n", f"{name}-{os.getpid()}@%h"],
         TMP / f"{name}.log",
         extra_env,

@@ -20,11 +20,11 @@ import asyncio
 import uuid
 from typing import Any
 
-from mediagen.broker import STREAM_MAXLEN, Outbox, Task, stream_key
+from mediagen.broker import STREAM_MAXLEN, Outbox, stream_key
 from mediagen.jobs.models import Job
 from mediagen.jobs.repository import Moved
 from mediagen.jobs.states import JobStatus
-from mediagen.notify import DELIVER_TASK
+from mediagen.notify import delivery_task
 
 __all__ = ["STREAM_MAXLEN", "announce", "order", "payload_of", "status_payload", "stream_key"]
 
@@ -77,7 +77,7 @@ def announce(
     if job.status is not JobStatus.PENDING:
         outbox.dequeue([job.id])
     for delivery_id in moved.deliveries:
-        outbox.send(Task(DELIVER_TASK, (str(delivery_id),)))
+        outbox.send(delivery_task(delivery_id))
     return outbox.event(job.id, "status", payload_of(job))
 
 
@@ -86,7 +86,7 @@ def announce_progress(
 ) -> asyncio.Future[bool]:
     """A running job's new progress (stored by `moved`), and its webhook deliveries."""
     for delivery_id in moved.deliveries:
-        outbox.send(Task(DELIVER_TASK, (str(delivery_id),)))
+        outbox.send(delivery_task(delivery_id))
     return outbox.event(moved.job.id, "progress", progress)
 
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from mediagen.broker import Outbox, Task
-from mediagen.config import Settings
+from mediagen.config import MAX_POLL_WAIT, Settings
 from mediagen.errors import PermanentProviderError, ProviderError, StorageError
 from mediagen.jobs import events, progress
 from mediagen.jobs import repository as repo
@@ -29,8 +29,6 @@ from mediagen.providers.base import GenerationRequest, Prediction, PredictionSta
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-MAX_POLL_WAIT = 60.0
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,9 @@ loop, and publish the step it asks for next. Results are ignored: Postgres holds
 
 from __future__ import annotations
 
-from mediagen.broker import Task
 from mediagen.jobs.dispatch import CANCEL_UPSTREAM, POLL, START
 from mediagen.jobs.sweeper import sweep as sweep_jobs
-from mediagen.notify import DELIVER_TASK
+from mediagen.notify import delivery_task
 from mediagen.notify.service import stranded_deliveries
 from mediagen.worker import Runtime, celery_app, runtime
 
@@ -36,7 +35,7 @@ async def _sweep(rt: Runtime) -> int:
     jobs = await sweep_jobs(rt.pipeline)
     deliveries = await stranded_deliveries(rt.settings)
     for delivery_id in deliveries:
-        rt.outbox.send(Task(DELIVER_TASK, (delivery_id,)))
+        rt.outbox.send(delivery_task(delivery_id))
     await rt.outbox.flush()
     return jobs + len(deliveries)
 

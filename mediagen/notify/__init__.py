@@ -1,3 +1,14 @@
 """Client webhooks: signed POSTs to the URL a client gave with its job (see README)."""
 
+from __future__ import annotations
+
+import uuid
+
+from mediagen.broker import WEBHOOK_QUEUE, Task
+
 DELIVER_TASK = "mediagen.notify.deliver"  # one delivery attempt (mediagen.notify.tasks)
+
+
+def delivery_task(delivery_id: uuid.UUID | str, countdown: float = 0.0) -> Task:
+    """The task message of a delivery's (next) attempt, on the webhook deliveries' queue."""
+    return Task(DELIVER_TASK, (str(delivery_id),), countdown, queue=WEBHOOK_QUEUE)

@@ -1,11 +1,19 @@
 """One delivery attempt: POST the signed payload to the checked address, record the outcome.
 
 - 2xx: delivered.
-- A network error, a host that does not resolve, 408, 429 or 5xx: retried after
-  WEBHOOK_RETRY_DELAY x (1, 6, 24, 120, 360, 720) (5 s .. 1 h by default), or after the
-  receiver's Retry-After (seconds, capped at 1 h) when it is longer; after the last one: failed.
+- A network error, a host that does not resolve, no complete answer within WEBHOOK_TIMEOUT,
+  408, 425, 429 or 5xx: retried after WEBHOOK_RETRY_DELAY x (1, 6, 24, 120, 360, 720) (5 s ..
+  1 h by default), or after the receiver's Retry-After (seconds or a date, capped at 1 h) when
+  it is longer; after the last one: failed.
 - Any other answer (3xx included: redirects are never followed) or a URL that now resolves to
-  a private address: failed at once.
+  a non-public address: failed at once.
+
+A receiver cannot hold a worker: WEBHOOK_TIMEOUT bounds the whole attempt (connect, send and
+answer), at most ANSWER_BYTES of the answer are read, raw (a gzip bomb stays 4 KiB of bytes),
+and attempts run on the worker's event loop (`Deliverer`), not in its task threads, so job
+steps never wait for them. An attempt first marks the delivery as in flight (its
+`next_attempt_at` moves to the end of the attempt): the sweeper, which re-sends deliveries
+whose message was lost, and a duplicated message both leave it alone meanwhile.
 
 Every attempt of one delivery carries the same `webhook-id`, a fresh `webhook-timestamp` and a
 `webhook-signature` (v1) over "{id}.{timestamp}.{body}".
@@ -13,28 +21,32 @@ Every attempt of one delivery carries the same `webhook-id`, a fresh `webhook-ti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from standardwebhooks import Webhook
 
-from mediagen.config import Settings
+from mediagen.broker import Task
+from mediagen.config import WEBHOOK_MAX_RETRY_AFTER, WEBHOOK_SCHEDULE, Settings
+from mediagen.errors import OutboundError
 from mediagen.jobs.models import Job
 from mediagen.keys.models import ApiKey
-from mediagen.netguard import ResolveError, UnsafeURLError, pinned_urls
+from mediagen.notify import delivery_task
 from mediagen.notify.models import DeliveryStatus, WebhookDelivery
+from mediagen.outbound import Outbound, Policy, classify
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-SCHEDULE = (1, 6, 24, 120, 360, 720)  # multiples of WEBHOOK_RETRY_DELAY
+SCHEDULE = WEBHOOK_SCHEDULE  # multiples of WEBHOOK_RETRY_DELAY
 MAX_ATTEMPTS = len(SCHEDULE) + 1
-TIMEOUT = 10.0
-MAX_RETRY_AFTER = 3600.0
-_RETRYABLE = {408, 429}
+MAX_RETRY_AFTER = WEBHOOK_MAX_RETRY_AFTER
+ANSWER_BYTES = 4096
+IN_FLIGHT_MARGIN = 5.0  # beyond WEBHOOK_TIMEOUT before an attempt counts as lost
 
 
 def retry_delay(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
@@ -45,11 +57,14 @@ def retry_delay(settings: Settings, attempts: int, retry_after: float | None = N
     return delay
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return float(value)
-    return None
+def policy(settings: Settings) -> Policy:
+    return Policy(
+        deadline=settings.webhook_timeout,
+        max_bytes=ANSWER_BYTES,
+        truncate=True,
+        allow_hosts=settings.webhook_allow_host_list,
+        redirects=0,
+    )
 
 
 async def _secret(job_id: uuid.UUID, settings: Settings) -> str:
@@ -67,31 +82,32 @@ async def _body(delivery: WebhookDelivery, storage: Storage) -> str:
     return json.dumps(data, separators=(",", ":"))
 
 
-async def _post(url: str, headers: dict[str, str], body: str, settings: Settings) -> httpx.Response:
-    """POST to each checked address in turn until one connects; no redirects."""
-    parsed = httpx.URL(url)
-    error: httpx.TransportError | None = None
-    async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False) as client:
-        for pinned in await pinned_urls(url, allow_hosts=settings.webhook_allow_host_list):
-            request = client.build_request(
-                "POST",
-                pinned,
-                content=body.encode(),
-                headers={**headers, "Host": parsed.netloc.decode("ascii")},
-                extensions={"sni_hostname": parsed.host},
-            )
-            try:
-                return await client.send(request)
-            except httpx.ConnectError as exc:
-                error = exc
-    assert error is not None
-    raise error
+async def _claim(delivery: WebhookDelivery, settings: Settings) -> bool:
+    """Mark the delivery in flight until the attempt must be over (compare-and-set on its due
+    time, so of two copies of one message only one sends)."""
+    now = datetime.now(UTC)
+    due = delivery.next_attempt_at
+    if due is not None and due > now + timedelta(seconds=1):
+        return False  # in flight elsewhere, or not due yet
+    until = now + timedelta(seconds=settings.webhook_timeout + IN_FLIGHT_MARGIN)
+    claimed = await WebhookDelivery.filter(
+        id=delivery.id,
+        status=DeliveryStatus.PENDING,
+        attempts=delivery.attempts,
+        next_attempt_at=due,
+    ).update(next_attempt_at=until)
+    return claimed == 1
 
 
-async def attempt(delivery_id: str, settings: Settings, storage: Storage) -> float | None:
-    """Make one attempt; the countdown of the next one, or None when the delivery is settled."""
+async def attempt(
+    delivery_id: str, settings: Settings, storage: Storage, outbound: Outbound
+) -> float | None:
+    """Make one attempt; the countdown of the next one, or None when the delivery is settled
+    (or was not this call's to make)."""
     delivery = await WebhookDelivery.get_or_none(id=delivery_id)
     if delivery is None or delivery.status is not DeliveryStatus.PENDING:
+        return None
+    if not await _claim(delivery, settings):
         return None
     attempts = delivery.attempts + 1
     code: int | None = None
@@ -101,7 +117,7 @@ async def attempt(delivery_id: str, settings: Settings, storage: Storage) -> flo
     try:
         secret = await _secret(delivery.job_id, settings)
         if not secret:
-            raise UnsafeURLError("no webhook secret to sign with")
+            raise ValueError("no webhook secret to sign with")
         body = await _body(delivery, storage)
         sent = datetime.now(UTC).replace(microsecond=0)
         headers = {
@@ -111,18 +127,17 @@ async def attempt(delivery_id: str, settings: Settings, storage: Storage) -> flo
             "webhook-timestamp": str(int(sent.timestamp())),
             "webhook-signature": Webhook(secret).sign(delivery.message_id, sent, body),
         }
-        response = await _post(delivery.url, headers, body, settings)
-        await response.aclose()
-        code = response.status_code
-        if not 200 <= code < 300:
+        reply = await outbound.call(
+            "POST", delivery.url, policy(settings), content=body.encode(), headers=headers
+        )
+        code = reply.status
+        verdict = classify(code)
+        if verdict != "ok":
             error = f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")
-            retry = code in _RETRYABLE or code >= 500
-            retry_after = _retry_after(response)
-    except UnsafeURLError as exc:
-        error = str(exc)
-    except (ResolveError, httpx.HTTPError, OSError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        retry = True
+            retry = verdict == "retry"
+            retry_after = reply.retry_after
+    except OutboundError as exc:
+        error, retry = exc.message, exc.retryable
     except Exception as exc:  # an unusable secret or URL: retrying would not help
         error = f"{type(exc).__name__}: {exc}"
     now = datetime.now(UTC)
@@ -156,3 +171,43 @@ async def attempt(delivery_id: str, settings: Settings, storage: Storage) -> flo
         f"; next in {countdown:g}s" if countdown is not None else "",
     )
     return countdown
+
+
+class Deliverer:
+    """Attempts run as tasks on the worker's event loop, at most WEBHOOK_CONCURRENCY at once
+    per process; a task thread only hands the id over and returns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        outbound: Outbound,
+        publish: Callable[[Task], asyncio.Future[bool]],
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.outbound = outbound
+        self.publish = publish
+        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def submit(self, delivery_id: str) -> None:
+        """Start an attempt (call on the loop)."""
+        task = asyncio.get_running_loop().create_task(self._run(delivery_id))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, delivery_id: str) -> None:
+        async with self._slots:
+            try:
+                countdown = await attempt(delivery_id, self.settings, self.storage, self.outbound)
+            except Exception:  # the delivery stays pending; the sweeper sends it again
+                log.exception("webhook delivery %s: attempt failed", delivery_id)
+                return
+        if countdown is not None:
+            self.publish(delivery_task(delivery_id, countdown))
+
+    async def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)

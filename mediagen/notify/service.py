@@ -13,14 +13,13 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-import httpx
 from tortoise.expressions import Q
 
 from mediagen.config import Settings
-from mediagen.errors import MediagenError
+from mediagen.errors import MediagenError, OutboundError, RefusedAddressError
 from mediagen.keys.models import ApiKey
-from mediagen.netguard import ResolveError, UnsafeURLError, pinned_urls
 from mediagen.notify.models import DeliveryStatus, WebhookDelivery
+from mediagen.outbound import pinned_urls
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,11 @@ async def check_webhook(url: str, settings: Settings, owner: ApiKey | None) -> N
         await asyncio.wait_for(
             pinned_urls(url, allow_hosts=settings.webhook_allow_host_list), RESOLVE_TIMEOUT
         )
-    except UnsafeURLError as exc:
-        raise WebhookRejectedError(f"webhook: {exc}") from exc
-    except (ResolveError, TimeoutError):
+    except RefusedAddressError as exc:
+        raise WebhookRejectedError(f"webhook: {exc.message}") from exc
+    except (OutboundError, TimeoutError):  # does not resolve (yet)
         return
-    except (ValueError, OverflowError, httpx.InvalidURL) as exc:  # e.g. a label too long
+    except (ValueError, OverflowError) as exc:  # e.g. a label too long
         raise WebhookRejectedError(f"webhook: invalid URL: {exc}") from exc
 
 

@@ -1,17 +1,13 @@
-"""The delivery task: one attempt on the process's event loop; a retry is a new message with a
-countdown (no sleeping in the pool)."""
+"""The delivery task: hands the attempt to the worker's event loop and returns at once, so a
+slow receiver never holds a task thread (`mediagen.notify.delivery.Deliverer`)."""
 
 from __future__ import annotations
 
-from mediagen.broker import Task
 from mediagen.notify import DELIVER_TASK
-from mediagen.notify.delivery import attempt
 from mediagen.worker import celery_app, runtime
 
 
 @celery_app.task(name=DELIVER_TASK)
 def deliver(delivery_id: str) -> None:
     rt = runtime()
-    countdown = rt.run(attempt(delivery_id, rt.settings, rt.storage))
-    if countdown is not None:
-        rt.run(rt.publish(Task(DELIVER_TASK, (delivery_id,), countdown)))
+    rt.loop.call_soon_threadsafe(rt.deliverer.submit, delivery_id)

@@ -211,9 +211,9 @@ class Stack:
         threads_cmd = [py, "-m", "mediagen", "worker"]
         if lowvis:  # the same command line `mediagen worker` execs, on the S8 app
             threads_cmd = [py, "-m", "celery", "-A", celery_app, "worker", "-P", "threads"]
-            threads_cmd += ["-c", "16", "-Q", "mediagen", "-n", "chaos-threads@%h", "-l", "INFO"]
+            threads_cmd += ["-c", "16", "-Q", "mediagen,mediagen.webhooks", "-n", "chaos-threads@%h", "-l", "INFO"]
         prefork_cmd = [py, "-m", "celery", "-A", celery_app, "worker", "-P", "prefork", "-c", "2"]
-        prefork_cmd += ["-Q", "mediagen", "-n", "chaos-prefork@%h", "--loglevel", "INFO"]
+        prefork_cmd += ["-Q", "mediagen,mediagen.webhooks", "-n", "chaos-prefork@%h", "--loglevel", "INFO"]
         prefork_cmd += ["--without-mingle", "--without-gossip"]
         app = App(
             key=key,
