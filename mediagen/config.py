@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     replicate_api_token: str = ""
     replicate_base_url: str = "https://api.replicate.com/v1"
     replicate_default_model: str = "black-forest-labs/flux-schnell"
+    # Models a request may name (`model`), comma-separated shell-style patterns such as
+    # `black-forest-labs/*` or `owner/name:*`; empty: the default model only.
+    allowed_models: str = ""
     # Secret (`whsec_...`) that verifies Replicate's webhooks; webhooks are used only when
     # PUBLIC_BASE_URL is set (the address Replicate can reach us at), else jobs are polled.
     replicate_webhook_secret: str = ""
@@ -65,6 +68,10 @@ class Settings(BaseSettings):
     s3_presign_expiry: int = Field(3600, ge=1, le=7 * 24 * 3600)
     # When set, result URLs are `{MEDIA_BASE_URL}/{key}` (public bucket or CDN), not presigned.
     media_base_url: str = ""
+    # Local storage: result URLs under /media are signed and valid this long (seconds).
+    media_url_ttl: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    # The key that signs them; empty: one made at random once and kept in Postgres.
+    media_signing_key: str = ""
 
     # --- API ---------------------------------------------------------------------------------
     # auto: keys are required as soon as one exists (a fresh local run needs none).
@@ -122,6 +129,11 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def allowed_model_patterns(self) -> list[str]:
+        found = [p.strip() for p in self.allowed_models.split(",") if p.strip()]
+        return found or [self.replicate_default_model]
 
     @property
     def webhook_allow_host_list(self) -> list[str]:

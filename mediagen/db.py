@@ -37,6 +37,7 @@ MODELS = [
     "mediagen.jobs.idempotency",
     "mediagen.keys.models",
     "mediagen.notify.models",
+    "mediagen.storage.signing",
 ]
 _initialised = False
 _pool: tuple[asyncio.AbstractEventLoop, asyncpg.Pool] | None = None

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from mediagen import __version__, errors_http, health
@@ -30,6 +29,8 @@ from mediagen.limits import BodySizeLimit
 from mediagen.notify.router import router as notify_router
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
+from mediagen.storage.served import SignedFiles
+from mediagen.storage.signing import load_signer
 
 API_PREFIX = "/api/v1"
 WEBHOOK_MAX_BYTES = 4 * 1024 * 1024
@@ -76,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await init_db(settings, "mediagen-api")
+        if isinstance(storage, LocalStorage):
+            storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
         try:
             await storage.check()
         except StorageError as exc:  # keep serving: health answers 503 and says why
@@ -128,8 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(FastPaths)
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)
-        # StaticFiles refuses paths outside the directory and sets content types.
-        app.mount("/media", StaticFiles(directory=storage.root), name="media")
+        app.mount("/media", SignedFiles(storage), name="media")
     # Webhook bodies carry a prediction's logs: allow them more room than client requests.
     if settings.cors_origin_list:
         app.add_middleware(

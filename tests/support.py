@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -130,3 +131,13 @@ async def publish(redis_url: str, *tasks: Any) -> bool:
     finally:
         await outbox.close()
         await outbox.client.aclose()
+
+
+_SIGNED = re.compile(r"^(/media/[^?]+)\?expires=\d+&sig=[A-Za-z0-9_-]{43}$")
+
+
+def unsigned(url: str) -> str:
+    """The path of a signed /media URL (which must be signed: `?expires=...&sig=...`)."""
+    match = _SIGNED.match(url)
+    assert match, f"not a signed /media URL: {url}"
+    return match.group(1)

@@ -118,7 +118,7 @@ async def _caller(state: Any, headers: dict[bytes, bytes]) -> ApiKey | None:
             raise _Defer from None
         return key
     mode = state.settings.auth_required
-    if mode == "true" or (mode == "auto" and await state.keys.any_active()):
+    if mode == "true" or (mode == "auto" and await state.keys.required()):
         raise _Defer
     return None
 

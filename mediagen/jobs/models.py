@@ -21,8 +21,9 @@ class Job(Model):
     model = fields.CharField(max_length=200, null=True)
     provider = fields.CharField(max_length=32)
     # The key that created the job; only it can see the job (NULL: created without a key).
+    # RESTRICT: deleting a key must delete its jobs first, never hand them to anonymous callers.
     api_key: fields.ForeignKeyNullableRelation[ApiKey] = fields.ForeignKeyField(
-        "jobs.ApiKey", related_name="jobs", null=True, on_delete=fields.SET_NULL
+        "jobs.ApiKey", related_name="jobs", null=True, on_delete=fields.RESTRICT
     )
     api_key_id: uuid.UUID | None
 

@@ -195,7 +195,18 @@ class Pipeline:
         if moved is not None:
             events.announce(self.outbox, moved, progress=done)
             log.info("job %s: completed on attempt %d", job.id, attempt)
+        else:
+            await self._discard_if_canceled(job.id, outputs)
         return None
+
+    async def _discard_if_canceled(self, job_id: Any, outputs: list[dict[str, Any]]) -> None:
+        """A job canceled while its outputs were being stored keeps none of them. (The same
+        keys of a job another attempt completed are that attempt's: left alone.)"""
+        now = await repo.get(job_id)
+        if now is not None and now.status is JobStatus.CANCELED:
+            for output in outputs:
+                await self.storage.delete(output["key"])
+            log.info("job %s: canceled while finishing; its outputs were deleted", job_id)
 
     async def _on_error(
         self, job: Job, attempt: int, exc: ProviderError | StorageError

@@ -407,6 +407,31 @@ async def complete(
     )
 
 
+_MOVE_COUNTS = f"""
+UPDATE job_counters SET unfinished = job_counters.unfinished + anonymous.unfinished
+FROM job_counters AS anonymous
+WHERE anonymous.scope = '{ANONYMOUS}'::uuid AND job_counters.scope = $1
+  AND job_counters.shard = anonymous.shard
+"""
+
+
+async def adopt_anonymous(owner: uuid.UUID) -> int:
+    """Give every job made without a key to `owner` (counted as its unfinished jobs from now
+    on); how many jobs. One transaction. Anonymous submissions must be closed meanwhile (a key
+    exists and AUTH_REQUIRED is not `false`), or a job created during it would stay anonymous
+    while its count moved."""
+    async with (await pool()).acquire() as connection, connection.transaction():
+        status = await connection.execute(
+            "UPDATE jobs SET api_key_id = $1 WHERE api_key_id IS NULL", owner
+        )
+        await connection.execute(_ADD_SHARDS, owner)
+        await connection.execute(_MOVE_COUNTS, owner)
+        await connection.execute(
+            f"UPDATE job_counters SET unfinished = 0 WHERE scope = '{ANONYMOUS}'::uuid"
+        )
+    return int(status.rsplit(" ", 1)[1])
+
+
 async def mark_dispatched(job_ids: Iterable[uuid.UUID | str]) -> None:
     ids = [_uuid(job_id) for job_id in job_ids]
     await (await pool()).execute(

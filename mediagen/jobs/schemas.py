@@ -21,6 +21,9 @@ from mediagen.config import get_settings
 from mediagen.jobs.states import JobStatus
 
 MAX_PARAMETERS = 40  # known and passed-through keys together
+# Names a passed-through parameter may not take: the provider gets them from the request itself
+# (a `parameters.prompt` would replace the validated, length-checked prompt).
+RESERVED_PARAMETERS = frozenset({"prompt"})
 _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$|^[0-9a-f]{64}$")
 
@@ -65,7 +68,10 @@ _EXTRAS_SCHEMA: JsonDict = {
             {"type": "array", "maxItems": 64, "items": {"anyOf": _SCALAR_SCHEMA}},
         ]
     },
-    "propertyNames": {"pattern": _EXTRA_KEY.pattern},
+    "propertyNames": {
+        "pattern": _EXTRA_KEY.pattern,
+        "not": {"enum": list[JsonValue](sorted(RESERVED_PARAMETERS))},
+    },
     "maxProperties": MAX_PARAMETERS,
 }
 _DIMENSION_SCHEMA: JsonDict = {
@@ -162,6 +168,8 @@ class GenerationParameters(BaseModel):
         for key, value in extra.items():
             if not _EXTRA_KEY.match(key):
                 raise ValueError(f"parameter name {key!r} is not an identifier")
+            if key in RESERVED_PARAMETERS:
+                raise ValueError(f"parameter {key!r} is reserved: give it at the top level")
             values = value if isinstance(value, list) else [value]
             if len(values) > 64 or not all(isinstance(v, Scalar) for v in values):
                 raise ValueError(
@@ -302,6 +310,9 @@ class ErrorResponse(BaseModel):
     code: str
     errors: list[dict[str, Any]] | None = Field(None, description="Each invalid field (422).")
     status: JobStatus | None = Field(None, description="The job's state (409 on cancel).")
+    allowed: list[str] | None = Field(
+        None, description="The models this service allows (422 `model_not_allowed`)."
+    )
 
 
 def _iso_datetime(value: object) -> object:

@@ -10,6 +10,7 @@ its `dispatched_at` is cleared and the sweeper dispatches it.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import uuid
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from tortoise.expressions import Q
 
 from mediagen.broker import Outbox, Task
 from mediagen.config import Settings
-from mediagen.errors import ConflictError, NotFoundError
+from mediagen.errors import ConflictError, MediagenError, NotFoundError
 from mediagen.jobs import events, quotas
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import CANCEL_UPSTREAM, dispatch_new, queue_position
@@ -48,6 +49,8 @@ async def create_job(
     request: GenerateRequest, settings: Settings, outbox: Outbox, owner: ApiKey | None = None
 ) -> uuid.UUID:
     """Accept a job (durable once this returns) and have it dispatched after the commit."""
+    if request.model is not None:
+        check_model(request.model, settings)
     if request.webhook is not None:
         await notify.check_webhook(request.webhook, settings, owner)
     job_id = uuid.uuid4()
@@ -68,6 +71,21 @@ async def create_job(
         lambda sent: _undispatched(job_id) if not sent.result() else None
     )
     return job_id
+
+
+class ModelNotAllowedError(MediagenError):
+    status_code = 422
+    code = "model_not_allowed"
+
+
+def check_model(model: str, settings: Settings) -> None:
+    """Refuse (422) a model the operator has not allowed (ALLOWED_MODELS)."""
+    allowed = settings.allowed_model_patterns
+    if not any(fnmatch.fnmatchcase(model, pattern) for pattern in allowed):
+        raise ModelNotAllowedError(
+            f"model {model!r} is not allowed here; allowed: {', '.join(allowed)}",
+            allowed=allowed,
+        )
 
 
 def _undispatched(job_id: uuid.UUID) -> None:

@@ -1,7 +1,8 @@
 """Who is calling: `Authorization: Bearer mg_...`, or nobody when keys are not required.
 
-AUTH_REQUIRED=auto (the default) requires a key as soon as one exists, so a zero-setup local run
-works without one and a deployment that has created keys refuses anonymous calls. Both the key
+AUTH_REQUIRED=auto (the default) requires a key as soon as one has been made, so a zero-setup
+local run works without one and a deployment that has created keys refuses anonymous calls,
+even after its last key is revoked (only AUTH_REQUIRED=false opens it again). Both the key
 and the "does one exist" answer come from the process's `KeyCache`: no query per request.
 """
 
@@ -28,6 +29,6 @@ async def caller(
     if request.headers.get("authorization"):
         raise AuthenticationError("use `Authorization: Bearer <API key>`")
     mode = request.app.state.settings.auth_required
-    if mode == "true" or (mode == "auto" and await keys.any_active()):
+    if mode == "true" or (mode == "auto" and await keys.required()):
         raise AuthenticationError("an API key is required: `Authorization: Bearer mg_...`")
     return None

@@ -1,7 +1,7 @@
 """API keys as an API process sees them: looked up once, then served from memory.
 
 Authentication would otherwise cost a query on every request, and `AUTH_REQUIRED=auto` another
-("does any key exist?"). Both answers are kept for KEY_CACHE_SECONDS (negative ones too, so a
+("was any key ever made?"). Both answers are kept for KEY_CACHE_SECONDS (negative ones too, so a
 stream of bad keys cannot hammer the database). A change does not wait for that: `mediagen keys
 create|revoke` publishes on the Redis channel `mediagen:keys`, and every API process, subscribed
 to it, drops its cache at once. Nothing is cached while the subscription is down, and the cache
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from mediagen.errors import AuthenticationError
 from mediagen.keys.models import ApiKey
-from mediagen.keys.service import any_active_key, find_active_key, hash_key
+from mediagen.keys.service import any_key_made, find_active_key, hash_key
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,13 @@ class KeyCache:
             raise AuthenticationError("invalid or revoked API key")
         return key
 
-    async def any_active(self) -> bool:
-        """Whether any active key exists (for AUTH_REQUIRED=auto)."""
+    async def required(self) -> bool:
+        """Whether AUTH_REQUIRED=auto requires a key: once any key was ever made."""
         now = time.monotonic()
         if self._any is not None and self._any[1] > now:
             return self._any[0]
         generation = self._generation
-        found = await any_active_key()
+        found = await any_key_made()
         if self.subscribed and generation == self._generation:
             self._any = (found, now + self.ttl)
         return found

@@ -1,4 +1,4 @@
-"""`mediagen keys create|list|revoke`."""
+"""`mediagen keys create|list|revoke|adopt`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions.add_parser("list", help="list keys (prefix, name, created, revoked)")
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
+    adopt = actions.add_parser(
+        "adopt",
+        help="give every job made without a key (before keys were required) to this key",
+    )
+    adopt.add_argument("key", help="the key's id or its `mg_...` prefix")
 
 
 async def _announce(settings: Settings) -> None:
@@ -58,6 +63,16 @@ async def _run(args: argparse.Namespace) -> int:
                     f"{key.id}  {key.prefix}...  {key.created_at:%Y-%m-%d %H:%M}  {state}  "
                     f"{key.name}"
                 )
+        elif args.action == "adopt":
+            try:
+                key = await service.find_key(args.key)
+            except NotFoundError as exc:
+                print(f"mediagen keys: {exc.message}")
+                return 1
+            from mediagen.jobs.repository import adopt_anonymous
+
+            count = await adopt_anonymous(key.id)
+            print(f"{count} job(s) made without a key now belong to key {key.id} ({key.prefix}...)")
         else:
             try:
                 key = await service.revoke_key(args.key)

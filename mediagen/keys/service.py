@@ -46,7 +46,8 @@ async def list_keys() -> list[ApiKey]:
     return await ApiKey.all().order_by("created_at")
 
 
-async def revoke_key(key_id_or_prefix: str) -> ApiKey:
+async def find_key(key_id_or_prefix: str) -> ApiKey:
+    """The one active key with this id or `mg_...` prefix; NotFoundError otherwise."""
     try:
         query = ApiKey.filter(id=uuid.UUID(key_id_or_prefix))
     except ValueError:
@@ -54,8 +55,13 @@ async def revoke_key(key_id_or_prefix: str) -> ApiKey:
     keys = await query.filter(revoked_at=None)
     if len(keys) != 1:
         raise NotFoundError(f"no single active key matches {key_id_or_prefix!r}")
-    await ApiKey.filter(id=keys[0].id).update(revoked_at=datetime.now(UTC))
     return keys[0]
+
+
+async def revoke_key(key_id_or_prefix: str) -> ApiKey:
+    key = await find_key(key_id_or_prefix)
+    await ApiKey.filter(id=key.id).update(revoked_at=datetime.now(UTC))
+    return key
 
 
 async def find_active_key(digest: str) -> ApiKey | None:
@@ -63,5 +69,6 @@ async def find_active_key(digest: str) -> ApiKey | None:
     return await ApiKey.get_or_none(key_hash=digest, revoked_at=None)
 
 
-async def any_active_key() -> bool:
-    return await ApiKey.filter(revoked_at=None).exists()
+async def any_key_made() -> bool:
+    """Whether a key was ever created, revoked or not (AUTH_REQUIRED=auto requires keys then)."""
+    return await ApiKey.exists()

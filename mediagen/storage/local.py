@@ -1,4 +1,5 @@
-"""Local filesystem storage, served by the API under `/media/{key}`.
+"""Local filesystem storage, served by the API under `/media/{key}` with signed, expiring URLs
+(`mediagen.storage.signing`).
 
 File I/O runs in a worker thread so the event loop never waits on the disk.
 """
@@ -9,17 +10,23 @@ import asyncio
 import os
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 from mediagen.errors import StorageError
 from mediagen.storage.base import Body
+from mediagen.storage.signing import MediaSigner
 
 
 class LocalStorage:
     name = "local"
 
-    def __init__(self, root: Path, url_prefix: str = "/media") -> None:
+    def __init__(
+        self, root: Path, url_prefix: str = "/media", signer: MediaSigner | None = None
+    ) -> None:
         self.root = root.resolve()
         self.url_prefix = url_prefix.rstrip("/")
+        # Set once the deployment's key is loaded (`load_signer`); without one URLs are bare.
+        self.signer = signer
 
     def key_for(self, job_id: str, index: int, ext: str) -> str:
         """`{job_id}.{ext}` for the first output (the spec's `/media/{job_id}.{ext}`), then
@@ -74,7 +81,8 @@ class LocalStorage:
         await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)
 
     async def url_for(self, key: str) -> str:
-        return f"{self.url_prefix}/{key}"
+        url = f"{self.url_prefix}/{quote(key)}"
+        return f"{url}?{self.signer.query(key)}" if self.signer else url
 
     async def check(self) -> None:
         probe = f".health/{uuid.uuid4().hex}"

@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 from PIL import Image
 
-from tests.support import submit, wait_terminal
+from tests.support import submit, unsigned, wait_terminal
 
 README_BODY = {
     "prompt": "A beautiful sunset over mountains",
@@ -36,7 +36,7 @@ async def test_readme_round_trip(client: httpx.AsyncClient) -> None:
                            "retry_count"}
     assert status["status"] == "completed"
     assert status["retry_count"] == 0
-    assert status["result_url"] == f"/media/{job_id}.png"
+    assert unsigned(status["result_url"]) == f"/media/{job_id}.png"
     assert datetime.fromisoformat(status["updated_at"]) >= datetime.fromisoformat(
         status["created_at"])
 
@@ -47,8 +47,9 @@ async def test_readme_round_trip(client: httpx.AsyncClient) -> None:
     assert detail["provider"] == "builtin"
     assert detail["started_at"] and detail["completed_at"]
     assert detail["duration_seconds"] > 0
-    assert detail["outputs"] == [{"url": status["result_url"], "content_type": "image/png",
-                                  "size": detail["outputs"][0]["size"]}]
+    [output] = detail["outputs"]
+    assert unsigned(output["url"]) == unsigned(status["result_url"])  # signed when each was read
+    assert (output["content_type"], output["size"] > 0) == ("image/png", True)
 
     media = await client.get(status["result_url"])
     assert media.status_code == 200
@@ -101,7 +102,8 @@ async def test_several_outputs(client: httpx.AsyncClient) -> None:
     detail = await wait_terminal(client, job_id)
     assert detail["status"] == "completed", detail
     urls = [o["url"] for o in detail["outputs"]]
-    assert urls == [f"/media/{job_id}.png", f"/media/{job_id}-1.png", f"/media/{job_id}-2.png"]
+    assert [unsigned(url) for url in urls] == [
+        f"/media/{job_id}.png", f"/media/{job_id}-1.png", f"/media/{job_id}-2.png"]
     bodies = [(await client.get(url)).content for url in urls]
     assert len(set(bodies)) == 3
 

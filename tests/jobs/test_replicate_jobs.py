@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ import redis
 
 from tests.conftest import REDIS_URL, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
-from tests.support import free_port, wait_terminal
+from tests.support import free_port, unsigned, wait_terminal
 
 
 @dataclass
@@ -138,10 +139,10 @@ async def test_several_outputs_of_several_media_types(polling: Stack) -> None:
     assert job["status"] == "completed", job
     types = [o["content_type"] for o in job["outputs"]]
     assert types == ["image/png", "video/mp4", "audio/wav"]
-    assert job["result_url"] == job["outputs"][0]["url"]
+    assert unsigned(job["result_url"]) == unsigned(job["outputs"][0]["url"])
     job_id = job["job_id"]
-    assert [o["url"] for o in job["outputs"]] == [f"/media/{job_id}.png", f"/media/{job_id}-1.mp4",
-                                                  f"/media/{job_id}-2.wav"]
+    assert [unsigned(o["url"]) for o in job["outputs"]] == [
+        f"/media/{job_id}.png", f"/media/{job_id}-1.mp4", f"/media/{job_id}-2.wav"]
     async with httpx.AsyncClient(base_url=polling.url) as client:
         for output in job["outputs"]:
             response = await client.get(output["url"])
@@ -236,3 +237,29 @@ async def test_cancel_a_processing_job_cancels_its_prediction(polling: Stack) ->
         final = (await client.get(f"/api/v1/jobs/{job_id}")).json()
     assert polling.fake.stats.cancels == cancels + 1
     assert final["status"] == "canceled"
+
+
+async def test_a_job_canceled_while_its_output_downloads_keeps_no_output(polling: Stack) -> None:
+    """The download finishes after the cancel: the completion is refused and the stored file
+    is deleted, so nothing of a canceled job stays in storage."""
+    from tests.conftest import TEST_ENV
+
+    media = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
+    async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
+        created = await client.post("/api/v1/generate", json={
+            "prompt": f"[fake:bytes={512 * 1024} drip=0.02 nolength] {uuid.uuid4()}"})
+        job_id = created.json()["job_id"]
+        for _ in range(400):  # until the download is under way (a .part file appears)
+            if list(media.glob(f".{job_id}*.part")):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the download never started")
+        assert (await client.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
+        for _ in range(300):  # the download ends, the completion is refused, the file goes
+            if not list(media.glob(f"*{job_id}*")):
+                break
+            time.sleep(0.05)
+        final = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert final["status"] == "canceled" and final["outputs"] == []
+    assert list(media.glob(f"*{job_id}*")) == []

@@ -111,12 +111,28 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert response.json()["code"] == "method_not_allowed"
 
 
-@pytest.mark.parametrize("path", ["/media/../../etc/passwd", "/media/%2e%2e/%2e%2e/etc/passwd",
-                                  "/media/..%2f..%2fetc%2fpasswd", "/media/"])
-async def test_media_never_leaves_storage_root(client: httpx.AsyncClient, path: str) -> None:
+@pytest.mark.parametrize(("path", "key", "unsigned_status"), [
+    ("/media/../../etc/passwd", None, 404),  # the client resolves the dots: /etc/passwd
+    ("/media/%2e%2e/%2e%2e/etc/passwd", "../../etc/passwd", 403),
+    ("/media/..%2f..%2fetc%2fpasswd", "../../etc/passwd", 403),
+    ("/media/", ".", 403),
+])
+async def test_media_never_leaves_storage_root(client: httpx.AsyncClient, path: str,
+                                               key: str | None, unsigned_status: int) -> None:
+    """Unsigned: refused before anything is looked up. Signed with the service's own key (as
+    if it had been tricked into signing it): still nothing outside the storage root."""
+    from mediagen.config import get_settings
+    from mediagen.storage.signing import load_signer
+
     response = await client.get(path)
-    assert response.status_code == 404
+    assert response.status_code == unsigned_status
     assert b"root:" not in response.content
+    if key is not None:
+        settings = get_settings()
+        signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+        signed = await client.get(f"{path}?{signer.query(key)}")
+        assert signed.status_code == 404
+        assert b"root:" not in signed.content
 
 
 async def test_unknown_parameters_pass_through_to_the_job(client: httpx.AsyncClient) -> None:

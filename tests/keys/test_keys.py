@@ -42,13 +42,8 @@ def auto_api(database: str, worker: Proc) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def keys(auto_api: str) -> dict[str, str]:
-    """Before any key exists an anonymous call works (auto mode); then two keys are made.
-    (Keys left active by earlier modules are revoked first, as an operator would.)"""
-    for line in mediagen_cli("keys", "list").splitlines():
-        if "  active  " in line:
-            mediagen_cli("keys", "revoke", line.split()[0])
-    with httpx.Client(base_url=auto_api) as client:
-        assert client.post("/api/v1/generate", json=BODY).status_code == 201
+    """Two keys. (Auto mode before any key was made: tests/security/test_auth.py, on a database
+    of its own.)"""
     return {"alice": create_key("alice"), "bob": create_key("bob")}
 
 
