@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # Per API key (or for all anonymous callers together); 0 turns a limit off.
     rate_limit_per_minute: int = Field(6000, ge=0)
     max_jobs_in_flight: int = Field(2000, ge=0)
+    # Reads (status, details, lists, event streams, webhook logs) per key per minute; 0: off.
+    rate_limit_reads_per_minute: int = Field(12000, ge=0)
+    # Live event streams open at once: per key (all API processes together), and per API
+    # process (each holds a Redis connection while open).
+    max_streams_per_key: int = Field(20, ge=1, le=10_000)
+    max_streams: int = Field(1000, ge=1, le=100_000)
     # Origins allowed to call the API from a browser, comma-separated; empty: no CORS headers.
     cors_origins: str = ""
     cors_allow_credentials: bool = False

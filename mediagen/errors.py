@@ -62,6 +62,11 @@ class ServiceUnavailableError(MediagenError):
     status_code = 503
     code = "service_unavailable"
 
+    def __init__(self, message: str, retry_after: int | None = None, **details: object) -> None:
+        super().__init__(message, **details)
+        if retry_after is not None:
+            self.headers = {"Retry-After": str(retry_after)}
+
 
 class DatabaseUnavailableError(ServiceUnavailableError):
     code = "database_unavailable"

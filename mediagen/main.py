@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = client("mediagen-api")
         limits = client("mediagen-limits")
         app.state.rate_limiter = RateLimiter(limits, settings.rate_limit_per_minute)
+        app.state.read_limiter = RateLimiter(limits, settings.rate_limit_reads_per_minute, "reads")
         app.state.outbox = Outbox(client("mediagen-outbox", timeout=5))
         subscriber = client("mediagen-keys", timeout=PING_EVERY * 3)
         following = asyncio.create_task(app.state.keys.follow(subscriber), name="key-changes")
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             following.cancel()
             await app.state.rate_limiter.close()
+            await app.state.read_limiter.close()
             await app.state.outbox.close()
             await jobs_service.settle()
             for redis_client in (app.state.outbox.client, subscriber, limits, app.state.redis):

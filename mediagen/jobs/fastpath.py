@@ -95,11 +95,12 @@ class FastPaths:
         try:
             state = scope["app"].state
             owner = await _caller(state, dict(scope["headers"]))
+            state.read_limiter.check(owner)
             row = await repo.status_row(job_id, owner.id if owner else None)
             if row is None:
                 raise _Defer
             body = await service.status_body(job_id, row, state.storage)
-        except Exception:  # the route answers it (404, 401, 503...) as documented
+        except Exception:  # the route answers it (404, 401, 429, 503...) as documented
             await self.app(scope, receive, send)
             return
         await service.json_response(body)(scope, receive, send)

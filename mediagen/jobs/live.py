@@ -17,9 +17,10 @@ the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -27,19 +28,25 @@ from typing import Annotated, Any
 import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Header, Request, Response
+from starlette.types import Message
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from mediagen.errors import AuthenticationError
 from mediagen.jobs import events, service
 from mediagen.jobs.models import Job
-from mediagen.jobs.router import Caller
+from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
+from mediagen.jobs.streams import Slot, StreamSlots
+from mediagen.keys.cache import KeyCache
+from mediagen.keys.models import ApiKey
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-BLOCK_SECONDS = 10.0  # XREAD BLOCK; a quiet stream is reconciled with Postgres this often
+BLOCK_SECONDS = 10.0  # XREAD BLOCK: how often a stream checks its key and renews its place
+RECONCILE_SECONDS = 30.0  # a quiet stream is reconciled with Postgres this often
 BATCH = 100
 PING_SECONDS = 15
 SEND_TIMEOUT = 30.0
@@ -50,13 +57,19 @@ StreamId = tuple[int, int]
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Read streams on a client of their own whose socket timeout outlasts a blocked XREAD."""
+    """Read streams on a client of their own whose socket timeout outlasts a blocked XREAD; its
+    pool holds one connection per open stream (MAX_STREAMS) and a few for the rest."""
     settings = app.state.settings
     app.state.events_redis = aioredis.from_url(
         settings.redis_url or "redis://localhost:6379/0",
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=BLOCK_SECONDS + 5,
+        max_connections=settings.max_streams + 10,
+        client_name="mediagen-events",
+    )
+    app.state.stream_slots = StreamSlots(
+        app.state.events_redis, settings.max_streams_per_key, settings.max_streams
     )
     try:
         yield
@@ -163,13 +176,23 @@ def resumable(last_event_id: str, info: StreamInfo) -> bool:
 
 
 class JobFeed:
-    """The events of one job for one client."""
+    """The events of one job for one client, while the client may see them: the stream closes
+    within BLOCK_SECONDS of its key being revoked."""
 
-    def __init__(self, job: Job, client: aioredis.Redis, storage: Storage) -> None:
+    def __init__(
+        self,
+        job: Job,
+        client: aioredis.Redis,
+        storage: Storage,
+        slot: Slot,
+        allowed: Callable[[], Awaitable[bool]],
+    ) -> None:
         self.job = job
         self.key = events.stream_key(job.id)
         self.client = client
         self.storage = storage
+        self.slot = slot
+        self.allowed = allowed
         self.sent: tuple[int, int] | None = None  # events.order of the last status sent
         self.progress: dict[str, Any] | None = None
         self.finished = False
@@ -178,10 +201,20 @@ class JobFeed:
         self, cursor: str | None, info: StreamInfo | None
     ) -> AsyncIterator[ServerSentEvent]:
         """`cursor`: resume after this stream id (no snapshot); None: snapshot first."""
+        try:
+            async for event in self._follow(cursor, info):
+                yield event
+        finally:
+            await self.slot.release()
+
+    async def _follow(
+        self, cursor: str | None, info: StreamInfo | None
+    ) -> AsyncIterator[ServerSentEvent]:
         if cursor is None:
             cursor = info.last if info else "0-0"
             for event in await self._snapshot(self.job, cursor):
                 yield event
+        quiet = 0.0
         while not self.finished:
             try:
                 entries = _entries(
@@ -195,13 +228,22 @@ class JobFeed:
                 )
                 await asyncio.sleep(BLOCK_SECONDS)
                 entries = []
-            if not entries:  # quiet (or Redis down): make sure nothing was missed
+            if not await self.allowed():
+                return  # the key was revoked meanwhile
+            with contextlib.suppress(RedisError):
+                await self.slot.renew()
+            if not entries:  # quiet (or Redis down): now and then, make sure nothing was missed
+                quiet += BLOCK_SECONDS
+                if quiet < RECONCILE_SECONDS:
+                    continue
+                quiet = 0.0
                 job = await Job.get_or_none(id=self.job.id)
                 if job is None:
                     return  # deleted
                 for event in await self._snapshot(job, cursor):
                     yield event
                 continue
+            quiet = 0.0
             for entry_id, fields in entries:
                 cursor = entry_id
                 for event in await self._entry(entry_id, fields):
@@ -281,15 +323,18 @@ def _event(kind: str, data: dict[str, Any], event_id: str) -> ServerSentEvent:
             "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
         },
         204: {"description": "Resumed after the end of a finished job: nothing more to send."},
-        401: {"model": ErrorResponse, "description": "A valid API key is required."},
-        404: {"model": ErrorResponse, "description": "No job of yours has this id."},
-        422: {"model": ErrorResponse, "description": "The job id is not a UUID."},
+        **READ,
+        429: {
+            "model": ErrorResponse,
+            "description": "Read rate limit, or MAX_STREAMS_PER_KEY streams already open.",
+        },
+        503: {"model": ErrorResponse, "description": "MAX_STREAMS open on this server."},
     },
 )
 async def job_events(
     job_id: uuid.UUID,
     request: Request,
-    owner: Caller,
+    owner: Reader,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -314,5 +359,34 @@ async def job_events(
         at_end = cursor is not None and info is not None and parse_id(cursor) == parse_id(info.last)
         if info is None or at_end:
             return Response(status_code=204)
-    feed = JobFeed(job, client, request.app.state.storage)
-    return EventSourceResponse(feed.run(cursor, info), ping=PING_SECONDS, send_timeout=SEND_TIMEOUT)
+    slot = await request.app.state.stream_slots.take(owner)
+    feed = JobFeed(job, client, request.app.state.storage, slot, _still_allowed(request, owner))
+
+    async def closed(_: Message) -> None:  # the client left: free its place at once
+        await slot.release()
+
+    return EventSourceResponse(
+        feed.run(cursor, info),
+        ping=PING_SECONDS,
+        send_timeout=SEND_TIMEOUT,
+        client_close_handler_callable=closed,
+    )
+
+
+def _still_allowed(request: Request, owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:
+    """Whether the caller of this stream may still see it (its key not revoked; for an
+    anonymous caller, keys still not required)."""
+    keys: KeyCache = request.app.state.keys
+    mode = request.app.state.settings.auth_required
+    secret = request.headers.get("authorization", "").partition(" ")[2]
+
+    async def allowed() -> bool:
+        if owner is None:
+            return mode == "false" or (mode == "auto" and not await keys.required())
+        try:
+            await keys.authenticate(secret)
+        except AuthenticationError:
+            return False
+        return True
+
+    return allowed

@@ -32,6 +32,15 @@ from mediagen.keys.models import ApiKey
 router = APIRouter(tags=["jobs"])
 Caller = Annotated[ApiKey | None, Depends(caller)]
 
+
+async def reader(request: Request, owner: Caller) -> ApiKey | None:
+    """The caller of a read, within RATE_LIMIT_READS_PER_MINUTE (429 past it)."""
+    request.app.state.read_limiter.check(owner)
+    return owner
+
+
+Reader = Annotated[ApiKey | None, Depends(reader)]
+
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "A valid API key is required."},
 }
@@ -40,6 +49,10 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No job of yours has this id."},
     422: {"model": ErrorResponse, "description": "The job id is not a UUID."},
 }
+_READ_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorResponse, "description": "Read rate limit; see Retry-After."},
+}
+READ: dict[int | str, dict[str, Any]] = {**_NOT_FOUND, **_READ_LIMITED}
 
 
 @router.post(
@@ -102,10 +115,10 @@ async def generate(
 @router.get(
     "/status/{job_id}",
     response_model=JobStatusResponse,
-    responses=_NOT_FOUND,
+    responses=READ,
     summary="Get a job's status",
 )
-async def get_status(job_id: uuid.UUID, request: Request, owner: Caller) -> Response:
+async def get_status(job_id: uuid.UUID, request: Request, owner: Reader) -> Response:
     row = await repo.status_row(job_id, owner.id if owner else None)
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
@@ -116,10 +129,10 @@ async def get_status(job_id: uuid.UUID, request: Request, owner: Caller) -> Resp
 @router.get(
     "/jobs/{job_id}",
     response_model=JobDetail,
-    responses=_NOT_FOUND,
+    responses=READ,
     summary="Get a job's full details",
 )
-async def get_job(job_id: uuid.UUID, request: Request, owner: Caller) -> JobDetail:
+async def get_job(job_id: uuid.UUID, request: Request, owner: Reader) -> JobDetail:
     job = await service.get_job(job_id, owner)
     state = request.app.state
     return await service.detail_of(job, state.storage, state.settings, state.redis)
@@ -129,10 +142,14 @@ async def get_job(job_id: uuid.UUID, request: Request, owner: Caller) -> JobDeta
     "/jobs",
     response_model=JobList,
     summary="List your jobs, newest first",
-    responses={**_AUTH, 422: {"model": ErrorResponse, "description": "Bad filter."}},
+    responses={
+        **_AUTH,
+        **_READ_LIMITED,
+        422: {"model": ErrorResponse, "description": "Bad filter."},
+    },
 )
 async def list_jobs(
-    query: Annotated[JobQuery, Query()], request: Request, owner: Caller
+    query: Annotated[JobQuery, Query()], request: Request, owner: Reader
 ) -> JobList:
     """Cursor pagination: follow `next` until it is null."""
     jobs, cursor = await service.list_jobs(owner, query)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from mediagen.jobs import service
-from mediagen.jobs.schemas import ErrorResponse
-from mediagen.keys.auth import caller
-from mediagen.keys.models import ApiKey
+from mediagen.jobs.router import READ, Reader
 from mediagen.notify.models import JobWebhook, WebhookDelivery
 
 router = APIRouter(tags=["jobs"])
@@ -42,15 +40,9 @@ class WebhookLog(BaseModel):
     "/jobs/{job_id}/webhooks",
     response_model=WebhookLog,
     summary="A job's webhook deliveries",
-    responses={
-        401: {"model": ErrorResponse, "description": "A valid API key is required."},
-        404: {"model": ErrorResponse, "description": "No job of yours has this id."},
-        422: {"model": ErrorResponse, "description": "The job id is not a UUID."},
-    },
+    responses=READ,
 )
-async def job_webhooks(
-    job_id: uuid.UUID, owner: Annotated[ApiKey | None, Depends(caller)]
-) -> WebhookLog:
+async def job_webhooks(job_id: uuid.UUID, owner: Reader) -> WebhookLog:
     job = await service.get_job(job_id, owner)
     hook = await JobWebhook.get_or_none(job_id=job.id)
     deliveries = await WebhookDelivery.filter(job_id=job.id).order_by("created_at")
