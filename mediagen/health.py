@@ -1,8 +1,16 @@
-"""`GET /api/v1/health`: database, broker, workers and storage, each checked for real."""
+"""Probes: `/livez` (the process answers; no I/O), `/readyz` (database, broker, workers, storage,
+each checked for real), and `/api/v1/health`, the same as `/readyz` under its older name.
+
+What a failing dependency said (hosts, paths, bucket names) is shown only to a caller with a
+valid API key or calling from this machine; anyone else sees which checks failed, not why.
+The storage check writes and deletes a probe object, so its answer is kept for
+STORAGE_CHECK_SECONDS: probing the health endpoint cannot turn into a stream of writes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -14,9 +22,12 @@ from pydantic import BaseModel
 
 from mediagen import __version__, db
 from mediagen.broker import HEARTBEAT_TTL, WORKERS
+from mediagen.errors import MediagenError
+from mediagen.storage.base import Storage
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 3.0
+STORAGE_CHECK_SECONDS = 30.0
 
 
 class Check(BaseModel):
@@ -31,25 +42,65 @@ class Health(BaseModel):
     checks: dict[str, Check]
 
 
-async def _timed(probe: Callable[[], Awaitable[str | None]]) -> Check:
+class Live(BaseModel):
+    status: Literal["ok"]
+
+
+class StorageProbe:
+    """The storage check, done at most once per STORAGE_CHECK_SECONDS."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._last: tuple[float, str | None, BaseException | None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> str:
+        async with self._lock:
+            now = time.monotonic()
+            if self._last is None or now - self._last[0] > STORAGE_CHECK_SECONDS:
+                try:
+                    await self.storage.check()
+                    self._last = (now, str(self.storage.name), None)
+                except Exception as exc:
+                    self._last = (now, None, exc)
+            _, name, error = self._last
+        if error is not None:
+            raise error
+        return name or ""
+
+
+async def _timed(probe: Callable[[], Awaitable[str | None]], detailed: bool) -> Check:
     started = time.perf_counter()
     try:
         detail = await asyncio.wait_for(probe(), CHECK_TIMEOUT)
         ok = True
     except Exception as exc:
         detail, ok = (str(exc) or type(exc).__name__), False
-    return Check(ok=ok, latency_ms=round((time.perf_counter() - started) * 1000, 2), detail=detail)
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    return Check(ok=ok, latency_ms=latency, detail=detail if detailed or ok else None)
 
 
-@router.get(
-    "/health",
-    response_model=Health,
-    summary="Service health",
-    responses={503: {"model": Health, "description": "A dependency is down."}},
-)
-async def health(request: Request) -> Any:
-    """200 when the database, broker, at least one worker and the storage all answer; 503 with
-    each check's detail otherwise."""
+async def _detailed(request: Request) -> bool:
+    """A caller with a valid key, or on this machine, may read why a check failed."""
+    host = request.client.host if request.client else ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        pass
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        return False
+    try:
+        await request.app.state.keys.authenticate(secret)
+    except MediagenError:
+        return False
+    except Exception:  # the database is down: no key can be checked
+        return False
+    return True
+
+
+async def _readiness(request: Request) -> JSONResponse:
     state = request.app.state
     redis_client: aioredis.Redis = state.redis
 
@@ -65,14 +116,36 @@ async def health(request: Request) -> Any:
             raise RuntimeError(f"no worker has reported in the last {HEARTBEAT_TTL} s")
         return f"{alive} worker process(es) alive"
 
-    async def storage() -> str:
-        await state.storage.check()
-        return str(state.storage.name)
-
+    detailed = await _detailed(request)
     results = await asyncio.gather(
-        _timed(database), _timed(broker), _timed(workers), _timed(storage)
+        *(_timed(probe, detailed) for probe in (database, broker, workers, state.storage_probe))
     )
     checks = dict(zip(("database", "broker", "workers", "storage"), results, strict=True))
     healthy = all(c.ok for c in checks.values())
     body = Health(status="ok" if healthy else "unavailable", version=__version__, checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
+
+
+_READY: dict[str, Any] = {
+    "response_model": Health,
+    "responses": {503: {"model": Health, "description": "A dependency is down."}},
+}
+
+
+@router.get("/livez", response_model=Live, summary="Liveness: the process answers")
+async def livez() -> Live:
+    """No I/O at all: 200 while the process can answer. For a liveness probe."""
+    return Live(status="ok")
+
+
+@router.get("/readyz", summary="Readiness: every dependency answers", **_READY)
+async def readyz(request: Request) -> Any:
+    """200 when the database, broker, at least one worker and the storage all answer; 503
+    otherwise. Why a check failed is shown only with a valid key or from this machine."""
+    return await _readiness(request)
+
+
+@router.get("/api/v1/health", summary="Service health (the same as /readyz)", **_READY)
+async def health(request: Request) -> Any:
+    """`/readyz` under its older name, kept for compatibility."""
+    return await _readiness(request)

@@ -123,9 +123,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keys = KeyCache(settings.key_cache_seconds)
     app.state.storage = storage
+    app.state.storage_probe = health.StorageProbe(storage)
     app.include_router(jobs_router, prefix=API_PREFIX)
     app.include_router(live_router, prefix=API_PREFIX)  # job events (SSE)
-    app.include_router(health.router, prefix=API_PREFIX)
+    app.include_router(health.router)  # /livez, /readyz, /api/v1/health
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
     errors_http.install(app)

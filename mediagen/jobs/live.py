@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Header, Request, Response
-from starlette.types import Message
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message
 
 from mediagen.errors import AuthenticationError
 from mediagen.jobs import events, service

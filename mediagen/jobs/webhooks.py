@@ -68,6 +68,10 @@ async def replicate_webhook(request: Request) -> WebhookAck:
     if not secret:
         raise NotFoundError("webhooks are not configured (REPLICATE_WEBHOOK_SECRET is unset)")
     body = await request.body()
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        if len(request.headers.getlist(name)) > 1:
+            # The signature check and the dedupe must look at the same one: refuse the choice.
+            raise AuthenticationError(f"webhook rejected: more than one {name} header")
     try:
         payload = verify_webhook(request.headers, body, secret)
     except WebhookVerificationError as exc:

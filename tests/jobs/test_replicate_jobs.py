@@ -263,3 +263,17 @@ async def test_a_job_canceled_while_its_output_downloads_keeps_no_output(polling
         final = (await client.get(f"/api/v1/jobs/{job_id}")).json()
     assert final["status"] == "canceled" and final["outputs"] == []
     assert list(media.glob(f"*{job_id}*")) == []
+
+
+async def test_a_webhook_with_two_ids_is_refused(hooked: Stack) -> None:
+    """Signature check and dedupe must judge the same webhook-id: two of them are refused, even
+    when one of them is correctly signed."""
+    body = json.dumps({"id": "p-two-ids", "status": "succeeded"}).encode()
+    signed = _headers(hooked.fake.config.webhook_secret, body, message_id="msg_signed")
+    headers = [*signed.items(), ("webhook-id", "msg_other")]
+    async with httpx.AsyncClient(base_url=hooked.url, timeout=30) as client:
+        response = await client.post("/api/v1/webhooks/replicate", content=body, headers=headers)
+        alone = await client.post("/api/v1/webhooks/replicate", content=body, headers=signed)
+    assert response.status_code == 401
+    assert "more than one webhook-id" in response.json()["detail"]
+    assert alone.status_code == 200  # the same webhook with one id is fine
