@@ -25,6 +25,11 @@ POLL = "mediagen.jobs.poll"
 CANCEL_UPSTREAM = "mediagen.jobs.cancel_upstream"
 
 
+def cancel_upstream_task(prediction_id: str) -> Task:
+    """Stop a prediction upstream (recorded in `upstream_cancels` first)."""
+    return Task(CANCEL_UPSTREAM, (prediction_id,))
+
+
 def queue_order(created_at: datetime) -> float:
     """A pending job's place in the index: its creation time in µs (exact in a double)."""
     return float(int(created_at.timestamp()) * 1_000_000 + created_at.microsecond)

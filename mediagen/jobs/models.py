@@ -71,6 +71,24 @@ class Job(Model):
         return f"Job({self.id}, {self.status})"
 
 
+class UpstreamCancel(Model):
+    """A prediction that must be stopped upstream.
+
+    Its job was canceled or timed out, or the attempt that created it lost the job meanwhile.
+    Written with the change that calls for it, removed once the provider confirmed; the sweeper
+    sends again what is still here, since a failed or lost cancel would otherwise leave a
+    prediction running (and billing) upstream."""
+
+    prediction_id = fields.CharField(max_length=200, primary_key=True)
+    job_id = fields.UUIDField()
+    attempts = fields.IntField(default=0)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    next_attempt_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "upstream_cancels"
+
+
 ANONYMOUS = uuid.UUID(int=0)  # the counter scope of jobs created without a key
 COUNTER_SHARDS = 16
 

@@ -12,6 +12,7 @@ statements: the claim, and the completion, which records the prediction id with 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -23,12 +24,14 @@ from mediagen.config import MAX_POLL_WAIT, Settings
 from mediagen.errors import PermanentProviderError, ProviderError, StorageError
 from mediagen.jobs import events, progress
 from mediagen.jobs import repository as repo
+from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
+CANCEL_ATTEMPTS = 10  # a prediction that refuses to be canceled this often is given up on
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,9 @@ class Pipeline:
                 job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id
             )
             is None
-        ):
-            await self.cancel_quietly(prediction.id)  # we lost the job while creating
+        ):  # we lost the job while creating (canceled, say): stop what we created
+            await repo.record_upstream_cancel(prediction.id, job.id)
+            self.outbox.send(cancel_upstream_task(prediction.id))
             return None
         return await self.on_prediction(job, attempt, prediction)
 
@@ -172,6 +176,12 @@ class Pipeline:
         fields: dict[str, Any],
     ) -> Next | None:
         outputs: list[dict[str, Any]] = []
+        downloads = sum(1 for output in prediction.outputs if output.url)
+        if downloads:  # hold the job for as long as the downloads may take, or lose it now
+            hold = self.settings.lease_seconds + downloads * self.settings.download_timeout
+            if await repo.renew_lease(job.id, attempt, hold, **fields) is None:
+                return None
+            fields = {k: v for k, v in fields.items() if k != "prediction_id"}
         try:
             if not prediction.outputs:
                 raise PermanentProviderError("the prediction succeeded without any output")
@@ -234,12 +244,18 @@ class Pipeline:
         return Next("start", str(job.id), None, delay)
 
     async def _fail(
-        self, job_id: Any, error: str, attempt: int | None = None, **fields: Any
+        self,
+        job_id: Any,
+        error: str,
+        attempt: int | None = None,
+        stop_upstream: bool = False,
+        **fields: Any,
     ) -> bool:
         moved = await repo.transition(
             job_id,
             JobStatus.FAILED,
             attempt=attempt,
+            stop_upstream=stop_upstream,
             error=error,
             completed_at=repo.NOW,
             lease_expires_at=None,
@@ -249,6 +265,8 @@ class Pipeline:
         if moved is None:
             return False
         events.announce(self.outbox, moved)
+        if stop_upstream and moved.job.prediction_id:
+            self.outbox.send(cancel_upstream_task(moved.job.prediction_id))
         return True
 
     async def _resume(self, prediction_id: str, request: GenerationRequest) -> Prediction | None:
@@ -270,18 +288,32 @@ class Pipeline:
             await self._fail_deadline(job)
 
     async def _fail_deadline(self, job: Job) -> None:
-        if job.prediction_id and job.status is JobStatus.PROCESSING:
-            await self.cancel_quietly(job.prediction_id)
         await self._fail(
             job.id,
             f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
+            stop_upstream=job.status is JobStatus.PROCESSING,
         )
 
-    async def cancel_quietly(self, prediction_id: str) -> None:
+    async def cancel_upstream(self, prediction_id: str) -> None:
+        """Stop a prediction upstream; the record goes once the provider confirms, and a failed
+        cancel is tried again (backoff) until CANCEL_ATTEMPTS, by this or by the sweeper."""
         try:
             await self.provider.cancel(prediction_id)
         except ProviderError as exc:
-            log.warning("cancel of prediction %s failed: %s", prediction_id, exc)
+            retry_in = exc.retry_after or backoff(self.settings, 0)
+            again = await repo.upstream_not_stopped(prediction_id, retry_in, CANCEL_ATTEMPTS)
+            log.warning(
+                "cancel of prediction %s failed (%s)%s",
+                prediction_id,
+                exc.message,
+                f"; again in {retry_in:.0f}s" if again else "; giving up",
+            )
+            if again:
+                self.outbox.send(
+                    dataclasses.replace(cancel_upstream_task(prediction_id), countdown=retry_in)
+                )
+            return
+        await repo.upstream_stopped(prediction_id)
 
     def _expired(self, job: Job) -> bool:
         return repo.now() > job.created_at + timedelta(seconds=self.settings.job_timeout)

@@ -31,6 +31,8 @@ from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS, Job
 from mediagen.jobs.states import ALLOWED_FROM, TERMINAL, JobStatus
 
 _JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
+# When the sweeper looks at a recorded upstream cancel if its own message has not settled it.
+_CANCEL_DUE = "now() + interval '60 seconds'"
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
@@ -105,12 +107,20 @@ class _Statement:
         *,
         terminal: bool = False,
         events: Sequence[str] = (),
+        stop_upstream: bool = False,
     ) -> str:
         """UPDATE jobs ... RETURNING the row, plus what the change implies (module docstring)."""
         sql = [
             f"WITH moved AS (UPDATE jobs SET updated_at = now(), {self.sets(fields)} "
             f"WHERE {where} RETURNING jobs.*)"
         ]
+        if stop_upstream:  # the job's prediction, if any, is to be canceled upstream
+            sql.append(
+                ", stopping AS (INSERT INTO upstream_cancels "
+                "(prediction_id, job_id, attempts, created_at, next_attempt_at) "
+                f"SELECT moved.prediction_id, moved.id, 0, now(), {_CANCEL_DUE} FROM moved "
+                "WHERE moved.prediction_id IS NOT NULL ON CONFLICT (prediction_id) DO NOTHING)"
+            )
         if terminal:
             sql.append(
                 ", counted AS (UPDATE job_counters SET unfinished = job_counters.unfinished - 1 "
@@ -280,10 +290,12 @@ async def transition(
     allowed_from: Iterable[JobStatus] | None = None,
     events: Sequence[str] | None = None,
     owner: uuid.UUID | EllipsisType | None = ...,
+    stop_upstream: bool = False,
     **fields: Any,
 ) -> Moved | None:
     """Move the job to `to` if it is in an allowed state (and on `attempt`, and created by
-    `owner` when one is given; None: anonymous)."""
+    `owner` when one is given; None: anonymous). `stop_upstream`: its prediction is to be
+    canceled upstream (recorded in the same statement: `upstream_cancels`)."""
     statement = _Statement()
     where = (
         f"id = {statement.arg(_uuid(job_id))} AND status = ANY("
@@ -300,6 +312,7 @@ async def transition(
         {"status": str(to), **fields},
         terminal=to in TERMINAL,
         events=_event_of(to) if events is None else events,
+        stop_upstream=stop_upstream,
     )
     return await _moved(statement, sql)
 
@@ -430,6 +443,51 @@ async def adopt_anonymous(owner: uuid.UUID) -> int:
             f"UPDATE job_counters SET unfinished = 0 WHERE scope = '{ANONYMOUS}'::uuid"
         )
     return int(status.rsplit(" ", 1)[1])
+
+
+async def record_upstream_cancel(prediction_id: str, job_id: uuid.UUID | str) -> None:
+    """Record that `prediction_id` must be canceled upstream (it outlived its attempt)."""
+    await (await pool()).execute(
+        "INSERT INTO upstream_cancels (prediction_id, job_id, attempts, created_at, "
+        f"next_attempt_at) VALUES ($1, $2, 0, now(), {_CANCEL_DUE}) ON CONFLICT DO NOTHING",
+        prediction_id,
+        _uuid(job_id),
+    )
+
+
+async def upstream_stopped(prediction_id: str) -> None:
+    await (await pool()).execute(
+        "DELETE FROM upstream_cancels WHERE prediction_id = $1", prediction_id
+    )
+
+
+async def upstream_not_stopped(prediction_id: str, retry_in: float, give_up_after: int) -> bool:
+    """A cancel failed: try again in `retry_in` s, unless it failed `give_up_after` times (then
+    the record goes, and False)."""
+    db = await pool()
+    attempts = await db.fetchval(
+        "UPDATE upstream_cancels SET attempts = attempts + 1, "
+        "next_attempt_at = now() + make_interval(secs => $2::float8) "
+        "WHERE prediction_id = $1 RETURNING attempts",
+        prediction_id,
+        float(retry_in),
+    )
+    if attempts is not None and attempts >= give_up_after:
+        await upstream_stopped(prediction_id)
+        return False
+    return True
+
+
+async def due_upstream_cancels(hold_for: float, limit: int) -> list[str]:
+    """Cancels due again (failed, or their message lost), held for `hold_for` s meanwhile."""
+    rows = await (await pool()).fetch(
+        "UPDATE upstream_cancels SET next_attempt_at = now() + make_interval(secs => $1::float8) "
+        "WHERE prediction_id IN (SELECT prediction_id FROM upstream_cancels "
+        "WHERE next_attempt_at < now() ORDER BY next_attempt_at LIMIT $2) RETURNING prediction_id",
+        float(hold_for),
+        limit,
+    )
+    return [row["prediction_id"] for row in rows]
 
 
 async def mark_dispatched(job_ids: Iterable[uuid.UUID | str]) -> None:

@@ -22,12 +22,12 @@ import redis.asyncio as aioredis
 from starlette.responses import Response
 from tortoise.expressions import Q
 
-from mediagen.broker import Outbox, Task
+from mediagen.broker import Outbox
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, MediagenError, NotFoundError
 from mediagen.jobs import events, quotas
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import CANCEL_UPSTREAM, dispatch_new, queue_position
+from mediagen.jobs.dispatch import cancel_upstream_task, dispatch_new, queue_position
 from mediagen.jobs.models import Job
 from mediagen.jobs.schemas import (
     GenerateRequest,
@@ -156,6 +156,7 @@ async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = N
         job_id,
         JobStatus.CANCELED,
         owner=owner_id,
+        stop_upstream=True,
         error="canceled by the client",
         completed_at=repo.NOW,
         lease_expires_at=None,
@@ -166,7 +167,7 @@ async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = N
         raise ConflictError(f"job {job_id} is already {current.status}", status=current.status)
     events.announce(outbox, moved)
     if moved.job.prediction_id:
-        outbox.send(Task(CANCEL_UPSTREAM, (moved.job.prediction_id,)))
+        outbox.send(cancel_upstream_task(moved.job.prediction_id))
     return moved.job
 
 

@@ -3,7 +3,8 @@
 Postgres, not Redis, knows which jobs are unfinished. Every SWEEP_INTERVAL this re-dispatches:
 pending jobs never dispatched (broker down at submit) or dispatched long ago (message lost);
 retrying jobs whose retry is overdue; processing jobs whose lease ran out (worker killed); and it
-fails jobs past JOB_TIMEOUT. Re-dispatching twice is harmless: every step is guarded. It also
+fails jobs past JOB_TIMEOUT; and it sends again the upstream cancels that failed or were lost
+(`upstream_cancels`). Re-dispatching twice is harmless: every step is guarded. It also
 drops from the head of the pending-queue index the jobs that are no longer pending (a crash
 between a commit and its announcement), so queue positions stay true.
 
@@ -20,7 +21,7 @@ from tortoise.expressions import Q
 
 from mediagen.broker import QUEUE_INDEX
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import redispatch
+from mediagen.jobs.dispatch import cancel_upstream_task, redispatch
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next, Pipeline
 from mediagen.jobs.states import JobStatus
@@ -86,6 +87,10 @@ async def sweep(pipeline: Pipeline) -> int:
         )
     for step in steps:
         outbox.send(step.task())
+    # Predictions to stop upstream whose cancel failed, or whose message was lost.
+    cancels = await repo.due_upstream_cancels(settings.lease_seconds, BATCH)
+    for prediction_id in cancels:
+        outbox.send(cancel_upstream_task(prediction_id))
 
     resent = {str(job_id) for job_id, _ in pending} | {s.job_id for s in steps}
     if resent:

@@ -3,6 +3,9 @@ loop, and publish the step it asks for next. Results are ignored: Postgres holds
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from mediagen.jobs.dispatch import CANCEL_UPSTREAM, POLL, START
 from mediagen.jobs.sweeper import sweep as sweep_jobs
 from mediagen.notify import delivery_task
@@ -31,6 +34,10 @@ def sweep() -> int:
     return rt.run(_sweep(rt))
 
 
+async def _none(coro: Coroutine[Any, Any, None]) -> None:
+    await coro
+
+
 async def _sweep(rt: Runtime) -> int:
     jobs = await sweep_jobs(rt.pipeline)
     deliveries = await stranded_deliveries(rt.settings)
@@ -44,4 +51,4 @@ async def _sweep(rt: Runtime) -> int:
 def cancel_upstream(prediction_id: str) -> None:
     """Stop a canceled job's prediction upstream (best effort; the job is already canceled)."""
     rt = runtime()
-    rt.run(rt.pipeline.cancel_quietly(prediction_id))
+    rt.run(rt.step(_none(rt.pipeline.cancel_upstream(prediction_id))))

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -277,3 +278,66 @@ async def test_a_webhook_with_two_ids_is_refused(hooked: Stack) -> None:
     assert response.status_code == 401
     assert "more than one webhook-id" in response.json()["detail"]
     assert alone.status_code == 200  # the same webhook with one id is fine
+
+
+async def _processing(client: httpx.AsyncClient, prompt: str) -> dict:
+    created = await client.post("/api/v1/generate", json={"prompt": prompt})
+    job_id = created.json()["job_id"]
+    for _ in range(200):  # until the prediction is recorded
+        job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["prediction_id"]:
+            return dict(job)
+        time.sleep(0.05)
+    raise AssertionError(f"no prediction recorded: {job}")
+
+
+async def test_a_failed_upstream_cancel_is_tried_again(polling: Stack) -> None:
+    """Cancel answers 500 twice upstream: the worker tries again until it is confirmed (the
+    prediction would otherwise keep running, and billing)."""
+    from mediagen.jobs.models import UpstreamCancel
+
+    cancels = polling.fake.stats.cancels
+    async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
+        job = await _processing(client, f"[fake:stuck 500 on=cancel times=2] {uuid.uuid4()}")
+        assert (await client.post(f"/api/v1/jobs/{job['job_id']}/cancel")).status_code == 200
+    for _ in range(200):
+        if not await UpstreamCancel.filter(prediction_id=job["prediction_id"]).exists():
+            break
+        time.sleep(0.05)
+    assert polling.fake.stats.cancels == cancels + 3  # 500, 500, confirmed
+    assert not await UpstreamCancel.filter(prediction_id=job["prediction_id"]).exists()
+
+
+async def test_a_lost_upstream_cancel_is_sent_by_the_sweeper(polling: Stack) -> None:
+    """The cancel's message was lost (the record is there, nothing in the queue): the sweeper
+    sends it again."""
+    import redis.asyncio as aioredis
+
+    from mediagen.broker import Outbox
+    from mediagen.config import Settings
+    from mediagen.jobs import repository as repo
+    from mediagen.jobs.models import UpstreamCancel
+    from mediagen.jobs.pipeline import Pipeline
+    from mediagen.jobs.sweeper import sweep
+    from mediagen.providers.builtin import BuiltinProvider
+    from mediagen.storage.local import LocalStorage
+
+    async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
+        job = await _processing(client, f"[fake:stuck] {uuid.uuid4()}")
+    await repo.record_upstream_cancel(job["prediction_id"], job["job_id"])
+    await UpstreamCancel.filter(prediction_id=job["prediction_id"]).update(
+        next_attempt_at=datetime.now(UTC) - timedelta(minutes=5))
+    cancels = polling.fake.stats.cancels
+    outbox = Outbox(aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/14"))  # the stack's
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    pipeline = Pipeline(settings, BuiltinProvider(), LocalStorage(Path("/nonexistent")), outbox)
+    try:
+        await sweep(pipeline)
+    finally:
+        await outbox.close()
+        await outbox.client.aclose()
+    for _ in range(100):
+        if polling.fake.stats.cancels > cancels:
+            break
+        time.sleep(0.05)
+    assert polling.fake.stats.cancels == cancels + 1

@@ -249,6 +249,10 @@ def create_app(state: FakeState) -> Starlette:
         prediction = state.predictions.get(request.path_params["id"])
         if prediction is None:
             return _problem(404, "Not found", "Not found.")
+        if (
+            faulted := await state.fault(request, prediction.options, "cancel", prediction.id)
+        ) is not None:
+            return faulted
         now = time.time()
         if prediction.status(now) not in TERMINAL:
             prediction.canceled_at = now

@@ -8,7 +8,8 @@ the prompt (so concurrent tests don't interfere): `[fake:429 times=2 retry_after
 space-separated `name` or `name=value` tokens; several tags merge, the prompt wins over global.
 
     create/get faults   429 500 hang garbage 422  (+ times=K: only the first K hits,
-                        on=get: hit GET of the prediction instead of create, retry_after=N)
+                        on=get / on=cancel: hit GET or cancel of the prediction instead of
+                        create, retry_after=N)
     outcome             failed (error=text_with_underscores) stuck (processing forever)
                         single (output is one URL string, not a list)
     files               file404 truncated oversized (+ nolength: chunked, no Content-Length)
