@@ -7,6 +7,7 @@ import logging
 import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -67,6 +68,41 @@ def configure_logging(settings: Settings) -> None:
         else getattr(logging, settings.log_level.upper(), logging.INFO)
     )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+_AUTH_NOTE = {
+    "true": " Required on every operation that names it.",
+    "false": " Not used: this server serves every caller (AUTH_REQUIRED=false).",
+    "auto": " Optional until the first key is made on this server, then required "
+    "(AUTH_REQUIRED=auto).",
+}
+
+
+def _state_auth_mode(app: FastAPI, mode: str) -> None:
+    """Make the OpenAPI schema say what this server does about keys: required (`true`), not
+    used (`false`), or optional until the first key is made (`auto`: an empty requirement
+    beside the Bearer one)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "security" not in operation:
+                    continue
+                if mode == "false":
+                    del operation["security"]
+                elif mode == "auto":
+                    operation["security"] = [*operation["security"], {}]
+        scheme = schema.get("components", {}).get("securitySchemes", {}).get("HTTPBearer")
+        if scheme is not None:
+            scheme["description"] = scheme.get("description", "") + _AUTH_NOTE[mode]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -130,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
     errors_http.install(app)
+    _state_auth_mode(app, settings.auth_required)
     if settings.fast_paths:  # innermost: CORS and the body limit apply to it as to the routes
         app.add_middleware(FastPaths)
     if isinstance(storage, LocalStorage):

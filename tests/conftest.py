@@ -13,7 +13,9 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -172,6 +174,23 @@ def api(database: str, redis_db: redis.Redis) -> Iterator[str]:
 async def client(api: str, worker: Proc) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=api, timeout=30) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+async def fresh_database() -> AsyncIterator[str]:
+    """A database of its own, migrated, in which no key was ever made (the session's has keys
+    from other tests); dropped afterwards."""
+    name = f"{TEST_DB}_fresh_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = TEST_ENV["DATABASE_URL"].rsplit("/", 1)[0] + f"/{name}"
+    try:
+        subprocess.run([sys.executable, "-m", "mediagen", "migrate"], check=True,
+                       capture_output=True, env={**os.environ, "DATABASE_URL": url}, cwd=ROOT)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
