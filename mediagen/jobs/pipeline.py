@@ -12,6 +12,7 @@ statements: the claim, and the completion, which records the prediction id with 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import random
@@ -176,12 +177,17 @@ class Pipeline:
         fields: dict[str, Any],
     ) -> Next | None:
         outputs: list[dict[str, Any]] = []
-        downloads = sum(1 for output in prediction.outputs if output.url)
-        if downloads:  # hold the job for as long as the downloads may take, or lose it now
-            hold = self.settings.lease_seconds + downloads * self.settings.download_timeout
-            if await repo.renew_lease(job.id, attempt, hold, **fields) is None:
+        holding: asyncio.Task[None] | None = None
+        if any(output.url for output in prediction.outputs):
+            # Downloads can outlast a lease: renew it while they run (or lose the job now), so
+            # no second finish starts meanwhile and a crash still frees the job a lease later.
+            if (
+                await repo.renew_lease(job.id, attempt, self.settings.lease_seconds, **fields)
+                is None
+            ):
                 return None
             fields = {k: v for k, v in fields.items() if k != "prediction_id"}
+            holding = asyncio.create_task(self._hold(job.id, attempt))
         try:
             if not prediction.outputs:
                 raise PermanentProviderError("the prediction succeeded without any output")
@@ -192,6 +198,9 @@ class Pipeline:
                 outputs.append({"key": key, "content_type": fetched.content_type, "size": size})
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
+        finally:
+            if holding is not None:
+                holding.cancel()
         if done:  # the final progress, stored with the completion
             fields = {**fields, "progress": done}
         moved = await repo.complete(
@@ -208,6 +217,13 @@ class Pipeline:
         else:
             await self._discard_if_canceled(job.id, outputs)
         return None
+
+    async def _hold(self, job_id: Any, attempt: int) -> None:
+        """Renew the lease every third of it until cancelled (or the job is lost)."""
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            if await repo.renew_lease(job_id, attempt, self.settings.lease_seconds) is None:
+                return
 
     async def _discard_if_canceled(self, job_id: Any, outputs: list[dict[str, Any]]) -> None:
         """A job canceled while its outputs were being stored keeps none of them. (The same

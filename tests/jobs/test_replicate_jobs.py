@@ -4,6 +4,7 @@ to 60 s, so a job that finishes quickly can only have been finished by its webho
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -341,3 +342,42 @@ async def test_a_lost_upstream_cancel_is_sent_by_the_sweeper(polling: Stack) -> 
             break
         time.sleep(0.05)
     assert polling.fake.stats.cancels == cancels + 1
+
+
+async def test_a_download_longer_than_the_lease_is_not_finished_twice(
+    database: str, fake: FakeReplicate
+) -> None:
+    """A 2 s lease, a 6 s download and the sweeper every second: the lease is renewed while the
+    download runs, so the sweeper never hands the job to a second finish."""
+    import redis.asyncio as aioredis
+
+    from mediagen.broker import Outbox
+    from mediagen.config import Settings
+    from mediagen.jobs.pipeline import Pipeline
+    from mediagen.jobs.sweeper import sweep
+    from mediagen.providers.builtin import BuiltinProvider
+    from mediagen.storage.local import LocalStorage
+
+    for stack in _stack("lease", 6, fake, LEASE_SECONDS="2", POLL_INTERVAL="0.3"):
+        downloads = fake.stats.downloads
+        outbox = Outbox(aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/6"))
+        sweeper = Pipeline(Settings(_env_file=None, lease_seconds=2, sweep_interval=1,  # type: ignore[call-arg]
+                                    dispatch_grace=0),
+                           BuiltinProvider(), LocalStorage(Path("/nonexistent")), outbox)
+        try:
+            async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+                created = await client.post("/api/v1/generate", json={
+                    "prompt": f"[fake:bytes={256 * 1024} drip=1.5 nolength] {uuid.uuid4()}"})
+                job_id = created.json()["job_id"]
+                for _ in range(20):
+                    await sweep(sweeper)
+                    job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+                    if job["status"] in ("completed", "failed"):
+                        break
+                    await asyncio.sleep(1)
+        finally:
+            await outbox.close()
+            await outbox.client.aclose()
+        assert job["status"] == "completed", job
+        assert job["attempts"] == 1
+        assert fake.stats.downloads == downloads + 1  # one finish only
