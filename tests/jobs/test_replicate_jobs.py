@@ -359,7 +359,6 @@ async def test_a_download_longer_than_the_lease_is_not_finished_twice(
     from mediagen.storage.local import LocalStorage
 
     for stack in _stack("lease", 6, fake, LEASE_SECONDS="2", POLL_INTERVAL="0.3"):
-        downloads = fake.stats.downloads
         outbox = Outbox(aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/6"))
         sweeper = Pipeline(Settings(_env_file=None, lease_seconds=2, sweep_interval=1,  # type: ignore[call-arg]
                                     dispatch_grace=0),
@@ -380,4 +379,4 @@ async def test_a_download_longer_than_the_lease_is_not_finished_twice(
             await outbox.client.aclose()
         assert job["status"] == "completed", job
         assert job["attempts"] == 1
-        assert fake.stats.downloads == downloads + 1  # one finish only
+        assert fake.stats.downloads_of[job["prediction_id"]] == 1  # one finish only

@@ -262,6 +262,7 @@ def create_app(state: FakeState) -> Starlette:
     async def files(request: Request) -> Response:
         state.stats.downloads += 1
         state.stats.downloads_with_token += "authorization" in request.headers
+        state.stats.downloads_of[request.path_params["id"]] += 1
         prediction = state.predictions.get(request.path_params["id"])
         index = int(request.path_params["n"])
         if (

@@ -103,6 +103,7 @@ class Stats:
     cancels: int = 0
     downloads: int = 0
     downloads_with_token: int = 0  # file requests that carried an Authorization header (a leak)
+    downloads_of: Counter[str] = field(default_factory=Counter)  # prediction id -> downloads
     webhooks_delivered: int = 0
     webhooks_failed: int = 0  # failed delivery attempts (each retry counts)
     requests: Counter[str] = field(default_factory=Counter)  # "GET /v1/predictions/{id}": n
