@@ -68,3 +68,15 @@ def test_compose_file_matches_the_code() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts/check_compose.py")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+
+
+def test_no_countdown_outlives_the_broker_visibility_timeout() -> None:
+    """A message held longer than Redis's visibility timeout is delivered twice: the timeout
+    follows the longest countdown anything schedules, whatever the settings."""
+    from mediagen.config import longest_countdown
+    from mediagen.worker import make_celery
+
+    for overrides in ({}, {"webhook_retry_delay": 60}, {"retry_max_delay": 86_400}):
+        settings = Settings(_env_file=None, **overrides)  # type: ignore[arg-type]
+        visibility = make_celery(settings).conf.broker_transport_options["visibility_timeout"]
+        assert visibility >= 2 * longest_countdown(settings), overrides

@@ -10,10 +10,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict, JsonValue
 from pydantic_core import PydanticCustomError
 
@@ -322,7 +330,18 @@ def _iso_datetime(value: object) -> object:
     return value
 
 
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC; one that falls outside the years 1..9999 there (year 1 at +23:00,
+    say) is the nearest end of the range, which compares the same to every job."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if value.year < 5000 else datetime.max).replace(tzinfo=UTC)
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_datetime), AfterValidator(_in_utc)]
 
 
 class JobQuery(BaseModel):

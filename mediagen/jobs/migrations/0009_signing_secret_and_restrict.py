@@ -24,4 +24,17 @@ class Migration(migrations.Migration):
             name='api_key',
             field=fields.ForeignKeyField('jobs.ApiKey', source_field='api_key_id', null=True, db_constraint=True, to_field='id', related_name='jobs', on_delete=OnDelete.RESTRICT),
         ),
+        # AlterField records the new rule; the constraint in the database is replaced here.
+        ops.RunSQL(
+            [
+                "ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_api_key_id_fkey",
+                "ALTER TABLE jobs ADD CONSTRAINT jobs_api_key_id_fkey FOREIGN KEY (api_key_id) "
+                "REFERENCES api_keys (id) ON DELETE RESTRICT",
+            ],
+            reverse_sql=[
+                "ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_api_key_id_fkey",
+                "ALTER TABLE jobs ADD CONSTRAINT jobs_api_key_id_fkey FOREIGN KEY (api_key_id) "
+                "REFERENCES api_keys (id) ON DELETE SET NULL",
+            ],
+        ),
     ]

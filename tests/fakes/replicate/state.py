@@ -109,7 +109,8 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)  # "GET /v1/predictions/{id}": n
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "requests": dict(self.requests)}
+        return {**asdict(self), "requests": dict(self.requests),
+                "downloads_of": dict(self.downloads_of)}
 
 
 @dataclass
