@@ -10,7 +10,8 @@ same servers. Then drives them alternately with wrk (`-t1 -c32 -d8s` by default)
 round, and prints req/s, p50 and p99 of each and the ratio ours/baseline (medians over rounds).
 
 Our API runs with its defaults (no API keys, so anonymous callers are served) except for the
-two per-key limits, raised out of reach but still checked, so every request pays for them.
+three per-key limits (submissions, reads, unfinished jobs), raised out of reach but still
+checked, so every request pays for them.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="WARNING",
                             LOCAL_STORAGE_PATH=str(WORK / "media"),
                             RATE_LIMIT_PER_MINUTE=UNLIMITED, MAX_JOBS_IN_FLIGHT=UNLIMITED,
+                            RATE_LIMIT_READS_PER_MINUTE=UNLIMITED,
                             **dict(item.split("=", 1) for item in args.env))
             subprocess_run = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mediagen", "migrate", env=env, cwd=ROOT,
