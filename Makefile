@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
-        bench-e2e bench-inflight compose-check ping fuzz chaos clean
+        bench-e2e bench-inflight bench-observability compose-check ping fuzz chaos clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -42,6 +42,7 @@ ping: setup ## celery inspect ping against the configured (or running embedded) 
 
 test: setup ## The whole test suite against real Postgres, Redis and Celery
 	scripts/ensure-services.sh
+	scripts/ensure-tools.sh
 	$(PY) -m pytest
 
 fuzz: setup ## schemathesis over the OpenAPI schema with a random seed (a live API on :8000)
@@ -71,6 +72,10 @@ bench-api: setup ## Submit and status against a bare-stack baseline (wrk); ARGS=
 
 bench-e2e: setup ## Throughput and latency end to end, built-in generator, one worker
 	$(PY) bench/e2e.py $(ARGS)
+
+bench-observability: setup ## Submit and status with metrics and access log on, against off
+	$(PY) bench/api.py --env LOG_LEVEL=INFO --versus LOG_LEVEL=INFO \
+	  --versus METRICS_ENABLED=false --versus ACCESS_LOG=false $(ARGS)
 
 bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s latency
 	$(PY) bench/inflight.py $(ARGS)

@@ -12,6 +12,12 @@ round, and prints req/s, p50 and p99 of each and the ratio ours/baseline (median
 Our API runs with its defaults (no API keys, so anonymous callers are served) except for the
 three per-key limits (submissions, reads, unfinished jobs), raised out of reach but still
 checked, so every request pays for them.
+
+    python bench/api.py --env LOG_LEVEL=INFO --versus LOG_LEVEL=INFO \
+        --versus METRICS_ENABLED=false --versus ACCESS_LOG=false
+
+compares our API with itself under other settings instead (here: the cost of metrics and the
+access log; `make bench-observability`).
 """
 
 from __future__ import annotations
@@ -84,9 +90,13 @@ async def preload(dsn: str, count: int) -> float:
             ]
             await conn.copy_records_to_table("jobs", records=rows, columns=columns)
         if counted:
+            by_state = await conn.fetchval(
+                "SELECT count(*) > 0 FROM information_schema.columns "
+                "WHERE table_name = 'job_counters' AND column_name = 'pending'")
             await conn.execute(
-                "UPDATE job_counters SET unfinished = unfinished + $1 WHERE scope = $2 "
-                "AND shard = 0", count, uuid.UUID(int=0))
+                "UPDATE job_counters SET unfinished = unfinished + $1"
+                + (", pending = pending + $1" if by_state else "")
+                + " WHERE scope = $2 AND shard = 0", count, uuid.UUID(int=0))
         await conn.execute("ANALYZE jobs")
     finally:
         await conn.close()
@@ -139,12 +149,19 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log",
                        "--log-level", "warning"]
             procs.spawn([*uvicorn, "--port", str(ours), "mediagen.main:app"], env, "ours.log")
-            procs.spawn([*uvicorn, "--port", str(base), "bench.baseline_app:app"],
-                        {**env, "BENCH_DATABASE_URL": dsn, "BENCH_REDIS_URL": redis_url},
-                        "baseline.log")
             urls = {"mediagen": f"http://127.0.0.1:{ours}", "baseline": f"http://127.0.0.1:{base}"}
+            if args.versus:  # the baseline is our API with other settings
+                versus = {**env, **dict(item.split("=", 1) for item in args.versus)}
+                print(f"baseline: mediagen with {' '.join(args.versus)}", flush=True)
+                procs.spawn([*uvicorn, "--port", str(base), "mediagen.main:app"], versus,
+                            "baseline.log")
+                await wait_http(f"{urls['baseline']}/openapi.json")
+            else:
+                procs.spawn([*uvicorn, "--port", str(base), "bench.baseline_app:app"],
+                            {**env, "BENCH_DATABASE_URL": dsn, "BENCH_REDIS_URL": redis_url},
+                            "baseline.log")
+                await wait_http(f"{urls['baseline']}/api/v1/status/{uuid.uuid4()}", ok=405)
             await wait_http(f"{urls['mediagen']}/openapi.json")
-            await wait_http(f"{urls['baseline']}/api/v1/status/{uuid.uuid4()}", ok=405)
             submit = WORK / "submit.lua"
             submit.write_text(LUA_SUBMIT % orjson.dumps(BODY).decode())
             scripts: dict[str, dict[str, Path]] = {}
@@ -197,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for our API, e.g. FAST_PATHS=false (repeatable)")
+    parser.add_argument("--versus", action="append", default=[], metavar="NAME=VALUE",
+                        help="compare with our API under this setting instead of the bare "
+                             "baseline app, e.g. METRICS_ENABLED=false (repeatable)")
     parser.add_argument("--database-url", help="use this Postgres (default: a fresh embedded one)")
     parser.add_argument("--redis-url", help="use this Redis (default: a fresh embedded one)")
     return parser

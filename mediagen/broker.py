@@ -21,17 +21,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+
+from mediagen.observability.context import current_headers
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,13 @@ class Task:
     queue: str = QUEUE
 
 
-def task_message(task: Task, now: datetime | None = None) -> bytes:
-    """The JSON document kombu's Redis transport stores for `task` (Celery message protocol 2)."""
+def task_message(
+    task: Task, now: datetime | None = None, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """The JSON document kombu's Redis transport stores for `task` (Celery message protocol 2).
+
+    `headers` are added to the message's headers, as `apply_async(headers=...)` does; a worker
+    finds them on `task.request` (the request id and trace context, mediagen.observability)."""
     task_id = str(uuid.uuid4())
     eta = None
     if task.countdown > 0:
@@ -88,6 +96,7 @@ def task_message(task: Task, now: datetime | None = None) -> bytes:
                 "replaced_task_nesting": 0,
                 "stamped_headers": None,
                 "stamps": {},
+                **(headers or {}),
             },
             "properties": {
                 "correlation_id": task_id,
@@ -142,13 +151,19 @@ class Outbox:
         if batch.done is None:
             batch.done = asyncio.get_running_loop().create_future()
         if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run(), name="mediagen-outbox")
+            # A context of its own: the runner outlives the request or step that woke it first,
+            # whose request id and trace it would otherwise carry into every later batch.
+            self._runner = asyncio.create_task(
+                self._run(), name="mediagen-outbox", context=contextvars.Context()
+            )
         self._idle.clear()
         self._wake.set()
         return batch.done
 
     def send(self, task: Task) -> asyncio.Future[bool]:
-        self._batch.tasks.setdefault(task.queue, []).append(task_message(task))
+        """Publish `task`, carrying the current request id and trace context."""
+        message = task_message(task, headers=current_headers())
+        self._batch.tasks.setdefault(task.queue, []).append(message)
         return self._future()
 
     def event(

@@ -15,15 +15,19 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from mediagen.broker import QUEUES
 from mediagen.config import Settings, get_settings
 from mediagen.keys import cli as keys_cli
+from mediagen.observability.metrics import MULTIPROC_ENV
 
 EMBEDDED_ENV = "embedded.env"
 MAX_RESTARTS = 5
@@ -127,7 +131,11 @@ def cmd_run(_: argparse.Namespace) -> int:
         settings = Settings(_env_file=".env")
         _migrate(settings)
         commands = [_api_cmd(settings), _worker_cmd(settings, beat=True)]
-        children = [subprocess.Popen(cmd) for cmd in commands]  # noqa: S603
+        envs = [{**os.environ, **_metrics_dir(settings, service)} for service in ("api", "worker")]
+        children = [
+            subprocess.Popen(cmd, env=env)  # noqa: S603
+            for cmd, env in zip(commands, envs, strict=True)
+        ]
         restarts: list[float] = []
         print(
             f"mediagen: API on http://{settings.api_host}:{settings.api_port} "
@@ -164,7 +172,7 @@ def cmd_run(_: argparse.Namespace) -> int:
                     flush=True,
                 )
                 restarts.append(time.monotonic())
-                children[index] = subprocess.Popen(commands[index])  # noqa: S603
+                children[index] = subprocess.Popen(commands[index], env=envs[index])  # noqa: S603
             time.sleep(0.3)
         for child in children:
             if child.poll() is None:
@@ -180,6 +188,21 @@ def cmd_run(_: argparse.Namespace) -> int:
 
 def _exec(cmd: list[str]) -> int:
     os.execv(cmd[0], cmd)  # noqa: S606
+
+
+def _metrics_dir(settings: Settings, service: str) -> dict[str, str]:
+    """A fresh multiprocess metrics directory for `service` (mediagen.observability.metrics):
+    `<PROMETHEUS_MULTIPROC_DIR>/<service>` if the operator set one, else a new temporary one,
+    so the processes of one service add up and two services never mix."""
+    if not settings.metrics_enabled:
+        return {}
+    if base := os.environ.get(MULTIPROC_ENV):
+        path = Path(base) / service
+        shutil.rmtree(path, ignore_errors=True)  # counters start again with the service
+        path.mkdir(parents=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"mediagen-metrics-{service}-"))
+    return {MULTIPROC_ENV: str(path)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         if args.workers is not None and not 1 <= args.workers <= 64:
             parser.error("--workers must be between 1 and 64")
+        os.environ.update(_metrics_dir(settings, "api"))
         return _exec(_api_cmd(settings, args.workers))
     if args.command == "worker":
+        os.environ.update(_metrics_dir(settings, "worker"))
         return _exec(_worker_cmd(settings, beat=args.beat))
     if args.command == "beat":
         return _exec(_beat_cmd(settings))

@@ -118,8 +118,22 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=1000)
 
+    # --- observability (README "Observing mediagen") ----------------------------------------
     debug: bool = False
     log_level: str = "INFO"
+    # auto: readable lines on a terminal, JSON lines (one object per line) otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # One line per API request: method, route, status, duration, request id.
+    access_log: bool = True
+    # Prompts and webhook URLs in log lines; off: they never appear.
+    log_prompts: bool = False
+    # GET /metrics on the API and the worker's exporter; false: neither, at no cost per request.
+    metrics_enabled: bool = True
+    # When set, /metrics (API and worker) needs `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: str = ""
+    # The worker's Prometheus exporter (one per worker, for all its processes); 0: none.
+    worker_metrics_port: int = Field(9808, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod

@@ -26,6 +26,9 @@ class MediagenError(Exception):
     status_code = 500
     code = "internal_error"
     headers: dict[str, str] | None = None
+    # Which limit refused the request (submissions, reads, in_flight, streams), for the
+    # `mediagen_rate_limited_total` metric; counted once, when the refusal is answered.
+    limit: str | None = None
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tortoise.exceptions import DBConnectionError, OperationalError
 
 from mediagen.errors import DatabaseUnavailableError, MediagenError
+from mediagen.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def error_response(exc: BaseException) -> JSONResponse | None:
     """The answer to one of our errors or to the database being down; None for anything else.
     (The fast paths, which run outside FastAPI's handlers, answer with this too.)"""
     if isinstance(exc, MediagenError):
+        if exc.limit is not None:
+            metrics.rate_limited(exc.limit)
         return _error(exc.status_code, exc.message, exc.code, None, exc.headers, **exc.details)
     if _database_down(exc):
         log.warning("database unavailable: %s", exc)

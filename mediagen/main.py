@@ -28,6 +28,9 @@ from mediagen.jobs.webhooks import router as webhooks_router
 from mediagen.keys.cache import PING_EVERY, KeyCache
 from mediagen.limits import BodySizeLimit
 from mediagen.notify.router import router as notify_router
+from mediagen.observability import http as observed
+from mediagen.observability import logs, tracing
+from mediagen.observability.router import router as metrics_router
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.served import SignedFiles
@@ -59,15 +62,6 @@ for _type, _ext in (
     ("audio/ogg", ".ogg"),
 ):
     mimetypes.add_type(_type, _ext)
-
-
-def configure_logging(settings: Settings) -> None:
-    level = (
-        logging.DEBUG
-        if settings.debug
-        else getattr(logging, settings.log_level.upper(), logging.INFO)
-    )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 _AUTH_NOTE = {
@@ -107,7 +101,7 @@ def _state_auth_mode(app: FastAPI, mode: str) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings)
+    logs.configure(settings, "api")
     storage = create_storage(settings)
 
     @asynccontextmanager
@@ -148,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await redis_client.aclose()
             await storage.close()
             await close_db()
+            tracing.shutdown()  # export the spans still buffered
 
     app = FastAPIOffline(
         title="mediagen",
@@ -165,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)  # /livez, /readyz, /api/v1/health
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)  # /metrics (Prometheus)
     errors_http.install(app)
     _state_auth_mode(app, settings.auth_required)
     if settings.fast_paths:  # innermost: CORS and the body limit apply to it as to the routes
@@ -187,6 +184,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         overrides={f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES},
     )
+    observed.install(app, settings)  # around everything: request id, access log, metrics
+    if tracing.configure("api"):  # outermost, so the server span covers FastPaths' answers
+        tracing.instrument_app(app)
     return app
 
 

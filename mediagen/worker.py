@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery
 from celery.signals import (
+    setup_logging,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -34,6 +35,7 @@ from mediagen.broker import HEARTBEAT_TTL, QUEUE, WEBHOOK_QUEUE, WORKERS, Outbox
 from mediagen.config import Settings, get_settings, longest_countdown
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
+from mediagen.observability import logs, tracing
 
 if TYPE_CHECKING:
     from mediagen.jobs.pipeline import Next
@@ -133,6 +135,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         from mediagen.jobs.pipeline import Pipeline
         from mediagen.notify.delivery import Deliverer
+        from mediagen.observability.measured import MeasuredProvider
         from mediagen.outbound import Outbound
         from mediagen.providers import create_provider
         from mediagen.storage import create_storage
@@ -145,7 +148,7 @@ class Runtime:
         )
         self._thread.start()
         self.outbound = Outbound()
-        self.provider = create_provider(settings, self.outbound)
+        self.provider = MeasuredProvider(create_provider(settings, self.outbound))
         self.storage = create_storage(settings)
         self._heartbeat: asyncio.Task[None] | None = None
         self.outbox = self.run(self._open())
@@ -206,7 +209,8 @@ class Runtime:
             await client.aclose()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run `coro` on this process's loop and wait for it (from a pool thread)."""
+        """Run `coro` on this process's loop and wait for it (from a pool thread). The coroutine
+        runs in a copy of the calling thread's context: it sees the task's request and job ids."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def step(self, coro: Coroutine[Any, Any, Next | None]) -> None:
@@ -252,8 +256,15 @@ def runtime() -> Runtime:
         return _runtime
 
 
+@setup_logging.connect
+def _on_setup_logging(**_: Any) -> None:
+    # Connected, so Celery installs no handlers of its own: its lines are structured like ours.
+    logs.configure(get_settings(), "worker")
+
+
 @worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
+    tracing.configure("worker")  # after the fork, as the export thread must be
     runtime()  # prefork children: open the loop and pool after the fork
 
 
@@ -261,7 +272,25 @@ def _on_process_init(**_: Any) -> None:
 def _on_ready(**_: Any) -> None:
     # Threads/solo pools run tasks in the main process. A prefork main process runs none, but
     # its heartbeat is the worker's; children forked later open their own (see db.pool).
+    tracing.configure("worker")
     runtime()
+    _export_metrics(get_settings())
+
+
+def _export_metrics(settings: Settings) -> None:
+    """The worker's Prometheus exporter, in its main process: in multiprocess mode (`mediagen
+    worker` sets it up) it adds up every pool process (mediagen.observability.metrics)."""
+    if not settings.metrics_enabled or not settings.worker_metrics_port:
+        return
+    from mediagen.observability import metrics
+
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    try:
+        metrics.serve(host, port, settings.metrics_token)
+    except OSError as exc:  # another worker on this machine has it: run, without an exporter
+        log.warning("worker metrics not served on %s:%d: %s", host, port, exc)
+        return
+    log.info("worker metrics on http://%s:%d/metrics", host, port)
 
 
 @worker_process_shutdown.connect
@@ -272,3 +301,4 @@ def _on_shutdown(**_: Any) -> None:
         if _runtime is not None and _runtime.pid == os.getpid():
             _runtime.close()
             _runtime = None
+    tracing.shutdown()  # export the spans still buffered

@@ -7,6 +7,11 @@
 - Secrets: `docker-compose config` fails, naming the variable, while a secret is missing, and
   passes once they are set; no secret has a default. Debian's docker-compose 1.29 (no engine
   needed for `config`) is installed when missing.
+- The observability profile: Prometheus and Grafana only under `--profile observability`, with
+  deploy/ mounted read-only. Compose interpolates every service whatever the profiles, so
+  Grafana's password cannot be `:?` (the stack without the profile would need it): `config`
+  passes without it, and the Grafana service's own command refuses to start while it is empty,
+  which is run here.
 
 Exit status 1 with the problems listed.
 """
@@ -32,6 +37,8 @@ REQUIRED = {"api", "celery_worker", "beat", "flower", "postgres", "redis", "migr
 SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
 S3_SECRETS = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
 FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.s3.yml")
+OBSERVABILITY = ("prometheus", "grafana")
+GRAFANA_ADMIN = "GRAFANA_ADMIN_PASSWORD"
 
 
 def _structure(compose: dict, found: list[str]) -> None:
@@ -48,6 +55,17 @@ def _structure(compose: dict, found: list[str]) -> None:
     for name in ("postgres", "redis", "celery_worker"):
         if "healthcheck" not in services.get(name, {}):
             found.append(f"{name} has no healthcheck")
+    for name in OBSERVABILITY:
+        service = services.get(name, {})
+        if service.get("profiles") != ["observability"]:
+            found.append(f"{name} is not (only) in the observability profile")
+        for volume in service.get("volumes", []):
+            if volume.startswith("./deploy/") and not volume.endswith(":ro"):
+                found.append(f"{name} mounts {volume} writable")
+    if (services.get("celery_worker", {}).get("environment") or {}).get(
+        "WORKER_METRICS_HOST"
+    ) != "0.0.0.0":  # noqa: S104 - inside the compose network; the port is not published
+        found.append("celery_worker's metrics exporter is not reachable by Prometheus")
 
 
 def _exposure_and_images(path: Path, found: list[str]) -> None:
@@ -85,12 +103,40 @@ def _docker_compose() -> str | None:
 
 
 def _config(
-    binary: str, files: tuple[Path, ...], env: dict[str, str]
+    binary: str, files: tuple[Path, ...], env: dict[str, str], *options: str
 ) -> subprocess.CompletedProcess[str]:
     args = [arg for path in files for arg in ("-f", str(path))]
-    clean = {k: v for k, v in os.environ.items() if k not in (*SECRETS, *S3_SECRETS)}
-    return subprocess.run([binary, *args, "config", "-q"], cwd=ROOT, capture_output=True,
-                          text=True, check=False, env={**clean, **env})
+    clean = {k: v for k, v in os.environ.items()
+             if k not in (*SECRETS, *S3_SECRETS, GRAFANA_ADMIN)}
+    return subprocess.run([binary, *args, *options, "config", *(() if options else ("-q",))],
+                          cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={**clean, **env})
+
+
+def _observability(binary: str, secrets: dict[str, str], found: list[str]) -> None:
+    """`--profile observability`: Grafana gets the password from .env, and without one its
+    command stops with a message naming the variable (run here, up to that point)."""
+    profile = ("--profile", "observability")
+    for password in ("test-grafana-password", ""):
+        env = {**secrets, GRAFANA_ADMIN: password} if password else secrets
+        run = _config(binary, FILES[:1], env, *profile)
+        if run.returncode:
+            found.append(f"docker-compose --profile observability config: {run.stderr.strip()}")
+            continue
+        services = yaml.safe_load(run.stdout)["services"]
+        missing = sorted(set(OBSERVABILITY) - set(services))
+        if missing:
+            found.append(f"--profile observability does not start {missing}")
+            continue
+        grafana = services["grafana"]
+        if grafana["environment"].get("GF_SECURITY_ADMIN_PASSWORD") != password:
+            found.append("Grafana's admin password is not GRAFANA_ADMIN_PASSWORD")
+        if not password:
+            script = grafana["command"][0].replace("$$", "$")
+            guard = subprocess.run([*grafana["entrypoint"], script], capture_output=True,
+                                   text=True, env={"GF_SECURITY_ADMIN_PASSWORD": ""})
+            if guard.returncode == 0 or GRAFANA_ADMIN not in guard.stderr:
+                found.append(f"Grafana starts without {GRAFANA_ADMIN}")
 
 
 def _compose_config(found: list[str]) -> None:
@@ -108,6 +154,7 @@ def _compose_config(found: list[str]) -> None:
             run = _config(binary, files, {k: values[k] for k in needed if k != missing})
             if run.returncode == 0 or missing not in run.stderr:
                 found.append(f"docker-compose config passes without {missing}")
+    _observability(binary, {k: values[k] for k in SECRETS}, found)
 
 
 def problems() -> list[str]:

@@ -83,6 +83,7 @@ TEST_ENV = {
     "AUTH_REQUIRED": "false",  # tests/keys runs its own API with the default, auto
     "LOG_LEVEL": "INFO",
     "DEBUG": "false",
+    "WORKER_METRICS_PORT": "0",  # tests that scrape a worker give it a port of its own
 }
 os.environ.update(TEST_ENV)
 

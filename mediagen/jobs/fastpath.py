@@ -40,6 +40,10 @@ STATUS = re.compile(
     r"/api/v1/status/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
 )
 
+STATUS_ROUTE = "/api/v1/status/{job_id}"
+# Where a request's route template is found when no FastAPI route ran (scope["route"] else).
+ROUTE = "mediagen.route"
+
 
 class _Defer(Exception):
     """Not the common case: let the FastAPI route answer."""
@@ -53,9 +57,11 @@ class FastPaths:
         if scope["type"] == "http":
             method, path = scope["method"], scope["path"]
             if method == "POST" and path == GENERATE:
+                scope[ROUTE] = GENERATE  # the route template, for metrics and the access log
                 await self._generate(scope, receive, send)
                 return
             if method == "GET" and (match := STATUS.fullmatch(path)):
+                scope[ROUTE] = STATUS_ROUTE
                 await self._status(scope, receive, send, uuid.UUID(match.group(1)))
                 return
         await self.app(scope, receive, send)

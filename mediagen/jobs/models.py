@@ -52,6 +52,11 @@ class Job(Model):
     started_at = fields.DatetimeField(null=True)
     completed_at = fields.DatetimeField(null=True)
 
+    # The request that created the job (X-Request-ID) and its trace context (W3C traceparent),
+    # so every worker step, however it was dispatched, logs and traces under them.
+    request_id = fields.CharField(max_length=128, null=True)
+    traceparent = fields.CharField(max_length=64, null=True)
+
     class Meta:
         table = "jobs"
         indexes = (
@@ -102,12 +107,19 @@ class JobCounter(Model):
     row lock is held through the WAL flush); with shards, a submission takes any shard that has
     room and is not locked (`FOR UPDATE SKIP LOCKED`), and each shard holds at most its share
     of the limit, so the total never exceeds it. A job remembers its shard (`Job.quota_shard`).
+
+    The same statements keep the unfinished jobs by state (`pending`, `processing`,
+    `retrying`; their sum is `unfinished`), so the backlog gauges of /metrics read these rows
+    (a few per key) instead of counting jobs.
     """
 
     id = fields.IntField(primary_key=True)
     scope = fields.UUIDField()
     shard = fields.SmallIntField()
     unfinished = fields.IntField(default=0)
+    pending = fields.IntField(default=0, db_default=0)
+    processing = fields.IntField(default=0, db_default=0)
+    retrying = fields.IntField(default=0, db_default=0)
 
     class Meta:
         table = "job_counters"

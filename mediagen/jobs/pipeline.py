@@ -28,6 +28,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
+from mediagen.observability import context, tracing
 from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
 from mediagen.storage.base import Storage
 
@@ -55,6 +56,13 @@ def backoff(settings: Settings, retries_so_far: int) -> float:
     return float(min(settings.retry_max_delay, base * random.uniform(0.9, 1.1)))
 
 
+def _adopt_request(job: Job) -> None:
+    """A step whose message carried no request id (the sweeper re-dispatched it) logs under
+    the one the job row keeps, the request that created the job."""
+    if context.request_id.get() is None and job.request_id:
+        context.request_id.set(job.request_id)
+
+
 class Pipeline:
     def __init__(
         self, settings: Settings, provider: Provider, storage: Storage, outbox: Outbox
@@ -70,11 +78,12 @@ class Pipeline:
         if moved is None:
             await self._not_claimed(job_id)
             return None
-        events.announce(self.outbox, moved)
         job = moved.job
+        _adopt_request(job)  # before anything is announced, so it carries the request id
+        events.announce(self.outbox, moved)
         attempt = job.attempt
         request = self._request(job, attempt)
-        log.info("job %s: attempt %d started", job.id, attempt)
+        log.info("job started", extra={"job_id": str(job.id), "attempt": attempt})
 
         if job.prediction_id:  # resume the earlier attempt's prediction rather than pay twice
             resumed = await self._resume(job.prediction_id, request)
@@ -108,6 +117,7 @@ class Pipeline:
             or not job.prediction_id
         ):
             return None  # stale: finished, retried, or owned by a newer attempt
+        _adopt_request(job)
         if self._expired(job):
             await self._fail_deadline(job)
             return None
@@ -194,7 +204,9 @@ class Pipeline:
             for index, output in enumerate(prediction.outputs):
                 async with self.provider.fetch(output) as fetched:  # streams into storage
                     key = self.storage.key_for(str(job.id), index, fetched.ext)
-                    size = await self.storage.save(key, fetched.body, fetched.content_type)
+                    with tracing.span("storage.put", {"mediagen.storage.key": key}) as span:
+                        size = await self.storage.save(key, fetched.body, fetched.content_type)
+                        span.set_attribute("mediagen.storage.bytes", size)
                 outputs.append({"key": key, "content_type": fetched.content_type, "size": size})
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
@@ -213,7 +225,7 @@ class Pipeline:
         )
         if moved is not None:
             events.announce(self.outbox, moved, progress=done)
-            log.info("job %s: completed on attempt %d", job.id, attempt)
+            log.info("job completed", extra={"job_id": str(job.id), "attempt": attempt})
         else:
             await self._discard_if_canceled(job.id, outputs)
         return None
@@ -255,7 +267,13 @@ class Pipeline:
             return None
         events.announce(self.outbox, moved)
         log.warning(
-            "job %s: attempt %d failed (%s); retry in %.1fs", job.id, attempt, exc.message, delay
+            "job retrying",
+            extra={
+                "job_id": str(job.id),
+                "attempt": attempt,
+                "error": exc.message,
+                "retry_in": round(delay, 1),
+            },
         )
         return Next("start", str(job.id), None, delay)
 
@@ -281,6 +299,7 @@ class Pipeline:
         if moved is None:
             return False
         events.announce(self.outbox, moved)
+        log.warning("job failed", extra={"job_id": str(job_id), "attempt": attempt, "error": error})
         if stop_upstream and moved.job.prediction_id:
             self.outbox.send(cancel_upstream_task(moved.job.prediction_id))
         return True

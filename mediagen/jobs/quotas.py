@@ -62,10 +62,12 @@ class RateLimiter:
             window = self._windows[scope] = _Window(number)
         if window.seen + window.unsynced >= self.limit:
             retry_after = max(1, int((number + 1) * WINDOW - now))
-            raise RateLimitedError(
+            refused = RateLimitedError(
                 f"more than {self.limit} {self.what} per minute; retry in {retry_after} s",
                 retry_after,
             )
+            refused.limit = "submissions" if self.what == "jobs" else self.what
+            raise refused
         window.unsynced += 1
         if self._syncing is None or self._syncing.done():
             self._syncing = asyncio.get_running_loop().create_task(self._sync())
@@ -107,8 +109,10 @@ class RateLimiter:
 
 def in_flight_exceeded(settings: Settings) -> RateLimitedError:
     """The answer when the insert found the owner at MAX_JOBS_IN_FLIGHT unfinished jobs."""
-    return RateLimitedError(
+    refused = RateLimitedError(
         f"{settings.max_jobs_in_flight} jobs are still unfinished "
         f"(limit {settings.max_jobs_in_flight})",
         IN_FLIGHT_RETRY_AFTER,
     )
+    refused.limit = "in_flight"
+    return refused

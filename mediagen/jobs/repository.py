@@ -7,8 +7,9 @@ terminal state once. The same statement writes what the transition implies:
 
 - the client webhook deliveries its events call for (`webhook_deliveries`, if the job has a
   webhook that wants them), so a crash can never keep a transition and lose its webhook;
-- on entering a terminal state, the owner's unfinished-jobs counter (`job_counters`, the shard
-  that counted the job), so the in-flight limit reads a row and is exact.
+- on any change of state, the owner's counters (`job_counters`, the shard that counted the
+  job): unfinished jobs, and unfinished jobs by state, so the in-flight limit and the backlog
+  gauges read a few rows and are exact.
 
 It returns the row as it now is. Publishing what it means (task messages, live events) is the
 caller's job, after the statement has committed (`mediagen.jobs.events.announce`).
@@ -29,6 +30,7 @@ from asyncpg import Record
 from mediagen.db import pool
 from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS, Job
 from mediagen.jobs.states import ALLOWED_FROM, TERMINAL, JobStatus
+from mediagen.observability import metrics
 
 _JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
 # When the sweeper looks at a recorded upstream cancel if its own message has not settled it.
@@ -77,6 +79,18 @@ _PAYLOAD = f"""jsonb_build_object(
     'updated_at', to_char(moved.updated_at AT TIME ZONE 'UTC', {_ISO}))"""
 
 
+_TERMINAL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
+# The owner's counter row after `moved` left `was`: one fewer unfinished job if it finished,
+# and one job moved between the unfinished states' counts.
+_RECOUNT = f"""unfinished = job_counters.unfinished - (moved.status IN ({_TERMINAL}))::int,
+    pending = job_counters.pending + (moved.status = 'pending')::int
+        - (moved.was = 'pending')::int,
+    processing = job_counters.processing + (moved.status = 'processing')::int
+        - (moved.was = 'processing')::int,
+    retrying = job_counters.retrying + (moved.status = 'retrying')::int
+        - (moved.was = 'retrying')::int"""
+
+
 class _Statement:
     """Builds one statement's text and arguments. The text depends only on which columns are
     set and how, so each shape is prepared once per connection and reused."""
@@ -105,28 +119,31 @@ class _Statement:
         where: str,
         fields: Mapping[str, Any],
         *,
-        terminal: bool = False,
         events: Sequence[str] = (),
         stop_upstream: bool = False,
     ) -> str:
         """UPDATE jobs ... RETURNING the row, plus what the change implies (module docstring)."""
-        sql = [
-            f"WITH moved AS (UPDATE jobs SET updated_at = now(), {self.sets(fields)} "
-            f"WHERE {where} RETURNING jobs.*)"
-        ]
+        if "status" in fields:  # lock the row first, to know the state it leaves
+            sql = [
+                f"WITH before AS (SELECT id AS before_id, status AS was FROM jobs WHERE {where} "
+                f"FOR UPDATE), moved AS (UPDATE jobs SET updated_at = now(), "
+                f"{self.sets(fields)} FROM before WHERE jobs.id = before.before_id "
+                "RETURNING jobs.*, before.was)"
+                f", counted AS (UPDATE job_counters SET {_RECOUNT} FROM moved "
+                f"WHERE job_counters.scope = coalesce(moved.api_key_id, '{ANONYMOUS}'::uuid) "
+                "AND job_counters.shard = moved.quota_shard AND moved.was <> moved.status)"
+            ]
+        else:
+            sql = [
+                f"WITH moved AS (UPDATE jobs SET updated_at = now(), {self.sets(fields)} "
+                f"WHERE {where} RETURNING jobs.*)"
+            ]
         if stop_upstream:  # the job's prediction, if any, is to be canceled upstream
             sql.append(
                 ", stopping AS (INSERT INTO upstream_cancels "
                 "(prediction_id, job_id, attempts, created_at, next_attempt_at) "
                 f"SELECT moved.prediction_id, moved.id, 0, now(), {_CANCEL_DUE} FROM moved "
                 "WHERE moved.prediction_id IS NOT NULL ON CONFLICT (prediction_id) DO NOTHING)"
-            )
-        if terminal:
-            sql.append(
-                ", counted AS (UPDATE job_counters SET unfinished = job_counters.unfinished - 1 "
-                "FROM moved WHERE job_counters.scope = "
-                f"coalesce(moved.api_key_id, '{ANONYMOUS}'::uuid) "
-                "AND job_counters.shard = moved.quota_shard)"
             )
         if events:
             sql.append(
@@ -151,6 +168,17 @@ async def _moved(statement: _Statement, sql: str) -> Moved | None:
         return None
     row = dict(record)
     deliveries = tuple(row.pop("delivery_ids", None) or ())
+    was = row.pop("was", None)
+    if was is not None:  # counted here: once per change, by whichever process made it
+        metrics.job_moved(
+            was,
+            row["status"],
+            row["provider"],
+            row["model"],
+            row["created_at"],
+            row["started_at"],
+            row["completed_at"],
+        )
     return Moved(Job._init_from_db(**row), deliveries)
 
 
@@ -174,14 +202,16 @@ WITH slot AS (
         OR unfinished < $2::int / {COUNTER_SHARDS} + (shard < $2::int % {COUNTER_SHARDS})::int)
     LIMIT 1 FOR UPDATE {{lock}}
 ), counted AS (
-    UPDATE job_counters SET unfinished = job_counters.unfinished + 1
+    UPDATE job_counters SET unfinished = job_counters.unfinished + 1,
+                            pending = job_counters.pending + 1
     FROM slot WHERE job_counters.id = slot.id
     RETURNING job_counters.shard
 ), created AS (
     INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
-                      attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at)
+                      attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at,
+                      request_id, traceparent)
     SELECT $3, '{JobStatus.PENDING}', $4, $5::jsonb, $6, $7, $8, '[]'::jsonb, 0, 0,
-           counted.shard, now(), now(), now()
+           counted.shard, now(), now(), now(), $11, $12
     FROM counted
     RETURNING id, created_at
 ), hooked AS (
@@ -212,6 +242,8 @@ async def insert(
     max_in_flight: int,
     webhook: str | None = None,
     webhook_events: Sequence[str] = (),
+    request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> datetime | None:
     """Create a pending job (and its webhook) if its owner has fewer than `max_in_flight`
     unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached.
@@ -233,6 +265,8 @@ async def insert(
         owner,
         webhook,
         orjson.dumps(list(webhook_events)).decode(),
+        request_id,
+        traceparent,
     )
     record = await db.fetchrow(_INSERT_SKIPPING, *args)
     assert record is not None
@@ -310,7 +344,6 @@ async def transition(
     sql = statement.update(
         where,
         {"status": str(to), **fields},
-        terminal=to in TERMINAL,
         events=_event_of(to) if events is None else events,
         stop_upstream=stop_upstream,
     )
@@ -421,7 +454,10 @@ async def complete(
 
 
 _MOVE_COUNTS = f"""
-UPDATE job_counters SET unfinished = job_counters.unfinished + anonymous.unfinished
+UPDATE job_counters SET unfinished = job_counters.unfinished + anonymous.unfinished,
+    pending = job_counters.pending + anonymous.pending,
+    processing = job_counters.processing + anonymous.processing,
+    retrying = job_counters.retrying + anonymous.retrying
 FROM job_counters AS anonymous
 WHERE anonymous.scope = '{ANONYMOUS}'::uuid AND job_counters.scope = $1
   AND job_counters.shard = anonymous.shard
@@ -440,7 +476,8 @@ async def adopt_anonymous(owner: uuid.UUID) -> int:
         await connection.execute(_ADD_SHARDS, owner)
         await connection.execute(_MOVE_COUNTS, owner)
         await connection.execute(
-            f"UPDATE job_counters SET unfinished = 0 WHERE scope = '{ANONYMOUS}'::uuid"
+            "UPDATE job_counters SET unfinished = 0, pending = 0, processing = 0, retrying = 0 "
+            f"WHERE scope = '{ANONYMOUS}'::uuid"
         )
     return int(status.rsplit(" ", 1)[1])
 

@@ -39,6 +39,7 @@ from mediagen.jobs.schemas import (
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.notify import service as notify
+from mediagen.observability import context, metrics
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,22 @@ async def create_job(
         max_in_flight=settings.max_jobs_in_flight,
         webhook=request.webhook,
         webhook_events=request.webhook_events_filter,
+        request_id=context.request_id.get(),
+        traceparent=context.current_headers().get("traceparent"),
     )
     if created_at is None:
         raise quotas.in_flight_exceeded(settings)
+    context.job_id.set(str(job_id))  # the rest of this request's lines are about the job
+    log.info(
+        "job created",
+        extra={
+            "model": request.model or settings.replicate_default_model,
+            "provider": settings.provider_name,
+            "prompt": request.prompt,  # masked unless LOG_PROMPTS=true (observability.logs)
+            "webhook": request.webhook,
+        },
+    )
+    metrics.job_created(settings.provider_name, request.model)
     dispatch_new(outbox, job_id, created_at).add_done_callback(
         lambda sent: _undispatched(job_id) if not sent.result() else None
     )

@@ -29,17 +29,21 @@ class StreamSlots:
 
     async def take(self, owner: ApiKey | None) -> Slot:
         if self.open >= self.per_process:
-            raise ServiceUnavailableError(
+            full = ServiceUnavailableError(
                 f"this server has {self.per_process} event streams open; try again shortly",
                 retry_after=RETRY_AFTER,
             )
+            full.limit = "streams"
+            raise full
         slot = Slot(self, f"mediagen:streams:{owner.id if owner else 'anonymous'}")
         if await slot.renew() > self.per_key:
             await slot.release()
-            raise RateLimitedError(
+            refused = RateLimitedError(
                 f"at most {self.per_key} event streams may be open at once per key",
                 RETRY_AFTER,
             )
+            refused.limit = "streams"
+            raise refused
         self.open += 1
         slot.counted = True
         return slot

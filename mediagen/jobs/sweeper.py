@@ -25,6 +25,7 @@ from mediagen.jobs.dispatch import cancel_upstream_task, redispatch
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next, Pipeline
 from mediagen.jobs.states import JobStatus
+from mediagen.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,14 @@ async def sweep(pipeline: Pipeline) -> int:
         await repo.mark_dispatched(resent)
     await prune_queue_index(outbox.client)
     await outbox.flush()
+    for kind, found in (
+        ("deadline", len(expired)),
+        ("undispatched", len(pending)),
+        ("retry_due", len(overdue)),
+        ("lease_expired", len(stranded)),
+        ("upstream_cancel", len(cancels)),
+    ):
+        metrics.sweeper_rescued(kind, found)
     if resent or expired:
         log.info("sweep: %d to re-dispatch, %d past deadline", len(resent), len(expired))
     return len(resent)

@@ -32,11 +32,13 @@ from standardwebhooks import Webhook
 
 from mediagen.broker import Task
 from mediagen.config import WEBHOOK_MAX_RETRY_AFTER, WEBHOOK_SCHEDULE, Settings
-from mediagen.errors import OutboundError
+from mediagen.errors import OutboundError, RefusedAddressError
 from mediagen.jobs.models import Job
 from mediagen.keys.models import ApiKey
 from mediagen.notify import delivery_task
 from mediagen.notify.models import DeliveryStatus, WebhookDelivery
+from mediagen.observability import metrics
+from mediagen.observability.context import job_id as current_job
 from mediagen.outbound import Outbound, Policy, classify
 from mediagen.storage.base import Storage
 
@@ -107,13 +109,14 @@ async def attempt(
     delivery = await WebhookDelivery.get_or_none(id=delivery_id)
     if delivery is None or delivery.status is not DeliveryStatus.PENDING:
         return None
+    current_job.set(str(delivery.job_id))  # this attempt's lines are about its job
     if not await _claim(delivery, settings):
         return None
     attempts = delivery.attempts + 1
     code: int | None = None
     retry_after: float | None = None
     error: str | None = None
-    retry = False
+    retry = refused = False
     try:
         secret = await _secret(delivery.job_id, settings)
         if not secret:
@@ -138,6 +141,7 @@ async def attempt(
             retry_after = reply.retry_after
     except OutboundError as exc:
         error, retry = exc.message, exc.retryable
+        refused = isinstance(exc, RefusedAddressError)
     except Exception as exc:  # an unusable secret or URL: retrying would not help
         error = f"{type(exc).__name__}: {exc}"
     now = datetime.now(UTC)
@@ -161,6 +165,15 @@ async def attempt(
     ).update(**fields)
     if updated != 1:
         return None
+    metrics.webhook_delivery(
+        "delivered"
+        if error is None
+        else "retry"
+        if countdown is not None
+        else "refused"
+        if refused
+        else "failed"
+    )
     log.info(
         "webhook %s (%s, job %s) attempt %d: %s%s",
         delivery.message_id,

@@ -3,11 +3,17 @@ slow receiver never holds a task thread (`mediagen.notify.delivery.Deliverer`)."
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery import Task
+
 from mediagen.notify import DELIVER_TASK
+from mediagen.observability import context
 from mediagen.worker import celery_app, runtime
 
 
-@celery_app.task(name=DELIVER_TASK)
-def deliver(delivery_id: str) -> None:
+@celery_app.task(bind=True, name=DELIVER_TASK)
+def deliver(self: Task[Any, Any], delivery_id: str) -> None:
+    context.adopt(self.request.headers or {})  # the attempt names its job (delivery.attempt)
     rt = runtime()
     rt.loop.call_soon_threadsafe(rt.deliverer.submit, delivery_id)

@@ -13,6 +13,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from mediagen.errors import OutboundError
+from mediagen.observability import tracing
 from mediagen.outbound._resolve import pinned_urls
 from mediagen.outbound._rules import retry_after
 
@@ -79,6 +80,7 @@ class Outbound:
                 headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
                 follow_redirects=False,
             )
+            tracing.instrument_client(self._client)  # client spans, when tracing is on
             self._loop = loop
         return self._client
 

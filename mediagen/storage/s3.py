@@ -25,6 +25,7 @@ from botocore.exceptions import (
 )
 
 from mediagen.errors import StorageError
+from mediagen.observability.measured import measured_save
 from mediagen.storage.base import Body
 
 if TYPE_CHECKING:
@@ -177,6 +178,7 @@ class S3Storage:
     def key_for(self, job_id: str, index: int, ext: str) -> str:
         return f"{self.prefix}jobs/{job_id}/{index}.{ext.lstrip('.').lower()}"
 
+    @measured_save("s3")
     async def save(self, key: str, body: Body, content_type: str) -> int:
         try:
             if isinstance(body, bytes):

@@ -206,7 +206,7 @@ def last_error(log: Path) -> str:
     """The last CRITICAL/ERROR line of a log (why a process exited)."""
     with contextlib.suppress(OSError):
         for line in reversed(log.read_text(errors="replace").splitlines()):
-            if "CRITICAL" in line or "Unrecoverable" in line:
+            if "critical" in line.lower() or "Unrecoverable" in line:
                 return line.strip()[-200:]
     return "no CRITICAL line in its log"
 

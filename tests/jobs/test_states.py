@@ -126,6 +126,26 @@ async def test_unfinished_counter_matches_the_rows(client: httpx.AsyncClient) ->
     unfinished = await Job.filter(api_key_id=key_id, status__in=list(UNFINISHED)).count()
     shards = await JobCounter.filter(scope=key_id).values_list("unfinished", flat=True)
     assert unfinished == 1 and sum(shards) == 1, (unfinished, shards)
+
+    # By state too (the backlog gauges): one job processing, one retrying, one pending.
+    running = await new_job("a counted run", owner=key_id)
+    assert await repo.claim(running.id, 60, 3600)
+    again = await new_job("a counted retry", owner=key_id)
+    assert await repo.claim(again.id, 60, 3600)
+    assert await repo.schedule_retry(again.id, 1, "once more", 60)
+
+    async def by_state() -> dict[str, tuple[int, int]]:
+        counted = {}
+        for state in ("pending", "processing", "retrying"):
+            rows = await Job.filter(api_key_id=key_id, status=state).count()
+            kept = sum(await JobCounter.filter(scope=key_id).values_list(state, flat=True))
+            counted[state] = (rows, kept)
+        return counted
+
+    assert await by_state() == {"pending": (1, 1), "processing": (1, 1), "retrying": (1, 1)}
+    for job in (running, again):
+        await repo.fail(job.id, "done counting")
     await repo.fail(waiting.id, "done counting")
+    assert await by_state() == {"pending": (0, 0), "processing": (0, 0), "retrying": (0, 0)}
     shards = await JobCounter.filter(scope=key_id).values_list("unfinished", flat=True)
     assert sum(shards) == 0 and min(shards) == 0

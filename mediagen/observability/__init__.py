@@ -1,0 +1,5 @@
+"""What an operator sees of a running mediagen: Prometheus metrics (`metrics`), structured logs
+that carry request and job ids (`logs`), and OpenTelemetry traces (`tracing`).
+
+`context` holds the request and job ids every log line and outgoing task message carries.
+"""

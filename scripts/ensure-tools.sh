@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Command-line tools the tests use besides Python's: promtool (Debian package `prometheus`), which
+# checks and unit-tests deploy/prometheus (tests/test_deploy.py). Installed when missing, as
+# bench/ installs wrk; the package's own Prometheus service is not left running.
+# A tool still missing fails under CI (CI set, e.g. CI=true); elsewhere its tests skip.
+set -u
+sudo=()
+[ "${EUID}" -eq 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+
+apt_install() {
+  "${sudo[@]}" apt-get install -y -q "$1" >/dev/null 2>&1 && return 0
+  "${sudo[@]}" apt-get update -q >/dev/null 2>&1
+  "${sudo[@]}" apt-get install -y -q "$1" >/dev/null 2>&1
+}
+
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing promtool (Debian package prometheus)"
+  apt_install prometheus
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "ensure-tools: promtool is not installed and could not be installed (Debian package prometheus)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
+exit 0

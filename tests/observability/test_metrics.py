@@ -1,0 +1,271 @@
+"""Prometheus metrics, scraped from a real API and a real prefork worker (two pool processes
+adding up through multiprocess mode), before and after a batch of jobs with a retry and a
+failure: every counter and histogram moves by exactly what happened, and the backlog gauges
+read what is waiting.
+
+The pair runs on a database and a Redis database of its own, so no other test's jobs or
+workers touch its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import REDIS_URL, TMP, start_api
+from tests.support import Proc, free_port, submit, wait_for, wait_terminal
+
+REDIS_DB = REDIS_URL.rsplit("/", 1)[0] + "/9"
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and set(labels.items()) <= set(ls))
+
+
+def promtool() -> str | None:
+    found = shutil.which("promtool")
+    if found is None and os.environ.get("CI"):
+        pytest.fail("promtool is missing (scripts/ensure-tools.sh installs it)")
+    return found
+
+
+@dataclass
+class Pair:
+    api: str
+    worker_metrics: str
+    multiproc: str
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_DB)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+async def pair(fresh_database: str, broker: redis.Redis) -> AsyncIterator[Pair]:
+    """An API, and (started by the test, once jobs wait) a prefork worker with 2 processes."""
+    env = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_DB, "WORKER_METRICS_PORT": "0"}
+    api, url = start_api("metrics-api", env)
+    multiproc = tempfile.mkdtemp(prefix="mediagen-test-metrics-", dir=TMP)
+    try:
+        yield Pair(url, f"http://127.0.0.1:{free_port()}/metrics", multiproc)
+    finally:
+        api.stop()
+
+
+def start_prefork_worker(pair: Pair, broker: redis.Redis, extra: dict[str, str]) -> Proc:
+    port = pair.worker_metrics.rsplit(":", 1)[1].split("/")[0]
+    proc = Proc.start(
+        "metrics-worker",
+        ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "prefork", "-c", "2",
+         "-Q", "mediagen,mediagen.webhooks", "--loglevel", "INFO", "--without-mingle",
+         "--without-gossip", "-n", f"metrics-{os.getpid()}@%h"],
+        TMP / "metrics-worker.log",
+        {"REDIS_URL": REDIS_DB, "WORKER_METRICS_PORT": port,
+         "PROMETHEUS_MULTIPROC_DIR": pair.multiproc, **extra},
+    )
+    wait_for(lambda: broker.zcard("mediagen:workers") > 0, 30, proc, "worker heartbeat")
+    wait_for(lambda: _answers(pair.worker_metrics), 30, proc, "worker exporter")
+    return proc
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def scrape(url: str) -> tuple[str, Samples]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return response.text, parse(response.text)
+
+
+async def test_counters_move_by_exactly_what_happened(pair: Pair, broker: redis.Redis,
+                                                      fresh_database: str) -> None:
+    api_before = (await scrape(f"{pair.api}/metrics"))[1]
+    async with httpx.AsyncClient(base_url=pair.api, timeout=30) as client:
+        # Nobody consumes yet: the jobs wait, and the backlog gauges say so.
+        prompts = ["a metered fox", "a metered owl", "a metered elk",
+                   "[fault:transient=1] a metered storm", "[fault:permanent] a metered void"]
+        ids = [await submit(client, prompt, width=64, height=64) for prompt in prompts]
+        waiting = (await scrape(f"{pair.api}/metrics"))[1]
+        assert value(waiting, "mediagen_jobs", status="pending") == 5
+        assert value(waiting, "mediagen_jobs", status="processing") == 0
+        assert value(waiting, "mediagen_workers_live") == 0
+        assert value(waiting, "mediagen_oldest_pending_age_seconds") > 0
+
+        worker = start_prefork_worker(pair, broker, {"DATABASE_URL": fresh_database})
+        try:
+            worker_before: Samples = {}  # a new worker, counting in a new directory
+            details = [await wait_terminal(client, job_id) for job_id in ids]
+            assert [d["status"] for d in details] == ["completed"] * 4 + ["failed"]
+            assert details[3]["retry_count"] == 1
+            api_text, api_after = await scrape(f"{pair.api}/metrics")
+            worker_text, worker_after = await scrape(pair.worker_metrics)
+        finally:
+            worker.stop()
+
+    def api_delta(name: str, **labels: str) -> float:
+        return value(api_after, name, **labels) - value(api_before, name, **labels)
+
+    def worker_delta(name: str, **labels: str) -> float:
+        return value(worker_after, name, **labels) - value(worker_before, name, **labels)
+
+    job = {"provider": "builtin", "model": "default"}
+    assert api_delta("mediagen_jobs_created_total", **job) == 5
+    assert api_delta("mediagen_http_requests_total", route="/api/v1/generate", method="POST",
+                     status="201") == 5
+    polled = api_delta("mediagen_http_requests_total", route="/api/v1/jobs/{job_id}",
+                       method="GET", status="200")
+    assert polled >= 5
+    assert api_delta("mediagen_http_request_duration_seconds_count",
+                     route="/api/v1/jobs/{job_id}", method="GET") == polled
+    routes = {dict(labels).get("route") for (_, labels) in api_after}
+    assert not any(UUID.search(route or "") for route in routes), routes
+
+    # Worker: 5 first starts, one retry, 4 completions and 1 failure, each timed once. The
+    # work ran in the pool's two processes and the exporter (the main process, which runs no
+    # task) shows it: multiprocess mode adds them up.
+    assert worker_delta("mediagen_job_queue_seconds_count", **job) == 5
+    assert worker_delta("mediagen_job_retries_total", **job) == 1
+    assert worker_delta("mediagen_jobs_finished_total", status="completed", **job) == 4
+    assert worker_delta("mediagen_jobs_finished_total", status="failed", **job) == 1
+    assert worker_delta("mediagen_job_run_seconds_count", status="completed", **job) == 4
+    assert worker_delta("mediagen_job_run_seconds_count", status="failed", **job) == 1
+    assert worker_delta("mediagen_job_run_seconds_bucket", status="completed", le="+Inf",
+                        **job) == 4
+    # Provider calls: creates 4 ok (one is the retry's), 2 refused by injected faults; one
+    # look at each of the 4 predictions.
+    calls = {"provider": "builtin", "operation": "create"}
+    assert worker_delta("mediagen_provider_requests_total", outcome="ok", **calls) == 4
+    assert worker_delta("mediagen_provider_requests_total", outcome="error", **calls) == 2
+    assert worker_delta("mediagen_provider_request_duration_seconds_count", **calls) == 6
+    assert worker_delta("mediagen_provider_requests_total", provider="builtin",
+                        operation="get", outcome="ok") == 4
+    assert worker_delta("mediagen_downloads_total", outcome="ok") == 4
+    assert worker_delta("mediagen_storage_writes_total", backend="local", outcome="ok") == 4
+    stored = sum(d["outputs"][0]["size"] for d in details[:4])
+    assert worker_delta("mediagen_download_bytes_total") == stored
+    assert worker_delta("mediagen_storage_write_bytes_total", backend="local") == stored
+
+    # Nothing is left waiting; the API's own counters are not the worker's.
+    for state in ("pending", "processing", "retrying"):
+        assert value(api_after, "mediagen_jobs", status=state) == 0
+    assert value(api_after, "mediagen_oldest_pending_age_seconds") == 0
+    assert value(api_after, "mediagen_workers_live") >= 1
+    assert total(api_after, "mediagen_jobs_finished_total") == total(
+        api_before, "mediagen_jobs_finished_total")
+
+    if tool := promtool():
+        for text in (api_text, worker_text):
+            checked = subprocess.run([tool, "check", "metrics"], input=text.encode(),
+                                     capture_output=True, timeout=30)
+            assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+async def test_a_cancel_is_counted_where_it_happened(pair: Pair) -> None:
+    before = (await scrape(f"{pair.api}/metrics"))[1]
+    async with httpx.AsyncClient(base_url=pair.api, timeout=30) as client:
+        job_id = await submit(client, "a metered pause", width=64, height=64)  # no worker runs
+        assert (await client.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
+    after = (await scrape(f"{pair.api}/metrics"))[1]
+    labels = {"status": "canceled", "provider": "builtin", "model": "default"}
+    assert value(after, "mediagen_jobs_finished_total", **labels) - value(
+        before, "mediagen_jobs_finished_total", **labels) == 1
+    # Never started: no run time to observe.
+    assert value(after, "mediagen_job_run_seconds_count", **labels) == 0
+    assert value(after, "mediagen_jobs", status="pending") == value(
+        before, "mediagen_jobs", status="pending")
+
+
+async def test_rate_limit_refusals_are_counted(fresh_database: str) -> None:
+    proc, url = start_api("metrics-limited", {"DATABASE_URL": fresh_database,
+                                             "REDIS_URL": REDIS_DB, "WORKER_METRICS_PORT": "0",
+                                             "RATE_LIMIT_PER_MINUTE": "2", "FAST_PATHS": "true"})
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            codes = [(await client.post("/api/v1/generate", json={
+                "prompt": "a limited hare", "parameters": {"width": 64, "height": 64}})).status_code
+                for _ in range(4)]
+            assert codes == [201, 201, 429, 429]
+            samples = (await scrape(f"{url}/metrics"))[1]
+        assert value(samples, "mediagen_rate_limited_total", limit="submissions") == 2
+        assert value(samples, "mediagen_http_requests_total", route="/api/v1/generate",
+                     method="POST", status="429") == 2
+    finally:
+        proc.stop()
+
+
+async def test_a_metrics_token_is_required_when_set(fresh_database: str,
+                                                    broker: redis.Redis) -> None:
+    port = free_port()
+    env = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_DB, "METRICS_TOKEN": "s3cret-scrape",
+           "WORKER_METRICS_PORT": str(port)}
+    api, url = start_api("metrics-token", env)
+    worker = Proc.start(
+        "metrics-token-worker",
+        ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "threads", "-c", "2",
+         "-Q", "mediagen-unused", "--without-mingle", "--without-gossip",
+         "-n", f"metrics-token-{os.getpid()}@%h"],
+        TMP / "metrics-token-worker.log", env)
+    exporter = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_for(lambda: _status(exporter) == 401, 30, worker, "worker exporter")
+        for target in (f"{url}/metrics", exporter):
+            assert _status(target) == 401
+            assert _status(target, "Bearer wrong") == 401
+            assert _status(target, "Bearer s3cret-scrape") == 200
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def _status(url: str, authorization: str | None = None) -> int:
+    headers = {"Authorization": authorization} if authorization else {}
+    try:
+        return httpx.get(url, headers=headers, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+async def test_metrics_can_be_turned_off(fresh_database: str) -> None:
+    proc, url = start_api("metrics-off", {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_DB,
+                                          "METRICS_ENABLED": "false"})
+    try:
+        assert _status(f"{url}/metrics") == 404
+    finally:
+        proc.stop()
