@@ -131,11 +131,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     procs = Procs(WORK / "logs")
     with servers(WORK, args.database_url, args.redis_url) as (database_url, redis_url):
         try:
-            env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="WARNING",
-                            LOCAL_STORAGE_PATH=str(WORK / "media"),
-                            RATE_LIMIT_PER_MINUTE=UNLIMITED, MAX_JOBS_IN_FLIGHT=UNLIMITED,
-                            RATE_LIMIT_READS_PER_MINUTE=UNLIMITED,
-                            **dict(item.split("=", 1) for item in args.env))
+            env = clean_env(**{"DATABASE_URL": database_url, "REDIS_URL": redis_url,
+                               "LOG_LEVEL": "WARNING", "LOCAL_STORAGE_PATH": str(WORK / "media"),
+                               "RATE_LIMIT_PER_MINUTE": UNLIMITED,
+                               "MAX_JOBS_IN_FLIGHT": UNLIMITED,
+                               "RATE_LIMIT_READS_PER_MINUTE": UNLIMITED,
+                               **dict(item.split("=", 1) for item in args.env)})
             subprocess_run = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mediagen", "migrate", env=env, cwd=ROOT,
                 stdout=asyncio.subprocess.DEVNULL)

@@ -15,10 +15,14 @@ client) are held at WARNING/INFO; call sites never format such values into a mes
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import logging
 import sys
 import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -122,22 +126,95 @@ def _renderer(json: bool, colors: bool) -> Processor:
     )
 
 
-class _StreamLogger:
-    """structlog's output for rendered lines: the root handler's stream, under its lock, so
-    lines from both kinds of logger never interleave."""
+# Lines of structlog's loggers (the access log above all) logged on an event loop are gathered
+# and written together at most FLUSH_EVERY later: one write for many requests instead of one
+# write and flush each (measured: the largest cost of an access line). Anything else, and every
+# warning or error, is written at once, after what waits (the order is kept). A process killed
+# outright loses at most FLUSH_EVERY of access lines.
+FLUSH_EVERY = 0.2
+FLUSH_LINES = 512
 
-    def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
-        self.name = name  # the `logger` field
-        self._handler = handler
-        self._lock = handler.lock or threading.RLock()
 
-    def msg(self, line: str) -> None:
-        with self._lock, contextlib.suppress(ValueError, OSError):  # a closed stream: as
-            stream = self._handler.stream  # logging does, never fail the caller over a line
-            stream.write(line + "\n")
+class _Output:
+    """The root handler's stream, shared by both kinds of logger, under the handler's lock."""
+
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self.handler = handler
+        self.lock = handler.lock or threading.RLock()
+        self.pending: list[str] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def write(self, line: str, urgent: bool = False) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self.lock:
+            self.pending.append(line)
+            if urgent or loop is None or len(self.pending) >= FLUSH_LINES:
+                self.drain()
+            elif self.timer is None or self.timer_loop is not loop:
+                if self.timer is not None:  # a flush due on another loop: take it over
+                    self.timer.cancel()
+                self.timer, self.timer_loop = loop.call_later(FLUSH_EVERY, self.flush), loop
+
+    def write_all(self, lines: Sequence[str]) -> None:
+        """Write `lines` now (after what waits): a batch someone else gathered."""
+        with self.lock:
+            self.pending.extend(lines)
+            self.drain()
+
+    def flush(self) -> None:
+        with self.lock:
+            self.drain()
+
+    def drain(self) -> None:
+        """Write what waits (the caller holds the lock)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = self.timer_loop = None
+        if not self.pending:
+            return
+        text = "\n".join(self.pending) + "\n"
+        self.pending.clear()
+        with contextlib.suppress(ValueError, OSError):  # a closed stream: as logging does,
+            stream = self.handler.stream  # never fail the caller over a line
+            stream.write(text)
             stream.flush()
 
-    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+class _Handler(logging.StreamHandler[TextIO]):
+    """The root handler: writes what structlog's loggers left waiting before each record."""
+
+    output: _Output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.output.lock:
+            self.output.drain()
+            super().emit(record)
+
+    def flush(self) -> None:
+        if hasattr(self, "output"):
+            self.output.flush()
+        super().flush()
+
+
+class _StreamLogger:
+    """structlog's output for rendered lines: `_Output`, shared with the root handler."""
+
+    def __init__(self, output: _Output, name: str) -> None:
+        self.name = name  # the `logger` field
+        self._output = output
+
+    def msg(self, line: str) -> None:
+        self._output.write(line)
+
+    def urgent(self, line: str) -> None:
+        self._output.write(line, urgent=True)
+
+    log = debug = info = msg
+    warn = warning = error = critical = exception = fatal = urgent
 
 
 def configure(settings: Settings, role: Role, stream: TextIO | None = None) -> None:
@@ -161,7 +238,9 @@ def configure(settings: Settings, role: Role, stream: TextIO | None = None) -> N
         finish.append(structlog.processors.format_exc_info)
     finish.append(_renderer(json, colors=not json and _isatty(stream)))
 
-    handler = logging.StreamHandler(stream)
+    handler = _Handler(stream)
+    output = handler.output = _Output(handler)
+    atexit.register(output.flush)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[_extras, *shared],
@@ -170,6 +249,7 @@ def configure(settings: Settings, role: Role, stream: TextIO | None = None) -> N
     )
     root = logging.getLogger()
     for old in list(root.handlers):  # basicConfig's, or an earlier call's
+        old.flush()
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
@@ -192,9 +272,80 @@ def configure(settings: Settings, role: Role, stream: TextIO | None = None) -> N
     structlog.configure(
         processors=[*shared, *finish],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=lambda name="mediagen", *_: _StreamLogger(handler, name),
+        logger_factory=lambda name="mediagen", *_: _StreamLogger(output, name),
         cache_logger_on_first_use=True,
     )
+    global _current
+    _current = (output, json, level)
+
+
+_current: tuple[_Output, bool, int] | None = None
+# One request, as the API's observer noted it: wall-clock time, request id, job id, method,
+# route template, status, duration in seconds.
+Request = tuple[float, str | None, str | None, str, str, int, float]
+AccessLog = Callable[[Sequence[Request]], None]
+
+
+class _JsonAccessLines:
+    """Access lines rendered directly, a batch at a time: the same fields as a structlog line
+    (`timestamp`, `level`, `logger`, `event`, ids, then the request's) without the processor
+    chain, which in a busy API cost more than the request's own database read. A timestamp's
+    seconds are formatted once per second."""
+
+    def __init__(self, output: _Output, logger: str) -> None:
+        self.output = output
+        self.logger = logger
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self, requests: Sequence[Request]) -> None:
+        lines = []
+        for at, rid, jid, method, route, status, seconds in requests:
+            second = int(at)
+            if second != self.second:
+                self.second = second
+                self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            line: dict[str, Any] = {
+                "timestamp": f"{self.prefix}.{int((at - second) * 1e6):06d}Z",
+                "level": "info",
+                "logger": self.logger,
+                "event": "request",
+            }
+            if rid is not None:
+                line["request_id"] = rid
+            if jid is not None:
+                line["job_id"] = jid
+            line["method"] = method
+            line["route"] = route
+            line["status"] = status
+            line["duration_ms"] = round(seconds * 1000, 3)
+            lines.append(orjson.dumps(line).decode())
+        self.output.write_all(lines)
+
+
+def access_log(name: str) -> AccessLog | None:
+    """A function that logs a batch of requests as INFO lines of logger `name`; None when INFO
+    lines are not logged."""
+    if _current is None or _current[2] > logging.INFO:
+        return None
+    output, json, _ = _current
+    if json:
+        return _JsonAccessLines(output, name)
+    logger = get_logger(name)
+
+    def log(requests: Sequence[Request]) -> None:
+        for _, rid, jid, method, route, status, seconds in requests:
+            logger.info(
+                "request",
+                request_id=rid,
+                job_id=jid,
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+            )
+
+    return log
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -223,6 +223,14 @@ def sweeper_rescued(kind: str, count: int) -> None:
 
 
 # --- reading ---------------------------------------------------------------------------------
+_before_scrape: list[Callable[[], None]] = []
+
+
+def before_scrape(hook: Callable[[], None]) -> None:
+    """Have `hook` (which counts what it gathered) run before this process is scraped."""
+    _before_scrape.append(hook)
+
+
 def registry() -> CollectorRegistry:
     """What a scrape of this process shows: every process of its service in multiprocess mode,
     else this process's own metrics."""
@@ -284,7 +292,10 @@ def authorized(header: str | None, token: str) -> bool:
 
 
 async def render(extra: Iterable[GaugeMetricFamily] = ()) -> bytes:
-    """`exposition` off the event loop (multiprocess mode reads every process's files)."""
+    """`exposition` off the event loop (multiprocess mode reads every process's files), after
+    the hooks have counted what they gathered (on the loop, where they gather it)."""
+    for hook in _before_scrape:
+        hook()
     return await asyncio.to_thread(exposition, extra)
 
 
