@@ -73,9 +73,9 @@ bench-api: setup ## Submit and status against a bare-stack baseline (wrk); ARGS=
 bench-e2e: setup ## Throughput and latency end to end, built-in generator, one worker
 	$(PY) bench/e2e.py $(ARGS)
 
-bench-observability: setup ## Submit and status with metrics and access log on, against off
-	$(PY) bench/api.py --env LOG_LEVEL=INFO --versus LOG_LEVEL=INFO \
-	  --versus METRICS_ENABLED=false --versus ACCESS_LOG=false $(ARGS)
+bench-observability: setup ## Submit and status with metrics and logs on, against them off
+	$(PY) bench/api.py --versus LOG_LEVEL=WARNING --versus METRICS_ENABLED=false \
+	  --versus ACCESS_LOG=false $(ARGS)
 
 bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s latency
 	$(PY) bench/inflight.py $(ARGS)

@@ -1,9 +1,10 @@
 """`make bench`: every benchmark in turn, then one table of their figures, dated, with the machine.
 
-    python bench/all.py              # about 6 minutes on our 2-core machines
+    python bench/all.py              # about 8 minutes on our 2-core machines
 
-bench-api runs twice, on an empty jobs table and with 1,000,000 unfinished jobs preloaded (the
-request path must not care). Each benchmark starts its own fresh servers and processes.
+bench-api runs three times: on an empty jobs table, with 1,000,000 unfinished jobs preloaded
+(the request path must not care), and against itself with metrics and logs off (what they
+cost: METRICS_ENABLED=false, ACCESS_LOG=false, LOG_LEVEL=WARNING). Each benchmark starts its own fresh servers and processes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def machine() -> str:
 def main() -> int:
     empty = asyncio.run(api.run(api.parser().parse_args([])))
     loaded = asyncio.run(api.run(api.parser().parse_args(["--preload", "1000000"])))
+    observed = asyncio.run(api.run(api.parser().parse_args(
+        ["--versus", "METRICS_ENABLED=false", "--versus", "ACCESS_LOG=false",
+         "--versus", "LOG_LEVEL=WARNING"])))
     end_to_end = asyncio.run(e2e.run(e2e.parser().parse_args([])))
     in_flight = asyncio.run(inflight.run(inflight.parser().parse_args([])))
 
@@ -52,6 +56,8 @@ def main() -> int:
          f"{loaded['submit_rps']:.0f} ({loaded['submit_rps'] / empty['submit_rps'] - 1:+.0%})"),
         ("status, 1,000,000 unfinished: req/s (vs empty)",
          f"{loaded['status_rps']:.0f} ({loaded['status_rps'] / empty['status_rps'] - 1:+.0%})"),
+        ("metrics and logs on: submit, status (x them off)",
+         f"{observed['submit_ratio']:.2f}x, {observed['status_ratio']:.2f}x"),
         ("end to end, 2,000 jobs: jobs/s",
          f"{end_to_end['throughput_jobs_per_s']:.1f}"),
         ("end to end at 10 jobs/s: submit to completed p50 / p99",

@@ -116,7 +116,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     with servers(WORK, None, None) as (database_url, redis_url):
         try:
             port = free_port()
-            env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="WARNING",
+            env = clean_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_LEVEL="INFO",
                             LOCAL_STORAGE_PATH=str(WORK / "media"), BUILTIN_LATENCY="0",
                             API_PORT=str(port), PYTHONPATH=str(tree))
             migrate = await asyncio.create_subprocess_exec(

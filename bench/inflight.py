@@ -52,7 +52,7 @@ async def _measure(args: argparse.Namespace, procs: Procs, database_url: str,
         DOWNLOAD_ALLOW_PRIVATE="true",  # the fake serves its files on 127.0.0.1
         LOCAL_STORAGE_PATH=str(WORK / "media"),
         API_PORT=str(api_port),
-        LOG_LEVEL="WARNING",
+        LOG_LEVEL="INFO",
     )
     subprocess.run([sys.executable, "-m", "mediagen", "migrate"], env=env, cwd=ROOT,
                    check=True, capture_output=True)

@@ -191,16 +191,18 @@ def _exec(cmd: list[str]) -> int:
 
 
 def _metrics_dir(settings: Settings, service: str) -> dict[str, str]:
-    """A fresh multiprocess metrics directory for `service` (mediagen.observability.metrics):
-    `<PROMETHEUS_MULTIPROC_DIR>/<service>` if the operator set one, else a new temporary one,
-    so the processes of one service add up and two services never mix."""
+    """A fresh multiprocess metrics directory for `service` (mediagen.observability.metrics),
+    `<PROMETHEUS_MULTIPROC_DIR or EMBEDDED_DATA_DIR/metrics>/<service>`, emptied as the service
+    starts (what prometheus-client asks): the processes of one service add up, two services
+    never mix. Two `mediagen api` (or `worker`) on one machine need different directories."""
     if not settings.metrics_enabled:
         return {}
-    if base := os.environ.get(MULTIPROC_ENV):
-        path = Path(base) / service
-        shutil.rmtree(path, ignore_errors=True)  # counters start again with the service
+    base = os.environ.get(MULTIPROC_ENV) or str(settings.embedded_data_dir / "metrics")
+    path = (Path(base) / service).resolve()
+    shutil.rmtree(path, ignore_errors=True)
+    try:
         path.mkdir(parents=True)
-    else:
+    except OSError:  # not writable here (a container's read-only work directory)
         path = Path(tempfile.mkdtemp(prefix=f"mediagen-metrics-{service}-"))
     return {MULTIPROC_ENV: str(path)}
 

@@ -9,23 +9,33 @@ workers touch its figures.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 import redis
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from mediagen.broker import Task, task_message
 from tests.conftest import REDIS_URL, TMP, start_api
 from tests.support import Proc, free_port, submit, wait_for, wait_terminal
 
 REDIS_DB = REDIS_URL.rsplit("/", 1)[0] + "/9"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"metrics-webhooks-test-secret-32b").decode()
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -269,3 +279,114 @@ async def test_metrics_can_be_turned_off(fresh_database: str) -> None:
         assert _status(f"{url}/metrics") == 404
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[str, list[str]]]:
+    """A client webhook receiver: /ok/* answers 204, /gone/* 410 (given up at once)."""
+    port = free_port()
+    hits: list[str] = []
+
+    async def hook(request: Request) -> Response:
+        hits.append(request.url.path)
+        return Response(status_code=410 if request.url.path.startswith("/gone/") else 204)
+
+    app = Starlette(routes=[Route("/{kind}/{name}", hook, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, what="webhook receiver")
+    yield f"http://127.0.0.1:{port}", hits
+    server.should_exit = True
+    thread.join(10)
+
+
+async def test_webhook_deliveries_and_sweeper_rescues_are_counted(
+        pair: Pair, broker: redis.Redis, fresh_database: str,
+        receiver: tuple[str, list[str]]) -> None:
+    hooks, hits = receiver
+    env = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_DB, "WORKER_METRICS_PORT": "0",
+           "WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "WEBHOOK_SECRET": WEBHOOK_SECRET}
+    api, url = start_api("metrics-hooks-api", env)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            ids = []
+            for webhook in (f"{hooks}/ok/a", f"{hooks}/ok/b", f"{hooks}/gone/c"):
+                response = await client.post("/api/v1/generate", json={
+                    "prompt": "a metered pigeon", "parameters": {"width": 64, "height": 64},
+                    "webhook": webhook, "webhook_events_filter": ["completed"]})
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["job_id"])
+            # Every start message is lost, long ago as far as the jobs know: only the sweeper
+            # can start them now.
+            broker.delete("mediagen")
+            db = await asyncpg.connect(fresh_database.replace("postgres://", "postgresql://", 1))
+            try:
+                await db.execute("UPDATE jobs SET dispatched_at = now() - interval '1 hour' "
+                                 "WHERE status = 'pending'")
+                stranded = await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'pending'")
+            finally:
+                await db.close()
+            assert stranded >= 3  # ours, and any an earlier test left pending
+
+            worker = start_prefork_worker(
+                pair, broker, {k: v for k, v in env.items() if k != "WORKER_METRICS_PORT"})
+            try:
+                before = (await scrape(pair.worker_metrics))[1]
+                broker.lpush("mediagen", task_message(Task("mediagen.jobs.sweep", ())))
+                for job_id in ids:
+                    assert (await wait_terminal(client, job_id))["status"] == "completed"
+                wait_for(lambda: len(hits) == 3, 30, what="three webhook deliveries")
+                # The last attempt is recorded just after its answer: wait for the counts.
+                wait_for(lambda: _counted(pair.worker_metrics, before) == 3, 10,
+                         what="deliveries counted")
+                after = (await scrape(pair.worker_metrics))[1]
+            finally:
+                worker.stop()
+    finally:
+        api.stop()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("mediagen_sweeper_rescues_total", kind="undispatched") == stranded
+    for kind in ("retry_due", "lease_expired", "deadline", "upstream_cancel", "delivery"):
+        assert delta("mediagen_sweeper_rescues_total", kind=kind) == 0, kind
+    assert delta("mediagen_webhook_deliveries_total", outcome="delivered") == 2
+    assert delta("mediagen_webhook_deliveries_total", outcome="failed") == 1
+    assert delta("mediagen_webhook_deliveries_total", outcome="retry") == 0
+
+
+def _counted(url: str, before: Samples) -> float:
+    try:
+        after = parse(httpx.get(url, timeout=2).text)
+    except httpx.HTTPError:
+        return -1
+    return total(after, "mediagen_webhook_deliveries_total") - total(
+        before, "mediagen_webhook_deliveries_total")
+
+
+async def test_the_api_processes_add_up(fresh_database: str) -> None:
+    """`mediagen api --workers 2`: a scrape of either process counts the requests both served."""
+    multiproc = tempfile.mkdtemp(prefix="mediagen-test-api-metrics-", dir=TMP)
+    port = free_port()
+    proc, url = start_api(
+        "metrics-two", {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_DB,
+                        "PROMETHEUS_MULTIPROC_DIR": multiproc},
+        port=port, cmd=["python", "-m", "mediagen", "api", "--workers", "2"])
+    try:
+        served = 60
+        for _ in range(served):  # a connection each: the kernel hands them to both processes
+            async with httpx.AsyncClient(timeout=10) as once:
+                assert (await once.get(f"{url}/livez")).status_code == 200
+        pids = {name.rsplit("_", 1)[1] for name in os.listdir(f"{multiproc}/api")}
+        assert len(pids) >= 2, pids
+        wait_for(lambda: _livez(url) == served, 5, proc, "both processes' requests counted")
+        assert _livez(url) == served  # and again, whichever process answers the scrape
+    finally:
+        proc.stop()
+
+
+def _livez(url: str) -> float:
+    return value(parse(httpx.get(f"{url}/metrics", timeout=5).text),
+                 "mediagen_http_requests_total", route="/livez", method="GET", status="200")
