@@ -276,14 +276,76 @@ def configure(settings: Settings, role: Role, stream: TextIO | None = None) -> N
         cache_logger_on_first_use=True,
     )
     global _current
-    _current = (output, json, level)
+    _current = (output, json, level, not settings.log_prompts)
 
 
-_current: tuple[_Output, bool, int] | None = None
+_current: tuple[_Output, bool, int, bool] | None = None  # output, JSON, level, masked
 # One request, as the API's observer noted it: wall-clock time, request id, job id, method,
 # route template, status, duration in seconds.
 Request = tuple[float, str | None, str | None, str, str, int, float]
 AccessLog = Callable[[Sequence[Request]], None]
+
+
+class _Clock:
+    """ISO 8601 UTC timestamps as structlog writes them, the seconds formatted once a second."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def stamp(self, at: float) -> str:
+        second = int(at)
+        if second != self.second:
+            self.second = second
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.prefix}.{int((at - second) * 1e6):06d}Z"
+
+
+class FastLogger:
+    """INFO lines for a hot path (a submit's `job created`): in JSON, rendered directly, with
+    the same fields, ids and masking as the processor chain gives (which costs a busy API some
+    4% of its submits), and written with the batched lines; on a terminal, structlog's line.
+    Follows the configuration in force when it logs (it may be made before `configure`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.clock = _Clock()
+        self._for: object = None
+        self._write: Callable[[str, dict[str, Any]], None] | None = None
+
+    def info(self, event: str, **fields: Any) -> None:
+        current = _current
+        if current is not self._for:
+            self._for, self._write = current, self._writer(current)
+        if self._write is not None:
+            self._write(event, fields)
+
+    def _writer(
+        self, current: tuple[_Output, bool, int, bool] | None
+    ) -> Callable[[str, dict[str, Any]], None] | None:
+        if current is None or current[2] > logging.INFO:
+            return None
+        output, json, _, masked = current
+        if not json:
+            logger = get_logger(self.name)
+            return lambda event, fields: logger.info(event, **fields)
+
+        def write(event: str, fields: dict[str, Any]) -> None:
+            line: dict[str, Any] = {
+                "timestamp": self.clock.stamp(time.time()),
+                "level": "info",
+                "logger": self.name,
+                "event": event,
+            }
+            if (rid := request_id.get()) is not None:
+                line["request_id"] = rid
+            if (jid := job_id.get()) is not None:
+                line["job_id"] = jid
+            for key, value in fields.items():
+                line[key] = MASK if masked and key in SENSITIVE and value is not None else value
+            output.write(orjson.dumps(line, default=repr).decode())
+
+        return write
 
 
 class _JsonAccessLines:
@@ -295,18 +357,13 @@ class _JsonAccessLines:
     def __init__(self, output: _Output, logger: str) -> None:
         self.output = output
         self.logger = logger
-        self.second = -1
-        self.prefix = ""
+        self.clock = _Clock()
 
     def __call__(self, requests: Sequence[Request]) -> None:
         lines = []
         for at, rid, jid, method, route, status, seconds in requests:
-            second = int(at)
-            if second != self.second:
-                self.second = second
-                self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             line: dict[str, Any] = {
-                "timestamp": f"{self.prefix}.{int((at - second) * 1e6):06d}Z",
+                "timestamp": self.clock.stamp(at),
                 "level": "info",
                 "logger": self.logger,
                 "event": "request",
@@ -328,7 +385,7 @@ def access_log(name: str) -> AccessLog | None:
     lines are not logged."""
     if _current is None or _current[2] > logging.INFO:
         return None
-    output, json, _ = _current
+    output, json, _, _ = _current
     if json:
         return _JsonAccessLines(output, name)
     logger = get_logger(name)

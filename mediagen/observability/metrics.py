@@ -132,8 +132,21 @@ SWEEPER_RESCUES = Counter(
 )
 
 
+MAX_MODELS = 100  # distinct `model` labels per process; later ones count as "other"
+_models: set[str] = set()
+
+
 def model_label(model: str | None) -> str:
-    return model or DEFAULT_MODEL
+    """The `model` label: a wildcard in ALLOWED_MODELS (`owner/*`, `name:*`) admits any number
+    of names, and each would be a new series in every job metric, so past MAX_MODELS they are
+    counted together."""
+    if model is None:
+        return DEFAULT_MODEL
+    if model not in _models:
+        if len(_models) >= MAX_MODELS:
+            return "other"
+        _models.add(model)
+    return model
 
 
 # --- counting --------------------------------------------------------------------------------
@@ -159,8 +172,15 @@ def rate_limited(limit: str) -> None:
     RATE_LIMITED.labels(limit).inc()
 
 
+_created: dict[tuple[str, str], Any] = {}
+
+
 def job_created(provider: str, model: str | None) -> None:
-    JOBS_CREATED.labels(provider, model_label(model)).inc()
+    key = (provider, model_label(model))
+    child = _created.get(key)
+    if child is None:
+        child = _created[key] = JOBS_CREATED.labels(*key)
+    child.inc()
 
 
 def job_moved(

@@ -390,3 +390,15 @@ async def test_the_api_processes_add_up(fresh_database: str) -> None:
 def _livez(url: str) -> float:
     return value(parse(httpx.get(f"{url}/metrics", timeout=5).text),
                  "mediagen_http_requests_total", route="/livez", method="GET", status="200")
+
+
+def test_model_labels_are_bounded() -> None:
+    """A wildcard in ALLOWED_MODELS admits any number of names: past MAX_MODELS they share
+    one label, so no caller can make the job metrics' series grow without end."""
+    from mediagen.observability import metrics
+
+    names = [f"owner/model-{n}:{n:064x}" for n in range(metrics.MAX_MODELS + 50)]
+    labels = [metrics.model_label(name) for name in names]
+    assert len(set(labels) - {"other"}) <= metrics.MAX_MODELS
+    assert labels[-1] == "other"
+    assert metrics.model_label(None) == "default"
