@@ -1,0 +1,142 @@
+"""The Job the client returns, built from the API's job JSON (detail, summary or status)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mediagen.client._sync import Client
+
+# progress(event_name, data): "status" events carry {job_id, status, retry_count, error, attempts,
+# result_url}, "progress" events {current, total, percent}. The async client also awaits a
+# callback that returns an awaitable.
+ProgressCallback = Callable[[str, dict[str, Any]], object]
+
+TERMINAL = frozenset({"completed", "failed", "canceled"})
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output file of a completed job: a signed URL (relative to the API for local storage)."""
+
+    url: str
+    content_type: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    current: int
+    total: int
+    percent: int
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Job:
+    """A job as `GET /api/v1/jobs/{id}` describes it. Lists carry fewer fields (the rest keep
+    their defaults); ``raw`` is the JSON it was read from.
+
+    From a sync :class:`~mediagen.client.Client`, ``job.wait()``, ``job.download(dir)``,
+    ``job.cancel()`` and ``job.refresh()`` use that client."""
+
+    id: str
+    status: str
+    result_url: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    retry_count: int = 0
+    prompt: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    provider: str | None = None
+    error: str | None = None
+    outputs: list[Output] = field(default_factory=list)
+    attempts: int = 0
+    max_retries: int | None = None
+    prediction_id: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    duration_seconds: float | None = None
+    progress: Progress | None = None
+    queue_position: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _client: Client | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], client: Client | None = None) -> Job:
+        progress = data.get("progress")
+        return cls(
+            id=str(data["job_id"]),
+            status=str(data["status"]),
+            result_url=data.get("result_url"),
+            created_at=_time(data.get("created_at")),
+            updated_at=_time(data.get("updated_at")),
+            retry_count=int(data.get("retry_count") or 0),
+            prompt=data.get("prompt"),
+            parameters=dict(data.get("parameters") or {}),
+            model=data.get("model"),
+            provider=data.get("provider"),
+            error=data.get("error"),
+            outputs=[
+                Output(str(o["url"]), o.get("content_type"), o.get("size"))
+                for o in data.get("outputs") or []
+            ],
+            attempts=int(data.get("attempts") or 0),
+            max_retries=data.get("max_retries"),
+            prediction_id=data.get("prediction_id"),
+            started_at=_time(data.get("started_at")),
+            completed_at=_time(data.get("completed_at")),
+            next_attempt_at=_time(data.get("next_attempt_at")),
+            duration_seconds=data.get("duration_seconds"),
+            progress=Progress(
+                int(progress["current"]), int(progress["total"]), int(progress["percent"])
+            )
+            if isinstance(progress, dict)
+            else None,
+            queue_position=data.get("queue_position"),
+            raw=data,
+            _client=client,
+        )
+
+    @property
+    def done(self) -> bool:
+        """Completed, failed or canceled."""
+        return self.status in TERMINAL
+
+    def _bound(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("this Job is not bound to a sync Client: use the client's methods")
+        return self._client
+
+    def refresh(self) -> Job:
+        return self._bound().get(self.id)
+
+    def wait(
+        self,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        raise_on_failure: bool = False,
+    ) -> Job:
+        return self._bound().wait(
+            self.id, progress=progress, timeout=timeout, raise_on_failure=raise_on_failure
+        )
+
+    def download(self, directory: str | Path) -> list[Path]:
+        return self._bound().download(self, directory)
+
+    def cancel(self) -> Job:
+        return self._bound().cancel(self.id)

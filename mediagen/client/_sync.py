@@ -1,0 +1,141 @@
+"""Client: the same API, blocking.
+
+It runs an :class:`AsyncClient` on an event loop of its own in a daemon thread and waits for
+each call. Why a wrapper rather than a second implementation on httpx.Client: retries, the
+event stream with its resume and polling fallback, and downloads exist once, so the two
+clients cannot drift apart; and unlike ``asyncio.run`` per call it also works where an event
+loop is already running (Jupyter, an async framework's thread) and keeps one connection pool.
+The cost is one thread per Client; ``progress`` callbacks run on that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from mediagen.client._async import AsyncClient
+from mediagen.client._models import Job, ProgressCallback
+
+T = TypeVar("T")
+
+
+class Client:
+    """mediagen's API, blocking; the arguments and methods of :class:`AsyncClient`. The jobs
+    it returns are bound to it: ``job.wait()``, ``job.download(dir)``, ``job.cancel()``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30,
+        max_retries: int = 4,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mediagen-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        self._async = AsyncClient(url, api_key, timeout, max_retries)
+        self.url = self._async.url
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this Client is closed")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # Ctrl-C: stop the call on the loop too
+            raise
+
+    def _bind(self, job: Job) -> Job:
+        job._client = self
+        return job
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._run(self._async.aclose())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        **parameters: Any,
+    ) -> Job:
+        return self._bind(
+            self._run(
+                self._async.generate(
+                    prompt,
+                    model=model,
+                    webhook=webhook,
+                    idempotency_key=idempotency_key,
+                    **parameters,
+                )
+            )
+        )
+
+    def get(self, job_id: str) -> Job:
+        return self._bind(self._run(self._async.get(job_id)))
+
+    def list(
+        self, status: str | None = None, model: str | None = None, limit: int = 50
+    ) -> Iterator[Job]:
+        pages = self._async.list(status=status, model=model, limit=limit)
+        try:
+            while True:
+                job = self._run(_next(pages))
+                if job is None:
+                    return
+                yield self._bind(job)
+        finally:
+            if not self._closed:
+                self._run(pages.aclose())
+
+    def cancel(self, job_id: str) -> Job:
+        return self._bind(self._run(self._async.cancel(job_id)))
+
+    def wait(
+        self,
+        job_id: str,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        raise_on_failure: bool = False,
+    ) -> Job:
+        return self._bind(self._run(self._async.wait(job_id, progress, timeout, raise_on_failure)))
+
+    def download(self, job_or_id: Job | str, directory: str | Path) -> builtins.list[Path]:
+        return self._run(self._async.download(job_or_id, directory))
+
+
+async def _next(pages: AsyncGenerator[Job, None]) -> Job | None:
+    try:
+        return await anext(pages)
+    except StopAsyncIteration:
+        return None
