@@ -7,6 +7,10 @@ mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
 mediagen beat      the sweeper schedule alone (Celery beat)
 mediagen migrate   apply pending database migrations
 mediagen keys      create | list | revoke API keys
+
+mediagen generate  submit a prompt, show its progress, download the outputs (a client of a
+                   running service: MEDIAGEN_URL, MEDIAGEN_API_KEY)
+mediagen jobs      list | show | wait | download | cancel your jobs (the same client)
 """
 
 from __future__ import annotations
@@ -208,6 +212,11 @@ def _metrics_dir(settings: Settings, service: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["generate"], ["jobs"]):
+        from mediagen.client import cli as client_cli
+
+        return client_cli.main(argv)
     parser = argparse.ArgumentParser(
         prog="mediagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

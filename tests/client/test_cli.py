@@ -1,0 +1,311 @@
+"""The user's CLI (`mediagen generate`, `mediagen jobs ...`) run as the real command against the
+running stack: the files it writes, its exit codes, its --json, its progress bar on a terminal,
+Ctrl-C while waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, ROOT, start_api
+from tests.support import Proc
+
+SIZE = ["--width", "64", "--height", "64"]
+
+
+def _env(url: str) -> dict[str, str]:
+    return {**os.environ, "MEDIAGEN_URL": url, "MEDIAGEN_API_KEY": ""}
+
+
+def mediagen(
+    url: str, *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mediagen", *args],
+        capture_output=True,
+        text=True,
+        env=_env(url),
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
+
+
+def _detail(api: str, job_id: str) -> dict[str, object]:
+    response = httpx.get(f"{api}/api/v1/jobs/{job_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body, dict)
+    return body
+
+
+def _media(api: str, url: str) -> bytes:
+    response = httpx.get(f"{api}{url}" if url.startswith("/") else url, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+@pytest.fixture
+def stack(api: str, worker: Proc) -> str:
+    return api
+
+
+@pytest.fixture(scope="module")
+def idle_api(database: str) -> Iterator[str]:
+    """An API whose queue no worker consumes: its jobs stay pending."""
+    url = REDIS_URL.rsplit("/", 1)[0] + "/15"
+    redis.Redis.from_url(url).flushdb()
+    proc, api = start_api("cli-api-idle", {"REDIS_URL": url})
+    yield api
+    proc.stop()
+
+
+def test_generate_writes_the_output_file(stack: str, tmp_path: Path) -> None:
+    done = mediagen(
+        stack, "generate", "a cli red fox", *SIZE, "--seed", "7", "-o", "fox.png", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    target = tmp_path / "fox.png"
+    assert done.stdout.strip() == "fox.png"
+    assert not done.stderr.count("\x1b[")  # no terminal here: plain status lines
+    assert "completed" in done.stderr
+    job_id = done.stderr.split("job ", 1)[1].split(":", 1)[0]
+    detail = _detail(stack, job_id)
+    assert detail["status"] == "completed"
+    assert detail["parameters"]["seed"] == 7  # type: ignore[index]
+    assert target.read_bytes() == _media(stack, str(detail["result_url"]))
+    assert [p.name for p in tmp_path.iterdir()] == ["fox.png"]  # no scratch left
+
+
+def test_generate_json_with_several_outputs(stack: str, tmp_path: Path) -> None:
+    done = mediagen(
+        stack,
+        "generate",
+        "two cli foxes",
+        *SIZE,
+        "--num-outputs",
+        "2",
+        "--format",
+        "webp",
+        "-o",
+        str(tmp_path / "fox.webp"),
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # --json: nothing on stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed" and result["error"] is None
+    assert result["files"] == [str(tmp_path / "fox-0.webp"), str(tmp_path / "fox-1.webp")]
+    detail = _detail(stack, result["job_id"])
+    outputs = detail["outputs"]
+    assert isinstance(outputs, list) and len(outputs) == 2
+    for path, output in zip(result["files"], outputs, strict=True):
+        assert Path(path).read_bytes() == _media(stack, output["url"])
+
+
+def test_generate_default_names_and_params(stack: str, tmp_path: Path) -> None:
+    done = mediagen(
+        stack,
+        "generate",
+        "a cli owl",
+        *SIZE,
+        "--param",
+        "guidance_scale=5.5",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["files"] == [str(tmp_path / "out" / f"{result['job_id']}-0.png")]
+    detail = _detail(stack, result["job_id"])
+    assert detail["parameters"]["guidance_scale"] == 5.5  # type: ignore[index]
+    assert Path(result["files"][0]).read_bytes() == _media(stack, str(detail["result_url"]))
+
+
+def test_a_failed_job_exits_1_with_its_error(stack: str, tmp_path: Path) -> None:
+    done = mediagen(
+        stack, "generate", "[fault:permanent] a cli doomed kite", *SIZE, "--json", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "failed" and result["files"] == [] and result["error"]
+    assert result["error"] in done.stderr and "failed" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+    wait = mediagen(stack, "jobs", "wait", result["job_id"])
+    assert wait.returncode == 1 and "failed" in wait.stderr
+
+
+def test_no_wait_then_jobs_commands(stack: str, tmp_path: Path) -> None:
+    done = mediagen(stack, "generate", "a cli heron, later", *SIZE, "--no-wait")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip()
+    assert str(uuid.UUID(job_id)) == job_id
+
+    wait = mediagen(stack, "jobs", "wait", job_id, "--json")
+    assert wait.returncode == 0, wait.stderr
+    assert json.loads(wait.stdout)["status"] == "completed"
+
+    show = mediagen(stack, "jobs", "show", job_id, "--json")
+    assert show.returncode == 0 and json.loads(show.stdout)["job_id"] == job_id
+    human = mediagen(stack, "jobs", "show", job_id)
+    assert human.returncode == 0 and "completed" in human.stdout and "a cli heron" in human.stdout
+
+    listed = mediagen(stack, "jobs", "list", "--limit", "3", "--json")
+    assert listed.returncode == 0, listed.stderr
+    jobs = json.loads(listed.stdout)
+    assert isinstance(jobs, list) and 1 <= len(jobs) <= 3
+    assert job_id in [job["job_id"] for job in jobs]
+    plain = mediagen(stack, "jobs", "list", "--status", "completed", "--limit", "50")
+    assert plain.returncode == 0 and job_id in plain.stdout
+
+    download = mediagen(stack, "jobs", "download", job_id, "-o", str(tmp_path))
+    assert download.returncode == 0, download.stderr
+    path = Path(download.stdout.strip())
+    assert path == tmp_path / f"{job_id}-0.png"
+    assert path.read_bytes() == _media(stack, str(_detail(stack, job_id)["result_url"]))
+
+    finished = mediagen(stack, "jobs", "cancel", job_id)
+    assert finished.returncode == 3 and "409" in finished.stderr
+
+    no_wait_json = mediagen(stack, "generate", "a cli json heron", *SIZE, "--no-wait", "--json")
+    assert json.loads(no_wait_json.stdout)["job_id"]
+
+
+def test_api_and_usage_errors(stack: str) -> None:
+    missing = mediagen(stack, "jobs", "show", str(uuid.uuid4()))
+    assert missing.returncode == 3
+    assert "404" in missing.stderr and "not_found" in missing.stderr
+    invalid = mediagen(stack, "generate", "too wide", "--width", "100000", "--no-wait")
+    assert invalid.returncode == 3 and "422" in invalid.stderr
+    usage = mediagen(stack, "generate", "x", "--param", "novalue")
+    assert usage.returncode == 2 and "KEY=VALUE" in usage.stderr
+    assert mediagen(stack, "jobs").returncode == 2
+
+
+def test_unreachable_service_is_an_api_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In process, without the client's backoff between its connection retries (seconds)."""
+    from mediagen.client import _async, cli
+
+    monkeypatch.setattr(_async, "_backoff", lambda attempt: 0.0)
+    assert cli.main(["jobs", "list", "--url", "http://127.0.0.1:9"]) == 3
+    assert "connection_error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate"],
+        ["jobs"],
+        *[["jobs", c] for c in ("list", "show", "cancel", "wait", "download")],
+    ],
+)
+def test_every_command_has_examples(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from mediagen.client import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main([*command, "--help"])
+    assert done.value.code == 0
+    assert "examples:\n  mediagen " in capsys.readouterr().out
+
+
+def _run_in_pty(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 30
+) -> tuple[int, str]:
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen(
+        args, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd, close_fds=True
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child's side is closed
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal(stack: str, tmp_path: Path) -> None:
+    env = {**_env(stack), "TERM": "xterm", "COLUMNS": "100", "LINES": "30"}
+    env.pop("NO_COLOR", None)
+    code, screen = _run_in_pty(
+        [
+            sys.executable,
+            "-m",
+            "mediagen",
+            "generate",
+            "a cli fox on a tty",
+            *SIZE,
+            "-o",
+            "tty.png",
+        ],
+        env,
+        tmp_path,
+    )
+    assert code == 0, screen
+    assert "\x1b[" in screen  # rich drew on the terminal
+    assert "completed" in screen
+    assert "━" in screen and "100%" in screen, screen
+    assert "tty.png" in screen
+    assert (tmp_path / "tty.png").stat().st_size > 0
+
+
+def test_ctrl_c_leaves_the_job_running(idle_api: str, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mediagen", "generate", "a cli patient heron", *SIZE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**_env(idle_api), "PYTHONFAULTHANDLER": "1"},
+        cwd=tmp_path,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the first status line: it is waiting
+    assert "pending" in line, line
+    job_id = line.split("job ", 1)[1].split(":", 1)[0]
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler: every thread's stack
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"still running 15 s after Ctrl-C:\n{err}")
+    assert proc.returncode == 130, err
+    assert f"interrupted; the job goes on: mediagen jobs wait {job_id}" in err
+    assert "Traceback" not in err
+    assert _detail(idle_api, job_id)["status"] == "pending"  # still there
+    canceled = mediagen(idle_api, "jobs", "cancel", job_id)
+    assert canceled.returncode == 0 and "canceled" in canceled.stdout
