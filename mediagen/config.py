@@ -183,5 +183,10 @@ def longest_countdown(settings: Settings) -> float:
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once. A `mediagen run` started with another
+    EMBEDDED_DATA_DIR wrote its servers' addresses there: they are read from there too."""
+    settings = Settings()
+    found = settings.embedded_data_dir / "embedded.env"
+    if (not settings.database_url or not settings.redis_url) and found.is_file():
+        settings = Settings(_env_file=(".env", str(found)))
+    return settings

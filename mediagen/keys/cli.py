@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 import redis.asyncio as aioredis
+from tortoise.exceptions import BaseORMException
 
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
-from mediagen.errors import NotFoundError
+from mediagen.errors import DatabaseUnavailableError, NotFoundError
 from mediagen.keys import service
 from mediagen.keys.cache import publish_change
 
@@ -87,4 +91,31 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_run(args))
+    """The command, or one clear line (exit 1) when there is no database to talk to."""
+    try:
+        return asyncio.run(_run(args))
+    except DatabaseUnavailableError as exc:
+        print(
+            f"mediagen keys: {exc.message}; or run this while `mediagen run` runs, from its "
+            "directory (or with its EMBEDDED_DATA_DIR)",
+            file=sys.stderr,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, BaseORMException) as exc:
+        print(
+            f"mediagen keys: cannot reach the database at {_where(get_settings())}: {_reason(exc)}",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def _where(settings: Settings) -> str:
+    """The database's address without its credentials."""
+    parts = urlsplit(settings.database_url or "")
+    host = parts.hostname or dict(parse_qsl(parts.query)).get("host", "?")
+    return f"{host}:{parts.port or 5432}{parts.path}"
+
+
+def _reason(exc: BaseException) -> str:
+    while exc.__cause__ is not None:  # Tortoise wraps the driver's error
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,8 +18,8 @@ import pytest
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
-from tests.conftest import ROOT, start_api
-from tests.support import Proc, new_job, wait_terminal
+from tests.conftest import ROOT, TEST_ENV, start_api
+from tests.support import Proc, free_port, new_job, wait_terminal
 
 BODY = {"prompt": "a key-holder's kite", "parameters": {"width": 64, "height": 64}}
 
@@ -243,3 +245,29 @@ async def test_a_key_with_jobs_cannot_be_deleted_out_from_under_them(
     with pytest.raises(IntegrityError):
         await ApiKey.filter(id=key_id).delete()
     assert await Job.filter(api_key_id=key_id).exists()
+
+
+def test_keys_without_a_database_answer_one_clear_line() -> None:
+    """No traceback: one line that says which database (without its password) and why."""
+    closed = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "mediagen", "keys", "list"], capture_output=True, text=True,
+        timeout=60, cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": f"postgres://postgres:s3cret@127.0.0.1:{closed}/x"})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"mediagen keys: cannot reach the database at 127.0.0.1:{closed}/x")
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_keys_find_a_run_started_with_another_data_dir(tmp_path: Path, database: str) -> None:
+    """`mediagen run` writes its servers' addresses into EMBEDDED_DATA_DIR/embedded.env; the
+    admin commands read them from there, whatever the directory."""
+    (tmp_path / "embedded.env").write_text(f"DATABASE_URL={TEST_ENV['DATABASE_URL']}\n"
+                                           f"REDIS_URL={TEST_ENV['REDIS_URL']}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mediagen", "keys", "list"], capture_output=True, text=True,
+        timeout=60, cwd=tmp_path, env={**env, "EMBEDDED_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
