@@ -230,51 +230,55 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true", help="a JSON array of the jobs")
     _connection_options(lst)
 
-    show = jobs_sub.add_parser(
+    show = _job_command(
+        jobs_sub,
         "show",
-        help="one job in detail",
-        description="One job in detail: status, parameters, error, outputs.",
-        epilog=SHOW_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "one job in detail",
+        "One job in detail: status, parameters, error, outputs.",
+        SHOW_EXAMPLES,
     )
-    show.add_argument("job_id", metavar="ID")
     show.add_argument("--json", action="store_true", help="the API's JSON for the job")
-    _connection_options(show)
 
-    cancel = jobs_sub.add_parser(
-        "cancel",
-        help="cancel an unfinished job",
-        description="Cancel an unfinished job.",
-        epilog=CANCEL_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    _job_command(
+        jobs_sub, "cancel", "cancel an unfinished job", "Cancel an unfinished job.", CANCEL_EXAMPLES
     )
-    cancel.add_argument("job_id", metavar="ID")
-    _connection_options(cancel)
 
-    wait = jobs_sub.add_parser(
+    wait = _job_command(
+        jobs_sub,
         "wait",
-        help="follow a job's progress until it ends",
-        description="Follow a job's progress until it is completed, failed or canceled.",
-        epilog=WAIT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "follow a job's progress until it ends",
+        "Follow a job's progress until it is completed, failed or canceled.",
+        WAIT_EXAMPLES,
     )
-    wait.add_argument("job_id", metavar="ID")
     wait.add_argument("--json", action="store_true", help="print the finished job as JSON")
-    _connection_options(wait)
 
-    download = jobs_sub.add_parser(
+    download = _job_command(
+        jobs_sub,
         "download",
-        help="download a completed job's outputs",
-        description="Download every output of a completed job as <job_id>-<n>.<ext>.",
-        epilog=DOWNLOAD_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "download a completed job's outputs",
+        "Download every output of a completed job as <job_id>-<n>.<ext>.",
+        DOWNLOAD_EXAMPLES,
     )
-    download.add_argument("job_id", metavar="ID")
     download.add_argument(
         "-o", "--output-dir", metavar="DIR", default=".", help="where (default: here)"
     )
-    _connection_options(download)
     return parser
+
+
+def _job_command(
+    sub: Any, name: str, summary: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    """A `mediagen jobs NAME ID` command with its help, examples and connection options."""
+    command: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("job_id", metavar="ID")
+    _connection_options(command)
+    return command
 
 
 # -- progress ----------------------------------------------------------------------------------
