@@ -6,17 +6,24 @@ mediagen api       the API alone (uvicorn; --workers N processes, default WEB_CO
 mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
 mediagen beat      the sweeper schedule alone (Celery beat)
 mediagen migrate   apply pending database migrations
-mediagen keys      create | list | revoke API keys
+mediagen keys      create | list | revoke | adopt API keys
+mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
 
 mediagen generate  submit a prompt, show its progress, download the outputs (a client of a
                    running service: MEDIAGEN_URL, MEDIAGEN_API_KEY)
 mediagen jobs      list | show | wait | download | cancel your jobs (the same client)
+
+`pip install mediagen` is the client: generate and jobs. The service's commands need
+`pip install "mediagen[server]"` (`mediagen[all]`: with the built-in generator, the embedded
+Postgres/Redis and Flower).
 """
+
+# Nothing of the server (nor asyncio) is imported before a server command is chosen: the
+# client's commands and every --help start quickly, and work where only the client is installed.
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import shutil
@@ -27,11 +34,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mediagen.broker import QUEUES
-from mediagen.config import Settings, get_settings
-from mediagen.keys import cli as keys_cli
-from mediagen.observability.metrics import MULTIPROC_ENV
+from mediagen import extras
+
+if TYPE_CHECKING:
+    from mediagen.config import Settings
 
 EMBEDDED_ENV = "embedded.env"
 MAX_RESTARTS = 5
@@ -57,6 +65,8 @@ def _api_cmd(settings: Settings, workers: int | None = None) -> list[str]:
 
 
 def _worker_cmd(settings: Settings, beat: bool) -> list[str]:
+    from mediagen.broker import QUEUES
+
     level = "DEBUG" if settings.debug else settings.log_level
     cmd = [
         sys.executable,
@@ -105,6 +115,11 @@ def _services(settings: Settings) -> Iterator[dict[str, str]]:
     if settings.database_url and settings.redis_url:
         yield env
         return
+    extras.require(
+        "embedded",
+        "mediagen run without DATABASE_URL and REDIS_URL",
+        alternative="set both (a Postgres and a Redis of your own)",
+    )
     from mediagen.embedded import EmbeddedServices
 
     data_dir = settings.embedded_data_dir.resolve()
@@ -121,14 +136,29 @@ def _services(settings: Settings) -> Iterator[dict[str, str]]:
 
 
 def _migrate(settings: Settings) -> None:
+    import asyncio
+
     from mediagen.db import migrate
 
     asyncio.run(migrate(settings))
 
 
+def _require_provider(settings: Settings, command: str) -> None:
+    """The worker's generator is installed: Pillow when it is the built-in one."""
+    if settings.provider_name == "builtin":
+        extras.require(
+            "builtin",
+            f"mediagen {command} with the built-in generator (REPLICATE_API_TOKEN is unset)",
+            alternative="set REPLICATE_API_TOKEN",
+        )
+
+
 def cmd_run(_: argparse.Namespace) -> int:
+    from mediagen.config import Settings
+
     # Decide embedded-or-not from the real configuration only, not a previous run's file.
     settings = Settings(_env_file=".env")
+    _require_provider(settings, "run")
     settings.embedded_data_dir.mkdir(parents=True, exist_ok=True)
     with _services(settings) as env:
         os.environ.update(env)
@@ -199,6 +229,8 @@ def _metrics_dir(settings: Settings, service: str) -> dict[str, str]:
     `<PROMETHEUS_MULTIPROC_DIR or EMBEDDED_DATA_DIR/metrics>/<service>`, emptied as the service
     starts (what prometheus-client asks): the processes of one service add up, two services
     never mix. Two `mediagen api` (or `worker`) on one machine need different directories."""
+    from mediagen.observability.metrics import MULTIPROC_ENV
+
     if not settings.metrics_enabled:
         return {}
     base = os.environ.get(MULTIPROC_ENV) or str(settings.embedded_data_dir / "metrics")
@@ -211,16 +243,22 @@ def _metrics_dir(settings: Settings, service: str) -> dict[str, str]:
     return {MULTIPROC_ENV: str(path)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["generate"], ["jobs"]):
-        from mediagen.client import cli as client_cli
+def _flower(args: list[str]) -> int:
+    """`celery -A mediagen.worker flower ARGS`, or one line naming the extra it needs."""
+    extras.require("flower", "mediagen flower")
+    extras.require("server", "mediagen flower")
+    return _exec([sys.executable, "-m", "celery", "-A", "mediagen.worker", "flower", *args])
 
-        return client_cli.main(argv)
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mediagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # Listed for --help only: main() hands them on before parsing (their arguments are theirs).
+    sub.add_parser("generate", help="submit a prompt, follow it, download the outputs")
+    sub.add_parser("jobs", help="list, show, wait for, download or cancel your jobs")
+    sub.add_parser("flower", help="Flower, the Celery monitor (every argument goes to flower)")
     sub.add_parser("run", help="API + worker + sweeper (embedded Postgres/Redis if unset)")
     api = sub.add_parser("api", help="the API alone")
     api.add_argument(
@@ -233,13 +271,32 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
     sub.add_parser("beat", help="the sweeper schedule alone")
     sub.add_parser("migrate", help="apply pending database migrations")
-    keys_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("name", help="what the key is for")
+    actions.add_parser("list", help="list keys (prefix, name, created, revoked)")
+    revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
+    adopt = actions.add_parser(
+        "adopt",
+        help="give every job made without a key (before keys were required) to this key",
+    )
+    adopt.add_argument("key", help="the key's id or its `mg_...` prefix")
+    return parser
+
+
+def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """A server command: the server's modules are imported from here on."""
+    extras.require("server", f"mediagen {args.command}")
+    from mediagen.config import get_settings
 
     settings = get_settings()
     if args.command == "run":
         return cmd_run(args)
     if args.command == "keys":
+        from mediagen.keys import cli as keys_cli
+
         return keys_cli.run(args)
     if args.command == "migrate":
         _migrate(settings)
@@ -251,11 +308,36 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(_metrics_dir(settings, "api"))
         return _exec(_api_cmd(settings, args.workers))
     if args.command == "worker":
+        _require_provider(settings, "worker")
         os.environ.update(_metrics_dir(settings, "worker"))
         return _exec(_worker_cmd(settings, beat=args.beat))
     if args.command == "beat":
         return _exec(_beat_cmd(settings))
     parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["generate"], ["jobs"]):
+        from mediagen.client import cli as client_cli
+
+        return client_cli.main(argv)
+    command = argv[0] if argv else ""
+    try:
+        if command == "flower":
+            return _flower(argv[1:])
+        parser = _parser()
+        args = parser.parse_args(argv)
+        return _server(parser, args)
+    except extras.MissingExtraError as exc:
+        print(exc, file=sys.stderr)
+    except ModuleNotFoundError as exc:  # an extra's package that MODULES does not name
+        top = (exc.name or "").partition(".")[0]
+        if not top or top == "mediagen":
+            raise
+        extra = extras.extra_of(top) or "server"
+        print(extras.MissingExtraError(extra, f"mediagen {command}", [top]), file=sys.stderr)
     return 2
 
 

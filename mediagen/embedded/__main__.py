@@ -2,7 +2,19 @@
 
 import sys
 
-from mediagen.embedded import main
+from mediagen import extras
+
+
+def _main() -> int:
+    try:
+        extras.require("embedded", "python -m mediagen.embedded")
+    except extras.MissingExtraError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from mediagen.embedded import main
+
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

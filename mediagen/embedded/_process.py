@@ -22,7 +22,10 @@ def _package_dir(name: str) -> Path:
     """Where an installed package lives, without importing it (both have import side effects)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"package {name!r} is not installed; it provides the embedded servers")
+        raise RuntimeError(
+            f"package {name!r} is not installed; it provides the embedded servers: "
+            'pip install "mediagen[embedded]"'
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

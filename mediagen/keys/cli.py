@@ -1,4 +1,5 @@
-"""`mediagen keys create|list|revoke|adopt`."""
+"""`mediagen keys create|list|revoke|adopt`. Their arguments are defined in mediagen/cli.py,
+which parses every command without importing the server."""
 
 from __future__ import annotations
 
@@ -16,21 +17,6 @@ from mediagen.db import close_db, init_db
 from mediagen.errors import DatabaseUnavailableError, NotFoundError
 from mediagen.keys import service
 from mediagen.keys.cache import publish_change
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
-    actions = keys.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a key and print it (shown only once)")
-    create.add_argument("name", help="what the key is for")
-    actions.add_parser("list", help="list keys (prefix, name, created, revoked)")
-    revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
-    revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
-    adopt = actions.add_parser(
-        "adopt",
-        help="give every job made without a key (before keys were required) to this key",
-    )
-    adopt.add_argument("key", help="the key's id or its `mg_...` prefix")
 
 
 async def _announce(settings: Settings) -> None:

@@ -6,16 +6,22 @@ simulated latency (`BUILTIN_LATENCY`) has passed: no task sleeps, no state is ke
 Fault injection (`BUILTIN_FAULT_INJECTION=true`, for tests and chaos drills only) reads
 directives in the prompt: `[fault:transient=N]` fails the first N attempts with a retryable
 error, `[fault:permanent]` fails every attempt with a permanent one.
+
+Pillow (the renderer's) is the extra `mediagen[builtin]`: without it this provider still starts,
+says so in the log, and fails each job at once with the same message (`mediagen run` and
+`mediagen worker` refuse to start instead).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from mediagen import extras
 from mediagen.errors import PermanentProviderError, RetryableProviderError
 from mediagen.providers.base import (
     Fetched,
@@ -24,7 +30,8 @@ from mediagen.providers.base import (
     Prediction,
     PredictionStatus,
 )
-from mediagen.providers.render import CONTENT_TYPES, render
+
+log = logging.getLogger(__name__)
 
 _TRANSIENT = re.compile(r"\[fault:transient=(\d+)\]")
 _PERMANENT = "[fault:permanent]"
@@ -36,6 +43,18 @@ class BuiltinProvider:
     def __init__(self, latency: float = 0.0, fault_injection: bool = False) -> None:
         self.latency = latency
         self.fault_injection = fault_injection
+        self.unavailable = ""
+        try:
+            extras.require(
+                "builtin",
+                "the built-in generator (REPLICATE_API_TOKEN is unset)",
+                alternative="set REPLICATE_API_TOKEN",
+            )
+        except extras.MissingExtraError as exc:
+            self.unavailable = str(exc)
+            log.error("%s; its jobs fail until then", exc)
+        else:  # imported now, not by the first job on the event loop
+            import mediagen.providers.render  # noqa: F401
 
     def _inject_faults(self, request: GenerationRequest) -> None:
         if not self.fault_injection:
@@ -49,6 +68,8 @@ class BuiltinProvider:
             )
 
     async def create(self, request: GenerationRequest) -> Prediction:
+        if self.unavailable:
+            raise PermanentProviderError(self.unavailable)
         self._inject_faults(request)
         prediction_id = f"builtin-{request.job_id}-{request.attempt}-{time.time_ns() // 1_000_000}"
         return Prediction(prediction_id, PredictionStatus.PROCESSING, poll_after=self.latency)
@@ -61,6 +82,10 @@ class BuiltinProvider:
         remaining = created_ms / 1000 + self.latency - time.time()
         if remaining > 0:
             return Prediction(prediction_id, PredictionStatus.PROCESSING, poll_after=remaining)
+        if self.unavailable:
+            raise PermanentProviderError(self.unavailable)
+        from mediagen.providers.render import CONTENT_TYPES, render
+
         params = request.parameters
         fmt = str(params.get("output_format", "png"))
         count = int(params.get("num_outputs", 1))
