@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
-        bench-e2e bench-inflight bench-observability compose-check ping fuzz chaos clean
+        bench-e2e bench-inflight bench-observability compose-check ping fuzz chaos screenshots clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -51,6 +51,11 @@ fuzz: setup ## schemathesis over the OpenAPI schema with a random seed (a live A
 
 chaos: setup ## Crash, outage and fault scenarios against real processes (not part of `make test`)
 	$(PY) -m tests.chaos
+
+screenshots: setup ## The web page's browser tests, copying their screenshots to docs/images/
+	scripts/ensure-services.sh
+	scripts/ensure-tools.sh
+	MEDIAGEN_SCREENSHOTS=docs/images $(PY) -m pytest tests/web -q
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,7 @@ from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.served import SignedFiles
 from mediagen.storage.signing import load_signer
+from mediagen.web import router as web
 
 API_PREFIX = "/api/v1"
 WEBHOOK_MAX_BYTES = 4 * 1024 * 1024
@@ -169,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)  # /livez, /readyz, /api/v1/health
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
+    web.install(app)  # the web page at / and its /assets
     if settings.metrics_enabled:
         app.include_router(metrics_router)  # /metrics (Prometheus)
     errors_http.install(app)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Command-line tools the tests use besides Python's: promtool (Debian package `prometheus`), which
-# checks and unit-tests deploy/prometheus (tests/test_deploy.py). Installed when missing, as
-# bench/ installs wrk; the package's own Prometheus service is not left running.
+# checks and unit-tests deploy/prometheus (tests/test_deploy.py), and Chromium (Debian package
+# `chromium`), which Playwright drives for the web page's tests (tests/web/; Playwright's own
+# browser download cannot run on our machines). Installed when missing, as bench/ installs wrk;
+# the Prometheus package's own service is not left running.
 # A tool still missing fails under CI (CI set, e.g. CI=true); elsewhere its tests skip.
 set -u
 sudo=()
@@ -20,6 +22,16 @@ if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
     "${sudo[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
+fi
+
+if ! [ -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing chromium (Debian package chromium)"
+  apt_install chromium
+fi
+
+if ! [ -x /usr/bin/chromium ]; then
+  echo "ensure-tools: chromium is not installed and could not be installed (Debian package chromium)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then
