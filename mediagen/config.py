@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=1000)
 
-    # --- observability (README "Observing mediagen") ----------------------------------------
+    # --- observability (README "Operations") ------------------------------------------------
     debug: bool = False
     log_level: str = "INFO"
     # auto: readable lines on a terminal, JSON lines (one object per line) otherwise.
