@@ -63,6 +63,14 @@ def _private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
 
 REDIS_URL, _REDIS_SERVER = _private_redis()
 
+
+def scratch_redis(db: int) -> str:
+    """The URL of database `db` of the session's Redis, emptied: a queue of a test's own."""
+    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 # The settings every process of the session shares (read before mediagen is imported).
 TEST_ENV = {
     "DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgres://")

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from mediagen.client import (
     AsyncClient,
@@ -22,23 +21,18 @@ from mediagen.client import (
     NotFoundError,
     RateLimitedError,
 )
-from tests.conftest import REDIS_URL, start_api
+from tests.conftest import scratch_redis, start_api
 from tests.keys.test_keys import create_key
 from tests.support import Proc
 
 SMALL = {"width": 64, "height": 64}
 
 
-def _own_redis(db: int) -> str:
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
 
 @pytest.fixture(scope="module")
 def idle_api(database: str) -> Iterator[str]:
     """An API whose queue no worker consumes: its jobs stay pending."""
-    proc, url = start_api("client-api-idle", {"REDIS_URL": _own_redis(12)})
+    proc, url = start_api("client-api-idle", {"REDIS_URL": scratch_redis(12)})
     yield url
     proc.stop()
 
@@ -122,7 +116,7 @@ async def test_list_follows_pages(api: str, worker: Proc) -> None:
 
 async def test_rate_limit_raises_with_retry_after(database: str) -> None:
     proc, url = start_api(
-        "client-api-rate", {"RATE_LIMIT_PER_MINUTE": "2", "REDIS_URL": _own_redis(13)}
+        "client-api-rate", {"RATE_LIMIT_PER_MINUTE": "2", "REDIS_URL": scratch_redis(13)}
     )
     try:
         async with AsyncClient(url, max_retries=0) as mg:
