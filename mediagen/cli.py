@@ -143,14 +143,32 @@ def _migrate(settings: Settings) -> None:
     asyncio.run(migrate(settings))
 
 
+class _ConfigurationError(Exception):
+    """A configuration the service cannot start with; its message is the one line to print."""
+
+
+def _check_models(settings: Settings) -> set[str]:
+    """The models file (MODELS_FILE) is readable and valid; the provider kinds it routes to."""
+    from mediagen.catalog import CatalogError, load_catalog
+
+    try:
+        return load_catalog(settings).providers()
+    except CatalogError as exc:
+        raise _ConfigurationError(str(exc)) from None
+
+
 def _require_provider(settings: Settings, command: str) -> None:
-    """The worker's generator is installed: Pillow when it is the built-in one."""
-    if settings.provider_name == "builtin":
-        extras.require(
-            "builtin",
-            f"mediagen {command} with the built-in generator (REPLICATE_API_TOKEN is unset)",
-            alternative="set REPLICATE_API_TOKEN",
-        )
+    """The models file is valid, and the worker's generators are installed: Pillow when the
+    built-in one runs any model."""
+    if "builtin" not in _check_models(settings):
+        return
+    if settings.models_file:
+        why, alternative = "MODELS_FILE routes models to it", "route no model to it"
+    else:
+        why, alternative = "REPLICATE_API_TOKEN is unset", "set REPLICATE_API_TOKEN"
+    extras.require(
+        "builtin", f"mediagen {command} with the built-in generator ({why})", alternative
+    )
 
 
 def cmd_run(_: argparse.Namespace) -> int:
@@ -305,6 +323,7 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "api":
         if args.workers is not None and not 1 <= args.workers <= 64:
             parser.error("--workers must be between 1 and 64")
+        _check_models(settings)
         os.environ.update(_metrics_dir(settings, "api"))
         return _exec(_api_cmd(settings, args.workers))
     if args.command == "worker":
@@ -332,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return _server(parser, args)
     except extras.MissingExtraError as exc:
         print(exc, file=sys.stderr)
+    except _ConfigurationError as exc:
+        print(f"mediagen: {exc}", file=sys.stderr)
     except ModuleNotFoundError as exc:  # an extra's package that MODULES does not name
         top = (exc.name or "").partition(".")[0]
         if not top or top == "mediagen":

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Models a request may name (`model`), comma-separated shell-style patterns such as
     # `black-forest-labs/*` or `owner/name:*`; empty: the default model only.
     allowed_models: str = ""
+    # A TOML file mapping public model names to providers (mediagen.catalog); when set it is
+    # the allow-list (ALLOWED_MODELS must then be empty). Unset: the settings above decide.
+    models_file: Path | None = None
     # Secret (`whsec_...`) that verifies Replicate's webhooks; webhooks are used only when
     # PUBLIC_BASE_URL is set (the address Replicate can reach us at), else jobs are polled.
     replicate_webhook_secret: str = ""
@@ -50,6 +53,19 @@ class Settings(BaseSettings):
     poll_interval: float = Field(2.0, gt=0)
     builtin_latency: float = Field(0.0, ge=0, le=3600)
     builtin_fault_injection: bool = False
+
+    # --- cog ---------------------------------------------------------------------------------
+    # Self-hosted Cog servers (models file entries with provider = "cog"; mediagen.providers.cog).
+    # Signs the per-prediction token in the webhook URL each Cog server calls back; empty: one
+    # made at random once and kept in Postgres, shared by every process.
+    cog_webhook_secret: str = ""
+    # Token in the upload URL Cog servers are started with (`--upload-url
+    # {PUBLIC_BASE_URL}/api/v1/uploads/cog/{COG_UPLOAD_TOKEN}/`); empty: uploads are refused and
+    # outputs come inline, as data: URIs in the completion webhook.
+    cog_upload_token: str = ""
+    # Seconds for one call to a Cog server (create or cancel), all of it.
+    cog_timeout: float = Field(10.0, gt=0, le=300)
+    # --- end cog -------------------------------------------------------------------------------
 
     # --- durability --------------------------------------------------------------------------
     lease_seconds: float = Field(120.0, gt=0)
@@ -135,7 +151,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
 
-    @field_validator("database_url", "redis_url", mode="before")
+    @field_validator("database_url", "redis_url", "models_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -158,10 +174,6 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_host_list(self) -> list[str]:
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
-
-    @property
-    def provider_name(self) -> str:
-        return "replicate" if self.replicate_api_token else "builtin"
 
 
 # Multiples of WEBHOOK_RETRY_DELAY between a client webhook's attempts, and the most a

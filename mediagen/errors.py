@@ -10,6 +10,9 @@ MediagenError
 │   └── BrokerUnavailableError
 ├── ProviderError                 raised by a generation provider
 │   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
+│   │   ├── PredictionLostError   the prediction will never report (its completion was
+│   │   │                         missed, its server lost it): a new attempt, counted
+│   │   └── NoCapacityError       no free slot upstream: try again soon, not counted
 │   └── PermanentProviderError    bad input or model failure: fail the job at once
 ├── OutboundError                 an outbound HTTP exchange failed (`retryable`, `status`,
 │   │                             `retry_after` say how; mediagen.outbound)
@@ -91,6 +94,20 @@ class ProviderError(MediagenError):
 class RetryableProviderError(ProviderError):
     code = "provider_retryable"
     retryable = True
+
+
+class PredictionLostError(RetryableProviderError):
+    """A started prediction that will never report: the job runs a new attempt (a retry,
+    counted) instead of waiting on it. Raised by `get` (a Cog prediction past its deadline)."""
+
+    code = "prediction_lost"
+
+
+class NoCapacityError(RetryableProviderError):
+    """Every server of the model is busy (Cog's 409): the job tries again after `retry_after`
+    without counting a retry; JOB_TIMEOUT bounds the wait."""
+
+    code = "no_capacity"
 
 
 class PermanentProviderError(ProviderError):

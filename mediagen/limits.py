@@ -2,6 +2,10 @@
 
 The body is read (up to the limit) before the app sees it, so an oversized chunked upload is
 refused as cleanly as one announced by Content-Length; bodies here are small JSON documents.
+
+`streamed` paths are the exception: large bodies (a Cog server's outputs) that their route
+authenticates from the path before reading a byte, then reads as a stream with its own cap.
+Here they only lose an announced Content-Length over their limit; nothing is buffered.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 class BodySizeLimit:
     def __init__(
-        self, app: ASGIApp, max_bytes: int, overrides: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        overrides: dict[str, int] | None = None,
+        streamed: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.overrides = overrides or {}  # path prefix -> limit
+        self.streamed = streamed or {}  # path prefix -> limit its route enforces while reading
 
     def _limit(self, path: str) -> int:
         for prefix, limit in self.overrides.items():
@@ -48,6 +57,13 @@ class BodySizeLimit:
             return
         limit = self._limit(scope["path"])
         declared = dict(scope.get("headers", ())).get(b"content-length")
+        for prefix, cap in self.streamed.items():
+            if scope["path"].startswith(prefix):
+                if declared is not None and declared.isdigit() and int(declared) > cap:
+                    await self._reject(send, cap)
+                    return
+                await self.app(scope, receive, send)
+                return
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(send, limit)
             return

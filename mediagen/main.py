@@ -17,9 +17,14 @@ from fastapi_offline import FastAPIOffline
 
 from mediagen import __version__, errors_http, health
 from mediagen.broker import Outbox
+from mediagen.catalog import load_catalog
+from mediagen.catalog.listing import InputSchemas
+from mediagen.catalog.router import router as models_router
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
+from mediagen.jobs import cog_webhooks
+from mediagen.jobs import schemas as jobs_schemas
 from mediagen.jobs import service as jobs_service
 from mediagen.jobs.fastpath import FastPaths
 from mediagen.jobs.live import router as live_router
@@ -32,6 +37,7 @@ from mediagen.notify.router import router as notify_router
 from mediagen.observability import http as observed
 from mediagen.observability import logs, tracing
 from mediagen.observability.router import router as metrics_router
+from mediagen.outbound import Outbound
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.served import SignedFiles
@@ -104,7 +110,9 @@ def _state_auth_mode(app: FastAPI, mode: str) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.configure(settings, "api")
+    catalog = load_catalog(settings)  # a bad MODELS_FILE stops the API here (CatalogError)
     storage = create_storage(settings)
+    outbound = Outbound()  # Cog servers' input schemas (GET /api/v1/models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for redis_client in (app.state.outbox.client, subscriber, limits, app.state.redis):
                 await redis_client.aclose()
             await storage.close()
+            await outbound.close()
             await close_db()
             tracing.shutdown()  # export the spans still buffered
 
@@ -162,13 +171,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
+    app.state.catalog = catalog
+    app.state.input_schemas = InputSchemas(
+        outbound, jobs_schemas.GenerationParameters.model_json_schema()
+    )
     app.state.keys = KeyCache(settings.key_cache_seconds)
     app.state.storage = storage
     app.state.storage_probe = health.StorageProbe(storage)
     app.include_router(jobs_router, prefix=API_PREFIX)
+    app.include_router(models_router, prefix=API_PREFIX)  # the models a key may use
     app.include_router(live_router, prefix=API_PREFIX)  # job events (SSE)
     app.include_router(health.router)  # /livez, /readyz, /api/v1/health
     app.include_router(webhooks_router, prefix=API_PREFIX)
+    app.include_router(cog_webhooks.router, prefix=API_PREFIX)  # Cog servers' webhooks, uploads
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
     web.install(app)  # the web page at / and its /assets
     if settings.metrics_enabled:
@@ -194,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         overrides={f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES},
+        streamed=cog_webhooks.streamed_limits(settings, API_PREFIX),  # they read their own
     )
     observed.install(app, settings)  # around everything: request id, access log, metrics
     if tracing.configure("api"):  # outermost, so the server span covers FastPaths' answers

@@ -3,7 +3,7 @@
 Real module path for Celery's CLI: `celery -A mediagen.worker inspect ping`.
 
 Each worker process owns one asyncio event loop, running in a daemon thread, with one Tortoise
-connection pool, one outbox (`mediagen.broker`), one provider and one storage client on it.
+connection pool, one outbox (`mediagen.broker`), its providers and one storage client on it.
 Tasks are thin: they submit a coroutine to that loop, which publishes the step it returns
 through the outbox and waits for the batch to be sent, so the task is acknowledged only after
 its successor is in Redis. Because no step waits for a model, a handful of pool threads keep
@@ -129,15 +129,15 @@ app = celery_app  # `celery -A mediagen.worker` finds `app`
 
 
 class Runtime:
-    """One event loop thread, Tortoise pool, outbound HTTP client, provider, storage and webhook
-    deliverer per worker process."""
+    """One event loop thread, Tortoise pool, outbound HTTP client, providers (one of each kind),
+    storage and webhook deliverer per worker process."""
 
     def __init__(self, settings: Settings) -> None:
         from mediagen.jobs.pipeline import Pipeline
         from mediagen.notify.delivery import Deliverer
         from mediagen.observability.measured import MeasuredProvider
         from mediagen.outbound import Outbound
-        from mediagen.providers import create_provider
+        from mediagen.providers import create_providers
         from mediagen.storage import create_storage
 
         self.settings = settings
@@ -148,11 +148,12 @@ class Runtime:
         )
         self._thread.start()
         self.outbound = Outbound()
-        self.provider = MeasuredProvider(create_provider(settings, self.outbound))
+        # One shared provider per kind the models file (or the settings) routes jobs to.
+        self.providers = create_providers(settings, self.outbound, wrap=MeasuredProvider)
         self.storage = create_storage(settings)
         self._heartbeat: asyncio.Task[None] | None = None
         self.outbox = self.run(self._open())
-        self.pipeline = Pipeline(settings, self.provider, self.storage, self.outbox)
+        self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
         self.deliverer = self.run(self._deliverer(Deliverer))
 
     async def _deliverer(self, cls: Any) -> Any:
@@ -230,7 +231,7 @@ class Runtime:
         await self.deliverer.close()
         await self.outbox.close()
         await self.outbox.client.aclose()
-        await self.provider.close()
+        await self.providers.close()
         await self.outbound.close()
         await self.storage.close()
         await close_db()

@@ -88,7 +88,9 @@ class FastPaths:
             await self.app(scope, receive if body is None else _replay(body, receive), send)
             return
         try:  # nothing is handed over from here: the job may already exist
-            job_id = await service.create_job(request, state.settings, state.outbox, owner)
+            job_id = await service.create_job(
+                request, state.settings, state.outbox, owner, state.catalog
+            )
         except Exception as exc:
             response = error_response(exc)
             if response is None:

@@ -22,13 +22,20 @@ from typing import Any, Literal
 
 from mediagen.broker import Outbox, Task
 from mediagen.config import MAX_POLL_WAIT, Settings
-from mediagen.errors import PermanentProviderError, ProviderError, StorageError
+from mediagen.errors import (
+    NoCapacityError,
+    PermanentProviderError,
+    PredictionLostError,
+    ProviderError,
+    StorageError,
+)
 from mediagen.jobs import events, progress
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.observability import context, tracing
+from mediagen.providers import Providers
 from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
 from mediagen.storage.base import Storage
 
@@ -65,10 +72,18 @@ def _adopt_request(job: Job) -> None:
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, provider: Provider, storage: Storage, outbox: Outbox
+        self,
+        settings: Settings,
+        providers: Providers | Provider,
+        storage: Storage,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
-        self.provider = provider
+        # Each job runs on the provider its row names (`job.provider`); one provider given
+        # alone runs every job.
+        self.providers = (
+            providers if isinstance(providers, Providers) else Providers.only(providers, settings)
+        )
         self.storage = storage
         self.outbox = outbox
 
@@ -85,12 +100,16 @@ class Pipeline:
         request = self._request(job, attempt)
         log.info("job started", extra={"job_id": str(job.id), "attempt": attempt})
 
+        try:
+            provider = self.providers.get(job.provider)
+        except ProviderError as exc:  # not one this process can run: fails the job, saying why
+            return await self._on_error(job, attempt, exc)
         if job.prediction_id:  # resume the earlier attempt's prediction rather than pay twice
-            resumed = await self._resume(job.prediction_id, request)
+            resumed = await self._resume(provider, job.prediction_id, request)
             if resumed is not None:
                 return await self.on_prediction(job, attempt, resumed)
         try:
-            prediction = await self.provider.create(request)
+            prediction = await provider.create(request)
         except ProviderError as exc:
             return await self._on_error(job, attempt, exc)
         if not prediction.status.is_terminal and prediction.poll_after == 0:
@@ -166,10 +185,12 @@ class Pipeline:
         recorded: bool = True,
     ) -> Next | None:
         try:
-            prediction = await self.provider.get(prediction_id, request)
+            prediction = await self.providers.get(job.provider).get(prediction_id, request)
         except PermanentProviderError as exc:
             await self._fail(job.id, exc.message, attempt)
             return None
+        except PredictionLostError as exc:  # it will never report: a new attempt
+            return await self._on_error(job, attempt, exc)
         except ProviderError as exc:
             # A failed look is not a failed generation: look again; the deadline bounds this.
             fields = {} if recorded else {"prediction_id": prediction_id}
@@ -201,8 +222,9 @@ class Pipeline:
         try:
             if not prediction.outputs:
                 raise PermanentProviderError("the prediction succeeded without any output")
+            provider = self.providers.get(job.provider)
             for index, output in enumerate(prediction.outputs):
-                async with self.provider.fetch(output) as fetched:  # streams into storage
+                async with provider.fetch(output) as fetched:  # streams into storage
                     key = self.storage.key_for(str(job.id), index, fetched.ext)
                     with tracing.span("storage.put", {"mediagen.storage.key": key}) as span:
                         size = await self.storage.save(key, fetched.body, fetched.content_type)
@@ -253,16 +275,17 @@ class Pipeline:
         if not retryable:
             await self._fail(job.id, exc.message, attempt)
             return None
-        if job.retry_count >= self.settings.max_retries:
+        counted = not isinstance(exc, NoCapacityError)  # busy is not broken: not a retry
+        if counted and job.retry_count >= self.settings.max_retries:
             await self._fail(
                 job.id, f"gave up after {job.retry_count} retries: {exc.message}", attempt
             )
             return None
-        delay = backoff(self.settings, job.retry_count)
+        delay = backoff(self.settings, job.retry_count) if counted else 0.0
         retry_after = getattr(exc, "retry_after", None)
         if retry_after:
             delay = max(delay, min(retry_after, self.settings.retry_max_delay))
-        moved = await repo.schedule_retry(job.id, attempt, exc.message, delay)
+        moved = await repo.schedule_retry(job.id, attempt, exc.message, delay, counted=counted)
         if moved is None:
             return None
         events.announce(self.outbox, moved)
@@ -304,9 +327,11 @@ class Pipeline:
             self.outbox.send(cancel_upstream_task(moved.job.prediction_id))
         return True
 
-    async def _resume(self, prediction_id: str, request: GenerationRequest) -> Prediction | None:
+    async def _resume(
+        self, provider: Provider, prediction_id: str, request: GenerationRequest
+    ) -> Prediction | None:
         try:
-            prediction = await self.provider.get(prediction_id, request)
+            prediction = await provider.get(prediction_id, request)
         except ProviderError:
             return None
         return (
@@ -331,9 +356,12 @@ class Pipeline:
 
     async def cancel_upstream(self, prediction_id: str) -> None:
         """Stop a prediction upstream; the record goes once the provider confirms, and a failed
-        cancel is tried again (backoff) until CANCEL_ATTEMPTS, by this or by the sweeper."""
-        try:
-            await self.provider.cancel(prediction_id)
+        cancel is tried again (backoff) until CANCEL_ATTEMPTS, by this or by the sweeper. The
+        provider is the one of the job the prediction was made for."""
+        owner = await repo.prediction_owner(prediction_id)
+        kind = owner[0] if owner else self.providers.catalog.default.provider
+        try:  # (a provider this process cannot run fails like a cancel that failed)
+            await self.providers.get(kind).cancel(prediction_id)
         except ProviderError as exc:
             retry_in = exc.retry_after or backoff(self.settings, 0)
             again = await repo.upstream_not_stopped(prediction_id, retry_in, CANCEL_ATTEMPTS)
@@ -366,4 +394,5 @@ class Pipeline:
             parameters=dict(job.parameters),
             model=job.model,
             attempt=attempt,
+            route=self.providers.catalog.for_job(job.provider, job.model),
         )

@@ -405,13 +405,16 @@ async def renew_lease(
     )
 
 
-async def schedule_retry(job_id: uuid.UUID, attempt: int, error: str, delay: float) -> Moved | None:
-    """processing -> retrying, counting the retry and remembering why."""
+async def schedule_retry(
+    job_id: uuid.UUID, attempt: int, error: str, delay: float, *, counted: bool = True
+) -> Moved | None:
+    """processing -> retrying, remembering why, and counting the retry unless it is not one
+    (`counted=False`: no free slot upstream, the job only waits for one)."""
     return await transition(
         job_id,
         JobStatus.RETRYING,
         attempt=attempt,
-        retry_count=plus_one("retry_count"),
+        retry_count=plus_one("retry_count") if counted else Expr("retry_count"),
         error=error,
         lease_expires_at=None,
         next_attempt_at=seconds_from_now(delay),
@@ -490,6 +493,18 @@ async def record_upstream_cancel(prediction_id: str, job_id: uuid.UUID | str) ->
         prediction_id,
         _uuid(job_id),
     )
+
+
+async def prediction_owner(prediction_id: str) -> tuple[str, str | None] | None:
+    """(provider, model) of the job a prediction was made for: the job its upstream cancel
+    names, else the job that holds it; None if neither exists."""
+    row = await (await pool()).fetchrow(
+        "SELECT provider, model FROM jobs WHERE id = (SELECT job_id FROM upstream_cancels "
+        "WHERE prediction_id = $1) UNION ALL "
+        "(SELECT provider, model FROM jobs WHERE prediction_id = $1 LIMIT 1) LIMIT 1",
+        prediction_id,
+    )
+    return None if row is None else (row["provider"], row["model"])
 
 
 async def upstream_stopped(prediction_id: str) -> None:

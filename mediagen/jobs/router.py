@@ -94,7 +94,7 @@ async def generate(
     state = request.app.state
     state.rate_limiter.check(owner)
     if idempotency_key is None:
-        job_id = await service.create_job(body, state.settings, state.outbox, owner)
+        job_id = await service.create_job(body, state.settings, state.outbox, owner, state.catalog)
         return service.json_response(service.accepted_body(job_id), 201)
     body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
     replay = await idempotency.claim(owner, idempotency_key, body_hash)
@@ -103,7 +103,7 @@ async def generate(
         response.headers["Idempotent-Replayed"] = "true"
         return response
     try:
-        job_id = await service.create_job(body, state.settings, state.outbox, owner)
+        job_id = await service.create_job(body, state.settings, state.outbox, owner, state.catalog)
     except BaseException:
         await idempotency.release(owner, idempotency_key)
         raise

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.config import JsonDict, JsonValue
 from pydantic_core import PydanticCustomError
 
+from mediagen.catalog import MODEL_PATTERN
 from mediagen.config import get_settings
 from mediagen.jobs.states import JobStatus
 
@@ -33,7 +34,7 @@ MAX_PARAMETERS = 40  # known and passed-through keys together
 # (a `parameters.prompt` would replace the validated, length-checked prompt).
 RESERVED_PARAMETERS = frozenset({"prompt"})
 _EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$|^[0-9a-f]{64}$")
+_MODEL = re.compile(MODEL_PATTERN)
 
 # http(s) with a DNS name or IPv4 host, optional port (0..65535), printable ASCII after it.
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
@@ -215,8 +216,9 @@ class GenerateRequest(BaseModel):
     parameters: GenerationParameters = Field(default_factory=GenerationParameters)
     model: str | None = Field(
         None,
-        description="Replicate model `owner/name`, `owner/name:version` or a version id; "
-        "defaults to REPLICATE_DEFAULT_MODEL. Ignored by the built-in generator.",
+        description="The model to run: `owner/name`, `owner/name:version` or a version id, "
+        "one this service allows (`GET /api/v1/models` lists them); without one, the default "
+        "model. Picks the provider that runs the job.",
         json_schema_extra={"pattern": _MODEL.pattern},
     )
 

@@ -10,7 +10,6 @@ its `dispatched_at` is cleared and the sweeper dispatches it.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import uuid
 from collections.abc import Mapping
@@ -23,8 +22,9 @@ from starlette.responses import Response
 from tortoise.expressions import Q
 
 from mediagen.broker import Outbox
+from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
-from mediagen.errors import ConflictError, MediagenError, NotFoundError
+from mediagen.errors import ConflictError, NotFoundError
 from mediagen.jobs import events, quotas
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import cancel_upstream_task, dispatch_new, queue_position
@@ -48,11 +48,18 @@ _background: set[asyncio.Task[None]] = set()
 
 
 async def create_job(
-    request: GenerateRequest, settings: Settings, outbox: Outbox, owner: ApiKey | None = None
+    request: GenerateRequest,
+    settings: Settings,
+    outbox: Outbox,
+    owner: ApiKey | None = None,
+    catalog: Catalog | None = None,
 ) -> uuid.UUID:
-    """Accept a job (durable once this returns) and have it dispatched after the commit."""
-    if request.model is not None:
-        check_model(request.model, settings)
+    """Accept a job (durable once this returns) and have it dispatched after the commit. Its
+    `model` picks its route in `catalog` (422 if none): the provider its row records, and the
+    public name it keeps (`Catalog.job_model`)."""
+    catalog = catalog or get_catalog()
+    route = catalog.route(request.model)
+    model = catalog.job_model(route, request.model)
     if request.webhook is not None:
         await notify.check_webhook(request.webhook, settings, owner)
     job_id = uuid.uuid4()
@@ -60,8 +67,8 @@ async def create_job(
         job_id,
         prompt=request.prompt,
         parameters=request.parameters.model_dump(exclude_none=True),
-        model=request.model,
-        provider=settings.provider_name,
+        model=model,
+        provider=route.provider,
         owner=owner.id if owner else None,
         max_in_flight=settings.max_jobs_in_flight,
         webhook=request.webhook,
@@ -75,31 +82,16 @@ async def create_job(
     # Not the module's logger: a submit is a hot path (mediagen.observability.logs.FastLogger).
     _created_log.info(
         "job created",
-        model=request.model or settings.replicate_default_model,
-        provider=settings.provider_name,
+        model=model or route.name,
+        provider=route.provider,
         prompt=request.prompt,  # masked unless LOG_PROMPTS=true (observability.logs)
         webhook=request.webhook,
     )
-    metrics.job_created(settings.provider_name, request.model)
+    metrics.job_created(route.provider, model)
     dispatch_new(outbox, job_id, created_at).add_done_callback(
         lambda sent: _undispatched(job_id) if not sent.result() else None
     )
     return job_id
-
-
-class ModelNotAllowedError(MediagenError):
-    status_code = 422
-    code = "model_not_allowed"
-
-
-def check_model(model: str, settings: Settings) -> None:
-    """Refuse (422) a model the operator has not allowed (ALLOWED_MODELS)."""
-    allowed = settings.allowed_model_patterns
-    if not any(fnmatch.fnmatchcase(model, pattern) for pattern in allowed):
-        raise ModelNotAllowedError(
-            f"model {model!r} is not allowed here; allowed: {', '.join(allowed)}",
-            allowed=allowed,
-        )
 
 
 def _undispatched(job_id: uuid.UUID) -> None:

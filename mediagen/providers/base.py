@@ -13,7 +13,10 @@ import enum
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mediagen.catalog import ModelRoute
 
 
 class PredictionStatus(enum.StrEnum):
@@ -38,6 +41,8 @@ class GenerationRequest:
     model: str | None = None
     attempt: int = 1
     webhook_url: str | None = None
+    # The job's model route (mediagen.catalog): Cog endpoints and deadline, a Replicate `ref`.
+    route: ModelRoute | None = None
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,9 @@ class ReplicateProvider:
         return _prediction(data)
 
     async def create(self, request: GenerationRequest) -> Prediction:
-        model = request.model or self.settings.replicate_default_model
+        # A models file's entry may ask Replicate for another name than its public one (`ref`).
+        ref = request.route.ref if request.route is not None else None
+        model = ref or request.model or self.settings.replicate_default_model
         body: dict[str, Any] = {"input": {**request.parameters, "prompt": request.prompt}}
         if request.webhook_url:
             body["webhook"] = request.webhook_url

@@ -1,0 +1,26 @@
+"""Model routing: which public model names a request may give, and which provider runs each
+(`MODELS_FILE`, or the settings without one). See `mediagen.catalog.catalog`."""
+
+from mediagen.catalog.catalog import (
+    MODEL_PATTERN,
+    Catalog,
+    CatalogError,
+    Endpoint,
+    ModelNotAllowedError,
+    ModelRoute,
+    ProviderName,
+    get_catalog,
+    load_catalog,
+)
+
+__all__ = [
+    "MODEL_PATTERN",
+    "Catalog",
+    "CatalogError",
+    "Endpoint",
+    "ModelNotAllowedError",
+    "ModelRoute",
+    "ProviderName",
+    "get_catalog",
+    "load_catalog",
+]

@@ -1,0 +1,406 @@
+"""Jobs on self-hosted Cog models, end to end, against real Cog servers (Cog's HTTP server from
+PyPI running examples/cog-model, `tests/cog_servers.py`): the API and a worker started as in
+tests/conftest.py, with a models file routing `examples/fox` to the server, each stack on a
+redis-server of its own.
+
+- `main`: outputs as data: URIs in the completion webhook; a long deadline.
+- `uploads`: the server started with `--upload-url` to our upload endpoint; the webhook secret
+  left unset (the one kept in Postgres).
+- `fragile`: a short deadline, an API we stop and a Cog server we kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from mediagen.providers import cog
+from tests.cog_servers import (  # noqa: F401 - the fixtures, for this module
+    CogServer,
+    cog_server,
+    cog_venv,
+)
+from tests.conftest import TEST_ENV, redis_server, start_api, start_worker
+from tests.support import Proc, free_port, wait_terminal
+
+MODEL = "examples/fox"
+SECRET = "test-cog-webhook-secret"
+MAX_BYTES = 8192  # DOWNLOAD_MAX_BYTES of the stacks: a 64x64 picture fits, 1024x1024 does not
+MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
+
+
+@dataclass
+class Stack:
+    name: str
+    url: str
+    port: int
+    env: dict[str, str]
+    api: Proc
+    worker: Proc
+    cog: CogServer
+
+    def stop_api(self) -> None:
+        self.api.stop(signal.SIGKILL)
+
+    def start_api(self) -> None:
+        self.api, _ = start_api(f"api-{self.name}", self.env, self.port)
+
+
+def _models_file(path: Path, server: CogServer, deadline: float) -> Path:
+    path.write_text(
+        f'[models."{MODEL}"]\nprovider = "cog"\ndeadline = {deadline}\n'
+        f'[[models."{MODEL}".endpoints]]\nurl = "{server.url}"\nslots = 1\n'
+    )
+    return path
+
+
+def _stack(name: str, tmp: Path, venv: Path, deadline: float, uploads: bool = False,
+           **env: str) -> Iterator[Stack]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    token = uuid.uuid4().hex if uploads else ""
+    server = CogServer(venv, tmp / f"cog-{name}.log",
+                       upload_url=f"{base}/api/v1/uploads/cog/{token}/" if uploads else None)
+    server.start()
+    redis_port, redis_proc = redis_server()
+    broker_url = f"redis://127.0.0.1:{redis_port}/0"
+    broker = redis.Redis(port=redis_port)
+    settings = {"MODELS_FILE": str(_models_file(tmp / f"models-{name}.toml", server, deadline)),
+                "REDIS_URL": broker_url, "PUBLIC_BASE_URL": base,
+                "DOWNLOAD_MAX_BYTES": str(MAX_BYTES), "COG_UPLOAD_TOKEN": token,
+                "COG_WEBHOOK_SECRET": "" if uploads else SECRET, **env}
+    worker = start_worker(f"worker-{name}", broker, settings)
+    api, url = start_api(f"api-{name}", settings, port)
+    stack = Stack(name, url, port, settings, api, worker, server)
+    try:
+        yield stack
+    finally:
+        stack.api.stop()
+        worker.stop()
+        server.stop()
+        broker.close()
+        redis_proc.terminate()
+        redis_proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def main(database: str, cog_venv: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+         ) -> Iterator[Stack]:
+    yield from _stack("cog-main", tmp_path_factory.mktemp("cog-main"), cog_venv, deadline=60)
+
+
+@pytest.fixture(scope="module")
+def uploads(database: str, cog_venv: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+            ) -> Iterator[Stack]:
+    yield from _stack("cog-up", tmp_path_factory.mktemp("cog-up"), cog_venv, deadline=60,
+                      uploads=True)
+
+
+@pytest.fixture(scope="module")
+def fragile(database: str, cog_venv: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+            ) -> Iterator[Stack]:
+    # A retry waits 4 s: long enough for the API to be up again before attempt 2 runs.
+    yield from _stack("cog-fragile", tmp_path_factory.mktemp("cog-fragile"), cog_venv,
+                      deadline=4, RETRY_DELAY="4", RETRY_MAX_DELAY="4")
+
+
+def _inputs(prompt: str, **parameters: Any) -> dict[str, Any]:
+    """What the job sends the model: the prompt and every parameter, defaults included."""
+    base = {"width": 64, "height": 64, "num_inference_steps": 3, "output_format": "png",
+            "num_outputs": 1}
+    return {"prompt": prompt, **base, **parameters}
+
+
+async def _submit(client: httpx.AsyncClient, inputs: dict[str, Any]) -> str:
+    parameters = {k: v for k, v in inputs.items() if k != "prompt"}
+    created = await client.post("/api/v1/generate", json={
+        "prompt": inputs["prompt"], "model": MODEL, "parameters": parameters})
+    assert created.status_code == 201, created.text
+    return str(created.json()["job_id"])
+
+
+async def _started(client: httpx.AsyncClient, job_id: str, server: CogServer) -> dict[str, Any]:
+    """The job once its prediction is recorded and running on the Cog server."""
+    for _ in range(400):
+        job: dict[str, Any] = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["prediction_id"] and server.says(_cog_id(job)):
+            return job
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"the prediction never started: {job}")
+
+
+def _cog_id(job: dict[str, Any]) -> str:
+    return str(job["prediction_id"]).split(".")[0]
+
+
+def _decoded(outputs: Any) -> list[bytes]:
+    items = outputs if isinstance(outputs, list) else [outputs]
+    return [base64.b64decode(item.split(",", 1)[1]) for item in items]
+
+
+async def _stored(client: httpx.AsyncClient, job: dict[str, Any]) -> list[bytes]:
+    return [(await client.get(output["url"])).content for output in job["outputs"]]
+
+
+def _staged_left(job_id: str) -> list[Path]:
+    return list((MEDIA / "cog-staging").glob(f"mg-{uuid.UUID(job_id).hex}-*/*"))
+
+
+def _webhook(client: httpx.AsyncClient, prediction: str, token: str,
+             body: dict[str, Any]) -> Any:
+    return client.post(f"/api/v1/webhooks/cog/{prediction}/{token}", json=body)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+async def test_a_job_through_a_cog_model_stores_exactly_what_the_model_made(main: Stack) -> None:
+    inputs = _inputs("a red fox in the snow", seed=7, num_outputs=2)
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        job = await wait_terminal(client, await _submit(client, inputs), 30)
+        assert job["status"] == "completed", job
+        assert job["provider"] == "cog" and job["model"] == MODEL
+        assert job["attempts"] == 1 and job["retry_count"] == 0
+        assert job["progress"] == {"current": 3, "total": 3, "percent": 100}
+        assert [o["content_type"] for o in job["outputs"]] == ["image/png", "image/png"]
+        stored = await _stored(client, job)
+    made = _decoded(main.cog.predict(inputs)["output"])  # the same inputs, straight to Cog
+    assert stored == made and stored[0] != stored[1]
+    assert _staged_left(job["job_id"]) == []  # staged outputs go once stored
+
+
+async def test_uploads_through_our_endpoint_are_stored_exactly(
+    uploads: Stack, cog_server: CogServer  # noqa: F811
+) -> None:
+    """The reference is the same model on a server of its own (this one's outputs go to the
+    stack's upload endpoint, which takes them only from a running job's prediction)."""
+    inputs = _inputs("an uploaded lighthouse", seed=11, output_format="webp")
+    async with httpx.AsyncClient(base_url=uploads.url, timeout=30) as client:
+        job = await wait_terminal(client, await _submit(client, inputs), 30)
+        assert job["status"] == "completed", job
+        assert job["outputs"][0]["content_type"] == "image/webp"
+        stored = await _stored(client, job)
+    assert stored == _decoded(cog_server.predict(inputs)["output"])
+    assert _staged_left(job["job_id"]) == []
+    assert f"for {_cog_id(job)} stored" in uploads.api.log.read_text()  # it came by upload
+
+
+async def test_an_output_over_the_download_limit_fails_the_job(main: Stack,
+                                                               uploads: Stack) -> None:
+    """The same DOWNLOAD_MAX_BYTES as downloads, whether the output comes inline or uploaded."""
+    for stack in (main, uploads):
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+            job = await wait_terminal(
+                client, await _submit(client, _inputs("a huge panorama", width=1024, height=1024)),
+                30)
+        assert job["status"] == "failed", json.dumps(job)
+        assert job["retry_count"] == 0 and job["outputs"] == []
+        assert "exceeds" in job["error"] or "413" in job["error"], job["error"]
+        assert _staged_left(job["job_id"]) == []
+
+
+async def test_upload_endpoint_refuses_strangers(uploads: Stack) -> None:
+    token = uploads.env["COG_UPLOAD_TOKEN"]
+    async with httpx.AsyncClient(base_url=uploads.url, timeout=30) as client:
+        wrong = await client.put("/api/v1/uploads/cog/not-the-token/x.png", content=b"\x89PNG",
+                                 headers={"content-type": "image/png",
+                                          "x-prediction-id": f"mg-{uuid.uuid4().hex}-1"})
+        no_job = await client.put(f"/api/v1/uploads/cog/{token}/x.png", content=b"\x89PNG",
+                                  headers={"content-type": "image/png",
+                                           "x-prediction-id": f"mg-{uuid.uuid4().hex}-1"})
+    assert wrong.status_code == 401
+    assert no_job.status_code == 404
+
+
+# --- webhooks: tokens and replays -------------------------------------------------------------
+
+async def test_forged_and_cross_prediction_tokens_are_refused(main: Stack) -> None:
+    key = SECRET.encode()
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        job_id = await _submit(client, _inputs("a slow owl", step_seconds=0.2, num_inference_steps=10))
+        job = await _started(client, job_id, main.cog)
+        mine = _cog_id(job)
+        other = cog.cog_id(uuid.uuid4(), 1)
+        forged = "A" * 43
+        succeeded = {"id": mine, "status": "succeeded", "output": ["data:image/png;base64,AAAA"]}
+        answers = [
+            await _webhook(client, mine, forged, succeeded),  # a made-up token
+            await _webhook(client, mine, cog.webhook_token(key, other), succeeded),  # another's
+            await _webhook(client, other, cog.webhook_token(key, other), succeeded),  # body: mine
+            await _webhook(client, mine, cog.webhook_token(b"another secret", mine), succeeded),
+        ]
+        assert [a.status_code for a in answers] == [401, 401, 401, 401], [a.text for a in answers]
+        assert all(a.json()["code"] == "unauthorized" for a in answers)
+        during = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        assert during["status"] == "processing"
+        final = await wait_terminal(client, job_id, 30)
+    assert final["status"] == "completed" and final["attempts"] == 1, final
+
+
+async def test_replayed_webhooks_are_acknowledged_and_ignored(main: Stack) -> None:
+    key = SECRET.encode()
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        job = await wait_terminal(client, await _submit(client, _inputs("a replayed heron")), 30)
+        assert job["status"] == "completed", job
+        before = await _stored(client, job)
+        prediction = _cog_id(job)
+        other_png = _decoded(main.cog.predict(_inputs("something else"))["output"])[0]
+        replay = {"id": prediction, "status": "succeeded",
+                  "output": ["data:image/png;base64," + base64.b64encode(other_png).decode()]}
+        token = cog.webhook_token(key, prediction)
+        answer = await _webhook(client, prediction, token, replay)
+        failed = await _webhook(client, prediction, token,
+                                {"id": prediction, "status": "failed", "error": "replayed"})
+        # A stale attempt of the same job (attempt 2 never ran; attempt 1 is over).
+        stale = cog.cog_id(job["job_id"], 2)
+        late = await _webhook(client, stale, cog.webhook_token(key, stale),
+                              {**replay, "id": stale})
+        after = (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
+        assert [r.json()["status"] for r in (answer, failed, late)] == ["ignored"] * 3
+        assert after["status"] == "completed" and after["completed_at"] == job["completed_at"]
+        assert await _stored(client, after) == before
+    assert _staged_left(job["job_id"]) == []
+
+
+async def test_a_duplicate_completion_of_a_running_attempt_counts_once(main: Stack) -> None:
+    """Cog repeats a terminal webhook it got no 2xx for: the first one recorded wins."""
+    key = SECRET.encode()
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        job_id = await _submit(client, _inputs("a doubled crane", step_seconds=0.3, num_inference_steps=10))
+        job = await _started(client, job_id, main.cog)
+        prediction = _cog_id(job)
+        token = cog.webhook_token(key, prediction)
+        early = {"id": prediction, "status": "failed", "error": "first answer wins"}
+        first = await _webhook(client, prediction, token, early)
+        second = await _webhook(client, prediction, token, early)
+        final = await wait_terminal(client, job_id, 30)
+    assert first.json()["status"] in ("dispatched", "recorded")
+    assert second.json()["status"] == "duplicate"
+    assert final["status"] == "failed" and "first answer wins" in final["error"]
+
+
+# --- busy, cancel -----------------------------------------------------------------------------
+
+async def test_a_busy_server_is_waited_for_without_counting_retries(main: Stack) -> None:
+    """One slot, two jobs: the second gets Cog's 409 until the first is done, and waits without
+    spending its MAX_RETRIES (2 here) although it is turned away many times."""
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        first = await _submit(client, _inputs("first in line", step_seconds=0.2, num_inference_steps=10))
+        await _started(client, first, main.cog)
+        second = await _submit(client, _inputs("second in line"))
+        done = [await wait_terminal(client, job_id, 40) for job_id in (first, second)]
+    assert [j["status"] for j in done] == ["completed", "completed"], done
+    assert done[1]["retry_count"] == 0 and done[1]["attempts"] > 3, done[1]
+
+
+async def test_cancel_reaches_the_cog_server(main: Stack) -> None:
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        job_id = await _submit(client, _inputs("a very long night", step_seconds=0.5,
+                                               num_inference_steps=60))
+        job = await _started(client, job_id, main.cog)
+        canceled = await client.post(f"/api/v1/jobs/{job_id}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+        started = time.monotonic()
+        while not main.cog.says(f'"Prediction cancelled","prediction_id":"{_cog_id(job)}"'):
+            assert time.monotonic() - started < 10, main.cog.tail()
+            await asyncio.sleep(0.05)
+        # The slot is free again long before the 30 s the prediction would have taken.
+        while main.cog.health() != "READY":
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.05)
+        final = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert final["status"] == "canceled"
+
+
+# --- missed completions -----------------------------------------------------------------------
+
+async def test_api_down_when_the_completion_is_sent_retries_after_the_deadline(
+    fragile: Stack,
+) -> None:
+    """The API is down when the Cog server sends the completion: nothing records it, so after
+    the model's deadline (4 s) the worker runs attempt 2, whose completion arrives (the API is
+    back) and finishes the job."""
+    from mediagen.jobs.models import Job
+
+    async with httpx.AsyncClient(base_url=fragile.url, timeout=30) as client:
+        job_id = await _submit(client, _inputs("a missed sunset", step_seconds=0.1,
+                                               num_inference_steps=10))
+        first = await _started(client, job_id, fragile.cog)
+    fragile.stop_api()
+    try:
+        started = time.monotonic()
+        while (await Job.get(id=job_id)).retry_count < 1:  # the worker needs no API
+            assert time.monotonic() - started < 20, "attempt 2 never scheduled"
+            await asyncio.sleep(0.1)
+        row = await Job.get(id=job_id)
+        assert row.attempt == 1 and "deadline" in (row.error or ""), row.error
+    finally:
+        fragile.start_api()
+    async with httpx.AsyncClient(base_url=fragile.url, timeout=30) as client:
+        final = await wait_terminal(client, job_id, 40)
+    assert final["status"] == "completed", final
+    assert final["attempts"] == 2 and final["retry_count"] == 1
+    assert _cog_id(final) != _cog_id(first)
+    assert fragile.cog.says(_cog_id(first)) and fragile.cog.says(_cog_id(final))
+
+
+async def test_a_cog_server_killed_mid_prediction_is_survived(fragile: Stack) -> None:
+    """kill -9 of the server (and its worker) mid-prediction, restarted at once on its port:
+    the prediction is gone and will never report; after the deadline the job runs again."""
+    async with httpx.AsyncClient(base_url=fragile.url, timeout=30) as client:
+        job_id = await _submit(client, _inputs("a crashing wave", step_seconds=0.1,
+                                               num_inference_steps=20))
+        first = await _started(client, job_id, fragile.cog)
+        fragile.cog.kill()
+        fragile.cog.start()
+        final = await wait_terminal(client, job_id, 40)
+    assert final["status"] == "completed", final
+    assert final["attempts"] == 2 and final["retry_count"] == 1
+    assert _cog_id(final) != _cog_id(first)
+
+
+# --- pieces ---------------------------------------------------------------------------------
+
+def test_handles_and_tokens() -> None:
+    job_id = uuid.uuid4()
+    prediction = cog.cog_id(job_id, 3)
+    assert prediction == f"mg-{job_id.hex}-3"
+    assert cog.parse_cog_id(prediction) == (job_id, 3)
+    assert cog.parse_cog_id(prediction + "x") is None and cog.parse_cog_id("mg-1-1") is None
+    handle = cog.Handle(prediction, cog.endpoint_key("http://gpu-1:5000"), 1795990000123)
+    assert cog.Handle.parse(str(handle)) == handle and len(str(handle)) < 200
+    key = b"k"
+    token = cog.webhook_token(key, prediction)
+    assert cog.token_matches(key, prediction, token)
+    assert not cog.token_matches(key, cog.cog_id(job_id, 4), token)
+    assert not cog.token_matches(b"other", prediction, token)
+    assert not cog.token_matches(key, prediction, "é" * 43)  # never raises
+
+
+async def test_data_uris_are_checked_before_decoding() -> None:
+    from mediagen.errors import PermanentProviderError
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    uri = cog.DataUri.parse("data:image/png;base64," + base64.b64encode(png).decode(), 4096)
+    assert (uri.content_type, uri.ext, uri.size) == ("image/png", "png", len(png))
+    assert b"".join([chunk async for chunk in uri.chunks()]) == png
+    for bad, why in (("data:image/png;base64," + "A" * 8000, "exceeds 4096"),
+                     ("data:text/html;base64,PGgxPg==", "unsupported content type"),
+                     ("data:image/png,%89PNG", "not base64"),
+                     ("data:image/png;base64,AAA", "not valid base64")):
+        with pytest.raises(PermanentProviderError, match=why):
+            cog.DataUri.parse(bad, 4096)
+    assert cog.file_outputs({"a": ["data:x", "text", 3], "b": "https://h/x.png"}) == [
+        "data:x", "https://h/x.png"]
+    assert json.loads(json.dumps(cog.WEBHOOK_EVENTS)) == ["start", "logs", "completed"]
