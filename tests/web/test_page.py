@@ -232,6 +232,18 @@ async def test_several_outputs_each_with_its_player_and_download(
     assert [o["content_type"] for o in job["outputs"]] == ["image/webp", "image/webp"]
 
 
+async def test_the_model_field_offers_the_server_s_models(browser: Browser, slow_stack: str) -> None:
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        models = (await http.get("/api/v1/models")).json()["data"]
+    seen = await visit(browser, slow_stack)
+    page = seen.page
+    offered = page.locator("#model-list option")
+    await expect(offered).to_have_count(len(models))
+    assert await offered.evaluate_all("o => o.map(x => x.value)") == [m["name"] for m in models]
+    default = next(m["name"] for m in models if m["default"])
+    await expect(page.get_by_label("Model")).to_have_attribute("placeholder", f"{default} (default)")
+
+
 async def test_a_bad_input_is_explained_next_to_the_form(
     browser: Browser, slow_stack: str
 ) -> None:

@@ -525,8 +525,19 @@ function fillDimensions() {
   $("prompt").maxLength = config.maxPromptLength;
 }
 
+async function loadModels() {
+  // The models this server runs (GET /models), offered as the Model field's suggestions.
+  try {
+    const { data } = await api(`${API}/models`);
+    $("model-list").replaceChildren(...data.map((model) => el("option", { value: model.name })));
+    const fallback = data.find((model) => model.default);
+    if (fallback) $("model").placeholder = `${fallback.name} (default)`;
+  } catch { /* a server without the list, or no key yet: the field stays free text */ }
+}
+
 function start() {
   fillDimensions();
+  loadModels();
   updateKeyButton();
   $("generate-form").addEventListener("submit", submit);
   $("live-cancel").addEventListener("click", () => live && cancel(live.jobId, $("live-status")));
@@ -534,7 +545,11 @@ function start() {
   $("refresh").addEventListener("click", resetGallery);
   $("more-button").addEventListener("click", loadMore);
   $("key-button").addEventListener("click", () => askForKey(""));
-  $("key-form").addEventListener("submit", () => { setApiKey($("key-input").value.trim()); resetGallery(); });
+  $("key-form").addEventListener("submit", () => {
+    setApiKey($("key-input").value.trim());
+    resetGallery();
+    loadModels();
+  });
   $("key-forget").addEventListener("click", () => { setApiKey(""); $("key-dialog").close(); resetGallery(); });
   for (const button of document.querySelectorAll("[data-close]")) {
     button.addEventListener("click", () => button.closest("dialog").close());
