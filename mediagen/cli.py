@@ -276,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands them on before parsing (their arguments are theirs).
     sub.add_parser("generate", help="submit a prompt, follow it, download the outputs")
     sub.add_parser("jobs", help="list, show, wait for, download or cancel your jobs")
+    sub.add_parser("models", help="the models the service runs (what --model takes)")
     sub.add_parser("flower", help="Flower, the Celery monitor (every argument goes to flower)")
     sub.add_parser("run", help="API + worker + sweeper (embedded Postgres/Redis if unset)")
     api = sub.add_parser("api", help="the API alone")
@@ -338,7 +339,7 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["generate"], ["jobs"]):
+    if argv[:1] in (["generate"], ["jobs"], ["models"]):
         from mediagen.client import cli as client_cli
 
         return client_cli.main(argv)

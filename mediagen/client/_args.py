@@ -60,6 +60,12 @@ examples:
 exit codes: 0 completed, 1 failed or canceled, 3 API error, 130 interrupted.
 """
 
+MODELS_EXAMPLES = """\
+examples:
+  mediagen models                      # name, provider, and which is the default
+  mediagen models --json               # the API's list, with each model's input schema
+"""
+
 DOWNLOAD_EXAMPLES = """\
 examples:
   mediagen jobs download 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed          # ./<job_id>-<n>.<ext>
@@ -224,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument(
         "-o", "--output-dir", metavar="DIR", default=".", help="where (default: here)"
     )
+    models = sub.add_parser(
+        "models",
+        help="the models the service runs",
+        description="The models the service runs for you (what --model takes), default first.",
+        epilog=MODELS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models.add_argument("--json", action="store_true", help="the API's JSON, with input schemas")
+    _connection_options(models)
     return parser
 
 

@@ -27,7 +27,7 @@ from mediagen.client._errors import (
     ServiceUnavailableError,
     error_from_response,
 )
-from mediagen.client._models import TERMINAL, Job, ProgressCallback
+from mediagen.client._models import TERMINAL, Job, Model, ProgressCallback
 from mediagen.client._sse import SSEParser
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -205,6 +205,11 @@ class AsyncClient:
                 return
             # Only the query of `next`: the server may not know the address we reach it at.
             params = dict(parse_qsl(urlsplit(str(following)).query))
+
+    async def models(self) -> builtins.list[Model]:
+        """The models the service runs for you, the default first."""
+        page = await self._json("GET", f"{_API}/models")
+        return [Model.from_json(item) for item in page.get("data") or []]
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel an unfinished job (a finished one raises ConflictError, ``body["status"]``)."""

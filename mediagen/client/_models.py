@@ -29,6 +29,26 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Model:
+    """A model the service runs (`GET /api/v1/models`): what `generate(model=...)` takes."""
+
+    name: str
+    provider: str
+    default: bool = False
+    input_schema: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Model:
+        schema = data.get("input_schema")
+        return cls(
+            name=str(data["name"]),
+            provider=str(data.get("provider") or ""),
+            default=bool(data.get("default")),
+            input_schema=schema if isinstance(schema, dict) else None,
+        )
+
+
+@dataclass(frozen=True)
 class Progress:
     current: int
     total: int

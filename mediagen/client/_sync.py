@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from mediagen.client._async import AsyncClient
-from mediagen.client._models import Job, ProgressCallback
+from mediagen.client._models import Job, Model, ProgressCallback
 
 T = TypeVar("T")
 
@@ -103,6 +103,10 @@ class Client:
 
     def get(self, job_id: str) -> Job:
         return self._bind(self._run(self._async.get(job_id)))
+
+    def models(self) -> builtins.list[Model]:
+        """The models the service runs for you, the default first."""
+        return self._run(self._async.models())
 
     def list(
         self, status: str | None = None, model: str | None = None, limit: int = 50

@@ -1,4 +1,5 @@
-"""`mediagen generate` and `mediagen jobs ...`: the user's commands, on :mod:`mediagen.client`.
+"""`mediagen generate`, `mediagen jobs ...` and `mediagen models`: the user's commands, on
+:mod:`mediagen.client`.
 
 Only the standard library, httpx, rich and the client: no server code is imported, so the
 commands work wherever the client is installed. Configured like the client by ``MEDIAGEN_URL``
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import shutil
@@ -214,8 +216,21 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(client: Client, args: argparse.Namespace) -> int:
+    models = client.models()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(model) for model in models], indent=2))
+        return EXIT_OK
+    width = max((len(model.name) for model in models), default=0)
+    for model in models:
+        default = "  (default)" if model.default else ""
+        print(f"{model.name:<{width}}  {model.provider}{default}")
+    return EXIT_OK
+
+
 COMMANDS = {
     ("generate", None): cmd_generate,
+    ("models", None): cmd_models,
     ("jobs", "list"): cmd_list,
     ("jobs", "show"): cmd_show,
     ("jobs", "cancel"): cmd_cancel,

@@ -183,6 +183,19 @@ def test_no_wait_then_jobs_commands(stack: str, tmp_path: Path) -> None:
     assert json.loads(no_wait_json.stdout)["job_id"]
 
 
+def test_models_lists_what_the_service_runs(stack: str, tmp_path: Path) -> None:
+    listed = httpx.get(f"{stack}/api/v1/models").json()["data"]
+    assert listed, "the service runs at least its default model"
+    done = mediagen(stack, "models", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [m["name"] for m in listed]
+    assert [line.endswith("(default)") for line in lines] == [m["default"] for m in listed]
+    as_json = mediagen(stack, "models", "--json", cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == listed
+
+
 def test_api_and_usage_errors(stack: str) -> None:
     missing = mediagen(stack, "jobs", "show", str(uuid.uuid4()))
     assert missing.returncode == 3
@@ -211,6 +224,7 @@ def test_unreachable_service_is_an_api_error(
         ["generate"],
         ["jobs"],
         *[["jobs", c] for c in ("list", "show", "cancel", "wait", "download")],
+        ["models"],
     ],
 )
 def test_every_command_has_examples(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:

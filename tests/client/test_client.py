@@ -50,6 +50,18 @@ async def _media(api: str, url: str) -> bytes:
     return response.content
 
 
+async def test_models_are_what_the_service_lists(mg: AsyncClient, api: str) -> None:
+    async with httpx.AsyncClient(base_url=api) as http:
+        listed = (await http.get("/api/v1/models")).json()["data"]
+    models = await mg.models()
+    assert [(m.name, m.provider, m.default) for m in models] == [
+        (m["name"], m["provider"], m["default"]) for m in listed
+    ]
+    assert [m.input_schema for m in models] == [m["input_schema"] for m in listed]
+    with Client(api, api_key="") as sync:
+        assert sync.models() == models
+
+
 async def test_submit_wait_through_events_and_download(
     mg: AsyncClient, api: str, tmp_path: Path
 ) -> None:
