@@ -3,5 +3,5 @@ twice (issue 5). Run `python -m tests.chaos [--scenarios S1,S5] [--jobs 200]`; s
 
 Modules: `procs` (processes, Postgres and Redis servers), `stack` (the whole service on
 loopback), `load` (the HTTP client), `measure` (what the database, the fake Replicate and the
-storage say), `scenarios` (S1-S9), `runner` (one scenario end to end).
+storage say), `scenarios` (S1-S10), `cog` (S10's Cog servers), `runner` (one scenario end to end).
 """

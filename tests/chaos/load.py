@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -40,8 +41,14 @@ class Load:
     after a second (as a client honouring Retry-After would), so a scenario still gets its jobs
     in; every attempt stays recorded in `posts` and is judged."""
 
-    def __init__(self, api_url: str, prompt: Callable[[int], str], retry: bool) -> None:
-        self.api_url, self.prompt, self.retry = api_url, prompt, retry
+    def __init__(
+        self,
+        api_url: str,
+        prompt: Callable[[int], str],
+        retry: bool,
+        body: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
+        self.api_url, self.prompt, self.retry, self.body = api_url, prompt, retry, body
         self.posts: list[Post] = []
         self.accepted: dict[str, int] = {}  # job id -> index
         self._client = httpx.AsyncClient(
@@ -57,6 +64,8 @@ class Load:
     async def _once(self, index: int) -> Post:
         started = time.time()
         body = {"prompt": self.prompt(index), "parameters": {"width": 512, "height": 512}}
+        if self.body is not None:  # e.g. S10: a `model` and its parameters
+            body = {"prompt": self.prompt(index), **self.body(index)}
         try:
             response = await self._client.post("/api/v1/generate", json=body)
         except httpx.TimeoutException:

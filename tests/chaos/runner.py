@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+from tests.chaos.cog import MODEL, CogFarm, check_cog
 from tests.chaos.load import Load, Post
 from tests.chaos.measure import (
     TERMINAL,
@@ -70,9 +71,12 @@ async def supervise(ctx: Context, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 0.5)
 
 
-def _bound(scenario: Scenario, timings: Timings) -> float:
+def _bound(scenario: Scenario, timings: Timings, jobs: int) -> float:
     """T for this scenario; in S7 a stuck prediction ends at JOB_TIMEOUT after its creation,
-    failed by its next poll or the next sweep."""
+    failed by its next poll or the next sweep; in S10 a lost Cog prediction is retried after
+    the model's deadline (`CogSpec.bound`)."""
+    if scenario.cog is not None:
+        return scenario.cog.bound(timings.poll_interval, timings.retry_max_delay, jobs)
     if scenario.expect is not None:
         deadline = timings.job_timeout + timings.sweep_interval + timings.poll_interval + 5
         return max(timings.bound(), deadline)
@@ -82,6 +86,7 @@ def _bound(scenario: Scenario, timings: Timings) -> float:
 async def run_scenario(the_stack: Stack, scenario: Scenario, jobs: int, seed: int = 5) -> Outcome:
     """Launch a fresh service on `the_stack`, run `scenario` with `jobs` jobs, judge it."""
     timings = replace(the_stack.timings, **scenario.timings)
+    jobs = scenario.jobs or jobs
     rng = random.Random(f"{seed}-{scenario.key}")
     latency = [round(rng.uniform(*timings.latency), 1) for _ in range(jobs)]
 
@@ -89,18 +94,31 @@ async def run_scenario(the_stack: Stack, scenario: Scenario, jobs: int, seed: in
         tag = scenario.tag(index)
         return f"chaos {scenario.key} job {index} [fake:latency={latency[index]}] {tag}".strip()
 
+    spec, farm = scenario.cog, None
     try:
-        app = await the_stack.launch(scenario.key, timings.env(), scenario.lowvis)
+        env = timings.env()
+        if spec is not None:  # two Cog endpoints and a reference server, a models file
+            workdir = the_stack.root / scenario.key
+            farm = await CogFarm.start(the_stack.root, workdir, the_stack.base_env, spec.deadline)
+            env |= farm.env()
+        app = await the_stack.launch(scenario.key, env, scenario.lowvis, webhooks=farm is not None)
+        if farm is not None and spec is not None:
+            await farm.make_references(
+                {i: spec.reference_inputs(prompt(i), i) for i in range(jobs)}
+            )
     except BaseException:
         the_stack.failed = True
         await the_stack.stop_app()
+        if farm is not None:
+            await asyncio.to_thread(farm.stop)
         raise
-    load = Load(app.api_url, prompt, scenario.retry)
+    body = None if spec is None else (lambda i: {"model": MODEL, "parameters": spec.parameters(i)})
+    load = Load(app.api_url, prompt, scenario.retry, body)
     dsn = the_stack.pg.dsn(app.database)
     monitor, stop = Monitor(dsn), asyncio.Event()
-    ctx = Context(the_stack, app, load, rng, jobs)
+    ctx = Context(the_stack, app, load, rng, jobs, cog=farm)
     watching = asyncio.gather(monitor.run(stop), supervise(ctx, stop))
-    bound = _bound(scenario, timings)
+    bound = _bound(scenario, timings, jobs)
     try:
         first = scenario.reserved(jobs)
         streaming = asyncio.create_task(load.stream(list(range(first, jobs)), scenario.spread, rng))
@@ -119,6 +137,8 @@ async def run_scenario(the_stack: Stack, scenario: Scenario, jobs: int, seed: in
         ctx.close()
         await load.close()
         await the_stack.stop_app()
+        if farm is not None:
+            await asyncio.to_thread(farm.stop)
     outcome = await judge(the_stack, scenario, ctx, monitor, dsn, reference, bound)
     if interrupted := interrupted_steps(log_files):
         outcome.extra += f" steps_lost_with_child={interrupted}"
@@ -181,9 +201,13 @@ async def judge(
             f"{len(dup)} jobs with more than one terminal transition: {sorted(dup)[:5]}"
         )
     problems.extend(file_errors[:10])
+    problems.extend(ctx.problems)
     stats = await the_stack.fake_stats()
     out.created = int(str(stats.get("created", 0)))
     out.attempts = sum(int(r["attempt"]) for r in rows)
+    if ctx.cog is not None:  # no fake: the predictions the Cog servers started, and S10's checks
+        problems.extend(check_cog(ctx.cog, rows, accepted, ctx.app.media, ctx.extra))
+        out.created = len(ctx.cog.predictions().started)
     out.extra_creates = max(0, out.created - out.attempts)
     if out.extra_creates > ctx.crashes:
         problems.append(f"{out.extra_creates} extra upstream creates > {ctx.crashes} crashes")

@@ -1,4 +1,4 @@
-"""S1-S9: what each scenario breaks, and when (seconds after its load starts).
+"""S1-S10: what each scenario breaks, and when (seconds after its load starts).
 
 A scenario's `inject` runs while the runner streams the jobs over `spread` seconds; it records
 each fault with `ctx.fault()` (and whether it was a crash that may fall between an upstream
@@ -14,14 +14,18 @@ import os
 import random
 import signal
 import time
+import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import httpx
 import psutil
 from celery import Celery
 
+from tests.chaos.cog import SECRET, CogFarm, CogSpec, data_uri, wait_busy
 from tests.chaos.load import Load
 from tests.chaos.procs import Proc
 from tests.chaos.stack import App, Stack
@@ -45,6 +49,8 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
     planned: set[str] = field(default_factory=set)  # processes down on purpose, by name
     exits: list[str] = field(default_factory=list)  # processes that exited on their own
+    cog: CogFarm | None = None  # S10's Cog servers
+    problems: list[str] = field(default_factory=list)  # broken promises seen while injecting
     _celery: Celery | None = None
 
     def celery(self) -> Celery:
@@ -91,6 +97,8 @@ class Scenario:
     spread: float = 12.0
     # Postgres and Redis stay up: then no task may raise (a killed child's WorkerLostError aside).
     stores_up: bool = True
+    cog: CogSpec | None = None  # jobs on MODEL, routed to two real Cog servers (S10)
+    jobs: int | None = None  # this many jobs, whatever --jobs says (Cog slots are few)
 
 
 def _busy_children(ctx: Context) -> list[int]:
@@ -300,18 +308,167 @@ async def s8(ctx: Context) -> None:
 
 async def s9(ctx: Context) -> None:
     """kill -9 the API mid-load (POSTs in flight die with it), start it again 2 s later."""
-    api = ctx.app.api
     await ctx.at(4)
+    await _kill_api(ctx, 2)
+
+
+async def _kill_api(ctx: Context, pause: float) -> None:
+    """kill -9 the API, start it again `pause` s after it died (S9, S10)."""
+    api = ctx.app.api
     ctx.planned.add(api.name)
     down = time.time()
     api.send(signal.SIGKILL)
     ctx.fault(crash=True)
     await asyncio.to_thread(api.wait, 10)
-    await asyncio.sleep(2)
+    await asyncio.sleep(pause)
     await ctx.stack.restart(api)
     ctx.planned.discard(api.name)
     ctx.api_down.append((down, time.time()))
     ctx.restored()
+
+
+async def s10(ctx: Context) -> None:
+    """Jobs on a Cog model served by two real Cog servers (one slot each): kill -9 of one
+    server (and its worker) mid-prediction, started again 2 s later on its port; kill -9 of the
+    API while completion webhooks are being sent, 5 s down (Cog retries a terminal webhook with
+    backoff 0.2, 0.4, 0.8... s: some land once it is back, some after the model's deadline, when
+    the job already runs a new attempt); every prediction gets its terminal webhook twice more
+    (concurrently, the bytes the predictor makes), racing Cog's own: cog-b's as it reaches its
+    4th or 5th (last) step, cog-a's once completed (so that the one its kill cut off stays lost); once
+    every job is terminal, each completed job's webhook is replayed (the same body, another
+    job's picture, `failed`, a later attempt's): all must be acknowledged and ignored."""
+    farm = ctx.cog
+    assert farm is not None
+    stop = asyncio.Event()
+    duplicates = asyncio.create_task(_duplicate_webhooks(ctx, farm, stop))
+    try:
+        await ctx.at(3)
+        victim = farm.endpoints[0]
+        ctx.extra["killed_busy"] = await asyncio.to_thread(wait_busy, victim, 10)
+        ctx.planned.add(victim.name)
+        victim.kill()
+        ctx.fault(crash=True)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(victim.start)
+        ctx.planned.discard(victim.name)
+        ctx.restored()
+        await ctx.at(9)
+        await asyncio.to_thread(wait_busy, farm.endpoints[1], 5)  # a completion is coming
+        await _kill_api(ctx, 5)
+        await _all_terminal(ctx, S10_WAIT)
+    finally:
+        stop.set()
+        await duplicates
+    await _replay_webhooks(ctx, farm)
+
+
+S10_WAIT = 150.0  # at most, for every job to be terminal before the replays
+
+
+def _cog_webhook(ctx: Context, prediction: str) -> str:
+    from mediagen.providers.cog import webhook_token
+
+    token = webhook_token(SECRET.encode(), prediction)
+    return f"{ctx.app.api_url}/api/v1/webhooks/cog/{prediction}/{token}"
+
+
+def _succeeded(prediction: str, pictures: list[bytes]) -> dict[str, Any]:
+    return {
+        "id": prediction,
+        "status": "succeeded",
+        "logs": "",
+        "output": [data_uri(png) for png in pictures],
+    }
+
+
+async def _duplicate_webhooks(ctx: Context, farm: CogFarm, stop: asyncio.Event) -> None:
+    """Every prediction a Cog server completed: its terminal webhook twice (at once), as Cog
+    would send it, while the API is up (those completed while it is down: once it is back)."""
+    sent: set[str] = set()
+    answers: Counter[str] = Counter()
+    by_hex = {}
+    async with httpx.AsyncClient(timeout=15) as client:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+            if ctx.app.api.name in ctx.planned:
+                continue
+            seen = await asyncio.to_thread(farm.predictions)
+            # cog-b's from their 4th of 5 steps (half of them) or their last (Cog's own webhook
+            # follows 200 / 40 ms later: a race); cog-a's once completed (one cut off by its
+            # kill must stay unreported)
+            early = {
+                p
+                for p, (server, percent) in seen.progress.items()
+                if server == "cog-b" and percent >= (80 if int(p[3], 16) % 2 else 100)
+            }
+            done = (seen.completed | early) - sent
+            by_hex.update({uuid.UUID(j).hex: i for j, i in ctx.load.accepted.items()})
+            for prediction in sorted(done):
+                index = by_hex.get(prediction.split("-")[1])
+                if index is None or index not in farm.references:
+                    continue  # its 201 not read yet: next round
+                body = _succeeded(prediction, farm.references[index])
+                url = _cog_webhook(ctx, prediction)
+                replies = await asyncio.gather(
+                    *(client.post(url, json=body) for _ in range(2)), return_exceptions=True
+                )
+                if ctx.app.api.name in ctx.planned:  # the API died meanwhile: again later
+                    continue
+                sent.add(prediction)
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        answers[type(reply).__name__] += 1
+                        ctx.problems.append(f"duplicate webhook: {type(reply).__name__}")
+                    elif reply.status_code != 200:
+                        answers[str(reply.status_code)] += 1
+                        ctx.problems.append(f"duplicate webhook: {reply.status_code} {reply.text}")
+                    else:
+                        answers[str(reply.json().get("status"))] += 1
+    ctx.extra["dup_webhooks"] = "+".join(f"{n}{k}" for k, n in sorted(answers.items()))
+
+
+async def _all_terminal(ctx: Context, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = await asyncpg.connect(ctx.stack.pg.dsn(ctx.app.database), timeout=5)
+        try:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE status IN ('completed', 'failed', 'canceled')"
+            )
+        finally:
+            await conn.close()
+        if done >= ctx.jobs:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _replay_webhooks(ctx: Context, farm: CogFarm) -> None:
+    """Replays to every completed job's prediction, and to its next attempt's: all ignored."""
+    count, wrong = 0, []
+    async with httpx.AsyncClient(base_url=ctx.app.api_url, timeout=15) as client:
+        for job_id, index in sorted(ctx.load.accepted.items()):
+            job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+            if job.get("status") != "completed" or index not in farm.references:
+                continue
+            prediction = str(job["prediction_id"]).split(".")[0]
+            later = prediction.rsplit("-", 1)[0] + f"-{int(prediction.rsplit('-', 1)[1]) + 1}"
+            other = farm.references[(index + 1) % len(farm.references)]
+            bodies = [
+                (prediction, _succeeded(prediction, farm.references[index])),
+                (prediction, _succeeded(prediction, other)),
+                (prediction, {"id": prediction, "status": "failed", "error": "replayed"}),
+                (later, _succeeded(later, other)),
+            ]
+            for target, body in bodies:
+                reply = await client.post(_cog_webhook(ctx, target), json=body)
+                count += 1
+                status = reply.json().get("status") if reply.status_code == 200 else None
+                if status != "ignored":
+                    wrong.append(f"{target} {body['status']}: {reply.status_code} {reply.text}")
+    ctx.extra["replayed"] = count
+    if wrong:
+        ctx.problems.append(f"{len(wrong)} replayed webhooks not ignored: {wrong[:3]}")
 
 
 # Outputs of 256 KiB whose download stalls 1 s half-way: a step a kill can land in.
@@ -346,5 +503,14 @@ SCENARIOS: dict[str, Scenario] = {
             "S8", "redelivery + re-published steps", s8, timings={"poll_interval": 3}, lowvis=True
         ),
         Scenario("S9", "kill -9 the API mid-load", s9, retry=True),
+        Scenario(
+            "S10",
+            "Cog servers: kill -9 one, API down, duplicate webhooks",
+            s10,
+            cog=CogSpec(deadline=6),
+            jobs=20,
+            retry=True,
+            spread=4.0,
+        ),
     ]
 }

@@ -149,8 +149,11 @@ class Stack:
             return stats
 
     # --- one scenario's service --------------------------------------------------------------
-    async def launch(self, key: str, overrides: dict[str, str], lowvis: bool = False) -> App:
-        """Fresh database (migrated, audited), empty Redis, reset fake; start the processes."""
+    async def launch(
+        self, key: str, overrides: dict[str, str], lowvis: bool = False, webhooks: bool = False
+    ) -> App:
+        """Fresh database (migrated, audited), empty Redis, reset fake; start the processes.
+        `webhooks`: PUBLIC_BASE_URL is the API's address (Cog servers report by webhook)."""
         workdir = self.root / key
         (workdir / "media").mkdir(parents=True)
         database = f"chaos_{key.lower()}"
@@ -176,6 +179,8 @@ class Stack:
             "DEBUG": "false",
             **overrides,
         }
+        if webhooks:
+            env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{api_port}"
         admin = await asyncpg.connect(self.pg.dsn())
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -3,11 +3,14 @@ would make every scenario look clean. Fast, no processes."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.chaos.cog import CogFarm, CogServer, check_cog, png_problem
 from tests.chaos.measure import Outcome, check_files
+from tests.chaos.procs import Proc
 
 
 def _job(status: str, outputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -56,3 +59,108 @@ def test_outcome_line_says_pass_or_fail() -> None:
     assert outcome.line().endswith("PASS") and "lost=0" in outcome.line()
     outcome.problems.append("1 accepted jobs not terminal")
     assert outcome.line().endswith("FAIL") and not outcome.ok
+
+
+def _png(width: int, height: int, shade: int) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", (width, height), (shade, shade, shade)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_png_check_finds_torn_and_wrong_pictures() -> None:
+    good = _png(64, 64, 10)
+    assert png_problem(good, 64, 64) is None
+    assert "signature" in str(png_problem(b"GIF89a" + good[6:], 64, 64))
+    assert "truncated" in str(png_problem(good[:-5], 64, 64))
+    assert "CRC" in str(png_problem(good[:40] + bytes([good[40] ^ 1]) + good[41:], 64, 64))
+    assert "not 32x64" in str(png_problem(good, 32, 64))
+    assert "after IEND" in str(png_problem(good + b"x" * 12, 64, 64))
+
+
+def pid(job_id: str, attempt: int) -> str:
+    """The Cog id of a job's attempt (`mg-<job hex>-<attempt>`, what the provider uses)."""
+    return f"mg-{uuid.UUID(job_id).hex}-{attempt}"
+
+
+def _cog_log(path: Path, *events: tuple[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"fields": {"message": m, "prediction_id": p}}) for m, p in events]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_cog_check_reports_every_broken_promise(tmp_path: Path) -> None:
+    """A job stored with other bytes, a prediction of an attempt no job counted, a killed
+    prediction not retried, a job completed by a prediction no server finished, a staged
+    object left: each one reported; a clean run reports nothing."""
+    servers = []
+    for name in ("cog-a", "cog-b"):
+        log = tmp_path / "logs" / f"{name}.log"
+        proc = Proc(name, ["true"], {}, tmp_path, log)
+        servers.append(CogServer(name, proc, 0))
+    farm = CogFarm(tmp_path, servers, servers[0], deadline=6)
+    media = tmp_path / "media"
+    media.mkdir()
+    jobs = [str(uuid.uuid4()) for _ in range(3)]
+    farm.references = {i: [_png(64, 64, 10 * i)] for i in range(3)}
+    rows = []
+    for i, job in enumerate(jobs):
+        (media / f"{job}.png").write_bytes(farm.references[i][0])
+        rows.append(
+            {
+                "id": job,
+                "status": "completed",
+                "attempt": 2 if i == 0 else 1,
+                "retry_count": int(i == 0),
+                "prediction_id": f"{pid(job, 2 if i == 0 else 1)}.x.1",
+                "outputs": [{"key": f"{job}.png", "size": 1}],
+            }
+        )
+    _cog_log(
+        servers[0].proc.log,
+        ("Starting prediction", pid(jobs[0], 1)),  # killed
+        ("Starting prediction", pid(jobs[0], 2)),
+        ("Prediction worker completed", pid(jobs[0], 2)),
+    )
+    _cog_log(
+        servers[1].proc.log,
+        *[
+            e
+            for j in jobs[1:]
+            for e in (
+                ("Starting prediction", pid(j, 1)),
+                ("Prediction worker completed", pid(j, 1)),
+            )
+        ],
+    )
+    with servers[1].proc.log.open("a") as log:
+        log.write(
+            json.dumps(
+                {
+                    "fields": {
+                        "message": "Terminal webhook request error, retrying",
+                        "error": f"(http://h/api/v1/webhooks/cog/{pid(jobs[1], 1)}/t)",
+                    }
+                }
+            )
+            + "\n"
+        )
+    accepted = {job: i for i, job in enumerate(jobs)}
+    extra: dict[str, Any] = {}
+    assert check_cog(farm, rows, accepted, media, extra) == []
+    assert (extra["killed"], extra["webhooks_resent"], extra["resent_used"]) == (1, 1, 1)
+
+    (media / f"{jobs[1]}.png").write_bytes(farm.references[2][0])  # another job's picture
+    rows[0]["attempt"] = 1  # the killed attempt 1 not followed by another; attempt 2 uncounted
+    rows[2]["prediction_id"] = f"{pid(jobs[2], 7)}.x.1"  # never ran anywhere
+    (media / "cog-staging" / pid(jobs[2], 1)).mkdir(parents=True)
+    (media / "cog-staging" / pid(jobs[2], 1) / "0.png").write_bytes(b"x")
+    text = "\n".join(check_cog(farm, rows, accepted, media, extra))
+    assert f"job {jobs[1]} output 0" in text and "differ" in text
+    assert "attempts no job counted" in text and pid(jobs[0], 2) in text
+    assert "not followed by a new attempt" in text and pid(jobs[0], 1) in text
+    assert "no server completed" in text and pid(jobs[2], 7) in text
+    assert "1 staged objects left" in text
