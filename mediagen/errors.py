@@ -104,10 +104,18 @@ class PredictionLostError(RetryableProviderError):
 
 
 class NoCapacityError(RetryableProviderError):
-    """Every server of the model is busy (Cog's 409): the job tries again after `retry_after`
-    without counting a retry; JOB_TIMEOUT bounds the wait."""
+    """The Cog server of the job's slot is busy all the same (409: someone else uses it): the
+    job waits for a slot again without counting a retry; JOB_TIMEOUT bounds the wait."""
 
     code = "no_capacity"
+
+
+class EndpointDownError(NoCapacityError):
+    """The Cog server a job's slot is on could not be reached (refused, unreachable): the job
+    waits for a slot elsewhere, without counting a retry, and the server gets no work until
+    its health check is good again."""
+
+    code = "endpoint_down"
 
 
 class PermanentProviderError(ProviderError):

@@ -6,6 +6,11 @@ the process's outbox, only after its row is committed. The index gives `queue_po
 O(log n) (ZRANK) whatever the backlog; a job leaves it when it leaves `pending`
 (`events.announce`). After a crash between a commit and its announcement the index can hold a
 job that already started: the sweeper removes such entries from the head of the queue.
+
+The index holds the pending jobs no worker has looked at yet. A Cog job leaves it when its
+start step runs: it then either holds a slot or waits in its model's own queue
+(`mediagen.providers.cog_slots`), where its position is counted, so it is not counted ahead
+of other models' jobs while it waits for a GPU.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ step returns the `Next` step for the task layer to publish with a countdown, so 
 model costs a broker message, not a worker slot. Every write is one statement
 (`repository`), announced through the outbox after it commits (`events.announce`).
 
+A Cog job's `start` first takes a slot of one of its model's servers, or waits `pending` in
+its model's queue until a release sends its start again (`mediagen.jobs.cog_capacity`).
+
 A job whose prediction is ready at once (the built-in generator without latency) costs two
 statements: the claim, and the completion, which records the prediction id with it.
 """
@@ -21,6 +24,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from mediagen.broker import Outbox, Task
+from mediagen.catalog import Endpoint
 from mediagen.config import MAX_POLL_WAIT, Settings
 from mediagen.errors import (
     NoCapacityError,
@@ -31,6 +35,7 @@ from mediagen.errors import (
 )
 from mediagen.jobs import events, progress
 from mediagen.jobs import repository as repo
+from mediagen.jobs.cog_capacity import WAITS, CogCapacity
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
@@ -86,18 +91,29 @@ class Pipeline:
         )
         self.storage = storage
         self.outbox = outbox
+        # Slot accounting for Cog models (mediagen.jobs.cog_capacity), when any is routed.
+        self.cog: CogCapacity | None = None
+        if "cog" in self.providers.catalog.providers():
+            self.cog = CogCapacity(self)
 
     # --- steps -------------------------------------------------------------------------------
     async def start(self, job_id: str) -> Next | None:
+        slot: Endpoint | None = None
+        if self.cog is not None:  # a Cog job starts only with a slot
+            slot = await self.cog.admit(job_id)
+            if slot is WAITS:
+                return None
         moved = await repo.claim(job_id, self.settings.lease_seconds, self.settings.job_timeout)
         if moved is None:
+            if slot is not None and self.cog is not None:
+                await self.cog.unclaimed(job_id)
             await self._not_claimed(job_id)
             return None
         job = moved.job
         _adopt_request(job)  # before anything is announced, so it carries the request id
         events.announce(self.outbox, moved)
         attempt = job.attempt
-        request = self._request(job, attempt)
+        request = self._request(job, attempt, slot)
         log.info("job started", extra={"job_id": str(job.id), "attempt": attempt})
 
         try:
@@ -111,6 +127,8 @@ class Pipeline:
         try:
             prediction = await provider.create(request)
         except ProviderError as exc:
+            if slot is not None and self.cog is not None and isinstance(exc, NoCapacityError):
+                exc = await self.cog.turned_away(slot, exc)
             return await self._on_error(job, attempt, exc)
         if not prediction.status.is_terminal and prediction.poll_after == 0:
             # Ready at once: nothing to lose by a crash now, so the id is recorded with the
@@ -248,6 +266,7 @@ class Pipeline:
         if moved is not None:
             events.announce(self.outbox, moved, progress=done)
             log.info("job completed", extra={"job_id": str(job.id), "attempt": attempt})
+            await self._release(moved.job)
         else:
             await self._discard_if_canceled(job.id, outputs)
         return None
@@ -289,6 +308,7 @@ class Pipeline:
         if moved is None:
             return None
         events.announce(self.outbox, moved)
+        await self._release(moved.job)
         log.warning(
             "job retrying",
             extra={
@@ -323,6 +343,7 @@ class Pipeline:
             return False
         events.announce(self.outbox, moved)
         log.warning("job failed", extra={"job_id": str(job_id), "attempt": attempt, "error": error})
+        await self._release(moved.job)
         if stop_upstream and moved.job.prediction_id:
             self.outbox.send(cancel_upstream_task(moved.job.prediction_id))
         return True
@@ -377,6 +398,8 @@ class Pipeline:
                 )
             return
         await repo.upstream_stopped(prediction_id)
+        if kind == "cog" and self.cog is not None:
+            await self.cog.release_canceled(prediction_id)
 
     def _expired(self, job: Job) -> bool:
         return repo.now() > job.created_at + timedelta(seconds=self.settings.job_timeout)
@@ -385,8 +408,11 @@ class Pipeline:
         wait = prediction.poll_after or self.settings.poll_interval
         return self.settings.lease_seconds + min(wait, MAX_POLL_WAIT)
 
-    def _request(self, job: Job, attempt: int) -> GenerationRequest:
+    def _request(self, job: Job, attempt: int, slot: Endpoint | None = None) -> GenerationRequest:
         base = self.settings.public_base_url.rstrip("/")
+        route = self.providers.catalog.for_job(job.provider, job.model)
+        if slot is not None:  # a Cog job creates its prediction where its slot is
+            route = dataclasses.replace(route, endpoints=(slot,))
         return GenerationRequest(
             webhook_url=f"{base}/api/v1/webhooks/replicate" if base else None,
             job_id=str(job.id),
@@ -394,5 +420,10 @@ class Pipeline:
             parameters=dict(job.parameters),
             model=job.model,
             attempt=attempt,
-            route=self.providers.catalog.for_job(job.provider, job.model),
+            route=route,
         )
+
+    async def _release(self, job: Job) -> None:
+        """An attempt of the job ended: a Cog job's slot goes to the next in line."""
+        if self.cog is not None:
+            await self.cog.release(job)

@@ -27,7 +27,12 @@ from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
 from mediagen.jobs import events, quotas
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import cancel_upstream_task, dispatch_new, queue_position
+from mediagen.jobs.dispatch import (
+    cancel_upstream_task,
+    dispatch_new,
+    queue_order,
+    queue_position,
+)
 from mediagen.jobs.models import Job
 from mediagen.jobs.schemas import (
     GenerateRequest,
@@ -40,6 +45,7 @@ from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.notify import service as notify
 from mediagen.observability import context, logs, metrics
+from mediagen.providers import cog_slots
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -236,7 +242,12 @@ async def detail_of(
     position = None
     if job.status is JobStatus.PENDING:
         try:
-            position = await queue_position(redis, job.id)
+            if job.provider == "cog" and job.model:  # its rank among its model's jobs
+                position = await cog_slots.queue_position(
+                    redis, job.model, job.id, queue_order(job.created_at)
+                )
+            else:
+                position = await queue_position(redis, job.id)
         except Exception as exc:  # unknown beats failing the whole detail
             log.warning("job %s: queue position unknown: %s", job.id, exc)
     return JobDetail(

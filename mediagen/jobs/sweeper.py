@@ -8,11 +8,18 @@ fails jobs past JOB_TIMEOUT; and it sends again the upstream cancels that failed
 drops from the head of the pending-queue index the jobs that are no longer pending (a crash
 between a commit and its announcement), so queue positions stay true.
 
+For Cog models (`sweep_cog`) it health-checks every endpoint (`GET /health-check`): one that
+is not READY or BUSY gets no work until it is again, and the jobs in flight on it run a new
+attempt at once (their predictions will never report); it drops expired slot leases and
+queue entries of jobs that are no longer waiting, and sends the start of the jobs at the head
+of each model's queue that fit in the free slots (a lost start costs a sweep, no more).
+
 Each query takes at most BATCH rows, so a sweep's work is bounded whatever the backlog.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
@@ -97,6 +104,8 @@ async def sweep(pipeline: Pipeline) -> int:
     if resent:
         await repo.mark_dispatched(resent)
     await prune_queue_index(outbox.client)
+    if pipeline.cog is not None:
+        await sweep_cog(pipeline)
     await outbox.flush()
     for kind, found in (
         ("deadline", len(expired)),
@@ -133,3 +142,39 @@ async def prune_queue_index(redis: aioredis.Redis) -> None:
     if gone:
         await redis.zrem(QUEUE_INDEX, *gone)
         log.info("sweep: %d started or finished jobs dropped from the queue index", len(gone))
+
+
+async def sweep_cog(pipeline: Pipeline) -> None:
+    """Health checks, expired slots and stale queue entries of the Cog models (docstring)."""
+    capacity = pipeline.cog
+    assert capacity is not None
+    slots = capacity.slots
+    down_for = max(3 * pipeline.settings.sweep_interval, 10.0)
+    for route in pipeline.providers.catalog.models():
+        if route.provider != "cog" or not route.endpoints:
+            continue
+        try:
+            health = await asyncio.gather(*(slots.healthy(e) for e in route.endpoints))
+            for endpoint, healthy in zip(route.endpoints, health, strict=True):
+                if healthy:
+                    await slots.set_up(endpoint)
+                    continue
+                await slots.set_down(endpoint, down_for, "health check failed")
+                for job_id in await slots.holders(endpoint):
+                    log.warning(
+                        "sweep: Cog server %s is down; job %s runs again", endpoint.url, job_id
+                    )
+                    await capacity.lose(job_id, "its Cog server failed its health check")
+            head = await slots.waiting_head(route, INDEX_HEAD)
+            if head:
+                still = {
+                    str(job_id)
+                    for job_id in await Job.filter(
+                        id__in=head,
+                        status__in=[JobStatus.PENDING, JobStatus.RETRYING, JobStatus.PROCESSING],
+                    ).values_list("id", flat=True)
+                }
+                await slots.drop_waiting(route, [m for m in head if m not in still])
+            capacity.kick(await slots.release("", route))
+        except Exception as exc:  # Redis down: the next sweep tries again
+            log.warning("sweep: Cog model %s not checked: %s", route.name, exc)

@@ -2,13 +2,20 @@
 the same non-blocking interface as Replicate.
 
 Cog keeps nothing for us: no polling (`GET /predictions/{id}` is 405), no queue (409 when its
-slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So:
+slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (ids and tokens:
+`cog_ids`; outputs on their way to storage: `cog_outputs`):
 
-- **create** PUTs `/predictions/{id}` with `Prefer: respond-async` on one of the model's
-  endpoints. The id derives from the job and attempt (`mg-<job hex>-<attempt>`): Cog answers a
-  repeated PUT of a running id with that prediction's state and starts nothing. The webhook URL
-  carries a token, HMAC-SHA256 of that id under the deployment's secret (COG_WEBHOOK_SECRET, or
-  one kept in Postgres): good for that prediction only, checked in constant time.
+- **Capacity** is ours to keep (`mediagen.providers.cog_slots`): a job's start step takes a
+  slot of one endpoint before anything is sent, or waits, `pending`, in its model's queue. So
+  the pipeline hands `create` a route with that one endpoint; a 409 there all the same (the
+  server is shared with someone else) raises `NoCapacityError`, a refused connection
+  `EndpointDownError`: the job waits for a slot again, uncounted.
+- **create** PUTs `/predictions/{id}` with `Prefer: respond-async` on the model's endpoint
+  (the first of the route's that answers, rotating). The id derives from the job and attempt
+  (`mg-<job hex>-<attempt>`): Cog answers a repeated PUT of a running id with that
+  prediction's state and starts nothing. The webhook URL carries a token, HMAC-SHA256 of that
+  id under the deployment's secret (COG_WEBHOOK_SECRET, or one kept in Postgres): good for
+  that prediction only, checked in constant time.
 - **The webhook route** (`mediagen.jobs.cog_webhooks`) checks the token, stores the outputs as
   *staged* objects (data: URIs decoded as they are written; `--upload-url` uploads arrive
   there already), and records the prediction in Redis; the terminal one also sends the job's
@@ -19,6 +26,8 @@ slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So:
   file) after it was created will never report (its webhook was missed while the API was
   down, or its server died with it): `get` raises `PredictionLostError` and the job runs a new
   attempt, a new prediction, counted like any retry. That is the cost of a missed webhook.
+  A completion saying the server's worker crashed (the server was stopped or killed) is
+  handled the same way, at once, as are the jobs of a server that fails its health check.
 - **fetch** streams a staged object to the job's output key and then deletes it; an http(s)
   output (a server uploading somewhere else) is downloaded like Replicate's, with the same
   limits.
@@ -31,19 +40,10 @@ need nothing but the job's row.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import logging
-import re
-import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 
 from mediagen.config import Settings, get_settings
 from mediagen.errors import (
+    EndpointDownError,
     NoCapacityError,
     OutboundError,
     PermanentProviderError,
@@ -68,10 +69,29 @@ from mediagen.providers.base import (
     Prediction,
     PredictionStatus,
 )
+from mediagen.providers.cog_ids import (
+    Handle,
+    cog_id,
+    endpoint_key,
+    parse_cog_id,
+    token_matches,
+    webhook_key,
+    webhook_token,
+    webhook_url,
+)
+from mediagen.providers.cog_outputs import (
+    STAGED,
+    STAGED_NAME,
+    UPLOADED,
+    DataUri,
+    file_outputs,
+    logs_tail,
+    media_of,
+    staged_chunks,
+    staged_key,
+)
 from mediagen.providers.replicate import (
-    _CANONICAL,
     MAX_REDIRECTS,
-    MEDIA_TYPES,
     _check,
     _checked_headers,
     _provider_chunks,
@@ -82,6 +102,25 @@ if TYPE_CHECKING:
     from mediagen.catalog import Catalog, Endpoint
     from mediagen.storage.base import Storage
 
+__all__ = [
+    "STAGED",
+    "STAGED_NAME",
+    "UPLOADED",
+    "CogProvider",
+    "DataUri",
+    "Handle",
+    "cog_id",
+    "endpoint_key",
+    "file_outputs",
+    "logs_tail",
+    "media_of",
+    "parse_cog_id",
+    "staged_key",
+    "token_matches",
+    "webhook_key",
+    "webhook_token",
+    "webhook_url",
+]
 log = logging.getLogger(__name__)
 
 API_MAX_BYTES = 1024 * 1024  # a Cog answer to a create or cancel (the input echoed, logs)
@@ -96,175 +135,12 @@ TERMINAL = {
     "failed": PredictionStatus.FAILED,
     "canceled": PredictionStatus.CANCELED,
 }
-LOGS_KEPT = 8192  # the tail of a prediction's logs kept for progress
-CHUNK = 1024 * 1024
 
 # Redis: the terminal prediction, and the latest logs of a running one (see cog_webhooks).
 DONE = "mediagen:cog:done:"
 LIVE = "mediagen:cog:live:"
-# What outputs look like in a record: a staged object of the prediction, or a URL.
-STAGED = "staged:"
-# The Location the upload route answers (Cog puts it in the prediction's output as it is).
-UPLOADED = "mediagen-upload:"
 # What `get` hands `fetch` for a staged object: `mediagen-staged:<cog id>/<name>`.
 _STAGED_URL = "mediagen-staged:"
-
-_COG_ID = re.compile(r"^mg-([0-9a-f]{32})-([1-9][0-9]{0,8})$")
-_HANDLE = re.compile(r"^(mg-[0-9a-f]{32}-[1-9][0-9]{0,8})\.([0-9a-f]{10})\.([0-9]{1,16})$")
-STAGED_NAME = re.compile(r"^[0-9a-f]{32}\.([a-z0-9]{2,5})$")
-_KEY_ROW = "cog-webhook-secret"
-_secrets: dict[str, bytes] = {}  # per configured value ("" : the one kept in Postgres)
-
-
-# --- ids, tokens, staged objects ------------------------------------------------------------
-
-
-def cog_id(job_id: str | uuid.UUID, attempt: int) -> str:
-    """The id a job's attempt has on the Cog server: the same for every PUT of that attempt."""
-    return f"mg-{uuid.UUID(str(job_id)).hex}-{attempt}"
-
-
-def parse_cog_id(value: str) -> tuple[uuid.UUID, int] | None:
-    """(job id, attempt) of a Cog id we made; None for anything else."""
-    match = _COG_ID.match(value)
-    return None if match is None else (uuid.UUID(match.group(1)), int(match.group(2)))
-
-
-def endpoint_key(url: str) -> str:
-    """A short, stable name of an endpoint (its URL stays out of the job's public fields)."""
-    return hashlib.sha256(url.encode()).hexdigest()[:10]
-
-
-@dataclass(frozen=True)
-class Handle:
-    """What `jobs.prediction_id` holds for a Cog prediction."""
-
-    cog_id: str
-    endpoint: str  # endpoint_key of the server that took it
-    created_ms: int
-
-    def __str__(self) -> str:
-        return f"{self.cog_id}.{self.endpoint}.{self.created_ms}"
-
-    @classmethod
-    def parse(cls, value: str) -> Handle | None:
-        match = _HANDLE.match(value)
-        if match is None:
-            return None
-        return cls(match.group(1), match.group(2), int(match.group(3)))
-
-
-async def webhook_key(settings: Settings) -> bytes:
-    """The deployment's key for webhook tokens: COG_WEBHOOK_SECRET, else one made at random the
-    first time and kept in Postgres (`service_secrets`), so API and workers agree."""
-    configured = settings.cog_webhook_secret
-    if configured:
-        return configured.encode()
-    cached = _secrets.get("")
-    if cached is None:
-        from mediagen.storage.signing import ServiceSecret
-
-        await ServiceSecret.get_or_create(
-            name=_KEY_ROW, defaults={"value": secrets.token_urlsafe(32)}
-        )
-        stored = await ServiceSecret.get(name=_KEY_ROW)
-        cached = _secrets[""] = stored.value.encode()
-    return cached
-
-
-def webhook_token(key: bytes, prediction: str) -> str:
-    """The token of one prediction's webhook URL (43 url-safe characters)."""
-    digest = hmac.new(key, b"cog-webhook\n" + prediction.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def token_matches(key: bytes, prediction: str, token: str) -> bool:
-    """Whether `token` is the token of `prediction`, in constant time."""
-    return hmac.compare_digest(token.encode(), webhook_token(key, prediction).encode())
-
-
-def webhook_url(settings: Settings, key: bytes, prediction: str) -> str:
-    base = settings.public_base_url.rstrip("/")
-    return f"{base}/api/v1/webhooks/cog/{prediction}/{webhook_token(key, prediction)}"
-
-
-def staged_key(storage: Storage, prediction: str, name: str) -> str:
-    """Where a staged output of `prediction` lives in `storage` (under the backend's own
-    prefix; never a job's output key)."""
-    stem, _, ext = name.partition(".")
-    return storage.key_for(f"cog-staging/{prediction}/{stem}", 0, ext)
-
-
-def media_of(content_type: str | None, name: str = "") -> tuple[str, str]:
-    """(content type, extension) an output may be stored as, from its declared type or, for
-    octet-stream, its name's extension; PermanentProviderError for anything else."""
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media in MEDIA_TYPES:
-        ext = MEDIA_TYPES[media]
-        return _CANONICAL[ext], ext
-    if media in ("", "application/octet-stream", "binary/octet-stream"):
-        suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        suffix = {"jpeg": "jpg"}.get(suffix, suffix)
-        if suffix in _CANONICAL:
-            return _CANONICAL[suffix], suffix
-    raise PermanentProviderError(f"output has unsupported content type {media or 'none'!r}")
-
-
-@dataclass(frozen=True)
-class DataUri:
-    """A base64 `data:` URI, checked before a byte is decoded."""
-
-    content_type: str
-    ext: str
-    payload: str
-    size: int  # decoded
-
-    @classmethod
-    def parse(cls, uri: str, max_bytes: int) -> DataUri:
-        head, comma, payload = uri.partition(",")
-        if not comma or not head.startswith("data:"):
-            raise PermanentProviderError("output is not a data: URI")
-        media, *params = head[5:].split(";")
-        if "base64" not in (p.strip().lower() for p in params):
-            raise PermanentProviderError("data: URI output is not base64")
-        content_type, ext = media_of(media)
-        padding = len(payload) - len(payload.rstrip("="))
-        size = len(payload) * 3 // 4 - padding
-        if len(payload) % 4:
-            raise PermanentProviderError("data: URI output is not valid base64")
-        if size > max_bytes:
-            raise PermanentProviderError(f"output exceeds {max_bytes} bytes ({size} declared)")
-        return cls(content_type, ext, payload, size)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The decoded bytes, a megabyte at a time (decoding never holds the loop long)."""
-        step = CHUNK // 3 * 4
-        for start in range(0, len(self.payload), step):
-            try:
-                yield base64.b64decode(self.payload[start : start + step], validate=True)
-            except binascii.Error as exc:
-                raise PermanentProviderError("data: URI output is not valid base64") from exc
-            await asyncio.sleep(0)
-
-
-def file_outputs(value: Any) -> list[str]:
-    """The file outputs of a prediction, in order: strings that are data: URIs, our upload
-    Locations or http(s) URLs, in the shapes Cog returns (one, a list, a dict of them).
-    Anything else (text, numbers) is not a file and is left out."""
-    if isinstance(value, str):
-        return [value] if value.startswith(("data:", UPLOADED, "https://", "http://")) else []
-    if isinstance(value, list | tuple):
-        return [item for each in value for item in file_outputs(each)]
-    if isinstance(value, dict):
-        return [item for each in value.values() for item in file_outputs(each)]
-    return []
-
-
-def logs_tail(logs: Any) -> str:
-    return logs[-LOGS_KEPT:] if isinstance(logs, str) else ""
-
-
-# --- the provider ---------------------------------------------------------------------------
 
 
 class CogProvider:
@@ -416,12 +292,9 @@ class CogProvider:
                 poll_after=min(self.settings.poll_interval, deadline),
             )
         detail = "; ".join(problems)
-        if busy:
-            raise NoCapacityError(
-                f"no free slot on the Cog servers of {model}: {detail}",
-                retry_after=self.settings.poll_interval,
-            )
-        raise RetryableProviderError(f"no Cog server of {model} answered: {detail}")
+        if busy:  # the job waits for a slot again (mediagen.providers.cog_slots)
+            raise NoCapacityError(f"no free slot on the Cog servers of {model}: {detail}")
+        raise EndpointDownError(f"no Cog server of {model} answered: {detail}")
 
     async def get(self, prediction_id: str, request: GenerationRequest) -> Prediction:
         handle = Handle.parse(prediction_id)
@@ -439,6 +312,12 @@ class CogProvider:
             except orjson.JSONDecodeError as exc:
                 raise PermanentProviderError("cog: the prediction's record is unreadable") from exc
             return self._terminal(prediction_id, handle, record)
+        parsed = parse_cog_id(handle.cog_id)
+        if parsed is not None and parsed[1] != request.attempt:
+            # An earlier attempt's prediction still running (a retry after its server went
+            # down, say): its webhooks are refused now (they are not this attempt's), so it
+            # can never report: never resumed.
+            raise PredictionLostError(f"{handle.cog_id} belongs to an earlier attempt")
         route = request.route
         deadline = DEFAULT_DEADLINE
         if route is not None and route.provider == "cog":
@@ -476,6 +355,11 @@ class CogProvider:
         if "Failed to upload output" in error and "status 5" in error:
             # Our upload endpoint failed for a moment (storage): not the model's fault.
             raise PredictionLostError(f"the Cog server could not upload its output: {error}")
+        if error.startswith("Worker crashed"):
+            # The server's worker died (the server stopped or was killed, out of memory): not
+            # this input's fault, so a new attempt, counted (MAX_RETRIES bounds a model that
+            # crashes on it every time).
+            raise PredictionLostError(f"the Cog server lost the prediction: {error}")
         return Prediction(prediction_id, status, error=error, logs=logs)
 
     async def cancel(self, prediction_id: str) -> None:
@@ -529,7 +413,7 @@ class CogProvider:
             # cannot be finished again, so it goes and the job runs a new attempt.
             await self._forget(prediction)
             raise PredictionLostError(f"the staged output {name} of {prediction} is gone")
-        yield Fetched(_staged_chunks(storage, key), content_type, ext)
+        yield Fetched(staged_chunks(storage, key), content_type, ext)
         try:
             await storage.delete(key)
         except StorageError as exc:
@@ -548,22 +432,3 @@ def _never_sent(exc: OutboundError) -> bool:
     """True when the request cannot have reached the server (refused, unreachable): another
     server may take the prediction without any risk of running it twice."""
     return exc.message.startswith("cannot connect")
-
-
-async def _staged_chunks(storage: Storage, key: str) -> AsyncIterator[bytes]:
-    """A staged object's bytes: read from the file a megabyte at a time for local storage;
-    other backends hand it over whole (at most DOWNLOAD_MAX_BYTES)."""
-    from mediagen.storage.local import LocalStorage
-
-    if not isinstance(storage, LocalStorage):
-        yield await storage.read(key)
-        return
-    try:
-        handle = await asyncio.to_thread(storage.path_for(key).open, "rb")
-    except OSError as exc:
-        raise StorageError(f"cannot read {key}: {exc}") from exc
-    try:
-        while chunk := await asyncio.to_thread(handle.read, CHUNK):
-            yield chunk
-    finally:
-        await asyncio.to_thread(handle.close)

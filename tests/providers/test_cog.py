@@ -292,16 +292,49 @@ async def test_a_duplicate_completion_of_a_running_attempt_counts_once(main: Sta
 
 # --- busy, cancel -----------------------------------------------------------------------------
 
-async def test_a_busy_server_is_waited_for_without_counting_retries(main: Stack) -> None:
-    """One slot, two jobs: the second gets Cog's 409 until the first is done, and waits without
-    spending its MAX_RETRIES (2 here) although it is turned away many times."""
+async def test_a_busy_server_is_waited_for_as_pending(main: Stack) -> None:
+    """One slot, two jobs: the second waits as `pending`, first in its model's queue, sends
+    nothing to the Cog server until the first is done, and then runs in one attempt."""
+    started = time.monotonic()
+    while main.cog.health() != "READY":  # an earlier test's prediction may still run there
+        assert time.monotonic() - started < 30
+        await asyncio.sleep(0.05)
     async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
         first = await _submit(client, _inputs("first in line", step_seconds=0.2, num_inference_steps=10))
         await _started(client, first, main.cog)
         second = await _submit(client, _inputs("second in line"))
+        await asyncio.sleep(0.5)
+        waiting = (await client.get(f"/api/v1/jobs/{second}")).json()
+        assert waiting["status"] == "pending" and waiting["queue_position"] == 0, waiting
+        assert not main.cog.says(cog.cog_id(second, 1))
         done = [await wait_terminal(client, job_id, 40) for job_id in (first, second)]
     assert [j["status"] for j in done] == ["completed", "completed"], done
-    assert done[1]["retry_count"] == 0 and done[1]["attempts"] > 3, done[1]
+    assert done[1]["retry_count"] == 0 and done[1]["attempts"] == 1, done[1]
+    turned_away = [line for line in main.worker.log.read_text().splitlines()
+                   if "no free slot" in line and (first in line or second in line)]
+    assert turned_away == []  # never sent to the server while it was busy: no 409
+
+
+async def test_a_job_canceled_while_it_waits_gives_its_turn_to_the_next(main: Stack) -> None:
+    """No sweeper runs in this stack: the queue moves on by releases alone."""
+    started = time.monotonic()
+    while main.cog.health() != "READY":
+        assert time.monotonic() - started < 30
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        first = await _submit(client, _inputs("holds the slot", step_seconds=0.2,
+                                              num_inference_steps=5))
+        await _started(client, first, main.cog)
+        second = await _submit(client, _inputs("gives up waiting"))
+        third = await _submit(client, _inputs("next in line"))
+        await asyncio.sleep(0.3)
+        waiting = (await client.get(f"/api/v1/jobs/{third}")).json()
+        assert waiting["status"] == "pending" and waiting["queue_position"] == 1, waiting
+        assert (await client.post(f"/api/v1/jobs/{second}/cancel")).status_code == 200
+        done = [await wait_terminal(client, job_id, 20) for job_id in (first, third)]
+    assert [j["status"] for j in done] == ["completed", "completed"], done
+    assert done[1]["attempts"] == 1
+    assert not main.cog.says(cog.cog_id(second, 1))
 
 
 async def test_cancel_reaches_the_cog_server(main: Stack) -> None:

@@ -1,0 +1,94 @@
+"""The names of Cog predictions and the tokens of their webhooks.
+
+A job's attempt has one Cog id, `mg-<job hex>-<attempt>`: the same for every PUT of it, so a
+repeated create starts nothing. `jobs.prediction_id` keeps it with where and when it was made
+(`Handle`). Cog signs no webhook, so the URL it is given carries a token: HMAC-SHA256 of the id
+under the deployment's key, good for that prediction only, checked in constant time. Apart from
+the provider because the API's webhook routes and the pipeline's slot accounting use them too.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from mediagen.config import Settings
+
+_COG_ID = re.compile(r"^mg-([0-9a-f]{32})-([1-9][0-9]{0,8})$")
+_HANDLE = re.compile(r"^(mg-[0-9a-f]{32}-[1-9][0-9]{0,8})\.([0-9a-f]{10})\.([0-9]{1,16})$")
+_KEY_ROW = "cog-webhook-secret"
+_secrets: dict[str, bytes] = {}  # per configured value ("" : the one kept in Postgres)
+
+
+def cog_id(job_id: str | uuid.UUID, attempt: int) -> str:
+    """The id a job's attempt has on the Cog server: the same for every PUT of that attempt."""
+    return f"mg-{uuid.UUID(str(job_id)).hex}-{attempt}"
+
+
+def parse_cog_id(value: str) -> tuple[uuid.UUID, int] | None:
+    """(job id, attempt) of a Cog id we made; None for anything else."""
+    match = _COG_ID.match(value)
+    return None if match is None else (uuid.UUID(match.group(1)), int(match.group(2)))
+
+
+def endpoint_key(url: str) -> str:
+    """A short, stable name of an endpoint (its URL stays out of the job's public fields)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What `jobs.prediction_id` holds for a Cog prediction."""
+
+    cog_id: str
+    endpoint: str  # endpoint_key of the server that took it
+    created_ms: int
+
+    def __str__(self) -> str:
+        return f"{self.cog_id}.{self.endpoint}.{self.created_ms}"
+
+    @classmethod
+    def parse(cls, value: str) -> Handle | None:
+        match = _HANDLE.match(value)
+        if match is None:
+            return None
+        return cls(match.group(1), match.group(2), int(match.group(3)))
+
+
+async def webhook_key(settings: Settings) -> bytes:
+    """The deployment's key for webhook tokens: COG_WEBHOOK_SECRET, else one made at random the
+    first time and kept in Postgres (`service_secrets`), so API and workers agree."""
+    configured = settings.cog_webhook_secret
+    if configured:
+        return configured.encode()
+    cached = _secrets.get("")
+    if cached is None:
+        from mediagen.storage.signing import ServiceSecret
+
+        await ServiceSecret.get_or_create(
+            name=_KEY_ROW, defaults={"value": secrets.token_urlsafe(32)}
+        )
+        stored = await ServiceSecret.get(name=_KEY_ROW)
+        cached = _secrets[""] = stored.value.encode()
+    return cached
+
+
+def webhook_token(key: bytes, prediction: str) -> str:
+    """The token of one prediction's webhook URL (43 url-safe characters)."""
+    digest = hmac.new(key, b"cog-webhook\n" + prediction.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def token_matches(key: bytes, prediction: str, token: str) -> bool:
+    """Whether `token` is the token of `prediction`, in constant time."""
+    return hmac.compare_digest(token.encode(), webhook_token(key, prediction).encode())
+
+
+def webhook_url(settings: Settings, key: bytes, prediction: str) -> str:
+    base = settings.public_base_url.rstrip("/")
+    return f"{base}/api/v1/webhooks/cog/{prediction}/{webhook_token(key, prediction)}"
