@@ -205,6 +205,12 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
     if not recorded:  # (uploads stay: the record that won names the same ones)
         await _discard(storage, prediction, fresh)
         return "duplicate"
+    if await _running(prediction) is None:
+        # The attempt ended while its outputs were staged (its deadline passed, or it was
+        # canceled): no worker reads this record, so nothing it names may stay in storage. (A
+        # worker that already finished the job moved its staged objects: deleting is a no-op.)
+        await _discard(storage, prediction, record["outputs"])
+        return "ignored"
     if not (running.prediction_id or "").startswith(prediction + "."):
         # So fast that the worker has not recorded the prediction yet: its first poll, right
         # after it does, finds the record (a poll now would look at the job's previous one).
