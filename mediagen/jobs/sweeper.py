@@ -9,10 +9,11 @@ drops from the head of the pending-queue index the jobs that are no longer pendi
 between a commit and its announcement), so queue positions stay true.
 
 For Cog models (`sweep_cog`) it health-checks every endpoint (`GET /health-check`): one that
-is not READY or BUSY gets no work until it is again, and the jobs in flight on it run a new
-attempt at once (their predictions will never report); it drops expired slot leases and
-queue entries of jobs that are no longer waiting, and sends the start of the jobs at the head
-of each model's queue that fit in the free slots (a lost start costs a sweep, no more).
+is not READY or BUSY gets no work until it is again, and after LOST_AFTER_FAILED_CHECKS failed
+checks in a row the jobs in flight on it run a new attempt (their predictions will never
+report); it drops expired slot leases and queue entries of jobs that are no longer waiting, and
+sends the start of the jobs at the head of each model's queue that fit in the free slots (a
+lost start costs a sweep, no more).
 
 Each query takes at most BATCH rows, so a sweep's work is bounded whatever the backlog.
 """
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 INDEX_HEAD = 1000  # entries at the head of the queue index checked per sweep
+# Failed health checks in a row after which a Cog server's running predictions are retried.
+LOST_AFTER_FAILED_CHECKS = 3
 
 
 async def sweep(pipeline: Pipeline) -> int:
@@ -157,9 +160,14 @@ async def sweep_cog(pipeline: Pipeline) -> None:
             health = await asyncio.gather(*(slots.healthy(e) for e in route.endpoints))
             for endpoint, healthy in zip(route.endpoints, health, strict=True):
                 if healthy:
-                    await slots.set_up(endpoint)
+                    await slots.set_up(endpoint)  # and its failed checks start again from 0
                     continue
                 await slots.set_down(endpoint, down_for, "health check failed")
+                # New work stops at the first failure; the predictions it runs are given up only
+                # once it has failed several checks in a row (a slow answer under load is not a
+                # dead server, and each job given up costs a prediction again).
+                if await slots.failed_check(endpoint, down_for) < LOST_AFTER_FAILED_CHECKS:
+                    continue
                 for job_id in await slots.holders(endpoint):
                     log.warning(
                         "sweep: Cog server %s is down; job %s runs again", endpoint.url, job_id

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 WAIT = "mediagen:cog:wait:"
 HELD = "mediagen:cog:held:"
 DOWN = "mediagen:cog:down:"
+FAILED = "mediagen:cog:failed:"  # failed health checks in a row
 HEALTHY = frozenset({"READY", "BUSY"})  # what Cog's GET /health-check says of a usable server
 HEALTH_MAX_BYTES = 64 * 1024
 HEALTH_DEADLINE = 5.0
@@ -186,7 +187,18 @@ class CogSlots:
         await self.client.set(down_key(endpoint), why, px=max(1, int(seconds * 1000)))
 
     async def set_up(self, endpoint: Endpoint) -> None:
-        await self.client.delete(down_key(endpoint))
+        key = endpoint_key(endpoint.url)
+        await self.client.delete(DOWN + key, FAILED + key)
+
+    async def failed_check(self, endpoint: Endpoint, window: float) -> int:
+        """Count one more failed health check; how many in a row (a gap of `window` seconds
+        without one starts the count again)."""
+        key = FAILED + endpoint_key(endpoint.url)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, max(1, int(window * 1000)))
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def holders(self, endpoint: Endpoint) -> list[str]:
         return [_text(m) for m in await self.client.zrange(held_key(endpoint), 0, -1)]
