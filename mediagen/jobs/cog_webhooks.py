@@ -206,11 +206,14 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
         await _discard(storage, prediction, fresh)
         return "duplicate"
     if await _running(prediction) is None:
-        # The attempt ended while its outputs were staged (its deadline passed, or it was
-        # canceled): no worker reads this record, so nothing it names may stay in storage. (A
-        # worker that already finished the job moved its staged objects: deleting is a no-op.)
-        await _discard(storage, prediction, record["outputs"])
-        return "ignored"
+        # The attempt ended meanwhile: a regular poll of the worker read the record (the job
+        # ended in this attempt), or its deadline passed or the job was canceled while the
+        # outputs were staged. Only a completion moved the staged outputs; whatever else
+        # happened, no worker will read them, so nothing they name may stay in storage.
+        ended = await _ended_in(prediction)
+        if ended is not JobStatus.COMPLETED:
+            await _discard(storage, prediction, record["outputs"])
+        return "ignored" if ended is None else "recorded"
     if not (running.prediction_id or "").startswith(prediction + "."):
         # So fast that the worker has not recorded the prediction yet: its first poll, right
         # after it does, finds the record (a poll now would look at the job's previous one).
@@ -219,6 +222,15 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
     if not await outbox.send(Next("poll", str(running.id), running.attempt).task()):
         return "recorded"  # the job's next regular poll finds it
     return "dispatched"
+
+
+async def _ended_in(prediction: str) -> JobStatus | None:
+    """The job's final status when it ended in the attempt `prediction` belongs to."""
+    parsed = cog.parse_cog_id(prediction)
+    job = await repo.get(parsed[0]) if parsed else None
+    if job is None or parsed is None or job.attempt != parsed[1]:
+        return None
+    return job.status if job.status in (JobStatus.COMPLETED, JobStatus.FAILED) else None
 
 
 async def _terminal_record(
