@@ -4,6 +4,8 @@ MediagenError
 ├── AuthenticationError      401  missing or invalid credentials or signature
 ├── NotFoundError            404  a job (or file) that does not exist
 ├── ConflictError            409  the request contradicts the job's current state
+├── PayloadTooLargeError     413  an upload or webhook body over its limit
+├── UnsupportedMediaTypeError 415 an upload of a type we do not store
 ├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
 │   ├── DatabaseUnavailableError
@@ -53,6 +55,16 @@ class NotFoundError(MediagenError):
 class ConflictError(MediagenError):
     status_code = 409
     code = "conflict"
+
+
+class PayloadTooLargeError(MediagenError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(MediagenError):
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class RateLimitedError(MediagenError):

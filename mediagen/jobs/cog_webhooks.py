@@ -44,11 +44,12 @@ from mediagen.broker import Outbox
 from mediagen.config import Settings
 from mediagen.errors import (
     AuthenticationError,
-    MediagenError,
     NotFoundError,
+    PayloadTooLargeError,
     PermanentProviderError,
     ServiceUnavailableError,
     StorageError,
+    UnsupportedMediaTypeError,
 )
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
@@ -72,16 +73,6 @@ MAC_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # cog.webhook_token
 
 class WebhookAck(BaseModel):
     status: str
-
-
-class PayloadTooLargeError(MediagenError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class UnsupportedMediaTypeError(MediagenError):
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 def webhook_max_bytes(settings: Settings) -> int:

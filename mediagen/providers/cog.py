@@ -90,12 +90,12 @@ from mediagen.providers.cog_outputs import (
     staged_chunks,
     staged_key,
 )
-from mediagen.providers.replicate import (
-    MAX_REDIRECTS,
-    _check,
-    _checked_headers,
-    _provider_chunks,
-    _provider_error,
+from mediagen.providers.downloads import (
+    check_reply,
+    checked_headers,
+    download_policy,
+    provider_chunks,
+    provider_error,
 )
 
 if TYPE_CHECKING:
@@ -161,12 +161,7 @@ class CogProvider:
         self._schema = Policy(
             deadline=self.settings.cog_timeout, max_bytes=SCHEMA_MAX_BYTES, pin=False
         )
-        self._downloads = Policy(
-            deadline=self.settings.download_timeout,
-            max_bytes=self.settings.download_max_bytes,
-            allow_private=self.settings.download_allow_private,
-            redirects=MAX_REDIRECTS,
-        )
+        self._downloads = download_policy(self.settings)
         self._inputs: dict[str, tuple[float, frozenset[str] | None]] = {}
         self._turn = 0
         self._redis: aioredis.Redis | None = None
@@ -278,12 +273,12 @@ class CogProvider:
                     problems.append(f"{endpoint.url}: {exc.message}")
                     continue
                 # It may have started it: never the same id on a second server.
-                raise _provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+                raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
             if reply.status in (409, 503):  # every slot busy / setup not finished yet
                 busy += 1
                 problems.append(f"{endpoint.url}: HTTP {reply.status}")
                 continue
-            _check(reply, what)
+            check_reply(reply, what)
             created = Handle(prediction, endpoint_key(endpoint.url), time.time_ns() // 1_000_000)
             deadline = route.deadline if route is not None else DEFAULT_DEADLINE
             return Prediction(
@@ -377,9 +372,9 @@ class CogProvider:
         try:
             reply = await self.outbound.call("POST", url, self._api)
         except OutboundError as exc:
-            raise _provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
         if reply.status != 404:  # 404: finished, or never there (a restarted server)
-            _check(reply, what)
+            check_reply(reply, what)
 
     @asynccontextmanager
     async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
@@ -392,10 +387,10 @@ class CogProvider:
             raise PermanentProviderError("Cog output is neither staged nor an http(s) URL")
         try:
             async with self.outbound.open("GET", url, self._downloads) as stream:
-                content_type, ext = _checked_headers(stream, self.settings)
-                yield Fetched(_provider_chunks(stream), content_type, ext)
+                content_type, ext = checked_headers(stream, self.settings)
+                yield Fetched(provider_chunks(stream), content_type, ext)
         except OutboundError as exc:
-            raise _provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
 
     @asynccontextmanager
     async def _fetch_staged(self, where: str) -> AsyncIterator[Fetched]:

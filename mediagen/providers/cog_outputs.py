@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mediagen.errors import PermanentProviderError, StorageError
-from mediagen.providers.replicate import _CANONICAL, MEDIA_TYPES
+from mediagen.providers.downloads import CANONICAL, MEDIA_TYPES
 
 if TYPE_CHECKING:
     from mediagen.storage.base import Storage
@@ -44,12 +44,12 @@ def media_of(content_type: str | None, name: str = "") -> tuple[str, str]:
     media = (content_type or "").split(";")[0].strip().lower()
     if media in MEDIA_TYPES:
         ext = MEDIA_TYPES[media]
-        return _CANONICAL[ext], ext
+        return CANONICAL[ext], ext
     if media in ("", "application/octet-stream", "binary/octet-stream"):
         suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
         suffix = {"jpeg": "jpg"}.get(suffix, suffix)
-        if suffix in _CANONICAL:
-            return _CANONICAL[suffix], suffix
+        if suffix in CANONICAL:
+            return CANONICAL[suffix], suffix
     raise PermanentProviderError(f"output has unsupported content type {media or 'none'!r}")
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
 
@@ -21,10 +20,9 @@ from mediagen.config import Settings, get_settings
 from mediagen.errors import (
     OutboundError,
     PermanentProviderError,
-    ProviderError,
     RetryableProviderError,
 )
-from mediagen.outbound import Outbound, Policy, Reply, Stream, classify
+from mediagen.outbound import Outbound, Policy
 from mediagen.providers.base import (
     Fetched,
     GenerationRequest,
@@ -32,32 +30,18 @@ from mediagen.providers.base import (
     Prediction,
     PredictionStatus,
 )
+from mediagen.providers.downloads import (
+    CANONICAL,
+    MEDIA_TYPES,
+    check_reply,
+    checked_headers,
+    download_policy,
+    provider_chunks,
+    provider_error,
+)
 
-MAX_REDIRECTS = 5
 API_MAX_BYTES = 8 * 1024 * 1024  # a prediction, logs included
 WEBHOOK_EVENTS = ["start", "output", "logs", "completed"]
-# Media types we store, and the extension each gets; anything else (HTML, SVG, JSON) is refused.
-MEDIA_TYPES = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "image/avif": "avif",
-    "video/mp4": "mp4",
-    "video/webm": "webm",
-    "video/quicktime": "mov",
-    "audio/wav": "wav",
-    "audio/x-wav": "wav",
-    "audio/wave": "wav",
-    "audio/mpeg": "mp3",
-    "audio/ogg": "ogg",
-    "audio/flac": "flac",
-    "audio/x-flac": "flac",
-    "audio/mp4": "m4a",
-    "audio/aac": "aac",
-}
-_CANONICAL = {ext: media for media, ext in reversed(MEDIA_TYPES.items())}  # first type wins
-_OCTET = ("", "application/octet-stream", "binary/octet-stream")
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
 _MODEL = re.compile(r"^[\w.-]+/[\w.-]+$")
 _PROGRESS = re.compile(r"(\d{1,3})%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
@@ -75,37 +59,6 @@ def parse_progress(logs: str | None) -> dict[str, int] | None:
         return None
     percent, current, total = (int(group) for group in match.groups())
     return {"current": current, "total": total, "percent": percent}
-
-
-def _detail(reply: Reply) -> str:
-    try:
-        data = orjson.loads(reply.body)
-    except orjson.JSONDecodeError:
-        return reply.body[:300].decode(errors="replace").strip() or f"HTTP {reply.status}"
-    if isinstance(data, dict):
-        text = data.get("detail") or data.get("title") or data.get("error")
-        if text:
-            return str(text)
-    return str(data)[:300]
-
-
-def _check(reply: Reply, what: str) -> None:
-    """Raise the provider error a non-2xx answer means."""
-    verdict = classify(reply.status)
-    if verdict == "ok":
-        return
-    message = f"{what}: HTTP {reply.status}: {_detail(reply)}"
-    if verdict == "retry":
-        raise RetryableProviderError(
-            message, retry_after=reply.retry_after, http_status=reply.status
-        )
-    raise PermanentProviderError(message, http_status=reply.status)
-
-
-def _provider_error(exc: OutboundError, message: str) -> ProviderError:
-    """`exc` as the provider error it means (raise it from what went wrong on the wire)."""
-    cls = RetryableProviderError if exc.retryable else PermanentProviderError
-    return cls(message, retry_after=exc.retry_after, http_status=exc.status)
 
 
 def _urls(value: Any) -> list[str]:
@@ -137,47 +90,6 @@ def _prediction(data: Any) -> Prediction:
     return Prediction(data["id"], status, outputs, error, logs, poll_after=None)
 
 
-def _media_type(header: str | None, url: str) -> tuple[str, str]:
-    """(content type, extension) of a download, from its header or, for octet-stream, its URL."""
-    media = (header or "").split(";")[0].strip().lower()
-    if media in MEDIA_TYPES:
-        ext = MEDIA_TYPES[media]
-        return _CANONICAL[ext], ext
-    if media in _OCTET:
-        suffix = PurePosixPath(urlsplit(url).path).suffix.lower().lstrip(".")
-        suffix = {"jpeg": "jpg"}.get(suffix, suffix)
-        if suffix in _CANONICAL:
-            return _CANONICAL[suffix], suffix
-    raise PermanentProviderError(f"output has unsupported content type {media or 'none'!r}")
-
-
-def _checked_headers(stream: Stream, settings: Settings) -> tuple[str, str]:
-    """(content type, extension) of a download, or the error its status or headers mean."""
-    status = stream.status
-    if status in (404, 410):
-        raise PermanentProviderError(f"output not found (HTTP {status})")
-    if classify(status) == "retry":
-        raise RetryableProviderError(
-            f"output download: HTTP {status}", retry_after=stream.retry_after, http_status=status
-        )
-    if status != 200:
-        raise PermanentProviderError(f"output download: HTTP {status}", http_status=status)
-    encoding = stream.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        # Asked for identity; a compressed answer is not decompressed (it could be a bomb).
-        raise PermanentProviderError(f"output sent with Content-Encoding {encoding!r}")
-    return _media_type(stream.headers.get("content-type"), stream.url)
-
-
-async def _provider_chunks(stream: Stream) -> AsyncIterator[bytes]:
-    """The download's bytes, its failures raised as the provider errors they mean."""
-    try:
-        async for chunk in stream.chunks:
-            yield chunk
-    except OutboundError as exc:
-        raise _provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
-
-
 class ReplicateProvider:
     name = "replicate"
 
@@ -190,12 +102,7 @@ class ReplicateProvider:
         self._api = Policy(
             deadline=self.settings.replicate_timeout, max_bytes=API_MAX_BYTES, pin=False
         )
-        self._downloads = Policy(
-            deadline=self.settings.download_timeout,
-            max_bytes=self.settings.download_max_bytes,
-            allow_private=self.settings.download_allow_private,
-            redirects=MAX_REDIRECTS,
-        )
+        self._downloads = download_policy(self.settings)
 
     async def close(self) -> None:
         if self._owned:
@@ -211,8 +118,8 @@ class ReplicateProvider:
                 method, self._base + path, self._api, json=body, headers=headers
             )
         except OutboundError as exc:
-            raise _provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
-        _check(reply, what)
+            raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+        check_reply(reply, what)
         try:
             data = orjson.loads(reply.body)
         except orjson.JSONDecodeError as exc:
@@ -250,9 +157,9 @@ class ReplicateProvider:
         try:
             reply = await self.outbound.call("POST", self._base + path, self._api, headers=headers)
         except OutboundError as exc:
-            raise _provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
         if reply.status not in (404, 409):  # gone or already terminal: nothing to stop
-            _check(reply, what)
+            check_reply(reply, what)
 
     @asynccontextmanager
     async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
@@ -260,7 +167,7 @@ class ReplicateProvider:
             media = (output.content_type or "").split(";")[0].strip().lower()
             if media not in MEDIA_TYPES:
                 raise PermanentProviderError(f"inline output has unsupported type {media!r}")
-            yield Fetched(output.data, _CANONICAL[MEDIA_TYPES[media]], MEDIA_TYPES[media])
+            yield Fetched(output.data, CANONICAL[MEDIA_TYPES[media]], MEDIA_TYPES[media])
             return
         if not output.url:
             raise PermanentProviderError("output has neither a URL nor data")
@@ -268,7 +175,7 @@ class ReplicateProvider:
         # failure while the consumer (storage.save) reads unwinds it and keeps nothing.
         try:
             async with self.outbound.open("GET", output.url, self._downloads) as stream:
-                content_type, ext = _checked_headers(stream, self.settings)
-                yield Fetched(_provider_chunks(stream), content_type, ext)
+                content_type, ext = checked_headers(stream, self.settings)
+                yield Fetched(provider_chunks(stream), content_type, ext)
         except OutboundError as exc:
-            raise _provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc

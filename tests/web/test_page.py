@@ -185,8 +185,15 @@ async def test_submit_see_progress_then_the_image_find_it_and_open_it(
     await expect(card.locator("img")).to_be_visible()
     await page.mouse.move(0, 0)
     await expect(page.locator("#gallery img")).to_have_count(len(SCENES) + 1)
-    await page.wait_for_function(  # every thumbnail loaded, none broken
-        "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth)")
+    # Every thumbnail loaded, none broken. (Polled from here: wait_for_function would evaluate
+    # a string in the page, which its Content-Security-Policy rightly forbids.)
+    loaded = "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth)"
+    for _ in range(100):
+        if await page.evaluate(loaded):
+            break
+        await page.wait_for_timeout(100)
+    else:
+        raise AssertionError("gallery thumbnails did not all load")
     await seen.shot("web-page")
     await card.get_by_role("button").click()
     dialog = page.get_by_role("dialog")

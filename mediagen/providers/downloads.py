@@ -1,0 +1,127 @@
+"""What every provider's HTTP answers and output downloads are checked against, in one place:
+the media types we store, the answer of a call as the provider error it means, a download's
+headers and bytes, and the download policy (size, deadline, addresses, redirects)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+import orjson
+
+from mediagen.config import Settings
+from mediagen.errors import (
+    OutboundError,
+    PermanentProviderError,
+    ProviderError,
+    RetryableProviderError,
+)
+from mediagen.outbound import Policy, Reply, Stream, classify
+
+MAX_REDIRECTS = 5
+# Media types we store, and the extension each gets; anything else (HTML, SVG, JSON) is refused.
+MEDIA_TYPES = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/avif": "avif",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/ogg": "ogg",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/mp4": "m4a",
+    "audio/aac": "aac",
+}
+CANONICAL = {ext: media for media, ext in reversed(MEDIA_TYPES.items())}  # first type wins
+_OCTET = ("", "application/octet-stream", "binary/octet-stream")
+
+
+def download_policy(settings: Settings) -> Policy:
+    """How outputs are fetched: the download deadline and size cap, public addresses only
+    (unless DOWNLOAD_ALLOW_PRIVATE), redirects followed by hand and each one checked."""
+    return Policy(
+        deadline=settings.download_timeout,
+        max_bytes=settings.download_max_bytes,
+        allow_private=settings.download_allow_private,
+        redirects=MAX_REDIRECTS,
+    )
+
+
+def _detail(reply: Reply) -> str:
+    try:
+        data = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        return reply.body[:300].decode(errors="replace").strip() or f"HTTP {reply.status}"
+    if isinstance(data, dict):
+        text = data.get("detail") or data.get("title") or data.get("error")
+        if text:
+            return str(text)
+    return str(data)[:300]
+
+
+def check_reply(reply: Reply, what: str) -> None:
+    """Raise the provider error a non-2xx answer means."""
+    verdict = classify(reply.status)
+    if verdict == "ok":
+        return
+    message = f"{what}: HTTP {reply.status}: {_detail(reply)}"
+    if verdict == "retry":
+        raise RetryableProviderError(
+            message, retry_after=reply.retry_after, http_status=reply.status
+        )
+    raise PermanentProviderError(message, http_status=reply.status)
+
+
+def provider_error(exc: OutboundError, message: str) -> ProviderError:
+    """`exc` as the provider error it means (raise it from what went wrong on the wire)."""
+    cls = RetryableProviderError if exc.retryable else PermanentProviderError
+    return cls(message, retry_after=exc.retry_after, http_status=exc.status)
+
+
+def media_type(header: str | None, url: str) -> tuple[str, str]:
+    """(content type, extension) of a download, from its header or, for octet-stream, its URL."""
+    media = (header or "").split(";")[0].strip().lower()
+    if media in MEDIA_TYPES:
+        ext = MEDIA_TYPES[media]
+        return CANONICAL[ext], ext
+    if media in _OCTET:
+        suffix = PurePosixPath(urlsplit(url).path).suffix.lower().lstrip(".")
+        suffix = {"jpeg": "jpg"}.get(suffix, suffix)
+        if suffix in CANONICAL:
+            return CANONICAL[suffix], suffix
+    raise PermanentProviderError(f"output has unsupported content type {media or 'none'!r}")
+
+
+def checked_headers(stream: Stream, settings: Settings) -> tuple[str, str]:
+    """(content type, extension) of a download, or the error its status or headers mean."""
+    status = stream.status
+    if status in (404, 410):
+        raise PermanentProviderError(f"output not found (HTTP {status})")
+    if classify(status) == "retry":
+        raise RetryableProviderError(
+            f"output download: HTTP {status}", retry_after=stream.retry_after, http_status=status
+        )
+    if status != 200:
+        raise PermanentProviderError(f"output download: HTTP {status}", http_status=status)
+    encoding = stream.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Asked for identity; a compressed answer is not decompressed (it could be a bomb).
+        raise PermanentProviderError(f"output sent with Content-Encoding {encoding!r}")
+    return media_type(stream.headers.get("content-type"), stream.url)
+
+
+async def provider_chunks(stream: Stream) -> AsyncIterator[bytes]:
+    """The download's bytes, its failures raised as the provider errors they mean."""
+    try:
+        async for chunk in stream.chunks:
+            yield chunk
+    except OutboundError as exc:
+        raise provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
