@@ -131,6 +131,24 @@ class Settings(BaseSettings):
     # Attempts in progress at once per worker process (on its event loop, not in its threads).
     webhook_concurrency: int = Field(100, ge=1, le=10_000)
 
+    # --- job lifecycle (docs/lifecycle.md) -----------------------------------------------------
+    # Input files (POST /api/v1/files): the largest accepted, and how long one is kept.
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    file_ttl: int = Field(24 * 3600, ge=60)
+    # Job requests in one POST /api/v1/batches.
+    max_batch: int = Field(100, ge=1, le=1000)
+    # The highest priority a key may ask for unless `mediagen keys` gave it another ceiling
+    # (and the ceiling of callers without a key).
+    default_max_priority: Literal["low", "normal", "high"] = "normal"
+    # A job's provider logs kept (the newest lines win past it), in bytes.
+    job_logs_max_bytes: int = Field(64 * 1024, ge=1024, le=10 * 1024 * 1024)
+    # How long a completed job's outputs are kept (a job's `retention` may only shorten it).
+    result_ttl: int = Field(7 * 24 * 3600, ge=60)
+    # How long a finished job's row (and its webhook deliveries) is kept after it finished.
+    job_record_ttl: int = Field(30 * 24 * 3600, ge=3600)
+    # Rows deleted per statement by the pruning (small, so the hot tables are never locked long).
+    prune_batch: int = Field(500, ge=1, le=10_000)
+
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=1000)
 

@@ -38,6 +38,8 @@ MODELS = [
     "mediagen.keys.models",
     "mediagen.notify.models",
     "mediagen.storage.signing",
+    "mediagen.files.models",
+    "mediagen.batches.models",
 ]
 _initialised = False
 _pool: tuple[asyncio.AbstractEventLoop, asyncpg.Pool] | None = None

@@ -9,7 +9,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.states import JobStatus, Priority
 from mediagen.keys.models import ApiKey
 
 
@@ -52,6 +52,20 @@ class Job(Model):
     started_at = fields.DatetimeField(null=True)
     completed_at = fields.DatetimeField(null=True)
 
+    # Lifecycle (docs/lifecycle.md): how soon it starts, the batch it came in, how long its
+    # outputs are kept (`retention_seconds`, else RESULT_TTL; `expires_at` is set when it
+    # completes), the input files it uses (ids in `files`), the provider's logs (capped) and
+    # what it cost (`metrics`: queue and run seconds, predict_time, bytes stored).
+    priority = fields.CharEnumField(
+        Priority, max_length=8, default=Priority.NORMAL, db_default=Priority.NORMAL.value
+    )
+    batch_id = fields.UUIDField(null=True)
+    retention_seconds = fields.IntField(null=True)
+    expires_at = fields.DatetimeField(null=True)
+    input_files: list[str] | None = fields.JSONField(null=True)
+    logs = fields.TextField(null=True)
+    metrics: dict[str, Any] | None = fields.JSONField(null=True)
+
     # The request that created the job (X-Request-ID) and its trace context (W3C traceparent),
     # so every worker step, however it was dispatched, logs and traces under them.
     request_id = fields.CharField(max_length=128, null=True)
@@ -70,6 +84,10 @@ class Job(Model):
             Index(fields=("api_key_id", "created_at", "id"), name="jobs_key_created_idx"),
             # Webhooks find their job by the upstream prediction id.
             Index(fields=("prediction_id",), name="jobs_prediction_idx"),
+            # A batch's jobs (counts, cancel).
+            Index(fields=("batch_id",), name="jobs_batch_idx"),
+            # Retention (partial indexes, made in migration 0012): completed jobs by
+            # `expires_at`, finished jobs by `completed_at`.
         )
 
     def __str__(self) -> str:

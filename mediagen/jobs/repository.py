@@ -82,7 +82,8 @@ _PAYLOAD = f"""jsonb_build_object(
 _TERMINAL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
 # The owner's counter row after `moved` left `was`: one fewer unfinished job if it finished,
 # and one job moved between the unfinished states' counts.
-_RECOUNT = f"""unfinished = job_counters.unfinished - (moved.status IN ({_TERMINAL}))::int,
+_RECOUNT = f"""unfinished = job_counters.unfinished
+        - (moved.status IN ({_TERMINAL}) AND moved.was NOT IN ({_TERMINAL}))::int,
     pending = job_counters.pending + (moved.status = 'pending')::int
         - (moved.was = 'pending')::int,
     processing = job_counters.processing + (moved.status = 'processing')::int
@@ -184,6 +185,8 @@ async def _moved(statement: _Statement, sql: str) -> Moved | None:
 
 def _event_of(to: JobStatus) -> tuple[str, ...]:
     """The client webhook event a move to `to` may send (`start`: only the first attempt's)."""
+    if to is JobStatus.EXPIRED:  # a retention step, not news to the client
+        return ()
     if to in TERMINAL:
         return ("completed",)
     if to is JobStatus.PROCESSING:
@@ -209,9 +212,10 @@ WITH slot AS (
 ), created AS (
     INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
                       attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at,
-                      request_id, traceparent)
+                      request_id, traceparent, priority, retention_seconds, batch_id,
+                      input_files)
     SELECT $3, '{JobStatus.PENDING}', $4, $5::jsonb, $6, $7, $8, '[]'::jsonb, 0, 0,
-           counted.shard, now(), now(), now(), $11, $12
+           counted.shard, now(), now(), now(), $11, $12, $13, $14, $15, $16::jsonb
     FROM counted
     RETURNING id, created_at
 ), hooked AS (
@@ -244,6 +248,10 @@ async def insert(
     webhook_events: Sequence[str] = (),
     request_id: str | None = None,
     traceparent: str | None = None,
+    priority: str = "normal",
+    retention_seconds: int | None = None,
+    batch_id: uuid.UUID | None = None,
+    input_files: Sequence[str] | None = None,
 ) -> datetime | None:
     """Create a pending job (and its webhook) if its owner has fewer than `max_in_flight`
     unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached.
@@ -267,6 +275,10 @@ async def insert(
         orjson.dumps(list(webhook_events)).decode(),
         request_id,
         traceparent,
+        priority,
+        retention_seconds,
+        batch_id,
+        orjson.dumps(list(input_files)).decode() if input_files else None,
     )
     record = await db.fetchrow(_INSERT_SKIPPING, *args)
     assert record is not None

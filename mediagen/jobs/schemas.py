@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from mediagen.catalog import MODEL_PATTERN
 from mediagen.config import get_settings
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.states import JobStatus, Priority
 
 MAX_PARAMETERS = 40  # known and passed-through keys together
 # Names a passed-through parameter may not take: the provider gets them from the request itself
@@ -222,6 +222,19 @@ class GenerateRequest(BaseModel):
         json_schema_extra={"pattern": _MODEL.pattern},
     )
 
+    priority: Priority = Field(
+        Priority.NORMAL,
+        description="How soon the job starts among queued ones: `high` before `normal` before "
+        "`low`. A key may ask for up to its ceiling (403 above it).",
+    )
+    retention: int | None = Field(
+        None,
+        ge=60,
+        le=_SETTINGS.result_ttl,
+        description="Seconds the outputs are kept after the job completes, at most RESULT_TTL "
+        "(the default); then they are deleted and the job becomes `expired`.",
+    )
+
     webhook: str | None = Field(
         None,
         max_length=2000,
@@ -291,6 +304,17 @@ class JobProgress(BaseModel):
     percent: int
 
 
+class JobMetrics(BaseModel):
+    """What the job cost, filled in as it runs."""
+
+    queue_seconds: float | None = Field(None, description="From creation to its first start.")
+    run_seconds: float | None = Field(None, description="From its first start to its end.")
+    predict_time: float | None = Field(
+        None, description="The provider's own measure of the prediction, when it gives one."
+    )
+    bytes_stored: int | None = Field(None, description="The size of its stored outputs.")
+
+
 class JobDetail(JobStatusResponse):
     prompt: str
     parameters: dict[str, Any]
@@ -311,6 +335,13 @@ class JobDetail(JobStatusResponse):
     queue_position: int | None = Field(
         description="While pending: how many pending jobs were created before this one."
     )
+    priority: Priority = Priority.NORMAL
+    batch_id: uuid.UUID | None = Field(None, description="The batch the job was submitted in.")
+    expires_at: datetime | None = Field(
+        None, description="When the outputs are deleted (set once the job completes)."
+    )
+    logs: str | None = Field(None, description="The model's logs (the newest part, capped).")
+    metrics: JobMetrics | None = None
 
 
 class ErrorResponse(BaseModel):

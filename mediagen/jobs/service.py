@@ -81,6 +81,8 @@ async def create_job(
         webhook_events=request.webhook_events_filter,
         request_id=context.request_id.get(),
         traceparent=context.current_headers().get("traceparent"),
+        priority=str(request.priority),
+        retention_seconds=request.retention,
     )
     if created_at is None:
         raise quotas.in_flight_exceeded(settings)
@@ -267,4 +269,9 @@ async def detail_of(
         duration_seconds=duration,
         progress=job.progress,
         queue_position=position,
+        priority=job.priority,
+        batch_id=job.batch_id,
+        expires_at=job.expires_at,
+        logs=job.logs,
+        metrics=job.metrics,
     )

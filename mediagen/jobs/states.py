@@ -8,6 +8,7 @@ pending ──> processing ──> completed
    └────────> failed  <── (processing, retrying)
 
 and from any unfinished state (pending, processing, retrying) -> canceled, on request.
+A completed job whose outputs outlived their retention becomes `expired` (its outputs deleted).
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ class JobStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED})
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
 UNFINISHED = frozenset({JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.RETRYING})
 
 # The states each state may be entered from. Nothing leaves a terminal state.
@@ -38,4 +40,20 @@ ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.COMPLETED: frozenset({JobStatus.PROCESSING}),
     JobStatus.FAILED: UNFINISHED,
     JobStatus.CANCELED: UNFINISHED,
+    JobStatus.EXPIRED: frozenset({JobStatus.COMPLETED}),
 }
+
+
+class Priority(enum.StrEnum):
+    """How soon a job starts among the queued ones (`high` before `normal` before `low`)."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        return _RANKS[self]
+
+
+_RANKS = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}

@@ -15,6 +15,9 @@ class ApiKey(Model):
     revoked_at = fields.DatetimeField(null=True)
     # Signs this key's client webhooks (`whsec_` + base64); NULL for keys made before them.
     webhook_secret = fields.CharField(max_length=100, null=True)
+    # The highest job priority this key may ask for (`low`/`normal`/`high`); NULL: the
+    # DEFAULT_MAX_PRIORITY setting.
+    max_priority = fields.CharField(max_length=8, null=True)
 
     class Meta:
         table = "api_keys"

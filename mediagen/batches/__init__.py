@@ -1,0 +1,1 @@
+"""Batches: many job requests accepted all or none, followed and canceled as one."""

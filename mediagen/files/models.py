@@ -1,0 +1,28 @@
+"""The input file row: an object in storage owned by the key that uploaded it, until it expires."""
+
+from __future__ import annotations
+
+import uuid
+
+from tortoise import fields
+from tortoise.models import Model
+
+from mediagen.keys.models import ApiKey
+
+
+class InputFile(Model):
+    id = fields.UUIDField(primary_key=True)
+    # RESTRICT, as jobs: deleting a key deletes its files first (`mediagen keys delete`).
+    api_key: fields.ForeignKeyNullableRelation[ApiKey] = fields.ForeignKeyField(
+        "jobs.ApiKey", related_name="files", null=True, on_delete=fields.RESTRICT
+    )
+    api_key_id: uuid.UUID | None
+    key = fields.CharField(max_length=512)  # the storage key
+    filename = fields.CharField(max_length=255)
+    content_type = fields.CharField(max_length=100)
+    size = fields.BigIntField()
+    created_at = fields.DatetimeField(auto_now_add=True)
+    expires_at = fields.DatetimeField(db_index=True)
+
+    class Meta:
+        table = "files"
