@@ -7,7 +7,8 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
-        bench-e2e bench-inflight bench-observability compose-check ping fuzz chaos screenshots clean
+        bench-e2e bench-inflight bench-observability bench-prune compose-check ping fuzz chaos \
+        screenshots clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -84,6 +85,9 @@ bench-observability: setup ## Submit and status with metrics and logs on, agains
 
 bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s latency
 	$(PY) bench/inflight.py $(ARGS)
+
+bench-prune: setup ## Pruning 1,000,000 old job rows while submit and status are served
+	$(PY) bench/prune.py $(ARGS)
 
 compose-check: ## Validate docker-compose.yml without a Docker engine
 	$(PY) scripts/check_compose.py

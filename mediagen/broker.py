@@ -56,6 +56,21 @@ class Task:
     args: tuple[Any, ...]
     countdown: float = 0.0
     queue: str = QUEUE
+    # kombu's Redis priority (0 is served first): the message goes to the queue's sub-list
+    # for it (`queue_key`). Only a job's first start carries another than 0 (jobs.priority).
+    priority: int = 0
+
+
+# kombu's Redis transport keeps one list per priority step, named `queue + SEP + step` (step 0:
+# the queue's own name); its BRPOP names them in step order, so lower steps are served first.
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY_SEP = "\x06\x16"
+
+
+def queue_key(queue: str, priority: int) -> str:
+    """The Redis list kombu's `_q_for_pri` picks for a message of `priority` on `queue`."""
+    step = max(s for s in PRIORITY_STEPS if s <= max(0, min(priority, 9)))
+    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
 
 
 def task_message(
@@ -103,7 +118,7 @@ def task_message(
                 "reply_to": _REPLY_TO,
                 "delivery_mode": 2,
                 "delivery_info": {"exchange": "", "routing_key": task.queue},
-                "priority": 0,
+                "priority": task.priority,
                 "body_encoding": "base64",
                 "delivery_tag": str(uuid.uuid4()),
             },
@@ -115,7 +130,9 @@ def stream_key(job_id: uuid.UUID | str) -> str:
     return f"mediagen:events:{job_id}"
 
 
-QUEUE_INDEX = "mediagen:queue"  # sorted set: pending job id -> dispatch order (created_at, µs)
+# Sorted set: pending job id -> its place (priority band, then created_at in µs; see
+# `mediagen.jobs.dispatch.queue_order`).
+QUEUE_INDEX = "mediagen:queue"
 # Live worker processes: sorted set "{host}:{pid}" -> time of its last heartbeat (seconds).
 # Health counts the recent ones with one ZCOUNT, whatever else Redis holds.
 WORKERS = "mediagen:workers"
@@ -124,7 +141,7 @@ HEARTBEAT_TTL = 15
 
 @dataclass
 class _Batch:
-    tasks: dict[str, list[bytes]] = field(default_factory=dict)  # queue -> messages
+    tasks: dict[str, list[bytes]] = field(default_factory=dict)  # Redis list -> messages
     events: list[tuple[str, str, bytes]] = field(default_factory=list)
     queued: dict[str, float] = field(default_factory=dict)
     unqueued: list[str] = field(default_factory=list)
@@ -163,7 +180,7 @@ class Outbox:
     def send(self, task: Task) -> asyncio.Future[bool]:
         """Publish `task`, carrying the current request id and trace context."""
         message = task_message(task, headers=current_headers())
-        self._batch.tasks.setdefault(task.queue, []).append(message)
+        self._batch.tasks.setdefault(queue_key(task.queue, task.priority), []).append(message)
         return self._future()
 
     def event(

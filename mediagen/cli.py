@@ -6,7 +6,8 @@ mediagen api       the API alone (uvicorn; --workers N processes, default WEB_CO
 mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
 mediagen beat      the sweeper schedule alone (Celery beat)
 mediagen migrate   apply pending database migrations
-mediagen keys      create | list | revoke | adopt API keys
+mediagen keys      create | list | revoke | adopt | set-priority | delete API keys
+mediagen usage     jobs, run seconds and bytes stored per day, model or key (all keys)
 mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
 
 mediagen generate  submit a prompt, show its progress, download the outputs (a client of a
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 EMBEDDED_ENV = "embedded.env"
 MAX_RESTARTS = 5
+PRIORITIES = ("low", "normal", "high")  # mediagen.jobs.states.Priority, without importing it
 RESTART_WINDOW = 60.0
 
 
@@ -294,7 +296,19 @@ def _parser() -> argparse.ArgumentParser:
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a key and print it (shown only once)")
     create.add_argument("name", help="what the key is for")
-    actions.add_parser("list", help="list keys (prefix, name, created, revoked)")
+    create.add_argument(
+        "--max-priority",
+        choices=PRIORITIES,
+        help="the highest job priority the key may ask for (default: DEFAULT_MAX_PRIORITY)",
+    )
+    actions.add_parser("list", help="list keys (prefix, name, created, revoked, max priority)")
+    set_priority = actions.add_parser(
+        "set-priority", help="change the highest job priority a key may ask for"
+    )
+    set_priority.add_argument("key", help="the key's id or its `mg_...` prefix")
+    set_priority.add_argument(
+        "priority", choices=(*PRIORITIES, "default"), help="`default`: DEFAULT_MAX_PRIORITY"
+    )
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
     adopt = actions.add_parser(
@@ -302,6 +316,15 @@ def _parser() -> argparse.ArgumentParser:
         help="give every job made without a key (before keys were required) to this key",
     )
     adopt.add_argument("key", help="the key's id or its `mg_...` prefix")
+    delete = actions.add_parser(
+        "delete",
+        help="revoke a key, then delete all its data (jobs, outputs, files, batches) and it",
+    )
+    delete.add_argument("key", help="the key's id or its `mg_...` prefix (revoked or not)")
+    usage = sub.add_parser("usage", help="jobs, run seconds and bytes stored, across keys")
+    usage.add_argument("--from", dest="start", metavar="DATE", help="ISO date or time (UTC)")
+    usage.add_argument("--to", dest="end", metavar="DATE", help="ISO date or time (UTC)")
+    usage.add_argument("--group-by", choices=("day", "model", "key"), default="day")
     return parser
 
 
@@ -317,6 +340,10 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from mediagen.keys import cli as keys_cli
 
         return keys_cli.run(args)
+    if args.command == "usage":
+        from mediagen.usage import cli as usage_cli
+
+        return usage_cli.run(args)
     if args.command == "migrate":
         _migrate(settings)
         print("mediagen: migrations applied")

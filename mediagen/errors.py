@@ -2,8 +2,10 @@
 
 MediagenError
 ├── AuthenticationError      401  missing or invalid credentials or signature
+├── PriorityNotAllowedError  403  a job priority above the caller's ceiling
 ├── NotFoundError            404  a job (or file) that does not exist
 ├── ConflictError            409  the request contradicts the job's current state
+├── InvalidInputError        422  a job's input file (or an upload's form) is not usable
 ├── PayloadTooLargeError     413  an upload or webhook body over its limit
 ├── UnsupportedMediaTypeError 415 an upload of a type we do not store
 ├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
@@ -47,6 +49,13 @@ class AuthenticationError(MediagenError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
+class PriorityNotAllowedError(MediagenError):
+    """A key (or a keyless caller) asked for a job priority above its ceiling."""
+
+    status_code = 403
+    code = "priority_not_allowed"
+
+
 class NotFoundError(MediagenError):
     status_code = 404
     code = "not_found"
@@ -55,6 +64,21 @@ class NotFoundError(MediagenError):
 class ConflictError(MediagenError):
     status_code = 409
     code = "conflict"
+
+
+class GoneError(MediagenError):
+    """What was there is gone for good: an output deleted when its job's retention ended."""
+
+    status_code = 410
+    code = "gone"
+
+
+class InvalidInputError(MediagenError):
+    """A job names an input it may not use (unknown, another key's, expired, undecodable), or
+    an upload is not the form it should be."""
+
+    status_code = 422
+    code = "invalid_input"
 
 
 class PayloadTooLargeError(MediagenError):

@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from tortoise.exceptions import DBConnectionError, OperationalError
 
 from mediagen.errors import DatabaseUnavailableError, MediagenError
@@ -79,6 +80,18 @@ def error_response(exc: BaseException) -> JSONResponse | None:
     return None
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette names only the first matching
+    route's, which is wrong where two routes share a path (GET and DELETE of a job)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(MediagenError)
     async def _mediagen(_: Request, exc: MediagenError) -> JSONResponse:
@@ -92,14 +105,17 @@ def install(app: FastAPI) -> None:
         return _error(422, _describe(errors), "validation_error", errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {
             400: "bad_request",
             404: "not_found",
             405: "method_not_allowed",
             413: "payload_too_large",
         }.get(exc.status_code, "http_error")
-        return _error(exc.status_code, str(exc.detail), code, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _error(exc.status_code, str(exc.detail), code, headers=headers)
 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         response = error_response(exc)

@@ -14,6 +14,16 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mediagen.config import Settings
+
+BATCH_MAX_BYTES = 16 * 1024 * 1024
+
+
+def batch_body_bytes(settings: Settings) -> int:
+    """The limit of `POST /api/v1/batches`: MAX_BODY_BYTES for each of its MAX_BATCH job
+    requests, at most BATCH_MAX_BYTES in all (the body is read whole before it is checked)."""
+    return min(settings.max_body_bytes * settings.max_batch, BATCH_MAX_BYTES)
+
 
 class BodySizeLimit:
     def __init__(

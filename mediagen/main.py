@@ -16,6 +16,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from mediagen import __version__, errors_http, health
+from mediagen.batches import service as batches_service
+from mediagen.batches.router import router as batches_router
 from mediagen.broker import Outbox
 from mediagen.catalog import load_catalog
 from mediagen.catalog.listing import InputSchemas
@@ -23,6 +25,8 @@ from mediagen.catalog.router import router as models_router
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
+from mediagen.files import router as files_router
+from mediagen.files import service as files_service
 from mediagen.jobs import cog_webhooks
 from mediagen.jobs import schemas as jobs_schemas
 from mediagen.jobs import service as jobs_service
@@ -32,7 +36,7 @@ from mediagen.jobs.quotas import RateLimiter
 from mediagen.jobs.router import router as jobs_router
 from mediagen.jobs.webhooks import router as webhooks_router
 from mediagen.keys.cache import PING_EVERY, KeyCache
-from mediagen.limits import BodySizeLimit
+from mediagen.limits import BodySizeLimit, batch_body_bytes
 from mediagen.notify.router import router as notify_router
 from mediagen.observability import http as observed
 from mediagen.observability import logs, tracing
@@ -42,6 +46,7 @@ from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.served import SignedFiles
 from mediagen.storage.signing import load_signer
+from mediagen.usage.router import router as usage_router
 from mediagen.web import router as web
 
 API_PREFIX = "/api/v1"
@@ -152,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.read_limiter.close()
             await app.state.outbox.close()
             await jobs_service.settle()
+            await batches_service.settle()
             for redis_client in (app.state.outbox.client, subscriber, limits, app.state.redis):
                 await redis_client.aclose()
             await storage.close()
@@ -185,6 +191,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(cog_webhooks.router, prefix=API_PREFIX)  # Cog servers' webhooks, uploads
     app.include_router(notify_router, prefix=API_PREFIX)  # client webhook log
+    app.include_router(files_router.router, prefix=API_PREFIX)  # input files
+    files_service.bind_storage(storage)  # for inputs given inline at submit
+    app.include_router(usage_router, prefix=API_PREFIX)  # a key's usage
+    app.include_router(batches_router, prefix=API_PREFIX)  # many jobs at once
     web.install(app)  # the web page at / and its /assets
     if settings.metrics_enabled:
         app.include_router(metrics_router)  # /metrics (Prometheus)
@@ -201,15 +211,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_credentials=settings.cors_allow_credentials,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Retry-After", "Idempotent-Replayed"],
         )
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
-        overrides={f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES},
-        streamed=cog_webhooks.streamed_limits(settings, API_PREFIX),  # they read their own
+        overrides={
+            f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES,
+            f"{API_PREFIX}/batches": batch_body_bytes(settings),  # up to MAX_BATCH job requests
+        },
+        streamed={  # they read their own, capped as they go
+            **cog_webhooks.streamed_limits(settings, API_PREFIX),
+            API_PREFIX + files_router.PATH: files_router.upload_limit(settings.max_file_bytes),
+        },
     )
     observed.install(app, settings)  # around everything: request id, access log, metrics
     if tracing.configure("api"):  # outermost, so the server span covers FastPaths' answers

@@ -31,7 +31,15 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen.broker import HEARTBEAT_TTL, QUEUE, WEBHOOK_QUEUE, WORKERS, Outbox, Task
+from mediagen.broker import (
+    HEARTBEAT_TTL,
+    PRIORITY_STEPS,
+    QUEUE,
+    WEBHOOK_QUEUE,
+    WORKERS,
+    Outbox,
+    Task,
+)
 from mediagen.config import Settings, get_settings, longest_countdown
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
@@ -75,7 +83,10 @@ _survive_broker_loss()
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("mediagen", include=["mediagen.jobs.tasks", "mediagen.notify.tasks"])
+    app = Celery(
+        "mediagen",
+        include=["mediagen.jobs.tasks", "mediagen.notify.tasks", "mediagen.batches.tasks"],
+    )
     app.conf.update(
         broker_url=settings.redis_url or "redis://localhost:6379/0",
         result_backend=None,
@@ -101,6 +112,9 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": int(2 * max(1800, longest_countdown(settings))),
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # One list per priority step (mediagen.broker.queue_key), BRPOP'd lowest step
+            # first: high-priority starts before normal before low (docs/priority-and-usage.md).
+            "priority_steps": list(PRIORITY_STEPS),
         },
         task_publish_retry_policy={
             "max_retries": 2,

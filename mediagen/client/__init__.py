@@ -23,7 +23,7 @@ from mediagen.client._errors import (
     ServiceUnavailableError,
     ValidationError,
 )
-from mediagen.client._models import Job, Model, Output, Progress, ProgressCallback
+from mediagen.client._models import Job, Metrics, Model, Output, Progress, ProgressCallback
 from mediagen.client._sync import Client
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Job",
     "JobFailedError",
     "MediagenError",
+    "Metrics",
     "Model",
     "NotFoundError",
     "Output",

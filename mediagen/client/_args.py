@@ -16,6 +16,8 @@ examples:
   mediagen generate "a red fox" --num-outputs 3 -o fox.png   # fox-0.png fox-1.png fox-2.png
   mediagen generate "a red fox" --output-dir out --format webp --seed 42
   mediagen generate "a red fox" --param guidance_scale=7.5 --param negative_prompt='"blurry"'
+  mediagen generate "the same fox at night" --image fox.png   # image-to-image
+  mediagen generate "a red fox" --priority high --retention 3600
   mediagen generate "a red fox" --no-wait                # prints the job id
   mediagen generate "a red fox" --json | jq -r '.files[]'
 
@@ -31,6 +33,7 @@ examples:
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
   mediagen jobs download 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed -o out
   mediagen jobs cancel 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
+  mediagen jobs delete 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
 """
 
 LIST_EXAMPLES = """\
@@ -50,6 +53,12 @@ CANCEL_EXAMPLES = """\
 examples:
   mediagen jobs cancel 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
 (a job already finished cannot be canceled: exit code 3, code conflict)
+"""
+
+DELETE_EXAMPLES = """\
+examples:
+  mediagen jobs delete 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
+(an unfinished job is canceled first; its outputs, input files and record are deleted)
 """
 
 WAIT_EXAMPLES = """\
@@ -142,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--num-outputs", type=_positive, metavar="N", help="outputs (1-4)")
     params.add_argument("--model", metavar="M", help="the model (default: the service's)")
     params.add_argument(
+        "--image",
+        metavar="FILE",
+        help="an input image (uploaded first, then given as the `image` parameter)",
+    )
+    params.add_argument(
+        "--priority",
+        choices=("low", "normal", "high"),
+        help="how soon it starts among queued jobs (default: normal; high if your key may)",
+    )
+    params.add_argument(
+        "--retention",
+        type=_positive,
+        metavar="SECONDS",
+        help="how long the outputs are kept (default: the service's RESULT_TTL)",
+    )
+    params.add_argument(
         "--param",
         type=_param,
         action="append",
@@ -209,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _job_command(
         jobs_sub, "cancel", "cancel an unfinished job", "Cancel an unfinished job.", CANCEL_EXAMPLES
+    )
+
+    _job_command(
+        jobs_sub,
+        "delete",
+        "delete a job and everything of it",
+        "Delete a job: cancel it if unfinished, delete its outputs, input files and record.",
+        DELETE_EXAMPLES,
     )
 
     wait = _job_command(

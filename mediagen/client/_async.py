@@ -161,18 +161,22 @@ class AsyncClient:
         model: str | None = None,
         webhook: str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
         **parameters: Any,
     ) -> Job:
         """Submit a job (``parameters``: width, height, num_inference_steps, seed,
-        output_format, num_outputs, ...) and return it as the API then describes it.
+        output_format, num_outputs, an input file's ``mediagen://files/<id>`` from `upload`...)
+        and return it as the API then describes it. ``priority``: low, normal or high (up to
+        the key's ceiling); ``retention``: seconds to keep the outputs.
 
         An ``Idempotency-Key`` (a new UUID unless given) makes a retried submit return the first
         job instead of creating a second one."""
         body: dict[str, Any] = {"prompt": prompt, "parameters": parameters}
-        if model is not None:
-            body["model"] = model
-        if webhook is not None:
-            body["webhook"] = webhook
+        optional = {"model": model, "webhook": webhook, "priority": priority}
+        body.update({name: value for name, value in optional.items() if value is not None})
+        if retention is not None:
+            body["retention"] = retention
         created = await self._json(
             "POST",
             f"{_API}/generate",
@@ -210,6 +214,19 @@ class AsyncClient:
         """The models the service runs for you, the default first."""
         page = await self._json("GET", f"{_API}/models")
         return [Model.from_json(item) for item in page.get("data") or []]
+
+    async def upload(self, path: str | Path) -> dict[str, Any]:
+        """Upload an input file; its description, whose ``uri`` a job's parameter can name
+        (``image="mediagen://files/<id>"``). Read whole first, so a retry sends it again."""
+        path = Path(path)
+        data = await asyncio.to_thread(path.read_bytes)
+        return await self._json(
+            "POST", f"{_API}/files", files={"file": (path.name, data)}, idempotent=False
+        )
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a job and all of it (outputs, input files, record), canceling it if it runs."""
+        await self._request("DELETE", f"{_API}/jobs/{job_id}")
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel an unfinished job (a finished one raises ConflictError, ``body["status"]``)."""

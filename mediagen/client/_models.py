@@ -55,6 +55,27 @@ class Progress:
     percent: int
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """What a job cost (seconds; bytes): what is not known yet, or not reported, is None."""
+
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    predict_time: float | None = None
+    bytes_stored: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Metrics | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(
+            data.get("queue_seconds"),
+            data.get("run_seconds"),
+            data.get("predict_time"),
+            data.get("bytes_stored"),
+        )
+
+
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -93,6 +114,8 @@ class Job:
     duration_seconds: float | None = None
     progress: Progress | None = None
     queue_position: int | None = None
+    logs: str | None = None  # the model's logs, the newest part (JOB_LOGS_MAX_BYTES)
+    metrics: Metrics | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _client: Client | None = field(default=None, repr=False, compare=False)
 
@@ -128,6 +151,8 @@ class Job:
             if isinstance(progress, dict)
             else None,
             queue_position=data.get("queue_position"),
+            logs=data.get("logs"),
+            metrics=Metrics.from_json(data.get("metrics")),
             raw=data,
             _client=client,
         )

@@ -87,6 +87,8 @@ class Client:
         model: str | None = None,
         webhook: str | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
         **parameters: Any,
     ) -> Job:
         return self._bind(
@@ -96,6 +98,8 @@ class Client:
                     model=model,
                     webhook=webhook,
                     idempotency_key=idempotency_key,
+                    priority=priority,
+                    retention=retention,
                     **parameters,
                 )
             )
@@ -121,6 +125,12 @@ class Client:
         finally:
             if not self._closed:
                 self._run(pages.aclose())
+
+    def upload(self, path: str | Path) -> dict[str, Any]:
+        return self._run(self._async.upload(path))
+
+    def delete(self, job_id: str) -> None:
+        self._run(self._async.delete(job_id))
 
     def cancel(self, job_id: str) -> Job:
         return self._bind(self._run(self._async.cancel(job_id)))

@@ -113,7 +113,16 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(client: Client, args: argparse.Namespace) -> int:
-    job = client.generate(args.prompt, model=args.model, **_parameters(args))
+    parameters = _parameters(args)
+    if args.image:
+        parameters["image"] = client.upload(args.image)["uri"]
+    job = client.generate(
+        args.prompt,
+        model=args.model,
+        priority=args.priority,
+        retention=args.retention,
+        **parameters,
+    )
     if args.no_wait:
         if args.json:
             print(json.dumps(_summary(job, [])))
@@ -197,6 +206,12 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete(args.job_id)
+    print(f"job {args.job_id}: deleted")
+    return EXIT_OK
+
+
 def cmd_wait(client: Client, args: argparse.Namespace) -> int:
     job = client.get(args.job_id)  # its queue position, and a 404 before any display
     try:
@@ -234,6 +249,7 @@ COMMANDS = {
     ("jobs", "list"): cmd_list,
     ("jobs", "show"): cmd_show,
     ("jobs", "cancel"): cmd_cancel,
+    ("jobs", "delete"): cmd_delete,
     ("jobs", "wait"): cmd_wait,
     ("jobs", "download"): cmd_download,
 }

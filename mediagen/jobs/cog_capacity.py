@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from mediagen.broker import Task
 from mediagen.catalog import Endpoint
 from mediagen.errors import EndpointDownError, NoCapacityError, PredictionLostError
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import START, queue_order
+from mediagen.jobs.dispatch import order_priority, queue_order, start_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.providers.cog_slots import CogSlots
@@ -61,7 +60,8 @@ class CogCapacity:
         if not route.endpoints:
             return None  # no longer in the models file: the provider fails it, saying why
         try:
-            slot = await self.slots.acquire(str(job.id), queue_order(job.created_at), route)
+            order = queue_order(job.created_at, job.priority)
+            slot = await self.slots.acquire(str(job.id), order, route)
         except RedisError as exc:  # the sweeper dispatches it again
             log.warning("job %s: no slot taken (Redis: %s); it stays pending", job_id, exc)
             return WAITS
@@ -91,10 +91,11 @@ class CogCapacity:
             return
         self.kick(heads)
 
-    def kick(self, job_ids: list[str]) -> None:
-        """Send the start of jobs that may take a slot now (a duplicate start is harmless)."""
-        for job_id in job_ids:
-            self.pipeline.outbox.send(Task(START, (job_id,)))
+    def kick(self, heads: list[tuple[str, float]]) -> None:
+        """Send the start of jobs that may take a slot now, each at the priority its place in
+        the queue says (a duplicate start is harmless)."""
+        for job_id, order in heads:
+            self.pipeline.outbox.send(start_task(job_id, order_priority(order)))
 
     async def turned_away(self, slot: Endpoint, exc: NoCapacityError) -> NoCapacityError:
         """A Cog server answered 409 despite our accounting (someone else uses it, or a

@@ -51,6 +51,7 @@ from mediagen.errors import (
     StorageError,
     UnsupportedMediaTypeError,
 )
+from mediagen.jobs import joblogs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
@@ -182,7 +183,7 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
         return "ignored"
     ttl = int(settings.job_timeout) + RECORD_TTL_MARGIN
     if status not in cog.TERMINAL:
-        live = {"status": "processing", "logs": cog.logs_tail(payload.get("logs"))}
+        live = {"status": "processing", **_logs(payload, settings)}
         await redis.set(cog.LIVE + prediction, orjson.dumps(live), ex=ttl)
         return "noted"
     if await redis.exists(cog.DONE + prediction):
@@ -234,7 +235,8 @@ async def _terminal_record(
     record: dict[str, Any] = {
         "status": status,
         "error": payload.get("error") if isinstance(payload.get("error"), str) else None,
-        "logs": cog.logs_tail(payload.get("logs")),
+        **_logs(payload, settings),
+        "predict_time": _predict_time(payload),
         "outputs": [],
     }
     outputs = cog.file_outputs(payload.get("output"))
@@ -256,6 +258,20 @@ async def _terminal_record(
         await _discard(storage, prediction, fresh)
         raise
     return {**record, "outputs": staged}, fresh
+
+
+def _logs(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The newest JOB_LOGS_MAX_BYTES of the prediction's logs (no job keeps more), and how
+    many bytes came before them (so the job's log stays whole where it is kept)."""
+    logs = payload.get("logs")
+    omitted, text = joblogs.tail(logs if isinstance(logs, str) else "", settings.job_logs_max_bytes)
+    return {"logs": text, "logs_omitted": omitted}
+
+
+def _predict_time(payload: dict[str, Any]) -> float | None:
+    metrics = payload.get("metrics")
+    value = metrics.get("predict_time") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 async def _stage(

@@ -1,7 +1,8 @@
 """Handing pending jobs to the workers, and where a pending job stands in the queue.
 
-A job is dispatched by publishing its `start` task and indexing it in the pending-queue index
-(a Redis sorted set ordered by creation time, `mediagen.broker.QUEUE_INDEX`), in one batch of
+A job is dispatched by publishing its `start` task (to the kombu priority list of its priority,
+`mediagen.jobs.priority`) and indexing it in the pending-queue index (a Redis sorted set ordered
+by priority, then creation time, `mediagen.broker.QUEUE_INDEX`), in one batch of
 the process's outbox, only after its row is committed. The index gives `queue_position` in
 O(log n) (ZRANK) whatever the backlog; a job leaves it when it leaves `pending`
 (`events.announce`). After a crash between a commit and its announcement the index can hold a
@@ -23,7 +24,8 @@ from datetime import datetime
 import redis.asyncio as aioredis
 
 from mediagen.broker import QUEUE_INDEX, Outbox, Task
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.priority import kombu_priority
+from mediagen.jobs.states import JobStatus, Priority
 
 START = "mediagen.jobs.start"
 POLL = "mediagen.jobs.poll"
@@ -35,9 +37,33 @@ def cancel_upstream_task(prediction_id: str) -> Task:
     return Task(CANCEL_UPSTREAM, (prediction_id,))
 
 
-def queue_order(created_at: datetime) -> float:
-    """A pending job's place in the index: its creation time in µs (exact in a double)."""
-    return float(int(created_at.timestamp()) * 1_000_000 + created_at.microsecond)
+# A priority band is wider than any creation time in µs (until 2065), and three bands stay
+# below 2**53: every score is an exact integer in a double.
+BAND = 3_000_000_000_000_000
+
+
+def queue_order(created_at: datetime, priority: Priority | str | None = None) -> float:
+    """A pending job's place in the index (and in its Cog model's queue): its priority's band
+    (high first), then its creation time in µs."""
+    rank = Priority(priority).rank if priority else Priority.NORMAL.rank
+    micros = int(created_at.timestamp()) * 1_000_000 + created_at.microsecond
+    return float(BAND * (Priority.HIGH.rank - rank) + micros)
+
+
+def order_priority(order: float) -> Priority:
+    """The priority a `queue_order` score was made with."""
+    rank = Priority.HIGH.rank - min(int(order) // BAND, Priority.HIGH.rank)
+    return next(p for p in Priority if p.rank == rank)
+
+
+def order_created_micros(order: float) -> int:
+    """The creation time (µs since the epoch) a `queue_order` score was made with."""
+    return int(order) % BAND
+
+
+def start_task(job_id: uuid.UUID | str, priority: Priority | str | None = None) -> Task:
+    """A pending job's first start, on the broker list of its priority."""
+    return Task(START, (str(job_id),), priority=kombu_priority(priority))
 
 
 def created_payload(job_id: uuid.UUID) -> dict[str, object]:
@@ -52,18 +78,26 @@ def created_payload(job_id: uuid.UUID) -> dict[str, object]:
     }
 
 
-def dispatch_new(outbox: Outbox, job_id: uuid.UUID, created_at: datetime) -> asyncio.Future[bool]:
+def dispatch_new(
+    outbox: Outbox,
+    job_id: uuid.UUID,
+    created_at: datetime,
+    priority: Priority | str | None = None,
+) -> asyncio.Future[bool]:
     """A new job's `pending` event, its place in the queue, and its start task."""
     outbox.event(job_id, "status", created_payload(job_id))
-    outbox.enqueue(job_id, queue_order(created_at))
-    return outbox.send(Task(START, (str(job_id),)))
+    outbox.enqueue(job_id, queue_order(created_at, priority))
+    return outbox.send(start_task(job_id, priority))
 
 
-def redispatch(outbox: Outbox, pending: Iterable[tuple[uuid.UUID, datetime]]) -> None:
-    """Pending jobs whose start may have been lost: index them again and resend the start."""
-    for job_id, created_at in pending:
-        outbox.enqueue(job_id, queue_order(created_at))
-        outbox.send(Task(START, (str(job_id),)))
+def redispatch(
+    outbox: Outbox, pending: Iterable[tuple[uuid.UUID, datetime, Priority | str | None]]
+) -> None:
+    """Pending jobs whose start may have been lost: index them again and resend the start,
+    each at its own priority."""
+    for job_id, created_at, priority in pending:
+        outbox.enqueue(job_id, queue_order(created_at, priority))
+        outbox.send(start_task(job_id, priority))
 
 
 async def queue_position(client: aioredis.Redis, job_id: uuid.UUID) -> int | None:

@@ -4,7 +4,9 @@ After each successful write (`mediagen.jobs.repository`) the process that made i
 `announce`: a `status` event on the job's Redis Stream (`mediagen:events:{job_id}`, served as
 Server-Sent Events by `mediagen.jobs.live`), the job's removal from the pending-queue index once
 it has left `pending`, and a delivery task for each client webhook delivery the same statement
-wrote. All of it goes through the process's `Outbox`, batched, after the commit.
+wrote; and, when a job of a batch finished, a task that looks whether its batch finished with
+it (`mediagen.batches`). All of it goes through the process's `Outbox`, batched, after the
+commit.
 
 Postgres stays the source of truth; the stream only says that something changed. Publishing
 never fails a transition: if Redis is down the events are lost (readers reconcile with Postgres
@@ -20,7 +22,9 @@ import asyncio
 import uuid
 from typing import Any
 
+from mediagen.batches import settle_task
 from mediagen.broker import STREAM_MAXLEN, Outbox, stream_key
+from mediagen.jobs.joblogs import Grown
 from mediagen.jobs.models import Job
 from mediagen.jobs.repository import Moved
 from mediagen.jobs.states import JobStatus
@@ -35,6 +39,7 @@ _RANK = {
     JobStatus.COMPLETED: 3,
     JobStatus.FAILED: 3,
     JobStatus.CANCELED: 3,
+    JobStatus.EXPIRED: 4,  # after completed: a completed job's outputs expired later
 }
 
 
@@ -78,6 +83,8 @@ def announce(
         outbox.dequeue([job.id])
     for delivery_id in moved.deliveries:
         outbox.send(delivery_task(delivery_id))
+    if job.batch_id is not None and job.status.is_terminal and job.status is not JobStatus.EXPIRED:
+        outbox.send(settle_task(job.batch_id))  # its batch may have finished with it
     return outbox.event(job.id, "status", payload_of(job))
 
 
@@ -88,6 +95,17 @@ def announce_progress(
     for delivery_id in moved.deliveries:
         outbox.send(delivery_task(delivery_id))
     return outbox.event(moved.job.id, "progress", progress)
+
+
+def announce_logs(outbox: Outbox, job_id: uuid.UUID | str, grown: Grown | None) -> None:
+    """The text a committed write added to the job's logs, and where it starts (bytes), so a
+    reader appends events without a gap or a repeat (`mediagen.jobs.joblogs`)."""
+    if grown is not None:
+        outbox.event(job_id, "logs", logs_payload(job_id, grown.new, grown.offset))
+
+
+def logs_payload(job_id: uuid.UUID | str, text: str, offset: int) -> dict[str, Any]:
+    return {"job_id": str(job_id), "logs": text, "offset": offset}
 
 
 def announce_created(outbox: Outbox, job: Job) -> asyncio.Future[bool]:

@@ -32,7 +32,8 @@ class IdempotencyMismatchError(MediagenError):
 
 class IdempotencyRecord(Model):
     id = fields.UUIDField(primary_key=True)
-    scope = fields.CharField(max_length=64)  # the API key's id, or "anonymous"
+    # The API key's id, or "anonymous" (prefixed by the endpoint's name, if not /generate).
+    scope = fields.CharField(max_length=64)
     key = fields.CharField(max_length=255)
     request_hash = fields.CharField(max_length=64)
     response: dict[str, Any] | None = fields.JSONField(null=True)
@@ -51,9 +52,13 @@ def fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
-async def claim(owner: ApiKey | None, key: str, body_hash: str) -> dict[str, Any] | None:
-    """Claim `key` for this request: None to go ahead, or the first response to replay."""
-    scope = scope_of(owner)
+async def claim(
+    owner: ApiKey | None, key: str, body_hash: str, endpoint: str = ""
+) -> dict[str, Any] | None:
+    """Claim `key` for this request: None to go ahead, or the first response to replay.
+    `endpoint` prefixes the scope of an endpoint other than /generate (`batches:`), so a key
+    used on both never replays one's answer to the other."""
+    scope = endpoint + scope_of(owner)
     for _ in range(2):
         try:
             await IdempotencyRecord.create(
@@ -79,10 +84,16 @@ async def claim(owner: ApiKey | None, key: str, body_hash: str) -> dict[str, Any
     raise ConflictError("a request with this Idempotency-Key is still being processed")
 
 
-async def complete(owner: ApiKey | None, key: str, response: dict[str, Any]) -> None:
-    await IdempotencyRecord.filter(scope=scope_of(owner), key=key).update(response=response)
+async def complete(
+    owner: ApiKey | None, key: str, response: dict[str, Any], endpoint: str = ""
+) -> None:
+    await IdempotencyRecord.filter(scope=endpoint + scope_of(owner), key=key).update(
+        response=response
+    )
 
 
-async def release(owner: ApiKey | None, key: str) -> None:
+async def release(owner: ApiKey | None, key: str, endpoint: str = "") -> None:
     """Forget a claim whose request failed, so that a retry can run."""
-    await IdempotencyRecord.filter(scope=scope_of(owner), key=key, response=None).delete()
+    await IdempotencyRecord.filter(
+        scope=endpoint + scope_of(owner), key=key, response=None
+    ).delete()

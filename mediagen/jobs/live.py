@@ -12,6 +12,11 @@ Events are checked against what was already sent: a `status` event not newer tha
 (see `events.order`) and a repeated `progress` are dropped. When the stream is quiet, or Redis is
 unreachable, the job is re-read from Postgres, so a lost event delays an update but never hides
 the end.
+
+With `?logs=true` the model's logs come too (`logs` events, `mediagen.jobs.joblogs`): each
+carries its byte offset in the job's log, and only text past what this client was sent goes
+out. A resumed stream knows nothing of what the client has until the stream's own `logs`
+entries tell it, so until then the re-reads from Postgres send no logs (they would repeat text).
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from typing import Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
-from fastapi import APIRouter, FastAPI, Header, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message
 
 from mediagen.errors import AuthenticationError
-from mediagen.jobs import events, service
+from mediagen.jobs import events, joblogs, service
+from mediagen.jobs.event_schema import EVENT_SCHEMA, STREAM_DOC
 from mediagen.jobs.models import Job
 from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
@@ -78,63 +84,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(tags=["jobs"], lifespan=lifespan)
-
-_STREAM_DOC = """\
-`text/event-stream`. Each event has an `id:` (resume with `Last-Event-ID`) and JSON `data:`:
-
-- `event: status` - `{job_id, status, retry_count, error, attempts, result_url}` (`result_url`
-  once completed). The first event is the job's current state.
-- `event: progress` - `{current, total, percent}` while the prediction reports progress.
-
-The server closes the stream after the terminal status (completed, failed, canceled)."""
-
-
-def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
-
-
-def _event_schema(kind: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["event", "id", "data"],
-        "properties": {
-            "event": {"const": kind},
-            "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
-            "data": _json_data(data),
-        },
-    }
-
-
-_NULLABLE_STRING = {"type": ["string", "null"]}
-_COUNT = {"type": "integer", "minimum": 0}
-# One event, as OpenAPI before 3.2 describes an event stream (`schema` is each event).
-EVENT_SCHEMA = {
-    "oneOf": [
-        _event_schema(
-            "status",
-            {
-                "type": "object",
-                "required": ["job_id", "status", "retry_count", "error", "attempts", "result_url"],
-                "properties": {
-                    "job_id": {"type": "string", "format": "uuid"},
-                    "status": {"type": "string", "enum": [str(s) for s in JobStatus]},
-                    "retry_count": _COUNT,
-                    "error": _NULLABLE_STRING,
-                    "attempts": _COUNT,
-                    "result_url": _NULLABLE_STRING,
-                },
-            },
-        ),
-        _event_schema(
-            "progress",
-            {
-                "type": "object",
-                "required": ["current", "total", "percent"],
-                "properties": {"current": _COUNT, "total": _COUNT, "percent": _COUNT},
-            },
-        ),
-    ]
-}
 
 
 def parse_id(value: str) -> StreamId | None:
@@ -186,6 +135,7 @@ class JobFeed:
         storage: Storage,
         slot: Slot,
         allowed: Callable[[], Awaitable[bool]],
+        logs: bool = False,
     ) -> None:
         self.job = job
         self.key = events.stream_key(job.id)
@@ -196,6 +146,11 @@ class JobFeed:
         self.sent: tuple[int, int] | None = None  # events.order of the last status sent
         self.progress: dict[str, Any] | None = None
         self.finished = False
+        # `logs` events wanted; how far the client has the job's log (None: not known, as
+        # after a resume, where only the stream's events may add to what it has).
+        self.logs = logs
+        self.logs_sent: int | None = None
+        self.resumed = False
 
     async def run(
         self, cursor: str | None, info: StreamInfo | None
@@ -210,6 +165,7 @@ class JobFeed:
     async def _follow(
         self, cursor: str | None, info: StreamInfo | None
     ) -> AsyncIterator[ServerSentEvent]:
+        self.resumed = cursor is not None
         if cursor is None:
             cursor = info.last if info else "0-0"
             for event in await self._snapshot(self.job, cursor):
@@ -259,7 +215,9 @@ class JobFeed:
                 return await self._status(data, entry_id)
             if kind == "progress" and isinstance(data, dict):
                 return self._progress(data, entry_id)
-            if kind not in ("status", "progress"):
+            if kind == "logs" and isinstance(data, dict):
+                return self._logs(data["logs"], data["offset"], entry_id)
+            if kind not in ("status", "progress", "logs"):
                 return []  # a kind this version does not serve
         except (KeyError, TypeError, ValueError):
             pass
@@ -267,8 +225,13 @@ class JobFeed:
         return []
 
     async def _snapshot(self, job: Job, event_id: str) -> list[ServerSentEvent]:
-        """The job as Postgres has it, where it is newer than what was sent."""
-        sent = await self._status(events.payload_of(job), event_id)
+        """The job as Postgres has it, where it is newer than what was sent (its log first,
+        so a reader that stops at the final status has all of it)."""
+        sent = []
+        if job.logs and not (self.resumed and self.logs_sent is None):
+            start, kept = joblogs.split(job.logs)
+            sent += self._logs(kept, start, event_id)
+        sent += await self._status(events.payload_of(job), event_id)
         if job.progress and job.status is JobStatus.PROCESSING:
             sent += self._progress(job.progress, event_id)
         return sent
@@ -299,6 +262,14 @@ class JobFeed:
         self.progress = data
         return [_event("progress", data, event_id)]
 
+    def _logs(self, text: str, offset: int, event_id: str) -> list[ServerSentEvent]:
+        """What the client has not got of the log, if it asked for logs."""
+        part = joblogs.unsent(self.logs_sent, str(text), int(offset)) if self.logs else None
+        if part is None:
+            return []
+        self.logs_sent = part[1] + len(part[0].encode())
+        return [_event("logs", events.logs_payload(self.job.id, *part), event_id)]
+
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """The entries of an XREAD reply on one stream (RESP2: [[key, entries]]; RESP3: a dict)."""
@@ -316,7 +287,7 @@ def _event(kind: str, data: dict[str, Any], event_id: str) -> ServerSentEvent:
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
     summary="Follow a job's status and progress (Server-Sent Events)",
-    description=_STREAM_DOC,
+    description=STREAM_DOC,
     responses={
         200: {
             "description": "The job's events, until its terminal status.",
@@ -342,6 +313,7 @@ async def job_events(
             "`0-0`: the whole history. Anything else gets a snapshot first.",
         ),
     ] = None,
+    logs: Annotated[bool, Query(description="Also send the model's logs (`logs` events).")] = False,
 ) -> Response:
     client: aioredis.Redis = request.app.state.events_redis
     # The stream's end first, then the row: the snapshot then covers at least every entry up to
@@ -360,7 +332,9 @@ async def job_events(
         if info is None or at_end:
             return Response(status_code=204)
     slot = await request.app.state.stream_slots.take(owner)
-    feed = JobFeed(job, client, request.app.state.storage, slot, _still_allowed(request, owner))
+    feed = JobFeed(
+        job, client, request.app.state.storage, slot, _still_allowed(request, owner), logs
+    )
 
     async def closed(_: Message) -> None:  # the client left: free its place at once
         await slot.release()

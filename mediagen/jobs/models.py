@@ -60,10 +60,13 @@ class Job(Model):
         Priority, max_length=8, default=Priority.NORMAL, db_default=Priority.NORMAL.value
     )
     batch_id = fields.UUIDField(null=True)
+    batch_index = fields.SmallIntField(null=True)  # its place in the batch (0-based)
     retention_seconds = fields.IntField(null=True)
     expires_at = fields.DatetimeField(null=True)
     input_files: list[str] | None = fields.JSONField(null=True)
     logs = fields.TextField(null=True)
+    # Where the current prediction's log starts in `logs` (bytes; mediagen.jobs.joblogs).
+    logs_base = fields.IntField(null=True)
     metrics: dict[str, Any] | None = fields.JSONField(null=True)
 
     # The request that created the job (X-Request-ID) and its trace context (W3C traceparent),
@@ -104,6 +107,8 @@ class UpstreamCancel(Model):
 
     prediction_id = fields.CharField(max_length=200, primary_key=True)
     job_id = fields.UUIDField()
+    # The job's provider, so the cancel reaches it even after the job was deleted.
+    provider = fields.CharField(max_length=32, null=True)
     attempts = fields.IntField(default=0)
     created_at = fields.DatetimeField(auto_now_add=True)
     next_attempt_at = fields.DatetimeField(null=True)

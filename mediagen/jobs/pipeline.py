@@ -33,13 +33,15 @@ from mediagen.errors import (
     ProviderError,
     StorageError,
 )
-from mediagen.jobs import events, progress
+from mediagen.files import inputs
+from mediagen.jobs import events, joblogs, progress
+from mediagen.jobs import outputs as stored_outputs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.cog_capacity import WAITS, CogCapacity
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
-from mediagen.observability import context, tracing
+from mediagen.observability import context
 from mediagen.providers import Providers
 from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
 from mediagen.storage.base import Storage
@@ -120,6 +122,10 @@ class Pipeline:
             provider = self.providers.get(job.provider)
         except ProviderError as exc:  # not one this process can run: fails the job, saying why
             return await self._on_error(job, attempt, exc)
+        try:
+            request = await self._with_inputs(job, request)
+        except (ProviderError, StorageError) as exc:  # an input could not be fetched or read
+            return await self._on_error(job, attempt, exc)
         if job.prediction_id:  # resume the earlier attempt's prediction rather than pay twice
             resumed = await self._resume(provider, job.prediction_id, request)
             if resumed is not None:
@@ -134,16 +140,17 @@ class Pipeline:
             # Ready at once: nothing to lose by a crash now, so the id is recorded with the
             # outcome instead of by a write of its own.
             return await self._poll_now(job, attempt, prediction.id, request, recorded=False)
-        if (
-            await repo.renew_lease(
-                job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id
-            )
-            is None
-        ):  # we lost the job while creating (canceled, say): stop what we created
+        logs: dict[str, Any] = {}
+        grown = self._fold_logs(job, attempt, prediction, logs)
+        recorded = await repo.renew_lease(
+            job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id, **logs
+        )
+        if recorded is None:  # we lost the job while creating (canceled, say): stop it
             await repo.record_upstream_cancel(prediction.id, job.id)
             self.outbox.send(cancel_upstream_task(prediction.id))
             return None
-        return await self.on_prediction(job, attempt, prediction)
+        events.announce_logs(self.outbox, job.id, grown)
+        return await self.on_prediction(recorded.job, attempt, prediction)
 
     async def poll(self, job_id: str, attempt: int) -> Next | None:
         job = await repo.get(job_id)
@@ -158,7 +165,11 @@ class Pipeline:
         if self._expired(job):
             await self._fail_deadline(job)
             return None
-        return await self._poll_now(job, attempt, job.prediction_id, self._request(job, attempt))
+        try:
+            request = await self._with_inputs(job, self._request(job, attempt))
+        except (ProviderError, StorageError) as exc:
+            return await self._on_error(job, attempt, exc)
+        return await self._poll_now(job, attempt, job.prediction_id, request)
 
     async def on_prediction(
         self, job: Job, attempt: int, prediction: Prediction, recorded: bool = True
@@ -166,14 +177,15 @@ class Pipeline:
         """Act on what upstream says of the prediction (from a poll or a webhook)."""
         changed = progress.update(job, prediction)  # new {current, total, percent}, or None
         fields: dict[str, Any] = {} if recorded else {"prediction_id": prediction.id}
+        grown = self._fold_logs(job, attempt, prediction, fields)  # written only if it grew
         if prediction.status is PredictionStatus.SUCCEEDED:
-            return await self._finish(job, attempt, prediction, changed, fields)
-        if prediction.status is PredictionStatus.FAILED:
+            return await self._finish(job, attempt, prediction, changed, fields, grown)
+        if prediction.status.is_terminal:  # failed or canceled upstream
             error = f"generation failed: {prediction.error or 'no reason given'}"
-            await self._fail(job.id, error, attempt, **fields)
-            return None
-        if prediction.status is PredictionStatus.CANCELED:
-            await self._fail(job.id, "the prediction was canceled upstream", attempt, **fields)
+            if prediction.status is PredictionStatus.CANCELED:
+                error = "the prediction was canceled upstream"
+            fields["metrics"] = stored_outputs.metrics(prediction.predict_time, None)
+            await self._fail(job.id, error, attempt, logs_grown=grown, **fields)
             return None
         if changed:
             fields["progress"] = changed
@@ -186,6 +198,7 @@ class Pipeline:
         )
         if moved is None:
             return None
+        events.announce_logs(self.outbox, job.id, grown)
         if changed:
             events.announce_progress(self.outbox, moved, changed)
         wait = (
@@ -211,8 +224,14 @@ class Pipeline:
             return await self._on_error(job, attempt, exc)
         except ProviderError as exc:
             # A failed look is not a failed generation: look again; the deadline bounds this.
-            fields = {} if recorded else {"prediction_id": prediction_id}
-            await repo.renew_lease(job.id, attempt, self.settings.lease_seconds, **fields)
+            fields: dict[str, Any] = {}
+            grown = None
+            if not recorded:  # (and where its log will start in the job's)
+                fields["prediction_id"] = prediction_id
+                unseen = Prediction(prediction_id, PredictionStatus.STARTING)
+                grown = self._fold_logs(job, attempt, unseen, fields)
+            if await repo.renew_lease(job.id, attempt, self.settings.lease_seconds, **fields):
+                events.announce_logs(self.outbox, job.id, grown)
             wait = exc.retry_after or self.settings.poll_interval
             return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
         return await self.on_prediction(job, attempt, prediction, recorded)
@@ -224,8 +243,8 @@ class Pipeline:
         prediction: Prediction,
         done: dict[str, int] | None,
         fields: dict[str, Any],
+        grown: joblogs.Grown | None = None,
     ) -> Next | None:
-        outputs: list[dict[str, Any]] = []
         holding: asyncio.Task[None] | None = None
         if any(output.url for output in prediction.outputs):
             # Downloads can outlast a lease: renew it while they run (or lose the job now), so
@@ -235,19 +254,13 @@ class Pipeline:
                 is None
             ):
                 return None
-            fields = {k: v for k, v in fields.items() if k != "prediction_id"}
+            events.announce_logs(self.outbox, job.id, grown)
+            grown = None
+            fields = {k: v for k, v in fields.items() if k not in ("prediction_id", "logs")}
             holding = asyncio.create_task(self._hold(job.id, attempt))
         try:
-            if not prediction.outputs:
-                raise PermanentProviderError("the prediction succeeded without any output")
             provider = self.providers.get(job.provider)
-            for index, output in enumerate(prediction.outputs):
-                async with provider.fetch(output) as fetched:  # streams into storage
-                    key = self.storage.key_for(str(job.id), index, fetched.ext)
-                    with tracing.span("storage.put", {"mediagen.storage.key": key}) as span:
-                        size = await self.storage.save(key, fetched.body, fetched.content_type)
-                        span.set_attribute("mediagen.storage.bytes", size)
-                outputs.append({"key": key, "content_type": fetched.content_type, "size": size})
+            outputs = await stored_outputs.store(provider, self.storage, str(job.id), prediction)
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
         finally:
@@ -255,20 +268,24 @@ class Pipeline:
                 holding.cancel()
         if done:  # the final progress, stored with the completion
             fields = {**fields, "progress": done}
+        stored = sum(output["size"] for output in outputs)
+        fields["metrics"] = stored_outputs.metrics(prediction.predict_time, stored)
         moved = await repo.complete(
             job.id,
             attempt,
             outputs[0]["key"],
             outputs,
+            result_ttl=self.settings.result_ttl,
             events=("progress", "completed") if done else ("completed",),
             **fields,
         )
         if moved is not None:
+            events.announce_logs(self.outbox, job.id, grown)  # all of it before the end
             events.announce(self.outbox, moved, progress=done)
             log.info("job completed", extra={"job_id": str(job.id), "attempt": attempt})
             await self._release(moved.job)
         else:
-            await self._discard_if_canceled(job.id, outputs)
+            await stored_outputs.discard_unused(self.storage, job.id, outputs)
         return None
 
     async def _hold(self, job_id: Any, attempt: int) -> None:
@@ -277,15 +294,6 @@ class Pipeline:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             if await repo.renew_lease(job_id, attempt, self.settings.lease_seconds) is None:
                 return
-
-    async def _discard_if_canceled(self, job_id: Any, outputs: list[dict[str, Any]]) -> None:
-        """A job canceled while its outputs were being stored keeps none of them. (The same
-        keys of a job another attempt completed are that attempt's: left alone.)"""
-        now = await repo.get(job_id)
-        if now is not None and now.status is JobStatus.CANCELED:
-            for output in outputs:
-                await self.storage.delete(output["key"])
-            log.info("job %s: canceled while finishing; its outputs were deleted", job_id)
 
     async def _on_error(
         self, job: Job, attempt: int, exc: ProviderError | StorageError
@@ -326,6 +334,7 @@ class Pipeline:
         error: str,
         attempt: int | None = None,
         stop_upstream: bool = False,
+        logs_grown: joblogs.Grown | None = None,
         **fields: Any,
     ) -> bool:
         moved = await repo.transition(
@@ -341,6 +350,7 @@ class Pipeline:
         )
         if moved is None:
             return False
+        events.announce_logs(self.outbox, job_id, logs_grown)
         events.announce(self.outbox, moved)
         log.warning("job failed", extra={"job_id": str(job_id), "attempt": attempt, "error": error})
         await self._release(moved.job)
@@ -422,6 +432,29 @@ class Pipeline:
             attempt=attempt,
             route=route,
         )
+
+    def _fold_logs(
+        self, job: Job, attempt: int, prediction: Prediction, fields: dict[str, Any]
+    ) -> joblogs.Grown | None:
+        """Add the job's grown logs to the `fields` of the write this step makes anyway."""
+        more, grown = joblogs.fold(job, prediction, attempt, self.settings.job_logs_max_bytes)
+        fields.update(more)
+        return grown
+
+    async def _with_inputs(self, job: Job, request: GenerationRequest) -> GenerationRequest:
+        """`request` with the job's input files (an `https://` one fetched the first time); no
+        query for a job without inputs."""
+        if not job.input_files:
+            return request
+        # A download may outlast the lease: renew it meanwhile, as while storing outputs.
+        fetching = any(v.startswith("https://") for v in inputs.named(job.parameters).values())
+        holding = asyncio.create_task(self._hold(job.id, job.attempt)) if fetching else None
+        try:
+            found = await inputs.refs(job, self.storage, self.settings, self.providers.outbound)
+        finally:
+            if holding is not None:
+                holding.cancel()
+        return dataclasses.replace(request, inputs=found)
 
     async def _release(self, job: Job) -> None:
         """An attempt of the job ended: a Cog job's slot goes to the next in line."""

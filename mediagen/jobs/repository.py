@@ -49,8 +49,14 @@ class Expr:
     sql: str
     args: tuple[Any, ...] = ()
 
+    def with_args(self, *args: Any) -> Expr:
+        return Expr(self.sql, args)
+
 
 NOW = Expr("now()")
+# When a completing job's outputs expire: its retention (seconds), at most the given RESULT_TTL
+# (`least` skips a NULL retention).
+_KEPT_UNTIL = Expr("now() + make_interval(secs => least(retention_seconds, {})::float8)")
 
 
 def seconds_from_now(seconds: float) -> Expr:
@@ -142,8 +148,9 @@ class _Statement:
         if stop_upstream:  # the job's prediction, if any, is to be canceled upstream
             sql.append(
                 ", stopping AS (INSERT INTO upstream_cancels "
-                "(prediction_id, job_id, attempts, created_at, next_attempt_at) "
-                f"SELECT moved.prediction_id, moved.id, 0, now(), {_CANCEL_DUE} FROM moved "
+                "(prediction_id, job_id, provider, attempts, created_at, next_attempt_at) "
+                f"SELECT moved.prediction_id, moved.id, moved.provider, 0, now(), {_CANCEL_DUE} "
+                "FROM moved "
                 "WHERE moved.prediction_id IS NOT NULL ON CONFLICT (prediction_id) DO NOTHING)"
             )
         if events:
@@ -451,9 +458,12 @@ async def complete(
     result_key: str,
     outputs: list[dict[str, Any]],
     *,
+    result_ttl: int,
     events: Sequence[str] = ("completed",),
     **fields: Any,
 ) -> Moved | None:
+    """processing -> completed. Its outputs are kept until `expires_at`, written by the same
+    statement: its own retention, never past `result_ttl` (RESULT_TTL; mediagen.jobs.retention)."""
     return await transition(
         job_id,
         JobStatus.COMPLETED,
@@ -464,6 +474,7 @@ async def complete(
         error=None,
         completed_at=NOW,
         lease_expires_at=None,
+        expires_at=_KEPT_UNTIL.with_args(result_ttl),
         **fields,
     )
 
@@ -500,8 +511,9 @@ async def adopt_anonymous(owner: uuid.UUID) -> int:
 async def record_upstream_cancel(prediction_id: str, job_id: uuid.UUID | str) -> None:
     """Record that `prediction_id` must be canceled upstream (it outlived its attempt)."""
     await (await pool()).execute(
-        "INSERT INTO upstream_cancels (prediction_id, job_id, attempts, created_at, "
-        f"next_attempt_at) VALUES ($1, $2, 0, now(), {_CANCEL_DUE}) ON CONFLICT DO NOTHING",
+        "INSERT INTO upstream_cancels (prediction_id, job_id, provider, attempts, created_at, "
+        "next_attempt_at) VALUES ($1, $2, (SELECT provider FROM jobs WHERE id = $2), 0, now(), "
+        f"{_CANCEL_DUE}) ON CONFLICT DO NOTHING",
         prediction_id,
         _uuid(job_id),
     )
@@ -509,11 +521,14 @@ async def record_upstream_cancel(prediction_id: str, job_id: uuid.UUID | str) ->
 
 async def prediction_owner(prediction_id: str) -> tuple[str, str | None] | None:
     """(provider, model) of the job a prediction was made for: the job its upstream cancel
-    names, else the job that holds it; None if neither exists."""
+    names, else the job that holds it, else (the job was deleted meanwhile) the provider the
+    cancel recorded; None if none of them exists."""
     row = await (await pool()).fetchrow(
         "SELECT provider, model FROM jobs WHERE id = (SELECT job_id FROM upstream_cancels "
         "WHERE prediction_id = $1) UNION ALL "
-        "(SELECT provider, model FROM jobs WHERE prediction_id = $1 LIMIT 1) LIMIT 1",
+        "(SELECT provider, model FROM jobs WHERE prediction_id = $1 LIMIT 1) UNION ALL "
+        "(SELECT provider, NULL FROM upstream_cancels WHERE prediction_id = $1 "
+        "AND provider IS NOT NULL) LIMIT 1",
         prediction_id,
     )
     return None if row is None else (row["provider"], row["model"])

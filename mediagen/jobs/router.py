@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from mediagen.errors import NotFoundError
-from mediagen.jobs import idempotency, service
+from mediagen.jobs import deletion, idempotency, retention, service
 from mediagen.jobs import repository as repo
 from mediagen.jobs.schemas import (
     ErrorResponse,
@@ -63,6 +63,10 @@ READ: dict[int | str, dict[str, Any]] = {**_NOT_FOUND, **_READ_LIMITED}
     responses={
         **_AUTH,
         400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8)."},
+        403: {
+            "model": ErrorResponse,
+            "description": "A priority above the key's ceiling (`priority_not_allowed`).",
+        },
         409: {"model": ErrorResponse, "description": "Same Idempotency-Key still in progress."},
         413: {"model": ErrorResponse, "description": "The request body is too large."},
         429: {"model": ErrorResponse, "description": "Rate or in-flight limit; see Retry-After."},
@@ -184,3 +188,45 @@ async def cancel_job(job_id: uuid.UUID, request: Request, owner: Caller) -> JobS
     is canceled upstream. A finished job answers 409 with its state."""
     job = await service.cancel_job(job_id, request.app.state.outbox, owner)
     return await service.status_of(job, request.app.state.storage)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a job and everything it left",
+    responses={
+        **_NOT_FOUND,
+        204: {"description": "Deleted: the job, its outputs, input files and webhook log."},
+        503: {"model": ErrorResponse, "description": "Storage unavailable: delete it again."},
+    },
+)
+async def delete_job(job_id: uuid.UUID, request: Request, owner: Caller) -> Response:
+    """An unfinished job is canceled first (its prediction is stopped upstream). Its outputs
+    stop answering at once: their URLs answer 410 Gone."""
+    state = request.app.state
+    await deletion.delete_job(job_id, owner, state.storage, state.redis, state.outbox.send)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/jobs/{job_id}/outputs/{index}",
+    status_code=307,
+    response_class=Response,
+    summary="Fetch one of a job's outputs",
+    responses={
+        **READ,
+        307: {"description": "Redirect to the output (a signed or presigned URL)."},
+        404: {"model": ErrorResponse, "description": "No job of yours, or no such output."},
+        410: {"model": ErrorResponse, "description": "Deleted when its retention ended."},
+    },
+)
+async def get_output(
+    job_id: uuid.UUID, index: Annotated[int, Path(ge=0)], request: Request, owner: Reader
+) -> Response:
+    """A stable address of an output (`index` from 0), for as long as the job exists: it
+    redirects to a fresh URL of the object, and answers 410 once retention deleted it."""
+    url = await retention.output_url(
+        job_id, index, owner.id if owner else None, request.app.state.storage
+    )
+    return Response(status_code=307, headers={"Location": url})

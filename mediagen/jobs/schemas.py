@@ -27,6 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from mediagen.catalog import MODEL_PATTERN
 from mediagen.config import get_settings
+from mediagen.files.uris import DATA_URI, DATA_URI_PATTERN
 from mediagen.jobs.states import JobStatus, Priority
 
 MAX_PARAMETERS = 40  # known and passed-through keys together
@@ -74,6 +75,8 @@ _EXTRAS_SCHEMA: JsonDict = {
     "additionalProperties": {
         "anyOf": [
             *_SCALAR_SCHEMA,
+            # An input file given inline (mediagen.files.inputs): bounded by the body limit.
+            {"type": "string", "maxLength": _SETTINGS.max_body_bytes, "pattern": DATA_URI_PATTERN},
             {"type": "array", "maxItems": 64, "items": {"anyOf": _SCALAR_SCHEMA}},
         ]
     },
@@ -184,6 +187,8 @@ class GenerationParameters(BaseModel):
                 raise ValueError(
                     f"parameter {key!r} must be a scalar or a list of up to 64 scalars"
                 )
+            if isinstance(value, str) and DATA_URI.match(value):
+                continue  # an input file given inline: the request body limit bounds it
             if any(isinstance(v, str) and len(v) > 10_000 for v in values):
                 raise ValueError(f"parameter {key!r} is longer than 10000 characters")
             if any(isinstance(v, str) and "\x00" in v for v in values):
@@ -305,14 +310,17 @@ class JobProgress(BaseModel):
 
 
 class JobMetrics(BaseModel):
-    """What the job cost, filled in as it runs."""
+    """What the job cost. Recorded when it completes (or its prediction fails); for another job
+    that has started, what its timestamps tell (queue time, and run time once it ended)."""
 
     queue_seconds: float | None = Field(None, description="From creation to its first start.")
     run_seconds: float | None = Field(None, description="From its first start to its end.")
     predict_time: float | None = Field(
-        None, description="The provider's own measure of the prediction, when it gives one."
+        None,
+        description="The provider's own measure of the prediction, in seconds, when it gives "
+        "one (the built-in generator: its render time).",
     )
-    bytes_stored: int | None = Field(None, description="The size of its stored outputs.")
+    bytes_stored: int | None = Field(None, description="The total size of its stored outputs.")
 
 
 class JobDetail(JobStatusResponse):
@@ -333,14 +341,19 @@ class JobDetail(JobStatusResponse):
         description="The prediction's last reported progress (parsed from its logs)."
     )
     queue_position: int | None = Field(
-        description="While pending: how many pending jobs were created before this one."
+        description="While pending: how many pending jobs start before this one (higher "
+        "priorities first, then older jobs)."
     )
     priority: Priority = Priority.NORMAL
     batch_id: uuid.UUID | None = Field(None, description="The batch the job was submitted in.")
     expires_at: datetime | None = Field(
         None, description="When the outputs are deleted (set once the job completes)."
     )
-    logs: str | None = Field(None, description="The model's logs (the newest part, capped).")
+    logs: str | None = Field(
+        None,
+        description="The model's logs: the newest JOB_LOGS_MAX_BYTES, cut at a line; a first "
+        "line `[... N bytes earlier omitted]` says what was dropped.",
+    )
     metrics: JobMetrics | None = None
 
 
@@ -353,6 +366,9 @@ class ErrorResponse(BaseModel):
     status: JobStatus | None = Field(None, description="The job's state (409 on cancel).")
     allowed: list[str] | None = Field(
         None, description="The models this service allows (422 `model_not_allowed`)."
+    )
+    max_priority: str | None = Field(
+        None, description="The highest priority the key may ask for (403 `priority_not_allowed`)."
     )
 
 

@@ -25,6 +25,7 @@ from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
+from mediagen.files import inputs
 from mediagen.jobs import events, quotas
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import (
@@ -34,6 +35,7 @@ from mediagen.jobs.dispatch import (
     queue_position,
 )
 from mediagen.jobs.models import Job
+from mediagen.jobs.priority import check_priority
 from mediagen.jobs.schemas import (
     GenerateRequest,
     JobDetail,
@@ -66,13 +68,17 @@ async def create_job(
     catalog = catalog or get_catalog()
     route = catalog.route(request.model)
     model = catalog.job_model(route, request.model)
+    check_priority(request.priority, owner, settings)  # no query: the key row is in hand
     if request.webhook is not None:
         await notify.check_webhook(request.webhook, settings, owner)
     job_id = uuid.uuid4()
+    parameters = request.parameters.model_dump(exclude_none=True)
+    # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
+    input_files = await inputs.accept(parameters, job_id, owner.id if owner else None, settings)
     created_at = await repo.insert(
         job_id,
         prompt=request.prompt,
-        parameters=request.parameters.model_dump(exclude_none=True),
+        parameters=parameters,
         model=model,
         provider=route.provider,
         owner=owner.id if owner else None,
@@ -83,6 +89,7 @@ async def create_job(
         traceparent=context.current_headers().get("traceparent"),
         priority=str(request.priority),
         retention_seconds=request.retention,
+        input_files=input_files,
     )
     if created_at is None:
         raise quotas.in_flight_exceeded(settings)
@@ -96,7 +103,7 @@ async def create_job(
         webhook=request.webhook,
     )
     metrics.job_created(route.provider, model)
-    dispatch_new(outbox, job_id, created_at).add_done_callback(
+    dispatch_new(outbox, job_id, created_at, request.priority).add_done_callback(
         lambda sent: _undispatched(job_id) if not sent.result() else None
     )
     return job_id
@@ -185,6 +192,19 @@ async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = N
     return moved.job
 
 
+_SUMMARY = (
+    "id",
+    "status",
+    "result_key",
+    "created_at",
+    "updated_at",
+    "retry_count",
+    "prompt",
+    "model",
+    "error",
+)
+
+
 async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], str | None]:
     """One page of the caller's jobs, newest first, and the cursor of the next page."""
     jobs = Job.filter(api_key_id=owner.id if owner else None)
@@ -199,7 +219,8 @@ async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], s
     if query.cursor:
         created_at, last_id = decode_cursor(query.cursor)
         jobs = jobs.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=last_id))
-    page = await jobs.order_by("-created_at", "-id").limit(query.limit + 1)
+    # Only what a summary shows: a page must not carry each job's logs and parameters.
+    page = await jobs.order_by("-created_at", "-id").limit(query.limit + 1).only(*_SUMMARY)
     more = len(page) > query.limit
     page = page[: query.limit]
     return page, encode_cursor(page[-1]) if more else None
@@ -246,7 +267,7 @@ async def detail_of(
         try:
             if job.provider == "cog" and job.model:  # its rank among its model's jobs
                 position = await cog_slots.queue_position(
-                    redis, job.model, job.id, queue_order(job.created_at)
+                    redis, job.model, job.id, queue_order(job.created_at, job.priority)
                 )
             else:
                 position = await queue_position(redis, job.id)
@@ -273,5 +294,18 @@ async def detail_of(
         batch_id=job.batch_id,
         expires_at=job.expires_at,
         logs=job.logs,
-        metrics=job.metrics,
+        metrics=_metrics_of(job),
     )
+
+
+def _metrics_of(job: Job) -> dict[str, Any] | None:
+    """The metrics the end of its prediction wrote; else (canceled, failed before the
+    prediction ended, still running) what its timestamps tell: queue time once started, run
+    time once finished."""
+    if job.metrics is not None or job.started_at is None:
+        return job.metrics
+    ran = job.completed_at - job.started_at if job.completed_at else None
+    return {
+        "queue_seconds": round((job.started_at - job.created_at).total_seconds(), 3),
+        "run_seconds": None if ran is None else round(ran.total_seconds(), 3),
+    }

@@ -4,7 +4,8 @@ Postgres, not Redis, knows which jobs are unfinished. Every SWEEP_INTERVAL this 
 pending jobs never dispatched (broker down at submit) or dispatched long ago (message lost);
 retrying jobs whose retry is overdue; processing jobs whose lease ran out (worker killed); and it
 fails jobs past JOB_TIMEOUT; and it sends again the upstream cancels that failed or were lost
-(`upstream_cancels`). Re-dispatching twice is harmless: every step is guarded. It also
+(`upstream_cancels`), and marks the finished batches whose settle was lost
+(`mediagen.batches`). Re-dispatching twice is harmless: every step is guarded. It also
 drops from the head of the pending-queue index the jobs that are no longer pending (a crash
 between a commit and its announcement), so queue positions stay true.
 
@@ -14,6 +15,9 @@ checks in a row the jobs in flight on it run a new attempt (their predictions wi
 report); it drops expired slot leases and queue entries of jobs that are no longer waiting, and
 sends the start of the jobs at the head of each model's queue that fit in the free slots (a
 lost start costs a sweep, no more).
+
+It also runs retention (`mediagen.jobs.retention`): the outputs of jobs past their retention
+are deleted, and, on its own schedule, old rows are pruned.
 
 Each query takes at most BATCH rows, so a sweep's work is bounded whatever the backlog.
 """
@@ -27,12 +31,15 @@ from datetime import timedelta
 import redis.asyncio as aioredis
 from tortoise.expressions import Q
 
+from mediagen.batches import repository as batches
 from mediagen.broker import QUEUE_INDEX
 from mediagen.jobs import repository as repo
+from mediagen.jobs import retention
 from mediagen.jobs.dispatch import cancel_upstream_task, redispatch
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next, Pipeline
 from mediagen.jobs.states import JobStatus
+from mediagen.notify import delivery_task
 from mediagen.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -69,9 +76,9 @@ async def sweep(pipeline: Pipeline) -> int:
             status=JobStatus.PENDING,
         )
         .limit(BATCH)
-        .values_list("id", "created_at")
+        .values_list("id", "created_at", "priority")
     )
-    redispatch(outbox, pending)
+    redispatch(outbox, pending)  # each at its priority
 
     overdue = (
         await Job.filter(
@@ -102,11 +109,19 @@ async def sweep(pipeline: Pipeline) -> int:
     cancels = await repo.due_upstream_cancels(settings.lease_seconds, BATCH)
     for prediction_id in cancels:
         outbox.send(cancel_upstream_task(prediction_id))
+    # Finished batches not marked yet (their settle message was lost): marked, webhook sent.
+    settled, deliveries = await batches.settle_finished(BATCH)
+    for delivery_id in deliveries:
+        outbox.send(delivery_task(delivery_id))
 
-    resent = {str(job_id) for job_id, _ in pending} | {s.job_id for s in steps}
+    resent = {str(job_id) for job_id, _, _ in pending} | {s.job_id for s in steps}
     if resent:
         await repo.mark_dispatched(resent)
     await prune_queue_index(outbox.client)
+    try:  # expired outputs, and pruning on its own schedule (mediagen.jobs.retention)
+        await retention.sweep_retention(pipeline.storage, settings, outbox.client)
+    except Exception as exc:  # the database or storage is down: the next sweep goes on
+        log.warning("sweep: retention not run: %s", exc)
     if pipeline.cog is not None:
         await sweep_cog(pipeline)
     await outbox.flush()
@@ -116,6 +131,7 @@ async def sweep(pipeline: Pipeline) -> int:
         ("retry_due", len(overdue)),
         ("lease_expired", len(stranded)),
         ("upstream_cancel", len(cancels)),
+        ("batch_settled", settled),
     ):
         metrics.sweeper_rescued(kind, found)
     if resent or expired:

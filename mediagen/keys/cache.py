@@ -3,10 +3,11 @@
 Authentication would otherwise cost a query on every request, and `AUTH_REQUIRED=auto` another
 ("was any key ever made?"). Both answers are kept for KEY_CACHE_SECONDS (negative ones too, so a
 stream of bad keys cannot hammer the database). A change does not wait for that: `mediagen keys
-create|revoke` publishes on the Redis channel `mediagen:keys`, and every API process, subscribed
-to it, drops its cache at once. Nothing is cached while the subscription is down, and the cache
-is dropped whenever it (re)starts, so a message lost with a broken connection can matter only
-until the break is noticed (PING_EVERY, a few seconds).
+create|revoke|set-priority` publishes on the Redis channel `mediagen:keys`, and every API process,
+subscribed to it, drops its cache at once (a key's priority ceiling is read from the cached row,
+so a new ceiling applies at once, within KEY_CACHE_SECONDS at worst). Nothing is cached while
+the subscription is down, and the cache is dropped whenever it (re)starts, so a message lost
+with a broken connection can matter only until the break is noticed (PING_EVERY, a few seconds).
 """
 
 from __future__ import annotations

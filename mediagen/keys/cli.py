@@ -1,5 +1,5 @@
-"""`mediagen keys create|list|revoke|adopt`. Their arguments are defined in mediagen/cli.py,
-which parses every command without importing the server."""
+"""`mediagen keys create|list|revoke|adopt|set-priority|delete`. Their arguments are defined in
+mediagen/cli.py, which parses every command without importing the server."""
 
 from __future__ import annotations
 
@@ -40,19 +40,44 @@ async def _run(args: argparse.Namespace) -> int:
     await init_db(settings, "mediagen-cli")
     try:
         if args.action == "create":
-            key, secret = await service.create_key(args.name)
+            key, secret = await service.create_key(args.name, args.max_priority)
             await _announce(settings)
             print(
                 f"created key {key.id} ({key.name})\n{secret}\nStore it now: it is not shown again."
                 f"\nwebhook secret (verifies this key's job webhooks): {key.webhook_secret}"
+                f"\nmax priority: {_ceiling(key.max_priority, settings)}"
             )
         elif args.action == "list":
             for key in await service.list_keys():
                 state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
                 print(
                     f"{key.id}  {key.prefix}...  {key.created_at:%Y-%m-%d %H:%M}  {state}  "
-                    f"{key.name}"
+                    f"max-priority={_ceiling(key.max_priority, settings)}  {key.name}"
                 )
+        elif args.action == "set-priority":
+            ceiling = None if args.priority == "default" else args.priority
+            try:
+                key = await service.set_max_priority(args.key, ceiling)
+            except NotFoundError as exc:
+                print(f"mediagen keys: {exc.message}")
+                return 1
+            await _announce(settings)
+            print(
+                f"key {key.id} ({key.prefix}...) may now ask for priority up to "
+                f"{_ceiling(key.max_priority, settings)}"
+            )
+        elif args.action == "delete":
+            try:
+                key = await service.revoke_for_deletion(args.key)
+            except NotFoundError as exc:
+                print(f"mediagen keys: {exc.message}")
+                return 1
+            await _announce(settings)  # no request of it is accepted from now on
+            from mediagen.jobs.deletion import delete_key_data
+
+            removed = await delete_key_data(key, settings)
+            summary = ", ".join(f"{n} {kind}" for kind, n in removed.items())
+            print(f"deleted key {key.id} ({key.prefix}...) and its data: {summary}")
         elif args.action == "adopt":
             try:
                 key = await service.find_key(args.key)
@@ -74,6 +99,11 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await close_db()
+
+
+def _ceiling(max_priority: str | None, settings: Settings) -> str:
+    """A key's priority ceiling as listed: its own, or the setting's (marked as such)."""
+    return max_priority or f"{settings.default_max_priority} (default)"
 
 
 def run(args: argparse.Namespace) -> int:

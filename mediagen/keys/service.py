@@ -29,8 +29,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(name: str) -> tuple[ApiKey, str]:
-    """A new key and its secret value (the only time the value exists in clear)."""
+async def create_key(name: str, max_priority: str | None = None) -> tuple[ApiKey, str]:
+    """A new key and its secret value (the only time the value exists in clear). Its priority
+    ceiling is `max_priority` (None: the DEFAULT_MAX_PRIORITY setting, whatever it becomes)."""
     secret = PREFIX + secrets.token_urlsafe(32)
     key = await ApiKey.create(
         id=uuid.uuid4(),
@@ -38,8 +39,18 @@ async def create_key(name: str) -> tuple[ApiKey, str]:
         prefix=secret[:SHOWN],
         key_hash=hash_key(secret),
         webhook_secret=new_webhook_secret(),
+        max_priority=max_priority,
     )
     return key, secret
+
+
+async def set_max_priority(key_id_or_prefix: str, max_priority: str | None) -> ApiKey:
+    """Change an active key's priority ceiling (None: back to DEFAULT_MAX_PRIORITY). API
+    processes see it once they drop their cached keys (the caller announces the change)."""
+    key = await find_key(key_id_or_prefix)
+    await ApiKey.filter(id=key.id).update(max_priority=max_priority)
+    key.max_priority = max_priority
+    return key
 
 
 async def list_keys() -> list[ApiKey]:
@@ -62,6 +73,21 @@ async def revoke_key(key_id_or_prefix: str) -> ApiKey:
     key = await find_key(key_id_or_prefix)
     await ApiKey.filter(id=key.id).update(revoked_at=datetime.now(UTC))
     return key
+
+
+async def revoke_for_deletion(key_id_or_prefix: str) -> ApiKey:
+    """The one key, revoked or not, with this id or prefix, revoked now if it was not (its
+    data is deleted next: nothing new may be made meanwhile); NotFoundError otherwise."""
+    try:
+        query = ApiKey.filter(id=uuid.UUID(key_id_or_prefix))
+    except ValueError:
+        query = ApiKey.filter(prefix=key_id_or_prefix)
+    keys = await query
+    if len(keys) != 1:
+        raise NotFoundError(f"no single key matches {key_id_or_prefix!r}")
+    if keys[0].revoked_at is None:
+        await ApiKey.filter(id=keys[0].id).update(revoked_at=datetime.now(UTC))
+    return keys[0]
 
 
 async def find_active_key(digest: str) -> ApiKey | None:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from standardwebhooks import Webhook
 
+from mediagen.batches.models import Batch
 from mediagen.broker import Task
 from mediagen.config import WEBHOOK_MAX_RETRY_AFTER, WEBHOOK_SCHEDULE, Settings
 from mediagen.errors import OutboundError, RefusedAddressError
@@ -69,18 +69,22 @@ def policy(settings: Settings) -> Policy:
     )
 
 
-async def _secret(job_id: uuid.UUID, settings: Settings) -> str:
-    job = await Job.get(id=job_id)
-    if job.api_key_id is not None:
-        key = await ApiKey.get_or_none(id=job.api_key_id)
+async def _secret(delivery: WebhookDelivery, settings: Settings) -> str:
+    """The secret of the key that owns the delivery's job (or batch); WEBHOOK_SECRET if none."""
+    owner: Job | Batch = await (
+        Job.get(id=delivery.job_id) if delivery.job_id else Batch.get(id=delivery.batch_id)
+    )
+    if owner.api_key_id is not None:
+        key = await ApiKey.get_or_none(id=owner.api_key_id)
         return (key.webhook_secret or "") if key else ""
     return settings.webhook_secret
 
 
 async def _body(delivery: WebhookDelivery, storage: Storage) -> str:
     data = dict(delivery.payload)
-    key = data.pop("result_key", None)
-    data["result_url"] = await storage.url_for(key) if key else None
+    if delivery.job_id is not None:  # a job's event (a batch's carries no result)
+        key = data.pop("result_key", None)
+        data["result_url"] = await storage.url_for(key) if key else None
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -109,7 +113,8 @@ async def attempt(
     delivery = await WebhookDelivery.get_or_none(id=delivery_id)
     if delivery is None or delivery.status is not DeliveryStatus.PENDING:
         return None
-    current_job.set(str(delivery.job_id))  # this attempt's lines are about its job
+    if delivery.job_id is not None:
+        current_job.set(str(delivery.job_id))  # this attempt's lines are about its job
     if not await _claim(delivery, settings):
         return None
     attempts = delivery.attempts + 1
@@ -118,7 +123,7 @@ async def attempt(
     error: str | None = None
     retry = refused = False
     try:
-        secret = await _secret(delivery.job_id, settings)
+        secret = await _secret(delivery, settings)
         if not secret:
             raise ValueError("no webhook secret to sign with")
         body = await _body(delivery, storage)
@@ -175,10 +180,10 @@ async def attempt(
         else "failed"
     )
     log.info(
-        "webhook %s (%s, job %s) attempt %d: %s%s",
+        "webhook %s (%s, %s) attempt %d: %s%s",
         delivery.message_id,
         delivery.event,
-        delivery.job_id,
+        f"job {delivery.job_id}" if delivery.job_id else f"batch {delivery.batch_id}",
         attempts,
         error or "delivered",
         f"; next in {countdown:g}s" if countdown is not None else "",

@@ -11,6 +11,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
+from mediagen.batches.models import Batch
 from mediagen.jobs.models import Job
 
 
@@ -35,13 +36,19 @@ class JobWebhook(Model):
 
 
 class WebhookDelivery(Model):
-    """One event for one job; its id is the `webhook-id` of every attempt (`msg_` + hex)."""
+    """One event for one job; its id is the `webhook-id` of every attempt (`msg_` + hex).
+
+    A batch's `batch.completed` is one too: it names its batch instead of a job."""
 
     id = fields.UUIDField(primary_key=True)
-    job: fields.ForeignKeyRelation[Job] = fields.ForeignKeyField(
-        "jobs.Job", related_name="webhook_deliveries", on_delete=fields.CASCADE
+    job: fields.ForeignKeyNullableRelation[Job] = fields.ForeignKeyField(
+        "jobs.Job", related_name="webhook_deliveries", null=True, on_delete=fields.CASCADE
     )
-    job_id: uuid.UUID
+    job_id: uuid.UUID | None
+    batch: fields.ForeignKeyNullableRelation[Batch] = fields.ForeignKeyField(
+        "jobs.Batch", related_name="webhook_deliveries", null=True, on_delete=fields.CASCADE
+    )
+    batch_id: uuid.UUID | None
     event = fields.CharField(max_length=16)
     url = fields.CharField(max_length=2000)
     payload: dict[str, Any] = fields.JSONField()
@@ -57,6 +64,7 @@ class WebhookDelivery(Model):
         table = "webhook_deliveries"
         indexes = (
             Index(fields=("job_id", "created_at"), name="webhook_deliveries_job_idx"),
+            Index(fields=("batch_id",), name="webhook_deliveries_batch_idx"),
             # The sweeper's look for pending deliveries whose message was lost.
             Index(fields=("status", "next_attempt_at"), name="webhook_deliveries_due_idx"),
         )

@@ -127,7 +127,7 @@ WEBHOOK_DELIVERIES = Counter(
 SWEEPER_RESCUES = Counter(
     "mediagen_sweeper_rescues_total",
     "What the sweeper sent on again, by kind (undispatched, retry_due, lease_expired, "
-    "deadline, delivery, upstream_cancel).",
+    "deadline, delivery, upstream_cancel, batch_settled).",
     ["kind"],
 )
 

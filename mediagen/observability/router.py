@@ -2,8 +2,9 @@
 
 The backlog costs one small query and one Redis round trip per scrape, whatever the backlog:
 the unfinished jobs by state are summed from `job_counters` (16 rows per API key, kept by the
-transitions; see mediagen.jobs.models.JobCounter), the oldest pending job is the head of the
-queue index (a sorted set), and live workers are counted from their heartbeats.
+transitions; see mediagen.jobs.models.JobCounter), the oldest pending job is the oldest of the
+heads of the queue index's priority bands (a sorted set), and live workers are counted from
+their heartbeats.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from mediagen import db
 from mediagen.broker import HEARTBEAT_TTL, QUEUE_INDEX, WORKERS
+from mediagen.jobs.dispatch import BAND, order_created_micros
+from mediagen.jobs.states import Priority
 from mediagen.observability import metrics
 
 router = APIRouter()
@@ -39,10 +42,14 @@ async def _by_state() -> dict[str, int]:
 async def _from_redis(client: aioredis.Redis) -> tuple[float | None, int]:
     now = time.time()
     async with client.pipeline(transaction=False) as pipe:
-        pipe.zrange(QUEUE_INDEX, 0, 0, withscores=True)
         pipe.zcount(WORKERS, now - HEARTBEAT_TTL, "+inf")
-        head, workers = await pipe.execute()
-    oldest = now - head[0][1] / 1e6 if head else None  # scores are creation times in µs
+        for band in range(len(Priority)):  # the head of each priority's band
+            pipe.zrangebyscore(
+                QUEUE_INDEX, band * BAND, f"({(band + 1) * BAND}", 0, 1, withscores=True
+            )
+        workers, *heads = await pipe.execute()
+    created = [order_created_micros(head[0][1]) for head in heads if head]
+    oldest = now - min(created) / 1e6 if created else None
     return oldest, int(workers)
 
 

@@ -9,8 +9,9 @@ what keeps thousands of jobs in flight on one worker process.
 
 from __future__ import annotations
 
+import base64
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -32,6 +33,30 @@ class PredictionStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class InputRef:
+    """An input file a job's parameter names (`mediagen.files.inputs`), as a provider hands it
+    on: by `url` when the model's servers can fetch one, else by its bytes (`read`)."""
+
+    key: str  # in storage
+    content_type: str
+    size: int
+    url: str | None = None  # absolute and fetchable from outside (presigned, or signed /media)
+    read: Callable[[], Awaitable[bytes]] | None = None  # the bytes, read from storage when asked
+
+    async def data(self) -> bytes:
+        if self.read is None:
+            raise RuntimeError(f"input {self.key} cannot be read here")
+        return await self.read()
+
+    async def as_uri(self) -> str:
+        """`url`, else the bytes as a `data:` URI (what Replicate and Cog accept for a file)."""
+        if self.url:
+            return self.url
+        encoded = base64.b64encode(await self.data()).decode("ascii")
+        return f"data:{self.content_type};base64,{encoded}"
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What a provider needs to know about one attempt of one job."""
 
@@ -43,6 +68,16 @@ class GenerationRequest:
     webhook_url: str | None = None
     # The job's model route (mediagen.catalog): Cog endpoints and deadline, a Replicate `ref`.
     route: ModelRoute | None = None
+    # Parameters that name input files (their values in `parameters` are the names the client
+    # gave, e.g. `mediagen://files/<id>`): parameter -> the file. Empty for most jobs.
+    inputs: Mapping[str, InputRef] = field(default_factory=dict)
+
+    async def provider_input(self) -> dict[str, Any]:
+        """`parameters` with each input file as a URL or a `data:` URI, and the prompt."""
+        given = {**self.parameters, "prompt": self.prompt}
+        for name, ref in self.inputs.items():
+            given[name] = await ref.as_uri()
+        return given
 
 
 @dataclass(frozen=True)
@@ -61,6 +96,10 @@ class Prediction:
     outputs: list[Output] = field(default_factory=list)
     error: str | None = None
     logs: str | None = None
+    # Bytes of the prediction's log before `logs` (a provider that keeps only its newest part).
+    logs_omitted: int = 0
+    # The provider's own measure of the prediction's run, in seconds, once it has ended.
+    predict_time: float | None = None
     # How long the provider suggests waiting before the next `get` (None: use POLL_INTERVAL).
     poll_after: float | None = None
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mediagen import extras
-from mediagen.errors import PermanentProviderError, RetryableProviderError
+from mediagen.errors import PermanentProviderError, RetryableProviderError, StorageError
 from mediagen.providers.base import (
     Fetched,
     GenerationRequest,
@@ -35,6 +35,34 @@ log = logging.getLogger(__name__)
 
 _TRANSIENT = re.compile(r"\[fault:transient=(\d+)\]")
 _PERMANENT = "[fault:permanent]"
+
+
+_IMAGE_INPUTS = ("image", "init_image", "input_image")
+
+
+async def _init_image(request: GenerationRequest) -> tuple[bytes | None, float]:
+    """The input image the job names (`image`, `init_image`, `input_image`, else any image
+    input), read from storage, and how much of the drawing covers it: `prompt_strength` (0:
+    the input as it is, 1: the drawing alone; 0.5 by default)."""
+    images = {n: r for n, r in request.inputs.items() if r.content_type.startswith("image/")}
+    name = next((n for n in _IMAGE_INPUTS if n in images), next(iter(images), None))
+    if name is None:
+        return None, 1.0
+    try:
+        strength = float(request.parameters.get("prompt_strength", 0.5))
+    except (TypeError, ValueError):
+        raise PermanentProviderError("prompt_strength must be a number from 0 to 1") from None
+    if not 0.0 <= strength <= 1.0:
+        raise PermanentProviderError("prompt_strength must be a number from 0 to 1")
+    from mediagen.providers.render import unreadable
+
+    try:
+        data = await images[name].data()
+    except StorageError as exc:
+        raise RetryableProviderError(f"input {name!r}: {exc.message}") from exc
+    if problem := await asyncio.to_thread(unreadable, data):
+        raise PermanentProviderError(f"input {name!r}: {problem}")
+    return data, strength
 
 
 class BuiltinProvider:
@@ -80,29 +108,53 @@ class BuiltinProvider:
         except (IndexError, ValueError) as exc:
             raise PermanentProviderError(f"unknown prediction {prediction_id!r}") from exc
         remaining = created_ms / 1000 + self.latency - time.time()
-        if remaining > 0:
-            return Prediction(prediction_id, PredictionStatus.PROCESSING, poll_after=remaining)
-        if self.unavailable:
-            raise PermanentProviderError(self.unavailable)
-        from mediagen.providers.render import CONTENT_TYPES, render
-
         params = request.parameters
         fmt = str(params.get("output_format", "png"))
         count = int(params.get("num_outputs", 1))
         seed = params.get("seed")
+        width, height = int(params.get("width", 1024)), int(params.get("height", 1024))
+        steps = int(params.get("num_inference_steps", 50))
+        # Its logs, like a model's: what it renders, then each output and how long it took.
+        logs = (
+            f"rendering {count} {fmt} {width}x{height}, "
+            f"seed {'random' if seed is None else seed}, {steps} steps\n"
+        )
+        if remaining > 0:
+            return Prediction(
+                prediction_id, PredictionStatus.PROCESSING, logs=logs, poll_after=remaining
+            )
+        if self.unavailable:
+            raise PermanentProviderError(self.unavailable)
+        from mediagen.providers.render import CONTENT_TYPES, render
+
+        source, strength = await _init_image(request)  # image-to-image: the input shows through
         outputs = []
+        took = 0.0
         for index in range(count):
+            began = time.perf_counter()
             data = await asyncio.to_thread(
                 render,
                 request.prompt,
-                int(params.get("width", 1024)),
-                int(params.get("height", 1024)),
+                width,
+                height,
                 None if seed is None else int(seed) + index,
-                int(params.get("num_inference_steps", 50)),
+                steps,
                 fmt,
+                source,
+                strength,
             )
+            seconds = time.perf_counter() - began
+            took += seconds
+            logs += f"rendered output {index} ({CONTENT_TYPES[fmt]}, {len(data)} bytes) "
+            logs += f"in {seconds * 1000:.0f} ms\n"
             outputs.append(Output(data=data, content_type=CONTENT_TYPES[fmt]))
-        return Prediction(prediction_id, PredictionStatus.SUCCEEDED, outputs=outputs)
+        return Prediction(
+            prediction_id,
+            PredictionStatus.SUCCEEDED,
+            outputs=outputs,
+            logs=logs,
+            predict_time=round(took, 6),
+        )
 
     async def cancel(self, prediction_id: str) -> None:
         return None

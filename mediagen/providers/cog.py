@@ -85,7 +85,6 @@ from mediagen.providers.cog_outputs import (
     UPLOADED,
     DataUri,
     file_outputs,
-    logs_tail,
     media_of,
     staged_chunks,
     staged_key,
@@ -112,7 +111,6 @@ __all__ = [
     "cog_id",
     "endpoint_key",
     "file_outputs",
-    "logs_tail",
     "media_of",
     "parse_cog_id",
     "staged_key",
@@ -247,7 +245,7 @@ class CogProvider:
             )
         prediction = cog_id(request.job_id, request.attempt)
         key = await webhook_key(self.settings)
-        given = {**request.parameters, "prompt": request.prompt}
+        given = await request.provider_input()  # input files as URLs or data: URIs
         problems: list[str] = []
         busy = 0
         for endpoint in self._order(endpoints):
@@ -324,19 +322,29 @@ class CogProvider:
                 "webhook was missed, or the server lost the prediction): running it again"
             )
         try:
-            logs = orjson.loads(live).get("logs") if live is not None else None
+            seen = orjson.loads(live) if live is not None else {}
+            logs, omitted = seen.get("logs"), seen.get("logs_omitted")
         except (orjson.JSONDecodeError, AttributeError):
-            logs = None  # progress only: none is shown
+            logs = omitted = None  # logs and progress only: none is shown
         return Prediction(
             prediction_id,
             PredictionStatus.PROCESSING,
             logs=logs if isinstance(logs, str) else None,
+            logs_omitted=omitted if isinstance(omitted, int) else 0,
             poll_after=min(self.settings.poll_interval, left),
         )
 
     def _terminal(self, prediction_id: str, handle: Handle, record: dict[str, Any]) -> Prediction:
         status = TERMINAL.get(str(record.get("status")), PredictionStatus.FAILED)
         logs = record.get("logs") if isinstance(record.get("logs"), str) else None
+        omitted = record.get("logs_omitted")
+        seen: dict[str, Any] = {
+            "logs": logs,
+            "logs_omitted": omitted if isinstance(omitted, int) else 0,
+            "predict_time": record.get("predict_time"),
+        }
+        if not isinstance(seen["predict_time"], int | float):
+            seen["predict_time"] = None
         if status is PredictionStatus.SUCCEEDED:
             outputs = []
             for ref in record.get("outputs") or []:
@@ -345,7 +353,7 @@ class CogProvider:
                     outputs.append(Output(url=f"{_STAGED_URL}{handle.cog_id}/{name}"))
                 elif isinstance(ref, str):
                     outputs.append(Output(url=ref))
-            return Prediction(prediction_id, status, outputs, logs=logs)
+            return Prediction(prediction_id, status, outputs, **seen)
         error = str(record.get("error") or f"prediction {record.get('status')}")
         if "Failed to upload output" in error and "status 5" in error:
             # Our upload endpoint failed for a moment (storage): not the model's fault.
@@ -355,7 +363,7 @@ class CogProvider:
             # this input's fault, so a new attempt, counted (MAX_RETRIES bounds a model that
             # crashes on it every time).
             raise PredictionLostError(f"the Cog server lost the prediction: {error}")
-        return Prediction(prediction_id, status, error=error, logs=logs)
+        return Prediction(prediction_id, status, error=error, **seen)
 
     async def cancel(self, prediction_id: str) -> None:
         handle = Handle.parse(prediction_id)

@@ -22,7 +22,6 @@ from mediagen.providers.downloads import CANONICAL, MEDIA_TYPES
 if TYPE_CHECKING:
     from mediagen.storage.base import Storage
 
-LOGS_KEPT = 8192  # the tail of a prediction's logs kept for progress
 CHUNK = 1024 * 1024
 # What outputs look like in a record: a staged object of the prediction, or a URL.
 STAGED = "staged:"
@@ -101,10 +100,6 @@ def file_outputs(value: Any) -> list[str]:
     if isinstance(value, dict):
         return [item for each in value.values() for item in file_outputs(each)]
     return []
-
-
-def logs_tail(logs: Any) -> str:
-    return logs[-LOGS_KEPT:] if isinstance(logs, str) else ""
 
 
 # --- the provider ---------------------------------------------------------------------------

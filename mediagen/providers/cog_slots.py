@@ -7,8 +7,9 @@ Cog has no queue: a server with every slot busy answers 409. So mediagen keeps t
   lease's expiry (ms). A lease outlives the model's deadline (the longest a prediction may be in
   flight before it is given up on), so a worker that crashed while holding one frees it by
   itself; the job's own lease and the sweeper bring the job back meanwhile.
-- `mediagen:cog:wait:<model>`: the model's jobs waiting for a slot, scored by creation time
-  (µs, `dispatch.queue_order`). Several endpoints of one model share it.
+- `mediagen:cog:wait:<model>`: the model's jobs waiting for a slot, scored by priority band,
+  then creation time (µs, `dispatch.queue_order`): a free slot goes to the most urgent job.
+  Several endpoints of one model share it.
 - `mediagen:cog:down:<endpoint key>`: set (with a TTL) while an endpoint is not to get work:
   its health check failed, or it answered 409 or refused a connection despite our accounting.
 
@@ -83,7 +84,7 @@ return best
 
 # KEYS as _ACQUIRE. ARGV: job ('' for none), now (ms), then the slots of each endpoint.
 # Frees the job's slot (and its place in the queue), drops expired leases, and returns the
-# heads of the queue that fit in the free slots of healthy endpoints.
+# heads of the queue that fit in the free slots of healthy endpoints, with their scores.
 _RELEASE = """
 local job, now = ARGV[1], tonumber(ARGV[2])
 local n = (#KEYS - 2) / 2
@@ -99,7 +100,7 @@ for i = 1, n do
   end
 end
 if free == 0 then return {} end
-return redis.call('ZRANGE', KEYS[1], 0, free - 1)
+return redis.call('ZRANGE', KEYS[1], 0, free - 1, 'WITHSCORES')
 """
 
 
@@ -122,7 +123,8 @@ async def queue_position(
     were created before it (once its start step put it in the queue, exactly its rank there)
     plus, until then, the jobs no worker has looked at yet that are ahead of it in the global
     pending index (any model: an upper bound). Jobs only ever move from the second count to
-    the first (atomically, `_ACQUIRE`), or leave, so the position never grows. Both are read
+    the first (atomically, `_ACQUIRE`), or leave, so the position never grows, but for jobs of
+    a higher priority submitted after it (`dispatch.queue_order`). Both are read
     in one MULTI/EXEC (a move between them would count a job in neither): one round trip,
     O(log n)."""
     async with client.pipeline(transaction=True) as pipe:
@@ -174,13 +176,14 @@ class CogSlots:
         )
         return route.endpoints[index - 1] if index else None
 
-    async def release(self, job_id: str, route: ModelRoute) -> list[str]:
+    async def release(self, job_id: str, route: ModelRoute) -> list[tuple[str, float]]:
         """Free the job's slot (if it holds one) and its place in the queue; the jobs at the
-        head of the queue that now fit, whose start is to be sent again."""
+        head of the queue that now fit, whose start is to be sent again, with their places
+        (`dispatch.queue_order`: the start keeps the job's priority)."""
         now = int(time.time() * 1000)
         slots = [endpoint.slots for endpoint in route.endpoints]
         heads = await self._release(keys=self._keys(route), args=[job_id, now, *slots])
-        return [_text(head) for head in heads]
+        return [(_text(heads[i]), float(heads[i + 1])) for i in range(0, len(heads), 2)]
 
     async def set_down(self, endpoint: Endpoint, seconds: float, why: str) -> None:
         """Give `endpoint` no new work for `seconds` (or until its health check is good)."""

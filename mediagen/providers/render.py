@@ -12,7 +12,7 @@ import io
 import random
 import re
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 RGB = tuple[int, int, int]
 
@@ -92,8 +92,12 @@ def render(
     seed: int | None = None,
     steps: int = 50,
     output_format: str = "png",
+    init_image: bytes | None = None,
+    strength: float = 1.0,
 ) -> bytes:
-    """Encode an image of `width`x`height` for `prompt`; same inputs, same bytes."""
+    """Encode an image of `width`x`height` for `prompt`; same inputs, same bytes. With an
+    `init_image`, the drawing is blended over it (cropped to the output's shape) at `strength`:
+    0 keeps the input, 1 is the drawing alone."""
     if seed is None:
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
     rng = random.Random(f"{seed}:{prompt}")
@@ -160,11 +164,34 @@ def render(
             draw.ellipse((ax - ar, ay - ar, ax + ar, ay + ar), fill=(*color, 200))
 
     image = image.filter(ImageFilter.SMOOTH)
+    if init_image is not None:
+        image = _over(image, init_image, strength)
     _caption(image, prompt, unit)
     buffer = io.BytesIO()
     fmt = FORMATS[output_format]
     image.save(buffer, format=fmt, **({"quality": 90} if fmt != "PNG" else {}))
     return buffer.getvalue()
+
+
+def unreadable(source: bytes) -> str | None:
+    """Why Pillow cannot decode `source` as an image, or None when it can."""
+    try:
+        with Image.open(io.BytesIO(source)) as opened:
+            opened.verify()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"the input image cannot be read: {exc}"
+    return None
+
+
+def _over(drawing: Image.Image, source: bytes, strength: float) -> Image.Image:
+    """The drawing blended over `source`, which is scaled and cropped to the drawing's size."""
+    try:
+        with Image.open(io.BytesIO(source)) as opened:
+            opened.draft("RGB", drawing.size)  # JPEG: decode at a reduced size when it can
+            base = ImageOps.fit(opened.convert("RGB"), drawing.size, Image.Resampling.LANCZOS)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"the input image cannot be read: {exc}") from exc
+    return Image.blend(base, drawing, strength)
 
 
 def _caption(image: Image.Image, prompt: str, unit: int) -> None:

@@ -87,7 +87,16 @@ def _prediction(data: Any) -> Prediction:
         outputs = [Output(url=url) for url in _urls(data.get("output"))]
         if not outputs:
             raise PermanentProviderError("prediction succeeded without any output URL")
-    return Prediction(data["id"], status, outputs, error, logs, poll_after=None)
+    return Prediction(
+        data["id"], status, outputs, error, logs, predict_time=_predict_time(data), poll_after=None
+    )
+
+
+def _predict_time(data: dict[str, Any]) -> float | None:
+    """`metrics.predict_time` (seconds), which Replicate gives once a prediction has ended."""
+    metrics = data.get("metrics")
+    value = metrics.get("predict_time") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 class ReplicateProvider:
@@ -130,7 +139,8 @@ class ReplicateProvider:
         # A models file's entry may ask Replicate for another name than its public one (`ref`).
         ref = request.route.ref if request.route is not None else None
         model = ref or request.model or self.settings.replicate_default_model
-        body: dict[str, Any] = {"input": {**request.parameters, "prompt": request.prompt}}
+        # Input files as URLs it can fetch (presigned, signed /media), else data: URIs.
+        body: dict[str, Any] = {"input": await request.provider_input()}
         if request.webhook_url:
             body["webhook"] = request.webhook_url
             body["webhook_events_filter"] = WEBHOOK_EVENTS

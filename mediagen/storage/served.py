@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from mediagen.storage.local import LocalStorage
+
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class SignedFiles(StaticFiles):
@@ -29,4 +35,25 @@ class SignedFiles(StaticFiles):
                 },
                 status_code=403,
             )
-        return await super().get_response(path, scope)
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code != 404 or not await _job_gone(path):
+                raise
+        return JSONResponse(
+            {
+                "detail": "this output was deleted: its job's retention ended, "
+                "or the job was deleted",
+                "code": "gone",
+            },
+            status_code=410,
+        )
+
+
+async def _job_gone(key: str) -> bool:
+    """A signed key that names no file: 410 if its job (every key holds its job's id:
+    `Storage.key_for`) is expired or deleted, else it stays a 404."""
+    from mediagen.jobs.retention import served_job_gone  # the jobs domain, only when needed
+
+    found = _JOB_ID.search(key)
+    return found is not None and await served_job_gone(uuid.UUID(found.group()))

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -183,6 +184,46 @@ def test_no_wait_then_jobs_commands(stack: str, tmp_path: Path) -> None:
     assert json.loads(no_wait_json.stdout)["job_id"]
 
 
+def test_image_priority_retention_and_delete(stack: str, tmp_path: Path) -> None:
+    """`--image` uploads the file and the job uses it; `--retention` and `--priority` reach the
+    job; `jobs delete` leaves nothing (the job, its output and its input answer 404/410)."""
+    from PIL import Image
+
+    def make(color: str) -> Path:
+        path = tmp_path / f"{color}.png"
+        Image.new("RGB", (64, 64), color).save(path)
+        return path
+
+    outputs = {}
+    for color in ("red", "blue"):
+        done = mediagen(stack, "generate", "a cli fox from a picture", *SIZE, "--seed", "7",
+                        "--image", str(make(color)), "--retention", "600", "--priority", "low",
+                        "--param", "prompt_strength=0.2", "--json", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["status"] == "completed"
+        detail = _detail(stack, summary["job_id"])
+        assert str(detail["parameters"]["image"]).startswith("mediagen://files/")  # type: ignore[index]
+        assert detail["priority"] == "low"
+        expires = datetime.fromisoformat(str(detail["expires_at"]))
+        completed = datetime.fromisoformat(str(detail["completed_at"]))
+        assert abs((expires - completed).total_seconds() - 600) < 1
+        outputs[color] = (summary["job_id"], (tmp_path / summary["files"][0]).read_bytes(), detail)
+    assert outputs["red"][1] != outputs["blue"][1]  # the input image shaped the output
+
+    job_id, _, detail = outputs["red"]
+    file_url = f"{stack}/api/v1/files/" + str(detail["parameters"]["image"]).rsplit("/", 1)[1]  # type: ignore[index]
+    assert httpx.get(file_url, timeout=10).status_code == 200
+    deleted = mediagen(stack, "jobs", "delete", job_id)
+    assert deleted.returncode == 0 and "deleted" in deleted.stdout, deleted.stderr
+    assert httpx.get(f"{stack}/api/v1/jobs/{job_id}", timeout=10).status_code == 404
+    assert httpx.get(file_url, timeout=10).status_code == 404
+    gone = httpx.get(f"{stack}{detail['result_url']}", timeout=10)
+    assert gone.status_code == 410
+    again = mediagen(stack, "jobs", "delete", job_id)
+    assert again.returncode == 3 and "404" in again.stderr
+
+
 def test_models_lists_what_the_service_runs(stack: str, tmp_path: Path) -> None:
     listed = httpx.get(f"{stack}/api/v1/models").json()["data"]
     assert listed, "the service runs at least its default model"
@@ -223,7 +264,7 @@ def test_unreachable_service_is_an_api_error(
     [
         ["generate"],
         ["jobs"],
-        *[["jobs", c] for c in ("list", "show", "cancel", "wait", "download")],
+        *[["jobs", c] for c in ("list", "show", "cancel", "delete", "wait", "download")],
         ["models"],
     ],
 )

@@ -249,7 +249,8 @@ async def test_unknown_ids_and_the_schema(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     operation = schema["paths"]["/api/v1/jobs/{job_id}/events"]["get"]
     event = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
-    assert [e["properties"]["event"]["const"] for e in event["oneOf"]] == ["status", "progress"]
+    kinds = [e["properties"]["event"]["const"] for e in event["oneOf"]]
+    assert kinds == ["status", "progress", "logs"]
     assert {"404", "422"} <= set(operation["responses"])
 
 

@@ -12,11 +12,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from mediagen.broker import QUEUE, Outbox
+from mediagen.broker import QUEUE, Outbox, queue_key
 from mediagen.config import Settings
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline, backoff
+from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
 from mediagen.providers.builtin import BuiltinProvider
@@ -46,13 +47,15 @@ async def _new_job(prompt: str = "a hill", **fields: object) -> str:
 
 
 def _published(client: redis.Redis) -> list[tuple[str, list[object]]]:
-    """The tasks waiting in the quiet database's queue: (name, args), oldest first."""
+    """The tasks waiting in the quiet database's queue: (name, args), oldest first (a normal
+    job's first start waits in the queue's normal-priority list, after the rest)."""
     tasks = []
-    for raw in reversed(client.lrange(QUEUE, 0, -1)):
-        message = orjson.loads(raw)
-        args = orjson.loads(base64.b64decode(message["body"]))[0]
-        tasks.append((message["headers"]["task"], args))
-    client.delete(QUEUE)
+    for queue in (QUEUE, queue_key(QUEUE, kombu_priority("normal"))):
+        for raw in reversed(client.lrange(queue, 0, -1)):
+            message = orjson.loads(raw)
+            args = orjson.loads(base64.b64decode(message["body"]))[0]
+            tasks.append((message["headers"]["task"], args))
+        client.delete(queue)
     return tasks
 
 

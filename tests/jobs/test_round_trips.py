@@ -141,6 +141,7 @@ async def test_a_job_costs_the_worker_two_statements_and_one_message(stack: Stac
         statements = stack.pg.since(pg).get("mediagen-worker", 0)
         assert statements <= 2 * ROUNDS, statements
         stats = stack.server.info("commandstats")
-        # One task message per job (its start), and its three status events.
+        # One task message per job (its start), and its three status events and its logs (the
+        # generator's lines, published with the completion's events).
         assert stats["cmdstat_lpush"]["calls"] == ROUNDS, stats.get("cmdstat_lpush")
-        assert stats["cmdstat_xadd"]["calls"] == 3 * ROUNDS, stats.get("cmdstat_xadd")
+        assert stats["cmdstat_xadd"]["calls"] == 4 * ROUNDS, stats.get("cmdstat_xadd")

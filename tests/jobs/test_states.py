@@ -80,7 +80,7 @@ async def test_guarded_transitions_never_move_backwards(database: str) -> None:
     assert (await Job.get(id=done.id)).status is JobStatus.COMPLETED
 
     failed = await _job(JobStatus.FAILED, attempt=1)
-    assert not await repo.complete(failed.id, 1, "k", [])
+    assert not await repo.complete(failed.id, 1, "k", [], result_ttl=60)
     assert (await Job.get(id=failed.id)).status is JobStatus.FAILED
 
 
@@ -91,10 +91,10 @@ async def test_claim_is_compare_and_set(database: str) -> None:
     fresh = await Job.get(id=job.id)
     assert (fresh.status, fresh.attempt) == (JobStatus.PROCESSING, 1)
     # A stale attempt can neither complete nor retry the job.
-    assert not await repo.complete(job.id, 0, "k", [])
+    assert not await repo.complete(job.id, 0, "k", [], result_ttl=60)
     assert not await repo.schedule_retry(fresh.id, 0, "late", 1)
-    assert await repo.complete(job.id, 1, "k", [{"key": "k"}])
-    assert not await repo.complete(job.id, 1, "k", [{"key": "k"}])
+    assert await repo.complete(job.id, 1, "k", [{"key": "k"}], result_ttl=60)
+    assert not await repo.complete(job.id, 1, "k", [{"key": "k"}], result_ttl=60)
 
 
 async def test_unfinished_counter_matches_the_rows(client: httpx.AsyncClient) -> None:

@@ -119,12 +119,16 @@ def collector() -> Iterator[tuple[Collector, str]]:
     server.server_close()
 
 
+# A normal job's start waits in the `mediagen` queue's list for its priority.
+NORMAL_STARTS = "mediagen\x06\x163"
+
+
 def _message_for(broker: redis.Redis, job_id: str) -> tuple[bytes, dict[str, Any]]:
     """The start message of `job_id` (published just after the API answered)."""
     found: list[tuple[bytes, dict[str, Any]]] = []
 
     def published() -> bool:
-        for raw in broker.lrange("mediagen", 0, -1):
+        for raw in broker.lrange(NORMAL_STARTS, 0, -1):
             message = json.loads(raw)
             if job_id in message["headers"]["argsrepr"]:
                 found.append((raw, message))
@@ -181,7 +185,7 @@ def traced(database: str, collector: tuple[Collector, str]) -> Iterator[Traced]:
             start_header = message["headers"].get("traceparent")
             assert start_header, message["headers"]
             raw, _ = _message_for(broker, jobs["redispatched"])
-            assert broker.lrem("mediagen", 1, raw) == 1
+            assert broker.lrem(NORMAL_STARTS, 1, raw) == 1
             import asyncio
 
             from mediagen.broker import Task

@@ -105,7 +105,57 @@ class Migration(migrations.Migration):
         ops.RunSQL(RETENTION_INDEXES, reverse_sql=""),
         # --- input files ---
         # --- batches ---
+        ops.AddField(
+            model_name='Job',
+            name='batch_index',
+            field=fields.SmallIntField(null=True),
+        ),
+        ops.AlterField(
+            model_name='WebhookDelivery',
+            name='job',
+            field=fields.ForeignKeyField('jobs.Job', source_field='job_id', null=True, db_constraint=True, to_field='id', related_name='webhook_deliveries', on_delete=OnDelete.CASCADE),
+        ),
+        ops.AddField(
+            model_name='WebhookDelivery',
+            name='batch',
+            field=fields.ForeignKeyField('jobs.Batch', source_field='batch_id', null=True, db_constraint=True, to_field='id', related_name='webhook_deliveries', on_delete=OnDelete.CASCADE),
+        ),
+        ops.AddIndex(
+            model_name='WebhookDelivery',
+            index=Index(fields=['batch_id'], name='webhook_deliveries_batch_idx'),
+        ),
+        # The sweeper's look for finished batches not yet marked (mediagen.batches.service).
+        ops.RunSQL(
+            ["CREATE INDEX IF NOT EXISTS batches_open_idx ON batches (created_at) "
+             "WHERE completed_at IS NULL"],
+            reverse_sql="",
+        ),
         # --- priority and usage ---
         # --- logs and metrics ---
+        ops.AddField(
+            model_name='Job',
+            name='logs_base',
+            field=fields.IntField(null=True),
+        ),
         # --- retention and deletion ---
+        # The retention's scans by age (mediagen.jobs.retention): completed jobs by when they
+        # completed (outputs kept past RESULT_TTL or JOB_RECORD_TTL), idempotency records, and
+        # webhook deliveries that are done with.
+        ops.RunSQL(
+            [
+                "CREATE INDEX IF NOT EXISTS jobs_completed_idx ON jobs (completed_at) "
+                "WHERE status = 'completed'",
+                "CREATE INDEX IF NOT EXISTS idempotency_keys_created_idx "
+                "ON idempotency_keys (created_at)",
+                "CREATE INDEX IF NOT EXISTS webhook_deliveries_done_idx "
+                "ON webhook_deliveries (created_at) WHERE status IN ('delivered', 'failed')",
+            ],
+            reverse_sql="",
+        ),
+        # A deleted job's prediction is still canceled at its own provider.
+        ops.AddField(
+            model_name='UpstreamCancel',
+            name='provider',
+            field=fields.CharField(null=True, max_length=32),
+        ),
     ]

@@ -8,6 +8,7 @@ a subprocess server and reads its counters.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import secrets
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -46,11 +48,17 @@ class FakeState:
         self.predictions: dict[str, FakePrediction] = {}
         self.hits: Counter[tuple[str, str]] = Counter()
         self.hooks = WebhookDispatcher(self)
+        # The input files each prediction received, by prompt: parameter -> the bytes, decoded
+        # from a data: URI or downloaded from the URL given (what a real model would read).
+        self.received: dict[str, dict[str, bytes]] = {}
+        self.received_as: dict[str, dict[str, str]] = {}  # parameter -> "url" or "data"
 
     def reset(self) -> None:
         self.stats = Stats()
         self.predictions.clear()
         self.hits.clear()
+        self.received.clear()
+        self.received_as.clear()
 
     def options(self, prompt: str) -> tuple[dict[str, str], dict[str, str]]:
         """(merged options, the prompt's own) for a new prediction."""
@@ -95,6 +103,21 @@ class FakeState:
                 "- input.prompt: fake validation error: prompt rejected",
             )
         return None
+
+
+async def _input_files(given: dict[str, object]) -> dict[str, bytes] | None:
+    """The bytes of every file-like input (data: URI or URL), as a model would fetch them."""
+    found: dict[str, bytes] = {}
+    for name, value in given.items():
+        if not isinstance(value, str) or name == "prompt":
+            continue
+        if value.startswith("data:") and ";base64," in value:
+            found[name] = base64.b64decode(value.split(",", 1)[1])
+        elif value.startswith(("http://", "https://")):  # a client only then: they cost
+            async with httpx.AsyncClient(timeout=5) as client:
+                reply = await client.get(value)
+            found[name] = reply.content if reply.status_code == 200 else b""
+    return found or None
 
 
 def _problem(
@@ -210,6 +233,12 @@ def create_app(state: FakeState) -> Starlette:
                     "have permission to use it?)",
                 )
         prompt = str(body["input"].get("prompt", ""))
+        if (received := await _input_files(body["input"])) is not None:
+            state.received[prompt] = received
+            state.received_as[prompt] = {
+                name: "data" if str(body["input"][name]).startswith("data:") else "url"
+                for name in received
+            }
         options, own = state.options(prompt)
         scope = prompt if any(k in own for k in ("hang", "429", "500", "garbage", "422")) else "*"
         if (faulted := await state.fault(request, options, "create", scope)) is not None:

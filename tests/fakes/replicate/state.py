@@ -18,6 +18,7 @@ space-separated `name` or `name=value` tokens; several tags merge, the prompt wi
                         + nolength, truncated, drip=S: sleep S seconds before each 64 KiB,
                         stall=S: sleep S seconds once half-way)
     options             latency=S outputs=image/png,video/mp4,audio/wav
+                        loglines=N (N more lines in `logs`: a long log)
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ class FakePrediction:
             progress = 0.4 if "stuck" in self.options else 1.0
             if status == "processing" and "stuck" not in self.options:
                 progress = (now - started) / max(self.latency * 0.9, 1e-6)
-            logs = progress_logs(min(progress, 1.0), config.steps, self.latency)
+            logs = progress_logs(min(progress, 1.0), config.steps, self.latency,
+                                 int(self.options.get("loglines") or 0))
         api = f"{self.base_url}v1/predictions/{self.id}"
         return {
             "id": self.id,
@@ -198,13 +200,18 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def progress_logs(fraction: float, total: int, latency: float) -> str:
-    """tqdm-like lines up to `fraction` of `total` steps, one per tenth of the way."""
+def progress_logs(fraction: float, total: int, latency: float, extra: int = 0) -> str:
+    """tqdm-like lines up to `fraction` of `total` steps, one per tenth of the way and one at
+    the end. Like Replicate's, the text only grows: a later read starts with an earlier one.
+    `extra` (tag `loglines=N`): N lines of model loading first, for a long log."""
     done = math.floor(fraction * total)
     rate = total / max(latency, 1e-6)
-    lines = ["Using seed: 42", "Running predict()..."]
+    lines = ["Using seed: 42"]
+    lines += [f"loading weights: shard {n:05d} of {extra:05d} ok" for n in range(1, extra + 1)]
+    lines.append("Running predict()...")
     stride = max(1, total // 10)
-    for step in [*range(0, done, stride), done]:
+    steps = range(0, done + 1, stride)
+    for step in [*steps, *([done] if done == total and done not in steps else [])]:
         pct = step * 100 // total
         left = (total - step) / rate
         lines.append(

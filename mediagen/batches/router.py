@@ -1,0 +1,125 @@
+"""HTTP endpoints of batches. Thin: validate, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+
+from mediagen.batches import service
+from mediagen.batches.schemas import BatchDetail, BatchRequest
+from mediagen.jobs import idempotency
+from mediagen.jobs.router import Caller, Reader
+from mediagen.jobs.schemas import ErrorResponse
+from mediagen.jobs.service import json_response
+
+router = APIRouter(tags=["batches"])
+
+# Idempotency-Key records of batches live apart from those of single jobs: a key reused on the
+# other endpoint can never replay the other's answer.
+IDEMPOTENCY_SCOPE = "batches:"
+
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "A valid API key is required."},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    **_AUTH,
+    404: {"model": ErrorResponse, "description": "No batch of yours has this id."},
+    422: {"model": ErrorResponse, "description": "The batch id is not a UUID."},
+}
+
+
+@router.post(
+    "/batches",
+    status_code=201,
+    response_model=BatchDetail,
+    summary="Create many jobs at once, all or none",
+    responses={
+        **_AUTH,
+        400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8)."},
+        403: {
+            "model": ErrorResponse,
+            "description": "An entry asks for a priority above "
+            "the key's ceiling (`detail` names it: `jobs[i]`).",
+        },
+        409: {"model": ErrorResponse, "description": "Same Idempotency-Key still in progress."},
+        413: {"model": ErrorResponse, "description": "The request body is too large."},
+        429: {
+            "model": ErrorResponse,
+            "description": "Rate limit, or the batch's jobs do not all fit within the "
+            "in-flight limit; see Retry-After. Nothing was created.",
+        },
+        422: {
+            "model": ErrorResponse,
+            "description": "An entry is invalid (`errors` or `detail` names it: `jobs.i` / "
+            "`jobs[i]`; nothing was created), or the Idempotency-Key was used with another body.",
+        },
+        503: {"model": ErrorResponse, "description": "The database is unavailable."},
+    },
+)
+async def create_batch(
+    body: BatchRequest,
+    request: Request,
+    owner: Caller,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry-safe submission: the same key and body within 24 h returns "
+            "the first response and creates nothing.",
+        ),
+    ] = None,
+) -> Response:
+    """Accept every job of the batch, or none of them. The jobs are durable once this answers
+    201 and run as single jobs do; follow them with `GET /api/v1/batches/{batch_id}`."""
+    state = request.app.state
+    for _ in body.jobs:  # a batch counts as many submissions as it has jobs
+        state.rate_limiter.check(owner)
+    if idempotency_key is None:
+        batch = await service.create_batch(body, state.settings, state.outbox, owner, state.catalog)
+        return json_response(batch.model_dump(mode="json"), 201)
+    body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
+    replay = await idempotency.claim(owner, idempotency_key, body_hash, IDEMPOTENCY_SCOPE)
+    if replay is not None:
+        response = json_response(replay, 201)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    try:
+        batch = await service.create_batch(body, state.settings, state.outbox, owner, state.catalog)
+    except BaseException:
+        await idempotency.release(owner, idempotency_key, IDEMPOTENCY_SCOPE)
+        raise
+    answer = batch.model_dump(mode="json")
+    await idempotency.complete(owner, idempotency_key, answer, IDEMPOTENCY_SCOPE)
+    return json_response(answer, 201)
+
+
+@router.get(
+    "/batches/{batch_id}",
+    response_model=BatchDetail,
+    summary="Get a batch: its state, counts by job state and its jobs",
+    responses={
+        **_NOT_FOUND,
+        429: {"model": ErrorResponse, "description": "Read rate limit; see Retry-After."},
+    },
+)
+async def get_batch(batch_id: uuid.UUID, owner: Reader) -> BatchDetail:
+    return await service.get_batch(batch_id, owner)
+
+
+@router.post(
+    "/batches/{batch_id}/cancel",
+    response_model=BatchDetail,
+    summary="Cancel every unfinished job of a batch",
+    responses={
+        **_NOT_FOUND,
+        409: {"model": ErrorResponse, "description": "The batch already completed."},
+    },
+)
+async def cancel_batch(batch_id: uuid.UUID, request: Request, owner: Caller) -> BatchDetail:
+    """Each unfinished job is canceled as `POST /api/v1/jobs/{job_id}/cancel` does; jobs that
+    already finished keep their outcome. Canceling a canceled batch again changes nothing."""
+    return await service.cancel_batch(batch_id, request.app.state.outbox, owner)

@@ -1,0 +1,212 @@
+"""Which job parameters are input files, and how they become files the provider can read.
+
+A parameter counts when its value is one string of one of these forms (items of lists, and
+every other string, pass through untouched):
+
+- `mediagen://files/<id>`: an uploaded file; at submit it must be the caller's and unexpired
+  (else 422), and its expiry is pushed to at least JOB_TIMEOUT from now so it outlives the job;
+- `data:<type>;base64,<payload>`: decoded and stored as a file at submit (422 if it does not
+  decode, is too large or is not media we accept); the job's parameters then name the file;
+- `https://...`: fetched by the worker when the job starts, through the guarded outbound client
+  (public addresses only unless DOWNLOAD_ALLOW_PRIVATE, MAX_FILE_BYTES, typed by its bytes),
+  and stored as a file of the job's key. Its file id derives from the job and the parameter, so
+  a retry finds it stored instead of fetching it again; it is recorded at submit already.
+
+The job's `input_files` lists every file id, so deleting the job can delete its inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import uuid
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from mediagen.config import Settings
+from mediagen.db import pool
+from mediagen.errors import (
+    InvalidInputError,
+    OutboundError,
+    PayloadTooLargeError,
+    PermanentProviderError,
+    UnsupportedMediaTypeError,
+)
+from mediagen.files import service
+from mediagen.files.models import InputFile
+from mediagen.files.uris import FILE_URI, names_file
+from mediagen.outbound import Outbound, Policy, classify
+from mediagen.providers.base import InputRef
+from mediagen.providers.downloads import MAX_REDIRECTS, provider_chunks, provider_error
+from mediagen.storage.base import Storage
+
+# Accept the files a submit names: only unexpired ones of the caller, and keep them long enough.
+_CLAIM = """UPDATE files
+SET expires_at = greatest(expires_at, now() + make_interval(secs => $3::float8))
+WHERE id = ANY($1::uuid[]) AND api_key_id IS NOT DISTINCT FROM $2 AND expires_at > now()
+RETURNING id"""
+
+
+def named(parameters: Mapping[str, Any]) -> dict[str, str]:
+    """The parameters that name input files: name -> value."""
+    return {name: value for name, value in parameters.items() if names_file(value)}
+
+
+def fetched_id(job_id: uuid.UUID | str, name: str) -> uuid.UUID:
+    """The file id of a job's `https://` input `name`: the same for every attempt."""
+    return uuid.uuid5(uuid.UUID(str(job_id)), name)
+
+
+def _file_id(name: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.removeprefix(FILE_URI))
+    except ValueError:
+        raise InvalidInputError(
+            f"parameter {name!r}: {value[:80]!r} is not a file id (mediagen://files/<id>)"
+        ) from None
+
+
+def _hold_for(settings: Settings) -> float:
+    """How long a file a job names is kept at least: the job's whole possible life."""
+    return settings.job_timeout
+
+
+# --- at submit -----------------------------------------------------------------------------
+async def accept(
+    parameters: dict[str, Any],
+    job_id: uuid.UUID,
+    owner: uuid.UUID | None,
+    settings: Settings,
+) -> list[str] | None:
+    """Check and prepare the inputs `parameters` name (changing `data:` values in place into the
+    files they were stored as); the file ids the job uses, or None when it names none.
+
+    Costs nothing for a job without inputs; one statement for uploaded files."""
+    found = named(parameters)
+    if not found:
+        return None
+    files: list[str] = []
+    uploaded: dict[uuid.UUID, str] = {}
+    for name, value in found.items():
+        if value.startswith(FILE_URI):
+            file_id = _file_id(name, value)
+            uploaded[file_id] = name
+        elif value.startswith("https://"):
+            file_id = fetched_id(job_id, name)
+        else:
+            file_id = await _store_data(name, value, owner, settings)
+            parameters[name] = service.uri_of(file_id)
+        files.append(str(file_id))
+    if uploaded:
+        rows = await (await pool()).fetch(_CLAIM, list(uploaded), owner, float(_hold_for(settings)))
+        for missing in set(uploaded) - {row["id"] for row in rows}:
+            raise InvalidInputError(
+                f"parameter {uploaded[missing]!r}: file {missing} not found "
+                "(unknown, expired, or uploaded with another key)"
+            )
+    return list(dict.fromkeys(files))  # one file named twice is one file
+
+
+async def _store_data(
+    name: str, value: str, owner: uuid.UUID | None, settings: Settings
+) -> uuid.UUID:
+    payload = value[value.index(",") + 1 :]
+    if len(payload) > (settings.max_file_bytes + 2) // 3 * 4:
+        raise InvalidInputError(
+            f"parameter {name!r}: the file exceeds MAX_FILE_BYTES ({settings.max_file_bytes})"
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInputError(f"parameter {name!r}: the data: URI is not valid base64") from None
+    try:
+        row = await service.store(
+            service.bound_storage(),
+            data,
+            owner=owner,
+            filename=name,
+            ttl=max(settings.file_ttl, _hold_for(settings)),
+            limit=settings.max_file_bytes,
+        )
+    except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
+        raise InvalidInputError(f"parameter {name!r}: {exc.message}") from None
+    return row.id
+
+
+# --- in the worker -------------------------------------------------------------------------
+async def refs(
+    job: Any, storage: Storage, settings: Settings, outbound: Outbound
+) -> dict[str, InputRef]:
+    """The job's inputs as providers take them, fetching `https://` ones not stored yet. No
+    query for a job without inputs. Raises provider errors: a fetch that failed, a file gone."""
+    if not job.input_files:
+        return {}
+    found = named(job.parameters)
+    wanted = {
+        name: fetched_id(job.id, name) if value.startswith("https://") else _file_id(name, value)
+        for name, value in found.items()
+        if not value.startswith("data:")
+    }
+    rows = {row.id: row for row in await InputFile.filter(id__in=list(wanted.values()))}
+    inputs: dict[str, InputRef] = {}
+    base = settings.public_base_url.rstrip("/")
+    for name, file_id in wanted.items():
+        row = rows.get(file_id)
+        if row is None and found[name].startswith("https://"):
+            row = await _fetch(name, found[name], file_id, job, storage, settings, outbound)
+        if row is None:
+            raise PermanentProviderError(f"input {name!r}: file {file_id} no longer exists")
+        url: str | None = await storage.url_for(row.key)
+        if url is not None and not url.startswith(("https://", "http://")):
+            url = base + url if base else None  # a /media path: only with PUBLIC_BASE_URL
+        inputs[name] = InputRef(
+            row.key, row.content_type, row.size, url, functools.partial(storage.read, row.key)
+        )
+    return inputs
+
+
+async def _fetch(
+    name: str,
+    url: str,
+    file_id: uuid.UUID,
+    job: Any,
+    storage: Storage,
+    settings: Settings,
+    outbound: Outbound,
+) -> InputFile:
+    """Download an `https://` input into a file of the job's key. 4xx, a refused address, a bad
+    type or size: permanent; 5xx, 429, timeouts, a dropped connection: retryable."""
+    policy = Policy(
+        deadline=settings.download_timeout,
+        max_bytes=settings.max_file_bytes,
+        allow_private=settings.download_allow_private,
+        redirects=MAX_REDIRECTS,
+    )
+    what = f"input {name!r} ({urlsplit(url).hostname})"
+    try:
+        async with outbound.open("GET", url, policy) as stream:
+            verdict = classify(stream.status)
+            if verdict != "ok":
+                message = f"{what}: HTTP {stream.status}"
+                if verdict == "retry":
+                    raise provider_error(
+                        OutboundError(message, retryable=True, retry_after=stream.retry_after),
+                        message,
+                    )
+                raise PermanentProviderError(message, http_status=stream.status)
+            return await service.store(
+                storage,
+                provider_chunks(stream),
+                owner=job.api_key_id,
+                filename=PurePosixPath(urlsplit(url).path).name or name,
+                ttl=max(settings.file_ttl, _hold_for(settings)),
+                limit=settings.max_file_bytes,
+                file_id=file_id,
+            )
+    except OutboundError as exc:
+        raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+    except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
+        raise PermanentProviderError(f"{what}: {exc.message}") from None

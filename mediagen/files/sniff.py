@@ -1,0 +1,52 @@
+"""What a file is, from its first bytes: clients' Content-Type headers and file names lie, and
+a file we store is later served from our origin and handed to models, so only bytes count."""
+
+from __future__ import annotations
+
+from mediagen.errors import UnsupportedMediaTypeError
+from mediagen.providers.downloads import CANONICAL
+
+HEAD_BYTES = 64  # enough for every signature below
+_MP3_FRAMES = (b"\xff\xfb", b"\xff\xfa", b"\xff\xf3", b"\xff\xf2", b"\xff\xe3", b"\xff\xe2")
+
+
+def _ext(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"ID3") or head.startswith(_MP3_FRAMES):
+        return "mp3"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand == b"qt  ":
+            return "mov"
+        if brand in (b"M4A ", b"M4B "):
+            return "m4a"
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3") and b"webm" in head:
+        return "webm"
+    return None
+
+
+def sniff(head: bytes) -> tuple[str, str]:
+    """(content type, extension) of a file starting with `head`; 415 for any other kind."""
+    ext = _ext(head[:HEAD_BYTES])
+    if ext is None:
+        raise UnsupportedMediaTypeError(
+            "unsupported media type: images (png, jpeg, webp, gif, avif), audio (wav, mp3, "
+            "ogg, flac, m4a) and video (mp4, webm, mov) are accepted, recognised by content"
+        )
+    return CANONICAL[ext], ext

@@ -1,0 +1,246 @@
+"""Deleting a job (`DELETE /api/v1/jobs/{id}`) and everything a key owns (`mediagen keys delete`).
+
+A job is deleted whole: canceled first if it is unfinished (its prediction is stopped upstream,
+as a cancel does), then its outputs and input files are deleted from storage, then its row,
+with its webhook and deliveries (foreign keys cascade), then its event stream and queue entry.
+Storage goes before the row: a storage failure leaves the job (and the client may delete it
+again), never objects that nothing names any more. A worker still storing the outputs of a
+canceled attempt finds the job canceled or gone when it completes, and deletes what it stored
+(`mediagen.jobs.outputs.discard_unused`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from asyncpg import Record
+
+from mediagen.broker import QUEUE_INDEX, stream_key
+from mediagen.config import Settings
+from mediagen.db import pool
+from mediagen.errors import NotFoundError, ServiceUnavailableError, StorageError
+from mediagen.jobs import repository as repo
+from mediagen.jobs.dispatch import cancel_upstream_task
+from mediagen.jobs.states import JobStatus
+from mediagen.keys.models import ApiKey
+from mediagen.storage import create_storage
+from mediagen.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+DELETED_NOTE = "deleted by the client"
+_TERMINAL = ["completed", "failed", "canceled", "expired"]
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+async def _delete_files(file_ids: Iterable[str], storage: Storage) -> None:
+    """Input files, by id (their rows and objects), when this build has them."""
+    ids = [str(file_id) for file_id in file_ids]
+    if not ids:
+        return
+    try:
+        from mediagen.files import service as files
+    except ImportError:
+        return
+    delete_files: Any = getattr(files, "delete_files", None)
+    if delete_files is not None:
+        await delete_files(ids, storage)
+
+
+async def _delete_stored(rows: Iterable[Record], storage: Storage) -> None:
+    """The outputs and input files the rows of `jobs` name."""
+    file_ids: list[str] = []
+    for row in rows:
+        for output in _json(row["outputs"]) or ():
+            await storage.delete(output["key"])
+        file_ids += _json(row["input_files"]) or []
+    await _delete_files(file_ids, storage)
+
+
+async def _forget(redis: aioredis.Redis | None, job_ids: list[str]) -> None:
+    """Their event streams and queue index entries (best effort: streams expire anyway)."""
+    if redis is None or not job_ids:
+        return
+    try:
+        await redis.delete(*(stream_key(job_id) for job_id in job_ids))
+        await redis.zrem(QUEUE_INDEX, *job_ids)
+    except Exception as exc:
+        log.warning("event streams of deleted jobs not deleted: %s", exc)
+
+
+async def _cancel(job_id: uuid.UUID, owner: uuid.UUID | None) -> str | None:
+    """Cancel the job if it is unfinished (no webhook: the job is about to go); the prediction
+    to stop upstream, if any."""
+    moved = await repo.transition(
+        job_id,
+        JobStatus.CANCELED,
+        owner=owner,
+        events=(),
+        stop_upstream=True,
+        error=DELETED_NOTE,
+        completed_at=repo.NOW,
+        lease_expires_at=None,
+        next_attempt_at=None,
+    )
+    return moved.job.prediction_id if moved is not None else None
+
+
+async def delete_job(
+    job_id: uuid.UUID,
+    owner: ApiKey | None,
+    storage: Storage,
+    redis: aioredis.Redis | None = None,
+    send: Any = None,
+) -> None:
+    """Delete a job of `owner`'s and every trace of it (module docstring); NotFoundError if
+    `owner` has no such job. `send`: publishes a task (the upstream cancel) when given."""
+    owner_id = owner.id if owner else None
+    db = await pool()
+    where = "id = $1 AND " + ("api_key_id IS NULL" if owner_id is None else "api_key_id = $2")
+    args: tuple[Any, ...] = (job_id,) if owner_id is None else (job_id, owner_id)
+    row = await db.fetchrow(f"SELECT status, outputs, input_files FROM jobs WHERE {where}", *args)  # noqa: S608
+    if row is None:
+        raise NotFoundError(f"job {job_id} not found")
+    if not JobStatus(row["status"]).is_terminal:
+        prediction = await _cancel(job_id, owner_id)
+        if prediction and send is not None:
+            send(cancel_upstream_task(prediction))
+        row = await db.fetchrow(
+            f"SELECT status, outputs, input_files FROM jobs WHERE {where}",  # noqa: S608
+            *args,
+        )
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found")
+    try:
+        await _delete_stored([row], storage)
+    except StorageError as exc:  # the job stays: deleting it again finishes the work
+        raise ServiceUnavailableError(
+            f"job {job_id} not deleted: {exc.message}", retry_after=5
+        ) from exc
+    gone = await db.fetchval(
+        f"DELETE FROM jobs WHERE {where} AND status = ANY(${len(args) + 1}::text[]) "  # noqa: S608
+        "RETURNING id",
+        *args,
+        _TERMINAL,
+    )
+    if gone is None:
+        raise NotFoundError(f"job {job_id} not found")
+    await _forget(redis, [str(job_id)])
+    log.info("job %s deleted", job_id)
+
+
+# --- a key's data ----------------------------------------------------------------------------
+async def purge_key(
+    key: ApiKey, storage: Storage, redis: aioredis.Redis | None, batch: int
+) -> dict[str, int]:
+    """Delete everything `key` owns, `batch` rows at a time, then the key itself: its jobs
+    (canceled first if unfinished; outputs, input files, rows, streams), its files, batches,
+    idempotency records, counters, and rows of any other table that refers to it. The key
+    must be revoked first, so that nothing new is made meanwhile. What was removed, by kind."""
+    db = await pool()
+    removed: dict[str, int] = {"jobs": 0}
+    while True:
+        unfinished = await db.fetch(
+            "SELECT id FROM jobs WHERE api_key_id = $1 AND NOT (status = ANY($2::text[])) LIMIT $3",
+            key.id,
+            _TERMINAL,
+            batch,
+        )
+        for row in unfinished:
+            await _cancel(row["id"], key.id)  # its prediction: stopped by the sweeper
+        rows = await db.fetch(
+            "SELECT id, outputs, input_files FROM jobs WHERE api_key_id = $1 "
+            "AND status = ANY($2::text[]) LIMIT $3",
+            key.id,
+            _TERMINAL,
+            batch,
+        )
+        if not rows and not unfinished:
+            break
+        await _delete_stored(rows, storage)
+        ids = [row["id"] for row in rows]
+        await db.execute("DELETE FROM jobs WHERE id = ANY($1::uuid[])", ids)
+        await _forget(redis, [str(job_id) for job_id in ids])
+        removed["jobs"] += len(ids)
+    removed["files"] = await _purge_files(key.id, storage, batch)
+    removed["idempotency records"] = await _count(
+        db.execute("DELETE FROM idempotency_keys WHERE scope = $1", str(key.id))
+    )
+    removed["counters"] = await _count(
+        db.execute("DELETE FROM job_counters WHERE scope = $1", key.id)
+    )
+    for table, column in await _referring_tables(db):
+        removed[table] = removed.get(table, 0) + await _delete_referring(
+            db, table, column, key.id, batch
+        )
+    await db.execute("DELETE FROM api_keys WHERE id = $1", key.id)
+    return removed
+
+
+async def _purge_files(key_id: uuid.UUID, storage: Storage, batch: int) -> int:
+    """The key's input files (objects, then rows), `batch` at a time."""
+    db = await pool()
+    count = 0
+    while rows := await db.fetch(
+        "SELECT id, key FROM files WHERE api_key_id = $1 LIMIT $2", key_id, batch
+    ):
+        ids = [row["id"] for row in rows]
+        await _delete_files(ids, storage)
+        for row in rows:  # what the files domain left (or all, in a build without it)
+            await storage.delete(row["key"])
+        await db.execute("DELETE FROM files WHERE id = ANY($1::uuid[])", ids)
+        count += len(rows)
+    return count
+
+
+async def _count(statement: Any) -> int:
+    status: str = await statement
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def _referring_tables(db: Any) -> list[tuple[str, str]]:
+    """Tables (other than jobs and files, done above) with a foreign key to `api_keys`."""
+    rows = await db.fetch(
+        """
+        SELECT c.conrelid::regclass::text AS tbl, a.attname AS col
+        FROM pg_constraint c
+        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+        WHERE c.contype = 'f' AND c.confrelid = 'api_keys'::regclass
+        """
+    )
+    return [(r["tbl"], r["col"]) for r in rows if r["tbl"] not in ("jobs", "files")]
+
+
+async def _delete_referring(db: Any, table: str, column: str, key_id: uuid.UUID, batch: int) -> int:
+    """Rows of `table` (a name from the catalog, quoted) whose `column` is the key, in batches."""
+    total = 0
+    sql = (
+        f'DELETE FROM "{table}" WHERE ctid = ANY(ARRAY(SELECT ctid FROM "{table}" '  # noqa: S608
+        f'WHERE "{column}" = $1 LIMIT $2))'
+    )
+    while True:
+        done = await _count(db.execute(sql, key_id, batch))
+        total += done
+        if done < batch:
+            return total
+
+
+async def delete_key_data(key: ApiKey, settings: Settings) -> dict[str, int]:
+    """`purge_key` with a storage and a Redis client of its own (the CLI has neither)."""
+    storage = create_storage(settings)
+    redis = aioredis.from_url(
+        settings.redis_url or "redis://localhost:6379/0", socket_connect_timeout=2, socket_timeout=5
+    )
+    try:
+        return await purge_key(key, storage, redis, settings.prune_batch)
+    finally:
+        await redis.aclose()
+        await storage.close()

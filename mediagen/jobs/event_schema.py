@@ -1,0 +1,81 @@
+"""What `GET /api/v1/jobs/{job_id}/events` sends, as its OpenAPI description says it (served by
+`mediagen.jobs.live`): the kinds of event and the JSON each carries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mediagen.jobs.states import JobStatus
+
+STREAM_DOC = """\
+`text/event-stream`. Each event has an `id:` (resume with `Last-Event-ID`) and JSON `data:`:
+
+- `event: status` - `{job_id, status, retry_count, error, attempts, result_url}` (`result_url`
+  once completed). The first event is the job's current state (after its logs, if asked for).
+- `event: progress` - `{current, total, percent}` while the prediction reports progress.
+- `event: logs` (with `?logs=true`) - `{job_id, logs, offset}`: text the model's logs gained,
+  starting at byte `offset` (UTF-8) of the job's log; the log so far comes first, before the
+  current state. Appended in order they are the log; an `offset` past what you have means that
+  much was omitted (the job keeps JOB_LOGS_MAX_BYTES).
+
+The server closes the stream after the terminal status (completed, failed, canceled)."""
+
+
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+def _event_schema(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": kind},
+            "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+            "data": _json_data(data),
+        },
+    }
+
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+# One event, as OpenAPI before 3.2 describes an event stream (`schema` is each event).
+EVENT_SCHEMA = {
+    "oneOf": [
+        _event_schema(
+            "status",
+            {
+                "type": "object",
+                "required": ["job_id", "status", "retry_count", "error", "attempts", "result_url"],
+                "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "status": {"type": "string", "enum": [str(s) for s in JobStatus]},
+                    "retry_count": _COUNT,
+                    "error": _NULLABLE_STRING,
+                    "attempts": _COUNT,
+                    "result_url": _NULLABLE_STRING,
+                },
+            },
+        ),
+        _event_schema(
+            "progress",
+            {
+                "type": "object",
+                "required": ["current", "total", "percent"],
+                "properties": {"current": _COUNT, "total": _COUNT, "percent": _COUNT},
+            },
+        ),
+        _event_schema(
+            "logs",
+            {
+                "type": "object",
+                "required": ["job_id", "logs", "offset"],
+                "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "logs": {"type": "string"},
+                    "offset": _COUNT,
+                },
+            },
+        ),
+    ]
+}

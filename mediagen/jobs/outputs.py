@@ -1,0 +1,67 @@
+"""A finished prediction's outputs: streamed into storage, measured, or deleted when unused.
+
+Kept apart from the pipeline's steps: what is stored and how it is counted (`metrics`) is the
+same whichever step finishes the job (a poll, or a webhook through `on_prediction`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mediagen.errors import PermanentProviderError
+from mediagen.jobs import repository as repo
+from mediagen.jobs.states import JobStatus
+from mediagen.observability import tracing
+from mediagen.providers.base import Prediction, Provider
+from mediagen.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+# States in which a finishing attempt's stored outputs can never be used (an expired job's were
+# deleted by retention: the same keys stored again would outlive it).
+_DISCARDING = frozenset({JobStatus.CANCELED, JobStatus.FAILED, JobStatus.EXPIRED})
+
+
+def metrics(predict_time: float | None, bytes_stored: int | None) -> repo.Expr:
+    """What the job cost, computed by the statement that ends it (its `now()` is the job's
+    `completed_at`; `started_at` is the first attempt's start)."""
+    return repo.Expr(
+        "jsonb_build_object("
+        "'queue_seconds', round(extract(epoch FROM started_at - created_at)::numeric, 3), "
+        "'run_seconds', round(extract(epoch FROM now() - started_at)::numeric, 3), "
+        "'predict_time', {}::float8, 'bytes_stored', {}::bigint)",
+        (predict_time, bytes_stored),
+    )
+
+
+async def store(
+    provider: Provider, storage: Storage, job_id: str, prediction: Prediction
+) -> list[dict[str, Any]]:
+    """Every output of the prediction, streamed from the provider into storage: their
+    `{key, content_type, size}`. Raises the provider's or the storage's error (nothing of a
+    failed output is kept; the ones before it are overwritten by the next attempt's)."""
+    if not prediction.outputs:
+        raise PermanentProviderError("the prediction succeeded without any output")
+    stored: list[dict[str, Any]] = []
+    for index, output in enumerate(prediction.outputs):
+        async with provider.fetch(output) as fetched:  # streams into storage
+            key = storage.key_for(job_id, index, fetched.ext)
+            with tracing.span("storage.put", {"mediagen.storage.key": key}) as span:
+                size = await storage.save(key, fetched.body, fetched.content_type)
+                span.set_attribute("mediagen.storage.bytes", size)
+        stored.append({"key": key, "content_type": fetched.content_type, "size": size})
+    return stored
+
+
+async def discard_unused(storage: Storage, job_id: Any, outputs: list[dict[str, Any]]) -> None:
+    """The completion found the job no longer this attempt's: a job canceled, failed or
+    deleted (its row gone: `DELETE /jobs/{id}`) while its outputs were being stored keeps
+    none of them. (The same keys of a job another attempt completed, or runs now, are that
+    attempt's: left alone.)"""
+    now = await repo.get(job_id)
+    if now is None or now.status in _DISCARDING:
+        for output in outputs:
+            await storage.delete(output["key"])
+        why = "deleted" if now is None else str(now.status)
+        log.info("job %s: %s while finishing; its outputs were deleted", job_id, why)

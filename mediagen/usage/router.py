@@ -1,0 +1,36 @@
+"""`GET /api/v1/usage`: what the caller's jobs did and cost, per day or model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from mediagen.jobs.router import Reader
+from mediagen.jobs.schemas import ErrorResponse
+from mediagen.usage import service
+from mediagen.usage.schemas import UsageQuery, UsageReport
+
+router = APIRouter(tags=["usage"])
+
+
+@router.get(
+    "/usage",
+    response_model=UsageReport,
+    summary="Your jobs, run seconds and bytes stored, per day or model",
+    responses={
+        401: {"model": ErrorResponse, "description": "A valid API key is required."},
+        422: {
+            "model": ErrorResponse,
+            "description": "Bad range (`from` after `to`, over 366 days) or `group_by`.",
+        },
+        429: {"model": ErrorResponse, "description": "Read rate limit; see Retry-After."},
+    },
+)
+async def get_usage(query: Annotated[UsageQuery, Query()], owner: Reader) -> UsageReport:
+    """Jobs created in `[from, to)` (default: the last 30 days; at most 366 days), grouped by
+    UTC day or by model: their count by current status, the seconds they ran and the bytes
+    their outputs take."""
+    start, end = query.bounds
+    groups, total = await service.usage(start, end, query.group_by, owner.id if owner else None)
+    return UsageReport(start=start, end=end, group_by=query.group_by, groups=groups, total=total)
