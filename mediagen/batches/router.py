@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from mediagen.batches import service
 from mediagen.batches.schemas import BatchDetail, BatchRequest
-from mediagen.jobs import idempotency
-from mediagen.jobs.router import Caller, Reader
+from mediagen.jobs.router import Caller, IdempotencyKey, Reader, created
 from mediagen.jobs.schemas import ErrorResponse
-from mediagen.jobs.service import json_response
 
 router = APIRouter(tags=["batches"])
 
@@ -62,39 +60,19 @@ async def create_batch(
     body: BatchRequest,
     request: Request,
     owner: Caller,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
-            description="Retry-safe submission: the same key and body within 24 h returns "
-            "the first response and creates nothing.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Accept every job of the batch, or none of them. The jobs are durable once this answers
     201 and run as single jobs do; follow them with `GET /api/v1/batches/{batch_id}`."""
     state = request.app.state
     for _ in body.jobs:  # a batch counts as many submissions as it has jobs
         state.rate_limiter.check(owner)
-    if idempotency_key is None:
+
+    async def create() -> dict[str, Any]:
         batch = await service.create_batch(body, state.settings, state.outbox, owner, state.catalog)
-        return json_response(batch.model_dump(mode="json"), 201)
-    body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
-    replay = await idempotency.claim(owner, idempotency_key, body_hash, IDEMPOTENCY_SCOPE)
-    if replay is not None:
-        response = json_response(replay, 201)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    try:
-        batch = await service.create_batch(body, state.settings, state.outbox, owner, state.catalog)
-    except BaseException:
-        await idempotency.release(owner, idempotency_key, IDEMPOTENCY_SCOPE)
-        raise
-    answer = batch.model_dump(mode="json")
-    await idempotency.complete(owner, idempotency_key, answer, IDEMPOTENCY_SCOPE)
-    return json_response(answer, 201)
+        return batch.model_dump(mode="json")
+
+    return await created(owner, idempotency_key, body, create, IDEMPOTENCY_SCOPE)
 
 
 @router.get(

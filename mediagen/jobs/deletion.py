@@ -172,7 +172,11 @@ async def purge_key(
         removed["jobs"] += len(ids)
     removed["files"] = await _purge_files(key.id, storage, batch)
     removed["idempotency records"] = await _count(
-        db.execute("DELETE FROM idempotency_keys WHERE scope = $1", str(key.id))
+        # Its /generate keys, and those of other endpoints (`batches:` + its id).
+        db.execute(
+            "DELETE FROM idempotency_keys WHERE scope = $1 OR scope LIKE '%:' || $1",
+            str(key.id),
+        )
     )
     removed["counters"] = await _count(
         db.execute("DELETE FROM job_counters WHERE scope = $1", key.id)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from mediagen.errors import PermanentProviderError
 from mediagen.jobs import repository as repo
 from mediagen.jobs.states import JobStatus
@@ -21,6 +24,19 @@ log = logging.getLogger(__name__)
 # States in which a finishing attempt's stored outputs can never be used (an expired job's were
 # deleted by retention: the same keys stored again would outlive it).
 _DISCARDING = frozenset({JobStatus.CANCELED, JobStatus.FAILED, JobStatus.EXPIRED})
+
+
+async def claim_finish(client: aioredis.Redis, job_id: Any, attempt: int, hold: int) -> bool:
+    """Whether this step may store the attempt's outputs: False while another step of the same
+    attempt does (a Cog or Replicate completion webhook dispatches a poll while the regular
+    poll may run too; a Cog staged output can be moved only once, so the second would fail the
+    attempt for nothing). Held `hold` seconds (a lease): a finisher that died is replaced once
+    its lease ran out. Redis down: no claim is kept, and both may try, as before."""
+    try:
+        claimed = await client.set(f"mediagen:finishing:{job_id}:{attempt}", 1, nx=True, ex=hold)
+    except RedisError:
+        return True
+    return bool(claimed)
 
 
 def metrics(predict_time: float | None, bytes_stored: int | None) -> repo.Expr:

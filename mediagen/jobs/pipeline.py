@@ -247,6 +247,9 @@ class Pipeline:
     ) -> Next | None:
         holding: asyncio.Task[None] | None = None
         if any(output.url for output in prediction.outputs):
+            hold = int(self.settings.lease_seconds) + 1
+            if not await stored_outputs.claim_finish(self.outbox.client, job.id, attempt, hold):
+                return None  # another step of this attempt is storing them
             # Downloads can outlast a lease: renew it while they run (or lose the job now), so
             # no second finish starts meanwhile and a crash still frees the job a lease later.
             if (

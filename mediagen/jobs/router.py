@@ -9,9 +9,11 @@ schemathesis suite checks every answer against it. Their common case is served b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel
 
 from mediagen.errors import NotFoundError
 from mediagen.jobs import deletion, idempotency, retention, service
@@ -54,6 +56,44 @@ _READ_LIMITED: dict[int | str, dict[str, Any]] = {
 }
 READ: dict[int | str, dict[str, Any]] = {**_NOT_FOUND, **_READ_LIMITED}
 
+# The `Idempotency-Key` header of a creating endpoint (/generate, /batches).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe submission: the same key and body within 24 h returns "
+        "the first response and creates nothing.",
+    ),
+]
+
+
+async def created(
+    owner: ApiKey | None,
+    key: str | None,
+    body: BaseModel,
+    create: Callable[[], Awaitable[dict[str, Any]]],
+    endpoint: str = "",
+) -> Response:
+    """The 201 of a creating request: `create()`'s answer, or, for a key seen before with the
+    same body, the first answer again (`Idempotent-Replayed: true`) and nothing created."""
+    if key is None:
+        return service.json_response(await create(), 201)
+    body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
+    replay = await idempotency.claim(owner, key, body_hash, endpoint)
+    if replay is not None:
+        response = service.json_response(replay, 201)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    try:
+        answer = await create()
+    except BaseException:
+        await idempotency.release(owner, key, endpoint)
+        raise
+    await idempotency.complete(owner, key, answer, endpoint)
+    return service.json_response(answer, 201)
+
 
 @router.post(
     "/generate",
@@ -82,38 +122,18 @@ async def generate(
     body: GenerateRequest,
     request: Request,
     owner: Caller,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
-            description="Retry-safe submission: the same key and body within 24 h returns "
-            "the first response and creates nothing.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Accept a job and return its id at once. The job is durable once this answers 201, even
     if the broker is down (it is dispatched when the broker returns)."""
     state = request.app.state
     state.rate_limiter.check(owner)
-    if idempotency_key is None:
+
+    async def create() -> dict[str, Any]:
         job_id = await service.create_job(body, state.settings, state.outbox, owner, state.catalog)
-        return service.json_response(service.accepted_body(job_id), 201)
-    body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
-    replay = await idempotency.claim(owner, idempotency_key, body_hash)
-    if replay is not None:
-        response = service.json_response(replay, 201)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    try:
-        job_id = await service.create_job(body, state.settings, state.outbox, owner, state.catalog)
-    except BaseException:
-        await idempotency.release(owner, idempotency_key)
-        raise
-    answer = service.accepted_body(job_id)
-    await idempotency.complete(owner, idempotency_key, answer)
-    return service.json_response(answer, 201)
+        return service.accepted_body(job_id)
+
+    return await created(owner, idempotency_key, body, create)
 
 
 @router.get(

@@ -167,8 +167,8 @@ def replicate(database: str) -> Iterator[Stack]:
                     "DOWNLOAD_ALLOW_PRIVATE": "true", "REDIS_URL": broker_url,
                     "POLL_INTERVAL": "0.2", "REPLICATE_TIMEOUT": "3",
                     "JOB_LOGS_MAX_BYTES": str(CAP)}
-        worker = start_worker("worker-logs", broker, settings)
-        api, url = start_api("api-logs", settings, free_port())
+        worker = start_worker("worker-joblogs", broker, settings)
+        api, url = start_api("api-joblogs", settings, free_port())
         try:
             yield Stack(url, fake)
         finally:
