@@ -57,8 +57,10 @@ class Task:
     countdown: float = 0.0
     queue: str = QUEUE
     # kombu's Redis priority (0 is served first): the message goes to the queue's sub-list
-    # for it (`queue_key`). Only a job's first start carries another than 0 (jobs.priority).
-    priority: int = 0
+    # for it (`queue_key`). Every step is sent at 3, where normal jobs' starts go
+    # too, so they are served in order together; only a high job's start comes before them
+    # (0) and a low one's after (6) (mediagen.jobs.priority).
+    priority: int = 3
 
 
 # kombu's Redis transport keeps one list per priority step, named `queue + SEP + step` (step 0:

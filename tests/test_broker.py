@@ -11,7 +11,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from mediagen.broker import QUEUE, Outbox, Task, task_message
+from mediagen.broker import QUEUE, Outbox, Task, queue_key, task_message
 from mediagen.worker import celery_app
 from tests.conftest import REDIS_URL
 
@@ -37,9 +37,11 @@ def test_messages_are_the_ones_kombu_writes() -> None:
     client.flushdb()
     with celery_app.connection_for_write(SCRATCH) as connection:
         for args, countdown in ((["a-job"], None), (["a-job", 2], 1.5)):
-            celery_app.send_task("mediagen.jobs.poll", args=args, queue=QUEUE,
+            # Our steps go at priority 3 (the normal jobs' list): kombu's own, given the same.
+            celery_app.send_task("mediagen.jobs.poll", args=args, queue=QUEUE, priority=3,
                                  countdown=countdown, connection=connection)
-    theirs = [orjson.loads(raw) for raw in reversed(client.lrange(QUEUE, 0, -1))]
+    assert client.llen(QUEUE) == 0
+    theirs = [orjson.loads(raw) for raw in reversed(client.lrange(queue_key(QUEUE, 3), 0, -1))]
     assert len(theirs) == 2
     ours = [orjson.loads(task_message(Task("mediagen.jobs.poll", ("a-job",)))),
             orjson.loads(task_message(Task("mediagen.jobs.poll", ("a-job", 2), 1.5)))]
@@ -61,7 +63,7 @@ async def test_appends_made_together_go_out_in_one_batch() -> None:
         later = [outbox.send(Task("mediagen.jobs.start", (f"job-{n}",))) for n in range(50)]
         assert all(f is later[0] for f in later)  # one batch, one future
         assert await first and await later[0]
-        assert await client.llen(QUEUE) == 51
+        assert await client.llen(queue_key(QUEUE, Task("x", ()).priority)) == 51
         assert await outbox.flush()
         # A dead Redis: the futures say so, nothing raises.
         dead = Outbox(aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5))

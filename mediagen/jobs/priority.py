@@ -37,8 +37,10 @@ def check_priority(requested: Priority, owner: ApiKey | None, settings: Settings
 
 
 # kombu's Redis transport serves priority 0 first; a message goes to the list of the highest
-# step at or below its priority (`mediagen.broker.PRIORITY_STEPS`: 0, 3, 6, 9). High shares
-# the queue's own list with every other step (polls, retries, sweeps): they all come first.
+# step at or below its priority (`mediagen.broker.PRIORITY_STEPS`: 0, 3, 6, 9). Normal starts
+# share their list with every other step (polls, retries), in order, as before priorities: a
+# burst of starts is not held back behind the polls of running jobs, nor the other way round.
+# High starts come before all of them (with Celery's own messages, the sweep), low after.
 KOMBU_PRIORITY = {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}
 
 
