@@ -55,6 +55,7 @@ function headers(extra) {
 }
 
 async function api(path, { method = "GET", json, extraHeaders, signal } = {}) {
+  const sentKey = apiKey();
   const init = { method, headers: headers(extraHeaders), signal };
   if (json !== undefined) {
     init.headers.set("Content-Type", "application/json");
@@ -66,8 +67,10 @@ async function api(path, { method = "GET", json, extraHeaders, signal } = {}) {
   if (!response.ok) {
     const retry = Number(response.headers.get("Retry-After")) || null;
     const error = new ApiError(response.status, body, retry);
-    if (response.status === 401) {
-      askForKey(apiKey() ? "This key was not accepted. Check it, or make a new one."
+    // A refusal of the key this request carried; one sent before the key was changed (still
+    // in flight while it was saved) says nothing about the new key.
+    if (response.status === 401 && apiKey() === sentKey) {
+      askForKey(sentKey ? "This key was not accepted. Check it, or make a new one."
         : "This server needs an API key.");
     }
     throw error;
