@@ -1,8 +1,12 @@
-"""The one place where errors become HTTP answers (`{detail, code, errors?}`)."""
+"""The one place where errors become HTTP answers: `{detail, code, errors?}`, and under `/v1`
+(Replicate's API, `mediagen.replicate_api`) the same errors as Replicate shapes them: problem
+details (`application/problem+json`, `{type, title, detail, status}`)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import asyncpg
@@ -58,6 +62,33 @@ def _error(
     return JSONResponse(body, status_code=http_status, headers=headers)
 
 
+REPLICATE_PREFIX = "/v1"
+_KEPT_HEADERS = ("retry-after", "www-authenticate", "allow")
+
+
+def _shaped(request: Request, response: JSONResponse) -> JSONResponse:
+    """`response` as Replicate's clients read errors when the request was under `/v1`."""
+    path = request.url.path
+    if path != REPLICATE_PREFIX and not path.startswith(REPLICATE_PREFIX + "/"):
+        return response
+    status = response.status_code
+    body = json.loads(bytes(response.body))
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    problem = {
+        "type": f"urn:mediagen:error:{body.get('code', 'error')}",
+        "title": title,
+        "detail": str(body.get("detail", title)),
+        "status": status,
+    }
+    headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
+    return JSONResponse(
+        problem, status_code=status, headers=headers, media_type="application/problem+json"
+    )
+
+
 def _describe(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
@@ -94,15 +125,15 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(MediagenError)
-    async def _mediagen(_: Request, exc: MediagenError) -> JSONResponse:
+    async def _mediagen(request: Request, exc: MediagenError) -> JSONResponse:
         response = error_response(exc)
         assert response is not None
-        return response
+        return _shaped(request, response)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return _error(422, _describe(errors), "validation_error", errors)
+        return _shaped(request, _error(422, _describe(errors), "validation_error", errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -115,14 +146,14 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return _error(exc.status_code, str(exc.detail), code, headers=headers)
+        return _shaped(request, _error(exc.status_code, str(exc.detail), code, headers=headers))
 
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         response = error_response(exc)
         if response is not None:
-            return response
+            return _shaped(request, response)
         log.exception("unhandled error")
-        return _error(500, "internal server error", "internal_error")
+        return _shaped(request, _error(500, "internal server error", "internal_error"))
 
     # Registered for the database's exception types themselves, the handler runs in Starlette's
     # ExceptionMiddleware, which answers and keeps the connection; the catch-all `Exception`

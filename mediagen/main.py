@@ -42,6 +42,7 @@ from mediagen.observability import http as observed
 from mediagen.observability import logs, tracing
 from mediagen.observability.router import router as metrics_router
 from mediagen.outbound import Outbound
+from mediagen.replicate_api import router as replicate_api
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.served import SignedFiles
@@ -195,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     files_service.bind_storage(storage)  # for inputs given inline at submit
     app.include_router(usage_router, prefix=API_PREFIX)  # a key's usage
     app.include_router(batches_router, prefix=API_PREFIX)  # many jobs at once
+    # Replicate's API (`replicate` clients with this service as their base URL).
+    app.include_router(replicate_api.router, prefix=replicate_api.PREFIX)
     web.install(app)  # the web page at / and its /assets
     if settings.metrics_enabled:
         app.include_router(metrics_router)  # /metrics (Prometheus)
@@ -212,8 +215,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origin_list,
             allow_credentials=settings.cors_allow_credentials,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-            expose_headers=["Retry-After", "Idempotent-Replayed"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "Prefer",
+            ],
+            expose_headers=["Retry-After", "Idempotent-Replayed", "Preference-Applied"],
         )
     app.add_middleware(
         BodySizeLimit,

@@ -2,7 +2,9 @@
 # Command-line tools the tests use besides Python's: promtool (Debian package `prometheus`), which
 # checks and unit-tests deploy/prometheus (tests/test_deploy.py), and Chromium (Debian package
 # `chromium`), which Playwright drives for the web page's tests (tests/web/; Playwright's own
-# browser download cannot run on our machines). Installed when missing, as bench/ installs wrk;
+# browser download cannot run on our machines), and Node with npm (Debian packages `nodejs`, `npm`),
+# which run the official JavaScript Replicate client against `/v1` (tests/replicate_api/).
+# Installed when missing, as bench/ installs wrk;
 # the Prometheus package's own service is not left running.
 # A tool still missing fails under CI (CI set, e.g. CI=true); elsewhere its tests skip.
 set -u
@@ -33,6 +35,19 @@ if ! [ -x /usr/bin/chromium ]; then
   echo "ensure-tools: chromium is not installed and could not be installed (Debian package chromium)" >&2
   case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
 fi
+
+# A Node from elsewhere (NodeSource) brings its own npm: the Debian npm only where npm is missing.
+for tool in node npm; do
+  if ! command -v "$tool" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    package=$([ "$tool" = node ] && echo nodejs || echo npm)
+    echo "ensure-tools: installing $tool (Debian package $package)"
+    apt_install "$package"
+  fi
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "ensure-tools: $tool is not installed and could not be installed (Debian packages nodejs and npm)" >&2
+    case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+  fi
+done
 
 if ! command -v promtool >/dev/null 2>&1; then
   echo "ensure-tools: promtool is not installed and could not be installed (Debian package prometheus)" >&2

@@ -2,6 +2,7 @@
 (`MODELS_FILE`, or the settings without one). See `mediagen.catalog.catalog`."""
 
 from mediagen.catalog.catalog import (
+    BUILTIN_MODEL,
     MODEL_PATTERN,
     Catalog,
     CatalogError,
@@ -14,6 +15,7 @@ from mediagen.catalog.catalog import (
 )
 
 __all__ = [
+    "BUILTIN_MODEL",
     "MODEL_PATTERN",
     "Catalog",
     "CatalogError",

@@ -41,6 +41,9 @@ from mediagen.errors import MediagenError
 MODEL_PATTERN = r"^[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(:[0-9a-f]{64})?$|^[0-9a-f]{64}$"
 ProviderName = Literal["builtin", "replicate", "cog"]
 PROVIDERS: tuple[ProviderName, ...] = ("builtin", "replicate", "cog")
+# The built-in generator's own name, wherever this service runs it (the Replicate-compatible
+# API addresses every model by name).
+BUILTIN_MODEL = "mediagen/builtin"
 DEFAULT_DEADLINE = 600.0
 MAX_SLOTS = 1000
 
@@ -222,6 +225,8 @@ class Catalog:
         for a model this service does not run."""
         if model is None:
             return self._default
+        if model == BUILTIN_MODEL and "builtin" in self.providers():
+            return self._routes.get(model) or ModelRoute(name=BUILTIN_MODEL, provider="builtin")
         if self._patterns is not None:
             if any(fnmatch.fnmatchcase(model, pattern) for pattern in self._patterns):
                 return ModelRoute(name=model, provider=self._fallback.provider, listed=False)

@@ -73,6 +73,11 @@ class Job(Model):
     # so every worker step, however it was dispatched, logs and traces under them.
     request_id = fields.CharField(max_length=128, null=True)
     traceparent = fields.CharField(max_length=64, null=True)
+    # The API that created the job when it answers in another shape: `replicate` (its webhooks
+    # carry the prediction object, mediagen.replicate_api), with the base URL the request came
+    # to (`surface_base`: the webhook's absolute URLs). NULL: mediagen's own API.
+    surface = fields.CharField(max_length=16, null=True)
+    surface_base = fields.CharField(max_length=300, null=True)
 
     class Meta:
         table = "jobs"

@@ -76,13 +76,16 @@ class Moved:
 
 
 # The payload of a client webhook, as of the transition (`result_key` becomes `result_url`
-# when sent; see mediagen.notify.delivery).
-_PAYLOAD = f"""jsonb_build_object(
+# when sent; see mediagen.notify.delivery). A job of another surface (`surface`) carries it
+# too, so the sender shapes its body that way; other payloads stay as they always were.
+_PAYLOAD = f"""(jsonb_build_object(
     'event', e.event, 'job_id', moved.id::text, 'status', moved.status,
     'retry_count', moved.retry_count, 'error', moved.error, 'attempts', moved.attempt,
     'progress', moved.progress, 'result_key', moved.result_key,
     'created_at', to_char(moved.created_at AT TIME ZONE 'UTC', {_ISO}),
-    'updated_at', to_char(moved.updated_at AT TIME ZONE 'UTC', {_ISO}))"""
+    'updated_at', to_char(moved.updated_at AT TIME ZONE 'UTC', {_ISO}))
+    || CASE WHEN moved.surface IS NULL THEN '{{}}'::jsonb
+       ELSE jsonb_build_object('surface', moved.surface) END)"""
 
 
 _TERMINAL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
@@ -220,9 +223,9 @@ WITH slot AS (
     INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
                       attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at,
                       request_id, traceparent, priority, retention_seconds, batch_id,
-                      input_files)
+                      input_files, surface, surface_base)
     SELECT $3, '{JobStatus.PENDING}', $4, $5::jsonb, $6, $7, $8, '[]'::jsonb, 0, 0,
-           counted.shard, now(), now(), now(), $11, $12, $13, $14, $15, $16::jsonb
+           counted.shard, now(), now(), now(), $11, $12, $13, $14, $15, $16::jsonb, $17, $18
     FROM counted
     RETURNING id, created_at
 ), hooked AS (
@@ -259,6 +262,8 @@ async def insert(
     retention_seconds: int | None = None,
     batch_id: uuid.UUID | None = None,
     input_files: Sequence[str] | None = None,
+    surface: str | None = None,
+    surface_base: str | None = None,
 ) -> datetime | None:
     """Create a pending job (and its webhook) if its owner has fewer than `max_in_flight`
     unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached.
@@ -286,6 +291,8 @@ async def insert(
         retention_seconds,
         batch_id,
         orjson.dumps(list(input_files)).decode() if input_files else None,
+        surface,
+        surface_base,
     )
     record = await db.fetchrow(_INSERT_SKIPPING, *args)
     assert record is not None

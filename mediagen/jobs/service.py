@@ -61,10 +61,12 @@ async def create_job(
     outbox: Outbox,
     owner: ApiKey | None = None,
     catalog: Catalog | None = None,
+    surface: tuple[str, str] | None = None,
 ) -> uuid.UUID:
     """Accept a job (durable once this returns) and have it dispatched after the commit. Its
     `model` picks its route in `catalog` (422 if none): the provider its row records, and the
-    public name it keeps (`Catalog.job_model`)."""
+    public name it keeps (`Catalog.job_model`). `surface`: the other API that made it and the
+    base URL it was called at (`("replicate", base)`: its webhooks take that API's shape)."""
     catalog = catalog or get_catalog()
     route = catalog.route(request.model)
     model = catalog.job_model(route, request.model)
@@ -90,6 +92,8 @@ async def create_job(
         priority=str(request.priority),
         retention_seconds=request.retention,
         input_files=input_files,
+        surface=surface[0] if surface else None,
+        surface_base=surface[1] if surface else None,
     )
     if created_at is None:
         raise quotas.in_flight_exceeded(settings)

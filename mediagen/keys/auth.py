@@ -23,11 +23,17 @@ async def caller(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> ApiKey | None:
     """The calling key, or None for an anonymous caller where that is allowed."""
-    keys: KeyCache = request.app.state.keys
-    if credentials is not None:
-        return await keys.authenticate(credentials.credentials)
-    if request.headers.get("authorization"):
+    if credentials is None and request.headers.get("authorization"):
         raise AuthenticationError("use `Authorization: Bearer <API key>`")
+    return await identify(request, credentials.credentials if credentials else None)
+
+
+async def identify(request: Request, secret: str | None) -> ApiKey | None:
+    """The key of `secret`, or, without one, None where AUTH_REQUIRED lets anonymous callers
+    in (the one rule of every surface: `/api/v1` and Replicate's `/v1`)."""
+    keys: KeyCache = request.app.state.keys
+    if secret is not None:
+        return await keys.authenticate(secret)
     mode = request.app.state.settings.auth_required
     if mode == "true" or (mode == "auto" and await keys.required()):
         raise AuthenticationError("an API key is required: `Authorization: Bearer mg_...`")

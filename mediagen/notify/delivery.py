@@ -40,6 +40,7 @@ from mediagen.notify.models import DeliveryStatus, WebhookDelivery
 from mediagen.observability import metrics
 from mediagen.observability.context import job_id as current_job
 from mediagen.outbound import Outbound, Policy, classify
+from mediagen.replicate_api import webhooks as replicate_webhooks
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,10 @@ async def _secret(delivery: WebhookDelivery, settings: Settings) -> str:
     return settings.webhook_secret
 
 
-async def _body(delivery: WebhookDelivery, storage: Storage) -> str:
+async def _body(delivery: WebhookDelivery, storage: Storage, settings: Settings) -> str:
     data = dict(delivery.payload)
+    if delivery.job_id is not None and data.get("surface") == "replicate":
+        return await replicate_webhooks.body(delivery.job_id, data, storage, settings)
     if delivery.job_id is not None:  # a job's event (a batch's carries no result)
         key = data.pop("result_key", None)
         data["result_url"] = await storage.url_for(key) if key else None
@@ -126,7 +129,7 @@ async def attempt(
         secret = await _secret(delivery, settings)
         if not secret:
             raise ValueError("no webhook secret to sign with")
-        body = await _body(delivery, storage)
+        body = await _body(delivery, storage, settings)
         sent = datetime.now(UTC).replace(microsecond=0)
         headers = {
             "Content-Type": "application/json",

@@ -1,0 +1,117 @@
+"""A mediagen job as a Replicate prediction, and the version ids of the models it runs.
+
+Shared by the API (answers) and the worker (webhook bodies), so both show the same object."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from mediagen.jobs.models import Job
+from mediagen.jobs.states import JobStatus
+from mediagen.replicate_api.schemas import (
+    PredictionMetrics,
+    PredictionStatus,
+    PredictionUrls,
+    ReplicatePrediction,
+)
+from mediagen.storage.base import Storage
+
+PREFIX = "/v1"
+_VERSION = re.compile(r"^[0-9a-f]{64}$")
+
+STATUS: dict[JobStatus, PredictionStatus] = {
+    JobStatus.PENDING: "starting",
+    JobStatus.PROCESSING: "processing",
+    JobStatus.RETRYING: "processing",
+    JobStatus.COMPLETED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELED: "canceled",
+    JobStatus.EXPIRED: "succeeded",  # with `data_removed: true`
+}
+
+
+def version_id(model: str) -> str:
+    """The version id a model shows: the one its name carries (`owner/name:<id>`, or a bare
+    id), else a stable one derived from the name (mediagen models have no versions)."""
+    name, _, version = model.partition(":")
+    if version:
+        return version
+    if _VERSION.match(name):
+        return name
+    return hashlib.sha256(f"mediagen:{name}".encode()).hexdigest()
+
+
+def model_name(model: str) -> str:
+    """`owner/name` without its version (a bare version id stays as it is)."""
+    return model.partition(":")[0]
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """As Replicate writes times: ISO 8601 in UTC with a `Z`."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def absolute(url: str, base: str) -> str:
+    """A storage URL the client can fetch: a path (local storage) is put under `base`."""
+    return url if "://" in url else f"{base}{url}"
+
+
+async def output_of(job: Job, storage: Storage, base: str) -> list[str] | None:
+    """The outputs' URLs (signed or presigned, absolute), in order; None until it succeeds."""
+    if job.status is not JobStatus.COMPLETED or not job.outputs:
+        return None
+    return [absolute(await storage.url_for(o["key"]), base) for o in job.outputs]
+
+
+def _predict_time(job: Job) -> float | None:
+    metrics = job.metrics or {}
+    value = metrics.get("predict_time") or metrics.get("run_seconds")
+    if value is None and job.started_at and job.completed_at:
+        value = (job.completed_at - job.started_at).total_seconds()
+    return None if value is None else round(float(value), 3)
+
+
+async def prediction_of(
+    job: Job,
+    storage: Storage,
+    base: str,
+    default_model: str,
+    *,
+    status: JobStatus | None = None,
+    with_logs: bool = True,
+) -> ReplicatePrediction:
+    """`job` as a prediction; `status` shows it as of that state (a webhook's event), `base`
+    the service root its URLs start with."""
+    state = status or job.status
+    model = job.model or default_model
+    urls = f"{base}{PREFIX}/predictions/{job.id}"
+    return ReplicatePrediction(
+        id=str(job.id),
+        model=model_name(model),
+        version=version_id(model),
+        input={"prompt": job.prompt, **(job.parameters or {})},
+        output=await output_of(job, storage, base) if state is JobStatus.COMPLETED else None,
+        logs=(job.logs or "") if with_logs else "",
+        error=job.error if state is JobStatus.FAILED else None,
+        status=STATUS[state],
+        created_at=timestamp(job.created_at) or "",
+        started_at=timestamp(job.started_at),
+        completed_at=timestamp(job.completed_at) if state.is_terminal else None,
+        urls=PredictionUrls(
+            get=urls,
+            cancel=f"{urls}/cancel",
+            stream=f"{base}/api/v1/jobs/{job.id}/events",
+        ),
+        metrics=PredictionMetrics(predict_time=_predict_time(job) if state.is_terminal else None),
+        data_removed=state is JobStatus.EXPIRED,
+        source="api",
+    )
+
+
+def as_json(prediction: ReplicatePrediction) -> dict[str, Any]:
+    return prediction.model_dump(mode="json")

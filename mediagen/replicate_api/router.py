@@ -1,0 +1,191 @@
+"""Replicate's HTTP API at `/v1`, so the official `replicate` clients work against mediagen by
+changing only their base URL. Thin: parse, call `service`, answer. Errors are problem+json
+(`mediagen.errors_http`, for every path under `/v1`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+
+from mediagen.keys.models import ApiKey
+from mediagen.replicate_api import service, waiting
+from mediagen.replicate_api.auth import replicate_caller
+from mediagen.replicate_api.schemas import (
+    ModelPredictionRequest,
+    ModelVersion,
+    PredictionPage,
+    PredictionRequest,
+    Problem,
+    ReplicateModel,
+    ReplicatePrediction,
+    WebhookSecret,
+)
+
+PREFIX = "/v1"
+router = APIRouter(tags=["replicate"])
+Caller = Annotated[ApiKey | None, Depends(replicate_caller)]
+
+
+async def _reader(request: Request, owner: Caller) -> ApiKey | None:
+    """A read, within RATE_LIMIT_READS_PER_MINUTE (429 past it)."""
+    request.app.state.read_limiter.check(owner)
+    return owner
+
+
+Reader = Annotated[ApiKey | None, Depends(_reader)]
+Owner = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
+Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
+Prefer = Annotated[
+    str | None,
+    Header(
+        pattern=waiting.PREFER_PATTERN,
+        description="`wait` or `wait=n`: hold the answer until the prediction finishes, at "
+        "most n seconds (at most 60, the default). The answer says `Preference-Applied`.",
+    ),
+]
+
+
+_PROBLEM = {"schema": Problem.model_json_schema()}
+_TOO_LARGE = {
+    "schema": {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}, "code": {"type": "string"}},
+        "required": ["detail", "code"],
+    }
+}
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "The body could not be read.",
+        401: "A valid API token is required.",
+        404: "Not found (or not yours).",
+        422: "The request is invalid.",
+        413: "The request body is too large.",
+        429: "Rate limited or too many predictions running; see Retry-After.",
+        503: "The database is unavailable; see Retry-After.",
+    }
+    return {
+        code: {
+            "description": text[code],
+            # A body over MAX_BODY_BYTES is refused before routing, in mediagen's own shape.
+            "content": {"application/json": _TOO_LARGE}
+            if code == 413
+            else {"application/problem+json": _PROBLEM},
+        }
+        for code in codes
+    }
+
+
+@router.post(
+    "/models/{owner}/{name}/predictions",
+    status_code=201,
+    response_model=ReplicatePrediction,
+    summary="Create a prediction of a model",
+    responses=_problems(400, 401, 404, 413, 422, 429, 503),
+)
+async def create_model_prediction(
+    owner: Owner,
+    name: Name,
+    body: ModelPredictionRequest,
+    request: Request,
+    caller: Caller,
+    prefer: Prefer = None,
+) -> Response:
+    """A mediagen job of the model `owner/name`; with `Prefer: wait` the answer waits for it."""
+    return await service.create(request, caller, f"{owner}/{name}", body, prefer)
+
+
+@router.post(
+    "/predictions",
+    status_code=201,
+    response_model=ReplicatePrediction,
+    summary="Create a prediction of a model version",
+    responses=_problems(400, 401, 404, 413, 422, 429, 503),
+)
+async def create_prediction(
+    body: PredictionRequest, request: Request, caller: Caller, prefer: Prefer = None
+) -> Response:
+    """`version` is `owner/name`, `owner/name:version` or a version id."""
+    return await service.create(request, caller, body.version, body, prefer)
+
+
+@router.get(
+    "/predictions",
+    response_model=PredictionPage,
+    summary="List your predictions, newest first",
+    responses=_problems(401, 422, 429),
+)
+async def list_predictions(
+    request: Request,
+    caller: Reader,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,16}~[0-9a-f]{32}$")] = None,
+) -> PredictionPage:
+    """Every job of the key (whatever API made it), as predictions: follow `next`."""
+    return await service.list_predictions(request, caller, cursor)
+
+
+@router.get(
+    "/predictions/{prediction_id}",
+    response_model=ReplicatePrediction,
+    summary="Get a prediction",
+    responses=_problems(401, 404, 422, 429),
+)
+async def get_prediction(
+    prediction_id: str, request: Request, caller: Reader
+) -> ReplicatePrediction:
+    return await service.get(request, caller, _job_id(prediction_id))
+
+
+@router.post(
+    "/predictions/{prediction_id}/cancel",
+    response_model=ReplicatePrediction,
+    summary="Cancel a prediction",
+    responses=_problems(401, 404, 422, 429),
+)
+async def cancel_prediction(
+    prediction_id: str, request: Request, caller: Caller
+) -> ReplicatePrediction:
+    """An unfinished prediction is canceled; a finished one is answered as it is."""
+    return await service.cancel(request, caller, _job_id(prediction_id))
+
+
+@router.get(
+    "/models/{owner}/{name}",
+    response_model=ReplicateModel,
+    summary="Get a model",
+    responses=_problems(401, 404, 422, 429),
+)
+async def get_model(owner: Owner, name: Name, request: Request, caller: Reader) -> ReplicateModel:
+    """A model this service runs, with its input schema where its provider has one."""
+    return await service.get_model(request, caller, f"{owner}/{name}")
+
+
+@router.get(
+    "/models/{owner}/{name}/versions/{version_id}",
+    response_model=ModelVersion,
+    summary="Get a model version",
+    responses=_problems(401, 404, 422, 429),
+)
+async def get_version(
+    owner: Owner, name: Name, version_id: str, request: Request, caller: Reader
+) -> ModelVersion:
+    return await service.get_version(request, caller, f"{owner}/{name}", version_id)
+
+
+@router.get(
+    "/webhooks/default/secret",
+    response_model=WebhookSecret,
+    summary="Get the secret that signs your webhooks",
+    responses=_problems(401, 404, 429),
+)
+async def webhook_secret(request: Request, caller: Reader) -> WebhookSecret:
+    """The calling key's `whsec_` secret (WEBHOOK_SECRET for a keyless caller)."""
+    return service.webhook_secret(request, caller)
+
+
+def _job_id(prediction_id: str) -> uuid.UUID:
+    """A prediction id is a job id; anything else names no prediction (404, as Replicate)."""
+    return service.parse_id(prediction_id)

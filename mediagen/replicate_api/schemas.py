@@ -1,0 +1,150 @@
+"""Bodies of the Replicate-compatible surface (`/v1`), as Replicate's HTTP API shapes them, so
+the official clients parse mediagen's answers unchanged."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+
+from mediagen.catalog import MODEL_PATTERN
+from mediagen.jobs.schemas import MAX_PARAMETERS, GenerateRequest, GenerationParameters
+
+_GENERATE: dict[str, Any] = GenerateRequest.model_json_schema()
+
+
+def _input_schema(schema: JsonDict) -> None:
+    """`input` is validated as a job's prompt and parameters: its schema says just that."""
+    parameters = GenerationParameters.model_json_schema()
+    names = dict(parameters["propertyNames"])
+    names.pop("not", None)  # `prompt` is one of the inputs here
+    schema.clear()
+    schema.update(
+        {
+            **parameters,
+            "title": "Input",
+            "properties": {"prompt": _GENERATE["properties"]["prompt"], **parameters["properties"]},
+            "required": ["prompt"],
+            "propertyNames": names,
+            "maxProperties": MAX_PARAMETERS + 1,
+        }
+    )
+
+
+PredictionStatus = Literal["starting", "processing", "succeeded", "failed", "canceled"]
+# Replicate's webhook events; `output` and `logs` both become mediagen's `progress`.
+ReplicateEvent = Literal["start", "output", "logs", "completed"]
+
+
+class _Create(BaseModel):
+    # Unknown fields (`stream`, `webhook_completed`, ...) are accepted and ignored, as
+    # Replicate ignores what a model does not use.
+    model_config = ConfigDict(extra="ignore")
+
+    input: dict[str, Any] = Field(
+        description="The model's inputs: `prompt` is the job's prompt, the rest its parameters "
+        "(as `parameters` of `POST /api/v1/generate`).",
+        json_schema_extra=_input_schema,
+    )
+    webhook: str | None = Field(
+        None,
+        max_length=2000,
+        pattern=_GENERATE["properties"]["webhook"]["anyOf"][0]["pattern"],
+        description="http(s) URL that receives the prediction as signed POSTs (Standard "
+        "Webhooks, as Replicate signs them).",
+    )
+    webhook_events_filter: list[ReplicateEvent] | None = Field(
+        None,
+        description="Which events are sent: `start`, `output`, `logs`, `completed` (all "
+        "by default); `output` and `logs` are sent as progress updates.",
+    )
+
+
+class ModelPredictionRequest(_Create):
+    """`POST /v1/models/{owner}/{name}/predictions`."""
+
+
+class PredictionRequest(_Create):
+    """`POST /v1/predictions`: the model as `owner/name`, `owner/name:version` or a version id."""
+
+    version: str = Field(max_length=200, pattern=MODEL_PATTERN)
+
+
+class PredictionUrls(BaseModel):
+    get: str
+    cancel: str
+    stream: str
+
+
+class PredictionMetrics(BaseModel):
+    predict_time: float | None = Field(None, description="Seconds the model ran.")
+
+
+class ReplicatePrediction(BaseModel):
+    """A prediction: one mediagen job (same id) as Replicate shows it.
+
+    States: pending -> `starting`, processing/retrying -> `processing`, completed ->
+    `succeeded`, failed -> `failed`, canceled -> `canceled`; an expired job is `succeeded`
+    with `data_removed: true` and no output."""
+
+    id: str
+    model: str
+    version: str
+    input: dict[str, Any]
+    output: Any = Field(None, description="The output URL(s): one string, or a list.")
+    logs: str
+    error: str | None
+    status: PredictionStatus
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    urls: PredictionUrls
+    metrics: PredictionMetrics
+    data_removed: bool
+    source: Literal["api", "web"]
+
+
+class PredictionPage(BaseModel):
+    """A page of predictions, newest first: follow `next` (a URL) until it is null."""
+
+    next: str | None
+    previous: str | None
+    results: list[ReplicatePrediction]
+
+
+class ModelVersion(BaseModel):
+    id: str = Field(description="A 64-hex version id.")
+    created_at: str
+    cog_version: str | None
+    openapi_schema: dict[str, Any] = Field(
+        description="`components.schemas.Input` is the model's input schema."
+    )
+
+
+class ReplicateModel(BaseModel):
+    url: str
+    owner: str
+    name: str
+    description: str | None
+    visibility: Literal["public", "private"]
+    github_url: str | None
+    paper_url: str | None
+    license_url: str | None
+    run_count: int
+    cover_image_url: str | None
+    default_example: ReplicatePrediction | None
+    latest_version: ModelVersion | None
+
+
+class WebhookSecret(BaseModel):
+    key: str = Field(description="`whsec_...`: verifies this key's prediction webhooks.")
+
+
+class Problem(BaseModel):
+    """Every error on `/v1` (`application/problem+json`, RFC 9457)."""
+
+    type: str
+    title: str
+    detail: str
+    status: int

@@ -1,0 +1,228 @@
+"""What the `/v1` routes do: a prediction is a mediagen job (same id, same `create_job`, same
+worker), read back in Replicate's shape (`predictions.prediction_of`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import State
+from starlette.responses import Response
+from tortoise.expressions import Q
+
+from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, ModelRoute
+from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
+from mediagen.jobs import repository as repo
+from mediagen.jobs import service as jobs
+from mediagen.jobs.models import Job
+from mediagen.jobs.schemas import GenerateRequest
+from mediagen.keys.models import ApiKey
+from mediagen.replicate_api import waiting
+from mediagen.replicate_api.models import model_of, version_of
+from mediagen.replicate_api.predictions import (
+    PREFIX,
+    as_json,
+    model_name,
+    prediction_of,
+    version_id,
+)
+from mediagen.replicate_api.schemas import (
+    ModelPredictionRequest,
+    ModelVersion,
+    PredictionPage,
+    PredictionRequest,
+    ReplicateModel,
+    ReplicatePrediction,
+    WebhookSecret,
+)
+
+SURFACE = "replicate"
+PAGE_SIZE = 50
+# Replicate's webhook events as mediagen's: `output` and `logs` arrive as progress updates.
+EVENTS = {"start": "start", "output": "progress", "logs": "progress", "completed": "completed"}
+# What a listing reads of each job: everything a prediction shows but its logs.
+_LISTED = (
+    "id",
+    "status",
+    "prompt",
+    "parameters",
+    "model",
+    "provider",
+    "outputs",
+    "error",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "metrics",
+)
+
+
+def base_of(request: Request) -> str:
+    """The service root the request came to (`http://host:8000`): prediction URLs start here."""
+    return str(request.base_url).rstrip("/")
+
+
+def parse_id(prediction_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(prediction_id)
+    except ValueError:
+        raise NotFoundError(f"prediction {prediction_id} not found") from None
+
+
+def _names(catalog: Catalog) -> list[str]:
+    """The model names that a bare version id may stand for."""
+    names = [route.name for route in catalog.models() if "*" not in route.name]
+    return [*names, BUILTIN_MODEL]
+
+
+def resolve(catalog: Catalog, ref: str) -> tuple[str, ModelRoute]:
+    """The model a request names (`owner/name`, `owner/name:version`, a version id) and its
+    route; a version this service showed for a name stands for that name. 404 if not run here."""
+    model = ref
+    name, _, version = ref.partition(":")
+    if version and version == version_id(name):
+        model = name
+    elif not version and "/" not in ref:
+        model = next((n for n in _names(catalog) if version_id(n) == ref), ref)
+    try:
+        return model, catalog.route(model)
+    except ModelNotAllowedError:
+        raise NotFoundError(f"model {model_name(ref)} not found") from None
+
+
+def _where(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A GenerateRequest error location as the Replicate body has it (`input.<name>`)."""
+    if loc[:1] == ("prompt",):
+        return ("input", "prompt")
+    if loc[:1] == ("parameters",):
+        return ("input", *loc[1:])
+    return loc
+
+
+def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) -> GenerateRequest:
+    """The job a prediction request asks for: `input.prompt` its prompt, the rest its
+    parameters; 422 (problem details) for what a job cannot take."""
+    inputs = dict(body.input)
+    data: dict[str, Any] = {"prompt": inputs.pop("prompt", None), "parameters": inputs}
+    data["model"] = model
+    if body.webhook is not None:
+        data["webhook"] = body.webhook
+    if body.webhook_events_filter is not None:
+        data["webhook_events_filter"] = list(
+            dict.fromkeys(EVENTS[e] for e in body.webhook_events_filter)
+        )
+    if data["prompt"] is None:
+        data.pop("prompt")
+    try:
+        return GenerateRequest.model_validate(data)
+    except ValidationError as exc:
+        where = (
+            (".".join(str(p) for p in _where(tuple(e["loc"]))), e["msg"]) for e in exc.errors()
+        )
+        raise InvalidInputError("; ".join(f"{w}: {m}" for w, m in list(where)[:5])) from None
+
+
+async def _prediction(state: State, job: Job, base: str, **options: Any) -> ReplicatePrediction:
+    return await prediction_of(job, state.storage, base, state.catalog.default.name, **options)
+
+
+async def create(
+    request: Request,
+    owner: ApiKey | None,
+    ref: str,
+    body: ModelPredictionRequest | PredictionRequest,
+    prefer: str | None,
+) -> Response:
+    """Accept the job (201 once it is durable); with `Prefer: wait`, answer when it finished
+    or the wait is over, whichever comes first (the API waits, no worker does)."""
+    state = request.app.state
+    state.rate_limiter.check(owner)
+    wait = waiting.parse_prefer(prefer)
+    model, _route = resolve(state.catalog, ref)
+    generate = job_request(model, body)
+    base = base_of(request)
+    job_id = await jobs.create_job(
+        generate, state.settings, state.outbox, owner, state.catalog, surface=(SURFACE, base)
+    )
+    headers: dict[str, str] = {}
+    if wait is not None:
+        job = await waiting.until_finished(state, job_id, wait)
+        headers["Preference-Applied"] = f"wait={wait}"
+    else:
+        job = await repo.get(job_id)
+    if job is None:  # deleted meanwhile
+        raise NotFoundError(f"prediction {job_id} not found")
+    prediction = await _prediction(state, job, base)
+    if wait is not None and not job.status.is_terminal:
+        # As Replicate's blocking API: a prediction still running when the wait ends is
+        # `starting`, which tells the clients' `run()` to poll it.
+        prediction.status = "starting"
+    response = jobs.json_response(as_json(prediction), 201)
+    response.headers.update(headers)
+    return response
+
+
+async def get(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> ReplicatePrediction:
+    job = await repo.get_owned(job_id, owner.id if owner else None)
+    if job is None:
+        raise NotFoundError(f"prediction {job_id} not found")
+    return await _prediction(request.app.state, job, base_of(request))
+
+
+async def cancel(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> ReplicatePrediction:
+    """Cancel it if it has not finished; a finished one is answered as it is (as Replicate)."""
+    state = request.app.state
+    try:
+        job = await jobs.cancel_job(job_id, state.outbox, owner)
+    except ConflictError:
+        job = await jobs.get_job(job_id, owner)
+    except NotFoundError:
+        raise NotFoundError(f"prediction {job_id} not found") from None
+    return await _prediction(state, job, base_of(request))
+
+
+async def list_predictions(
+    request: Request, owner: ApiKey | None, cursor: str | None
+) -> PredictionPage:
+    """One page of the caller's jobs, newest first, on the keyset index (key, created_at, id)."""
+    query = Job.filter(api_key_id=owner.id if owner else None)
+    if cursor:
+        created_at, last_id = jobs.decode_cursor(cursor)
+        query = query.filter(
+            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=last_id)
+        )
+    page = await query.order_by("-created_at", "-id").limit(PAGE_SIZE + 1).only(*_LISTED)
+    more = len(page) > PAGE_SIZE
+    page = page[:PAGE_SIZE]
+    state, base = request.app.state, base_of(request)
+    results = [await _prediction(state, job, base, with_logs=False) for job in page]
+    following = None
+    if more:
+        following = f"{base}{PREFIX}/predictions?cursor={jobs.encode_cursor(page[-1])}"
+    return PredictionPage(next=following, previous=None, results=results)
+
+
+async def get_model(request: Request, owner: ApiKey | None, name: str) -> ReplicateModel:
+    state = request.app.state
+    model, route = resolve(state.catalog, name)
+    return await model_of(state, model, route, base_of(request))
+
+
+async def get_version(
+    request: Request, owner: ApiKey | None, name: str, version: str
+) -> ModelVersion:
+    state = request.app.state
+    model, route = resolve(state.catalog, name)
+    if version != version_id(model):
+        raise NotFoundError(f"version {version} of {name} not found")
+    return await version_of(state, model, route)
+
+
+def webhook_secret(request: Request, owner: ApiKey | None) -> WebhookSecret:
+    """The secret that signs the caller's webhooks: its key's, or WEBHOOK_SECRET without one."""
+    secret = owner.webhook_secret if owner else request.app.state.settings.webhook_secret
+    if not secret:
+        raise NotFoundError("no webhook signing secret is set for this caller")
+    return WebhookSecret(key=secret)

@@ -1,0 +1,153 @@
+"""The official JavaScript client (npm `replicate@1.4.0`, on the machine's Node) against
+mediagen's `/v1`: js/run.mjs runs one step per process and reports what it saw as JSON.
+
+The package is installed once into a cache folder outside the repository. Node and npm are
+tools of every machine of ours (scripts/ensure-tools.sh installs them): missing, these tests
+fail under CI and skip elsewhere, as the other tool-bound tests do."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TMP
+from tests.replicate_api.conftest import Stack, job_detail, stored_bytes
+
+VERSION = "1.4.0"
+SCRIPT = Path(__file__).parent / "js" / "run.mjs"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mediagen-tests"
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}; CI must run these tests")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="package")  # before the stack: no stack is started to be skipped
+def replicate_js() -> Path:
+    """The package's folder, installed with npm on first use (into a temporary folder renamed
+    into place, so two runs at once never see half an install)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        _missing("node and npm are not installed (Debian packages nodejs and npm: "
+                 "scripts/ensure-tools.sh)")
+    home = CACHE / f"replicate-js-{VERSION}"
+    package = home / "node_modules" / "replicate"
+    if not (package / "package.json").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="replicate-js-", dir=CACHE))
+        result = subprocess.run(
+            [str(npm), "install", "--prefix", str(staging), "--no-audit", "--no-fund",
+             "--no-save", f"replicate@{VERSION}"],
+            capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            pytest.fail(f"npm install replicate@{VERSION} failed:\n{result.stderr[-3000:]}")
+        try:
+            staging.rename(home)
+        except OSError:  # another run got there first
+            shutil.rmtree(staging, ignore_errors=True)
+    installed = json.loads((package / "package.json").read_text())["version"]
+    assert installed == VERSION, f"{package} holds replicate {installed}"
+    return package
+
+
+@pytest.fixture(scope="module")
+def config(stack: Stack) -> Iterator[Path]:
+    out = TMP / "replicate-js"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    path.write_text(json.dumps({
+        "base": f"{stack.tls}/v1",  # the JavaScript client's base URL ends in /v1
+        "slow": f"{stack.slow}/v1",
+        "auth": stack.keys["jsuser"].secret,
+        "listerAuth": stack.keys["jslister"].secret,
+        "otherAuth": stack.keys["bob"].secret,
+        "otherWebhookSecret": stack.keys["bob"].webhook_secret,
+        "out": str(out),
+    }))
+    yield path
+
+
+def node(replicate_js: Path, stack: Stack, config: Path, step: str) -> Any:
+    result = subprocess.run(
+        ["node", str(SCRIPT), step, str(config)], capture_output=True, text=True, timeout=150,
+        env={**os.environ, "REPLICATE_JS": str(replicate_js),
+             "NODE_EXTRA_CA_CERTS": str(stack.cert)}, check=False)
+    assert result.returncode == 0, f"{step}: {result.stderr[-4000:]}"
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def run_step(replicate_js: Path, stack: Stack, config: Path) -> Any:
+    return lambda step: node(replicate_js, stack, config, step)
+
+
+def test_run_gives_file_outputs_with_the_stored_bytes(stack: Stack, run_step: Any) -> None:
+    seen = run_step("run")
+    files = seen["files"]
+    assert len(files) == 2 and all(item["fileOutput"] for item in files), files
+    assert all(item["url"].startswith(f"{stack.tls}/") for item in files)
+    written = [Path(item["path"]).read_bytes() for item in files]
+    assert written == stored_bytes(stack, stack.keys["jsuser"].secret, seen["id"])
+    assert written[0].startswith(b"\x89PNG")
+
+
+def test_run_pinned_to_the_version_models_get_gives(run_step: Any) -> None:
+    seen = run_step("version")
+    assert len(seen["version"]) == 64
+    assert {"prompt", "width", "height"} <= set(seen["inputs"])
+    assert Path(seen["files"][0]["path"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_create_wait_and_get(stack: Stack, run_step: Any) -> None:
+    seen = run_step("create")
+    created, waited, got = seen["created"], seen["waited"], seen["got"]
+    assert created["status"] == "starting" and created["model"] == "mediagen/builtin"
+    assert created["urls"]["get"] == f"{stack.tls}/v1/predictions/{created['id']}"
+    assert waited["status"] == "succeeded" and waited["output"], waited
+    assert got["id"] == created["id"] and got["status"] == "succeeded"
+    assert got["output"] == waited["output"] and got["completed_at"]
+    detail = job_detail(stack, stack.keys["jsuser"].secret, created["id"])
+    assert detail["status"] == "completed"
+
+
+def test_paginate_walks_every_page(run_step: Any) -> None:
+    seen = run_step("paginate")
+    pages = seen["pages"]
+    listed = [prediction for page in pages for prediction in page]
+    assert len(pages) >= 2
+    assert listed == list(reversed(seen["created"])), "not every prediction, newest first"
+
+
+def test_cancel_a_running_prediction(run_step: Any) -> None:
+    seen = run_step("cancel")
+    assert seen["before"] == "processing"
+    assert seen["canceled"]["status"] == "canceled" and seen["canceled"]["completed_at"]
+    assert seen["after"]["status"] == "canceled" and seen["after"]["output"] is None
+
+
+def test_validate_webhook_accepts_what_mediagen_sends(stack: Stack, run_step: Any) -> None:
+    seen = run_step("webhook")
+    assert seen["key"] == stack.keys["jsuser"].webhook_secret
+    checks = seen["checks"]
+    assert {check["id"] for check in checks} == {seen["prediction"]}
+    assert all(check["valid"] for check in checks), checks
+    assert not any(check["tampered"] or check["otherSecret"] for check in checks), checks
+    statuses = [check["status"] for check in checks]
+    assert statuses.count("succeeded") == 1, statuses
+    assert any(status in {"starting", "processing"} for status in statuses), statuses
+
+
+def test_errors_carry_their_status(run_step: Any) -> None:
+    assert run_step("errors") == {"otherTenant": 404, "otherCancel": 404, "wrongKey": 401,
+                                  "unknownModel": 404}
