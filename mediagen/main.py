@@ -123,8 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await init_db(settings, "mediagen-api")
-        if isinstance(storage, LocalStorage):
-            storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+        storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
         try:
             await storage.check()
         except StorageError as exc:  # keep serving: health answers 503 and says why

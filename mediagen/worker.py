@@ -177,13 +177,12 @@ class Runtime:
         import redis.asyncio as aioredis
 
         await init_db(self.settings, "mediagen-worker")
-        from mediagen.storage.local import LocalStorage
         from mediagen.storage.signing import load_signer
 
-        if isinstance(self.storage, LocalStorage):  # result URLs in webhook payloads
-            self.storage.signer = await load_signer(
-                self.settings.media_signing_key, self.settings.media_url_ttl
-            )
+        # Signed URLs in webhook payloads: local outputs, a prediction's stream.
+        self.storage.signer = await load_signer(
+            self.settings.media_signing_key, self.settings.media_url_ttl
+        )
         outbox = Outbox(
             aioredis.from_url(
                 self.settings.redis_url or "redis://localhost:6379/0",

@@ -333,7 +333,7 @@ async def job_events(
             return Response(status_code=204)
     slot = await request.app.state.stream_slots.take(owner)
     feed = JobFeed(
-        job, client, request.app.state.storage, slot, _still_allowed(request, owner), logs
+        job, client, request.app.state.storage, slot, still_allowed(request, owner), logs
     )
 
     async def closed(_: Message) -> None:  # the client left: free its place at once
@@ -347,7 +347,7 @@ async def job_events(
     )
 
 
-def _still_allowed(request: Request, owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:
+def still_allowed(request: Request, owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:
     """Whether the caller of this stream may still see it (its key not revoked; for an
     anonymous caller, keys still not required)."""
     keys: KeyCache = request.app.state.keys

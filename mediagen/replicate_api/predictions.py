@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from mediagen.replicate_api.schemas import (
     ReplicatePrediction,
 )
 from mediagen.storage.base import Storage
+from mediagen.storage.signing import MediaSigner
 
 PREFIX = "/v1"
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
@@ -59,6 +61,18 @@ def timestamp(value: datetime | None) -> str | None:
 def absolute(url: str, base: str) -> str:
     """A storage URL the client can fetch: a path (local storage) is put under `base`."""
     return url if "://" in url else f"{base}{url}"
+
+
+def stream_key(job_id: uuid.UUID | str) -> str:
+    """What a stream URL's signature covers (no storage key looks like it)."""
+    return f"v1-stream:{job_id}"
+
+
+def stream_url(job_id: uuid.UUID | str, base: str, signer: MediaSigner | None) -> str:
+    """The prediction's Replicate-format stream (`streaming`), signed when a signer is loaded:
+    the JavaScript client opens it without its token, as Replicate's stream URLs allow."""
+    url = f"{base}{PREFIX}/predictions/{job_id}/stream"
+    return f"{url}?{signer.query(stream_key(job_id))}" if signer else url
 
 
 async def output_of(job: Job, storage: Storage, base: str) -> list[str] | None:
@@ -105,7 +119,7 @@ async def prediction_of(
         urls=PredictionUrls(
             get=urls,
             cancel=f"{urls}/cancel",
-            stream=f"{base}/api/v1/jobs/{job.id}/events",
+            stream=stream_url(job.id, base, storage.signer),
         ),
         metrics=PredictionMetrics(predict_time=_predict_time(job) if state.is_terminal else None),
         data_removed=state is JobStatus.EXPIRED,

@@ -8,11 +8,15 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from sse_starlette import EventSourceResponse
 
+from mediagen.keys.auth import bearer
 from mediagen.keys.models import ApiKey
-from mediagen.replicate_api import service, waiting
+from mediagen.replicate_api import service, streaming, waiting
 from mediagen.replicate_api.auth import replicate_caller
 from mediagen.replicate_api.schemas import (
+    STREAM_EVENT_SCHEMA,
     ModelPredictionRequest,
     ModelVersion,
     PredictionPage,
@@ -121,7 +125,13 @@ async def create_prediction(
 async def list_predictions(
     request: Request,
     caller: Reader,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,16}~[0-9a-f]{32}$")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=r"^p?[0-9]{1,16}~[0-9a-f]{32}$",
+            description="From a page's `next` or `previous` (`p`: the page before).",
+        ),
+    ] = None,
 ) -> PredictionPage:
     """Every job of the key (whatever API made it), as predictions: follow `next`."""
     return await service.list_predictions(request, caller, cursor)
@@ -137,6 +147,31 @@ async def get_prediction(
     prediction_id: str, request: Request, caller: Reader
 ) -> ReplicatePrediction:
     return await service.get(request, caller, _job_id(prediction_id))
+
+
+@router.get(
+    "/predictions/{prediction_id}/stream",
+    response_class=EventSourceResponse,
+    summary="Stream a prediction's logs and output (Server-Sent Events)",
+    responses={
+        200: {
+            "description": "`logs`, then one `output` per output, `error` if it failed, and "
+            '`done` (`{}` or `{"reason": "canceled"}`), after which the stream ends.',
+            "content": {"text/event-stream": {"schema": STREAM_EVENT_SCHEMA}},
+        },
+        **_problems(401, 404, 422, 429, 503),
+    },
+)
+async def stream_prediction(
+    prediction_id: str,
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+    expires: Annotated[int | None, Query(ge=0, description="From `urls.stream`.")] = None,
+    sig: Annotated[str | None, Query(max_length=100, description="From `urls.stream`.")] = None,
+) -> Response:
+    """`urls.stream` of a prediction, as Replicate's clients' `stream()` reads it. Its signed
+    URL needs no token (until MEDIA_URL_TTL); without the signature, the owner's token."""
+    return await streaming.open_stream(request, _job_id(prediction_id))
 
 
 @router.post(

@@ -148,3 +148,42 @@ class Problem(BaseModel):
     title: str
     detail: str
     status: int
+
+
+def _stream_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": kind},
+            "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+            "data": data,
+        },
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+# One event of `GET /v1/predictions/{id}/stream` (`mediagen.replicate_api.streaming`).
+STREAM_EVENT_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        _stream_event("logs", {"type": "string", "description": "Text the log gained."}),
+        _stream_event("output", {"type": "string", "description": "One output's URL."}),
+        _stream_event(
+            "error",
+            _json(
+                {
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {"detail": {"type": "string"}},
+                }
+            ),
+        ),
+        _stream_event(
+            "done",
+            _json({"type": "object", "properties": {"reason": {"enum": ["canceled", "error"]}}}),
+        ),
+    ]
+}

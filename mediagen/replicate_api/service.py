@@ -183,25 +183,56 @@ async def cancel(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> R
     return await _prediction(state, job, base_of(request))
 
 
+def _older(created_at: Any, job_id: uuid.UUID) -> Q:
+    return Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=job_id)
+
+
+def _newer(created_at: Any, job_id: uuid.UUID) -> Q:
+    return Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=job_id)
+
+
 async def list_predictions(
     request: Request, owner: ApiKey | None, cursor: str | None
 ) -> PredictionPage:
-    """One page of the caller's jobs, newest first, on the keyset index (key, created_at, id)."""
-    query = Job.filter(api_key_id=owner.id if owner else None)
-    if cursor:
-        created_at, last_id = jobs.decode_cursor(cursor)
-        query = query.filter(
-            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=last_id)
-        )
-    page = await query.order_by("-created_at", "-id").limit(PAGE_SIZE + 1).only(*_LISTED)
-    more = len(page) > PAGE_SIZE
+    """One page of the caller's jobs, newest first, on the keyset index (key, created_at, id).
+
+    `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
+    before the first; each is there when a job lies that way (one `EXISTS` on the index)."""
+    mine = Job.filter(api_key_id=owner.id if owner else None)
+    backwards = cursor is not None and cursor.startswith("p")
+    if cursor is None:
+        query = mine.order_by("-created_at", "-id")
+    elif backwards:
+        query = mine.filter(_newer(*jobs.decode_cursor(cursor[1:]))).order_by("created_at", "id")
+    else:
+        query = mine.filter(_older(*jobs.decode_cursor(cursor))).order_by("-created_at", "-id")
+    page = await query.limit(PAGE_SIZE + 1).only(*_LISTED)
+    beyond = len(page) > PAGE_SIZE  # more that way
     page = page[:PAGE_SIZE]
+    if backwards:
+        page.reverse()
+    older = newer = False
+    if page:
+        first, last = page[0], page[-1]
+        older = (
+            beyond
+            if not backwards
+            else await mine.filter(_older(last.created_at, last.id)).exists()
+        )
+        if cursor is not None:
+            newer = (
+                beyond
+                if backwards
+                else await mine.filter(_newer(first.created_at, first.id)).exists()
+            )
     state, base = request.app.state, base_of(request)
     results = [await _prediction(state, job, base, with_logs=False) for job in page]
-    following = None
-    if more:
-        following = f"{base}{PREFIX}/predictions?cursor={jobs.encode_cursor(page[-1])}"
-    return PredictionPage(next=following, previous=None, results=results)
+    here = f"{base}{PREFIX}/predictions?cursor="
+    return PredictionPage(
+        next=f"{here}{jobs.encode_cursor(page[-1])}" if older else None,
+        previous=f"{here}p{jobs.encode_cursor(page[0])}" if newer else None,
+        results=results,
+    )
 
 
 async def get_model(request: Request, owner: ApiKey | None, name: str) -> ReplicateModel:

@@ -7,7 +7,10 @@ own outputs instead of leaving a second set behind.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from mediagen.storage.signing import MediaSigner
 
 Body = bytes | AsyncIterator[bytes]
 
@@ -17,6 +20,9 @@ class Storage(Protocol):
     """Where finished outputs live. All methods are async and never block the event loop."""
 
     name: str
+    # The deployment's URL signer, once loaded (`signing.load_signer`): it signs local outputs'
+    # URLs and other capability URLs (a prediction's stream); None until then.
+    signer: MediaSigner | None
 
     def key_for(self, job_id: str, index: int, ext: str) -> str:
         """The deterministic key of a job's `index`-th output (derived from nothing else)."""

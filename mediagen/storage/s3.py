@@ -27,6 +27,7 @@ from botocore.exceptions import (
 from mediagen.errors import StorageError
 from mediagen.observability.measured import measured_save
 from mediagen.storage.base import Body
+from mediagen.storage.signing import MediaSigner
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -67,6 +68,7 @@ class S3Storage:
         media_base_url: str = "",
     ) -> None:
         self.bucket = bucket
+        self.signer: MediaSigner | None = None  # outputs are presigned; see Storage.signer
         # Empty means "use the default chain" (env, profile, instance role), not "no key".
         self._access_key_id = access_key_id or None
         self._secret_access_key = secret_access_key or None

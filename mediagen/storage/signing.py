@@ -60,7 +60,9 @@ class MediaSigner:
             return False
         if int(expires) < (time.time() if now is None else now):
             return False
-        return hmac.compare_digest(signature, self._signature(key, int(expires)))
+        # As bytes: compare_digest refuses str with non-ASCII characters (a forged `sig`).
+        expected = self._signature(key, int(expires)).encode()
+        return hmac.compare_digest(signature.encode(), expected)
 
 
 async def load_signer(configured: str, ttl: int) -> MediaSigner:

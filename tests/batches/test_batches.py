@@ -8,22 +8,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import redis
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from mediagen.batches import repository as batches_repo
 from mediagen.broker import Task
@@ -32,50 +26,19 @@ from mediagen.keys.service import SHOWN
 from mediagen.providers.webhooks import verify_webhook
 from tests.conftest import TEST_ENV, scratch_redis, start_api, start_worker
 from tests.keys.test_keys import create_key
-from tests.support import free_port, publish
+from tests.receiver import Hit, Receiver, receiving
+from tests.support import publish
 
 SECRET = "whsec_" + base64.b64encode(b"batch-webhooks-test-secret-32by!").decode()
 FAST = {"width": 64, "height": 64}
 DATABASE = TEST_ENV["DATABASE_URL"].replace("postgres://", "postgresql://")
 
 
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    url: str
-    hits: list[Hit] = field(default_factory=list)
-
-    def at(self, path: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == path]
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
     """Answers 204 to every POST and remembers it."""
-    port = free_port()
-    rec = Receiver(f"http://127.0.0.1:{port}")
-
-    async def hook(request: Request) -> Response:
-        rec.hits.append(Hit(request.url.path, dict(request.headers), await request.body()))
-        return Response(status_code=204)
-
-    app = Starlette(routes=[Route("/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.05)
-    yield rec
-    server.should_exit = True
-    thread.join(10)
+    with receiving() as rec:
+        yield rec
 
 
 @dataclass

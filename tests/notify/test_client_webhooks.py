@@ -8,78 +8,45 @@ import asyncio
 import base64
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
 
 from mediagen.config import Settings
 from mediagen.notify.delivery import MAX_ATTEMPTS, retry_delay
 from mediagen.providers.webhooks import verify_webhook
 from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
-from tests.support import free_port, wait_terminal
+from tests.receiver import Hit, Receiver, receiving
+from tests.support import wait_terminal
 
 SECRET = "whsec_" + base64.b64encode(b"client-webhooks-test-secret-32b!").decode()
 FAST = {"width": 64, "height": 64}
 
 
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    url: str
-    hits: list[Hit] = field(default_factory=list)
-
-    def at(self, path: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == path]
+def _answer(rec: Receiver, hit: Hit) -> Response:
+    """/ok/* answers 204; /flaky/* 500 the first time, then 200; /redirect/* 307 to /ok/*;
+    /gone/* 410."""
+    kind, _, name = hit.path.strip("/").partition("/")
+    if kind == "flaky" and len(rec.at(hit.path)) == 1:
+        return Response("try later", status_code=500)
+    if kind == "gone":
+        return Response("no such hook", status_code=410)
+    if kind == "redirect":
+        return RedirectResponse(f"{rec.url}/ok/{name}-followed", status_code=307)
+    return Response(status_code=204 if kind == "ok" else 200)
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    """/ok/* answers 204; /flaky/* 500 the first time, then 200; /redirect/* 307 to /ok/*;
-    /gone/* 410."""
-    port = free_port()
-    rec = Receiver(f"http://127.0.0.1:{port}")
-
-    async def hook(request: Request) -> Response:
-        kind, name = request.path_params["kind"], request.path_params["name"]
-        path = f"/{kind}/{name}"
-        rec.hits.append(Hit(path, dict(request.headers), await request.body()))
-        if kind == "flaky" and len(rec.at(path)) == 1:
-            return Response("try later", status_code=500)
-        if kind == "gone":
-            return Response("no such hook", status_code=410)
-        if kind == "redirect":
-            return RedirectResponse(f"{rec.url}/ok/{name}-followed", status_code=307)
-        return Response(status_code=204 if kind == "ok" else 200)
-
-    app = Starlette(routes=[Route("/{kind}/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.05)
-    yield rec
-    server.should_exit = True
-    thread.join(10)
+    with receiving(_answer) as rec:
+        yield rec
 
 
 @dataclass

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -23,15 +22,12 @@ import asyncpg
 import httpx
 import pytest
 import redis
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from mediagen.broker import Task, task_message
 from tests.conftest import REDIS_URL, TMP, start_api
+from tests.receiver import Receiver, receiving
 from tests.support import Proc, free_port, submit, wait_for, wait_terminal
 
 REDIS_DB = REDIS_URL.rsplit("/", 1)[0] + "/9"
@@ -282,29 +278,17 @@ async def test_metrics_can_be_turned_off(fresh_database: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[tuple[str, list[str]]]:
+def receiver() -> Iterator[Receiver]:
     """A client webhook receiver: /ok/* answers 204, /gone/* 410 (given up at once)."""
-    port = free_port()
-    hits: list[str] = []
-
-    async def hook(request: Request) -> Response:
-        hits.append(request.url.path)
-        return Response(status_code=410 if request.url.path.startswith("/gone/") else 204)
-
-    app = Starlette(routes=[Route("/{kind}/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, what="webhook receiver")
-    yield f"http://127.0.0.1:{port}", hits
-    server.should_exit = True
-    thread.join(10)
+    with receiving(lambda _, hit: Response(status_code=410 if hit.path.startswith("/gone/")
+                                           else 204)) as rec:
+        yield rec
 
 
 async def test_webhook_deliveries_and_sweeper_rescues_are_counted(
         pair: Pair, broker: redis.Redis, fresh_database: str,
-        receiver: tuple[str, list[str]]) -> None:
-    hooks, hits = receiver
+        receiver: Receiver) -> None:
+    hooks, hits = receiver.url, receiver.hits
     env = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_DB, "WORKER_METRICS_PORT": "0",
            "WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "WEBHOOK_SECRET": WEBHOOK_SECRET}
     api, url = start_api("metrics-hooks-api", env)

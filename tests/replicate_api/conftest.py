@@ -15,49 +15,22 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from tests.conftest import ROOT, TMP, scratch_redis, start_api, start_worker
 from tests.files.tls import make_certificate
+from tests.receiver import Receiver, receiving
 from tests.support import Proc, free_port, wait_for
 
 READS = 3  # reads per minute per key on the `limited` API
 SLOW = 5.0  # seconds a job of the `slow` stack takes
-NAMES = ("alice", "bob", "lister", "carol", "jsuser", "jslister")
-
-
-@dataclass
-class Hit:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    url: str
-    hits: list[Hit] = field(default_factory=list)
-
-    def at(self, path: str) -> list[Hit]:
-        return [hit for hit in self.hits if hit.path == path]
-
-    def wait(self, path: str, count: int, timeout: float = 20) -> list[Hit]:
-        """The hits at `path` once there are `count` of them."""
-        wait_for(lambda: len(self.at(path)) >= count, timeout, what=f"{count} webhooks at {path}")
-        return self.at(path)
+NAMES = ("alice", "bob", "lister", "carol", "jsuser", "jslister", "jsreader")
 
 
 @dataclass
@@ -121,26 +94,9 @@ def _start_tls_api(name: str, env: dict[str, str], cert: Path, key: Path) -> tup
 
 @pytest.fixture(scope="package")
 def receiver() -> Iterator[Receiver]:
-    """Records every POST to /hook/{name} and answers 204."""
-    port = free_port()
-    rec = Receiver(f"http://127.0.0.1:{port}")
-
-    async def hook(request: Request) -> Response:
-        path = f"/hook/{request.path_params['name']}"
-        rec.hits.append(Hit(path, dict(request.headers), await request.body()))
-        return Response(status_code=204)
-
-    app = Starlette(routes=[Route("/hook/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.05)
-    yield rec
-    server.should_exit = True
-    thread.join(10)
+    """Records every POST (the tests use /hook/{name}) and answers 204."""
+    with receiving() as rec:
+        yield rec
 
 
 @pytest.fixture(scope="package")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TMP
-from tests.replicate_api.conftest import Stack, job_detail, stored_bytes
+from tests.replicate_api.conftest import READS, Stack, job_detail, stored_bytes
 
 VERSION = "1.4.0"
 SCRIPT = Path(__file__).parent / "js" / "run.mjs"
@@ -72,6 +72,8 @@ def config(stack: Stack) -> Iterator[Path]:
         "auth": stack.keys["jsuser"].secret,
         "listerAuth": stack.keys["jslister"].secret,
         "otherAuth": stack.keys["bob"].secret,
+        "limited": f"{stack.limited}/v1",
+        "limitedAuth": stack.keys["jsreader"].secret,
         "otherWebhookSecret": stack.keys["bob"].webhook_secret,
         "out": str(out),
     }))
@@ -151,3 +153,25 @@ def test_validate_webhook_accepts_what_mediagen_sends(stack: Stack, run_step: An
 def test_errors_carry_their_status(run_step: Any) -> None:
     assert run_step("errors") == {"otherTenant": 404, "otherCancel": 404, "wrongKey": 401,
                                   "unknownModel": 404}
+
+
+def test_stream_gives_logs_then_each_output(stack: Stack, run_step: Any) -> None:
+    seen = run_step("stream")
+    kinds = [event["event"] for event in seen["events"]]
+    assert kinds[-1] == "done" and kinds.count("output") == 2, kinds
+    assert "logs" in kinds and kinds.index("logs") < kinds.index("output"), kinds
+    assert seen["prompt"] == "a stream in javascript"
+    written = [Path(path).read_bytes() for path in seen["files"]]
+    assert written == stored_bytes(stack, stack.keys["jsuser"].secret, seen["id"])
+
+
+@pytest.mark.timeout(200)
+def test_a_read_past_the_limit_is_retried_then_refused_with_retry_after(run_step: Any) -> None:
+    seen = run_step("limited")
+    *served, refused = seen["calls"]
+    assert served and all(call == [200] for call in served), seen["calls"]
+    assert len(served) <= 2 * READS, "reads are not limited"  # a minute may turn meanwhile
+    assert len(refused) >= 2 and set(refused) == {429}, "the client did not retry the 429"
+    assert seen["status"] == 429 and 1 <= seen["retryAfter"] <= 60, seen
+    assert seen["contentType"].startswith("application/problem+json")
+    assert seen["again"] == {"id": seen["created"], "statuses": [200]}, seen

@@ -7,6 +7,7 @@ is requested as given, and its transport retries 429 (after Retry-After) on GETs
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -166,9 +167,11 @@ def test_list_follows_next_across_pages(stack: Stack) -> None:
     assert len(seen) == len(set(seen)), "a prediction listed twice"
     assert seen == list(reversed(created)), "not every prediction, newest first"
     assert all(p.model == "mediagen/builtin" for page in pages for p in page)
-    if pages[1].previous is not None:  # a way back, where given, leads to the first page
-        back = client.predictions.list(pages[1].previous)
-        assert [p.id for p in back] == [p.id for p in pages[0]]
+    assert pages[0].previous is None and pages[-1].next is None
+    assert pages[1].previous is not None, "no way back from the second page"
+    back = client.predictions.list(pages[1].previous)  # the first page again, newest first
+    assert [p.id for p in back] == [p.id for p in pages[0]]
+    assert back.previous is None and back.next == pages[0].next
 
 
 def test_cancel_a_running_prediction(stack: Stack) -> None:
@@ -194,6 +197,46 @@ def test_a_failed_prediction_raises_model_error(alice: replicate.Client) -> None
         alice.run("mediagen/builtin", input={"prompt": "broken [fault:permanent]", **SMALL})
     assert raised.value.prediction.status == "failed"
     assert raised.value.prediction.error
+
+
+def test_stream_gives_logs_then_each_output_as_a_file(stack: Stack) -> None:
+    client = client_for(stack, "alice")
+    events = list(client.stream("mediagen/builtin",
+                                input={"prompt": "a river of foxes", **SMALL, "num_outputs": 2}))
+    kinds = [event.event.value for event in events]
+    assert kinds[-1] == "done" and kinds.count("output") == 2, kinds
+    assert kinds.index("logs") < kinds.index("output"), kinds
+    logs = "".join(event.data for event in events if event.event.value == "logs")
+    assert "rendered output 1" in logs, logs
+    files = [event.data for event in events if event.event.value == "output"]
+    assert all(isinstance(item, FileOutput) for item in files), files
+    newest = client.predictions.list().results[0]
+    assert newest.input["prompt"] == "a river of foxes"
+    assert [item.read() for item in files] == stored_bytes(stack, stack.keys["alice"].secret,
+                                                           newest.id)
+    assert json.loads(events[-1].data) == {}
+
+
+def test_stream_of_a_failed_prediction_raises(alice: replicate.Client) -> None:
+    with pytest.raises(RuntimeError) as raised:
+        list(alice.stream("mediagen/builtin",
+                          input={"prompt": "broken stream [fault:permanent]", **SMALL}))
+    assert "injected permanent fault" in json.loads(str(raised.value))["detail"]
+
+
+def test_stream_of_a_canceled_prediction_is_done(stack: Stack) -> None:
+    client = client_for(stack, "bob", base=stack.slow)
+    prediction = client.predictions.create(model="mediagen/builtin",
+                                           input={"prompt": "stream, then stop", **SMALL})
+    canceler = threading.Timer(1.0, client.predictions.cancel, args=(prediction.id,))
+    canceler.start()
+    began = time.monotonic()
+    events = list(prediction.stream())
+    canceler.join()
+    assert time.monotonic() - began < SLOW, "the stream did not end at the cancel"
+    assert [event.event.value for event in events][-1:] == ["done"], events
+    assert json.loads(events[-1].data) == {"reason": "canceled"}
+    assert not [event for event in events if event.event.value == "output"]
 
 
 def test_webhooks_carry_the_prediction_signed_with_the_keys_secret(

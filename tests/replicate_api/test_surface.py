@@ -9,7 +9,6 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,15 +17,10 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import redis
-import uvicorn
 from standardwebhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from tests.conftest import REDIS_URL, ROOT, scratch_redis, start_api, start_worker
-from tests.support import free_port
+from tests.receiver import Receiver, receiving
 
 SECRET = "whsec_" + base64.b64encode(b"replicate-surface-test-secret-32").decode()
 INPUT = {"prompt": "a heron in the reeds", "width": 64, "height": 64}
@@ -42,32 +36,10 @@ class Stack:
     keys: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Receiver:
-    url: str
-    hits: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    port = free_port()
-    rec = Receiver(f"http://127.0.0.1:{port}")
-
-    async def hook(request: Request) -> Response:
-        rec.hits.append((dict(request.headers), await request.body()))
-        return Response(status_code=204)
-
-    app = Starlette(routes=[Route("/hook/{name}", hook, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.05)
-    yield rec
-    server.should_exit = True
-    thread.join(10)
+    with receiving() as rec:
+        yield rec
 
 
 def _key(name: str) -> str:
@@ -260,7 +232,7 @@ async def test_webhook_carries_the_prediction_signed_as_replicate_signs(
     deadline = time.monotonic() + 30
     bodies: list[dict[str, object]] = []
     while time.monotonic() < deadline:
-        bodies = [json.loads(body) for _, body in receiver.hits if prediction in body.decode()]
+        bodies = [json.loads(hit.body) for hit in receiver.hits if prediction in hit.body.decode()]
         if any(b["status"] == "succeeded" for b in bodies):
             break
         time.sleep(0.1)
@@ -269,6 +241,46 @@ async def test_webhook_carries_the_prediction_signed_as_replicate_signs(
     assert set(final) == FIELDS and final["id"] == prediction
     output = final["output"]
     assert isinstance(output, list) and str(output[0]).startswith(f"{_root(anon)}/media/")
-    for headers, body in receiver.hits:
-        if prediction in body.decode():
-            Webhook(SECRET).verify(body, headers)  # raises unless signed with the secret
+    for hit in receiver.hits:
+        if prediction in hit.body.decode():
+            Webhook(SECRET).verify(hit.body, hit.headers)  # raises unless signed with the secret
+
+
+def _events(text: str) -> list[tuple[str, str]]:
+    """(event, data) of each Server-Sent Event in `text` (pings left out)."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = [line.partition(":")[::2] for line in block.split("\n") if line]
+        kind = next((value.strip() for name, value in fields if name == "event"), None)
+        if kind:
+            data = "\n".join(value[1:] if value.startswith(" ") else value
+                             for name, value in fields if name == "data")
+            found.append((kind, data))
+    return found
+
+
+async def test_the_stream_opens_with_its_signature_or_the_owners_token(stack: Stack) -> None:
+    async with _as(stack, "alice") as alice, _as(stack, "bob") as bob:
+        created = await alice.post("/v1/models/mediagen/builtin/predictions",
+                                   json={"input": INPUT}, headers={"Prefer": "wait"})
+        prediction = created.json()
+        assert prediction["status"] == "succeeded", prediction
+        url = prediction["urls"]["stream"]
+        bare = f"{_root(alice)}/v1/predictions/{prediction['id']}/stream"
+        assert url.startswith(f"{bare}?expires=") and "&sig=" in url
+        async with httpx.AsyncClient(timeout=30) as nobody:
+            signed = await nobody.get(url)
+            assert signed.status_code == 200, signed.text
+            assert signed.headers["content-type"].startswith("text/event-stream")
+            events = _events(signed.text)
+            assert [kind for kind, _ in events if kind != "logs"] == ["output", "done"], events
+            assert [data for kind, data in events if kind == "output"] == prediction["output"]
+            assert json.loads(events[-1][1]) == {}
+            _problem(await nobody.get(bare), 401)
+            forged = url.replace("sig=", "sig=x")
+            _problem(await nobody.get(forged), 401)
+            other = url.replace(prediction["id"], str(uuid.uuid4()))  # its signature, elsewhere
+            _problem(await nobody.get(other), 401)
+        _problem(await bob.get(bare), 404)  # another tenant's token
+        own = await alice.get(bare)  # the owner's token needs no signature
+        assert own.status_code == 200 and _events(own.text)[-1][0] == "done"

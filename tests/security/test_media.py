@@ -26,7 +26,8 @@ async def test_only_signed_unexpired_urls_open_an_output(client: httpx.AsyncClie
     tampered = sig[:-2] + ("AA" if sig[-2:] != "AA" else "BB")
     for bad in (f"{path}?expires={expires}&sig={tampered}",
                 f"{path}?expires={int(expires) + 60}&sig={sig}",  # a later expiry, same sig
-                f"{path}?{urlsplit(other).query}"):  # the other output's signature
+                f"{path}?{urlsplit(other).query}",  # the other output's signature
+                f"{path}?expires={expires}&sig=%F1%AF%B5%B5N%C2%95"):  # not even ASCII
         response = await client.get(bad)
         assert response.status_code == 403, bad
         assert response.json()["code"] == "forbidden"

@@ -160,6 +160,67 @@ const steps = {
     }
   },
 
+  // replicate.stream: logs, each output (a URL: the client makes file objects only of its own
+  // file URLs), then done. The stream URL is opened without the token: it is signed.
+  async stream() {
+    const replicate = client();
+    const events = [];
+    for await (const event of replicate.stream("mediagen/builtin", {
+      input: { prompt: "a stream in javascript", ...SMALL, num_outputs: 2 },
+    })) {
+      events.push({ event: event.event, data: String(event.data) });
+    }
+    const files = [];
+    for (const [index, event] of events.filter((e) => e.event === "output").entries()) {
+      const path = join(config.out, `stream-${index}`);
+      const response = await fetch(event.data);
+      await writeFile(path, Buffer.from(await response.arrayBuffer()));
+      files.push(path);
+    }
+    const newest = (await replicate.predictions.list()).results[0];
+    return { events, files, id: newest.id, prompt: newest.input.prompt };
+  },
+
+  // Reads past the limit: the client retries the 429 (at once, in 1.4.0), then gives up with
+  // an ApiError whose response carries Retry-After; after that wait a read succeeds again.
+  async limited() {
+    let statuses = [];
+    const recording = async (url, init) => {
+      const response = await fetch(url, init);
+      statuses.push(response.status);
+      return response;
+    };
+    const replicate = new Replicate({
+      auth: config.limitedAuth, baseUrl: config.limited, fetch: recording,
+    });
+    const created = await replicate.predictions.create({
+      model: "mediagen/builtin",
+      input: { prompt: "patience in javascript", ...SMALL },
+    });
+    const calls = [];
+    let refused;
+    while (!refused && calls.length < 20) {
+      statuses = [];
+      try {
+        await replicate.predictions.get(created.id);
+      } catch (error) {
+        refused = error;
+      }
+      calls.push(statuses);
+    }
+    if (!refused) throw new Error("no read was refused");
+    const retryAfter = Number(refused.response.headers.get("retry-after"));
+    const contentType = refused.response.headers.get("content-type");
+    await sleep(retryAfter * 1000 + 500);
+    statuses = [];
+    const again = await replicate.predictions.get(created.id);
+    return {
+      calls, status: refused.response.status, retryAfter, contentType,
+      again: { id: again.id, statuses },
+      created: created.id,
+    };
+  },
+
   // Errors arrive as ApiError with the answer's status.
   async errors() {
     const mine = await client().predictions.create({

@@ -1,0 +1,139 @@
+"""`GET /v1/predictions/{id}/stream`: a prediction's output as Replicate streams it, so the
+clients' `stream()` works against mediagen.
+
+Replicate's stream is Server-Sent Events: `logs` (log text as it grows), `output` (one output
+each), `error` (`{"detail": ...}`) and `done` (`{}`, or `{"reason": "canceled"}`), after which
+the stream ends. mediagen's outputs exist only when a job has finished, so every `output` comes
+then, just before `done`. The events underneath are the job's own (`mediagen.jobs.live`: a
+snapshot from Postgres, then its Redis Stream), translated here.
+
+The URL in `urls.stream` is signed (MEDIA_URL_TTL), as Replicate's stream URLs are
+capabilities: the JavaScript client opens it without its token. Without a valid signature the
+caller's token must own the prediction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.types import Message
+
+from mediagen.errors import NotFoundError
+from mediagen.jobs import events, live
+from mediagen.jobs import repository as repo
+from mediagen.jobs.models import Job
+from mediagen.jobs.states import JobStatus
+from mediagen.keys.models import ApiKey
+from mediagen.replicate_api.auth import replicate_caller
+from mediagen.replicate_api.predictions import absolute, stream_key
+from mediagen.storage.base import Storage
+from mediagen.storage.signing import MediaSigner
+
+
+def signed(request: Request, job_id: uuid.UUID) -> bool:
+    """Whether the request carries a valid, unexpired signature for this prediction's stream."""
+    signer: MediaSigner | None = request.app.state.storage.signer
+    query = request.scope.get("query_string", b"")
+    return signer is not None and signer.verify(stream_key(job_id), query)
+
+
+class ReplicateFeed:
+    """One job's events (`live.JobFeed`, with logs) in Replicate's stream format."""
+
+    def __init__(self, feed: live.JobFeed, storage: Storage, base: str) -> None:
+        self.feed = feed
+        self.storage = storage
+        self.base = base
+
+    async def run(self, info: live.StreamInfo | None) -> AsyncIterator[ServerSentEvent]:
+        async for event in self.feed.run(None, info):
+            for translated in await self._translate(event):
+                yield translated
+
+    async def _translate(self, event: ServerSentEvent) -> list[ServerSentEvent]:
+        data = orjson.loads(str(event.data))
+        if event.event == "logs":
+            return [ServerSentEvent(data=data["logs"], event="logs", id=event.id)]
+        if event.event != "status":
+            return []  # progress: Replicate's stream has no such event
+        status = JobStatus(data["status"])
+        if not status.is_terminal:
+            return []
+        if status is JobStatus.FAILED:
+            return [
+                _json("error", {"detail": data["error"] or "the prediction failed"}, event.id),
+                _json("done", {"reason": "error"}, event.id),
+            ]
+        if status is JobStatus.CANCELED:
+            return [_json("done", {"reason": "canceled"}, event.id)]
+        job = await Job.get_or_none(id=self.feed.job.id)
+        outputs = (job.outputs or []) if job and job.status is JobStatus.COMPLETED else []
+        sent = [
+            ServerSentEvent(
+                data=absolute(await self.storage.url_for(output["key"]), self.base),
+                event="output",
+                id=event.id,
+            )
+            for output in outputs
+        ]
+        return [*sent, _json("done", {}, event.id)]
+
+
+def _json(kind: str, data: dict[str, str], event_id: str | None) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(data).decode(), event=kind, id=event_id)
+
+
+async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceResponse:
+    """The stream of a prediction, for a signed URL or its owner's token; it takes one of the
+    owner's stream places (MAX_STREAMS_PER_KEY) and counts as a read."""
+    state = request.app.state
+    client: aioredis.Redis = state.events_redis
+    # The stream's end first, then the row (as `live.job_events`): the snapshot then covers
+    # every entry up to the id it is sent with.
+    try:
+        info = await live.stream_info(client, events.stream_key(job_id))
+    except RedisError:
+        info = None  # followed from Postgres until Redis answers
+    allowed: Callable[[], Awaitable[bool]]
+    if signed(request, job_id):
+        job = await repo.get(job_id)
+        owner = await ApiKey.get_or_none(id=job.api_key_id) if job and job.api_key_id else None
+        if owner is not None and owner.revoked_at is not None:
+            job = None
+        allowed = _key_active(owner)
+    else:
+        owner = await replicate_caller(request)
+        job = await repo.get_owned(job_id, owner.id if owner else None)
+        allowed = live.still_allowed(request, owner)
+    if job is None:
+        raise NotFoundError(f"prediction {job_id} not found")
+    state.read_limiter.check(owner)
+    slot = await state.stream_slots.take(owner)
+    feed = live.JobFeed(job, client, state.storage, slot, allowed, logs=True)
+
+    async def closed(_: Message) -> None:  # the client left: free its place at once
+        await slot.release()
+
+    return EventSourceResponse(
+        ReplicateFeed(feed, state.storage, str(request.base_url).rstrip("/")).run(info),
+        ping=live.PING_SECONDS,
+        send_timeout=live.SEND_TIMEOUT,
+        client_close_handler_callable=closed,
+    )
+
+
+def _key_active(owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:
+    """A signed stream stays open while the prediction's key is not revoked."""
+
+    async def allowed() -> bool:
+        if owner is None:
+            return True  # an anonymous prediction: the signature is the only credential
+        return await ApiKey.filter(id=owner.id, revoked_at=None).exists()
+
+    return allowed
