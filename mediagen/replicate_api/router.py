@@ -133,7 +133,8 @@ async def list_predictions(
         ),
     ] = None,
 ) -> PredictionPage:
-    """Every job of the key (whatever API made it), as predictions: follow `next`."""
+    """Every job of the key (whatever API made it), as predictions: follow `next` (older) or
+    `previous` (newer)."""
     return await service.list_predictions(request, caller, cursor)
 
 

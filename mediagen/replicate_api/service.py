@@ -197,7 +197,7 @@ async def list_predictions(
     """One page of the caller's jobs, newest first, on the keyset index (key, created_at, id).
 
     `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
-    before the first; each is there when a job lies that way (one `EXISTS` on the index)."""
+    before the first; each is there when a job lies that way."""
     mine = Job.filter(api_key_id=owner.id if owner else None)
     backwards = cursor is not None and cursor.startswith("p")
     if cursor is None:
@@ -211,20 +211,12 @@ async def list_predictions(
     page = page[:PAGE_SIZE]
     if backwards:
         page.reverse()
-    older = newer = False
-    if page:
-        first, last = page[0], page[-1]
-        older = (
-            beyond
-            if not backwards
-            else await mine.filter(_older(last.created_at, last.id)).exists()
-        )
-        if cursor is not None:
-            newer = (
-                beyond
-                if backwards
-                else await mine.filter(_newer(first.created_at, first.id)).exists()
-            )
+    # More that way is known from the page; the other way, from one EXISTS on the index.
+    older, newer = (False, beyond) if backwards else (beyond, False)
+    if page and backwards:
+        older = await mine.filter(_older(page[-1].created_at, page[-1].id)).exists()
+    elif page and cursor is not None:
+        newer = await mine.filter(_newer(page[0].created_at, page[0].id)).exists()
     state, base = request.app.state, base_of(request)
     results = [await _prediction(state, job, base, with_logs=False) for job in page]
     here = f"{base}{PREFIX}/predictions?cursor="
