@@ -21,18 +21,24 @@ STREAM_DOC = """\
 The server closes the stream after the terminal status (completed, failed, canceled)."""
 
 
-def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+def json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    """An event's `data:` that is JSON matching `schema`."""
     return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
 
 
-def _event_schema(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+def _event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return sse_event(kind, json_data(data))
+
+
+def sse_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One kind of event, its `data:` as `data` says (also the Replicate stream's events)."""
     return {
         "type": "object",
         "required": ["event", "id", "data"],
         "properties": {
             "event": {"const": kind},
             "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
-            "data": _json_data(data),
+            "data": data,
         },
     }
 
@@ -42,7 +48,7 @@ _COUNT = {"type": "integer", "minimum": 0}
 # One event, as OpenAPI before 3.2 describes an event stream (`schema` is each event).
 EVENT_SCHEMA = {
     "oneOf": [
-        _event_schema(
+        _event(
             "status",
             {
                 "type": "object",
@@ -57,7 +63,7 @@ EVENT_SCHEMA = {
                 },
             },
         ),
-        _event_schema(
+        _event(
             "progress",
             {
                 "type": "object",
@@ -65,7 +71,7 @@ EVENT_SCHEMA = {
                 "properties": {"current": _COUNT, "total": _COUNT, "percent": _COUNT},
             },
         ),
-        _event_schema(
+        _event(
             "logs",
             {
                 "type": "object",

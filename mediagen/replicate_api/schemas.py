@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from mediagen.catalog import MODEL_PATTERN
+from mediagen.jobs.event_schema import json_data, sse_event
 from mediagen.jobs.schemas import MAX_PARAMETERS, GenerateRequest, GenerationParameters
 
 _GENERATE: dict[str, Any] = GenerateRequest.model_json_schema()
@@ -150,30 +151,14 @@ class Problem(BaseModel):
     status: int
 
 
-def _stream_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["event", "id", "data"],
-        "properties": {
-            "event": {"const": kind},
-            "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
-            "data": data,
-        },
-    }
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
-
-
 # One event of `GET /v1/predictions/{id}/stream` (`mediagen.replicate_api.streaming`).
 STREAM_EVENT_SCHEMA: dict[str, Any] = {
     "oneOf": [
-        _stream_event("logs", {"type": "string", "description": "Text the log gained."}),
-        _stream_event("output", {"type": "string", "description": "One output's URL."}),
-        _stream_event(
+        sse_event("logs", {"type": "string", "description": "Text the log gained."}),
+        sse_event("output", {"type": "string", "description": "One output's URL."}),
+        sse_event(
             "error",
-            _json(
+            json_data(
                 {
                     "type": "object",
                     "required": ["detail"],
@@ -181,9 +166,11 @@ STREAM_EVENT_SCHEMA: dict[str, Any] = {
                 }
             ),
         ),
-        _stream_event(
+        sse_event(
             "done",
-            _json({"type": "object", "properties": {"reason": {"enum": ["canceled", "error"]}}}),
+            json_data(
+                {"type": "object", "properties": {"reason": {"enum": ["canceled", "error"]}}}
+            ),
         ),
     ]
 }
