@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -61,7 +62,8 @@ class RateLimiter:
         if window is None or window.number != number:
             window = self._windows[scope] = _Window(number)
         if window.seen + window.unsynced >= self.limit:
-            retry_after = max(1, int((number + 1) * WINDOW - now))
+            # Rounded up: a client that waits exactly Retry-After must find the new window.
+            retry_after = max(1, math.ceil((number + 1) * WINDOW - now))
             refused = RateLimitedError(
                 f"more than {self.limit} {self.what} per minute; retry in {retry_after} s",
                 retry_after,
