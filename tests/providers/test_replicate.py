@@ -454,14 +454,15 @@ async def test_deadline_covers_the_streaming(fake: FakeReplicate, tmp_path: Path
 async def test_deadline_mid_multipart_aborts_the_upload(
     fake: FakeReplicate, make_s3: Callable[..., S3Storage], raw_s3: Any
 ) -> None:
-    """The deadline cancels the save midway: S3 aborts the upload it had begun."""
-    provider = ReplicateProvider(settings_for(fake, download_timeout=1.0))
+    """The deadline cancels the save midway: S3 aborts the upload it had begun. (The deadline
+    leaves room for half of LARGE to arrive and its first part to start on a loaded machine.)"""
+    provider = ReplicateProvider(settings_for(fake, download_timeout=4.0))
     storage = make_s3()
     key = storage.key_for("stalled", 0, "mp4")
     parts = count_parts(storage)
     try:
-        done = await finish(provider, request(f"[fake:bytes={LARGE} stall=5 outputs=video/mp4]"))
-        with pytest.raises(RetryableProviderError, match=r"timed out after 1s"):
+        done = await finish(provider, request(f"[fake:bytes={LARGE} stall=60 outputs=video/mp4]"))
+        with pytest.raises(RetryableProviderError, match=r"timed out after 4s"):
             await fetch_into(provider, done.outputs[0], storage, key)
     finally:
         await provider.close()
