@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl
 
 from opentelemetry import trace
 
@@ -219,9 +220,40 @@ class _NamedByRoute:
                 if route != "other":
                     span.update_name(f"{_span_details(scope)[0]} {route}")
                     span.set_attribute("http.route", route)
+                _scrub(span, scope)
             await send(message)
 
         await self.app(scope, receive, naming)
+
+
+# A capability in a URL is no business of a trace: the token in a Cog server's webhook and
+# upload paths, the signature of a signed /media or stream URL (the instrumentation redacts
+# `sig` from `http.url` but not from `url.query`, nor any path segment).
+SECRET_PATH_PARAMS = ("token",)
+SECRET_QUERY_PARAMS = ("sig",)
+_URL_ATTRIBUTES = ("http.target", "http.url", "url.path", "url.query", "url.full")
+REDACTED = "REDACTED"
+
+
+def _scrub(span: trace.Span, scope: Scope) -> None:
+    """Replace the secrets of the request's URL (the route's `{token}`, a `sig` parameter) in
+    the server span's URL attributes."""
+    found: list[str] = []
+    params = scope.get("path_params")
+    if isinstance(params, dict):
+        found += [str(params[name]) for name in SECRET_PATH_PARAMS if params.get(name)]
+    if query := scope.get("query_string"):
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=False)
+        found += [value for name, value in pairs if name in SECRET_QUERY_PARAMS and value]
+    if not found:
+        return
+    attributes: Mapping[str, Any] = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str) and any(secret in value for secret in found):
+            for secret in found:
+                value = value.replace(secret, REDACTED)
+            span.set_attribute(name, value)
 
 
 # --- the broker ----------------------------------------------------------------------------------

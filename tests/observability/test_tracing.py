@@ -119,6 +119,11 @@ def collector() -> Iterator[tuple[Collector, str]]:
     server.server_close()
 
 
+PREDICTION = "mg-" + "0" * 32 + "-1"
+TOKEN = "aSecretCogToken_" + "x" * 27  # the shape of `cog.webhook_token`
+SIGNATURE = "aSecretSignature" + "0" * 48
+HOOK_ROUTE = "/api/v1/webhooks/cog/{prediction_id}/{token}"
+
 # A normal job's start waits in the `mediagen` queue's list for its priority.
 NORMAL_STARTS = "mediagen\x06\x163"
 
@@ -171,11 +176,19 @@ def traced(database: str, collector: tuple[Collector, str]) -> Iterator[Traced]:
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "WORKER_METRICS_PORT": "0",
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "http/dup",  # URL attributes of both conventions
     }
     api, url = start_api("api-traced", env)
     worker: Proc | None = None
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
+            # Two URLs that carry a secret: a Cog webhook's (a token of its prediction in the
+            # path) and a signed media URL's (its signature).
+            hook = http.post(f"/api/v1/webhooks/cog/{PREDICTION}/{TOKEN}", json={"id": "x"})
+            assert hook.status_code == 401, hook.text
+            media = http.get(f"/media/{PREDICTION}.png", params={"expires": "9999999999",
+                                                                 "sig": SIGNATURE})
+            assert media.status_code == 403, media.text
             jobs = {}
             for kind in ("normal", "redispatched"):
                 response = http.post("/api/v1/generate", json={"prompt": f"trace {kind}"})
@@ -200,8 +213,11 @@ def traced(database: str, collector: tuple[Collector, str]) -> Iterator[Traced]:
             spans = sink.snapshot()
             puts = [str(s.attributes.get("mediagen.storage.key")) for s in spans
                     if s.name == "storage.put"]
-            return {s.service for s in spans} >= {"mediagen-api", "mediagen-worker"} and all(
-                any(job_id in key for key in puts) for job_id in jobs.values()
+            return (
+                {s.service for s in spans} >= {"mediagen-api", "mediagen-worker"}
+                and all(any(job_id in key for key in puts) for job_id in jobs.values())
+                and any(s.attributes.get("http.route") == HOOK_ROUTE for s in spans)
+                and any(str(s.attributes.get("url.path")).startswith("/media/") for s in spans)
             )
 
         wait_for(exported, 15, what="spans of both jobs at the collector")
@@ -260,6 +276,21 @@ def test_one_trace_from_the_post_to_the_stored_output(traced: Traced) -> None:
     assert _ancestors(put, by_id)[:3] == ["job.start", "run/mediagen.jobs.start", post.name]
     # The worker's own database statements are in the trace too.
     assert any(s.service == "mediagen-worker" and _statement(s) for s in trace)
+
+
+def test_no_secret_of_a_url_reaches_a_span(traced: Traced) -> None:
+    """The server spans' URL attributes (old and new conventions) show the Cog webhook's token
+    and the media URL's signature as REDACTED; no attribute of any span holds either."""
+    [hook] = [s for s in traced.spans if s.attributes.get("http.route") == HOOK_ROUTE]
+    assert hook.attributes["http.target"] == hook.attributes["url.path"] == (
+        f"/api/v1/webhooks/cog/{PREDICTION}/REDACTED"
+    )
+    [media] = [s for s in traced.spans if str(s.attributes.get("url.path")).startswith("/media/")]
+    assert media.attributes["url.query"] == "expires=9999999999&sig=REDACTED"
+    assert "sig=REDACTED" in media.attributes["http.url"]
+    leaks = [(s.name, name) for s in traced.spans for name, value in s.attributes.items()
+             if TOKEN in str(value) or SIGNATURE in str(value)]
+    assert leaks == []
 
 
 def test_a_step_without_trace_context_rejoins_its_jobs_trace(traced: Traced) -> None:
