@@ -79,11 +79,15 @@ async def create_batch(
                 webhook_events=entry.webhook_events_filter if entry.webhook else (),
             )
         )
-    for index, job in enumerate(jobs):  # last: it may store files (data: URIs)
-        with _entry(index):
-            files = await inputs.accept(job.parameters, job.id, owner_id, settings)
-        if files:
-            jobs[index] = dataclasses.replace(job, input_files=files)
+    try:
+        for index, job in enumerate(jobs):  # last: it may store files (data: URIs)
+            with _entry(index):
+                files = await inputs.accept(job.parameters, job.id, owner_id, settings)
+            if files:
+                jobs[index] = dataclasses.replace(job, input_files=files)
+    except BaseException:
+        await _discard(jobs)  # the entries before the refused one stored theirs
+        raise
     batch_id = uuid.uuid4()
     created_at = await repo.insert(
         batch_id,
@@ -95,6 +99,7 @@ async def create_batch(
         traceparent=context.current_headers().get("traceparent"),
     )
     if created_at is None:
+        await _discard(jobs)
         raise _too_many(settings, len(jobs))
     log.info("batch created", extra={"batch_id": str(batch_id), "size": len(jobs)})
     sent = []
@@ -141,6 +146,12 @@ def _too_many(settings: Settings, size: int) -> RateLimitedError:
     )
     refused.limit = "in_flight"
     return refused
+
+
+async def _discard(jobs: list[repo.NewJob]) -> None:
+    """The input files stored for the jobs of a refused batch."""
+    for job in jobs:
+        await inputs.discard(job.id, job.parameters, job.input_files)
 
 
 def _undispatched(job_ids: list[uuid.UUID]) -> None:

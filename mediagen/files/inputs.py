@@ -9,10 +9,12 @@ every other string, pass through untouched):
   decode, is too large or is not media we accept); the job's parameters then name the file;
 - `https://...`: fetched by the worker when the job starts, through the guarded outbound client
   (public addresses only unless DOWNLOAD_ALLOW_PRIVATE, MAX_FILE_BYTES, typed by its bytes),
-  and stored as a file of the job's key. Its file id derives from the job and the parameter, so
-  a retry finds it stored instead of fetching it again; it is recorded at submit already.
+  and stored as a file of the job's key. It is recorded at submit already.
 
-The job's `input_files` lists every file id, so deleting the job can delete its inputs.
+The job's `input_files` lists every file id it uses. The id of a file made for the job (the last
+two forms) derives from the job and the parameter (`made_id`): a retry finds a fetched file
+stored instead of fetching it again, and deleting the job deletes the files made for it but not
+the caller's uploads, which other jobs may name (`made_for`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import base64
 import binascii
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,9 +57,18 @@ def named(parameters: Mapping[str, Any]) -> dict[str, str]:
     return {name: value for name, value in parameters.items() if names_file(value)}
 
 
-def fetched_id(job_id: uuid.UUID | str, name: str) -> uuid.UUID:
-    """The file id of a job's `https://` input `name`: the same for every attempt."""
+def made_id(job_id: uuid.UUID | str, name: str) -> uuid.UUID:
+    """The id of the file made for a job's input `name` (from a `data:` or `https://` value):
+    the same for every attempt, and never an upload's id (those are random)."""
     return uuid.uuid5(uuid.UUID(str(job_id)), name)
+
+
+def made_for(
+    job_id: uuid.UUID | str, parameters: Mapping[str, Any], files: Sequence[str]
+) -> list[str]:
+    """Of a job's `input_files`, those made for it: the ones to delete with the job."""
+    made = {str(made_id(job_id, name)) for name in named(parameters)}
+    return [file_id for file_id in files if str(file_id) in made]
 
 
 def _file_id(name: str, value: str) -> uuid.UUID:
@@ -90,28 +101,43 @@ async def accept(
         return None
     files: list[str] = []
     uploaded: dict[uuid.UUID, str] = {}
-    for name, value in found.items():
-        if value.startswith(FILE_URI):
-            file_id = _file_id(name, value)
-            uploaded[file_id] = name
-        elif value.startswith("https://"):
-            file_id = fetched_id(job_id, name)
-        else:
-            file_id = await _store_data(name, value, owner, settings)
-            parameters[name] = service.uri_of(file_id)
-        files.append(str(file_id))
-    if uploaded:
-        rows = await (await pool()).fetch(_CLAIM, list(uploaded), owner, float(_hold_for(settings)))
-        for missing in set(uploaded) - {row["id"] for row in rows}:
-            raise InvalidInputError(
-                f"parameter {uploaded[missing]!r}: file {missing} not found "
-                "(unknown, expired, or uploaded with another key)"
+    try:
+        for name, value in found.items():
+            if value.startswith(FILE_URI):
+                file_id = _file_id(name, value)
+                uploaded[file_id] = name
+            elif value.startswith("https://"):
+                file_id = made_id(job_id, name)
+            else:
+                file_id = await _store_data(name, value, made_id(job_id, name), owner, settings)
+                parameters[name] = service.uri_of(file_id)
+            files.append(str(file_id))
+        if uploaded:
+            claimed = await (await pool()).fetch(
+                _CLAIM, list(uploaded), owner, float(_hold_for(settings))
             )
+            for missing in set(uploaded) - {row["id"] for row in claimed}:
+                raise InvalidInputError(
+                    f"parameter {uploaded[missing]!r}: file {missing} not found "
+                    "(unknown, expired, or uploaded with another key)"
+                )
+    except BaseException:
+        await discard(job_id, parameters, files)  # a refused submit keeps nothing
+        raise
     return list(dict.fromkeys(files))  # one file named twice is one file
 
 
+async def discard(
+    job_id: uuid.UUID, parameters: Mapping[str, Any], files: Sequence[str] | None
+) -> None:
+    """Delete the files stored for a job that was refused (never written): its `data:` inputs,
+    which would otherwise wait in storage for FILE_TTL. Nothing to do for most jobs."""
+    if files:
+        await service.delete_files(made_for(job_id, parameters, files), service.bound_storage())
+
+
 async def _store_data(
-    name: str, value: str, owner: uuid.UUID | None, settings: Settings
+    name: str, value: str, file_id: uuid.UUID, owner: uuid.UUID | None, settings: Settings
 ) -> uuid.UUID:
     payload = value[value.index(",") + 1 :]
     if len(payload) > (settings.max_file_bytes + 2) // 3 * 4:
@@ -130,6 +156,7 @@ async def _store_data(
             filename=name,
             ttl=max(settings.file_ttl, _hold_for(settings)),
             limit=settings.max_file_bytes,
+            file_id=file_id,
         )
     except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
         raise InvalidInputError(f"parameter {name!r}: {exc.message}") from None
@@ -146,7 +173,7 @@ async def refs(
         return {}
     found = named(job.parameters)
     wanted = {
-        name: fetched_id(job.id, name) if value.startswith("https://") else _file_id(name, value)
+        name: made_id(job.id, name) if value.startswith("https://") else _file_id(name, value)
         for name, value in found.items()
         if not value.startswith("data:")
     }

@@ -1,7 +1,8 @@
 """Deleting a job (`DELETE /api/v1/jobs/{id}`) and everything a key owns (`mediagen keys delete`).
 
 A job is deleted whole: canceled first if it is unfinished (its prediction is stopped upstream,
-as a cancel does), then its outputs and input files are deleted from storage, then its row,
+as a cancel does), then its outputs and the input files made for it (from `data:` and `https://`
+values; not the caller's uploads, which other jobs may name) are deleted from storage, then its row,
 with its webhook and deliveries (foreign keys cascade), then its event stream and queue entry.
 Storage goes before the row: a storage failure leaves the job (and the client may delete it
 again), never objects that nothing names any more. A worker still storing the outputs of a
@@ -24,6 +25,8 @@ from mediagen.broker import QUEUE_INDEX, stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import NotFoundError, ServiceUnavailableError, StorageError
+from mediagen.files.inputs import made_for
+from mediagen.files.service import delete_files
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.states import JobStatus
@@ -41,28 +44,15 @@ def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str) else value
 
 
-async def _delete_files(file_ids: Iterable[str], storage: Storage) -> None:
-    """Input files, by id (their rows and objects), when this build has them."""
-    ids = [str(file_id) for file_id in file_ids]
-    if not ids:
-        return
-    try:
-        from mediagen.files import service as files
-    except ImportError:
-        return
-    delete_files: Any = getattr(files, "delete_files", None)
-    if delete_files is not None:
-        await delete_files(ids, storage)
-
-
 async def _delete_stored(rows: Iterable[Record], storage: Storage) -> None:
-    """The outputs and input files the rows of `jobs` name."""
+    """The outputs of the rows of `jobs`, and the input files made for them."""
     file_ids: list[str] = []
     for row in rows:
         for output in _json(row["outputs"]) or ():
             await storage.delete(output["key"])
-        file_ids += _json(row["input_files"]) or []
-    await _delete_files(file_ids, storage)
+        if files := _json(row["input_files"]):
+            file_ids += made_for(row["id"], _json(row["parameters"]) or {}, files)
+    await delete_files(file_ids, storage)
 
 
 async def _forget(redis: aioredis.Redis | None, job_ids: list[str]) -> None:
@@ -106,17 +96,15 @@ async def delete_job(
     db = await pool()
     where = "id = $1 AND " + ("api_key_id IS NULL" if owner_id is None else "api_key_id = $2")
     args: tuple[Any, ...] = (job_id,) if owner_id is None else (job_id, owner_id)
-    row = await db.fetchrow(f"SELECT status, outputs, input_files FROM jobs WHERE {where}", *args)  # noqa: S608
+    select = f"SELECT id, status, outputs, input_files, parameters FROM jobs WHERE {where}"  # noqa: S608
+    row = await db.fetchrow(select, *args)
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     if not JobStatus(row["status"]).is_terminal:
         prediction = await _cancel(job_id, owner_id)
         if prediction and send is not None:
             send(cancel_upstream_task(prediction))
-        row = await db.fetchrow(
-            f"SELECT status, outputs, input_files FROM jobs WHERE {where}",  # noqa: S608
-            *args,
-        )
+        row = await db.fetchrow(select, *args)
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
     try:
@@ -142,9 +130,10 @@ async def purge_key(
     key: ApiKey, storage: Storage, redis: aioredis.Redis | None, batch: int
 ) -> dict[str, int]:
     """Delete everything `key` owns, `batch` rows at a time, then the key itself: its jobs
-    (canceled first if unfinished; outputs, input files, rows, streams), its files, batches,
-    idempotency records, counters, and rows of any other table that refers to it. The key
-    must be revoked first, so that nothing new is made meanwhile. What was removed, by kind."""
+    (canceled first if unfinished; outputs, input files made for them, rows, streams), all its
+    files, batches, idempotency records, counters, and rows of any other table that refers to
+    it. The key must be revoked first, so that nothing new is made meanwhile. What was
+    removed, by kind."""
     db = await pool()
     removed: dict[str, int] = {"jobs": 0}
     while True:
@@ -157,7 +146,7 @@ async def purge_key(
         for row in unfinished:
             await _cancel(row["id"], key.id)  # its prediction: stopped by the sweeper
         rows = await db.fetch(
-            "SELECT id, outputs, input_files FROM jobs WHERE api_key_id = $1 "
+            "SELECT id, outputs, input_files, parameters FROM jobs WHERE api_key_id = $1 "
             "AND status = ANY($2::text[]) LIMIT $3",
             key.id,
             _TERMINAL,
@@ -194,13 +183,9 @@ async def _purge_files(key_id: uuid.UUID, storage: Storage, batch: int) -> int:
     db = await pool()
     count = 0
     while rows := await db.fetch(
-        "SELECT id, key FROM files WHERE api_key_id = $1 LIMIT $2", key_id, batch
+        "SELECT id FROM files WHERE api_key_id = $1 LIMIT $2", key_id, batch
     ):
-        ids = [row["id"] for row in rows]
-        await _delete_files(ids, storage)
-        for row in rows:  # what the files domain left (or all, in a build without it)
-            await storage.delete(row["key"])
-        await db.execute("DELETE FROM files WHERE id = ANY($1::uuid[])", ids)
+        await delete_files([row["id"] for row in rows], storage)
         count += len(rows)
     return count
 

@@ -217,7 +217,10 @@ async def cancel_job(job_id: uuid.UUID, request: Request, owner: Caller) -> JobS
     summary="Delete a job and everything it left",
     responses={
         **_NOT_FOUND,
-        204: {"description": "Deleted: the job, its outputs, input files and webhook log."},
+        204: {
+            "description": "Deleted: the job, its outputs, the input files made for it (not "
+            "uploaded ones) and its webhook log."
+        },
         503: {"model": ErrorResponse, "description": "Storage unavailable: delete it again."},
     },
 )

@@ -96,6 +96,7 @@ async def create_job(
         surface_base=surface[1] if surface else None,
     )
     if created_at is None:
+        await inputs.discard(job_id, parameters, input_files)
         raise quotas.in_flight_exceeded(settings)
     context.job_id.set(str(job_id))  # the rest of this request's lines are about the job
     # Not the module's logger: a submit is a hot path (mediagen.observability.logs.FastLogger).

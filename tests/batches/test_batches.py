@@ -396,10 +396,13 @@ async def test_entries_input_files_are_checked_and_stored(
     tag = uuid.uuid4().hex
     unknown = f"mediagen://files/{uuid.uuid4()}"
     missing = {"prompt": f"{tag} missing", "parameters": {**FAST, "image": unknown}}
-    refused = await client.post("/api/v1/batches", json={"jobs": [*_entries(1, tag), missing]})
+    stored = {"prompt": f"{tag} stored", "parameters": {**FAST, f"file_{tag}": PNG}}
+    refused = await client.post("/api/v1/batches", json={"jobs": [stored, missing]})
     assert refused.status_code == 422, refused.text
     assert refused.json()["detail"].startswith("jobs[1]: parameter 'image'")
     assert await db.fetchval("SELECT count(*) FROM jobs WHERE prompt LIKE $1", f"{tag}%") == 0
+    # The first entry's data: input had been stored: the refused batch keeps nothing.
+    assert await db.fetchval("SELECT count(*) FROM files WHERE filename = $1", f"file_{tag}") == 0
 
     inline = {"prompt": f"{tag} inline", "parameters": {**FAST, "image": PNG}}
     created = await client.post("/api/v1/batches", json={"jobs": [*_entries(1, tag), inline]})

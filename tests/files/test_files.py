@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from mediagen.files import service
-from mediagen.files.inputs import fetched_id
+from mediagen.files.inputs import made_id
 from mediagen.files.models import InputFile
 from mediagen.keys import service as keys
 from mediagen.storage.local import LocalStorage
@@ -154,7 +154,7 @@ async def test_data_uri_is_stored_as_a_file_at_submit(client: httpx.AsyncClient)
     )
     assert job["status"] == "completed", job
     stored = job["parameters"]["image"]
-    assert stored.startswith("mediagen://files/")
+    assert stored == f"mediagen://files/{made_id(job['job_id'], 'image')}"  # deleted with the job
     info = (await client.get(f"/api/v1/files/{stored.rsplit('/', 1)[1]}")).json()
     assert info["content_type"] == "image/png" and info["size"] == len(data)
     assert (await client.get(info["url"])).content == data
@@ -203,6 +203,28 @@ async def test_unusable_inputs_are_refused_at_submit(
     )
 
 
+@pytest.mark.parametrize(
+    "refused",
+    [
+        "data:image/png;base64," + base64.b64encode(b"<svg></svg>").decode(),
+        f"mediagen://files/{uuid.uuid4()}",
+    ],
+)
+async def test_a_refused_submit_keeps_none_of_its_inline_files(
+    client: httpx.AsyncClient, refused: str
+) -> None:
+    """The first input was stored before the second was refused: it is deleted again."""
+    inline = "data:image/png;base64," + base64.b64encode(png(RED)).decode()
+    before = set(MEDIA.glob("files/*"))
+    answer = await client.post(
+        "/api/v1/generate",
+        json={"prompt": "p", "parameters": {"kept_inline": inline, "image": refused}},
+    )
+    assert answer.status_code == 422, answer.text
+    assert set(MEDIA.glob("files/*")) - before == set()
+    assert await InputFile.filter(filename="kept_inline").count() == 0
+
+
 async def test_expired_file_is_refused_and_a_used_one_outlives_the_job(
     client: httpx.AsyncClient,
 ) -> None:
@@ -234,7 +256,7 @@ async def test_https_input_to_a_private_address_fails_the_job(
     assert "input 'image'" in job["error"] and "non-public address" in job["error"], job
     assert job["retry_count"] == 0, job
     assert job["parameters"]["image"] == url
-    assert await InputFile.get_or_none(id=fetched_id(job["job_id"], "image")) is None
+    assert await InputFile.get_or_none(id=made_id(job["job_id"], "image")) is None
 
 
 # --- the expiry hooks ----------------------------------------------------------------------

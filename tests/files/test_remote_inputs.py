@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from mediagen.files.inputs import fetched_id
+from mediagen.files.inputs import made_id
 from mediagen.files.models import InputFile
 from tests.conftest import TEST_ENV, redis_server, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
@@ -156,7 +156,7 @@ async def test_https_input_is_fetched_stored_and_passed_on(
     job = await _run(http, public, prompt, image=url)
     assert job["status"] == "completed", job
     assert public.fake.state.received[prompt] == {"image": REMOTE}
-    file_id = str(fetched_id(job["job_id"], "image"))
+    file_id = str(made_id(job["job_id"], "image"))
     info = (await http.get(f"{public.url}/api/v1/files/{file_id}")).json()
     assert info["content_type"] == "image/png" and info["filename"] == "remote.png"
     assert info["size"] == len(REMOTE)

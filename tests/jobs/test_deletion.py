@@ -5,6 +5,7 @@ one key's data and nothing of another's."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from mediagen.broker import Outbox
 from mediagen.config import Settings
 from mediagen.db import pool
+from mediagen.files.inputs import made_id
 from mediagen.jobs import deletion
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline
@@ -30,17 +32,21 @@ from mediagen.providers.base import PredictionStatus
 from mediagen.providers.builtin import BuiltinProvider
 from mediagen.storage.local import LocalStorage
 from tests.conftest import REDIS_URL, ROOT, TEST_ENV, start_api, start_worker
+from tests.files.images import png
 from tests.support import new_job, wait_terminal
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
 SLOW_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/11"
 QUIET = REDIS_URL.rsplit("/", 1)[0] + "/8"  # no worker reads it
+RED, BLUE = (230, 20, 20), (20, 20, 230)
 
 
-async def _submit(client: httpx.AsyncClient, **headers: str) -> str:
+async def _submit(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None, **inputs: str
+) -> str:
     response = await client.post(
         "/api/v1/generate",
-        json={"prompt": "a harbour", "parameters": {"width": 64, "height": 64}},
+        json={"prompt": "a harbour", "parameters": {"width": 64, "height": 64, **inputs}},
         headers=headers,
     )
     assert response.status_code == 201, response.text
@@ -98,27 +104,43 @@ async def _input_file(owner: uuid.UUID | None) -> uuid.UUID:
     return file_id
 
 
+async def _file_left(file_id: str) -> tuple[bool, int]:
+    """(its object is in storage, its rows)."""
+    row = await (await pool()).fetchrow("SELECT key FROM files WHERE id = $1", uuid.UUID(file_id))
+    on_disk = any(MEDIA.glob(f"files/{file_id}.*"))
+    return on_disk, 0 if row is None else 1
+
+
 async def test_delete_of_a_completed_job_removes_every_trace(
     client: httpx.AsyncClient, redis_db: redis.Redis
 ) -> None:
-    job_id = await _submit(client)
+    """Its outputs, the input made for it from a data: URI, its rows and stream go; the file the
+    caller uploaded stays, for the other jobs that name it."""
+    upload = await client.post("/api/v1/files", files={"file": ("in.png", png(RED), "image/png")})
+    assert upload.status_code == 201, upload.text
+    uploaded = upload.json()
+    inline = "data:image/png;base64," + base64.b64encode(png(BLUE)).decode()
+    job_id = await _submit(client, image=uploaded["uri"], mask=inline)
     detail = await wait_terminal(client, job_id)
     assert detail["status"] == "completed", detail
+    made = detail["parameters"]["mask"].removeprefix("mediagen://files/")
+    assert made == str(made_id(job_id, "mask"))
     await _hook(job_id)
-    file_id = await _input_file(None)
-    await Job.filter(id=job_id).update(input_files=[str(file_id)])
     before = await _traces(job_id, redis_db)
     assert before["files"] and before["row"] == 1 and before["webhook"] == 1
     assert before["deliveries"] == 1 and before["stream"] == 1
+    assert await _file_left(made) == await _file_left(uploaded["id"]) == (True, 1)
 
     response = await client.delete(f"/api/v1/jobs/{job_id}")
     assert response.status_code == 204, response.text
     assert await _traces(job_id, redis_db) == NONE_LEFT
-    assert not (MEDIA / "files" / f"{file_id}.png").exists()
-    assert await (await pool()).fetchval("SELECT count(*) FROM files WHERE id = $1", file_id) == 0
+    assert await _file_left(made) == (False, 0)
+    assert await _file_left(uploaded["id"]) == (True, 1)
     assert (await client.get(f"/api/v1/jobs/{job_id}")).status_code == 404
     assert (await client.get(detail["result_url"])).status_code == 410
     assert (await client.delete(f"/api/v1/jobs/{job_id}")).status_code == 404
+    again = await wait_terminal(client, await _submit(client, image=uploaded["uri"]))
+    assert again["status"] == "completed", again
 
 
 async def test_another_keys_job_is_not_found_and_untouched(
@@ -126,7 +148,7 @@ async def test_another_keys_job_is_not_found_and_untouched(
 ) -> None:
     _, alice = await create_key("alice-del")
     _, bob = await create_key("bob-del")
-    job_id = await _submit(client, Authorization=f"Bearer {alice}")
+    job_id = await _submit(client, {"Authorization": f"Bearer {alice}"})
     as_alice = {"Authorization": f"Bearer {alice}"}
     async with httpx.AsyncClient(base_url=str(client.base_url), headers=as_alice) as mine:
         assert (await wait_terminal(mine, job_id))["status"] == "completed"
@@ -212,8 +234,8 @@ async def test_keys_delete_removes_one_keys_data_and_leaves_anothers(
     for name, secret in (("doomed", doomed_secret), ("kept", kept_secret)):
         auth = {"Authorization": f"Bearer {secret}"}
         jobs[name] = [
-            await _submit(client, **auth),
-            await _submit(client, **auth, **{"Idempotency-Key": f"k-{name}"}),
+            await _submit(client, auth),
+            await _submit(client, {**auth, "Idempotency-Key": f"k-{name}"}),
         ]
         async with httpx.AsyncClient(base_url=str(client.base_url), headers=auth) as mine:
             for job_id in jobs[name]:

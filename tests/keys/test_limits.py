@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,9 +12,12 @@ import redis
 from pydantic import ValidationError
 
 from mediagen.config import Settings
-from tests.conftest import REDIS_URL, start_api
+from mediagen.db import pool
+from tests.conftest import REDIS_URL, TEST_ENV, start_api
+from tests.files.images import png
 from tests.keys.test_keys import create_key
 
+MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
 BODY = {"prompt": "a limited edition", "parameters": {"width": 64, "height": 64}}
 
 
@@ -59,8 +64,17 @@ async def test_in_flight_limit_answers_429(database: str) -> None:
             again = [(await client.post("/api/v1/generate", json=BODY)).status_code
                      for _ in range(2)]
             assert again == [201, 429]
+            # A refused job keeps none of the files its data: inputs were stored as.
+            before = set(MEDIA.glob("files/*"))
+            inline = {**BODY, "parameters": {"refused_inline": "data:image/png;base64,"
+                                             + base64.b64encode(png((9, 9, 9))).decode()}}
+            refused = await client.post("/api/v1/generate", json=inline)
+            assert refused.status_code == 429, refused.text
     finally:
         proc.stop()
+    assert set(MEDIA.glob("files/*")) - before == set()
+    db = await pool()
+    assert await db.fetchval("SELECT count(*) FROM files WHERE filename = 'refused_inline'") == 0
 
 
 async def test_cors_allows_only_configured_origins(database: str) -> None:
