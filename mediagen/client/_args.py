@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument(
         "--image",
         metavar="FILE",
-        help="an input image (uploaded first, then given as the `image` parameter)",
+        help="an input image (uploaded first, then given as the `image` parameter; the upload "
+        "is kept FILE_TTL, as any upload)",
     )
     params.add_argument(
         "--priority",

@@ -186,7 +186,7 @@ def test_no_wait_then_jobs_commands(stack: str, tmp_path: Path) -> None:
 
 def test_image_priority_retention_and_delete(stack: str, tmp_path: Path) -> None:
     """`--image` uploads the file and the job uses it; `--retention` and `--priority` reach the
-    job; `jobs delete` leaves nothing (the job, its output and its input answer 404/410)."""
+    job; `jobs delete` deletes the job and its output (404/410), not the uploaded input."""
     from PIL import Image
 
     def make(color: str) -> Path:
@@ -217,7 +217,8 @@ def test_image_priority_retention_and_delete(stack: str, tmp_path: Path) -> None
     deleted = mediagen(stack, "jobs", "delete", job_id)
     assert deleted.returncode == 0 and "deleted" in deleted.stdout, deleted.stderr
     assert httpx.get(f"{stack}/api/v1/jobs/{job_id}", timeout=10).status_code == 404
-    assert httpx.get(file_url, timeout=10).status_code == 404
+    # The uploaded input is the caller's file, which other jobs may name: it stays (FILE_TTL).
+    assert httpx.get(file_url, timeout=10).status_code == 200
     gone = httpx.get(f"{stack}{detail['result_url']}", timeout=10)
     assert gone.status_code == 410
     again = mediagen(stack, "jobs", "delete", job_id)
