@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MODELS = [
     "mediagen.jobs.models",
-    "mediagen.jobs.idempotency",
+    "mediagen.idempotency",
     "mediagen.keys.models",
     "mediagen.notify.models",
     "mediagen.storage.signing",
@@ -66,7 +66,7 @@ def tortoise_config(settings: Settings, application_name: str = "mediagen") -> d
         "apps": {
             "jobs": {
                 "models": MODELS,
-                "migrations": "mediagen.jobs.migrations",
+                "migrations": "mediagen.migrations",
                 "default_connection": "default",
             }
         },

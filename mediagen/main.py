@@ -27,21 +27,21 @@ from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 from mediagen.files import router as files_router
 from mediagen.files import service as files_service
-from mediagen.jobs import cog_webhooks
 from mediagen.jobs import schemas as jobs_schemas
 from mediagen.jobs import service as jobs_service
 from mediagen.jobs.fastpath import FastPaths
 from mediagen.jobs.live import router as live_router
-from mediagen.jobs.quotas import RateLimiter
 from mediagen.jobs.router import router as jobs_router
-from mediagen.jobs.webhooks import router as webhooks_router
 from mediagen.keys.cache import PING_EVERY, KeyCache
-from mediagen.limits import BodySizeLimit, batch_body_bytes
+from mediagen.limits.body import BodySizeLimit, batch_body_bytes
+from mediagen.limits.rates import RateLimiter
 from mediagen.notify.router import router as notify_router
 from mediagen.observability import http as observed
 from mediagen.observability import logs, tracing
 from mediagen.observability.router import router as metrics_router
 from mediagen.outbound import Outbound
+from mediagen.providers.cog import webhooks as cog_webhooks
+from mediagen.providers.replicate.webhooks import router as webhooks_router
 from mediagen.replicate_api import router as replicate_api
 from mediagen.storage import create_storage
 from mediagen.storage.local import LocalStorage

@@ -28,8 +28,8 @@ def test_models_and_migrations_agree(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "No changes detected" in result.stdout, result.stdout + result.stderr
-    assert sorted(p.name for p in (tmp_path / "mediagen/jobs/migrations").glob("0*.py")) == \
-        sorted(p.name for p in (ROOT / "mediagen/jobs/migrations").glob("0*.py"))
+    assert sorted(p.name for p in (tmp_path / "mediagen/migrations").glob("0*.py")) == \
+        sorted(p.name for p in (ROOT / "mediagen/migrations").glob("0*.py"))
 
 
 def test_env_example_lists_every_setting() -> None:

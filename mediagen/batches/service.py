@@ -30,13 +30,13 @@ from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, MediagenError, NotFoundError, RateLimitedError
 from mediagen.files import inputs
-from mediagen.jobs import quotas
 from mediagen.jobs import repository as jobs_repo
 from mediagen.jobs import service as jobs_service
 from mediagen.jobs.dispatch import dispatch_new
 from mediagen.jobs.priority import check_priority
 from mediagen.jobs.states import UNFINISHED, JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.limits import rates as quotas
 from mediagen.notify import service as notify
 from mediagen.observability import context, metrics
 

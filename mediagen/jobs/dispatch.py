@@ -10,7 +10,7 @@ job that already started: the sweeper removes such entries from the head of the 
 
 The index holds the pending jobs no worker has looked at yet. A Cog job leaves it when its
 start step runs: it then either holds a slot or waits in its model's own queue
-(`mediagen.providers.cog_slots`), where its position is counted, so it is not counted ahead
+(`mediagen.providers.cog.slots`), where its position is counted, so it is not counted ahead
 of other models' jobs while it waits for a GPU.
 """
 

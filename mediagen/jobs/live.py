@@ -44,9 +44,9 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
-from mediagen.jobs.streams import Slot, StreamSlots
 from mediagen.keys.cache import KeyCache
 from mediagen.keys.models import ApiKey
+from mediagen.limits.streams import Slot, StreamSlots
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)

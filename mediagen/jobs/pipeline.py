@@ -7,7 +7,7 @@ model costs a broker message, not a worker slot. Every write is one statement
 (`repository`), announced through the outbox after it commits (`events.announce`).
 
 A Cog job's `start` first takes a slot of one of its model's servers, or waits `pending` in
-its model's queue until a release sends its start again (`mediagen.jobs.cog_capacity`).
+its model's queue until a release sends its start again (`mediagen.providers.cog.capacity`).
 
 A job whose prediction is ready at once (the built-in generator without latency) costs two
 statements: the claim, and the completion, which records the prediction id with it.
@@ -37,13 +37,13 @@ from mediagen.files import inputs
 from mediagen.jobs import events, joblogs, progress
 from mediagen.jobs import outputs as stored_outputs
 from mediagen.jobs import repository as repo
-from mediagen.jobs.cog_capacity import WAITS, CogCapacity
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.observability import context
 from mediagen.providers import Providers
 from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
+from mediagen.providers.cog.capacity import WAITS, CogCapacity
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Pipeline:
         )
         self.storage = storage
         self.outbox = outbox
-        # Slot accounting for Cog models (mediagen.jobs.cog_capacity), when any is routed.
+        # Slot accounting for Cog models (mediagen.providers.cog.capacity), when any is routed.
         self.cog: CogCapacity | None = None
         if "cog" in self.providers.catalog.providers():
             self.cog = CogCapacity(self)

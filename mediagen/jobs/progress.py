@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mediagen.jobs.models import Job
 from mediagen.providers.base import Prediction, PredictionStatus
-from mediagen.providers.replicate import parse_progress
+from mediagen.providers.replicate.provider import parse_progress
 
 
 def update(job: Job, prediction: Prediction) -> dict[str, int] | None:

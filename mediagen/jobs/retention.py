@@ -31,11 +31,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from mediagen import idempotency
 from mediagen.broker import QUEUE_INDEX, stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import GoneError, NotFoundError, StorageError
-from mediagen.jobs import idempotency
 from mediagen.jobs import repository as repo
 from mediagen.jobs.states import JobStatus
 from mediagen.storage.base import Storage

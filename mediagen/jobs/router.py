@@ -15,8 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
+from mediagen import idempotency
 from mediagen.errors import NotFoundError
-from mediagen.jobs import deletion, idempotency, retention, service
+from mediagen.jobs import deletion, retention, service
 from mediagen.jobs import repository as repo
 from mediagen.jobs.schemas import (
     ErrorResponse,

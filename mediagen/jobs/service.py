@@ -26,7 +26,7 @@ from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
 from mediagen.files import inputs
-from mediagen.jobs import events, quotas
+from mediagen.jobs import events
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import (
     cancel_upstream_task,
@@ -45,9 +45,10 @@ from mediagen.jobs.schemas import (
 )
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.limits import rates as quotas
 from mediagen.notify import service as notify
 from mediagen.observability import context, logs, metrics
-from mediagen.providers import cog_slots
+from mediagen.providers.cog import slots as cog_slots
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ class Providers:
     def _make(self, name: str) -> Provider:
         settings = self.settings
         if name == "builtin":
-            from mediagen.providers.builtin import BuiltinProvider
+            from mediagen.providers.builtin.provider import BuiltinProvider
 
             return BuiltinProvider(settings.builtin_latency, settings.builtin_fault_injection)
         if name == "replicate":
@@ -75,7 +75,7 @@ class Providers:
                 raise PermanentProviderError(
                     "provider replicate is not configured here (REPLICATE_API_TOKEN is unset)"
                 )
-            from mediagen.providers.replicate import ReplicateProvider
+            from mediagen.providers.replicate.provider import ReplicateProvider
 
             return ReplicateProvider(settings, self.outbound)
         if name == "cog":
@@ -98,7 +98,7 @@ def _cog(settings: Settings, outbound: Outbound, catalog: Catalog) -> Provider:
         raise PermanentProviderError(
             "provider cog is not configured here (MODELS_FILE has no cog model)"
         )
-    from mediagen.providers.cog import CogProvider
+    from mediagen.providers.cog.provider import CogProvider
 
     return CogProvider(settings, outbound, catalog)
 
@@ -107,10 +107,10 @@ def create_provider(settings: Settings, outbound: Outbound | None = None) -> Pro
     """The one provider the settings select, without a models file: Replicate when
     REPLICATE_API_TOKEN is set, else the built-in generator. The caller owns and closes it."""
     if settings.replicate_api_token:
-        from mediagen.providers.replicate import ReplicateProvider
+        from mediagen.providers.replicate.provider import ReplicateProvider
 
         return ReplicateProvider(settings, outbound)
-    from mediagen.providers.builtin import BuiltinProvider
+    from mediagen.providers.builtin.provider import BuiltinProvider
 
     return BuiltinProvider(settings.builtin_latency, settings.builtin_fault_injection)
 

@@ -23,7 +23,7 @@ from mediagen.batches import repository as batches_repo
 from mediagen.broker import Task
 from mediagen.jobs import repository as jobs_repo
 from mediagen.keys.service import SHOWN
-from mediagen.providers.webhooks import verify_webhook
+from mediagen.providers.replicate.signatures import verify_webhook
 from tests.conftest import TEST_ENV, scratch_redis, start_api, start_worker
 from tests.keys.test_keys import create_key
 from tests.receiver import Hit, Receiver, receiving

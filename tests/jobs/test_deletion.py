@@ -29,7 +29,7 @@ from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.keys.service import create_key
 from mediagen.providers.base import PredictionStatus
-from mediagen.providers.builtin import BuiltinProvider
+from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.storage.local import LocalStorage
 from tests.conftest import REDIS_URL, ROOT, TEST_ENV, start_api, start_worker
 from tests.files.images import png

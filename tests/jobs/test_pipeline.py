@@ -20,7 +20,7 @@ from mediagen.jobs.pipeline import Pipeline, backoff
 from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
-from mediagen.providers.builtin import BuiltinProvider
+from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.storage.local import LocalStorage
 from tests.conftest import REDIS_URL
 from tests.support import new_job

@@ -31,7 +31,7 @@ from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import Priority
 from mediagen.jobs.sweeper import sweep
 from mediagen.keys.models import ApiKey
-from mediagen.providers.builtin import BuiltinProvider
+from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.storage.local import LocalStorage
 from mediagen.worker import celery_app
 from tests.conftest import ROOT, TMP, scratch_redis, start_api

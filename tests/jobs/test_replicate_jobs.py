@@ -324,7 +324,7 @@ async def test_a_lost_upstream_cancel_is_sent_by_the_sweeper(polling: Stack) -> 
     from mediagen.jobs.models import UpstreamCancel
     from mediagen.jobs.pipeline import Pipeline
     from mediagen.jobs.sweeper import sweep
-    from mediagen.providers.builtin import BuiltinProvider
+    from mediagen.providers.builtin.provider import BuiltinProvider
     from mediagen.storage.local import LocalStorage
 
     async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
@@ -359,7 +359,7 @@ async def test_a_download_longer_than_the_lease_is_not_finished_twice(
     from mediagen.config import Settings
     from mediagen.jobs.pipeline import Pipeline
     from mediagen.jobs.sweeper import sweep
-    from mediagen.providers.builtin import BuiltinProvider
+    from mediagen.providers.builtin.provider import BuiltinProvider
     from mediagen.storage.local import LocalStorage
 
     for stack in _stack("lease", 6, fake, LEASE_SECONDS="2", POLL_INTERVAL="0.3"):

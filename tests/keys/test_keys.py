@@ -197,7 +197,7 @@ async def test_cancel_in_each_state(alice: httpx.AsyncClient, keys: dict[str, st
 async def test_idempotency_key_replays_conflicts_and_mismatches(
     alice: httpx.AsyncClient, bob: httpx.AsyncClient, keys: dict[str, str]
 ) -> None:
-    from mediagen.jobs.idempotency import IdempotencyRecord, fingerprint
+    from mediagen.idempotency import IdempotencyRecord, fingerprint
     from mediagen.jobs.schemas import GenerateRequest
 
     key = f"order-{uuid.uuid4()}"

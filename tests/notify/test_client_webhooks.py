@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 
 from mediagen.config import Settings
 from mediagen.notify.delivery import MAX_ATTEMPTS, retry_delay
-from mediagen.providers.webhooks import verify_webhook
+from mediagen.providers.replicate.signatures import verify_webhook
 from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
 from tests.receiver import Hit, Receiver, receiving
 from tests.support import wait_terminal

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import redis
 
-from mediagen.providers import cog
+from mediagen.providers.cog import provider as cog
 from tests.cog_servers import (  # noqa: F401 - the fixtures, for this module
     CogServer,
     cog_server,

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from mediagen.catalog import Endpoint
-from mediagen.providers import cog_slots
+from mediagen.providers.cog import slots as cog_slots
 from tests.cog_servers import CogServer, cog_venv  # noqa: F401 - the fixture, for this module
 from tests.conftest import redis_server, start_api, start_worker
 from tests.providers.test_cog import MAX_BYTES, MODEL, SECRET, _cog_id, _inputs, _submit

@@ -33,7 +33,7 @@ from mediagen.providers.base import (
     Prediction,
     PredictionStatus,
 )
-from mediagen.providers.replicate import ReplicateProvider, parse_progress
+from mediagen.providers.replicate.provider import ReplicateProvider, parse_progress
 from mediagen.storage.base import Storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.s3 import PART_SIZE, S3Storage

@@ -15,8 +15,8 @@ from standardwebhooks import Webhook
 
 from mediagen.config import Settings
 from mediagen.providers.base import GenerationRequest
-from mediagen.providers.replicate import ReplicateProvider
-from mediagen.providers.webhooks import WebhookVerificationError, verify_webhook
+from mediagen.providers.replicate.provider import ReplicateProvider
+from mediagen.providers.replicate.signatures import WebhookVerificationError, verify_webhook
 from tests.fakes.replicate.state import new_secret
 from tests.fakes.replicate_server import FakeReplicate
 

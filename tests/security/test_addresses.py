@@ -13,7 +13,7 @@ from mediagen.config import Settings
 from mediagen.errors import PermanentProviderError
 from mediagen.outbound import is_public
 from mediagen.providers.base import Output
-from mediagen.providers.replicate import ReplicateProvider
+from mediagen.providers.replicate.provider import ReplicateProvider
 from tests.fakes.hostile import HostileServer
 from tests.keys.test_keys import create_key
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis
 
-from mediagen.providers.render import render
+from mediagen.providers.builtin.render import render
 from tests.conftest import REDIS_URL, start_api, start_worker
 from tests.storage.conftest import BUCKET, CREDENTIALS
 from tests.support import wait_terminal

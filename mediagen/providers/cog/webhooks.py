@@ -20,7 +20,7 @@ terminal webhook; it puts the `Location` we answer into the prediction's output.
 must come from a running attempt's prediction, have a media type downloads allow and fit
 DOWNLOAD_MAX_BYTES; it is streamed into a staged object of that prediction.
 
-Both paths skip the API's buffered body limit (`mediagen.limits`, `streamed`): their routes
+Both paths skip the API's buffered body limit (`mediagen.limits.body`, `streamed`): their routes
 authenticate first and read the body with their own cap.
 """
 
@@ -57,7 +57,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
-from mediagen.providers import cog
+from mediagen.providers.cog import provider as cog
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ before a byte is decoded and decoded a megabyte at a time, and the *staged* obje
 `--upload-url` uploads) become until the worker stores them at the job's own keys.
 
 Apart from the provider (`mediagen.providers.cog`) because the API's webhook and upload routes
-(`mediagen.jobs.cog_webhooks`) use it too, and neither side needs the other's code for it.
+(`mediagen.providers.cog.webhooks`) use it too, and neither side needs the other's code for it.
 """
 
 from __future__ import annotations

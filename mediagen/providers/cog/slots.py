@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from mediagen.broker import QUEUE_INDEX
 from mediagen.errors import OutboundError
 from mediagen.outbound import Outbound, Policy
-from mediagen.providers.cog_ids import endpoint_key
+from mediagen.providers.cog.ids import endpoint_key
 
 if TYPE_CHECKING:
     from mediagen.catalog import Endpoint, ModelRoute

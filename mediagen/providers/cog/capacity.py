@@ -1,7 +1,7 @@
 """The pipeline's side of Cog capacity: when a Cog job may start, what ends its hold on a slot,
 and what a server that fails its health check means for the jobs it runs.
 
-The slots and queues themselves are `mediagen.providers.cog_slots` (Redis, Lua). Here:
+The slots and queues themselves are `mediagen.providers.cog.slots` (Redis, Lua). Here:
 
 - `admit` (a start step, before the claim): the job takes a slot, or waits `pending` in its
   model's queue and the step ends; no countdown, no polling.
@@ -26,7 +26,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import order_priority, queue_order, start_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
-from mediagen.providers.cog_slots import CogSlots
+from mediagen.providers.cog.slots import CogSlots
 
 if TYPE_CHECKING:
     from mediagen.jobs.pipeline import Pipeline
@@ -126,7 +126,7 @@ class CogCapacity:
 
     async def release_canceled(self, prediction_id: str) -> None:
         """Cog confirmed the cancel of a prediction: its slot is free once its job is over."""
-        from mediagen.providers.cog_ids import Handle, parse_cog_id
+        from mediagen.providers.cog.ids import Handle, parse_cog_id
 
         handle = Handle.parse(prediction_id)
         parsed = parse_cog_id(handle.cog_id) if handle is not None else None

@@ -54,7 +54,7 @@ async def _init_image(request: GenerationRequest) -> tuple[bytes | None, float]:
         raise PermanentProviderError("prompt_strength must be a number from 0 to 1") from None
     if not 0.0 <= strength <= 1.0:
         raise PermanentProviderError("prompt_strength must be a number from 0 to 1")
-    from mediagen.providers.render import unreadable
+    from mediagen.providers.builtin.render import unreadable
 
     try:
         data = await images[name].data()
@@ -82,7 +82,7 @@ class BuiltinProvider:
             self.unavailable = str(exc)
             log.error("%s; its jobs fail until then", exc)
         else:  # imported now, not by the first job on the event loop
-            import mediagen.providers.render  # noqa: F401
+            import mediagen.providers.builtin.render  # noqa: F401
 
     def _inject_faults(self, request: GenerationRequest) -> None:
         if not self.fault_injection:
@@ -125,7 +125,7 @@ class BuiltinProvider:
             )
         if self.unavailable:
             raise PermanentProviderError(self.unavailable)
-        from mediagen.providers.render import CONTENT_TYPES, render
+        from mediagen.providers.builtin.render import CONTENT_TYPES, render
 
         source, strength = await _init_image(request)  # image-to-image: the input shows through
         outputs = []

@@ -22,7 +22,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
-from mediagen.providers.webhooks import WebhookVerificationError, verify_webhook
+from mediagen.providers.replicate.signatures import WebhookVerificationError, verify_webhook
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["webhooks"])

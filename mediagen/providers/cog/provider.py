@@ -5,7 +5,7 @@ Cog keeps nothing for us: no polling (`GET /predictions/{id}` is 405), no queue 
 slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (ids and tokens:
 `cog_ids`; outputs on their way to storage: `cog_outputs`):
 
-- **Capacity** is ours to keep (`mediagen.providers.cog_slots`): a job's start step takes a
+- **Capacity** is ours to keep (`mediagen.providers.cog.slots`): a job's start step takes a
   slot of one endpoint before anything is sent, or waits, `pending`, in its model's queue. So
   the pipeline hands `create` a route with that one endpoint; a 409 there all the same (the
   server is shared with someone else) raises `NoCapacityError`, a refused connection
@@ -16,7 +16,7 @@ slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (i
   prediction's state and starts nothing. The webhook URL carries a token, HMAC-SHA256 of that
   id under the deployment's secret (COG_WEBHOOK_SECRET, or one kept in Postgres): good for
   that prediction only, checked in constant time.
-- **The webhook route** (`mediagen.jobs.cog_webhooks`) checks the token, stores the outputs as
+- **The webhook route** (`mediagen.providers.cog.webhooks`) checks the token, stores the outputs as
   *staged* objects (data: URIs decoded as they are written; `--upload-url` uploads arrive
   there already), and records the prediction in Redis; the terminal one also sends the job's
   poll step at once. **get** reads that record: the terminal state, else the latest logs (for
@@ -69,7 +69,7 @@ from mediagen.providers.base import (
     Prediction,
     PredictionStatus,
 )
-from mediagen.providers.cog_ids import (
+from mediagen.providers.cog.ids import (
     Handle,
     cog_id,
     endpoint_key,
@@ -79,7 +79,7 @@ from mediagen.providers.cog_ids import (
     webhook_token,
     webhook_url,
 )
-from mediagen.providers.cog_outputs import (
+from mediagen.providers.cog.outputs import (
     STAGED,
     STAGED_NAME,
     UPLOADED,
@@ -285,7 +285,7 @@ class CogProvider:
                 poll_after=min(self.settings.poll_interval, deadline),
             )
         detail = "; ".join(problems)
-        if busy:  # the job waits for a slot again (mediagen.providers.cog_slots)
+        if busy:  # the job waits for a slot again (mediagen.providers.cog.slots)
             raise NoCapacityError(f"no free slot on the Cog servers of {model}: {detail}")
         raise EndpointDownError(f"no Cog server of {model} answered: {detail}")
 
