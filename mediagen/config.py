@@ -194,23 +194,6 @@ class Settings(BaseSettings):
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
 
 
-# Multiples of WEBHOOK_RETRY_DELAY between a client webhook's attempts, and the most a
-# receiver's Retry-After may ask for (mediagen.notify.delivery).
-WEBHOOK_SCHEDULE = (1, 6, 24, 120, 360, 720)
-WEBHOOK_MAX_RETRY_AFTER = 3600.0
-MAX_POLL_WAIT = 60.0  # the longest a running prediction waits for its next look
-
-
-def longest_countdown(settings: Settings) -> float:
-    """The longest delay any task message is scheduled with (the broker must hold it)."""
-    return max(
-        settings.retry_max_delay,
-        MAX_POLL_WAIT,
-        settings.webhook_retry_delay * WEBHOOK_SCHEDULE[-1],
-        WEBHOOK_MAX_RETRY_AFTER,
-    )
-
-
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings, read once. A `mediagen run` started with another

@@ -31,6 +31,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from mediagen import retry
 from mediagen.broker import (
     HEARTBEAT_TTL,
     PRIORITY_STEPS,
@@ -40,7 +41,7 @@ from mediagen.broker import (
     Outbox,
     Task,
 )
-from mediagen.config import Settings, get_settings, longest_countdown
+from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 from mediagen.observability import logs, tracing
@@ -109,7 +110,7 @@ def make_celery(settings: Settings) -> Celery:
             # Redis redelivers a message not acknowledged within this; a countdown counts, so
             # keep it at twice the longest countdown anything schedules (job retries, polls,
             # webhook retries), or such a message would run twice.
-            "visibility_timeout": int(2 * max(1800, longest_countdown(settings))),
+            "visibility_timeout": int(2 * max(1800, retry.longest_countdown(settings))),
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
             # One list per priority step (mediagen.broker.queue_key), BRPOP'd lowest step

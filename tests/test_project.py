@@ -73,7 +73,7 @@ def test_compose_file_matches_the_code() -> None:
 def test_no_countdown_outlives_the_broker_visibility_timeout() -> None:
     """A message held longer than Redis's visibility timeout is delivered twice: the timeout
     follows the longest countdown anything schedules, whatever the settings."""
-    from mediagen.config import longest_countdown
+    from mediagen.retry import longest_countdown
     from mediagen.worker import make_celery
 
     for overrides in ({}, {"webhook_retry_delay": 60}, {"retry_max_delay": 86_400}):

@@ -21,15 +21,14 @@ import orjson
 import redis.asyncio as aioredis
 from asyncpg import Record
 
-from mediagen.broker import QUEUE_INDEX, stream_key
+from mediagen.broker import QUEUE_INDEX, Outbox, stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import NotFoundError, ServiceUnavailableError, StorageError
 from mediagen.files.inputs import made_for
 from mediagen.files.service import delete_files
-from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import cancel_upstream_task
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.lifecycle import Lifecycle
+from mediagen.jobs.states import TERMINAL, JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.storage import create_storage
 from mediagen.storage.base import Storage
@@ -37,7 +36,7 @@ from mediagen.storage.base import Storage
 log = logging.getLogger(__name__)
 
 DELETED_NOTE = "deleted by the client"
-_TERMINAL = ["completed", "failed", "canceled", "expired"]
+_TERMINAL = [str(status) for status in TERMINAL]
 
 
 def _json(value: Any) -> Any:
@@ -66,21 +65,12 @@ async def _forget(redis: aioredis.Redis | None, job_ids: list[str]) -> None:
         log.warning("event streams of deleted jobs not deleted: %s", exc)
 
 
-async def _cancel(job_id: uuid.UUID, owner: uuid.UUID | None) -> str | None:
-    """Cancel the job if it is unfinished (no webhook: the job is about to go); the prediction
-    to stop upstream, if any."""
-    moved = await repo.transition(
-        job_id,
-        JobStatus.CANCELED,
-        owner=owner,
-        events=(),
-        stop_upstream=True,
-        error=DELETED_NOTE,
-        completed_at=repo.NOW,
-        lease_expires_at=None,
-        next_attempt_at=None,
+async def _cancel(job_id: uuid.UUID, owner: uuid.UUID | None, outbox: Outbox | None) -> None:
+    """Cancel the job if it is unfinished, quietly (no event, no webhook: the job is about to
+    go); its prediction is stopped upstream through `outbox`, else by the sweeper."""
+    await Lifecycle(outbox).finish(
+        job_id, JobStatus.CANCELED, DELETED_NOTE, owner=owner, stop_upstream=True, quiet=True
     )
-    return moved.job.prediction_id if moved is not None else None
 
 
 async def delete_job(
@@ -88,10 +78,10 @@ async def delete_job(
     owner: ApiKey | None,
     storage: Storage,
     redis: aioredis.Redis | None = None,
-    send: Any = None,
+    outbox: Outbox | None = None,
 ) -> None:
     """Delete a job of `owner`'s and every trace of it (module docstring); NotFoundError if
-    `owner` has no such job. `send`: publishes a task (the upstream cancel) when given."""
+    `owner` has no such job. `outbox`: where the upstream cancel is sent, when given."""
     owner_id = owner.id if owner else None
     db = await pool()
     where = "id = $1 AND " + ("api_key_id IS NULL" if owner_id is None else "api_key_id = $2")
@@ -101,9 +91,7 @@ async def delete_job(
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     if not JobStatus(row["status"]).is_terminal:
-        prediction = await _cancel(job_id, owner_id)
-        if prediction and send is not None:
-            send(cancel_upstream_task(prediction))
+        await _cancel(job_id, owner_id, outbox)
         row = await db.fetchrow(select, *args)
         if row is None:
             raise NotFoundError(f"job {job_id} not found")
@@ -144,7 +132,7 @@ async def purge_key(
             batch,
         )
         for row in unfinished:
-            await _cancel(row["id"], key.id)  # its prediction: stopped by the sweeper
+            await _cancel(row["id"], key.id, None)  # its prediction: stopped by the sweeper
         rows = await db.fetch(
             "SELECT id, outputs, input_files, parameters FROM jobs WHERE api_key_id = $1 "
             "AND status = ANY($2::text[]) LIMIT $3",

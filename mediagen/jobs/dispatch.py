@@ -19,17 +19,39 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import redis.asyncio as aioredis
 
 from mediagen.broker import QUEUE_INDEX, Outbox, Task
+from mediagen.jobs.payloads import created_payload
 from mediagen.jobs.priority import kombu_priority
-from mediagen.jobs.states import JobStatus, Priority
+from mediagen.jobs.states import Priority
 
 START = "mediagen.jobs.start"
 POLL = "mediagen.jobs.poll"
 CANCEL_UPSTREAM = "mediagen.jobs.cancel_upstream"
+
+
+@dataclass(frozen=True)
+class Next:
+    """A job's step to run next (a pipeline step's answer), after `countdown` seconds."""
+
+    step: Literal["start", "poll"]
+    job_id: str
+    attempt: int | None = None
+    countdown: float = 0.0
+
+    def task(self) -> Task:
+        args = (self.job_id,) if self.attempt is None else (self.job_id, self.attempt)
+        return Task(POLL if self.step == "poll" else START, args, self.countdown)
+
+
+def poll_task(job_id: uuid.UUID | str, attempt: int) -> Task:
+    """Look at a running attempt's prediction now (an upstream webhook said it finished)."""
+    return Next("poll", str(job_id), attempt).task()
 
 
 def cancel_upstream_task(prediction_id: str) -> Task:
@@ -64,18 +86,6 @@ def order_created_micros(order: float) -> int:
 def start_task(job_id: uuid.UUID | str, priority: Priority | str | None = None) -> Task:
     """A pending job's first start, on the broker list of its priority."""
     return Task(START, (str(job_id),), priority=kombu_priority(priority))
-
-
-def created_payload(job_id: uuid.UUID) -> dict[str, object]:
-    """The `status` event of a job that was just created (what `events.payload_of` gives)."""
-    return {
-        "job_id": str(job_id),
-        "status": str(JobStatus.PENDING),
-        "retry_count": 0,
-        "error": None,
-        "attempts": 0,
-        "result_key": None,
-    }
 
 
 def dispatch_new(

@@ -32,8 +32,10 @@ from mediagen.errors import MediagenError
 from mediagen.errors_http import error_response
 from mediagen.jobs import repository as repo
 from mediagen.jobs import service
+from mediagen.jobs.payloads import status_response
 from mediagen.jobs.schemas import GenerateRequest
 from mediagen.keys.models import ApiKey
+from mediagen.observability.http import ROUTE
 
 GENERATE = "/api/v1/generate"
 STATUS = re.compile(
@@ -41,8 +43,6 @@ STATUS = re.compile(
 )
 
 STATUS_ROUTE = "/api/v1/status/{job_id}"
-# Where a request's route template is found when no FastAPI route ran (scope["route"] else).
-ROUTE = "mediagen.route"
 
 
 class _Defer(Exception):
@@ -107,7 +107,7 @@ class FastPaths:
             row = await repo.status_row(job_id, owner.id if owner else None)
             if row is None:
                 raise _Defer
-            body = await service.status_body(job_id, row, state.storage)
+            body = await status_response(job_id, row, state.storage)
         except Exception:  # the route answers it (404, 401, 429, 503...) as documented
             await self.app(scope, receive, send)
             return

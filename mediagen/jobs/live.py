@@ -41,6 +41,7 @@ from mediagen.errors import AuthenticationError
 from mediagen.jobs import events, joblogs, service
 from mediagen.jobs.event_schema import EVENT_SCHEMA, STREAM_DOC
 from mediagen.jobs.models import Job
+from mediagen.jobs.payloads import status_payload
 from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
@@ -231,7 +232,7 @@ class JobFeed:
         if job.logs and not (self.resumed and self.logs_sent is None):
             start, kept = joblogs.split(job.logs)
             sent += self._logs(kept, start, event_id)
-        sent += await self._status(events.payload_of(job), event_id)
+        sent += await self._status(status_payload(job), event_id)
         if job.progress and job.status is JobStatus.PROCESSING:
             sent += self._progress(job.progress, event_id)
         return sent

@@ -14,16 +14,12 @@ from redis.exceptions import RedisError
 
 from mediagen.errors import PermanentProviderError
 from mediagen.jobs import repository as repo
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.states import NO_OUTPUTS
 from mediagen.observability import tracing
 from mediagen.providers.base import Prediction, Provider
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
-
-# States in which a finishing attempt's stored outputs can never be used (an expired job's were
-# deleted by retention: the same keys stored again would outlive it).
-_DISCARDING = frozenset({JobStatus.CANCELED, JobStatus.FAILED, JobStatus.EXPIRED})
 
 
 async def claim_finish(client: aioredis.Redis, job_id: Any, attempt: int, hold: int) -> bool:
@@ -37,18 +33,6 @@ async def claim_finish(client: aioredis.Redis, job_id: Any, attempt: int, hold: 
     except RedisError:
         return True
     return bool(claimed)
-
-
-def metrics(predict_time: float | None, bytes_stored: int | None) -> repo.Expr:
-    """What the job cost, computed by the statement that ends it (its `now()` is the job's
-    `completed_at`; `started_at` is the first attempt's start)."""
-    return repo.Expr(
-        "jsonb_build_object("
-        "'queue_seconds', round(extract(epoch FROM started_at - created_at)::numeric, 3), "
-        "'run_seconds', round(extract(epoch FROM now() - started_at)::numeric, 3), "
-        "'predict_time', {}::float8, 'bytes_stored', {}::bigint)",
-        (predict_time, bytes_stored),
-    )
 
 
 async def store(
@@ -76,7 +60,7 @@ async def discard_unused(storage: Storage, job_id: Any, outputs: list[dict[str, 
     none of them. (The same keys of a job another attempt completed, or runs now, are that
     attempt's: left alone.)"""
     now = await repo.get(job_id)
-    if now is None or now.status in _DISCARDING:
+    if now is None or now.status in NO_OUTPUTS:
         for output in outputs:
             await storage.delete(output["key"])
         why = "deleted" if now is None else str(now.status)

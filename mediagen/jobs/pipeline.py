@@ -3,11 +3,12 @@
 `start` claims an attempt and creates (or resumes) the upstream prediction; `poll` looks at it
 once; `on_prediction` (shared with webhooks) finishes, fails, or asks to be polled again. Each
 step returns the `Next` step for the task layer to publish with a countdown, so waiting for a
-model costs a broker message, not a worker slot. Every write is one statement
-(`repository`), announced through the outbox after it commits (`events.announce`).
+model costs a broker message, not a worker slot. Every write is one statement, made through
+`mediagen.jobs.lifecycle`, which announces it after it commits.
 
-A Cog job's `start` first takes a slot of one of its model's servers, or waits `pending` in
-its model's queue until a release sends its start again (`mediagen.providers.cog.capacity`).
+A job whose provider keeps capacity of its own (Cog: slots of its servers) first takes a slot,
+or waits `pending` in its model's queue until a release sends its start again
+(`mediagen.providers.base.Capacity`).
 
 A job whose prediction is ready at once (the built-in generator without latency) costs two
 statements: the claim, and the completion, which records the prediction id with it.
@@ -18,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
-from mediagen.broker import Outbox, Task
+from mediagen import retry
+from mediagen.broker import Outbox
 from mediagen.catalog import Endpoint
-from mediagen.config import MAX_POLL_WAIT, Settings
+from mediagen.config import Settings
 from mediagen.errors import (
     NoCapacityError,
     PermanentProviderError,
@@ -34,40 +34,30 @@ from mediagen.errors import (
     StorageError,
 )
 from mediagen.files import inputs
-from mediagen.jobs import events, joblogs, progress
+from mediagen.jobs import joblogs, progress
 from mediagen.jobs import outputs as stored_outputs
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import cancel_upstream_task
+from mediagen.jobs.dispatch import Next, cancel_upstream_task
+from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
+from mediagen.jobs.payloads import metrics_at_end
 from mediagen.jobs.states import JobStatus
 from mediagen.observability import context
 from mediagen.providers import Providers
-from mediagen.providers.base import GenerationRequest, Prediction, PredictionStatus, Provider
-from mediagen.providers.cog.capacity import WAITS, CogCapacity
+from mediagen.providers.base import (
+    WAITS,
+    GenerationRequest,
+    Prediction,
+    PredictionStatus,
+    Provider,
+)
+from mediagen.retry import MAX_POLL_WAIT
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 CANCEL_ATTEMPTS = 10  # a prediction that refuses to be canceled this often is given up on
 
-
-@dataclass(frozen=True)
-class Next:
-    """The step to run next, after `countdown` seconds."""
-
-    step: Literal["start", "poll"]
-    job_id: str
-    attempt: int | None = None
-    countdown: float = 0.0
-
-    def task(self) -> Task:
-        args = (self.job_id,) if self.attempt is None else (self.job_id, self.attempt)
-        return Task(f"mediagen.jobs.{self.step}", args, self.countdown)
-
-
-def backoff(settings: Settings, retries_so_far: int) -> float:
-    """RETRY_DELAY * 2**n, capped at RETRY_MAX_DELAY, with +-10% jitter to spread a herd."""
-    base = min(settings.retry_max_delay, settings.retry_delay * 2**retries_so_far)
-    return float(min(settings.retry_max_delay, base * random.uniform(0.9, 1.1)))
+__all__ = ["CANCEL_ATTEMPTS", "Next", "Pipeline"]
 
 
 def _adopt_request(job: Job) -> None:
@@ -93,27 +83,31 @@ class Pipeline:
         )
         self.storage = storage
         self.outbox = outbox
-        # Slot accounting for Cog models (mediagen.providers.cog.capacity), when any is routed.
-        self.cog: CogCapacity | None = None
-        if "cog" in self.providers.catalog.providers():
-            self.cog = CogCapacity(self)
+        self.retries = retry.jobs(settings)
+        # Slot accounting (Cog models), when the catalog routes a provider that keeps one.
+        self.capacity = self.providers.capacity(outbox)
+        self.lifecycle = Lifecycle(
+            outbox,
+            attempt_ended=self.capacity.release if self.capacity is not None else None,
+            adopt=_adopt_request,
+        )
 
     # --- steps -------------------------------------------------------------------------------
     async def start(self, job_id: str) -> Next | None:
         slot: Endpoint | None = None
-        if self.cog is not None:  # a Cog job starts only with a slot
-            slot = await self.cog.admit(job_id)
+        if self.capacity is not None:  # a job of such a provider starts only with a slot
+            slot = await self.capacity.admit(job_id)
             if slot is WAITS:
                 return None
-        moved = await repo.claim(job_id, self.settings.lease_seconds, self.settings.job_timeout)
+        moved = await self.lifecycle.claim(
+            job_id, self.settings.lease_seconds, self.settings.job_timeout
+        )
         if moved is None:
-            if slot is not None and self.cog is not None:
-                await self.cog.unclaimed(job_id)
+            if slot is not None and self.capacity is not None:
+                await self.capacity.unclaimed(job_id)
             await self._not_claimed(job_id)
             return None
         job = moved.job
-        _adopt_request(job)  # before anything is announced, so it carries the request id
-        events.announce(self.outbox, moved)
         attempt = job.attempt
         request = self._request(job, attempt, slot)
         log.info("job started", extra={"job_id": str(job.id), "attempt": attempt})
@@ -133,23 +127,22 @@ class Pipeline:
         try:
             prediction = await provider.create(request)
         except ProviderError as exc:
-            if slot is not None and self.cog is not None and isinstance(exc, NoCapacityError):
-                exc = await self.cog.turned_away(slot, exc)
+            if slot is not None and self.capacity is not None and isinstance(exc, NoCapacityError):
+                exc = await self.capacity.turned_away(slot, exc)
             return await self._on_error(job, attempt, exc)
         if not prediction.status.is_terminal and prediction.poll_after == 0:
             # Ready at once: nothing to lose by a crash now, so the id is recorded with the
             # outcome instead of by a write of its own.
             return await self._poll_now(job, attempt, prediction.id, request, recorded=False)
-        logs: dict[str, Any] = {}
-        grown = self._fold_logs(job, attempt, prediction, logs)
-        recorded = await repo.renew_lease(
-            job.id, attempt, self.settings.lease_seconds, prediction_id=prediction.id, **logs
+        fields: dict[str, Any] = {"prediction_id": prediction.id}
+        grown = self._fold_logs(job, attempt, prediction, fields)
+        recorded = await self.lifecycle.renew(
+            job.id, attempt, self.settings.lease_seconds, grown=grown, **fields
         )
         if recorded is None:  # we lost the job while creating (canceled, say): stop it
             await repo.record_upstream_cancel(prediction.id, job.id)
             self.outbox.send(cancel_upstream_task(prediction.id))
             return None
-        events.announce_logs(self.outbox, job.id, grown)
         return await self.on_prediction(recorded.job, attempt, prediction)
 
     async def poll(self, job_id: str, attempt: int) -> Next | None:
@@ -163,7 +156,7 @@ class Pipeline:
             return None  # stale: finished, retried, or owned by a newer attempt
         _adopt_request(job)
         if self._expired(job):
-            await self._fail_deadline(job)
+            await self.fail_deadline(job)
             return None
         try:
             request = await self._with_inputs(job, self._request(job, attempt))
@@ -184,27 +177,63 @@ class Pipeline:
             error = f"generation failed: {prediction.error or 'no reason given'}"
             if prediction.status is PredictionStatus.CANCELED:
                 error = "the prediction was canceled upstream"
-            fields["metrics"] = stored_outputs.metrics(prediction.predict_time, None)
-            await self._fail(job.id, error, attempt, logs_grown=grown, **fields)
+            fields["metrics"] = metrics_at_end(prediction.predict_time, None)
+            await self._fail(job.id, error, attempt, grown=grown, **fields)
             return None
-        if changed:
-            fields["progress"] = changed
-        moved = await repo.renew_lease(
-            job.id,
-            attempt,
-            self._lease_for(prediction),
-            events=("progress",) if changed else (),
-            **fields,
+        moved = await self.lifecycle.renew(
+            job.id, attempt, self._lease_for(prediction), progress=changed, grown=grown, **fields
         )
         if moved is None:
             return None
-        events.announce_logs(self.outbox, job.id, grown)
-        if changed:
-            events.announce_progress(self.outbox, moved, changed)
         wait = (
             self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
         )
         return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
+
+    async def lose(self, job_id: str, reason: str) -> None:
+        """The job's prediction will never report (its server died): a new attempt now, as
+        after a missed webhook's deadline; a job already over only frees its slot."""
+        job = await repo.get(job_id)
+        if job is None:
+            return
+        if job.status is JobStatus.PROCESSING:
+            await self._on_error(job, job.attempt, PredictionLostError(reason))
+        elif job.status.is_terminal and self.capacity is not None:
+            await self.capacity.release(job)
+
+    async def cancel_upstream(self, prediction_id: str) -> None:
+        """Stop a prediction upstream; the record goes once the provider confirms, and a failed
+        cancel is tried again (backoff) until CANCEL_ATTEMPTS, by this or by the sweeper. The
+        provider is the one of the job the prediction was made for."""
+        owner = await repo.prediction_owner(prediction_id)
+        kind = owner[0] if owner else self.providers.catalog.default.provider
+        try:  # (a provider this process cannot run fails like a cancel that failed)
+            await self.providers.get(kind).cancel(prediction_id)
+        except ProviderError as exc:
+            retry_in = self.retries.delay(0, exc.retry_after)
+            again = await repo.upstream_not_stopped(prediction_id, retry_in, CANCEL_ATTEMPTS)
+            log.warning(
+                "cancel of prediction %s failed (%s)%s",
+                prediction_id,
+                exc.message,
+                f"; again in {retry_in:.0f}s" if again else "; giving up",
+            )
+            if again:
+                self.outbox.send(
+                    dataclasses.replace(cancel_upstream_task(prediction_id), countdown=retry_in)
+                )
+            return
+        await repo.upstream_stopped(prediction_id)
+        if self.capacity is not None:
+            await self.capacity.canceled(prediction_id)
+
+    async def fail_deadline(self, job: Job) -> None:
+        """The job is past JOB_TIMEOUT: failed, its prediction (if running) stopped."""
+        await self._fail(
+            job.id,
+            f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
+            stop_upstream=job.status is JobStatus.PROCESSING,
+        )
 
     # --- helpers -----------------------------------------------------------------------------
     async def _poll_now(
@@ -230,8 +259,9 @@ class Pipeline:
                 fields["prediction_id"] = prediction_id
                 unseen = Prediction(prediction_id, PredictionStatus.STARTING)
                 grown = self._fold_logs(job, attempt, unseen, fields)
-            if await repo.renew_lease(job.id, attempt, self.settings.lease_seconds, **fields):
-                events.announce_logs(self.outbox, job.id, grown)
+            await self.lifecycle.renew(
+                job.id, attempt, self.settings.lease_seconds, grown=grown, **fields
+            )
             wait = exc.retry_after or self.settings.poll_interval
             return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
         return await self.on_prediction(job, attempt, prediction, recorded)
@@ -252,12 +282,11 @@ class Pipeline:
                 return None  # another step of this attempt is storing them
             # Downloads can outlast a lease: renew it while they run (or lose the job now), so
             # no second finish starts meanwhile and a crash still frees the job a lease later.
-            if (
-                await repo.renew_lease(job.id, attempt, self.settings.lease_seconds, **fields)
-                is None
-            ):
+            renewed = await self.lifecycle.renew(
+                job.id, attempt, self.settings.lease_seconds, grown=grown, **fields
+            )
+            if renewed is None:
                 return None
-            events.announce_logs(self.outbox, job.id, grown)
             grown = None
             fields = {k: v for k, v in fields.items() if k not in ("prediction_id", "logs")}
             holding = asyncio.create_task(self._hold(job.id, attempt))
@@ -269,24 +298,19 @@ class Pipeline:
         finally:
             if holding is not None:
                 holding.cancel()
-        if done:  # the final progress, stored with the completion
-            fields = {**fields, "progress": done}
         stored = sum(output["size"] for output in outputs)
-        fields["metrics"] = stored_outputs.metrics(prediction.predict_time, stored)
-        moved = await repo.complete(
+        fields["metrics"] = metrics_at_end(prediction.predict_time, stored)
+        moved = await self.lifecycle.complete(
             job.id,
             attempt,
-            outputs[0]["key"],
             outputs,
             result_ttl=self.settings.result_ttl,
-            events=("progress", "completed") if done else ("completed",),
+            progress=done,  # the final progress, stored with the completion
+            grown=grown,  # all of it before the end
             **fields,
         )
         if moved is not None:
-            events.announce_logs(self.outbox, job.id, grown)  # all of it before the end
-            events.announce(self.outbox, moved, progress=done)
             log.info("job completed", extra={"job_id": str(job.id), "attempt": attempt})
-            await self._release(moved.job)
         else:
             await stored_outputs.discard_unused(self.storage, job.id, outputs)
         return None
@@ -295,7 +319,7 @@ class Pipeline:
         """Renew the lease every third of it until cancelled (or the job is lost)."""
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
-            if await repo.renew_lease(job_id, attempt, self.settings.lease_seconds) is None:
+            if await self.lifecycle.renew(job_id, attempt, self.settings.lease_seconds) is None:
                 return
 
     async def _on_error(
@@ -311,15 +335,11 @@ class Pipeline:
                 job.id, f"gave up after {job.retry_count} retries: {exc.message}", attempt
             )
             return None
-        delay = backoff(self.settings, job.retry_count) if counted else 0.0
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after:
-            delay = max(delay, min(retry_after, self.settings.retry_max_delay))
-        moved = await repo.schedule_retry(job.id, attempt, exc.message, delay, counted=counted)
+        wait = self.retries.backoff(job.retry_count) if counted else 0.0
+        delay = self.retries.at_least(wait, getattr(exc, "retry_after", None))
+        moved = await self.lifecycle.retry(job.id, attempt, exc.message, delay, counted=counted)
         if moved is None:
             return None
-        events.announce(self.outbox, moved)
-        await self._release(moved.job)
         log.warning(
             "job retrying",
             extra={
@@ -337,28 +357,21 @@ class Pipeline:
         error: str,
         attempt: int | None = None,
         stop_upstream: bool = False,
-        logs_grown: joblogs.Grown | None = None,
+        grown: joblogs.Grown | None = None,
         **fields: Any,
     ) -> bool:
-        moved = await repo.transition(
+        moved = await self.lifecycle.finish(
             job_id,
             JobStatus.FAILED,
+            error,
             attempt=attempt,
             stop_upstream=stop_upstream,
-            error=error,
-            completed_at=repo.NOW,
-            lease_expires_at=None,
-            next_attempt_at=None,
+            grown=grown,
             **fields,
         )
         if moved is None:
             return False
-        events.announce_logs(self.outbox, job_id, logs_grown)
-        events.announce(self.outbox, moved)
         log.warning("job failed", extra={"job_id": str(job_id), "attempt": attempt, "error": error})
-        await self._release(moved.job)
-        if stop_upstream and moved.job.prediction_id:
-            self.outbox.send(cancel_upstream_task(moved.job.prediction_id))
         return True
 
     async def _resume(
@@ -379,40 +392,7 @@ class Pipeline:
         deadline, which is failed here (the claim never starts an expired job)."""
         job = await repo.get(job_id)
         if job is not None and not job.status.is_terminal and self._expired(job):
-            await self._fail_deadline(job)
-
-    async def _fail_deadline(self, job: Job) -> None:
-        await self._fail(
-            job.id,
-            f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
-            stop_upstream=job.status is JobStatus.PROCESSING,
-        )
-
-    async def cancel_upstream(self, prediction_id: str) -> None:
-        """Stop a prediction upstream; the record goes once the provider confirms, and a failed
-        cancel is tried again (backoff) until CANCEL_ATTEMPTS, by this or by the sweeper. The
-        provider is the one of the job the prediction was made for."""
-        owner = await repo.prediction_owner(prediction_id)
-        kind = owner[0] if owner else self.providers.catalog.default.provider
-        try:  # (a provider this process cannot run fails like a cancel that failed)
-            await self.providers.get(kind).cancel(prediction_id)
-        except ProviderError as exc:
-            retry_in = exc.retry_after or backoff(self.settings, 0)
-            again = await repo.upstream_not_stopped(prediction_id, retry_in, CANCEL_ATTEMPTS)
-            log.warning(
-                "cancel of prediction %s failed (%s)%s",
-                prediction_id,
-                exc.message,
-                f"; again in {retry_in:.0f}s" if again else "; giving up",
-            )
-            if again:
-                self.outbox.send(
-                    dataclasses.replace(cancel_upstream_task(prediction_id), countdown=retry_in)
-                )
-            return
-        await repo.upstream_stopped(prediction_id)
-        if kind == "cog" and self.cog is not None:
-            await self.cog.release_canceled(prediction_id)
+            await self.fail_deadline(job)
 
     def _expired(self, job: Job) -> bool:
         return repo.now() > job.created_at + timedelta(seconds=self.settings.job_timeout)
@@ -424,7 +404,7 @@ class Pipeline:
     def _request(self, job: Job, attempt: int, slot: Endpoint | None = None) -> GenerationRequest:
         base = self.settings.public_base_url.rstrip("/")
         route = self.providers.catalog.for_job(job.provider, job.model)
-        if slot is not None:  # a Cog job creates its prediction where its slot is
+        if slot is not None:  # a job with a slot creates its prediction where its slot is
             route = dataclasses.replace(route, endpoints=(slot,))
         return GenerationRequest(
             webhook_url=f"{base}/api/v1/webhooks/replicate" if base else None,
@@ -458,8 +438,3 @@ class Pipeline:
             if holding is not None:
                 holding.cancel()
         return dataclasses.replace(request, inputs=found)
-
-    async def _release(self, job: Job) -> None:
-        """An attempt of the job ended: a Cog job's slot goes to the next in line."""
-        if self.cog is not None:
-            await self.cog.release(job)

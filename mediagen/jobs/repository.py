@@ -29,7 +29,9 @@ from asyncpg import Record
 
 from mediagen.db import pool
 from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS, Job
-from mediagen.jobs.states import ALLOWED_FROM, TERMINAL, JobStatus
+from mediagen.jobs.payloads import STATUS_COLUMNS, status_sql
+from mediagen.jobs.sql import Expr, plus_one, seconds_from_now
+from mediagen.jobs.states import ALLOWED_FROM, OUTCOMES, TERMINAL, JobStatus, sql_list
 from mediagen.observability import metrics
 
 _JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
@@ -42,53 +44,41 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class Expr:
-    """A SQL expression for a SET clause, written here (never from input); `{}` marks args."""
-
-    sql: str
-    args: tuple[Any, ...] = ()
-
-    def with_args(self, *args: Any) -> Expr:
-        return Expr(self.sql, args)
-
-
-NOW = Expr("now()")
 # When a completing job's outputs expire: its retention (seconds), at most the given RESULT_TTL
 # (`least` skips a NULL retention).
 _KEPT_UNTIL = Expr("now() + make_interval(secs => least(retention_seconds, {})::float8)")
-
-
-def seconds_from_now(seconds: float) -> Expr:
-    return Expr("now() + make_interval(secs => {}::float8)", (float(seconds),))
-
-
-def plus_one(column: str) -> Expr:
-    return Expr(f"{column} + 1")
+# A final state keeps the moment it was first reached (an expired job: when it completed).
+_FINISHED_AT = Expr("coalesce(completed_at, now())")
 
 
 @dataclass(frozen=True)
 class Moved:
-    """A job right after a successful write, and the webhook deliveries written with it."""
+    """A job right after a successful write, the webhook deliveries written with it, and the
+    state it was in when a transition moved it (None: the write was no transition)."""
 
     job: Job
     deliveries: tuple[uuid.UUID, ...] = ()
+    was: JobStatus | None = None
+
+    @property
+    def attempt_ended(self) -> bool:
+        """The write ended an attempt or a wait: the job left `processing` (or never got
+        there), so whatever capacity it held or queued for is free for the next."""
+        return self.was is not None and self.job.status is not JobStatus.PROCESSING
 
 
 # The payload of a client webhook, as of the transition (`result_key` becomes `result_url`
 # when sent; see mediagen.notify.delivery). A job of another surface (`surface`) carries it
 # too, so the sender shapes its body that way; other payloads stay as they always were.
 _PAYLOAD = f"""(jsonb_build_object(
-    'event', e.event, 'job_id', moved.id::text, 'status', moved.status,
-    'retry_count', moved.retry_count, 'error', moved.error, 'attempts', moved.attempt,
-    'progress', moved.progress, 'result_key', moved.result_key,
+    'event', e.event, {status_sql("moved")}, 'progress', moved.progress,
     'created_at', to_char(moved.created_at AT TIME ZONE 'UTC', {_ISO}),
     'updated_at', to_char(moved.updated_at AT TIME ZONE 'UTC', {_ISO}))
     || CASE WHEN moved.surface IS NULL THEN '{{}}'::jsonb
        ELSE jsonb_build_object('surface', moved.surface) END)"""
 
 
-_TERMINAL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
+_TERMINAL = sql_list(TERMINAL)
 # The owner's counter row after `moved` left `was`: one fewer unfinished job if it finished,
 # and one job moved between the unfinished states' counts.
 _RECOUNT = f"""unfinished = job_counters.unfinished
@@ -190,14 +180,12 @@ async def _moved(statement: _Statement, sql: str) -> Moved | None:
             row["started_at"],
             row["completed_at"],
         )
-    return Moved(Job._init_from_db(**row), deliveries)
+    return Moved(Job._init_from_db(**row), deliveries, None if was is None else JobStatus(was))
 
 
 def _event_of(to: JobStatus) -> tuple[str, ...]:
     """The client webhook event a move to `to` may send (`start`: only the first attempt's)."""
-    if to is JobStatus.EXPIRED:  # a retention step, not news to the client
-        return ()
-    if to in TERMINAL:
+    if to in OUTCOMES:  # (an expiry is a retention step, not news to the client)
         return ("completed",)
     if to is JobStatus.PROCESSING:
         return ("start",)
@@ -309,7 +297,7 @@ async def insert(
 
 # --- reading ---------------------------------------------------------------------------------
 _GET = "SELECT * FROM jobs WHERE id = $1"
-_STATUS = "SELECT status, result_key, created_at, updated_at, retry_count FROM jobs WHERE id = $1"
+_STATUS = f"SELECT {', '.join(STATUS_COLUMNS)} FROM jobs WHERE id = $1"
 _GET_OWNED = "SELECT * FROM jobs WHERE id = $1 AND api_key_id = $2"
 _GET_ANONYMOUS = "SELECT * FROM jobs WHERE id = $1 AND api_key_id IS NULL"
 
@@ -335,6 +323,14 @@ async def status_row(job_id: uuid.UUID, owner: uuid.UUID | None) -> Record | Non
     if owner is None:
         return await db.fetchrow(_STATUS + " AND api_key_id IS NULL", job_id)
     return await db.fetchrow(_STATUS + " AND api_key_id = $2", job_id, owner)
+
+
+async def traceparent_of(job_id: uuid.UUID | str) -> str | None:
+    """The trace the job was submitted in (kept on its row by `jobs.service.create_job`)."""
+    value = await (await pool()).fetchval(
+        "SELECT traceparent FROM jobs WHERE id = $1", _uuid(job_id)
+    )
+    return value if isinstance(value, str) else None
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:
@@ -447,16 +443,40 @@ async def schedule_retry(
     )
 
 
-async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) -> Moved | None:
+async def finish(
+    job_id: uuid.UUID | str,
+    to: JobStatus,
+    error: str | None,
+    *,
+    attempt: int | None = None,
+    owner: uuid.UUID | EllipsisType | None = ...,
+    events: Sequence[str] | None = None,
+    stop_upstream: bool = False,
+    **fields: Any,
+) -> Moved | None:
+    """The one move to a final state (completed, failed, canceled, expired), from the states
+    `ALLOWED_FROM` says: it ends the job's lease and any scheduled attempt and records when it
+    finished, with `error` (None clears it) and `fields`. The guards and what the move writes
+    with it are `transition`'s."""
+    if not to.is_terminal:
+        raise ValueError(f"{to} is not a final state")
     return await transition(
         job_id,
-        JobStatus.FAILED,
+        to,
         attempt=attempt,
+        owner=owner,
+        events=events,
+        stop_upstream=stop_upstream,
         error=error,
-        completed_at=NOW,
+        completed_at=_FINISHED_AT,
         lease_expires_at=None,
         next_attempt_at=None,
+        **fields,
     )
+
+
+async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) -> Moved | None:
+    return await finish(job_id, JobStatus.FAILED, error, attempt=attempt)
 
 
 async def complete(
@@ -471,16 +491,14 @@ async def complete(
 ) -> Moved | None:
     """processing -> completed. Its outputs are kept until `expires_at`, written by the same
     statement: its own retention, never past `result_ttl` (RESULT_TTL; mediagen.jobs.retention)."""
-    return await transition(
+    return await finish(
         job_id,
         JobStatus.COMPLETED,
+        None,
         attempt=attempt,
         events=events,
         result_key=result_key,
         outputs=outputs,
-        error=None,
-        completed_at=NOW,
-        lease_expires_at=None,
         expires_at=_KEPT_UNTIL.with_args(result_ttl),
         **fields,
     )

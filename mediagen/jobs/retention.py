@@ -37,7 +37,7 @@ from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import GoneError, NotFoundError, StorageError
 from mediagen.jobs import repository as repo
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.states import NO_OUTPUTS, JobStatus, sql_list
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,14 @@ WHERE status = 'completed'
 LIMIT $2
 """
 # Finished jobs past JOB_RECORD_TTL; a completed one waits to be expired (outputs first).
-_OLD_JOBS = """
+_OLD_JOBS = f"""
 DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs
     WHERE completed_at < now() - make_interval(secs => $1::float8)
-      AND status IN ('failed', 'canceled', 'expired')
+      AND status IN ({sql_list(NO_OUTPUTS)})
     ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 RETURNING id
-"""
+"""  # noqa: S608 (the states are our constants)
 _OLD_IDEMPOTENCY = """
 DELETE FROM idempotency_keys WHERE id IN (
     SELECT id FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1::float8)
@@ -106,12 +106,8 @@ async def expire_outputs(storage: Storage, settings: Settings, limit: int) -> in
         except StorageError as exc:
             log.warning("job %s: outputs not deleted (%s); next sweep tries again", row["id"], exc)
             continue
-        moved = await repo.transition(
-            row["id"],
-            JobStatus.EXPIRED,
-            outputs=[],
-            result_key=None,
-            error=EXPIRED_NOTE,
+        moved = await repo.finish(
+            row["id"], JobStatus.EXPIRED, EXPIRED_NOTE, outputs=[], result_key=None
         )
         expired += moved is not None
     if expired:

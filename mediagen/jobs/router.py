@@ -19,6 +19,7 @@ from mediagen import idempotency
 from mediagen.errors import NotFoundError
 from mediagen.jobs import deletion, retention, service
 from mediagen.jobs import repository as repo
+from mediagen.jobs.payloads import status_response
 from mediagen.jobs.schemas import (
     ErrorResponse,
     GenerateRequest,
@@ -147,7 +148,7 @@ async def get_status(job_id: uuid.UUID, request: Request, owner: Reader) -> Resp
     row = await repo.status_row(job_id, owner.id if owner else None)
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
-    body = await service.status_body(job_id, row, request.app.state.storage)
+    body = await status_response(job_id, row, request.app.state.storage)
     return service.json_response(body)
 
 
@@ -229,7 +230,7 @@ async def delete_job(job_id: uuid.UUID, request: Request, owner: Caller) -> Resp
     """An unfinished job is canceled first (its prediction is stopped upstream). Its outputs
     stop answering at once: their URLs answer 410 Gone."""
     state = request.app.state
-    await deletion.delete_job(job_id, owner, state.storage, state.redis, state.outbox.send)
+    await deletion.delete_job(job_id, owner, state.storage, state.redis, state.outbox)
     return Response(status_code=204)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,15 +25,15 @@ from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
 from mediagen.files import inputs
-from mediagen.jobs import events
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import (
-    cancel_upstream_task,
     dispatch_new,
     queue_order,
     queue_position,
 )
+from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
+from mediagen.jobs.payloads import metrics_of, status_response
 from mediagen.jobs.priority import check_priority
 from mediagen.jobs.schemas import (
     GenerateRequest,
@@ -144,21 +143,6 @@ def accepted_body(job_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
-async def status_body(
-    job_id: uuid.UUID, row: Mapping[str, Any], storage: Storage
-) -> dict[str, Any]:
-    """`GET /status` (`JobStatusResponse`) from `repository.status_row`."""
-    key = row["result_key"]
-    return {
-        "job_id": str(job_id),
-        "status": row["status"],
-        "result_url": await storage.url_for(key) if key else None,
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "retry_count": row["retry_count"],
-    }
-
-
 def json_response(data: dict[str, Any], status_code: int = 200) -> Response:
     """JSON straight from a dict (UTC datetimes as `...Z`, as pydantic writes them)."""
     return Response(
@@ -178,23 +162,16 @@ async def get_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:
 
 async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = None) -> Job:
     """Cancel an unfinished job at once; a running prediction is canceled upstream after."""
-    owner_id = owner.id if owner else None
-    moved = await repo.transition(
+    moved = await Lifecycle(outbox).finish(
         job_id,
         JobStatus.CANCELED,
-        owner=owner_id,
+        "canceled by the client",
+        owner=owner.id if owner else None,
         stop_upstream=True,
-        error="canceled by the client",
-        completed_at=repo.NOW,
-        lease_expires_at=None,
-        next_attempt_at=None,
     )
     if moved is None:
         current = await get_job(job_id, owner)
         raise ConflictError(f"job {job_id} is already {current.status}", status=current.status)
-    events.announce(outbox, moved)
-    if moved.job.prediction_id:
-        outbox.send(cancel_upstream_task(moved.job.prediction_id))
     return moved.job
 
 
@@ -248,14 +225,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def status_of(job: Job, storage: Storage) -> JobStatusResponse:
-    return JobStatusResponse(
-        job_id=job.id,
-        status=job.status,
-        result_url=await storage.url_for(job.result_key) if job.result_key else None,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        retry_count=job.retry_count,
-    )
+    return JobStatusResponse.model_validate(await status_response(job.id, job, storage))
 
 
 async def detail_of(
@@ -300,18 +270,5 @@ async def detail_of(
         batch_id=job.batch_id,
         expires_at=job.expires_at,
         logs=job.logs,
-        metrics=_metrics_of(job),
+        metrics=metrics_of(job),
     )
-
-
-def _metrics_of(job: Job) -> dict[str, Any] | None:
-    """The metrics the end of its prediction wrote; else (canceled, failed before the
-    prediction ended, still running) what its timestamps tell: queue time once started, run
-    time once finished."""
-    if job.metrics is not None or job.started_at is None:
-        return job.metrics
-    ran = job.completed_at - job.started_at if job.completed_at else None
-    return {
-        "queue_seconds": round((job.started_at - job.created_at).total_seconds(), 3),
-        "run_seconds": None if ran is None else round(ran.total_seconds(), 3),
-    }

@@ -9,12 +9,8 @@ fails jobs past JOB_TIMEOUT; and it sends again the upstream cancels that failed
 drops from the head of the pending-queue index the jobs that are no longer pending (a crash
 between a commit and its announcement), so queue positions stay true.
 
-For Cog models (`sweep_cog`) it health-checks every endpoint (`GET /health-check`): one that
-is not READY or BUSY gets no work until it is again, and after LOST_AFTER_FAILED_CHECKS failed
-checks in a row the jobs in flight on it run a new attempt (their predictions will never
-report); it drops expired slot leases and queue entries of jobs that are no longer waiting, and
-sends the start of the jobs at the head of each model's queue that fit in the free slots (a
-lost start costs a sweep, no more).
+Where a provider keeps capacity of its own (Cog), its sweep runs too: health checks of its
+servers, stale slots and queue entries (`mediagen.providers.cog.capacity`).
 
 It also runs retention (`mediagen.jobs.retention`): the outputs of jobs past their retention
 are deleted, and, on its own schedule, old rows are pruned.
@@ -24,7 +20,6 @@ Each query takes at most BATCH rows, so a sweep's work is bounded whatever the b
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
@@ -35,10 +30,10 @@ from mediagen.batches import repository as batches
 from mediagen.broker import QUEUE_INDEX
 from mediagen.jobs import repository as repo
 from mediagen.jobs import retention
-from mediagen.jobs.dispatch import cancel_upstream_task, redispatch
+from mediagen.jobs.dispatch import Next, cancel_upstream_task, redispatch
 from mediagen.jobs.models import Job
-from mediagen.jobs.pipeline import Next, Pipeline
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.pipeline import Pipeline
+from mediagen.jobs.states import UNFINISHED, JobStatus
 from mediagen.notify import delivery_task
 from mediagen.observability import metrics
 
@@ -46,8 +41,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 INDEX_HEAD = 1000  # entries at the head of the queue index checked per sweep
-# Failed health checks in a row after which a Cog server's running predictions are retried.
-LOST_AFTER_FAILED_CHECKS = 3
 
 
 async def sweep(pipeline: Pipeline) -> int:
@@ -59,11 +52,10 @@ async def sweep(pipeline: Pipeline) -> int:
     lease = timedelta(seconds=settings.lease_seconds)
 
     expired = await Job.filter(
-        status__in=[JobStatus.PENDING, JobStatus.PROCESSING, JobStatus.RETRYING],
-        created_at__lt=moment - timedelta(seconds=settings.job_timeout),
+        status__in=UNFINISHED, created_at__lt=moment - timedelta(seconds=settings.job_timeout)
     ).limit(BATCH)
     for job in expired:
-        await pipeline._fail_deadline(job)
+        await pipeline.fail_deadline(job)
 
     # Whatever this sweep re-sends is stamped, so the next sweeps leave it alone a while.
     recent = moment - timedelta(seconds=max(2 * settings.sweep_interval, settings.dispatch_grace))
@@ -122,8 +114,8 @@ async def sweep(pipeline: Pipeline) -> int:
         await retention.sweep_retention(pipeline.storage, settings, outbox.client)
     except Exception as exc:  # the database or storage is down: the next sweep goes on
         log.warning("sweep: retention not run: %s", exc)
-    if pipeline.cog is not None:
-        await sweep_cog(pipeline)
+    if pipeline.capacity is not None:  # health checks, stale slots and queues (Cog)
+        await pipeline.capacity.sweep(pipeline.lose)
     await outbox.flush()
     for kind, found in (
         ("deadline", len(expired)),
@@ -161,44 +153,3 @@ async def prune_queue_index(redis: aioredis.Redis) -> None:
     if gone:
         await redis.zrem(QUEUE_INDEX, *gone)
         log.info("sweep: %d started or finished jobs dropped from the queue index", len(gone))
-
-
-async def sweep_cog(pipeline: Pipeline) -> None:
-    """Health checks, expired slots and stale queue entries of the Cog models (docstring)."""
-    capacity = pipeline.cog
-    assert capacity is not None
-    slots = capacity.slots
-    down_for = max(3 * pipeline.settings.sweep_interval, 10.0)
-    for route in pipeline.providers.catalog.models():
-        if route.provider != "cog" or not route.endpoints:
-            continue
-        try:
-            health = await asyncio.gather(*(slots.healthy(e) for e in route.endpoints))
-            for endpoint, healthy in zip(route.endpoints, health, strict=True):
-                if healthy:
-                    await slots.set_up(endpoint)  # and its failed checks start again from 0
-                    continue
-                await slots.set_down(endpoint, down_for, "health check failed")
-                # New work stops at the first failure; the predictions it runs are given up only
-                # once it has failed several checks in a row (a slow answer under load is not a
-                # dead server, and each job given up costs a prediction again).
-                if await slots.failed_check(endpoint, down_for) < LOST_AFTER_FAILED_CHECKS:
-                    continue
-                for job_id in await slots.holders(endpoint):
-                    log.warning(
-                        "sweep: Cog server %s is down; job %s runs again", endpoint.url, job_id
-                    )
-                    await capacity.lose(job_id, "its Cog server failed its health check")
-            head = await slots.waiting_head(route, INDEX_HEAD)
-            if head:
-                still = {
-                    str(job_id)
-                    for job_id in await Job.filter(
-                        id__in=head,
-                        status__in=[JobStatus.PENDING, JobStatus.RETRYING, JobStatus.PROCESSING],
-                    ).values_list("id", flat=True)
-                }
-                await slots.drop_waiting(route, [m for m in head if m not in still])
-            capacity.kick(await slots.release("", route))
-        except Exception as exc:  # Redis down: the next sweep tries again
-            log.warning("sweep: Cog model %s not checked: %s", route.name, exc)

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Task
 
+from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import CANCEL_UPSTREAM, POLL, START
 from mediagen.jobs.sweeper import sweep as sweep_jobs
 from mediagen.notify import delivery_task
@@ -25,7 +26,7 @@ def start(self: Task[Any, Any], job_id: str) -> None:
     """Begin (or retry) a job's generation."""
     context.adopt(self.request.headers or {}, job_id)
     rt = runtime()
-    with tracing.step("job.start", job_id, rt.run):
+    with tracing.step("job.start", job_id, lambda: rt.run(repo.traceparent_of(job_id))):
         rt.run(rt.step(rt.pipeline.start(job_id)))
 
 
@@ -34,7 +35,7 @@ def poll(self: Task[Any, Any], job_id: str, attempt: int) -> None:
     """Look once at a running prediction."""
     context.adopt(self.request.headers or {}, job_id)
     rt = runtime()
-    with tracing.step("job.poll", job_id, rt.run):
+    with tracing.step("job.poll", job_id, lambda: rt.run(repo.traceparent_of(job_id))):
         rt.run(rt.step(rt.pipeline.poll(job_id, attempt)))
 
 

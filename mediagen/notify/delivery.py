@@ -2,9 +2,8 @@
 
 - 2xx: delivered.
 - A network error, a host that does not resolve, no complete answer within WEBHOOK_TIMEOUT,
-  408, 425, 429 or 5xx: retried after WEBHOOK_RETRY_DELAY x (1, 6, 24, 120, 360, 720) (5 s ..
-  1 h by default), or after the receiver's Retry-After (seconds or a date, capped at 1 h) when
-  it is longer; after the last one: failed.
+  408, 425, 429 or 5xx: retried as `mediagen.retry` says for webhooks (5 s .. 1 h by default,
+  or the receiver's Retry-After when longer, capped at 1 h); after the last one: failed.
 - Any other answer (3xx included: redirects are never followed) or a URL that now resolves to
   a non-public address: failed at once.
 
@@ -29,9 +28,10 @@ from datetime import UTC, datetime, timedelta
 
 from standardwebhooks import Webhook
 
+from mediagen import retry as retry_policy
 from mediagen.batches.models import Batch
 from mediagen.broker import Task
-from mediagen.config import WEBHOOK_MAX_RETRY_AFTER, WEBHOOK_SCHEDULE, Settings
+from mediagen.config import Settings
 from mediagen.errors import OutboundError, RefusedAddressError
 from mediagen.jobs.models import Job
 from mediagen.keys.models import ApiKey
@@ -45,19 +45,9 @@ from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-SCHEDULE = WEBHOOK_SCHEDULE  # multiples of WEBHOOK_RETRY_DELAY
-MAX_ATTEMPTS = len(SCHEDULE) + 1
-MAX_RETRY_AFTER = WEBHOOK_MAX_RETRY_AFTER
+MAX_ATTEMPTS = len(retry_policy.WEBHOOK_SCHEDULE) + 1
 ANSWER_BYTES = 4096
 IN_FLIGHT_MARGIN = 5.0  # beyond WEBHOOK_TIMEOUT before an attempt counts as lost
-
-
-def retry_delay(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
-    """Seconds before the next attempt, after `attempts` failed ones."""
-    delay = settings.webhook_retry_delay * SCHEDULE[min(attempts, len(SCHEDULE)) - 1]
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return delay
 
 
 def policy(settings: Settings) -> Policy:
@@ -163,7 +153,7 @@ async def attempt(
     if error is None:
         fields |= {"status": DeliveryStatus.DELIVERED, "delivered_at": now}
     elif retry and attempts < MAX_ATTEMPTS:
-        countdown = retry_delay(settings, attempts, retry_after)
+        countdown = retry_policy.webhooks(settings).delay(attempts - 1, retry_after)
         fields["next_attempt_at"] = now + timedelta(seconds=countdown)
     else:
         fields["status"] = DeliveryStatus.FAILED

@@ -27,9 +27,12 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mediagen.config import Settings
-from mediagen.jobs.fastpath import ROUTE
 from mediagen.observability import logs, metrics
 from mediagen.observability.context import job_id, request_id
+
+# Where a request's route template is found when no FastAPI route ran (scope["route"] else):
+# the fast paths (`mediagen.jobs.fastpath`) put theirs there.
+ROUTE = "mediagen.route"
 
 HEADER = "X-Request-ID"
 FLUSH_EVERY = 0.2  # seconds a request waits, at most, to be logged and counted

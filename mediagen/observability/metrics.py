@@ -44,6 +44,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mediagen.jobs.states import OUTCOMES
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_MODEL = "default"  # the `model` label of jobs that named none
 
@@ -201,7 +203,7 @@ def job_moved(
         QUEUE_TIME.labels(provider, label).observe((started_at - created_at).total_seconds())
     elif status == "retrying":
         JOB_RETRIES.labels(provider, label).inc()
-    elif status in ("completed", "failed", "canceled"):
+    elif status in OUTCOMES:
         JOBS_FINISHED.labels(status, provider, label).inc()
         if started_at is not None and completed_at is not None:
             seconds = (completed_at - started_at).total_seconds()

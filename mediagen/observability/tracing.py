@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
@@ -36,6 +36,7 @@ from opentelemetry import trace
 
 from mediagen import __version__
 from mediagen.observability import context
+from mediagen.observability.http import route_of
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -203,10 +204,7 @@ class _NamedByRoute:
     (`observability.http.route_of`)."""
 
     def __init__(self, app: ASGIApp) -> None:
-        from mediagen.observability.http import route_of
-
         self.app = app
-        self.route_of = route_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,7 +214,7 @@ class _NamedByRoute:
 
         async def naming(message: Message) -> None:
             if message["type"] == "http.response.start":
-                route = self.route_of(scope)
+                route = route_of(scope)
                 if route != "other":
                     span.update_name(f"{_span_details(scope)[0]} {route}")
                     span.set_attribute("http.route", route)
@@ -278,48 +276,35 @@ def unlinked() -> Iterator[None]:
 
 # --- the worker ----------------------------------------------------------------------------------
 def step(
-    name: str,
-    job_id: str,
-    run: Callable[[Coroutine[Any, Any, str | None]], str | None],
+    name: str, job_id: str, origin: Callable[[], str | None]
 ) -> contextlib.AbstractContextManager[trace.Span]:
     """The span of one pipeline step (`job.start`, `job.poll`) of `job_id`, around the task's
-    work. When the message brought no trace context, the job row's `traceparent` (read with
-    `run`, which runs a coroutine on the process's loop) is its parent, and the task's span a
-    link."""
+    work. When the message brought no trace context, the trace the job was submitted in
+    (`origin()`: the `traceparent` its row keeps) is its parent, and the task's span a link."""
     if _provider is None:
         return _OFF
-    return _step(name, job_id, run)
+    return _step(name, job_id, origin)
 
 
 @contextlib.contextmanager
-def _step(
-    name: str, job_id: str, run: Callable[[Coroutine[Any, Any, str | None]], str | None]
-) -> Iterator[trace.Span]:
+def _step(name: str, job_id: str, origin: Callable[[], str | None]) -> Iterator[trace.Span]:
     parent: Context | None = None
     links: list[trace.Link] = []
     task_span = trace.get_current_span()
     if getattr(task_span, "parent", None) is None:  # a root: the message carried no context
-        origin = run(_traceparent_of(job_id))
-        if origin:
+        traceparent = origin()
+        if traceparent:
             from opentelemetry.trace.propagation.tracecontext import (
                 TraceContextTextMapPropagator,
             )
 
-            parent = TraceContextTextMapPropagator().extract({"traceparent": origin})
+            parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
             if task_span.get_span_context().is_valid:
                 links.append(trace.Link(task_span.get_span_context()))
     with _tracer.start_as_current_span(
         name, context=parent, links=links, attributes={JOB_ID: job_id}
     ) as span:
         yield span
-
-
-async def _traceparent_of(job_id: str) -> str | None:
-    """The trace the job was submitted in (kept on its row by `jobs.service.create_job`)."""
-    from mediagen.jobs.models import Job
-
-    values: list[Any] = await Job.filter(id=job_id).values_list("traceparent", flat=True)
-    return values[0] if values and isinstance(values[0], str) else None
 
 
 def span(

@@ -20,7 +20,7 @@ attempt).
 from mediagen.outbound._addresses import is_public
 from mediagen.outbound._client import Outbound, Policy, Reply, Stream
 from mediagen.outbound._resolve import pinned_urls
-from mediagen.outbound._rules import classify, retry_after
+from mediagen.outbound._rules import classify
 
 __all__ = [
     "Outbound",
@@ -30,5 +30,4 @@ __all__ = [
     "classify",
     "is_public",
     "pinned_urls",
-    "retry_after",
 ]

@@ -15,7 +15,7 @@ from httpx_aiohttp import AiohttpTransport
 from mediagen.errors import OutboundError
 from mediagen.observability import tracing
 from mediagen.outbound._resolve import pinned_urls
-from mediagen.outbound._rules import retry_after
+from mediagen.retry import parse_retry_after
 
 POOL_SIZE = 1000  # keep-alive connections: one per job in flight at most
 
@@ -42,7 +42,7 @@ class Reply:
 
     @property
     def retry_after(self) -> float | None:
-        return retry_after(self.headers.get("retry-after"))
+        return parse_retry_after(self.headers.get("retry-after"))
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Stream:
 
     @property
     def retry_after(self) -> float | None:
-        return retry_after(self.headers.get("retry-after"))
+        return parse_retry_after(self.headers.get("retry-after"))
 
 
 class Outbound:

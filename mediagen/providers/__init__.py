@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, load_catalog
 from mediagen.config import Settings
 from mediagen.errors import PermanentProviderError
 from mediagen.outbound import Outbound
-from mediagen.providers.base import Provider
+from mediagen.providers.base import Capacity, Provider
+from mediagen.providers.builtin.provider import BuiltinProvider
+from mediagen.providers.cog.capacity import CogCapacity
+from mediagen.providers.cog.provider import CogProvider
+from mediagen.providers.replicate.provider import ReplicateProvider
 
 __all__ = ["Provider", "Providers", "create_provider", "create_providers"]
 
@@ -67,20 +72,23 @@ class Providers:
     def _make(self, name: str) -> Provider:
         settings = self.settings
         if name == "builtin":
-            from mediagen.providers.builtin.provider import BuiltinProvider
-
             return BuiltinProvider(settings.builtin_latency, settings.builtin_fault_injection)
         if name == "replicate":
             if not settings.replicate_api_token:
                 raise PermanentProviderError(
                     "provider replicate is not configured here (REPLICATE_API_TOKEN is unset)"
                 )
-            from mediagen.providers.replicate.provider import ReplicateProvider
-
             return ReplicateProvider(settings, self.outbound)
         if name == "cog":
             return _cog(settings, self.outbound, self.catalog)
         raise PermanentProviderError(f"unknown provider {name!r}")
+
+    def capacity(self, outbox: Outbox) -> Capacity | None:
+        """The slot accounting of the providers that keep one (Cog), on `outbox`; None when
+        the catalog routes none of them."""
+        if "cog" not in self.catalog.providers():
+            return None
+        return CogCapacity(self.settings, self.catalog, outbox, self.outbound)
 
     async def close(self) -> None:
         made, self._made = list(self._made.values()), {}
@@ -93,13 +101,11 @@ class Providers:
 
 
 def _cog(settings: Settings, outbound: Outbound, catalog: Catalog) -> Provider:
-    """The Cog provider, imported only where a models file routes models to Cog."""
+    """The Cog provider, made only where a models file routes models to Cog."""
     if "cog" not in catalog.providers():
         raise PermanentProviderError(
             "provider cog is not configured here (MODELS_FILE has no cog model)"
         )
-    from mediagen.providers.cog.provider import CogProvider
-
     return CogProvider(settings, outbound, catalog)
 
 
@@ -107,11 +113,7 @@ def create_provider(settings: Settings, outbound: Outbound | None = None) -> Pro
     """The one provider the settings select, without a models file: Replicate when
     REPLICATE_API_TOKEN is set, else the built-in generator. The caller owns and closes it."""
     if settings.replicate_api_token:
-        from mediagen.providers.replicate.provider import ReplicateProvider
-
         return ReplicateProvider(settings, outbound)
-    from mediagen.providers.builtin.provider import BuiltinProvider
-
     return BuiltinProvider(settings.builtin_latency, settings.builtin_fault_injection)
 
 

@@ -14,13 +14,16 @@ import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from mediagen.catalog import ModelRoute
+from mediagen.catalog import Endpoint, ModelRoute
+from mediagen.errors import NoCapacityError
+from mediagen.jobs.models import Job
 
 
 class PredictionStatus(enum.StrEnum):
+    """Where a prediction stands upstream: the statuses Replicate's and Cog's APIs share."""
+
     STARTING = "starting"
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
@@ -29,7 +32,29 @@ class PredictionStatus(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (self.SUCCEEDED, self.FAILED, self.CANCELED)
+        return self in FINISHED
+
+    @classmethod
+    def parse(cls, value: object) -> PredictionStatus | None:
+        """An upstream status, as either API writes it; None for one it does not know.
+        `aborted` (Replicate: terminated before it ran, e.g. a deadline) counts as failed."""
+        if value == "aborted":
+            return cls.FAILED
+        try:
+            return cls(str(value))
+        except ValueError:
+            return None
+
+
+FINISHED = frozenset(
+    {PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELED}
+)
+
+
+def finished(value: object) -> bool:
+    """Whether an upstream status (as either API writes it) says the prediction is over."""
+    status = PredictionStatus.parse(value)
+    return status is not None and status.is_terminal
 
 
 @dataclass(frozen=True)
@@ -150,3 +175,41 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# What `Capacity.admit` answers for a job that waits in its model's queue for a slot.
+WAITS = Endpoint("", 0)
+Lose = Callable[[str, str], Awaitable[None]]
+
+
+class Capacity(Protocol):
+    """A provider's own account of where its jobs may run (Cog: slots of its servers), for the
+    providers that keep one (`Providers.capacity`). The pipeline asks it before a job starts and
+    tells it when an attempt ended; it never reaches into the pipeline."""
+
+    async def admit(self, job_id: str) -> Endpoint | None:
+        """The endpoint whose slot the job now holds; WAITS (it waits, pending, in its model's
+        queue: a release sends its start again); None: not a job this capacity counts."""
+        ...
+
+    async def unclaimed(self, job_id: str) -> None:
+        """A slot was taken for a job that its claim did not start."""
+        ...
+
+    async def release(self, job: Job) -> None:
+        """The job's attempt (or wait) ended: its slot goes to the next in line."""
+        ...
+
+    async def turned_away(self, slot: Endpoint, exc: NoCapacityError) -> NoCapacityError:
+        """The server of `slot` refused or could not be reached: set it aside; what the job
+        retries with (uncounted)."""
+        ...
+
+    async def canceled(self, prediction_id: str) -> None:
+        """Upstream confirmed a cancel: the prediction's slot is free once its job is over."""
+        ...
+
+    async def sweep(self, lose: Lose) -> None:
+        """Health checks and stale entries (the sweeper); `lose(job_id, reason)` for each job
+        whose server died with its prediction."""
+        ...

@@ -20,11 +20,12 @@ from tortoise.exceptions import BaseORMException
 from mediagen.config import get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import DatabaseUnavailableError
+from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.usage import service
 from mediagen.usage.schemas import UsageGroup, UsageQuery
 
-SHOWN_STATUSES = ("completed", "failed", "canceled", "expired")  # the rest: "unfinished"
+SHOWN_STATUSES = tuple(str(s) for s in JobStatus if s.is_terminal)  # the rest: "unfinished"
 
 
 def _instant(text: str | None) -> datetime | None:

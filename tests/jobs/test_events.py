@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
+from mediagen.jobs.dispatch import Next
 from mediagen.jobs.models import Job
-from mediagen.jobs.pipeline import Next
 from mediagen.jobs.states import JobStatus
 from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate

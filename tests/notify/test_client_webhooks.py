@@ -19,8 +19,6 @@ import pytest
 import redis
 from starlette.responses import RedirectResponse, Response
 
-from mediagen.config import Settings
-from mediagen.notify.delivery import MAX_ATTEMPTS, retry_delay
 from mediagen.providers.replicate.signatures import verify_webhook
 from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
 from tests.receiver import Hit, Receiver, receiving
@@ -176,15 +174,6 @@ async def test_a_client_error_fails_at_once(client: httpx.AsyncClient,
     assert delivery["status"] == "failed" and delivery["attempts"] == 1
     assert delivery["last_status_code"] == 410 and delivery["next_attempt_at"] is None
     assert len(receiver.at(f"/gone/{name}")) == 1
-
-
-def test_the_retry_schedule() -> None:
-    settings = Settings(webhook_retry_delay=5)
-    assert [retry_delay(settings, n) for n in range(1, MAX_ATTEMPTS)] == [
-        5, 30, 120, 600, 1800, 3600]
-    assert retry_delay(settings, 1, retry_after=90) == 90  # Retry-After, when longer
-    assert retry_delay(settings, 1, retry_after=10**6) == 3600  # capped at 1 h
-    assert retry_delay(settings, 4, retry_after=1) == 600
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.1/hook", "http://localhost:1/",

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 
 import pytest
 
 from mediagen.errors import OutboundError, RefusedAddressError
-from mediagen.outbound import Outbound, Policy, classify, retry_after
+from mediagen.outbound import Outbound, Policy, classify
 from tests.fakes.hostile import HostileServer
 
 LOCAL = {"pin": True, "allow_hosts": ("127.0.0.1",)}
@@ -82,12 +80,3 @@ async def test_pinned_calls_refuse_what_is_not_public(server: HostileServer) -> 
 def test_what_a_status_means() -> None:
     assert [classify(s) for s in (200, 204, 301, 400, 404, 408, 425, 429, 500, 503)] == [
         "ok", "ok", "fail", "fail", "fail", "retry", "retry", "retry", "retry", "retry"]
-
-
-def test_retry_after_in_seconds_or_as_a_date() -> None:
-    assert retry_after("7") == 7.0
-    assert retry_after("-3") == 0.0
-    assert retry_after("3600", cap=60) == 60
-    assert retry_after(None) is None and retry_after("soon") is None and retry_after("nan") is None
-    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= (retry_after(when) or 0) <= 30

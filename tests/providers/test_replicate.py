@@ -25,7 +25,6 @@ from PIL import Image
 
 from mediagen.config import Settings
 from mediagen.errors import PermanentProviderError, ProviderError, RetryableProviderError
-from mediagen.outbound import retry_after as parse_retry_after
 from mediagen.providers.base import (
     Fetched,
     GenerationRequest,
@@ -34,6 +33,7 @@ from mediagen.providers.base import (
     PredictionStatus,
 )
 from mediagen.providers.replicate.provider import ReplicateProvider, parse_progress
+from mediagen.retry import parse_retry_after
 from mediagen.storage.base import Storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.s3 import PART_SIZE, S3Storage

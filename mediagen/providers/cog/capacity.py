@@ -1,5 +1,6 @@
-"""The pipeline's side of Cog capacity: when a Cog job may start, what ends its hold on a slot,
-and what a server that fails its health check means for the jobs it runs.
+"""Cog capacity as the pipeline sees it (`mediagen.providers.base.Capacity`): when a Cog job may
+start, what ends its hold on a slot, and what a server that fails its health check means for
+the jobs it runs.
 
 The slots and queues themselves are `mediagen.providers.cog.slots` (Redis, Lua). Here:
 
@@ -9,40 +10,48 @@ The slots and queues themselves are `mediagen.providers.cog.slots` (Redis, Lua).
   frees the slot and sends the start of the queue's heads that now fit, through the outbox.
 - `turned_away`: a 409 despite our accounting, or a refused connection, sets the endpoint
   aside for a moment; the job waits for a slot again without counting a retry.
-- `lose` (the sweeper, for an endpoint whose health check failed): the job runs a new attempt
-  at once, as after a missed webhook's deadline.
+- `sweep` (the sweeper): health-checks every endpoint (`GET /health-check`); one that is not
+  READY or BUSY gets no work until it is again, and after LOST_AFTER_FAILED_CHECKS failed checks
+  in a row the jobs in flight on it run a new attempt (their predictions will never report:
+  the sweeper's `lose`). It drops expired slot leases and queue entries of jobs that are no
+  longer waiting, and sends the start of the jobs at the head of each model's queue that fit in
+  the free slots (a lost start costs a sweep, no more).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from mediagen.catalog import Endpoint
-from mediagen.errors import EndpointDownError, NoCapacityError, PredictionLostError
+from mediagen.broker import Outbox
+from mediagen.catalog import Catalog, Endpoint, ModelRoute
+from mediagen.config import Settings
+from mediagen.errors import EndpointDownError, NoCapacityError
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import order_priority, queue_order, start_task
 from mediagen.jobs.models import Job
-from mediagen.jobs.states import JobStatus
+from mediagen.jobs.states import UNFINISHED, JobStatus
+from mediagen.outbound import Outbound
+from mediagen.providers.base import WAITS, Lose
+from mediagen.providers.cog.ids import Handle, parse_cog_id
 from mediagen.providers.cog.slots import CogSlots
 
-if TYPE_CHECKING:
-    from mediagen.jobs.pipeline import Pipeline
-
 log = logging.getLogger(__name__)
-WAITS = Endpoint("", 0)  # what `admit` answers for a job that waits in its model's queue
+# Failed health checks in a row after which a Cog server's running predictions are retried.
+LOST_AFTER_FAILED_CHECKS = 3
+QUEUE_HEAD = 1000  # entries at the head of a model's queue checked per sweep
 
 
 class CogCapacity:
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.settings = pipeline.settings
-        self.catalog = pipeline.providers.catalog
-        self.slots = CogSlots(
-            pipeline.settings, pipeline.outbox.client, pipeline.providers.outbound
-        )
+    def __init__(
+        self, settings: Settings, catalog: Catalog, outbox: Outbox, outbound: Outbound
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.outbox = outbox
+        self.slots = CogSlots(settings, outbox.client, outbound)
 
     async def admit(self, job_id: str) -> Endpoint | None:
         """For a Cog job: the endpoint whose slot it now holds, or WAITS (it waits, pending, in
@@ -89,13 +98,13 @@ class CogCapacity:
         except RedisError as exc:  # the lease expires; the sweeper kicks the queue
             log.warning("job %s: Cog slot not released: %s", job.id, exc)
             return
-        self.kick(heads)
+        self._kick(heads)
 
-    def kick(self, heads: list[tuple[str, float]]) -> None:
+    def _kick(self, heads: list[tuple[str, float]]) -> None:
         """Send the start of jobs that may take a slot now, each at the priority its place in
         the queue says (a duplicate start is harmless)."""
         for job_id, order in heads:
-            self.pipeline.outbox.send(start_task(job_id, order_priority(order)))
+            self.outbox.send(start_task(job_id, order_priority(order)))
 
     async def turned_away(self, slot: Endpoint, exc: NoCapacityError) -> NoCapacityError:
         """A Cog server answered 409 despite our accounting (someone else uses it, or a
@@ -113,23 +122,49 @@ class CogCapacity:
         # until the health check brings this one back).
         return type(exc)(exc.message, retry_after=None if down else seconds)
 
-    async def lose(self, job_id: str, reason: str) -> None:
-        """A Cog job's server failed its health check: its prediction will never report, so
-        the job runs a new attempt now (as after a missed webhook's deadline)."""
-        job = await repo.get(job_id)
-        if job is None:
-            return
-        if job.status is JobStatus.PROCESSING:
-            await self.pipeline._on_error(job, job.attempt, PredictionLostError(reason))
-        elif job.status.is_terminal:
-            await self.release(job)
-
-    async def release_canceled(self, prediction_id: str) -> None:
+    async def canceled(self, prediction_id: str) -> None:
         """Cog confirmed the cancel of a prediction: its slot is free once its job is over."""
-        from mediagen.providers.cog.ids import Handle, parse_cog_id
-
         handle = Handle.parse(prediction_id)
         parsed = parse_cog_id(handle.cog_id) if handle is not None else None
         job = await repo.get(parsed[0]) if parsed is not None else None
         if job is not None and job.status.is_terminal:
             await self.release(job)
+
+    # --- the sweeper's share -----------------------------------------------------------------
+    async def sweep(self, lose: Lose) -> None:
+        """Health checks, expired slots and stale queue entries of every Cog model."""
+        for route in self.catalog.models():
+            if route.provider != "cog" or not route.endpoints:
+                continue
+            try:
+                await self._check(route, lose)
+            except Exception as exc:  # Redis down: the next sweep tries again
+                log.warning("sweep: Cog model %s not checked: %s", route.name, exc)
+
+    async def _check(self, route: ModelRoute, lose: Lose) -> None:
+        slots = self.slots
+        down_for = max(3 * self.settings.sweep_interval, 10.0)
+        health = await asyncio.gather(*(slots.healthy(e) for e in route.endpoints))
+        for endpoint, healthy in zip(route.endpoints, health, strict=True):
+            if healthy:
+                await slots.set_up(endpoint)  # and its failed checks start again from 0
+                continue
+            await slots.set_down(endpoint, down_for, "health check failed")
+            # New work stops at the first failure; the predictions it runs are given up only
+            # once it has failed several checks in a row (a slow answer under load is not a
+            # dead server, and each job given up costs a prediction again).
+            if await slots.failed_check(endpoint, down_for) < LOST_AFTER_FAILED_CHECKS:
+                continue
+            for job_id in await slots.holders(endpoint):
+                log.warning("sweep: Cog server %s is down; job %s runs again", endpoint.url, job_id)
+                await lose(job_id, "its Cog server failed its health check")
+        head = await slots.waiting_head(route, QUEUE_HEAD)
+        if head:
+            still = {
+                str(job_id)
+                for job_id in await Job.filter(id__in=head, status__in=UNFINISHED).values_list(
+                    "id", flat=True
+                )
+            }
+            await slots.drop_waiting(route, [m for m in head if m not in still])
+        self._kick(await slots.release("", route))

@@ -128,11 +128,6 @@ SCHEMA_RETRY = 30.0  # ... and its failure to give them
 DEFAULT_DEADLINE = 600.0
 # Which webhooks Cog sends: not "output", whose intermediate copy repeats the whole outputs.
 WEBHOOK_EVENTS = ["start", "logs", "completed"]
-TERMINAL = {
-    "succeeded": PredictionStatus.SUCCEEDED,
-    "failed": PredictionStatus.FAILED,
-    "canceled": PredictionStatus.CANCELED,
-}
 
 # Redis: the terminal prediction, and the latest logs of a running one (see cog_webhooks).
 DONE = "mediagen:cog:done:"
@@ -335,7 +330,9 @@ class CogProvider:
         )
 
     def _terminal(self, prediction_id: str, handle: Handle, record: dict[str, Any]) -> Prediction:
-        status = TERMINAL.get(str(record.get("status")), PredictionStatus.FAILED)
+        status = PredictionStatus.parse(record.get("status"))
+        if status is None or not status.is_terminal:
+            status = PredictionStatus.FAILED
         logs = record.get("logs") if isinstance(record.get("logs"), str) else None
         omitted = record.get("logs_omitted")
         seen: dict[str, Any] = {

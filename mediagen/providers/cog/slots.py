@@ -26,19 +26,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from mediagen.broker import QUEUE_INDEX
+from mediagen.catalog import Endpoint, ModelRoute
+from mediagen.config import Settings
 from mediagen.errors import OutboundError
 from mediagen.outbound import Outbound, Policy
 from mediagen.providers.cog.ids import endpoint_key
-
-if TYPE_CHECKING:
-    from mediagen.catalog import Endpoint, ModelRoute
-    from mediagen.config import Settings
+from mediagen.retry import MAX_POLL_WAIT
 
 WAIT = "mediagen:cog:wait:"
 HELD = "mediagen:cog:held:"
@@ -142,8 +141,6 @@ class CogSlots:
     """The slot accounting of one process (a worker's pipeline), on the outbox's Redis client."""
 
     def __init__(self, settings: Settings, client: aioredis.Redis, outbound: Outbound) -> None:
-        from mediagen.config import MAX_POLL_WAIT
-
         self.settings = settings
         self.client = client
         self.outbound = outbound

@@ -53,10 +53,11 @@ from mediagen.errors import (
 )
 from mediagen.jobs import joblogs
 from mediagen.jobs import repository as repo
+from mediagen.jobs.dispatch import poll_task
 from mediagen.jobs.models import Job
-from mediagen.jobs.pipeline import Next
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
+from mediagen.providers.base import finished
 from mediagen.providers.cog import provider as cog
 from mediagen.storage.base import Storage
 
@@ -178,11 +179,11 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
     status = payload.get("status")
     running = await _running(prediction)
     if running is None:
-        if status in cog.TERMINAL:  # its uploads will never be used
+        if finished(status):  # its uploads will never be used
             await _discard(storage, prediction, cog.file_outputs(payload.get("output")))
         return "ignored"
     ttl = int(settings.job_timeout) + RECORD_TTL_MARGIN
-    if status not in cog.TERMINAL:
+    if not finished(status):
         live = {"status": "processing", **_logs(payload, settings)}
         await redis.set(cog.LIVE + prediction, orjson.dumps(live), ex=ttl)
         return "noted"
@@ -211,7 +212,7 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
         # after it does, finds the record (a poll now would look at the job's previous one).
         return "recorded"
     outbox: Outbox = request.app.state.outbox
-    if not await outbox.send(Next("poll", str(running.id), running.attempt).task()):
+    if not await outbox.send(poll_task(running.id, running.attempt)):
         return "recorded"  # the job's next regular poll finds it
     return "dispatched"
 

@@ -45,9 +45,6 @@ WEBHOOK_EVENTS = ["start", "output", "logs", "completed"]
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
 _MODEL = re.compile(r"^[\w.-]+/[\w.-]+$")
 _PROGRESS = re.compile(r"(\d{1,3})%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
-_STATUSES = {status.value: status for status in PredictionStatus} | {
-    "aborted": PredictionStatus.FAILED  # terminated before it ran (e.g. a deadline)
-}
 
 
 def parse_progress(logs: str | None) -> dict[str, int] | None:
@@ -75,7 +72,7 @@ def _urls(value: Any) -> list[str]:
 def _prediction(data: Any) -> Prediction:
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise RetryableProviderError(f"replicate returned no prediction: {str(data)[:200]}")
-    status = _STATUSES.get(str(data.get("status")))
+    status = PredictionStatus.parse(data.get("status"))
     if status is None:
         raise RetryableProviderError(f"replicate returned unknown status {data.get('status')!r}")
     logs = data.get("logs") if isinstance(data.get("logs"), str) else None

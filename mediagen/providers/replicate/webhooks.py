@@ -18,10 +18,11 @@ from pydantic import BaseModel
 
 from mediagen.broker import Outbox
 from mediagen.errors import AuthenticationError, NotFoundError
+from mediagen.jobs.dispatch import poll_task
 from mediagen.jobs.models import Job
-from mediagen.jobs.pipeline import Next
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
+from mediagen.providers.base import finished
 from mediagen.providers.replicate.signatures import WebhookVerificationError, verify_webhook
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ router = APIRouter(tags=["webhooks"])
 
 SEEN_PREFIX = "mediagen:webhook:"
 SEEN_TTL = 24 * 3600
-TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
 class WebhookAck(BaseModel):
@@ -44,9 +44,9 @@ async def accept(payload: dict[str, Any], outbox: Outbox) -> str:
     job = await Job.get_or_none(prediction_id=prediction_id)
     if job is None or job.status is not JobStatus.PROCESSING:
         return "ignored"  # unknown, already finished, or between attempts: polling covers it
-    if payload.get("status") not in TERMINAL:
+    if not finished(payload.get("status")):
         return "noted"
-    if not await outbox.send(Next("poll", str(job.id), job.attempt).task()):
+    if not await outbox.send(poll_task(job.id, job.attempt)):
         raise ConnectionError("broker unavailable")
     return "dispatched"
 
