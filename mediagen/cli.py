@@ -20,7 +20,9 @@ Postgres/Redis and Flower).
 """
 
 # Nothing of the server (nor asyncio) is imported before a server command is chosen: the
-# client's commands and every --help start quickly, and work where only the client is installed.
+# server is an optional extra (`mediagen[server]`), so its modules are imported in the functions
+# that need them, and the client's commands and every --help work where only the client is
+# installed, and start quickly (so does the client: see `main`).
 
 from __future__ import annotations
 
@@ -367,6 +369,8 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["generate"], ["jobs"], ["models"]):
+        # Here, not at the top: the client (httpx, rich, asyncio) takes 0.6 s to import, which
+        # the server commands and --help, which never need it, must not pay.
         from mediagen.client import cli as client_cli
 
         return client_cli.main(argv)

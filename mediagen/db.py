@@ -37,7 +37,7 @@ MODELS = [
     "mediagen.idempotency",
     "mediagen.keys.models",
     "mediagen.notify.models",
-    "mediagen.storage.signing",
+    "mediagen.signing",
     "mediagen.files.models",
     "mediagen.batches.models",
 ]

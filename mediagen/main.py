@@ -31,6 +31,7 @@ from mediagen.jobs import schemas as jobs_schemas
 from mediagen.jobs import service as jobs_service
 from mediagen.jobs.fastpath import FastPaths
 from mediagen.jobs.live import router as live_router
+from mediagen.jobs.retention import served_job_gone
 from mediagen.jobs.router import router as jobs_router
 from mediagen.keys.cache import PING_EVERY, KeyCache
 from mediagen.limits.body import BodySizeLimit, batch_body_bytes
@@ -206,7 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(FastPaths)
     if isinstance(storage, LocalStorage):
         storage.root.mkdir(parents=True, exist_ok=True)
-        app.mount("/media", SignedFiles(storage), name="media")
+        app.mount("/media", SignedFiles(storage, served_job_gone), name="media")
     # Webhook bodies carry a prediction's logs: allow them more room than client requests.
     if settings.cors_origin_list:
         app.add_middleware(

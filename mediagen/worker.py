@@ -20,8 +20,9 @@ import socket
 import threading
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from celery import Celery
 from celery.signals import (
     setup_logging,
@@ -44,10 +45,15 @@ from mediagen.broker import (
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
-from mediagen.observability import logs, tracing
-
-if TYPE_CHECKING:
-    from mediagen.jobs.pipeline import Next
+from mediagen.jobs.dispatch import Next
+from mediagen.jobs.pipeline import Pipeline
+from mediagen.notify.delivery import Deliverer
+from mediagen.observability import logs, metrics, tracing
+from mediagen.observability.measured import MeasuredProvider
+from mediagen.outbound import Outbound
+from mediagen.providers.registry import create_providers
+from mediagen.storage import create_storage
+from mediagen.storage.signing import load_signer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,13 +154,6 @@ class Runtime:
     storage and webhook deliverer per worker process."""
 
     def __init__(self, settings: Settings) -> None:
-        from mediagen.jobs.pipeline import Pipeline
-        from mediagen.notify.delivery import Deliverer
-        from mediagen.observability.measured import MeasuredProvider
-        from mediagen.outbound import Outbound
-        from mediagen.providers import create_providers
-        from mediagen.storage import create_storage
-
         self.settings = settings
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
@@ -169,17 +168,13 @@ class Runtime:
         self._heartbeat: asyncio.Task[None] | None = None
         self.outbox = self.run(self._open())
         self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
-        self.deliverer = self.run(self._deliverer(Deliverer))
+        self.deliverer = self.run(self._deliverer())
 
-    async def _deliverer(self, cls: Any) -> Any:
-        return cls(self.settings, self.storage, self.outbound, self.outbox.send)
+    async def _deliverer(self) -> Deliverer:
+        return Deliverer(self.settings, self.storage, self.outbound, self.outbox.send)
 
     async def _open(self) -> Outbox:
-        import redis.asyncio as aioredis
-
         await init_db(self.settings, "mediagen-worker")
-        from mediagen.storage.signing import load_signer
-
         # Signed URLs in webhook payloads: local outputs, a prediction's stream.
         self.storage.signer = await load_signer(
             self.settings.media_signing_key, self.settings.media_url_ttl
@@ -297,8 +292,6 @@ def _export_metrics(settings: Settings) -> None:
     worker` sets it up) it adds up every pool process (mediagen.observability.metrics)."""
     if not settings.metrics_enabled or not settings.worker_metrics_port:
         return
-    from mediagen.observability import metrics
-
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:
         metrics.serve(host, port, settings.metrics_token)

@@ -12,7 +12,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
-from mediagen.providers import create_provider
+from mediagen.providers.registry import create_provider
 from mediagen.storage import create_storage
 from tests.conftest import REDIS_URL, start_api
 from tests.support import Proc, free_port, wait_terminal

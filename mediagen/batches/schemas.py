@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from mediagen.config import get_settings
 from mediagen.jobs.schemas import _WEBHOOK, GenerateRequest
+from mediagen.jobs.states import JobStatus
 
 _SETTINGS = get_settings()  # the bound the OpenAPI schema states, as configured
 
@@ -48,16 +49,11 @@ class BatchRequest(BaseModel):
     )
 
 
-class BatchCounts(BaseModel):
-    """How many of the batch's jobs are in each state."""
-
-    pending: int = 0
-    processing: int = 0
-    retrying: int = 0
-    completed: int = 0
-    failed: int = 0
-    canceled: int = 0
-    expired: int = 0
+BatchCounts = create_model(  # a count for each job state (mediagen.jobs.states), in its order
+    "BatchCounts",
+    __doc__="How many of the batch's jobs are in each state.",
+    **{str(status): (int, 0) for status in JobStatus},  # type: ignore[call-overload]
+)
 
 
 class BatchDetail(BaseModel):

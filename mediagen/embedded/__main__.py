@@ -3,6 +3,7 @@
 import sys
 
 from mediagen import extras
+from mediagen.embedded import main
 
 
 def _main() -> int:
@@ -11,8 +12,6 @@ def _main() -> int:
     except extras.MissingExtraError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from mediagen.embedded import main
-
     return main()
 
 

@@ -43,7 +43,6 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import metrics_at_end
 from mediagen.jobs.states import JobStatus
 from mediagen.observability import context
-from mediagen.providers import Providers
 from mediagen.providers.base import (
     WAITS,
     GenerationRequest,
@@ -51,6 +50,7 @@ from mediagen.providers.base import (
     PredictionStatus,
     Provider,
 )
+from mediagen.providers.registry import Providers
 from mediagen.retry import MAX_POLL_WAIT
 from mediagen.storage.base import Storage
 

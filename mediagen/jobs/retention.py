@@ -36,6 +36,7 @@ from mediagen.broker import QUEUE_INDEX, stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import GoneError, NotFoundError, StorageError
+from mediagen.files import service as files
 from mediagen.jobs import repository as repo
 from mediagen.jobs.states import NO_OUTPUTS, JobStatus, sql_list
 from mediagen.storage.base import Storage
@@ -166,17 +167,6 @@ async def _deleted(sql: str, age: float, limit: int) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-async def _expired_files(storage: Storage, limit: int) -> int:
-    try:
-        from mediagen.files import service as files
-    except ImportError:  # a build without input files
-        return 0
-    delete_expired: Any = getattr(files, "delete_expired", None)
-    if delete_expired is None:
-        return 0
-    return int(await delete_expired(storage, limit) or 0)
-
-
 async def prune(
     storage: Storage,
     settings: Settings,
@@ -197,7 +187,7 @@ async def prune(
         "webhook deliveries": lambda: _deleted(
             _OLD_DELIVERIES, DELIVERY_TTL.total_seconds(), limit
         ),
-        "input files": lambda: _expired_files(storage, limit),
+        "input files": lambda: files.delete_expired(storage, limit),
         "batches": lambda: _deleted(_EMPTY_BATCHES, BATCH_GRACE.total_seconds(), limit),
     }
     pruned = Pruned({kind: 0 for kind in kinds})

@@ -15,6 +15,8 @@ from tortoise.exceptions import BaseORMException
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import DatabaseUnavailableError, NotFoundError
+from mediagen.jobs.deletion import delete_key_data
+from mediagen.jobs.repository import adopt_anonymous
 from mediagen.keys import service
 from mediagen.keys.cache import publish_change
 
@@ -73,8 +75,6 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"mediagen keys: {exc.message}")
                 return 1
             await _announce(settings)  # no request of it is accepted from now on
-            from mediagen.jobs.deletion import delete_key_data
-
             removed = await delete_key_data(key, settings)
             summary = ", ".join(f"{n} {kind}" for kind, n in removed.items())
             print(f"deleted key {key.id} ({key.prefix}...) and its data: {summary}")
@@ -84,8 +84,6 @@ async def _run(args: argparse.Namespace) -> int:
             except NotFoundError as exc:
                 print(f"mediagen keys: {exc.message}")
                 return 1
-            from mediagen.jobs.repository import adopt_anonymous
-
             count = await adopt_anonymous(key.id)
             print(f"{count} job(s) made without a key now belong to key {key.id} ({key.prefix}...)")
         else:

@@ -1,17 +1,16 @@
 """Counting what the worker asks of the outside world, without touching the pipeline: a provider
-that times its calls and counts its downloads, and a decorator for storage backends' `save`."""
+that times its calls and counts its downloads (storage backends count their own writes:
+`mediagen.storage.base.measured_save`)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from mediagen.errors import StorageError
 from mediagen.observability import metrics
 from mediagen.providers.base import Fetched, GenerationRequest, Output, Prediction, Provider
-from mediagen.storage.base import Body
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, int]])
 
@@ -81,23 +80,3 @@ class _Counted:
         except BaseException:
             self.failed = True
             raise
-
-
-def measured_save(backend: str) -> Callable[[F], F]:
-    """Count a backend's `save` in `mediagen_storage_writes_total` (a `StorageError` is the
-    storage's failure; any other error came from the body, i.e. the download)."""
-
-    def wrap(save: F) -> F:
-        @functools.wraps(save)
-        async def measured(self: Any, key: str, body: Body, content_type: str) -> int:
-            try:
-                size: int = await save(self, key, body, content_type)
-            except StorageError:
-                metrics.storage_write(backend, "error")
-                raise
-            metrics.storage_write(backend, "ok", size)
-            return size
-
-        return cast(F, measured)
-
-    return wrap

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mediagen.config import Settings
 from mediagen.storage.base import Storage
+from mediagen.storage.local import LocalStorage
+from mediagen.storage.s3 import S3Storage
 
 __all__ = ["Storage", "create_storage"]
 
@@ -11,9 +13,5 @@ __all__ = ["Storage", "create_storage"]
 def create_storage(settings: Settings) -> Storage:
     """The backend `settings` ask for. The caller owns it and closes it."""
     if settings.storage_type == "s3":
-        from mediagen.storage.s3 import S3Storage
-
         return S3Storage.from_settings(settings)
-    from mediagen.storage.local import LocalStorage
-
     return LocalStorage(settings.local_storage_path)

@@ -6,11 +6,15 @@ own outputs instead of leaving a second set behind.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
-if TYPE_CHECKING:
-    from mediagen.storage.signing import MediaSigner
+from mediagen.errors import StorageError
+from mediagen.observability import metrics
+from mediagen.storage.signing import MediaSigner
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, int]])
 
 Body = bytes | AsyncIterator[bytes]
 
@@ -49,3 +53,23 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def measured_save(backend: str) -> Callable[[F], F]:
+    """Count a backend's `save` in `mediagen_storage_writes_total` (a `StorageError` is the
+    storage's failure; any other error came from the body, i.e. the download)."""
+
+    def wrap(save: F) -> F:
+        @functools.wraps(save)
+        async def measured(self: Any, key: str, body: Body, content_type: str) -> int:
+            try:
+                size: int = await save(self, key, body, content_type)
+            except StorageError:
+                metrics.storage_write(backend, "error")
+                raise
+            metrics.storage_write(backend, "ok", size)
+            return size
+
+        return cast(F, measured)
+
+    return wrap

@@ -13,8 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mediagen.errors import StorageError
-from mediagen.observability.measured import measured_save
-from mediagen.storage.base import Body
+from mediagen.storage.base import Body, measured_save
 from mediagen.storage.signing import MediaSigner
 
 

@@ -24,16 +24,14 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from mediagen.config import Settings
 from mediagen.errors import StorageError
-from mediagen.observability.measured import measured_save
-from mediagen.storage.base import Body
+from mediagen.storage.base import Body, measured_save
 from mediagen.storage.signing import MediaSigner
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
-
-    from mediagen.config import Settings
 
 PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
@@ -18,11 +19,15 @@ _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 class SignedFiles(StaticFiles):
     """StaticFiles (content types, ranges, HEAD, caching headers, nothing outside the root) that
     first checks the URL's signature (`mediagen.storage.signing`): 403 when it is missing,
-    altered or expired."""
+    altered or expired. `job_gone(job_id)` says whether a signed URL that names no file names
+    one of a job that is gone (expired or deleted: 410), as only the jobs domain knows."""
 
-    def __init__(self, storage: LocalStorage) -> None:
+    def __init__(
+        self, storage: LocalStorage, job_gone: Callable[[uuid.UUID], Awaitable[bool]]
+    ) -> None:
         super().__init__(directory=storage.root)
         self.storage = storage
+        self.job_gone = job_gone
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         signer = self.storage.signer
@@ -38,7 +43,7 @@ class SignedFiles(StaticFiles):
         try:
             return await super().get_response(path, scope)
         except HTTPException as exc:
-            if exc.status_code != 404 or not await _job_gone(path):
+            if exc.status_code != 404 or not await self._job_gone(path):
                 raise
         return JSONResponse(
             {
@@ -50,10 +55,8 @@ class SignedFiles(StaticFiles):
         )
 
 
-async def _job_gone(key: str) -> bool:
-    """A signed key that names no file: 410 if its job (every key holds its job's id:
-    `Storage.key_for`) is expired or deleted, else it stays a 404."""
-    from mediagen.jobs.retention import served_job_gone  # the jobs domain, only when needed
-
-    found = _JOB_ID.search(key)
-    return found is not None and await served_job_gone(uuid.UUID(found.group()))
+    async def _job_gone(self, key: str) -> bool:
+        """A signed key that names no file: 410 if its job (every key holds its job's id:
+        `Storage.key_for`) is expired or deleted, else it stays a 404."""
+        found = _JOB_ID.search(key)
+        return found is not None and await self.job_gone(uuid.UUID(found.group()))

@@ -3,37 +3,21 @@
 A result URL is `/media/{key}?expires={unix time}&sig={HMAC-SHA256(key, expires)}`: it opens
 that one object until it expires (MEDIA_URL_TTL), and nothing else. `/media` answers 403 to an
 unsigned, altered or expired URL, so knowing a job id is no longer enough to fetch its output.
-The signing key is MEDIA_SIGNING_KEY when set, else one made at random the first time and kept
-in Postgres (`service_secrets`), so every API and worker process of a deployment signs alike.
+The signing key is MEDIA_SIGNING_KEY when set, else the deployment's own (`mediagen.signing`),
+so every API and worker process of a deployment signs alike.
 Expiry times are rounded up to the minute, so the URL of an output is the same for a minute.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import math
-import secrets
 import time
 from urllib.parse import parse_qs
 
-from tortoise import fields
-from tortoise.models import Model
+from mediagen.signing import deployment_key, matches, sign
 
 ROW_NAME = "media-signing-key"  # the row that holds the key
 ROUND = 60
-
-
-class ServiceSecret(Model):
-    """A secret the deployment makes once and every process shares."""
-
-    name = fields.CharField(max_length=64, primary_key=True)
-    value = fields.CharField(max_length=256)
-    created_at = fields.DatetimeField(auto_now_add=True)
-
-    class Meta:
-        table = "service_secrets"
 
 
 class MediaSigner:
@@ -42,8 +26,7 @@ class MediaSigner:
         self.ttl = ttl
 
     def _signature(self, key: str, expires: int) -> str:
-        digest = hmac.new(self._key, f"{key}\n{expires}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        return sign(self._key, f"{key}\n{expires}".encode())
 
     def query(self, key: str, now: float | None = None) -> str:
         """`expires=...&sig=...` for `key`."""
@@ -60,17 +43,9 @@ class MediaSigner:
             return False
         if int(expires) < (time.time() if now is None else now):
             return False
-        # As bytes: compare_digest refuses str with non-ASCII characters (a forged `sig`).
-        expected = self._signature(key, int(expires)).encode()
-        return hmac.compare_digest(signature.encode(), expected)
+        return matches(signature, self._signature(key, int(expires)))
 
 
 async def load_signer(configured: str, ttl: int) -> MediaSigner:
-    """The deployment's signer: the configured key, or the one kept in Postgres (made now if
-    this is the first process ever to ask)."""
-    if configured:
-        return MediaSigner(configured.encode(), ttl)
-    made = secrets.token_urlsafe(32)
-    await ServiceSecret.get_or_create(name=ROW_NAME, defaults={"value": made})
-    stored = await ServiceSecret.get(name=ROW_NAME)
-    return MediaSigner(stored.value.encode(), ttl)
+    """The deployment's signer: the configured key, or the deployment's own."""
+    return MediaSigner(await deployment_key(ROW_NAME, configured), ttl)

@@ -108,7 +108,7 @@ def test_without_a_file_the_settings_rule() -> None:
 
 async def test_the_registry_holds_one_provider_per_kind(tmp_path: Path) -> None:
     from mediagen.errors import PermanentProviderError
-    from mediagen.providers import create_providers
+    from mediagen.providers.registry import create_providers
 
     path = write(tmp_path, MODELS + """
 [models."acme/fox"]

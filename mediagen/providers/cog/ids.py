@@ -9,20 +9,17 @@ the provider because the API's webhook routes and the pipeline's slot accounting
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import re
-import secrets
 import uuid
 from dataclasses import dataclass
 
 from mediagen.config import Settings
+from mediagen.signing import deployment_key, matches, sign
 
 _COG_ID = re.compile(r"^mg-([0-9a-f]{32})-([1-9][0-9]{0,8})$")
 _HANDLE = re.compile(r"^(mg-[0-9a-f]{32}-[1-9][0-9]{0,8})\.([0-9a-f]{10})\.([0-9]{1,16})$")
 _KEY_ROW = "cog-webhook-secret"
-_secrets: dict[str, bytes] = {}  # per configured value ("" : the one kept in Postgres)
 
 
 def cog_id(job_id: str | uuid.UUID, attempt: int) -> str:
@@ -61,32 +58,19 @@ class Handle:
 
 
 async def webhook_key(settings: Settings) -> bytes:
-    """The deployment's key for webhook tokens: COG_WEBHOOK_SECRET, else one made at random the
-    first time and kept in Postgres (`service_secrets`), so API and workers agree."""
-    configured = settings.cog_webhook_secret
-    if configured:
-        return configured.encode()
-    cached = _secrets.get("")
-    if cached is None:
-        from mediagen.storage.signing import ServiceSecret
-
-        await ServiceSecret.get_or_create(
-            name=_KEY_ROW, defaults={"value": secrets.token_urlsafe(32)}
-        )
-        stored = await ServiceSecret.get(name=_KEY_ROW)
-        cached = _secrets[""] = stored.value.encode()
-    return cached
+    """The deployment's key for webhook tokens: COG_WEBHOOK_SECRET, else the deployment's own
+    (`mediagen.signing`), so API and workers agree."""
+    return await deployment_key(_KEY_ROW, settings.cog_webhook_secret)
 
 
 def webhook_token(key: bytes, prediction: str) -> str:
     """The token of one prediction's webhook URL (43 url-safe characters)."""
-    digest = hmac.new(key, b"cog-webhook\n" + prediction.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return sign(key, b"cog-webhook\n" + prediction.encode())
 
 
 def token_matches(key: bytes, prediction: str, token: str) -> bool:
     """Whether `token` is the token of `prediction`, in constant time."""
-    return hmac.compare_digest(token.encode(), webhook_token(key, prediction).encode())
+    return matches(token, webhook_token(key, prediction))
 
 
 def webhook_url(settings: Settings, key: bytes, prediction: str) -> str:

@@ -14,13 +14,12 @@ import binascii
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mediagen.errors import PermanentProviderError, StorageError
 from mediagen.providers.downloads import CANONICAL, MEDIA_TYPES
-
-if TYPE_CHECKING:
-    from mediagen.storage.base import Storage
+from mediagen.storage.base import Storage
+from mediagen.storage.local import LocalStorage
 
 CHUNK = 1024 * 1024
 # What outputs look like in a record: a staged object of the prediction, or a URL.
@@ -108,8 +107,6 @@ def file_outputs(value: Any) -> list[str]:
 async def staged_chunks(storage: Storage, key: str) -> AsyncIterator[bytes]:
     """A staged object's bytes: read from the file a megabyte at a time for local storage;
     other backends hand it over whole (at most DOWNLOAD_MAX_BYTES)."""
-    from mediagen.storage.local import LocalStorage
-
     if not isinstance(storage, LocalStorage):
         yield await storage.read(key)
         return

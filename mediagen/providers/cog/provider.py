@@ -44,13 +44,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from mediagen.catalog import Catalog, Endpoint, get_catalog
 from mediagen.config import Settings, get_settings
 from mediagen.errors import (
     EndpointDownError,
@@ -96,10 +97,8 @@ from mediagen.providers.downloads import (
     provider_chunks,
     provider_error,
 )
-
-if TYPE_CHECKING:
-    from mediagen.catalog import Catalog, Endpoint
-    from mediagen.storage.base import Storage
+from mediagen.storage import create_storage
+from mediagen.storage.base import Storage
 
 __all__ = [
     "STAGED",
@@ -164,8 +163,6 @@ class CogProvider:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            from mediagen.catalog import get_catalog
-
             self._catalog = get_catalog()
         return self._catalog
 
@@ -181,8 +178,6 @@ class CogProvider:
 
     def _storage(self) -> Storage:
         if self._staging is None:
-            from mediagen.storage import create_storage
-
             self._staging = create_storage(self.settings)
         return self._staging
 
