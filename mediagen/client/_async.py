@@ -21,13 +21,12 @@ import httpx
 from mediagen.client._errors import (
     APIConnectionError,
     ConflictError,
-    JobFailedError,
     MediagenError,
     RateLimitedError,
     ServiceUnavailableError,
     error_from_response,
 )
-from mediagen.client._models import TERMINAL, Job, Model, ProgressCallback
+from mediagen.client._models import TERMINAL, Job, JobFailedError, Model, ProgressCallback
 from mediagen.client._sse import SSEParser
 
 DEFAULT_URL = "http://127.0.0.1:8000"
