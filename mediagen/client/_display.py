@@ -20,6 +20,11 @@ from rich.progress import (
 from rich.text import Text
 
 from mediagen.client import Job
+from mediagen.client._states import TERMINAL
+
+# The colour of each finished state (the others: bold). An expired job completed, but its
+# outputs are gone: nothing to download, as with a canceled one.
+COLOURS = {"completed": "green", "failed": "red", "canceled": "yellow", "expired": "yellow"}
 
 
 class MarkColumn(SpinnerColumn):
@@ -54,9 +59,7 @@ class Display:
         return ""
 
     def _description(self) -> str:
-        style = {"completed": "green", "failed": "red", "canceled": "yellow"}.get(
-            self.status, "bold"
-        )
+        style = COLOURS.get(self.status, "bold")
         return f"job {self.job_id[:8]} [{style}]{self.status}[/{style}]{self._where()}"
 
     def __enter__(self) -> Display:
@@ -104,7 +107,7 @@ class Display:
         if self.quiet:
             return
         if self._progress is not None and self._task is not None:
-            finished = self.status in ("completed", "failed", "canceled")
+            finished = self.status in TERMINAL
             self._progress.update(
                 self._task,
                 description=self._description(),

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mediagen.client._errors import MediagenError
+from mediagen.client._states import TERMINAL
 
 # progress(event_name, data): "status" events carry {job_id, status, retry_count, error, attempts,
 # result_url}, "progress" events {current, total, percent}. The async client also awaits a
 # callback that returns an awaitable.
 ProgressCallback = Callable[[str, dict[str, Any]], object]
-
-TERMINAL = frozenset({"completed", "failed", "canceled"})
 
 
 class BoundClient(Protocol):
@@ -181,7 +180,8 @@ class Job:
 
     @property
     def done(self) -> bool:
-        """Completed, failed or canceled."""
+        """Finished: completed, failed, canceled or expired (completed, its outputs deleted
+        since, when their retention ended)."""
         return self.status in TERMINAL
 
     def _bound(self) -> BoundClient:
@@ -210,8 +210,8 @@ class Job:
 
 
 class JobFailedError(MediagenError):
-    """A waited-for job ended ``failed`` or ``canceled``. Beside Job rather than in
-    ``_errors``, so that ``_errors`` needs no Job."""
+    """A waited-for job ended without outputs to download: ``failed``, ``canceled`` or
+    ``expired``. Beside Job rather than in ``_errors``, so that ``_errors`` needs no Job."""
 
     def __init__(self, job: Job) -> None:
         super().__init__(

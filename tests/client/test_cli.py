@@ -4,6 +4,7 @@ Ctrl-C while waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -20,8 +21,9 @@ import httpx
 import pytest
 import redis
 
+from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import REDIS_URL, ROOT, start_api
-from tests.support import Proc
+from tests.support import Proc, expire
 
 SIZE = ["--width", "64", "--height", "64"]
 
@@ -182,6 +184,37 @@ def test_no_wait_then_jobs_commands(stack: str, tmp_path: Path) -> None:
 
     no_wait_json = mediagen(stack, "generate", "a cli json heron", *SIZE, "--no-wait", "--json")
     assert json.loads(no_wait_json.stdout)["job_id"]
+
+
+async def test_jobs_wait_on_an_expired_job_exits_1_and_says_why(stack: str) -> None:
+    """An expired job completed, but retention deleted its outputs: `jobs wait` ends at once
+    with exit code 1 (nothing to download, as for a failed or canceled job), and `jobs list
+    --status expired` finds it."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return mediagen(stack, *args, timeout=30)
+
+    made = await asyncio.to_thread(
+        run, "generate", "a cli fox kept a minute", *SIZE, "--retention", "60", "--no-wait"
+    )
+    assert made.returncode == 0, made.stderr
+    job_id = made.stdout.strip()
+    assert (await asyncio.to_thread(run, "jobs", "wait", job_id)).returncode == 0
+    await expire(job_id)
+
+    wait = await asyncio.to_thread(run, "jobs", "wait", job_id)
+    assert wait.returncode == 1, wait.stderr
+    assert f"mediagen: job {job_id} expired: {EXPIRED_NOTE}" in wait.stderr
+    as_json = await asyncio.to_thread(run, "jobs", "wait", job_id, "--json")
+    assert as_json.returncode == 1, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "job_id": job_id, "status": "expired", "files": [], "error": EXPIRED_NOTE
+    }
+    listed = await asyncio.to_thread(
+        run, "jobs", "list", "--status", "expired", "--limit", "100", "--json"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in [job["job_id"] for job in json.loads(listed.stdout)]
 
 
 def test_image_priority_retention_and_delete(stack: str, tmp_path: Path) -> None:
