@@ -44,6 +44,8 @@ class Display:
         self.status = job.status
         self.queue_position = job.queue_position if job.status == "pending" else None
         self.percent: int | None = job.progress.percent if job.progress else None
+        if job.status == "completed":  # already, when first read: no event will say so
+            self.percent = 100
         self.console = Console(stderr=True)
         self.quiet = quiet
         self.fancy = not quiet and self.console.is_terminal

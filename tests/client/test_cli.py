@@ -398,3 +398,22 @@ def test_ctrl_c_leaves_the_job_running(idle_api: str, tmp_path: Path) -> None:
     assert _detail(idle_api, job_id)["status"] == "pending"  # still there
     canceled = mediagen(idle_api, "jobs", "cancel", job_id)
     assert canceled.returncode == 0 and "canceled" in canceled.stdout
+
+
+def test_a_job_already_completed_when_first_read_shows_a_full_bar() -> None:
+    """A fast job can be completed by the time `generate` first reads it: no event follows, so
+    the bar must be full from the start, not 0% (it was, now and then, on a loaded machine)."""
+    import io
+
+    from rich.console import Console
+
+    from mediagen.client import Job
+    from mediagen.client._display import Display
+
+    display = Display(Job(id="1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed", status="completed"), False)
+    screen = io.StringIO()
+    display.console = Console(file=screen, force_terminal=True, width=100)
+    display.fancy = True
+    with display:
+        pass
+    assert "completed" in screen.getvalue() and "100%" in screen.getvalue(), screen.getvalue()
