@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from mediagen.jobs.states import TERMINAL  # the server's own (a plain enum: safe to import early)
+
 ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = {"completed", "failed", "canceled"}
 
 
 def free_port() -> int:
@@ -115,6 +116,30 @@ async def new_job(prompt: str = "p", owner: Any = None, **fields: Any) -> Any:
                       provider="builtin", owner=owner, max_in_flight=0)
     await Job.filter(id=job_id).update(**{"dispatched_at": None, **fields})
     return await Job.get(id=job_id)
+
+
+async def expire(job_id: str) -> None:
+    """Expire a completed job as the sweeper does: its retention made due now, then
+    `retention.expire_outputs` (outputs deleted from storage, the job moved to `expired`)."""
+    import uuid
+
+    from mediagen.config import get_settings
+    from mediagen.db import pool
+    from mediagen.jobs import retention
+    from mediagen.storage import create_storage
+
+    db = await pool()
+    due = await db.execute(
+        "UPDATE jobs SET expires_at = now() - interval '1 second' "
+        "WHERE id = $1 AND status = 'completed'", uuid.UUID(job_id))
+    assert due == "UPDATE 1", f"job {job_id} is not completed"
+    storage = create_storage(get_settings())
+    try:
+        await retention.expire_outputs(storage, get_settings(), 1000)
+    finally:
+        await storage.close()
+    status = await db.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job_id))
+    assert status == "expired", status
 
 
 async def publish(redis_url: str, *tasks: Any) -> bool:

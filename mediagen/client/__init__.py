@@ -16,14 +16,21 @@ from mediagen.client._errors import (
     APIConnectionError,
     AuthenticationError,
     ConflictError,
-    JobFailedError,
     MediagenError,
     NotFoundError,
     RateLimitedError,
     ServiceUnavailableError,
     ValidationError,
 )
-from mediagen.client._models import Job, Metrics, Model, Output, Progress, ProgressCallback
+from mediagen.client._models import (
+    Job,
+    JobFailedError,
+    Metrics,
+    Model,
+    Output,
+    Progress,
+    ProgressCallback,
+)
 from mediagen.client._sync import Client
 
 __all__ = [

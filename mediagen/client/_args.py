@@ -7,6 +7,8 @@ import argparse
 import json
 from typing import Any
 
+from mediagen.client._states import STATUSES
+
 FORMATS = ("png", "jpg", "webp")
 
 GENERATE_EXAMPLES = """\
@@ -21,8 +23,9 @@ examples:
   mediagen generate "a red fox" --no-wait                # prints the job id
   mediagen generate "a red fox" --json | jq -r '.files[]'
 
-exit codes: 0 completed, 1 the job failed or was canceled, 2 usage error, 3 API error
-(401, 404, 429...), 130 interrupted (the job goes on: mediagen jobs wait ID).
+exit codes: 0 completed, 1 the job failed, was canceled or expired (its outputs deleted when
+their retention ended), 2 usage error, 3 API error (401, 404, 429...), 130 interrupted (the
+job goes on: mediagen jobs wait ID).
 Configuration: MEDIAGEN_URL (default http://127.0.0.1:8000), MEDIAGEN_API_KEY.
 """
 
@@ -66,7 +69,8 @@ examples:
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --json
   mediagen jobs wait ID && mediagen jobs download ID -o out
-exit codes: 0 completed, 1 failed or canceled, 3 API error, 130 interrupted.
+exit codes: 0 completed, 1 failed, canceled or expired (completed, but its outputs were
+deleted when their retention ended: nothing to download), 3 API error, 130 interrupted.
 """
 
 MODELS_EXAMPLES = """\
@@ -217,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lst.add_argument(
         "--status",
-        choices=("pending", "processing", "completed", "failed", "canceled"),
+        choices=STATUSES,
         help="only jobs with this status",
     )
     lst.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N (20)")
@@ -249,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         jobs_sub,
         "wait",
         "follow a job's progress until it ends",
-        "Follow a job's progress until it is completed, failed or canceled.",
+        "Follow a job's progress until it is finished: completed, failed, canceled or expired.",
         WAIT_EXAMPLES,
     )
     wait.add_argument("--json", action="store_true", help="print the finished job as JSON")

@@ -21,14 +21,14 @@ import httpx
 from mediagen.client._errors import (
     APIConnectionError,
     ConflictError,
-    JobFailedError,
     MediagenError,
     RateLimitedError,
     ServiceUnavailableError,
     error_from_response,
 )
-from mediagen.client._models import TERMINAL, Job, Model, ProgressCallback
+from mediagen.client._models import Job, JobFailedError, Model, ProgressCallback
 from mediagen.client._sse import SSEParser
+from mediagen.client._states import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_RETRY_WAIT = 30.0  # no single wait before a retry is longer, whatever Retry-After says
@@ -242,12 +242,14 @@ class AsyncClient:
         timeout: float | None = None,  # noqa: ASYNC109 (the same signature as Client.wait)
         raise_on_failure: bool = False,
     ) -> Job:
-        """Follow the job's live events until it is completed, failed or canceled; return it.
+        """Follow the job's live events until it is finished (completed, failed, canceled or
+        expired); return it.
 
         ``progress(event, data)`` is called for each event (``status``, ``progress``). A dropped
         stream is resumed with ``Last-Event-ID``; if the stream keeps failing (or the server has
         none) the job is polled every second instead. ``timeout`` raises TimeoutError (the job
-        goes on); ``raise_on_failure`` raises JobFailedError for a failed or canceled job."""
+        goes on); ``raise_on_failure`` raises JobFailedError for a job that is not completed:
+        failed, canceled, or expired (it completed, but its outputs are deleted)."""
         job = await asyncio.wait_for(self._wait(job_id, progress), timeout)
         if raise_on_failure and job.status != "completed":
             raise JobFailedError(job)

@@ -20,6 +20,11 @@ from rich.progress import (
 from rich.text import Text
 
 from mediagen.client import Job
+from mediagen.client._states import TERMINAL
+
+# The colour of each finished state (the others: bold). An expired job completed, but its
+# outputs are gone: nothing to download, as with a canceled one.
+COLOURS = {"completed": "green", "failed": "red", "canceled": "yellow", "expired": "yellow"}
 
 
 class MarkColumn(SpinnerColumn):
@@ -39,6 +44,8 @@ class Display:
         self.status = job.status
         self.queue_position = job.queue_position if job.status == "pending" else None
         self.percent: int | None = job.progress.percent if job.progress else None
+        if job.status == "completed":  # already, when first read: no event will say so
+            self.percent = 100
         self.console = Console(stderr=True)
         self.quiet = quiet
         self.fancy = not quiet and self.console.is_terminal
@@ -54,9 +61,7 @@ class Display:
         return ""
 
     def _description(self) -> str:
-        style = {"completed": "green", "failed": "red", "canceled": "yellow"}.get(
-            self.status, "bold"
-        )
+        style = COLOURS.get(self.status, "bold")
         return f"job {self.job_id[:8]} [{style}]{self.status}[/{style}]{self._where()}"
 
     def __enter__(self) -> Display:
@@ -104,7 +109,7 @@ class Display:
         if self.quiet:
             return
         if self._progress is not None and self._task is not None:
-            finished = self.status in ("completed", "failed", "canceled")
+            finished = self.status in TERMINAL
             self._progress.update(
                 self._task,
                 description=self._description(),

@@ -20,22 +20,21 @@ The subclasses, by HTTP status::
     ├── RateLimitedError          429 (retried with backoff first; ``retry_after`` set)
     ├── ServiceUnavailableError   503 (retried with backoff first)
     ├── APIConnectionError        no answer (connection refused, reset, timed out)
-    └── JobFailedError            ``wait(..., raise_on_failure=True)`` on a failed/canceled job;
-                                  ``job`` holds it, ``code`` is ``job_failed``/``job_canceled``
+    └── JobFailedError            ``wait(..., raise_on_failure=True)`` on a job that ended
+                                  failed, canceled or expired; ``job`` holds it, ``code`` is
+                                  ``job_failed``/``job_canceled``/``job_expired``
 
-Any other status is a plain :class:`MediagenError`.
+Any other status is a plain :class:`MediagenError`. JobFailedError is defined beside the Job it
+carries (``mediagen.client._models``), so that this module imports no other of the client's.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-
-if TYPE_CHECKING:
-    from mediagen.client._models import Job
 
 
 class MediagenError(Exception):
@@ -88,19 +87,6 @@ class ServiceUnavailableError(MediagenError):
 
 class APIConnectionError(MediagenError):
     """The server could not be reached or dropped the connection."""
-
-
-class JobFailedError(MediagenError):
-    """A waited-for job ended ``failed`` or ``canceled``."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(
-            job.error or f"job {job.id} {job.status}",
-            code=f"job_{job.status}",
-            status=None,
-        )
-        self.job = job
-        self.job_status = job.status
 
 
 _BY_STATUS: dict[int, type[MediagenError]] = {

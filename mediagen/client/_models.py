@@ -1,4 +1,9 @@
-"""The Job the client returns, built from the API's job JSON (detail, summary or status)."""
+"""The Job the client returns, built from the API's job JSON (detail, summary or status), and
+the error that carries one.
+
+Below the clients: a Job bound to a sync Client knows it only as :class:`BoundClient`, so this
+module imports neither client (and they import it).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from mediagen.client._sync import Client
+from mediagen.client._errors import MediagenError
+from mediagen.client._states import TERMINAL
 
 # progress(event_name, data): "status" events carry {job_id, status, retry_count, error, attempts,
 # result_url}, "progress" events {current, total, percent}. The async client also awaits a
 # callback that returns an awaitable.
 ProgressCallback = Callable[[str, dict[str, Any]], object]
 
-TERMINAL = frozenset({"completed", "failed", "canceled"})
+
+class BoundClient(Protocol):
+    """What a bound Job calls: the sync :class:`~mediagen.client.Client`'s methods."""
+
+    def get(self, job_id: str) -> Job: ...
+
+    def wait(
+        self,
+        job_id: str,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        raise_on_failure: bool = False,
+    ) -> Job: ...
+
+    def download(self, job_or_id: Job | str, directory: str | Path) -> list[Path]: ...
+
+    def cancel(self, job_id: str) -> Job: ...
 
 
 @dataclass(frozen=True)
@@ -117,10 +138,10 @@ class Job:
     logs: str | None = None  # the model's logs, the newest part (JOB_LOGS_MAX_BYTES)
     metrics: Metrics | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    _client: Client | None = field(default=None, repr=False, compare=False)
+    _client: BoundClient | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], client: Client | None = None) -> Job:
+    def from_json(cls, data: dict[str, Any], client: BoundClient | None = None) -> Job:
         progress = data.get("progress")
         return cls(
             id=str(data["job_id"]),
@@ -159,10 +180,11 @@ class Job:
 
     @property
     def done(self) -> bool:
-        """Completed, failed or canceled."""
+        """Finished: completed, failed, canceled or expired (completed, its outputs deleted
+        since, when their retention ended)."""
         return self.status in TERMINAL
 
-    def _bound(self) -> Client:
+    def _bound(self) -> BoundClient:
         if self._client is None:
             raise RuntimeError("this Job is not bound to a sync Client: use the client's methods")
         return self._client
@@ -185,3 +207,17 @@ class Job:
 
     def cancel(self) -> Job:
         return self._bound().cancel(self.id)
+
+
+class JobFailedError(MediagenError):
+    """A waited-for job ended without outputs to download: ``failed``, ``canceled`` or
+    ``expired``. Beside Job rather than in ``_errors``, so that ``_errors`` needs no Job."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(
+            job.error or f"job {job.id} {job.status}",
+            code=f"job_{job.status}",
+            status=None,
+        )
+        self.job = job
+        self.job_status = job.status

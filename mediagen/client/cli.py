@@ -5,9 +5,10 @@ Only the standard library, httpx, rich and the client: no server code is importe
 commands work wherever the client is installed. Configured like the client by ``MEDIAGEN_URL``
 and ``MEDIAGEN_API_KEY`` (or ``--url`` / ``--api-key``).
 
-Exit codes: 0 done (a completed job), 1 the job failed or was canceled, 2 a usage error (also
-an output path that cannot be written), 3 an API error (401, 404, 429...: its message and code
-on stderr), 130 interrupted (the job goes on).
+Exit codes: 0 done (a completed job), 1 the job failed, was canceled or expired (it completed,
+but its outputs were deleted when their retention ended: nothing to download either), 2 a usage
+error (also an output path that cannot be written), 3 an API error (401, 404, 429...: its
+message and code on stderr), 130 interrupted (the job goes on).
 """
 
 from __future__ import annotations

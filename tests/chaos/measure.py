@@ -5,6 +5,8 @@ installed only in the chaos database), the fake Replicate's counters, and the st
 - duplicated effect: more than one terminal transition (audit), a terminal row that changed
   after it was first seen (completed_at, status), or a completed job whose files are not exactly
   its outputs' keys `{job_id}.{ext}` / `{job_id}-{n}.{ext}` with the recorded sizes;
+  `completed -> expired` (retention deleting the outputs later) is none of these: an expired
+  job finished once, as completed;
 - extra upstream creates: predictions created minus the attempts that may create one.
 """
 
@@ -22,7 +24,18 @@ from typing import Any
 
 import asyncpg
 
-TERMINAL = ("completed", "failed", "canceled")
+from mediagen.jobs.states import JobStatus
+
+# The finished states, the server's (plain strings, as the table holds them).
+TERMINAL = tuple(str(status) for status in JobStatus if status.is_terminal)
+# The one move out of a finished state: retention deleting a completed job's outputs.
+_RETENTION = "(old_status = 'completed' AND new_status = 'expired')"
+
+
+def outcome(status: str) -> str:
+    """How a job finished: an expired one completed (its outputs were deleted later)."""
+    return "completed" if status == "expired" else status
+
 
 # Every change of status/attempt/completed_at, as the database saw it (after the guard ran).
 AUDIT_SQL = """
@@ -69,7 +82,7 @@ class Monitor:
                         timeout=5,
                     )
                     for row in rows:
-                        seen = (row["status"], row["completed_at"])
+                        seen = (outcome(row["status"]), row["completed_at"])
                         before = self.first.setdefault(row["id"], seen)
                         if before != seen:
                             self.changed.add(row["id"])
@@ -154,9 +167,9 @@ async def table(dsn: str) -> tuple[list[dict[str, Any]], dict[str, tuple[int, in
             "error, prompt, prediction_id FROM jobs"
         )
         audit = await conn.fetch(
-            "SELECT job_id::text, count(*) FILTER (WHERE new_status = ANY($1)) AS terminals, "
-            "count(*) FILTER (WHERE old_status = ANY($1)) AS after FROM chaos_transitions "
-            "GROUP BY job_id",
+            f"SELECT job_id::text, count(*) FILTER (WHERE new_status = ANY($1) AND NOT "
+            f"{_RETENTION}) AS terminals, count(*) FILTER (WHERE old_status = ANY($1) AND NOT "
+            f"{_RETENTION}) AS after FROM chaos_transitions GROUP BY job_id",
             list(TERMINAL),
         )
     finally:

@@ -25,6 +25,7 @@ from tests.chaos.measure import (
     check_files,
     interrupted_steps,
     last_error,
+    outcome,
     table,
     task_errors,
 )
@@ -183,7 +184,7 @@ async def judge(
         )
     done = [by_id[j] for j in accepted if j not in lost]
     out.terminal = len(done)
-    out.completed = sum(r["status"] == "completed" for r in done)
+    out.completed = sum(outcome(r["status"]) == "completed" for r in done)
     out.failed = out.terminal - out.completed
     if done:
         last = max(r["completed_at"].timestamp() for r in done)
@@ -232,7 +233,7 @@ async def judge(
             (r["prompt"], r["status"], (r["error"] or "")[:80])
             for j, r in ((j, by_id.get(j)) for j in accepted)
             if r is not None and r["status"] in TERMINAL
-            if r["status"] != scenario.expect(accepted[j])
+            if outcome(r["status"]) != scenario.expect(accepted[j])
         ]
         if wrong:
             problems.append(f"{len(wrong)} jobs ended unexpectedly: {wrong[:5]}")

@@ -1,16 +1,22 @@
 """The chaos suite's detectors must themselves detect: a storage check that passes everything
-would make every scenario look clean. Fast, no processes."""
+would make every scenario look clean. Fast, no processes (the audit's test uses the machine's
+Postgres)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from tests.chaos.cog import CogFarm, CogServer, check_cog, png_problem
-from tests.chaos.measure import Outcome, check_files
+from tests.chaos.measure import AUDIT_SQL, Monitor, Outcome, check_files, table
 from tests.chaos.procs import Proc
+from tests.conftest import PG_ADMIN
 
 
 def _job(status: str, outputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -164,3 +170,47 @@ def test_cog_check_reports_every_broken_promise(tmp_path: Path) -> None:
     assert "not followed by a new attempt" in text and pid(jobs[0], 1) in text
     assert "no server completed" in text and pid(jobs[2], 7) in text
     assert "1 staged objects left" in text
+
+
+async def test_a_job_expiring_is_not_a_second_effect_leaving_a_finish_otherwise_is() -> None:
+    """completed -> expired (retention deleting the outputs later) is neither a second terminal
+    transition nor a changed outcome; completed -> failed is both. The audit trigger and the
+    monitor on a table of their own, in a database of their own."""
+    name = f"chaos_measure_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    monitor, stop = Monitor(dsn), asyncio.Event()
+    watching = None
+    try:
+        db = await asyncpg.connect(dsn)
+        await db.execute(
+            "CREATE TABLE jobs (id uuid PRIMARY KEY, status text NOT NULL, attempt int NOT NULL, "
+            "retry_count int NOT NULL DEFAULT 0, completed_at timestamptz, outputs jsonb, "
+            "error text, prompt text NOT NULL DEFAULT '', prediction_id text)")
+        await db.execute(AUDIT_SQL)
+        expired, refinished = str(uuid.uuid4()), str(uuid.uuid4())
+        watching = asyncio.ensure_future(monitor.run(stop))
+        for job in (expired, refinished):
+            await db.execute("INSERT INTO jobs (id, status, attempt) VALUES ($1, 'pending', 0)",
+                             uuid.UUID(job))
+            await db.execute("UPDATE jobs SET status = 'processing', attempt = 1 WHERE id = $1",
+                             uuid.UUID(job))
+            await db.execute("UPDATE jobs SET status = 'completed', completed_at = now() "
+                             "WHERE id = $1", uuid.UUID(job))
+        assert await monitor.wait_terminal({expired, refinished}, time.monotonic() + 10) == set()
+        await db.execute("UPDATE jobs SET status = 'expired', outputs = '[]' WHERE id = $1",
+                         uuid.UUID(expired))
+        await db.execute("UPDATE jobs SET status = 'failed' WHERE id = $1", uuid.UUID(refinished))
+        await asyncio.sleep(2.5)  # the monitor polls once a second
+        await db.close()
+        rows, audit = await table(dsn)
+    finally:
+        stop.set()
+        if watching is not None:
+            await watching
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    assert {row["id"]: row["status"] for row in rows} == {expired: "expired", refinished: "failed"}
+    assert audit == {expired: (1, 0), refinished: (2, 1)}
+    assert monitor.changed == {refinished}

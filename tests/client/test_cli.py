@@ -4,6 +4,7 @@ Ctrl-C while waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -20,8 +21,9 @@ import httpx
 import pytest
 import redis
 
+from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import REDIS_URL, ROOT, start_api
-from tests.support import Proc
+from tests.support import Proc, expire
 
 SIZE = ["--width", "64", "--height", "64"]
 
@@ -182,6 +184,37 @@ def test_no_wait_then_jobs_commands(stack: str, tmp_path: Path) -> None:
 
     no_wait_json = mediagen(stack, "generate", "a cli json heron", *SIZE, "--no-wait", "--json")
     assert json.loads(no_wait_json.stdout)["job_id"]
+
+
+async def test_jobs_wait_on_an_expired_job_exits_1_and_says_why(stack: str) -> None:
+    """An expired job completed, but retention deleted its outputs: `jobs wait` ends at once
+    with exit code 1 (nothing to download, as for a failed or canceled job), and `jobs list
+    --status expired` finds it."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return mediagen(stack, *args, timeout=30)
+
+    made = await asyncio.to_thread(
+        run, "generate", "a cli fox kept a minute", *SIZE, "--retention", "60", "--no-wait"
+    )
+    assert made.returncode == 0, made.stderr
+    job_id = made.stdout.strip()
+    assert (await asyncio.to_thread(run, "jobs", "wait", job_id)).returncode == 0
+    await expire(job_id)
+
+    wait = await asyncio.to_thread(run, "jobs", "wait", job_id)
+    assert wait.returncode == 1, wait.stderr
+    assert f"mediagen: job {job_id} expired: {EXPIRED_NOTE}" in wait.stderr
+    as_json = await asyncio.to_thread(run, "jobs", "wait", job_id, "--json")
+    assert as_json.returncode == 1, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "job_id": job_id, "status": "expired", "files": [], "error": EXPIRED_NOTE
+    }
+    listed = await asyncio.to_thread(
+        run, "jobs", "list", "--status", "expired", "--limit", "100", "--json"
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in [job["job_id"] for job in json.loads(listed.stdout)]
 
 
 def test_image_priority_retention_and_delete(stack: str, tmp_path: Path) -> None:
@@ -365,3 +398,22 @@ def test_ctrl_c_leaves_the_job_running(idle_api: str, tmp_path: Path) -> None:
     assert _detail(idle_api, job_id)["status"] == "pending"  # still there
     canceled = mediagen(idle_api, "jobs", "cancel", job_id)
     assert canceled.returncode == 0 and "canceled" in canceled.stdout
+
+
+def test_a_job_already_completed_when_first_read_shows_a_full_bar() -> None:
+    """A fast job can be completed by the time `generate` first reads it: no event follows, so
+    the bar must be full from the start, not 0% (it was, now and then, on a loaded machine)."""
+    import io
+
+    from rich.console import Console
+
+    from mediagen.client import Job
+    from mediagen.client._display import Display
+
+    display = Display(Job(id="1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed", status="completed"), False)
+    screen = io.StringIO()
+    display.console = Console(file=screen, force_terminal=True, width=100)
+    display.fancy = True
+    with display:
+        pass
+    assert "completed" in screen.getvalue() and "100%" in screen.getvalue(), screen.getvalue()

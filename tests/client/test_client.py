@@ -17,13 +17,15 @@ from mediagen.client import (
     AsyncClient,
     Client,
     ConflictError,
+    Job,
     JobFailedError,
     NotFoundError,
     RateLimitedError,
 )
+from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import scratch_redis, start_api
 from tests.keys.test_keys import create_key
-from tests.support import Proc
+from tests.support import Proc, expire
 
 SMALL = {"width": 64, "height": 64}
 
@@ -97,6 +99,36 @@ async def test_a_failed_job_raises_job_failed_error(mg: AsyncClient) -> None:
     with pytest.raises(NotFoundError) as missing:
         await mg.get(str(uuid.uuid4()))
     assert (missing.value.status, missing.value.code) == (404, "not_found")
+
+
+@pytest.fixture
+async def expired_job(mg: AsyncClient) -> str:
+    """A job that completed, then expired: retention deleted its outputs."""
+    job = await mg.generate("a client's fox kept a minute", retention=60, **SMALL)
+    assert (await mg.wait(job.id, timeout=30)).status == "completed"
+    await expire(job.id)
+    return job.id
+
+
+async def test_wait_returns_an_expired_job(mg: AsyncClient, expired_job: str) -> None:
+    """Expired is finished (it completed; its outputs are gone): wait returns it at once rather
+    than following it forever; raise_on_failure raises, as there is nothing to download."""
+    final = await mg.wait(expired_job, timeout=10)
+    assert final.status == "expired" and final.done
+    assert final.outputs == [] and final.result_url is None and final.error == EXPIRED_NOTE
+    with pytest.raises(JobFailedError) as caught:
+        await mg.wait(expired_job, raise_on_failure=True, timeout=10)
+    assert caught.value.code == "job_expired" and caught.value.job.status == "expired"
+    assert EXPIRED_NOTE in str(caught.value)
+
+
+async def test_sync_wait_returns_an_expired_job(api: str, expired_job: str) -> None:
+    def wait() -> tuple[Job, Job]:
+        with Client(api, api_key="") as client:
+            return client.wait(expired_job, timeout=10), client.get(expired_job).wait(timeout=10)
+
+    waited, bound = await asyncio.to_thread(wait)
+    assert waited.status == bound.status == "expired" and waited.done and bound.done
 
 
 async def test_cancel(idle_api: str) -> None:

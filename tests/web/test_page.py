@@ -7,20 +7,24 @@ docs/images/ (the README shows them)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 import redis
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import REDIS_URL, TMP, scratch_redis, start_api, start_worker
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -267,6 +271,50 @@ async def test_a_bad_input_is_explained_next_to_the_form(
     await expect(error).to_be_visible()
     await expect(error).to_contain_text("model")
     assert "#live" not in page.url and await page.locator("#live").is_hidden()
+
+
+async def test_an_expired_job_shows_as_finished(
+    browser: Browser, slow_stack: str, fresh_database: str
+) -> None:
+    """A completed job whose outputs retention deleted: its card and detail say `expired` and
+    why, with no cancel button or progress bar, and the page does not follow it."""
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        body = {"prompt": "a fox kept a minute", "parameters": {"width": 64, "height": 64},
+                "retention": 60}
+        job_id = (await http.post("/api/v1/generate", json=body)).json()["job_id"]
+        for _ in range(200):
+            if (await http.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        # What retention does to it (mediagen.jobs.retention), on this module's database.
+        db = await asyncpg.connect(fresh_database)
+        try:
+            moved = await db.execute(
+                "UPDATE jobs SET status = 'expired', outputs = '[]'::jsonb, result_key = NULL, "
+                "error = $2, updated_at = now() WHERE id = $1 AND status = 'completed'",
+                uuid.UUID(job_id), EXPIRED_NOTE)
+        finally:
+            await db.close()
+        assert moved == "UPDATE 1"
+        for path in (TMP / "media").glob(f"{job_id}*"):
+            path.unlink()
+        assert (await http.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "expired"
+
+    seen = await visit(browser, slow_stack)
+    page = seen.page
+    card = page.locator(f'#gallery li[data-job-id="{job_id}"]')
+    await expect(card.locator(".badge")).to_have_text("expired")
+    await expect(card.locator(".placeholder")).to_have_text("□")  # finished: no "…"
+    await card.get_by_role("button").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog.locator("#detail-status")).to_have_text("Status: expired")
+    await expect(dialog.locator("#detail-error")).to_have_text(EXPIRED_NOTE)
+    await expect(dialog.locator("#detail-cancel")).to_be_hidden()
+    await expect(dialog.locator("#detail-progress")).to_be_hidden()
+    await expect(dialog.locator("#detail-outputs")).to_be_empty()
+    await page.wait_for_timeout(1000)  # time enough to start following it, if it would
+    assert [url for url in seen.requests if url.endswith(f"/jobs/{job_id}/events")] == []
+    assert seen.errors == []
 
 
 async def test_cancel_a_waiting_job(browser: Browser, idle_api: str) -> None:

@@ -6,7 +6,10 @@
 
 const API = "/api/v1";
 const KEY_STORE = "mediagen.apiKey";
-const TERMINAL = new Set(["completed", "failed", "canceled"]);
+// The finished job states, as the server's mediagen/jobs/states.py names them (the page's one
+// list of them; tests/client/test_states.py holds it to the server's). "expired": completed,
+// then its outputs deleted when their retention ended.
+const TERMINAL = new Set(["completed", "failed", "canceled", "expired"]);
 const PAGE_SIZE = 24;
 const config = JSON.parse(document.getElementById("config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -246,7 +249,7 @@ function statusText(job, progress) {
 }
 
 function setProgress(bar, job, progress) {
-  if (job.status === "completed") bar.value = 100;
+  if (job.status === "completed" || job.status === "expired") bar.value = 100;
   else if (progress) bar.value = progress.percent;
   else bar.removeAttribute("value"); // indeterminate while nothing is known
 }
@@ -268,7 +271,7 @@ function cardFor(job) {
   if (job.status === "completed" && job.result_url && kind === "image") {
     button.append(el("img", { src: job.result_url, alt: job.prompt, loading: "lazy", decoding: "async" }));
   } else {
-    const glyph = { video: "▶", audio: "♪" }[kind] || (job.status === "completed" ? "□" : "…");
+    const glyph = { video: "▶", audio: "♪" }[kind] || (TERMINAL.has(job.status) ? "□" : "…");
     button.append(el("span", { class: "placeholder", "aria-hidden": "true", text: glyph }),
       el("span", { class: "sr-only", text: job.prompt }));
   }
