@@ -54,7 +54,6 @@ class SignedFiles(StaticFiles):
             status_code=410,
         )
 
-
     async def _job_gone(self, key: str) -> bool:
         """A signed key that names no file: 410 if its job (every key holds its job's id:
         `Storage.key_for`) is expired or deleted, else it stays a 404."""
