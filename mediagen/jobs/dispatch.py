@@ -26,9 +26,11 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from mediagen.broker import QUEUE_INDEX, Outbox, Task
+from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import created_payload
 from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import Priority
+from mediagen.providers.cog.slots import queue_position as cog_queue_position
 
 START = "mediagen.jobs.start"
 POLL = "mediagen.jobs.poll"
@@ -110,8 +112,12 @@ def redispatch(
         outbox.send(start_task(job_id, priority))
 
 
-async def queue_position(client: aioredis.Redis, job_id: uuid.UUID) -> int | None:
+async def queue_position(client: aioredis.Redis, job: Job) -> int | None:
     """How many pending jobs are ahead of this one; None if the index does not hold it (not yet
-    dispatched, or Redis lost it: the sweeper indexes it again when it re-dispatches it)."""
-    rank: int | None = await client.zrank(QUEUE_INDEX, str(job_id))  # type: ignore[assignment]
+    dispatched, or Redis lost it: the sweeper indexes it again when it re-dispatches it). A Cog
+    job's is its rank among its model's jobs (`mediagen.providers.cog.slots.queue_position`)."""
+    if job.provider == "cog" and job.model:
+        order = queue_order(job.created_at, job.priority)
+        return await cog_queue_position(client, job.model, job.id, order)
+    rank: int | None = await client.zrank(QUEUE_INDEX, str(job.id))  # type: ignore[assignment]
     return rank

@@ -28,7 +28,6 @@ from mediagen.files import inputs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import (
     dispatch_new,
-    queue_order,
     queue_position,
 )
 from mediagen.jobs.lifecycle import Lifecycle
@@ -47,7 +46,6 @@ from mediagen.keys.models import ApiKey
 from mediagen.limits import rates as quotas
 from mediagen.notify import service as notify
 from mediagen.observability import context, logs, metrics
-from mediagen.providers.cog import slots as cog_slots
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -241,12 +239,7 @@ async def detail_of(
     position = None
     if job.status is JobStatus.PENDING:
         try:
-            if job.provider == "cog" and job.model:  # its rank among its model's jobs
-                position = await cog_slots.queue_position(
-                    redis, job.model, job.id, queue_order(job.created_at, job.priority)
-                )
-            else:
-                position = await queue_position(redis, job.id)
+            position = await queue_position(redis, job)
         except Exception as exc:  # unknown beats failing the whole detail
             log.warning("job %s: queue position unknown: %s", job.id, exc)
     return JobDetail(

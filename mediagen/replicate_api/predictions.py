@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mediagen.jobs.models import Job
+from mediagen.jobs.payloads import predict_time
 from mediagen.jobs.states import JobStatus
 from mediagen.replicate_api.schemas import (
     PredictionMetrics,
@@ -82,14 +83,6 @@ async def output_of(job: Job, storage: Storage, base: str) -> list[str] | None:
     return [absolute(await storage.url_for(o["key"]), base) for o in job.outputs]
 
 
-def _predict_time(job: Job) -> float | None:
-    metrics = job.metrics or {}
-    value = metrics.get("predict_time") or metrics.get("run_seconds")
-    if value is None and job.started_at and job.completed_at:
-        value = (job.completed_at - job.started_at).total_seconds()
-    return None if value is None else round(float(value), 3)
-
-
 async def prediction_of(
     job: Job,
     storage: Storage,
@@ -121,7 +114,7 @@ async def prediction_of(
             cancel=f"{urls}/cancel",
             stream=stream_url(job.id, base, storage.signer),
         ),
-        metrics=PredictionMetrics(predict_time=_predict_time(job) if state.is_terminal else None),
+        metrics=PredictionMetrics(predict_time=predict_time(job) if state.is_terminal else None),
         data_removed=state is JobStatus.EXPIRED,
         source="api",
     )
