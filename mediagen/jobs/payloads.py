@@ -38,7 +38,8 @@ STATUS_FIELDS = (
 
 
 def _get(job: Job | Mapping[str, Any], column: str) -> Any:
-    return job[column] if isinstance(job, Mapping) else getattr(job, column)
+    """A column of a job, or of a row (a mapping, or an asyncpg record, which is none)."""
+    return getattr(job, column) if isinstance(job, Job) else job[column]
 
 
 def status_payload(job: Job | Mapping[str, Any]) -> dict[str, Any]:
