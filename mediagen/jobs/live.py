@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -44,8 +44,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
-from mediagen.keys.cache import KeyCache
-from mediagen.keys.models import ApiKey
+from mediagen.keys.auth import BEARER, identify
 from mediagen.limits.streams import Slot, StreamSlots
 from mediagen.storage.base import Storage
 
@@ -332,9 +331,7 @@ async def job_events(
         if info is None or at_end:
             return Response(status_code=204)
     slot = await request.app.state.stream_slots.take(owner)
-    feed = JobFeed(
-        job, client, request.app.state.storage, slot, still_allowed(request, owner), logs
-    )
+    feed = JobFeed(job, client, request.app.state.storage, slot, still_allowed(request), logs)
 
     async def closed(_: Message) -> None:  # the client left: free its place at once
         await slot.release()
@@ -347,18 +344,16 @@ async def job_events(
     )
 
 
-def still_allowed(request: Request, owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:
-    """Whether the caller of this stream may still see it (its key not revoked; for an
-    anonymous caller, keys still not required)."""
-    keys: KeyCache = request.app.state.keys
-    mode = request.app.state.settings.auth_required
-    secret = request.headers.get("authorization", "").partition(" ")[2]
+def still_allowed(
+    request: Request, schemes: Collection[str] = BEARER
+) -> Callable[[], Awaitable[bool]]:
+    """Whether the caller of this stream may still see it: the caller rule again, on the same
+    header (its key not revoked; for an anonymous caller, keys still not required)."""
+    state, authorization = request.app.state, request.headers.get("authorization")
 
     async def allowed() -> bool:
-        if owner is None:
-            return mode == "false" or (mode == "auto" and not await keys.required())
         try:
-            await keys.authenticate(secret)
+            await identify(state, authorization, schemes)
         except AuthenticationError:
             return False
         return True

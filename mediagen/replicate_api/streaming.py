@@ -30,7 +30,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
-from mediagen.replicate_api.auth import replicate_caller
+from mediagen.replicate_api.auth import SCHEMES, replicate_caller
 from mediagen.replicate_api.predictions import absolute, stream_key
 from mediagen.storage.base import Storage
 from mediagen.storage.signing import MediaSigner
@@ -110,7 +110,7 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
     else:
         owner = await replicate_caller(request)
         job = await repo.get_owned(job_id, owner.id if owner else None)
-        allowed = live.still_allowed(request, owner)
+        allowed = live.still_allowed(request, SCHEMES)
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
     state.read_limiter.check(owner)
