@@ -36,6 +36,7 @@ from mediagen.jobs.dispatch import dispatch_new
 from mediagen.jobs.priority import check_priority
 from mediagen.jobs.states import UNFINISHED, JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owner_id
 from mediagen.limits import rates as quotas
 from mediagen.notify import service as notify
 from mediagen.observability import context, metrics
@@ -53,7 +54,6 @@ async def create_batch(
 ) -> BatchDetail:
     """Accept every job of the batch or none (module docstring); durable once this returns."""
     catalog = catalog or get_catalog()
-    owner_id = owner.id if owner else None
     checked: set[str] = set()
     if request.webhook is not None:
         await notify.check_webhook(request.webhook, settings, owner)
@@ -82,7 +82,7 @@ async def create_batch(
     try:
         for index, job in enumerate(jobs):  # last: it may store files (data: URIs)
             with _entry(index):
-                files = await inputs.accept(job.parameters, job.id, owner_id, settings)
+                files = await inputs.accept(job.parameters, job.id, owner_id(owner), settings)
             if files:
                 jobs[index] = dataclasses.replace(job, input_files=files)
     except BaseException:
@@ -92,7 +92,7 @@ async def create_batch(
     created_at = await repo.insert(
         batch_id,
         jobs,
-        owner=owner_id,
+        owner=owner_id(owner),
         max_in_flight=settings.max_jobs_in_flight,
         webhook=request.webhook,
         request_id=context.request_id.get(),
@@ -199,7 +199,7 @@ def detail_of(row: Mapping[str, Any]) -> BatchDetail:
 
 async def get_batch(batch_id: uuid.UUID, owner: ApiKey | None) -> BatchDetail:
     """The batch if `owner` created it: another key's batch is "not found", never "forbidden"."""
-    row = await repo.get_owned(batch_id, owner.id if owner else None)
+    row = await repo.get_owned(batch_id, owner_id(owner))
     if row is None:
         raise NotFoundError(f"batch {batch_id} not found")
     return detail_of(row)
@@ -214,7 +214,7 @@ async def cancel_batch(batch_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None
         raise ConflictError(f"batch {batch_id} is already completed")
     if not await repo.mark_canceled(batch_id) and before.canceled_at is None:
         raise ConflictError(f"batch {batch_id} is already completed")  # just now
-    row = await repo.get_owned(batch_id, owner.id if owner else None)
+    row = await repo.get_owned(batch_id, owner_id(owner))
     assert row is not None
     unfinished = [
         job_id

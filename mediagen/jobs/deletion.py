@@ -31,6 +31,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owner_id, owner_sql
 from mediagen.storage import create_storage
 from mediagen.storage.base import Storage
 
@@ -92,16 +93,15 @@ async def delete_job(
 ) -> None:
     """Delete a job of `owner`'s and every trace of it (module docstring); NotFoundError if
     `owner` has no such job. `send`: publishes a task (the upstream cancel) when given."""
-    owner_id = owner.id if owner else None
     db = await pool()
-    where = "id = $1 AND " + ("api_key_id IS NULL" if owner_id is None else "api_key_id = $2")
-    args: tuple[Any, ...] = (job_id,) if owner_id is None else (job_id, owner_id)
+    args: list[Any] = [job_id]
+    where = f"id = $1 AND {owner_sql(owner_id(owner), args)}"
     select = f"SELECT id, status, outputs, input_files, parameters FROM jobs WHERE {where}"  # noqa: S608
     row = await db.fetchrow(select, *args)
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     if not JobStatus(row["status"]).is_terminal:
-        prediction = await _cancel(job_id, owner_id)
+        prediction = await _cancel(job_id, owner_id(owner))
         if prediction and send is not None:
             send(cancel_upstream_task(prediction))
         row = await db.fetchrow(select, *args)

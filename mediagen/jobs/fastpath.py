@@ -33,6 +33,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs import service
 from mediagen.jobs.schemas import GenerateRequest
 from mediagen.keys.auth import identify
+from mediagen.keys.owners import owner_id
 
 GENERATE = "/api/v1/generate"
 STATUS = re.compile(
@@ -103,7 +104,7 @@ class FastPaths:
             state = scope["app"].state
             owner = await identify(state, _authorization(scope))
             state.read_limiter.check(owner)
-            row = await repo.status_row(job_id, owner.id if owner else None)
+            row = await repo.status_row(job_id, owner_id(owner))
             if row is None:
                 raise _Defer
             body = await service.status_body(job_id, row, state.storage)

@@ -45,6 +45,7 @@ from mediagen.jobs.schemas import (
 )
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owned, owner_id
 from mediagen.limits import rates as quotas
 from mediagen.notify import service as notify
 from mediagen.observability import context, logs, metrics
@@ -77,14 +78,14 @@ async def create_job(
     job_id = uuid.uuid4()
     parameters = request.parameters.model_dump(exclude_none=True)
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
-    input_files = await inputs.accept(parameters, job_id, owner.id if owner else None, settings)
+    input_files = await inputs.accept(parameters, job_id, owner_id(owner), settings)
     created_at = await repo.insert(
         job_id,
         prompt=request.prompt,
         parameters=parameters,
         model=model,
         provider=route.provider,
-        owner=owner.id if owner else None,
+        owner=owner_id(owner),
         max_in_flight=settings.max_jobs_in_flight,
         webhook=request.webhook,
         webhook_events=request.webhook_events_filter,
@@ -170,7 +171,7 @@ def json_response(data: dict[str, Any], status_code: int = 200) -> Response:
 
 async def get_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:
     """The job if `owner` may see it: another key's job is "not found", never "forbidden"."""
-    job = await repo.get_owned(job_id, owner.id if owner else None)
+    job = await repo.get_owned(job_id, owner_id(owner))
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job
@@ -178,11 +179,10 @@ async def get_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:
 
 async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = None) -> Job:
     """Cancel an unfinished job at once; a running prediction is canceled upstream after."""
-    owner_id = owner.id if owner else None
     moved = await repo.transition(
         job_id,
         JobStatus.CANCELED,
-        owner=owner_id,
+        owner=owner_id(owner),
         stop_upstream=True,
         error="canceled by the client",
         completed_at=repo.NOW,
@@ -213,7 +213,7 @@ _SUMMARY = (
 
 async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], str | None]:
     """One page of the caller's jobs, newest first, and the cursor of the next page."""
-    jobs = Job.filter(api_key_id=owner.id if owner else None)
+    jobs = owned(Job, owner)
     if query.status:
         jobs = jobs.filter(status=query.status)
     if query.model:

@@ -19,6 +19,7 @@ from mediagen.jobs import service as jobs
 from mediagen.jobs.models import Job
 from mediagen.jobs.schemas import GenerateRequest
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owned, owner_id
 from mediagen.replicate_api import waiting
 from mediagen.replicate_api.models import model_of, version_of
 from mediagen.replicate_api.predictions import (
@@ -165,7 +166,7 @@ async def create(
 
 
 async def get(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> ReplicatePrediction:
-    job = await repo.get_owned(job_id, owner.id if owner else None)
+    job = await repo.get_owned(job_id, owner_id(owner))
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
     return await _prediction(request.app.state, job, base_of(request))
@@ -198,7 +199,7 @@ async def list_predictions(
 
     `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
     before the first; each is there when a job lies that way."""
-    mine = Job.filter(api_key_id=owner.id if owner else None)
+    mine = owned(Job, owner)
     backwards = cursor is not None and cursor.startswith("p")
     if cursor is None:
         query = mine.order_by("-created_at", "-id")

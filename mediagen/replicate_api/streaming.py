@@ -30,6 +30,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owner_id
 from mediagen.replicate_api.auth import SCHEMES, replicate_caller
 from mediagen.replicate_api.predictions import absolute, stream_key
 from mediagen.storage.base import Storage
@@ -109,7 +110,7 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
         allowed = _key_active(owner)
     else:
         owner = await replicate_caller(request)
-        job = await repo.get_owned(job_id, owner.id if owner else None)
+        job = await repo.get_owned(job_id, owner_id(owner))
         allowed = live.still_allowed(request, SCHEMES)
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
