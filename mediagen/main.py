@@ -196,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage_router, prefix=API_PREFIX)  # a key's usage
     app.include_router(batches_router, prefix=API_PREFIX)  # many jobs at once
     # Replicate's API (`replicate` clients with this service as their base URL).
-    app.include_router(replicate_api.router, prefix=replicate_api.PREFIX)
+    replicate_api.install(app)
     web.install(app)  # the web page at / and its /assets
     if settings.metrics_enabled:
         app.include_router(metrics_router)  # /metrics (Prometheus)

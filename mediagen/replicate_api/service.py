@@ -14,6 +14,7 @@ from tortoise.expressions import Q
 
 from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, ModelRoute
 from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
+from mediagen.errors_http import describe
 from mediagen.jobs import repository as repo
 from mediagen.jobs import service as jobs
 from mediagen.jobs.models import Job
@@ -93,13 +94,13 @@ def resolve(catalog: Catalog, ref: str) -> tuple[str, ModelRoute]:
         raise NotFoundError(f"model {model_name(ref)} not found") from None
 
 
-def _where(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+def _where(loc: tuple[int | str, ...]) -> str:
     """A GenerateRequest error location as the Replicate body has it (`input.<name>`)."""
     if loc[:1] == ("prompt",):
-        return ("input", "prompt")
-    if loc[:1] == ("parameters",):
-        return ("input", *loc[1:])
-    return loc
+        loc = ("input", "prompt")
+    elif loc[:1] == ("parameters",):
+        loc = ("input", *loc[1:])
+    return ".".join(str(p) for p in loc)
 
 
 def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) -> GenerateRequest:
@@ -119,10 +120,7 @@ def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) ->
     try:
         return GenerateRequest.model_validate(data)
     except ValidationError as exc:
-        where = (
-            (".".join(str(p) for p in _where(tuple(e["loc"]))), e["msg"]) for e in exc.errors()
-        )
-        raise InvalidInputError("; ".join(f"{w}: {m}" for w, m in list(where)[:5])) from None
+        raise InvalidInputError(describe(exc.errors(), _where)) from None
 
 
 async def _prediction(state: State, job: Job, base: str, **options: Any) -> ReplicatePrediction:
