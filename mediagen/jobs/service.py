@@ -13,20 +13,18 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from starlette.responses import Response
-from tortoise.expressions import Q
 
 from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
 from mediagen.files import inputs
-from mediagen.jobs import events
+from mediagen.jobs import events, paging
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import (
     cancel_upstream_task,
@@ -222,29 +220,9 @@ async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], s
         jobs = jobs.filter(created_at__gt=query.created_after)
     if query.created_before:
         jobs = jobs.filter(created_at__lt=query.created_before)
-    if query.cursor:
-        created_at, last_id = decode_cursor(query.cursor)
-        jobs = jobs.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=last_id))
     # Only what a summary shows: a page must not carry each job's logs and parameters.
-    page = await jobs.order_by("-created_at", "-id").limit(query.limit + 1).only(*_SUMMARY)
-    more = len(page) > query.limit
-    page = page[: query.limit]
-    return page, encode_cursor(page[-1]) if more else None
-
-
-def encode_cursor(job: Job) -> str:
-    """`{created_at in µs since the epoch}~{id hex}`: the last job of a page. Any string of that
-    shape is a valid position, so the schema can state exactly which cursors are accepted."""
-    micros = int(job.created_at.timestamp()) * 1_000_000 + job.created_at.microsecond
-    return f"{micros}~{job.id.hex}"
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    micros, _, job_id = cursor.partition("~")
-    created_at = datetime.fromtimestamp(int(micros) // 1_000_000, UTC).replace(
-        microsecond=int(micros) % 1_000_000
-    )
-    return created_at, uuid.UUID(hex=job_id)
+    found = await paging.page(jobs, query.limit, _SUMMARY, after=query.cursor or None)
+    return found.jobs, paging.encode_cursor(found.jobs[-1]) if found.older else None
 
 
 async def status_of(job: Job, storage: Storage) -> JobStatusResponse:

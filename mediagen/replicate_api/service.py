@@ -10,11 +10,11 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.responses import Response
-from tortoise.expressions import Q
 
 from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, ModelRoute
 from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
 from mediagen.errors_http import describe
+from mediagen.jobs import paging
 from mediagen.jobs import repository as repo
 from mediagen.jobs import service as jobs
 from mediagen.jobs.models import Job
@@ -182,46 +182,28 @@ async def cancel(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> R
     return await _prediction(state, job, base_of(request))
 
 
-def _older(created_at: Any, job_id: uuid.UUID) -> Q:
-    return Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=job_id)
-
-
-def _newer(created_at: Any, job_id: uuid.UUID) -> Q:
-    return Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=job_id)
-
-
 async def list_predictions(
     request: Request, owner: ApiKey | None, cursor: str | None
 ) -> PredictionPage:
-    """One page of the caller's jobs, newest first, on the keyset index (key, created_at, id).
+    """One page of the caller's jobs, newest first (`mediagen.jobs.paging`, as `/api/v1/jobs`).
 
     `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
     before the first; each is there when a job lies that way."""
-    mine = owned(Job, owner)
     backwards = cursor is not None and cursor.startswith("p")
-    if cursor is None:
-        query = mine.order_by("-created_at", "-id")
-    elif backwards:
-        query = mine.filter(_newer(*jobs.decode_cursor(cursor[1:]))).order_by("created_at", "id")
-    else:
-        query = mine.filter(_older(*jobs.decode_cursor(cursor))).order_by("-created_at", "-id")
-    page = await query.limit(PAGE_SIZE + 1).only(*_LISTED)
-    beyond = len(page) > PAGE_SIZE  # more that way
-    page = page[:PAGE_SIZE]
-    if backwards:
-        page.reverse()
-    # More that way is known from the page; the other way, from one EXISTS on the index.
-    older, newer = (False, beyond) if backwards else (beyond, False)
-    if page and backwards:
-        older = await mine.filter(_older(page[-1].created_at, page[-1].id)).exists()
-    elif page and cursor is not None:
-        newer = await mine.filter(_newer(page[0].created_at, page[0].id)).exists()
+    found = await paging.page(
+        owned(Job, owner),
+        PAGE_SIZE,
+        _LISTED,
+        after=None if backwards else cursor,
+        before=cursor[1:] if cursor is not None and backwards else None,
+        both_ways=True,
+    )
     state, base = request.app.state, base_of(request)
-    results = [await _prediction(state, job, base, with_logs=False) for job in page]
+    results = [await _prediction(state, job, base, with_logs=False) for job in found.jobs]
     here = f"{base}{PREFIX}/predictions?cursor="
     return PredictionPage(
-        next=f"{here}{jobs.encode_cursor(page[-1])}" if older else None,
-        previous=f"{here}p{jobs.encode_cursor(page[0])}" if newer else None,
+        next=f"{here}{paging.encode_cursor(found.jobs[-1])}" if found.older else None,
+        previous=f"{here}p{paging.encode_cursor(found.jobs[0])}" if found.newer else None,
         results=results,
     )
 
