@@ -152,6 +152,7 @@ class Runtime:
         from mediagen.observability.measured import MeasuredProvider
         from mediagen.outbound import Outbound
         from mediagen.providers import create_providers
+        from mediagen.replicate_api import webhooks as replicate_webhooks
         from mediagen.storage import create_storage
 
         self.settings = settings
@@ -168,10 +169,12 @@ class Runtime:
         self._heartbeat: asyncio.Task[None] | None = None
         self.outbox = self.run(self._open())
         self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
-        self.deliverer = self.run(self._deliverer(Deliverer))
+        # A job made through Replicate's API (`/v1`) is told of in that API's shape.
+        bodies = {replicate_webhooks.SURFACE: replicate_webhooks.body}
+        self.deliverer = self.run(self._deliverer(Deliverer, bodies))
 
-    async def _deliverer(self, cls: Any) -> Any:
-        return cls(self.settings, self.storage, self.outbound, self.outbox.send)
+    async def _deliverer(self, cls: Any, bodies: Any) -> Any:
+        return cls(self.settings, self.storage, self.outbound, self.outbox.send, bodies)
 
     async def _open(self) -> Outbox:
         import redis.asyncio as aioredis

@@ -39,8 +39,8 @@ from mediagen.replicate_api.schemas import (
     ReplicatePrediction,
     WebhookSecret,
 )
+from mediagen.replicate_api.webhooks import SURFACE
 
-SURFACE = "replicate"
 PAGE_SIZE = 50
 # Replicate's webhook events as mediagen's: `output` and `logs` arrive as progress updates.
 EVENTS = {"start": "start", "output": "progress", "logs": "progress", "completed": "completed"}
