@@ -9,7 +9,6 @@ its `dispatched_at` is cleared and the sweeper dispatches it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
@@ -23,17 +22,15 @@ from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
-from mediagen.files import inputs
 from mediagen.jobs import events, paging
 from mediagen.jobs import repository as repo
+from mediagen.jobs.admission import Admission, dispatch
 from mediagen.jobs.dispatch import (
     cancel_upstream_task,
-    dispatch_new,
     queue_order,
     queue_position,
 )
 from mediagen.jobs.models import Job
-from mediagen.jobs.priority import check_priority
 from mediagen.jobs.schemas import (
     GenerateRequest,
     JobDetail,
@@ -44,15 +41,12 @@ from mediagen.jobs.schemas import (
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owned, owner_id
-from mediagen.limits import rates as quotas
-from mediagen.notify import service as notify
 from mediagen.observability import context, logs, metrics
 from mediagen.providers.cog import slots as cog_slots
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 _created_log = logs.FastLogger(__name__)
-_background: set[asyncio.Task[None]] = set()
 
 
 async def create_job(
@@ -65,73 +59,46 @@ async def create_job(
 ) -> uuid.UUID:
     """Accept a job (durable once this returns) and have it dispatched after the commit. Its
     `model` picks its route in `catalog` (422 if none): the provider its row records, and the
-    public name it keeps (`Catalog.job_model`). `surface`: the other API that made it and the
-    base URL it was called at (`("replicate", base)`: its webhooks take that API's shape)."""
+    public name it keeps (`Catalog.job_model`); the other checks are `admission`'s. `surface`:
+    the other API that made it and the base URL it was called at (`("replicate", base)`: its
+    webhooks take that API's shape)."""
     catalog = catalog or get_catalog()
-    route = catalog.route(request.model)
-    model = catalog.job_model(route, request.model)
-    check_priority(request.priority, owner, settings)  # no query: the key row is in hand
-    if request.webhook is not None:
-        await notify.check_webhook(request.webhook, settings, owner)
-    job_id = uuid.uuid4()
-    parameters = request.parameters.model_dump(exclude_none=True)
+    admission = Admission(settings, owner, catalog)
+    job = await admission.job(request)
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
-    input_files = await inputs.accept(parameters, job_id, owner_id(owner), settings)
+    [job] = await admission.inputs([job])
     created_at = await repo.insert(
-        job_id,
-        prompt=request.prompt,
-        parameters=parameters,
-        model=model,
-        provider=route.provider,
+        job.id,
+        prompt=job.prompt,
+        parameters=job.parameters,
+        model=job.model,
+        provider=job.provider,
         owner=owner_id(owner),
         max_in_flight=settings.max_jobs_in_flight,
-        webhook=request.webhook,
-        webhook_events=request.webhook_events_filter,
+        webhook=job.webhook,
+        webhook_events=job.webhook_events,
         request_id=context.request_id.get(),
         traceparent=context.current_headers().get("traceparent"),
-        priority=str(request.priority),
-        retention_seconds=request.retention,
-        input_files=input_files,
+        priority=job.priority,
+        retention_seconds=job.retention_seconds,
+        input_files=job.input_files,
         surface=surface[0] if surface else None,
         surface_base=surface[1] if surface else None,
     )
     if created_at is None:
-        await inputs.discard(job_id, parameters, input_files)
-        raise quotas.in_flight_exceeded(settings)
-    context.job_id.set(str(job_id))  # the rest of this request's lines are about the job
+        raise await admission.refused([job])
+    context.job_id.set(str(job.id))  # the rest of this request's lines are about the job
     # Not the module's logger: a submit is a hot path (mediagen.observability.logs.FastLogger).
     _created_log.info(
         "job created",
-        model=model or route.name,
-        provider=route.provider,
+        model=job.model or catalog.default.name,  # no model named, and the default unlisted
+        provider=job.provider,
         prompt=request.prompt,  # masked unless LOG_PROMPTS=true (observability.logs)
         webhook=request.webhook,
     )
-    metrics.job_created(route.provider, model)
-    dispatch_new(outbox, job_id, created_at, request.priority).add_done_callback(
-        lambda sent: _undispatched(job_id) if not sent.result() else None
-    )
-    return job_id
-
-
-def _undispatched(job_id: uuid.UUID) -> None:
-    """The start was not published: let the sweeper dispatch the job after DISPATCH_GRACE."""
-
-    async def clear() -> None:
-        try:
-            await repo.clear_dispatched([job_id])
-        except Exception as exc:  # it is still dispatched, a lease later
-            log.warning("job %s: dispatch not reset: %s", job_id, exc)
-
-    task = asyncio.get_running_loop().create_task(clear())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def settle() -> None:
-    """Wait for the dispatch resets still running (at shutdown, before the pool closes)."""
-    if _background:
-        await asyncio.gather(*_background, return_exceptions=True)
+    metrics.job_created(job.provider, job.model)
+    dispatch(outbox, [job], created_at, f"job {job.id}")
+    return job.id
 
 
 def accepted_body(job_id: uuid.UUID) -> dict[str, Any]:
