@@ -1,19 +1,21 @@
-"""The one place where errors become HTTP answers: `{detail, code, errors?}`, and under `/v1`
-(Replicate's API, `mediagen.replicate_api`) the same errors as Replicate shapes them: problem
-details (`application/problem+json`, `{type, title, detail, status}`)."""
+"""The one place where errors become HTTP answers. It decides what an error is (`HttpError`:
+status, detail, code, errors, headers) and writes it in the shape of the surface the request
+came to: mediagen's own `{detail, code, errors?}` (`render`), or the renderer that an API of
+another shape registered for its path prefix when it was installed (`add_renderer`)."""
 
 from __future__ import annotations
 
-import json
 import logging
-from http import HTTPStatus
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from tortoise.exceptions import DBConnectionError, OperationalError
@@ -47,68 +49,87 @@ def _database_down(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and isinstance(exc.__cause__, _DB_DOWN)
 
 
-def _error(
-    http_status: int,
-    detail: str,
-    code: str,
-    errors: Any = None,
-    headers: dict[str, str] | None = None,
-    **fields: Any,
-) -> JSONResponse:
-    """`{detail, code, errors?, ...fields}`: fields carry an error's details (a 409's `status`)."""
-    body: dict[str, Any] = {"detail": detail, "code": code, **jsonable_encoder(fields)}
-    if errors is not None:
-        body["errors"] = jsonable_encoder(errors)
-    return JSONResponse(body, status_code=http_status, headers=headers)
+@dataclass(frozen=True)
+class HttpError:
+    """An error as HTTP answers it, before it is written in a surface's shape: `fields` carry
+    an error's details (a 409's `status`)."""
+
+    status: int
+    detail: str
+    code: str
+    errors: Any = None
+    headers: dict[str, str] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
-REPLICATE_PREFIX = "/v1"
-_KEPT_HEADERS = ("retry-after", "www-authenticate", "allow")
+Renderer = Callable[[HttpError], Response]
+_RENDERERS = "error_renderers"  # the app.state attribute: {path prefix: renderer}
 
 
-def _shaped(request: Request, response: JSONResponse) -> JSONResponse:
-    """`response` as Replicate's clients read errors when the request was under `/v1`."""
-    path = request.url.path
-    if path != REPLICATE_PREFIX and not path.startswith(REPLICATE_PREFIX + "/"):
-        return response
-    status = response.status_code
-    body = json.loads(bytes(response.body))
-    try:
-        title = HTTPStatus(status).phrase
-    except ValueError:
-        title = "Error"
-    problem = {
-        "type": f"urn:mediagen:error:{body.get('code', 'error')}",
-        "title": title,
-        "detail": str(body.get("detail", title)),
-        "status": status,
-    }
-    headers = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
-    return JSONResponse(
-        problem, status_code=status, headers=headers, media_type="application/problem+json"
-    )
+def render(error: HttpError) -> JSONResponse:
+    """mediagen's own shape: `{detail, code, errors?, ...fields}`."""
+    body: dict[str, Any] = {"detail": error.detail, "code": error.code}
+    body.update(jsonable_encoder(error.fields))
+    if error.errors is not None:
+        body["errors"] = jsonable_encoder(error.errors)
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-def _describe(errors: list[dict[str, Any]]) -> str:
-    parts = []
-    for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+def add_renderer(app: FastAPI, prefix: str, renderer: Renderer) -> None:
+    """Errors of requests at `prefix` or under it are written by `renderer` (the surface of an
+    API of another shape, mounted there)."""
+    renderers: dict[str, Renderer] = getattr(app.state, _RENDERERS, {})
+    renderers[prefix] = renderer
+    setattr(app.state, _RENDERERS, renderers)
+
+
+def _rendered(request: Request, error: HttpError) -> Response:
+    """`error` in the shape of the surface the request came to."""
+    renderers: dict[str, Renderer] = getattr(request.app.state, _RENDERERS, {})
+    if renderers:
+        path = request.url.path
+        for prefix, renderer in renderers.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return renderer(error)
+    return render(error)
+
+
+def _request_location(loc: tuple[Any, ...]) -> str:
+    """Where in a request an error is (`body` itself left out, unless that is all there is)."""
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def describe(
+    errors: Iterable[Mapping[str, Any]],
+    where: Callable[[tuple[Any, ...]], str] = _request_location,
+) -> str:
+    """A 422's detail: its first five errors as `location: message; ...`, each location as
+    `where` writes it (an API that names its fields otherwise passes its own)."""
+    parts = [
+        f"{where(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}"
+        for err in islice(errors, 5)
+    ]
     return "; ".join(parts) or "invalid request"
 
 
-def error_response(exc: BaseException) -> JSONResponse | None:
-    """The answer to one of our errors or to the database being down; None for anything else.
-    (The fast paths, which run outside FastAPI's handlers, answer with this too.)"""
+def error_of(exc: BaseException) -> HttpError | None:
+    """The answer to one of our errors or to the database being down; None for anything else."""
     if isinstance(exc, MediagenError):
         if exc.limit is not None:
             metrics.rate_limited(exc.limit)
-        return _error(exc.status_code, exc.message, exc.code, None, exc.headers, **exc.details)
+        return HttpError(exc.status_code, exc.message, exc.code, None, exc.headers, exc.details)
     if _database_down(exc):
         log.warning("database unavailable: %s", exc)
         err = DatabaseUnavailableError("the database is unavailable; try again shortly")
-        return _error(503, err.message, err.code, headers={"Retry-After": "5"})
+        return HttpError(503, err.message, err.code, headers={"Retry-After": "5"})
     return None
+
+
+def error_response(exc: BaseException) -> JSONResponse | None:
+    """`error_of(exc)` in mediagen's own shape (the fast paths, which run outside FastAPI's
+    handlers and serve only mediagen's own API, answer with this)."""
+    error = error_of(exc)
+    return None if error is None else render(error)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -125,18 +146,18 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(MediagenError)
-    async def _mediagen(request: Request, exc: MediagenError) -> JSONResponse:
-        response = error_response(exc)
-        assert response is not None
-        return _shaped(request, response)
+    async def _mediagen(request: Request, exc: MediagenError) -> Response:
+        error = error_of(exc)
+        assert error is not None
+        return _rendered(request, error)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return _shaped(request, _error(422, _describe(errors), "validation_error", errors))
+        return _rendered(request, HttpError(422, describe(errors), "validation_error", errors))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {
             400: "bad_request",
             404: "not_found",
@@ -146,14 +167,14 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return _shaped(request, _error(exc.status_code, str(exc.detail), code, headers=headers))
+        return _rendered(request, HttpError(exc.status_code, str(exc.detail), code, None, headers))
 
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        response = error_response(exc)
-        if response is not None:
-            return _shaped(request, response)
-        log.exception("unhandled error")
-        return _shaped(request, _error(500, "internal server error", "internal_error"))
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        error = error_of(exc)
+        if error is None:
+            log.exception("unhandled error")
+            error = HttpError(500, "internal server error", "internal_error")
+        return _rendered(request, error)
 
     # Registered for the database's exception types themselves, the handler runs in Starlette's
     # ExceptionMiddleware, which answers and keeps the connection; the catch-all `Exception`

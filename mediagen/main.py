@@ -16,7 +16,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from mediagen import __version__, errors_http, health
-from mediagen.batches import service as batches_service
 from mediagen.batches.router import router as batches_router
 from mediagen.broker import Outbox
 from mediagen.catalog import load_catalog
@@ -27,8 +26,8 @@ from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 from mediagen.files import router as files_router
 from mediagen.files import service as files_service
+from mediagen.jobs import admission
 from mediagen.jobs import schemas as jobs_schemas
-from mediagen.jobs import service as jobs_service
 from mediagen.jobs.fastpath import FastPaths
 from mediagen.jobs.live import router as live_router
 from mediagen.jobs.retention import served_job_gone
@@ -157,8 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.rate_limiter.close()
             await app.state.read_limiter.close()
             await app.state.outbox.close()
-            await jobs_service.settle()
-            await batches_service.settle()
+            await admission.settle()  # background work of submissions (dispatch resets)
             for redis_client in (app.state.outbox.client, subscriber, limits, app.state.redis):
                 await redis_client.aclose()
             await storage.close()
@@ -197,7 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage_router, prefix=API_PREFIX)  # a key's usage
     app.include_router(batches_router, prefix=API_PREFIX)  # many jobs at once
     # Replicate's API (`replicate` clients with this service as their base URL).
-    app.include_router(replicate_api.router, prefix=replicate_api.PREFIX)
+    replicate_api.install(app)
     web.install(app)  # the web page at / and its /assets
     if settings.metrics_enabled:
         app.include_router(metrics_router)  # /metrics (Prometheus)

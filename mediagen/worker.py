@@ -47,11 +47,12 @@ from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
 from mediagen.jobs.dispatch import Next
 from mediagen.jobs.pipeline import Pipeline
-from mediagen.notify.delivery import Deliverer
+from mediagen.notify.delivery import Bodies, Deliverer
 from mediagen.observability import logs, metrics, tracing
 from mediagen.observability.measured import MeasuredProvider
 from mediagen.outbound import Outbound
 from mediagen.providers.registry import create_providers
+from mediagen.replicate_api import webhooks as replicate_webhooks
 from mediagen.storage import create_storage
 from mediagen.storage.signing import load_signer
 
@@ -168,10 +169,12 @@ class Runtime:
         self._heartbeat: asyncio.Task[None] | None = None
         self.outbox = self.run(self._open())
         self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
-        self.deliverer = self.run(self._deliverer())
+        # A job made through Replicate's API (`/v1`) is told of in that API's shape.
+        bodies = {replicate_webhooks.SURFACE: replicate_webhooks.body}
+        self.deliverer = self.run(self._deliverer(bodies))
 
-    async def _deliverer(self) -> Deliverer:
-        return Deliverer(self.settings, self.storage, self.outbound, self.outbox.send)
+    async def _deliverer(self, bodies: Bodies) -> Deliverer:
+        return Deliverer(self.settings, self.storage, self.outbound, self.outbox.send, bodies)
 
     async def _open(self) -> Outbox:
         await init_db(self.settings, "mediagen-worker")

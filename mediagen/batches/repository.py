@@ -24,6 +24,7 @@ from mediagen.db import pool
 from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS
 from mediagen.jobs.repository import _ADD_SHARDS
 from mediagen.jobs.states import UNFINISHED, JobStatus
+from mediagen.keys.owners import owner_sql
 
 _UNFINISHED = ", ".join(f"'{status}'" for status in sorted(UNFINISHED))
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
@@ -168,17 +169,14 @@ FROM batches b LEFT JOIN jobs j ON j.batch_id = b.id
 WHERE b.id = $1 AND {owner}
 GROUP BY b.id
 """
-_GET_OWNED = _GET.format(owner="b.api_key_id = $2")
-_GET_ANONYMOUS = _GET.format(owner="b.api_key_id IS NULL")
 
 
 async def get_owned(batch_id: uuid.UUID, owner: uuid.UUID | None) -> Record | None:
     """The batch with its jobs' ids and states in order (one statement), if `owner` (None:
     anonymous) created it."""
-    db = await pool()
-    if owner is None:
-        return await db.fetchrow(_GET_ANONYMOUS, batch_id)
-    return await db.fetchrow(_GET_OWNED, batch_id, owner)
+    args: list[Any] = [batch_id]
+    sql = _GET.format(owner=owner_sql(owner, args, "b.api_key_id"))
+    return await (await pool()).fetchrow(sql, *args)
 
 
 _MARK_CANCELED = f"""

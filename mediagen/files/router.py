@@ -12,6 +12,7 @@ from mediagen.files.schemas import FileInfo
 from mediagen.jobs.router import READ, Caller, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.service import json_response
+from mediagen.keys.owners import owner_id
 
 router = APIRouter(tags=["files"])
 PATH = "/files"
@@ -69,7 +70,7 @@ async def create_file(request: Request, owner: Caller) -> Response:
     row = await service.store(
         state.storage,
         part.body,
-        owner=owner.id if owner else None,
+        owner=owner_id(owner),
         filename=part.filename,
         ttl=settings.file_ttl,
         limit=settings.max_file_bytes,
@@ -84,7 +85,7 @@ async def create_file(request: Request, owner: Caller) -> Response:
     summary="Get an input file's details",
 )
 async def get_file(file_id: uuid.UUID, request: Request, owner: Reader) -> Response:
-    row = await service.get_owned(file_id, owner.id if owner else None)
+    row = await service.get_owned(file_id, owner)
     return json_response(await service.describe(row, request.app.state.storage))
 
 
@@ -97,5 +98,5 @@ async def get_file(file_id: uuid.UUID, request: Request, owner: Reader) -> Respo
 async def delete_file(file_id: uuid.UUID, request: Request, owner: Caller) -> Response:
     """Deletes its bytes and its record at once. A job that already started with it keeps
     what it was given; one still waiting fails."""
-    await service.remove(file_id, owner.id if owner else None, request.app.state.storage)
+    await service.remove(file_id, owner, request.app.state.storage)
     return Response(status_code=204)

@@ -17,6 +17,8 @@ from mediagen.errors import NotFoundError, PayloadTooLargeError
 from mediagen.files.models import InputFile
 from mediagen.files.sniff import HEAD_BYTES, sniff
 from mediagen.files.uris import FILE_URI
+from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owned
 from mediagen.storage.base import Body, Storage
 
 log = logging.getLogger(__name__)
@@ -109,11 +111,9 @@ async def store(
         raise
 
 
-async def get_owned(file_id: uuid.UUID, owner: uuid.UUID | None) -> InputFile:
+async def get_owned(file_id: uuid.UUID, owner: ApiKey | None) -> InputFile:
     """The file if `owner` uploaded it and it has not expired: another key's is "not found"."""
-    row = await InputFile.get_or_none(
-        id=file_id, api_key_id=owner, expires_at__gt=datetime.now(UTC)
-    )
+    row = await owned(InputFile, owner).get_or_none(id=file_id, expires_at__gt=datetime.now(UTC))
     if row is None:
         raise NotFoundError(f"file {file_id} not found")
     return row
@@ -133,7 +133,7 @@ async def describe(row: InputFile, storage: Storage) -> dict[str, Any]:
     }
 
 
-async def remove(file_id: uuid.UUID, owner: uuid.UUID | None, storage: Storage) -> None:
+async def remove(file_id: uuid.UUID, owner: ApiKey | None, storage: Storage) -> None:
     """Delete a file of `owner` (404 if none): its object, then its row."""
     row = await get_owned(file_id, owner)
     await delete_files([row.id], storage)

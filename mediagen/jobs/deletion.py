@@ -30,6 +30,7 @@ from mediagen.files.service import delete_files
 from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.states import TERMINAL, JobStatus
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owner_id, owner_sql
 from mediagen.storage import create_storage
 from mediagen.storage.base import Storage
 
@@ -82,16 +83,15 @@ async def delete_job(
 ) -> None:
     """Delete a job of `owner`'s and every trace of it (module docstring); NotFoundError if
     `owner` has no such job. `outbox`: where the upstream cancel is sent, when given."""
-    owner_id = owner.id if owner else None
     db = await pool()
-    where = "id = $1 AND " + ("api_key_id IS NULL" if owner_id is None else "api_key_id = $2")
-    args: tuple[Any, ...] = (job_id,) if owner_id is None else (job_id, owner_id)
+    args: list[Any] = [job_id]
+    where = f"id = $1 AND {owner_sql(owner_id(owner), args)}"
     select = f"SELECT id, status, outputs, input_files, parameters FROM jobs WHERE {where}"  # noqa: S608
     row = await db.fetchrow(select, *args)
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     if not JobStatus(row["status"]).is_terminal:
-        await _cancel(job_id, owner_id, outbox)
+        await _cancel(job_id, owner_id(owner), outbox)
         row = await db.fetchrow(select, *args)
         if row is None:
             raise NotFoundError(f"job {job_id} not found")

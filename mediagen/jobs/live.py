@@ -25,7 +25,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -45,7 +52,7 @@ from mediagen.jobs.payloads import status_payload
 from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
-from mediagen.keys.cache import KeyCache
+from mediagen.keys.auth import BEARER, identify
 from mediagen.keys.models import ApiKey
 from mediagen.limits.streams import Slot, StreamSlots
 from mediagen.storage.base import Storage
@@ -116,6 +123,17 @@ async def stream_info(client: aioredis.Redis, key: str) -> StreamInfo | None:
     return StreamInfo(first or (0, 0), tail[0][0], int(length))
 
 
+async def stream_end(client: aioredis.Redis, job_id: uuid.UUID) -> StreamInfo | None:
+    """`stream_info` of the job's stream, read before its row (so a snapshot covers at least
+    every entry up to the id it is sent with); None when Redis does not answer (the stream is
+    then followed from Postgres until it does)."""
+    try:
+        return await stream_info(client, events.stream_key(job_id))
+    except RedisError as exc:
+        log.warning("job %s: events stream unreadable (%s); using Postgres", job_id, exc)
+        return None
+
+
 def resumable(last_event_id: str, info: StreamInfo) -> bool:
     """The stream still holds every entry after `last_event_id`, which it issued."""
     wanted, last = parse_id(last_event_id), parse_id(info.last)
@@ -125,9 +143,20 @@ def resumable(last_event_id: str, info: StreamInfo) -> bool:
     return info.length < events.STREAM_MAXLEN or wanted >= info.first
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a job, before any API writes it: `status`, `progress` or `logs`, the stream
+    entry it covers (`id`) and its payload (`data`, JSON-ready)."""
+
+    name: str
+    id: str
+    data: dict[str, Any]
+
+
 class JobFeed:
     """The events of one job for one client, while the client may see them: the stream closes
-    within BLOCK_SECONDS of its key being revoked."""
+    within BLOCK_SECONDS of its key being revoked. Each surface writes them its own way
+    (`serve`)."""
 
     def __init__(
         self,
@@ -153,9 +182,7 @@ class JobFeed:
         self.logs_sent: int | None = None
         self.resumed = False
 
-    async def run(
-        self, cursor: str | None, info: StreamInfo | None
-    ) -> AsyncIterator[ServerSentEvent]:
+    async def run(self, cursor: str | None, info: StreamInfo | None) -> AsyncGenerator[Event, None]:
         """`cursor`: resume after this stream id (no snapshot); None: snapshot first."""
         try:
             async for event in self._follow(cursor, info):
@@ -163,9 +190,7 @@ class JobFeed:
         finally:
             await self.slot.release()
 
-    async def _follow(
-        self, cursor: str | None, info: StreamInfo | None
-    ) -> AsyncIterator[ServerSentEvent]:
+    async def _follow(self, cursor: str | None, info: StreamInfo | None) -> AsyncIterator[Event]:
         self.resumed = cursor is not None
         if cursor is None:
             cursor = info.last if info else "0-0"
@@ -208,7 +233,7 @@ class JobFeed:
                 if self.finished:
                     break
 
-    async def _entry(self, entry_id: str, fields: dict[str, str]) -> list[ServerSentEvent]:
+    async def _entry(self, entry_id: str, fields: dict[str, str]) -> list[Event]:
         try:
             kind, data = fields["event"], orjson.loads(fields["data"])
             if kind == "status":
@@ -225,7 +250,7 @@ class JobFeed:
         log.warning("job %s: malformed event %s ignored", self.job.id, entry_id)
         return []
 
-    async def _snapshot(self, job: Job, event_id: str) -> list[ServerSentEvent]:
+    async def _snapshot(self, job: Job, event_id: str) -> list[Event]:
         """The job as Postgres has it, where it is newer than what was sent (its log first,
         so a reader that stops at the final status has all of it)."""
         sent = []
@@ -237,7 +262,7 @@ class JobFeed:
             sent += self._progress(job.progress, event_id)
         return sent
 
-    async def _status(self, payload: dict[str, Any], event_id: str) -> list[ServerSentEvent]:
+    async def _status(self, payload: dict[str, Any], event_id: str) -> list[Event]:
         order = events.order(payload)
         if self.finished or (self.sent is not None and order <= self.sent):
             return []  # stale or already sent
@@ -257,13 +282,13 @@ class JobFeed:
         }
         return [_event("status", data, event_id)]
 
-    def _progress(self, data: dict[str, Any], event_id: str) -> list[ServerSentEvent]:
+    def _progress(self, data: dict[str, Any], event_id: str) -> list[Event]:
         if self.finished or data == self.progress:
             return []
         self.progress = data
         return [_event("progress", data, event_id)]
 
-    def _logs(self, text: str, offset: int, event_id: str) -> list[ServerSentEvent]:
+    def _logs(self, text: str, offset: int, event_id: str) -> list[Event]:
         """What the client has not got of the log, if it asked for logs."""
         part = joblogs.unsent(self.logs_sent, str(text), int(offset)) if self.logs else None
         if part is None:
@@ -280,8 +305,53 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return [(str(entry_id), dict(fields or {})) for entry_id, fields in streams[0]]
 
 
-def _event(kind: str, data: dict[str, Any], event_id: str) -> ServerSentEvent:
-    return ServerSentEvent(data=orjson.dumps(data).decode(), event=kind, id=event_id)
+def _event(kind: str, data: dict[str, Any], event_id: str) -> Event:
+    return Event(kind, event_id, data)
+
+
+# How a surface writes a job's events: each one as none, one or several events of its own.
+Writer = Callable[[Event], Awaitable[Sequence[ServerSentEvent]]]
+
+
+async def _as_json(event: Event) -> list[ServerSentEvent]:
+    """`/api/v1`'s events: the event as it is, its payload as JSON."""
+    return [ServerSentEvent(data=orjson.dumps(event.data).decode(), event=event.name, id=event.id)]
+
+
+async def serve(
+    request: Request,
+    job: Job,
+    owner: ApiKey | None,
+    cursor: str | None,
+    info: StreamInfo | None,
+    allowed: Callable[[], Awaitable[bool]],
+    write: Writer,
+    logs: bool = False,
+) -> EventSourceResponse:
+    """The events of `job` (after the stream entry `cursor`, else a snapshot first), as
+    `write` writes them, while `allowed()` says the caller may see them. The stream takes one
+    of `owner`'s places (MAX_STREAMS_PER_KEY: 429; MAX_STREAMS on this server: 503) and frees
+    it when the client leaves; it is pinged every PING_SECONDS, and a client that does not
+    read for SEND_TIMEOUT is dropped."""
+    state = request.app.state
+    slot = await state.stream_slots.take(owner)
+    feed = JobFeed(job, state.events_redis, state.storage, slot, allowed, logs)
+
+    async def written() -> AsyncIterator[ServerSentEvent]:
+        async with contextlib.aclosing(feed.run(cursor, info)) as followed:
+            async for event in followed:
+                for sent in await write(event):
+                    yield sent
+
+    async def closed(_: Message) -> None:  # the client left: free its place at once
+        await slot.release()
+
+    return EventSourceResponse(
+        written(),
+        ping=PING_SECONDS,
+        send_timeout=SEND_TIMEOUT,
+        client_close_handler_callable=closed,
+    )
 
 
 @router.get(
@@ -316,14 +386,9 @@ async def job_events(
     ] = None,
     logs: Annotated[bool, Query(description="Also send the model's logs (`logs` events).")] = False,
 ) -> Response:
-    client: aioredis.Redis = request.app.state.events_redis
     # The stream's end first, then the row: the snapshot then covers at least every entry up to
     # the id it is sent with (a later one it already reflects is dropped as not newer).
-    try:
-        info = await stream_info(client, events.stream_key(job_id))
-    except RedisError as exc:
-        log.warning("job %s: events stream unreadable (%s); using Postgres", job_id, exc)
-        info = None
+    info = await stream_end(request.app.state.events_redis, job_id)
     job = await service.get_job(job_id, owner)
     if last_event_id is not None and parse_id(last_event_id) is None:
         last_event_id = None  # not one of ours: start afresh
@@ -332,34 +397,19 @@ async def job_events(
         at_end = cursor is not None and info is not None and parse_id(cursor) == parse_id(info.last)
         if info is None or at_end:
             return Response(status_code=204)
-    slot = await request.app.state.stream_slots.take(owner)
-    feed = JobFeed(
-        job, client, request.app.state.storage, slot, still_allowed(request, owner), logs
-    )
-
-    async def closed(_: Message) -> None:  # the client left: free its place at once
-        await slot.release()
-
-    return EventSourceResponse(
-        feed.run(cursor, info),
-        ping=PING_SECONDS,
-        send_timeout=SEND_TIMEOUT,
-        client_close_handler_callable=closed,
-    )
+    return await serve(request, job, owner, cursor, info, still_allowed(request), _as_json, logs)
 
 
-def still_allowed(request: Request, owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:
-    """Whether the caller of this stream may still see it (its key not revoked; for an
-    anonymous caller, keys still not required)."""
-    keys: KeyCache = request.app.state.keys
-    mode = request.app.state.settings.auth_required
-    secret = request.headers.get("authorization", "").partition(" ")[2]
+def still_allowed(
+    request: Request, schemes: Collection[str] = BEARER
+) -> Callable[[], Awaitable[bool]]:
+    """Whether the caller of this stream may still see it: the caller rule again, on the same
+    header (its key not revoked; for an anonymous caller, keys still not required)."""
+    state, authorization = request.app.state, request.headers.get("authorization")
 
     async def allowed() -> bool:
-        if owner is None:
-            return mode == "false" or (mode == "auto" and not await keys.required())
         try:
-            await keys.authenticate(secret)
+            await identify(state, authorization, schemes)
         except AuthenticationError:
             return False
         return True

@@ -32,6 +32,7 @@ from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS, Job
 from mediagen.jobs.payloads import STATUS_COLUMNS, status_sql
 from mediagen.jobs.sql import Expr, plus_one, seconds_from_now
 from mediagen.jobs.states import ALLOWED_FROM, OUTCOMES, TERMINAL, JobStatus, sql_list
+from mediagen.keys.owners import owner_sql
 from mediagen.observability import metrics
 
 _JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
@@ -298,8 +299,6 @@ async def insert(
 # --- reading ---------------------------------------------------------------------------------
 _GET = "SELECT * FROM jobs WHERE id = $1"
 _STATUS = f"SELECT {', '.join(STATUS_COLUMNS)} FROM jobs WHERE id = $1"
-_GET_OWNED = "SELECT * FROM jobs WHERE id = $1 AND api_key_id = $2"
-_GET_ANONYMOUS = "SELECT * FROM jobs WHERE id = $1 AND api_key_id IS NULL"
 
 
 async def get(job_id: uuid.UUID | str) -> Job | None:
@@ -309,20 +308,15 @@ async def get(job_id: uuid.UUID | str) -> Job | None:
 
 async def get_owned(job_id: uuid.UUID, owner: uuid.UUID | None) -> Job | None:
     """The job if `owner` (None: anonymous) created it."""
-    db = await pool()
-    if owner is None:
-        record = await db.fetchrow(_GET_ANONYMOUS, job_id)
-    else:
-        record = await db.fetchrow(_GET_OWNED, job_id, owner)
+    args: list[Any] = [job_id]
+    record = await (await pool()).fetchrow(f"{_GET} AND {owner_sql(owner, args)}", *args)
     return None if record is None else Job._init_from_db(**record)
 
 
 async def status_row(job_id: uuid.UUID, owner: uuid.UUID | None) -> Record | None:
     """What `GET /status` shows of a job `owner` created (one primary-key lookup)."""
-    db = await pool()
-    if owner is None:
-        return await db.fetchrow(_STATUS + " AND api_key_id IS NULL", job_id)
-    return await db.fetchrow(_STATUS + " AND api_key_id = $2", job_id, owner)
+    args: list[Any] = [job_id]
+    return await (await pool()).fetchrow(f"{_STATUS} AND {owner_sql(owner, args)}", *args)
 
 
 async def traceparent_of(job_id: uuid.UUID | str) -> str | None:
@@ -359,10 +353,8 @@ async def transition(
     )
     if attempt is not None:
         where += f" AND attempt = {statement.arg(attempt)}"
-    if owner is None:
-        where += " AND api_key_id IS NULL"
-    elif isinstance(owner, uuid.UUID):
-        where += f" AND api_key_id = {statement.arg(owner)}"
+    if not isinstance(owner, EllipsisType):
+        where += f" AND {owner_sql(owner, statement.args)}"
     sql = statement.update(
         where,
         {"status": str(to), **fields},

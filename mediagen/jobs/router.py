@@ -32,6 +32,7 @@ from mediagen.jobs.schemas import (
 )
 from mediagen.keys.auth import caller
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owner_id
 
 router = APIRouter(tags=["jobs"])
 Caller = Annotated[ApiKey | None, Depends(caller)]
@@ -145,7 +146,7 @@ async def generate(
     summary="Get a job's status",
 )
 async def get_status(job_id: uuid.UUID, request: Request, owner: Reader) -> Response:
-    row = await repo.status_row(job_id, owner.id if owner else None)
+    row = await repo.status_row(job_id, owner_id(owner))
     if row is None:
         raise NotFoundError(f"job {job_id} not found")
     body = await status_response(job_id, row, request.app.state.storage)
@@ -251,7 +252,5 @@ async def get_output(
 ) -> Response:
     """A stable address of an output (`index` from 0), for as long as the job exists: it
     redirects to a fresh URL of the object, and answers 410 once retention deleted it."""
-    url = await retention.output_url(
-        job_id, index, owner.id if owner else None, request.app.state.storage
-    )
+    url = await retention.output_url(job_id, index, owner_id(owner), request.app.state.storage)
     return Response(status_code=307, headers={"Location": url})

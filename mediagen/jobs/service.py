@@ -9,31 +9,27 @@ its `dispatched_at` is cleared and the sweeper dispatches it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from starlette.responses import Response
-from tortoise.expressions import Q
 
 from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
-from mediagen.files import inputs
+from mediagen.jobs import paging
 from mediagen.jobs import repository as repo
+from mediagen.jobs.admission import Admission, dispatch
 from mediagen.jobs.dispatch import (
-    dispatch_new,
     queue_position,
 )
 from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import metrics_of, status_response
-from mediagen.jobs.priority import check_priority
 from mediagen.jobs.schemas import (
     GenerateRequest,
     JobDetail,
@@ -43,14 +39,12 @@ from mediagen.jobs.schemas import (
 )
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
-from mediagen.limits import rates as quotas
-from mediagen.notify import service as notify
+from mediagen.keys.owners import owned, owner_id
 from mediagen.observability import context, logs, metrics
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 _created_log = logs.FastLogger(__name__)
-_background: set[asyncio.Task[None]] = set()
 
 
 async def create_job(
@@ -63,73 +57,46 @@ async def create_job(
 ) -> uuid.UUID:
     """Accept a job (durable once this returns) and have it dispatched after the commit. Its
     `model` picks its route in `catalog` (422 if none): the provider its row records, and the
-    public name it keeps (`Catalog.job_model`). `surface`: the other API that made it and the
-    base URL it was called at (`("replicate", base)`: its webhooks take that API's shape)."""
+    public name it keeps (`Catalog.job_model`); the other checks are `admission`'s. `surface`:
+    the other API that made it and the base URL it was called at (`("replicate", base)`: its
+    webhooks take that API's shape)."""
     catalog = catalog or get_catalog()
-    route = catalog.route(request.model)
-    model = catalog.job_model(route, request.model)
-    check_priority(request.priority, owner, settings)  # no query: the key row is in hand
-    if request.webhook is not None:
-        await notify.check_webhook(request.webhook, settings, owner)
-    job_id = uuid.uuid4()
-    parameters = request.parameters.model_dump(exclude_none=True)
+    admission = Admission(settings, owner, catalog)
+    job = await admission.job(request)
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
-    input_files = await inputs.accept(parameters, job_id, owner.id if owner else None, settings)
+    [job] = await admission.inputs([job])
     created_at = await repo.insert(
-        job_id,
-        prompt=request.prompt,
-        parameters=parameters,
-        model=model,
-        provider=route.provider,
-        owner=owner.id if owner else None,
+        job.id,
+        prompt=job.prompt,
+        parameters=job.parameters,
+        model=job.model,
+        provider=job.provider,
+        owner=owner_id(owner),
         max_in_flight=settings.max_jobs_in_flight,
-        webhook=request.webhook,
-        webhook_events=request.webhook_events_filter,
+        webhook=job.webhook,
+        webhook_events=job.webhook_events,
         request_id=context.request_id.get(),
         traceparent=context.current_headers().get("traceparent"),
-        priority=str(request.priority),
-        retention_seconds=request.retention,
-        input_files=input_files,
+        priority=job.priority,
+        retention_seconds=job.retention_seconds,
+        input_files=job.input_files,
         surface=surface[0] if surface else None,
         surface_base=surface[1] if surface else None,
     )
     if created_at is None:
-        await inputs.discard(job_id, parameters, input_files)
-        raise quotas.in_flight_exceeded(settings)
-    context.job_id.set(str(job_id))  # the rest of this request's lines are about the job
+        raise await admission.refused([job])
+    context.job_id.set(str(job.id))  # the rest of this request's lines are about the job
     # Not the module's logger: a submit is a hot path (mediagen.observability.logs.FastLogger).
     _created_log.info(
         "job created",
-        model=model or route.name,
-        provider=route.provider,
+        model=job.model or catalog.default.name,  # no model named, and the default unlisted
+        provider=job.provider,
         prompt=request.prompt,  # masked unless LOG_PROMPTS=true (observability.logs)
         webhook=request.webhook,
     )
-    metrics.job_created(route.provider, model)
-    dispatch_new(outbox, job_id, created_at, request.priority).add_done_callback(
-        lambda sent: _undispatched(job_id) if not sent.result() else None
-    )
-    return job_id
-
-
-def _undispatched(job_id: uuid.UUID) -> None:
-    """The start was not published: let the sweeper dispatch the job after DISPATCH_GRACE."""
-
-    async def clear() -> None:
-        try:
-            await repo.clear_dispatched([job_id])
-        except Exception as exc:  # it is still dispatched, a lease later
-            log.warning("job %s: dispatch not reset: %s", job_id, exc)
-
-    task = asyncio.get_running_loop().create_task(clear())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def settle() -> None:
-    """Wait for the dispatch resets still running (at shutdown, before the pool closes)."""
-    if _background:
-        await asyncio.gather(*_background, return_exceptions=True)
+    metrics.job_created(job.provider, job.model)
+    dispatch(outbox, [job], created_at, f"job {job.id}")
+    return job.id
 
 
 def accepted_body(job_id: uuid.UUID) -> dict[str, Any]:
@@ -152,7 +119,7 @@ def json_response(data: dict[str, Any], status_code: int = 200) -> Response:
 
 async def get_job(job_id: uuid.UUID, owner: ApiKey | None = None) -> Job:
     """The job if `owner` may see it: another key's job is "not found", never "forbidden"."""
-    job = await repo.get_owned(job_id, owner.id if owner else None)
+    job = await repo.get_owned(job_id, owner_id(owner))
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job
@@ -164,7 +131,7 @@ async def cancel_job(job_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None = N
         job_id,
         JobStatus.CANCELED,
         "canceled by the client",
-        owner=owner.id if owner else None,
+        owner=owner_id(owner),
         stop_upstream=True,
     )
     if moved is None:
@@ -188,7 +155,7 @@ _SUMMARY = (
 
 async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], str | None]:
     """One page of the caller's jobs, newest first, and the cursor of the next page."""
-    jobs = Job.filter(api_key_id=owner.id if owner else None)
+    jobs = owned(Job, owner)
     if query.status:
         jobs = jobs.filter(status=query.status)
     if query.model:
@@ -197,29 +164,9 @@ async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], s
         jobs = jobs.filter(created_at__gt=query.created_after)
     if query.created_before:
         jobs = jobs.filter(created_at__lt=query.created_before)
-    if query.cursor:
-        created_at, last_id = decode_cursor(query.cursor)
-        jobs = jobs.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=last_id))
     # Only what a summary shows: a page must not carry each job's logs and parameters.
-    page = await jobs.order_by("-created_at", "-id").limit(query.limit + 1).only(*_SUMMARY)
-    more = len(page) > query.limit
-    page = page[: query.limit]
-    return page, encode_cursor(page[-1]) if more else None
-
-
-def encode_cursor(job: Job) -> str:
-    """`{created_at in µs since the epoch}~{id hex}`: the last job of a page. Any string of that
-    shape is a valid position, so the schema can state exactly which cursors are accepted."""
-    micros = int(job.created_at.timestamp()) * 1_000_000 + job.created_at.microsecond
-    return f"{micros}~{job.id.hex}"
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    micros, _, job_id = cursor.partition("~")
-    created_at = datetime.fromtimestamp(int(micros) // 1_000_000, UTC).replace(
-        microsecond=int(micros) % 1_000_000
-    )
-    return created_at, uuid.UUID(hex=job_id)
+    found = await paging.page(jobs, query.limit, _SUMMARY, after=query.cursor or None)
+    return found.jobs, paging.encode_cursor(found.jobs[-1]) if found.older else None
 
 
 async def status_of(job: Job, storage: Storage) -> JobStatusResponse:

@@ -109,12 +109,19 @@ class RateLimiter:
                 await self._syncing
 
 
-def in_flight_exceeded(settings: Settings) -> RateLimitedError:
-    """The answer when the insert found the owner at MAX_JOBS_IN_FLIGHT unfinished jobs."""
-    refused = RateLimitedError(
-        f"{settings.max_jobs_in_flight} jobs are still unfinished "
-        f"(limit {settings.max_jobs_in_flight})",
-        IN_FLIGHT_RETRY_AFTER,
-    )
+def in_flight_exceeded(settings: Settings, batch: int | None = None) -> RateLimitedError:
+    """The answer when the insert found no room for the job (or the `batch` of that many
+    jobs) within the owner's MAX_JOBS_IN_FLIGHT unfinished jobs."""
+    if batch is None:
+        message = (
+            f"{settings.max_jobs_in_flight} jobs are still unfinished "
+            f"(limit {settings.max_jobs_in_flight})"
+        )
+    else:
+        message = (
+            f"the batch's {batch} jobs do not fit within the limit of "
+            f"{settings.max_jobs_in_flight} unfinished jobs; nothing was created"
+        )
+    refused = RateLimitedError(message, IN_FLIGHT_RETRY_AFTER)
     refused.limit = "in_flight"
     return refused

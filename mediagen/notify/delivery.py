@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from standardwebhooks import Webhook
 
@@ -40,7 +42,6 @@ from mediagen.notify.models import DeliveryStatus, WebhookDelivery
 from mediagen.observability import metrics
 from mediagen.observability.context import job_id as current_job
 from mediagen.outbound import Outbound, Policy, classify
-from mediagen.replicate_api import webhooks as replicate_webhooks
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = len(retry_policy.WEBHOOK_SCHEDULE) + 1
 ANSWER_BYTES = 4096
 IN_FLIGHT_MARGIN = 5.0  # beyond WEBHOOK_TIMEOUT before an attempt counts as lost
+
+# The body of a job's delivery when the job was made through another API (the `surface` its
+# row and payload carry): (job id, payload, storage, settings) -> the JSON to send. The worker
+# fills this in; any other job's body is mediagen's own (the payload, `result_url` signed).
+BodyMaker = Callable[[uuid.UUID, dict[str, Any], Storage, Settings], Awaitable[str]]
+Bodies = Mapping[str, BodyMaker]
 
 
 def policy(settings: Settings) -> Policy:
@@ -71,10 +78,13 @@ async def _secret(delivery: WebhookDelivery, settings: Settings) -> str:
     return settings.webhook_secret
 
 
-async def _body(delivery: WebhookDelivery, storage: Storage, settings: Settings) -> str:
+async def _body(
+    delivery: WebhookDelivery, storage: Storage, settings: Settings, bodies: Bodies
+) -> str:
     data = dict(delivery.payload)
-    if delivery.job_id is not None and data.get("surface") == "replicate":
-        return await replicate_webhooks.body(delivery.job_id, data, storage, settings)
+    surface = data.get("surface")
+    if delivery.job_id is not None and surface is not None and surface in bodies:
+        return await bodies[surface](delivery.job_id, data, storage, settings)
     if delivery.job_id is not None:  # a job's event (a batch's carries no result)
         key = data.pop("result_key", None)
         data["result_url"] = await storage.url_for(key) if key else None
@@ -99,10 +109,15 @@ async def _claim(delivery: WebhookDelivery, settings: Settings) -> bool:
 
 
 async def attempt(
-    delivery_id: str, settings: Settings, storage: Storage, outbound: Outbound
+    delivery_id: str,
+    settings: Settings,
+    storage: Storage,
+    outbound: Outbound,
+    bodies: Bodies | None = None,
 ) -> float | None:
     """Make one attempt; the countdown of the next one, or None when the delivery is settled
-    (or was not this call's to make)."""
+    (or was not this call's to make). `bodies`: the body makers of jobs made through another
+    API (`Bodies`)."""
     delivery = await WebhookDelivery.get_or_none(id=delivery_id)
     if delivery is None or delivery.status is not DeliveryStatus.PENDING:
         return None
@@ -119,7 +134,7 @@ async def attempt(
         secret = await _secret(delivery, settings)
         if not secret:
             raise ValueError("no webhook secret to sign with")
-        body = await _body(delivery, storage, settings)
+        body = await _body(delivery, storage, settings, bodies or {})
         sent = datetime.now(UTC).replace(microsecond=0)
         headers = {
             "Content-Type": "application/json",
@@ -194,11 +209,13 @@ class Deliverer:
         storage: Storage,
         outbound: Outbound,
         publish: Callable[[Task], asyncio.Future[bool]],
+        bodies: Bodies | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
         self.outbound = outbound
         self.publish = publish
+        self.bodies: Bodies = dict(bodies or {})
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._running: set[asyncio.Task[None]] = set()
 
@@ -211,7 +228,9 @@ class Deliverer:
     async def _run(self, delivery_id: str) -> None:
         async with self._slots:
             try:
-                countdown = await attempt(delivery_id, self.settings, self.storage, self.outbound)
+                countdown = await attempt(
+                    delivery_id, self.settings, self.storage, self.outbound, self.bodies
+                )
             except Exception:  # the delivery stays pending; the sweeper sends it again
                 log.exception("webhook delivery %s: attempt failed", delivery_id)
                 return

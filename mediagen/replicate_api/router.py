@@ -1,20 +1,22 @@
 """Replicate's HTTP API at `/v1`, so the official `replicate` clients work against mediagen by
-changing only their base URL. Thin: parse, call `service`, answer. Errors are problem+json
-(`mediagen.errors_http`, for every path under `/v1`)."""
+changing only their base URL. Thin: parse, call `service`, answer. `install` mounts it, with its
+errors as problem+json for every path under `/v1` (`problems`, through `mediagen.errors_http`)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from sse_starlette import EventSourceResponse
 
+from mediagen import errors_http
 from mediagen.keys.auth import bearer
 from mediagen.keys.models import ApiKey
-from mediagen.replicate_api import service, streaming, waiting
+from mediagen.replicate_api import problems, service, streaming, waiting
 from mediagen.replicate_api.auth import replicate_caller
+from mediagen.replicate_api.predictions import PREFIX
 from mediagen.replicate_api.schemas import (
     STREAM_EVENT_SCHEMA,
     ModelPredictionRequest,
@@ -27,7 +29,6 @@ from mediagen.replicate_api.schemas import (
     WebhookSecret,
 )
 
-PREFIX = "/v1"
 router = APIRouter(tags=["replicate"])
 Caller = Annotated[ApiKey | None, Depends(replicate_caller)]
 
@@ -225,3 +226,10 @@ async def webhook_secret(request: Request, caller: Reader) -> WebhookSecret:
 def _job_id(prediction_id: str) -> uuid.UUID:
     """A prediction id is a job id; anything else names no prediction (404, as Replicate)."""
     return service.parse_id(prediction_id)
+
+
+def install(app: FastAPI) -> None:
+    """Serve Replicate's API at PREFIX, its errors (a 404 or 405 of any path under it too) as
+    problem details."""
+    app.include_router(router, prefix=PREFIX)
+    errors_http.add_renderer(app, PREFIX, problems.render)

@@ -10,15 +10,17 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.responses import Response
-from tortoise.expressions import Q
 
 from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, ModelRoute
 from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
+from mediagen.errors_http import describe
+from mediagen.jobs import paging
 from mediagen.jobs import repository as repo
 from mediagen.jobs import service as jobs
 from mediagen.jobs.models import Job
 from mediagen.jobs.schemas import GenerateRequest
 from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owned, owner_id
 from mediagen.replicate_api import waiting
 from mediagen.replicate_api.models import model_of, version_of
 from mediagen.replicate_api.predictions import (
@@ -37,8 +39,8 @@ from mediagen.replicate_api.schemas import (
     ReplicatePrediction,
     WebhookSecret,
 )
+from mediagen.replicate_api.webhooks import SURFACE
 
-SURFACE = "replicate"
 PAGE_SIZE = 50
 # Replicate's webhook events as mediagen's: `output` and `logs` arrive as progress updates.
 EVENTS = {"start": "start", "output": "progress", "logs": "progress", "completed": "completed"}
@@ -92,13 +94,13 @@ def resolve(catalog: Catalog, ref: str) -> tuple[str, ModelRoute]:
         raise NotFoundError(f"model {model_name(ref)} not found") from None
 
 
-def _where(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+def _where(loc: tuple[int | str, ...]) -> str:
     """A GenerateRequest error location as the Replicate body has it (`input.<name>`)."""
     if loc[:1] == ("prompt",):
-        return ("input", "prompt")
-    if loc[:1] == ("parameters",):
-        return ("input", *loc[1:])
-    return loc
+        loc = ("input", "prompt")
+    elif loc[:1] == ("parameters",):
+        loc = ("input", *loc[1:])
+    return ".".join(str(p) for p in loc)
 
 
 def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) -> GenerateRequest:
@@ -118,10 +120,7 @@ def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) ->
     try:
         return GenerateRequest.model_validate(data)
     except ValidationError as exc:
-        where = (
-            (".".join(str(p) for p in _where(tuple(e["loc"]))), e["msg"]) for e in exc.errors()
-        )
-        raise InvalidInputError("; ".join(f"{w}: {m}" for w, m in list(where)[:5])) from None
+        raise InvalidInputError(describe(exc.errors(), _where)) from None
 
 
 async def _prediction(state: State, job: Job, base: str, **options: Any) -> ReplicatePrediction:
@@ -165,7 +164,7 @@ async def create(
 
 
 async def get(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> ReplicatePrediction:
-    job = await repo.get_owned(job_id, owner.id if owner else None)
+    job = await repo.get_owned(job_id, owner_id(owner))
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
     return await _prediction(request.app.state, job, base_of(request))
@@ -183,46 +182,28 @@ async def cancel(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> R
     return await _prediction(state, job, base_of(request))
 
 
-def _older(created_at: Any, job_id: uuid.UUID) -> Q:
-    return Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=job_id)
-
-
-def _newer(created_at: Any, job_id: uuid.UUID) -> Q:
-    return Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=job_id)
-
-
 async def list_predictions(
     request: Request, owner: ApiKey | None, cursor: str | None
 ) -> PredictionPage:
-    """One page of the caller's jobs, newest first, on the keyset index (key, created_at, id).
+    """One page of the caller's jobs, newest first (`mediagen.jobs.paging`, as `/api/v1/jobs`).
 
     `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
     before the first; each is there when a job lies that way."""
-    mine = Job.filter(api_key_id=owner.id if owner else None)
     backwards = cursor is not None and cursor.startswith("p")
-    if cursor is None:
-        query = mine.order_by("-created_at", "-id")
-    elif backwards:
-        query = mine.filter(_newer(*jobs.decode_cursor(cursor[1:]))).order_by("created_at", "id")
-    else:
-        query = mine.filter(_older(*jobs.decode_cursor(cursor))).order_by("-created_at", "-id")
-    page = await query.limit(PAGE_SIZE + 1).only(*_LISTED)
-    beyond = len(page) > PAGE_SIZE  # more that way
-    page = page[:PAGE_SIZE]
-    if backwards:
-        page.reverse()
-    # More that way is known from the page; the other way, from one EXISTS on the index.
-    older, newer = (False, beyond) if backwards else (beyond, False)
-    if page and backwards:
-        older = await mine.filter(_older(page[-1].created_at, page[-1].id)).exists()
-    elif page and cursor is not None:
-        newer = await mine.filter(_newer(page[0].created_at, page[0].id)).exists()
+    found = await paging.page(
+        owned(Job, owner),
+        PAGE_SIZE,
+        _LISTED,
+        after=None if backwards else cursor,
+        before=cursor[1:] if cursor is not None and backwards else None,
+        both_ways=True,
+    )
     state, base = request.app.state, base_of(request)
-    results = [await _prediction(state, job, base, with_logs=False) for job in page]
+    results = [await _prediction(state, job, base, with_logs=False) for job in found.jobs]
     here = f"{base}{PREFIX}/predictions?cursor="
     return PredictionPage(
-        next=f"{here}{jobs.encode_cursor(page[-1])}" if older else None,
-        previous=f"{here}p{jobs.encode_cursor(page[0])}" if newer else None,
+        next=f"{here}{paging.encode_cursor(found.jobs[-1])}" if found.older else None,
+        previous=f"{here}p{paging.encode_cursor(found.jobs[0])}" if found.newer else None,
         results=results,
     )
 

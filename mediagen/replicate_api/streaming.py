@@ -5,7 +5,7 @@ Replicate's stream is Server-Sent Events: `logs` (log text as it grows), `output
 each), `error` (`{"detail": ...}`) and `done` (`{}`, or `{"reason": "canceled"}`), after which
 the stream ends. mediagen's outputs exist only when a job has finished, so every `output` comes
 then, just before `done`. The events underneath are the job's own (`mediagen.jobs.live`: a
-snapshot from Postgres, then its Redis Stream), translated here.
+snapshot from Postgres, then its Redis Stream), served by `live.serve` and written here.
 
 The URL in `urls.stream` is signed (MEDIA_URL_TTL), as Replicate's stream URLs are
 capabilities: the JavaScript client opens it without its token. Without a valid signature the
@@ -15,22 +15,20 @@ caller's token must own the prediction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.types import Message
 
 from mediagen.errors import NotFoundError
-from mediagen.jobs import events, live
+from mediagen.jobs import live
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
-from mediagen.replicate_api.auth import replicate_caller
+from mediagen.keys.owners import owner_id
+from mediagen.replicate_api.auth import SCHEMES, replicate_caller
 from mediagen.replicate_api.predictions import absolute, stream_key
 from mediagen.storage.base import Storage
 from mediagen.storage.signing import MediaSigner
@@ -44,23 +42,18 @@ def signed(request: Request, job_id: uuid.UUID) -> bool:
 
 
 class ReplicateFeed:
-    """One job's events (`live.JobFeed`, with logs) in Replicate's stream format."""
+    """One job's events (`live.JobFeed`, with logs) written as Replicate's stream has them."""
 
-    def __init__(self, feed: live.JobFeed, storage: Storage, base: str) -> None:
-        self.feed = feed
+    def __init__(self, job_id: uuid.UUID, storage: Storage, base: str) -> None:
+        self.job_id = job_id
         self.storage = storage
         self.base = base
 
-    async def run(self, info: live.StreamInfo | None) -> AsyncIterator[ServerSentEvent]:
-        async for event in self.feed.run(None, info):
-            for translated in await self._translate(event):
-                yield translated
-
-    async def _translate(self, event: ServerSentEvent) -> list[ServerSentEvent]:
-        data = orjson.loads(str(event.data))
-        if event.event == "logs":
+    async def write(self, event: live.Event) -> list[ServerSentEvent]:
+        data = event.data
+        if event.name == "logs":
             return [ServerSentEvent(data=data["logs"], event="logs", id=event.id)]
-        if event.event != "status":
+        if event.name != "status":
             return []  # progress: Replicate's stream has no such event
         status = JobStatus(data["status"])
         if not status.is_terminal:
@@ -72,7 +65,7 @@ class ReplicateFeed:
             ]
         if status is JobStatus.CANCELED:
             return [_json("done", {"reason": "canceled"}, event.id)]
-        job = await Job.get_or_none(id=self.feed.job.id)
+        job = await Job.get_or_none(id=self.job_id)
         outputs = (job.outputs or []) if job and job.status is JobStatus.COMPLETED else []
         sent = [
             ServerSentEvent(
@@ -93,13 +86,8 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
     """The stream of a prediction, for a signed URL or its owner's token; it takes one of the
     owner's stream places (MAX_STREAMS_PER_KEY) and counts as a read."""
     state = request.app.state
-    client: aioredis.Redis = state.events_redis
-    # The stream's end first, then the row (as `live.job_events`): the snapshot then covers
-    # every entry up to the id it is sent with.
-    try:
-        info = await live.stream_info(client, events.stream_key(job_id))
-    except RedisError:
-        info = None  # followed from Postgres until Redis answers
+    # The stream's end first, then the row (as `live.job_events`).
+    info = await live.stream_end(state.events_redis, job_id)
     allowed: Callable[[], Awaitable[bool]]
     if signed(request, job_id):
         job = await repo.get(job_id)
@@ -109,23 +97,13 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
         allowed = _key_active(owner)
     else:
         owner = await replicate_caller(request)
-        job = await repo.get_owned(job_id, owner.id if owner else None)
-        allowed = live.still_allowed(request, owner)
+        job = await repo.get_owned(job_id, owner_id(owner))
+        allowed = live.still_allowed(request, SCHEMES)
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
     state.read_limiter.check(owner)
-    slot = await state.stream_slots.take(owner)
-    feed = live.JobFeed(job, client, state.storage, slot, allowed, logs=True)
-
-    async def closed(_: Message) -> None:  # the client left: free its place at once
-        await slot.release()
-
-    return EventSourceResponse(
-        ReplicateFeed(feed, state.storage, str(request.base_url).rstrip("/")).run(info),
-        ping=live.PING_SECONDS,
-        send_timeout=live.SEND_TIMEOUT,
-        client_close_handler_callable=closed,
-    )
+    feed = ReplicateFeed(job.id, state.storage, str(request.base_url).rstrip("/"))
+    return await live.serve(request, job, owner, None, info, allowed, feed.write, logs=True)
 
 
 def _key_active(owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:

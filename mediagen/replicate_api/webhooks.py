@@ -2,7 +2,8 @@
 
 Built when the delivery is sent, from the job row (its outputs' URLs are signed then), showing
 the state the event announced; signed as every client webhook is (Standard Webhooks with the
-key's `whsec_` secret: what `replicate.webhooks.validate` and `validateWebhook` check)."""
+key's `whsec_` secret: what `replicate.webhooks.validate` and `validateWebhook` check). The
+worker has its deliveries use it for jobs of this SURFACE (`mediagen.notify.delivery.Bodies`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.replicate_api.predictions import as_json, prediction_of
 from mediagen.storage.base import Storage
+
+SURFACE = "replicate"  # the `surface` of jobs made through `/v1`: their deliveries use `body`
 
 
 async def body(

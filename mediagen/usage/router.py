@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from mediagen.jobs.router import Reader
 from mediagen.jobs.schemas import ErrorResponse
+from mediagen.keys.owners import owner_id
 from mediagen.usage import service
 from mediagen.usage.schemas import UsageQuery, UsageReport
 
@@ -32,5 +33,5 @@ async def get_usage(query: Annotated[UsageQuery, Query()], owner: Reader) -> Usa
     UTC day or by model: their count by current status, the seconds they ran and the bytes
     their outputs take."""
     start, end = query.bounds
-    groups, total = await service.usage(start, end, query.group_by, owner.id if owner else None)
+    groups, total = await service.usage(start, end, query.group_by, owner_id(owner))
     return UsageReport(start=start, end=end, group_by=query.group_by, groups=groups, total=total)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from mediagen import db
 from mediagen.jobs.states import JobStatus
+from mediagen.keys.owners import owner_sql
 from mediagen.usage.schemas import UsageGroup
 
 Grouping = Literal["day", "model", "key"]
@@ -42,7 +43,6 @@ WHERE created_at >= $1 AND created_at < $2 {owner}
 GROUP BY 1, 2
 ORDER BY 1 NULLS FIRST
 """
-_OWNERS = {"key": "AND api_key_id = $3", "anonymous": "AND api_key_id IS NULL", "all": ""}
 
 
 async def usage(
@@ -55,9 +55,9 @@ async def usage(
 ) -> tuple[list[UsageGroup], UsageGroup]:
     """The groups with jobs created in `[start, end)`, in order, and their total: of `owner`'s
     jobs (None: those made without a key), or of everyone's with `all_keys`."""
-    scope = "all" if all_keys else "key" if owner is not None else "anonymous"
-    sql = _SQL.format(group=_GROUPS[group_by], bytes=_BYTES, owner=_OWNERS[scope])
-    args: list[Any] = [start, end] + ([owner] if scope == "key" else [])
+    args: list[Any] = [start, end]
+    mine = "" if all_keys else f"AND {owner_sql(owner, args)}"
+    sql = _SQL.format(group=_GROUPS[group_by], bytes=_BYTES, owner=mine)
     rows = await (await db.pool()).fetch(sql, *args)
     return summarize(rows)
 

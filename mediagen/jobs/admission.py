@@ -1,0 +1,170 @@
+"""What every submitted job passes before it is written, whether it comes alone
+(`POST /api/v1/generate`, a `/v1` prediction) or as an entry of a batch (`POST /api/v1/batches`),
+and what follows once it is.
+
+Before: its model is routed in the catalog (422 if this service does not run it), its priority
+is within the caller's ceiling (403), its webhook is one we can sign and may call (422), and
+the input files it names are accepted (`data:` ones stored, uploads claimed; 422). A refusal
+about an entry of a batch names it (`jobs[3]: ...`). A refused submission keeps none of the
+files it stored, whether a later entry was refused or the insert found no room within
+MAX_JOBS_IN_FLIGHT (`Admission.refused`).
+
+After the commit: the starts are published through the process's outbox (`dispatch`); if that
+fails the jobs stay accepted and their `dispatched_at` is cleared in the background, so the
+sweeper dispatches them after DISPATCH_GRACE. `settle` waits for that work at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections.abc import Coroutine, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from mediagen.batches.repository import NewJob
+from mediagen.broker import Outbox
+from mediagen.catalog import Catalog
+from mediagen.config import Settings
+from mediagen.errors import MediagenError, RateLimitedError
+from mediagen.files import inputs
+from mediagen.jobs import repository as repo
+from mediagen.jobs.dispatch import dispatch_new
+from mediagen.jobs.priority import check_priority
+from mediagen.jobs.schemas import GenerateRequest
+from mediagen.keys.models import ApiKey
+from mediagen.keys.owners import owner_id
+from mediagen.limits import rates as quotas
+from mediagen.notify import service as notify
+
+log = logging.getLogger(__name__)
+_background: set[asyncio.Task[None]] = set()
+
+
+class Admission:
+    """The checks of one submission by `owner`: a single job's, or a batch's (`batch=True`:
+    its refusals name the entry, and its in-flight refusal speaks of the batch). Each webhook
+    URL is checked once per submission."""
+
+    def __init__(
+        self, settings: Settings, owner: ApiKey | None, catalog: Catalog, batch: bool = False
+    ) -> None:
+        self.settings = settings
+        self.owner = owner
+        self.catalog = catalog
+        self.batch = batch
+        self._checked: set[str] = set()
+
+    async def webhook(self, url: str) -> None:
+        """Refuse (422) a webhook we could not sign or must not call."""
+        if url not in self._checked:
+            await notify.check_webhook(url, self.settings, self.owner)
+            self._checked.add(url)
+
+    async def job(self, request: GenerateRequest, index: int = 0) -> NewJob:
+        """The job `request` asks for (entry `index` of a batch), once its model, priority and
+        webhook passed, as the inserts write it; nothing is stored yet."""
+        with self._entry(index):
+            route = self.catalog.route(request.model)
+            check_priority(request.priority, self.owner, self.settings)
+            if request.webhook is not None:
+                await self.webhook(request.webhook)
+        return NewJob(
+            id=uuid.uuid4(),
+            prompt=request.prompt,
+            parameters=request.parameters.model_dump(exclude_none=True),
+            model=self.catalog.job_model(route, request.model),
+            provider=route.provider,
+            priority=str(request.priority),
+            retention_seconds=request.retention,
+            webhook=request.webhook,
+            webhook_events=request.webhook_events_filter if request.webhook else (),
+        )
+
+    async def inputs(self, jobs: list[NewJob]) -> list[NewJob]:
+        """`jobs` with the input files they name accepted (their `data:` values changed in
+        place into the files they were stored as), all or none: last, since it may store files.
+        Costs nothing for jobs without inputs."""
+        owner = owner_id(self.owner)
+        accepted = list(jobs)
+        try:
+            for index, job in enumerate(jobs):
+                with self._entry(index):
+                    files = await inputs.accept(job.parameters, job.id, owner, self.settings)
+                if files:
+                    accepted[index] = dataclasses.replace(job, input_files=files)
+        except BaseException:
+            await self.discard(accepted)  # the entries before the refused one stored theirs
+            raise
+        return accepted
+
+    async def discard(self, jobs: Sequence[NewJob]) -> None:
+        """The input files stored for jobs that will not be written."""
+        for job in jobs:
+            await inputs.discard(job.id, job.parameters, job.input_files)
+
+    async def refused(self, jobs: Sequence[NewJob]) -> RateLimitedError:
+        """The insert found no room within MAX_JOBS_IN_FLIGHT: the files stored for `jobs` are
+        discarded, and this is the answer (429)."""
+        await self.discard(jobs)
+        return quotas.in_flight_exceeded(self.settings, len(jobs) if self.batch else None)
+
+    def _entry(self, index: int) -> contextlib.AbstractContextManager[None]:
+        """Where a refusal about entry `index` of a batch is named (`jobs[3]: ...`)."""
+        return _named(index) if self.batch else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _named(index: int) -> Iterator[None]:
+    try:
+        yield
+    except MediagenError as exc:
+        exc.message = f"jobs[{index}]: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
+def dispatch(outbox: Outbox, jobs: Sequence[NewJob], created_at: datetime, what: str) -> None:
+    """Publish the starts of jobs just committed (job i of a batch was created i µs after
+    `created_at`); if that fails they stay accepted, and the sweeper dispatches them after
+    DISPATCH_GRACE. `what` names them in the log."""
+    sent = {
+        dispatch_new(outbox, job.id, created_at + timedelta(microseconds=index), job.priority)
+        for index, job in enumerate(jobs)
+    }
+    ids = [job.id for job in jobs]
+
+    def published(done: asyncio.Future[bool]) -> None:
+        if not done.result():
+            _undispatched(ids, what)
+
+    for future in sent:  # one outbox batch, unless it was sending meanwhile
+        future.add_done_callback(published)
+
+
+def _undispatched(job_ids: list[uuid.UUID], what: str) -> None:
+    """The starts were not published: let the sweeper dispatch the jobs after DISPATCH_GRACE."""
+
+    async def clear() -> None:
+        try:
+            await repo.clear_dispatched(job_ids)
+        except Exception as exc:  # they are still dispatched, a lease later
+            log.warning("%s: dispatch not reset: %s", what, exc)
+
+    in_background(clear())
+
+
+def in_background(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` on the running loop after the answer, held until it is done (`settle`)."""
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def settle() -> None:
+    """Wait for the background work still running (at shutdown, before the pool closes)."""
+    if _background:
+        await asyncio.gather(*_background, return_exceptions=True)
