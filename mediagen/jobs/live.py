@@ -48,7 +48,7 @@ from mediagen.errors import AuthenticationError
 from mediagen.jobs import events, joblogs, service
 from mediagen.jobs.event_schema import EVENT_SCHEMA, STREAM_DOC
 from mediagen.jobs.models import Job
-from mediagen.jobs.payloads import status_payload
+from mediagen.jobs.payloads import served, status_payload
 from mediagen.jobs.router import READ, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
@@ -269,18 +269,7 @@ class JobFeed:
         self.sent = order
         status = JobStatus(payload["status"])
         self.finished = status.is_terminal
-        key = payload.get("result_key")
-        data = {
-            "job_id": payload["job_id"],
-            "status": str(status),
-            "retry_count": payload["retry_count"],
-            "error": payload["error"],
-            "attempts": payload["attempts"],
-            "result_url": (
-                await self.storage.url_for(key) if key and status is JobStatus.COMPLETED else None
-            ),
-        }
-        return [_event("status", data, event_id)]
+        return [_event("status", await served(payload, self.storage), event_id)]
 
     def _progress(self, data: dict[str, Any], event_id: str) -> list[Event]:
         if self.finished or data == self.progress:

@@ -50,6 +50,16 @@ def status_payload(job: Job | Mapping[str, Any]) -> dict[str, Any]:
     return payload
 
 
+async def served(payload: Mapping[str, Any], storage: _Storage) -> dict[str, Any]:
+    """A `status` payload (or a webhook's, which holds one) as a client reads it: its
+    `result_key` turned into a `result_url`, signed now, for a completed job."""
+    data = {key: value for key, value in payload.items() if key != "result_key"}
+    key = payload.get("result_key")
+    completed = payload.get("status") == JobStatus.COMPLETED
+    data["result_url"] = await storage.url_for(key) if key and completed else None
+    return data
+
+
 def created_payload(job_id: uuid.UUID | str) -> dict[str, Any]:
     """The `status` payload of a job just created (no row read)."""
     return status_payload(

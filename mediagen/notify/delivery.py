@@ -36,6 +36,7 @@ from mediagen.broker import Task
 from mediagen.config import Settings
 from mediagen.errors import OutboundError, RefusedAddressError
 from mediagen.jobs.models import Job
+from mediagen.jobs.payloads import served
 from mediagen.keys.models import ApiKey
 from mediagen.notify import delivery_task
 from mediagen.notify.models import DeliveryStatus, WebhookDelivery
@@ -86,8 +87,7 @@ async def _body(
     if delivery.job_id is not None and surface is not None and surface in bodies:
         return await bodies[surface](delivery.job_id, data, storage, settings)
     if delivery.job_id is not None:  # a job's event (a batch's carries no result)
-        key = data.pop("result_key", None)
-        data["result_url"] = await storage.url_for(key) if key else None
+        data = await served(data, storage)
     return json.dumps(data, separators=(",", ":"))
 
 
