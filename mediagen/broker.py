@@ -13,7 +13,7 @@ queue=QUEUE)` (Celery protocol 2, JSON body, base64 body encoding; see `task_mes
 stock Celery workers consume it. A test publishes through both and compares.
 
 Job events (`mediagen.jobs.events`) go to one Redis Stream per job; the queue index is a sorted
-set of pending job ids, ordered as they were dispatched (`mediagen.jobs.queue`).
+set of pending job ids, ordered as they were dispatched (`mediagen.jobs.dispatch`).
 """
 
 from __future__ import annotations

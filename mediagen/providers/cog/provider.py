@@ -3,7 +3,7 @@ the same non-blocking interface as Replicate.
 
 Cog keeps nothing for us: no polling (`GET /predictions/{id}` is 405), no queue (409 when its
 slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (ids and tokens:
-`cog_ids`; outputs on their way to storage: `cog_outputs`):
+`ids`; outputs on their way to storage: `outputs`):
 
 - **Capacity** is ours to keep (`mediagen.providers.cog.slots`): a job's start step takes a
   slot of one endpoint before anything is sent, or waits, `pending`, in its model's queue. So
@@ -128,7 +128,7 @@ DEFAULT_DEADLINE = 600.0
 # Which webhooks Cog sends: not "output", whose intermediate copy repeats the whole outputs.
 WEBHOOK_EVENTS = ["start", "logs", "completed"]
 
-# Redis: the terminal prediction, and the latest logs of a running one (see cog_webhooks).
+# Redis: the terminal prediction, and the latest logs of a running one (see `webhooks`).
 DONE = "mediagen:cog:done:"
 LIVE = "mediagen:cog:live:"
 # What `get` hands `fetch` for a staged object: `mediagen-staged:<cog id>/<name>`.
