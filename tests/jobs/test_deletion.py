@@ -33,7 +33,7 @@ from mediagen.providers.builtin import BuiltinProvider
 from mediagen.storage.local import LocalStorage
 from tests.conftest import REDIS_URL, ROOT, TEST_ENV, start_api, start_worker
 from tests.files.images import png
-from tests.support import new_job, wait_terminal
+from tests.support import new_job, sibling, wait_terminal
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
 SLOW_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/11"
@@ -150,7 +150,7 @@ async def test_another_keys_job_is_not_found_and_untouched(
     _, bob = await create_key("bob-del")
     job_id = await _submit(client, {"Authorization": f"Bearer {alice}"})
     as_alice = {"Authorization": f"Bearer {alice}"}
-    async with httpx.AsyncClient(base_url=str(client.base_url), headers=as_alice) as mine:
+    async with sibling(client, headers=as_alice) as mine:
         assert (await wait_terminal(mine, job_id))["status"] == "completed"
     refused = await client.delete(
         f"/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {bob}"}
@@ -237,7 +237,7 @@ async def test_keys_delete_removes_one_keys_data_and_leaves_anothers(
             await _submit(client, auth),
             await _submit(client, {**auth, "Idempotency-Key": f"k-{name}"}),
         ]
-        async with httpx.AsyncClient(base_url=str(client.base_url), headers=auth) as mine:
+        async with sibling(client, headers=auth) as mine:
             for job_id in jobs[name]:
                 assert (await wait_terminal(mine, job_id))["status"] == "completed"
     # One unfinished job too (no worker is told of it), and an input file each.
