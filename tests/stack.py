@@ -356,13 +356,17 @@ class Stack:
     def broker(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
-    def start(self, api: bool = True, worker: bool = True) -> Stack:
-        """Start what was asked for, both at once, and wait until each is ready."""
+    def launch(self, api: bool = True, worker: bool = True) -> Stack:
+        """Start what was asked for (both at once), without waiting (`wait`)."""
         if worker:
             self.worker = launch_worker(f"worker-{self.name}", self.env)
         if api:
             self.port = self.port or free_port()
             self.api, self.url = launch_api(f"api-{self.name}", self.env, self.port)
+        return self
+
+    def wait(self) -> Stack:
+        """Return once each process is ready (stopping them all if one is not)."""
         try:
             if self.api is not None:
                 wait_api(self.api, self.url)
@@ -373,6 +377,9 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def start(self, api: bool = True, worker: bool = True) -> Stack:
+        return self.launch(api, worker).wait()
 
     def restart_api(self) -> None:
         assert self.port
@@ -407,17 +414,34 @@ class Stacks:
             worker: bool = True, name: str | None = None) -> Stack:
         """Running processes with these settings: the same ones for the same settings. A stack
         without REDIS_URL gets a Redis database of its own (no other stack consumes it)."""
-        env = dict(env or {})
-        key = (tuple(sorted(env.items())), api, worker)
-        stack = self._shared.pop(key, None)
-        if stack is None:
-            self.started += 1
-            label = name or f"s{self.started}"
-            stack = self._prepare(label, env, None).start(api, worker)
-        self._shared[key] = stack  # the most recently asked for last
-        while len(self._shared) > self.KEEP:  # the least recently asked for goes
+        return self.many((env, api, worker, name))[0]
+
+    def many(self, *wanted: tuple[Mapping[str, str] | None, bool, bool, str | None]
+             ) -> list[Stack]:
+        """`get` for several (env, api, worker, name) at once: the missing ones start together."""
+        found: list[Stack] = []
+        started: list[Stack] = []
+        for env, api, worker, name in wanted:
+            settings = dict(env or {})
+            key = (tuple(sorted(settings.items())), api, worker)
+            stack = self._shared.pop(key, None)
+            if stack is None:
+                self.started += 1
+                stack = self._prepare(name or f"s{self.started}", settings, None)
+                started.append(stack.launch(api, worker))
+            self._shared[key] = stack  # the most recently asked for last
+            found.append(stack)
+        try:
+            for stack in started:
+                stack.wait()
+        except BaseException:
+            for stack in started:
+                stack.stop()
+            self._shared = {k: v for k, v in self._shared.items() if v not in started}
+            raise
+        while len(self._shared) > max(self.KEEP, len(found)):  # the least recently asked for
             self._shared.pop(next(iter(self._shared))).stop()
-        return stack
+        return found
 
     @contextlib.contextmanager
     def own(self, env: Mapping[str, str] | None = None, *, api: bool = True,
@@ -657,6 +681,29 @@ async def in_process(settings: Any, worker: bool = True) -> AsyncIterator[InProc
         yield stack
     finally:
         await stack.close()
+
+
+async def create_key(name: str, max_priority: str | None = None) -> tuple[Any, str]:
+    """A key in the session's database, made as `mediagen keys create` makes it (the same
+    service call and announcement), without a process: (the key's row, its secret). Tests of
+    the command itself run it (tests/keys)."""
+    from mediagen.config import get_settings
+    from mediagen.keys import service
+    from mediagen.keys.cli import _announce
+
+    key, secret = await service.create_key(name, max_priority)
+    await _announce(get_settings())
+    return key, secret
+
+
+async def revoke_key(prefix: str) -> None:
+    """`mediagen keys revoke PREFIX`, in this process."""
+    from mediagen.config import get_settings
+    from mediagen.keys import service
+    from mediagen.keys.cli import _announce
+
+    await service.revoke_key(prefix)
+    await _announce(get_settings())
 
 
 def settings(**overrides: Any) -> Any:
