@@ -24,7 +24,7 @@ from mediagen.broker import Task
 from mediagen.jobs import repository as jobs_repo
 from mediagen.keys.service import SHOWN
 from mediagen.providers.webhooks import verify_webhook
-from tests.conftest import TEST_ENV, scratch_redis, start_api, start_worker
+from tests.conftest import REDIS, TEST_ENV, start_api, start_worker
 from tests.keys.test_keys import create_key
 from tests.receiver import Hit, Receiver, receiving
 from tests.support import publish
@@ -49,7 +49,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(database: str) -> Iterator[Stack]:
-    broker = scratch_redis(5)
+    broker = REDIS.fresh()
     env = {"REDIS_URL": broker, "BUILTIN_LATENCY": "2", "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
            "WEBHOOK_RETRY_DELAY": "0.5", "WEBHOOK_SECRET": SECRET}
     worker = start_worker("worker-batches", redis.Redis.from_url(broker), env)
@@ -213,7 +213,7 @@ async def test_the_batch_must_fit_within_the_in_flight_limit(
 ) -> None:
     secret = create_key("batch-in-flight")
     proc, url = start_api("api-batches-inflight", {"MAX_JOBS_IN_FLIGHT": "5",
-                                                   "REDIS_URL": scratch_redis(4)})
+                                                   "REDIS_URL": REDIS.fresh()})
     body = {"jobs": _entries(3, uuid.uuid4().hex)}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30,

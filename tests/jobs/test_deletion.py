@@ -31,13 +31,13 @@ from mediagen.keys.service import create_key
 from mediagen.providers.base import PredictionStatus
 from mediagen.providers.builtin import BuiltinProvider
 from mediagen.storage.local import LocalStorage
-from tests.conftest import REDIS_URL, ROOT, TEST_ENV, start_api, start_worker
+from tests.conftest import REDIS, ROOT, TEST_ENV, start_api, start_worker
 from tests.files.images import png
 from tests.support import new_job, sibling, wait_terminal
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
-SLOW_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/11"
-QUIET = REDIS_URL.rsplit("/", 1)[0] + "/8"  # no worker reads it
+SLOW_REDIS = REDIS.fresh()
+QUIET = REDIS.fresh()  # no worker reads it
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 
 

@@ -21,7 +21,7 @@ import redis
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Next
 from mediagen.jobs.states import JobStatus
-from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
+from tests.conftest import REDIS, REDIS_URL, ROOT, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 from tests.support import Proc, free_port, new_job, publish, submit, unsigned, wait_terminal
 
@@ -305,7 +305,7 @@ async def test_another_key_gets_404(keyed_api: tuple[str, dict[str, str]]) -> No
 
 @pytest.fixture(scope="module")
 def replicate_url(database: str) -> Iterator[str]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/12"
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     with FakeReplicate(latency=2.0) as fake:
@@ -368,7 +368,7 @@ async def test_queue_position_of_pending_jobs(database: str) -> None:
     from mediagen.jobs import repository as repo
     from mediagen.jobs.sweeper import prune_queue_index
 
-    idle = REDIS_URL.rsplit("/", 1)[0] + "/10"
+    idle = REDIS.fresh()
     redis.Redis.from_url(idle).flushdb()
     proc, url = start_api("api-queue", {"REDIS_URL": idle})
     try:

@@ -23,14 +23,14 @@ from mediagen.jobs.repository import now
 from mediagen.jobs.states import JobStatus
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.s3 import S3Storage
-from tests.conftest import REDIS_URL, TEST_ENV, start_api, start_worker
+from tests.conftest import REDIS, REDIS_URL, TEST_ENV, start_api, start_worker
 from tests.s3_fixtures import BUCKET, CREDENTIALS, moto_endpoint, raw_s3
 from tests.support import new_job, wait_terminal
 
 __all__ = ["moto_endpoint", "raw_s3"]  # fixtures, served to this module
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
-S3_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/12"
+S3_REDIS = REDIS.fresh()
 
 
 async def _submit(client: httpx.AsyncClient, **extra: Any) -> str:
@@ -296,7 +296,7 @@ async def test_sweep_prunes_on_its_own_schedule(database: str, tmp_path: Path) -
     """A round runs when none ran within PRUNE_EVERY (across workers: a Redis key), and at
     the next sweep again while a round left work behind."""
     settings = get_settings()
-    client = aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/10")
+    client = aioredis.from_url(REDIS.fresh())
     await client.flushdb()
     storage = LocalStorage(tmp_path)
     try:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from mediagen.config import Settings
 from mediagen.db import pool
-from tests.conftest import REDIS_URL, TEST_ENV, start_api
+from tests.conftest import REDIS, TEST_ENV, start_api
 from tests.files.images import png
 from tests.keys.test_keys import create_key
 
@@ -23,7 +23,7 @@ BODY = {"prompt": "a limited edition", "parameters": {"width": 64, "height": 64}
 
 async def test_rate_limit_answers_429_with_retry_after(database: str) -> None:
     # A Redis database of its own: the anonymous counter must not include earlier tests' POSTs.
-    own = REDIS_URL.rsplit("/", 1)[0] + "/7"
+    own = REDIS.fresh()
     redis.Redis.from_url(own).flushdb()
     proc, url = start_api("api-rate", {"RATE_LIMIT_PER_MINUTE": "3", "MAX_JOBS_IN_FLIGHT": "0",
                                        "REDIS_URL": own})
@@ -44,7 +44,7 @@ async def test_in_flight_limit_answers_429(database: str) -> None:
     """A key's unfinished jobs are counted with the writes that create and finish them: the
     limit holds exactly, also against concurrent submissions, and a finished job frees a place."""
     # No worker consumes this Redis database: the jobs stay pending, i.e. in flight.
-    idle = REDIS_URL.rsplit("/", 1)[0] + "/8"
+    idle = REDIS.fresh()
     secret = create_key("in-flight")
     proc, url = start_api("api-inflight", {"MAX_JOBS_IN_FLIGHT": "5", "REDIS_URL": idle,
                                            "RATE_LIMIT_PER_MINUTE": "0"})

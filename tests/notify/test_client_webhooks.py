@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from mediagen.config import Settings
 from mediagen.notify.delivery import MAX_ATTEMPTS, retry_delay
 from mediagen.providers.webhooks import verify_webhook
-from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
+from tests.conftest import REDIS, ROOT, start_api, start_worker
 from tests.receiver import Hit, Receiver, receiving
 from tests.support import wait_terminal
 
@@ -57,7 +57,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(database: str) -> Iterator[Stack]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/11"
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     env = {"REDIS_URL": broker_url, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL, start_api
+from tests.conftest import REDIS, start_api
 from tests.keys.test_keys import create_key, mediagen_cli
 
 BODY = {"prompt": "a watched pot", "parameters": {"width": 64, "height": 64}}
-IDLE = REDIS_URL.rsplit("/", 1)[0] + "/11"  # no worker: the jobs stay pending, streams open
+IDLE = REDIS.fresh()  # no worker: the jobs stay pending, streams open
 
 
 @pytest.fixture(scope="module")

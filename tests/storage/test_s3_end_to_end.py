@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from mediagen.providers.render import render
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS, start_api, start_worker
 from tests.storage.conftest import BUCKET, CREDENTIALS
 from tests.support import wait_terminal
 
-S3_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
+S3_REDIS = REDIS.fresh()
 
 
 @pytest.fixture(scope="module")

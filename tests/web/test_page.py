@@ -21,7 +21,7 @@ import pytest
 import redis
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import REDIS_URL, TMP, scratch_redis, start_api, start_worker
+from tests.conftest import REDIS, TMP, start_api, start_worker
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium tries Google's hosts, which this network
@@ -39,13 +39,15 @@ if not Path(CHROMIUM).exists():
                 allow_module_level=True)
 
 
+SLOW_QUEUE = REDIS.fresh()  # the slow stack's queue, which the keyed API shares
+
 
 @pytest.fixture(scope="module")
 def slow_stack(fresh_database: str) -> Iterator[str]:
     """An API and a worker of their own, on a database and a queue of their own (so the
     gallery holds only this module's jobs), whose jobs take 1.5 s: long enough for the page to
     show them pending and processing."""
-    url = scratch_redis(9)
+    url = SLOW_QUEUE
     env = {"DATABASE_URL": fresh_database, "REDIS_URL": url, "BUILTIN_LATENCY": "1.5"}
     worker = start_worker("web-worker", redis.Redis.from_url(url), env)
     proc, api = start_api("web-api", env)
@@ -58,7 +60,7 @@ def slow_stack(fresh_database: str) -> Iterator[str]:
 def idle_api(fresh_database: str) -> Iterator[str]:
     """An API whose queue no worker consumes: its jobs stay pending."""
     proc, api = start_api("web-api-idle",
-                          {"DATABASE_URL": fresh_database, "REDIS_URL": scratch_redis(12)})
+                          {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh()})
     yield api
     proc.stop()
 
@@ -66,7 +68,7 @@ def idle_api(fresh_database: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def keyed_api(fresh_database: str, slow_stack: str) -> Iterator[str]:
     """Keys required; its jobs run on the slow stack's worker."""
-    env = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_URL.rsplit("/", 1)[0] + "/9",  # the slow stack's queue
+    env = {"DATABASE_URL": fresh_database, "REDIS_URL": SLOW_QUEUE,  # the slow stack's queue
            "AUTH_REQUIRED": "true"}
     proc, api = start_api("web-api-keyed", env)
     yield api
