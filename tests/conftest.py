@@ -40,7 +40,7 @@ from tests.stack import (  # noqa: F401 - re-exported for the test modules
 from tests.support import Proc, free_port  # noqa: F401 - re-exported
 
 POSTGRES = Postgres.find()
-REDIS = Redis()
+REDIS = _stack.REDIS = Redis()
 REDIS_URL = REDIS.url  # the session's default Redis database: the in-process tier's queue
 TEST_DB = f"mediagen_test_{os.getpid()}"
 DATABASES = Databases(POSTGRES, TEST_DB)

@@ -654,6 +654,7 @@ class InProcess:
         await self._lifespan.__aenter__()
         if worker:
             self.worker = await InProcessWorker(self.settings).open()
+            WORKERS.append(self.worker)
         return self
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
@@ -666,21 +667,59 @@ class InProcess:
         return http
 
     async def close(self) -> None:
+        """Close the clients, the worker, then run the application's shutdown. That closes the
+        process's one database pool (`mediagen.db.close_db`), which the session's tests and
+        other in-process stacks share: it waits for their workers to be idle first, and opens
+        the pool again after."""
+        from mediagen.config import get_settings
+        from mediagen.db import init_db
+
         for http in self.clients:
             await http.aclose()
         if self.worker is not None:
             await self.worker.close()
+            WORKERS.remove(self.worker)
+        for other in WORKERS:
+            await other.idle()
         if self._lifespan is not None:
             await self._lifespan.__aexit__(None, None, None)
+            await init_db(get_settings())
+
+
+WORKERS: list[InProcessWorker] = []  # the in-process workers running in this process
+REDIS: Redis | None = None  # the session's (set by tests/conftest.py)
+
+
+def settings_with(env: Mapping[str, str] | None = None) -> Any:
+    """The session's settings (its environment) with `env` on top, given as environment
+    variables are (`{"RATE_LIMIT_PER_MINUTE": "3"}`)."""
+    from mediagen.config import Settings
+
+    return Settings(**{name.lower(): value for name, value in (env or {}).items()})
 
 
 @contextlib.asynccontextmanager
-async def in_process(settings: Any, worker: bool = True) -> AsyncIterator[InProcess]:
-    stack = await InProcess(settings).open(worker)
+async def in_process(env: Mapping[str, str] | None = None, *,
+                     worker: bool = False) -> AsyncIterator[InProcess]:
+    """The application (and with `worker`, its worker) in this process, with the session's
+    settings and `env` on top; the database is the session's. Without REDIS_URL in `env`, it
+    gets a Redis database of its own."""
+    env = dict(env or {})
+    if "REDIS_URL" not in env and REDIS is not None:
+        env["REDIS_URL"] = REDIS.fresh()
+    stack = await InProcess(settings_with(env)).open(worker)
     try:
         yield stack
     finally:
         await stack.close()
+
+
+@contextlib.asynccontextmanager
+async def app(env: Mapping[str, str] | None = None, *, worker: bool = False,
+              **client: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `in_process(env, worker=worker)` (`client`: httpx options)."""
+    async with in_process(env, worker=worker) as stack:
+        yield stack.client(**client)
 
 
 async def create_key(name: str, max_priority: str | None = None) -> tuple[Any, str]:
@@ -704,13 +743,6 @@ async def revoke_key(prefix: str) -> None:
 
     await service.revoke_key(prefix)
     await _announce(get_settings())
-
-
-def settings(**overrides: Any) -> Any:
-    """The session's settings (its environment) with `overrides` (Settings field names)."""
-    from mediagen.config import Settings
-
-    return Settings(**overrides)
 
 
 Check = Callable[[], bool]
