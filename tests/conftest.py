@@ -70,6 +70,21 @@ TEST_ENV = {
 os.environ.update(TEST_ENV)
 
 
+# Modules that take minutes whatever else runs (a fuzzer, a chaos run, the official clients'
+# rate-limit waits): run first, so that with several workers (pytest-xdist) the rest of the
+# suite runs beside them instead of after them.
+LONG_FIRST = ("tests/fuzz/", "tests/chaos/", "tests/replicate_api/", "tests/providers/test_cog.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((n for n, prefix in enumerate(LONG_FIRST) if path.startswith(prefix)),
+                    len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each group stays as collected
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"test stack: Postgres {POSTGRES.name}, Redis {REDIS.base}, files in {TMP}"
 

@@ -735,6 +735,11 @@ async def create_key(name: str, max_priority: str | None = None) -> tuple[Any, s
     return key, secret
 
 
+async def new_key(name: str, max_priority: str | None = None) -> str:
+    """`create_key`'s secret alone."""
+    return (await create_key(name, max_priority))[1]
+
+
 async def revoke_key(prefix: str) -> None:
     """`mediagen keys revoke PREFIX`, in this process."""
     from mediagen.config import get_settings

@@ -25,8 +25,8 @@ from mediagen.jobs import repository as jobs_repo
 from mediagen.keys.service import SHOWN
 from mediagen.providers.webhooks import verify_webhook
 from tests.conftest import REDIS, TEST_ENV, start_api, start_worker
-from tests.keys.test_keys import create_key
 from tests.receiver import Hit, Receiver, receiving
+from tests.stack import new_key
 from tests.support import publish
 
 SECRET = "whsec_" + base64.b64encode(b"batch-webhooks-test-secret-32by!").decode()
@@ -157,7 +157,7 @@ async def _marked(db: asyncpg.Connection, batch_id: str, timeout: float = 10) ->
 async def test_one_invalid_entry_refuses_the_whole_batch(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    secret = create_key("batch-invalid")
+    secret = await new_key("batch-invalid")
     auth = {"Authorization": f"Bearer {secret}"}
     tag = uuid.uuid4().hex
     entries = _entries(4, tag)
@@ -211,7 +211,7 @@ async def test_a_body_over_max_body_bytes_is_accepted_for_a_batch(
 async def test_the_batch_must_fit_within_the_in_flight_limit(
     database: str, db: asyncpg.Connection
 ) -> None:
-    secret = create_key("batch-in-flight")
+    secret = await new_key("batch-in-flight")
     proc, url = start_api("api-batches-inflight", {"MAX_JOBS_IN_FLIGHT": "5",
                                                    "REDIS_URL": REDIS.fresh()})
     body = {"jobs": _entries(3, uuid.uuid4().hex)}
@@ -277,8 +277,8 @@ async def test_cancel_stops_every_unfinished_job(
 
 
 async def test_only_the_owner_sees_and_cancels_a_batch(client: httpx.AsyncClient) -> None:
-    owner = {"Authorization": f"Bearer {create_key('batch-owner')}"}
-    other = {"Authorization": f"Bearer {create_key('batch-other')}"}
+    owner = {"Authorization": f"Bearer {await new_key('batch-owner')}"}
+    other = {"Authorization": f"Bearer {await new_key('batch-other')}"}
     created = await client.post("/api/v1/batches", json={"jobs": _entries(2, "mine")},
                                 headers=owner)
     assert created.status_code == 201, created.text
@@ -363,7 +363,7 @@ async def test_a_finished_batch_whose_settle_was_lost_is_marked_by_the_sweeper(
 async def test_idempotency_key_replays_the_batch_and_creates_nothing(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    secret = create_key("batch-idempotent")
+    secret = await new_key("batch-idempotent")
     auth = {"Authorization": f"Bearer {secret}"}
     key = f"batch-{uuid.uuid4().hex}"
     body = {"jobs": _entries(3, uuid.uuid4().hex)}

@@ -22,7 +22,7 @@ from mediagen.client import (
     RateLimitedError,
 )
 from tests.conftest import REDIS, start_api
-from tests.keys.test_keys import create_key
+from tests.stack import new_key
 from tests.support import Proc
 
 SMALL = {"width": 64, "height": 64}
@@ -114,7 +114,7 @@ async def test_cancel(idle_api: str) -> None:
 
 
 async def test_list_follows_pages(api: str, worker: Proc) -> None:
-    secret = create_key("client-lister")
+    secret = await new_key("client-lister")
     async with AsyncClient(api, api_key=secret) as mg:
         made = [(await mg.generate(f"page job {n}", **SMALL)).id for n in range(5)]
         listed = [job.id async for job in mg.list(limit=2)]

@@ -101,9 +101,10 @@ async def test_unfinished_counter_matches_the_rows(client: httpx.AsyncClient) ->
     jobs of one key complete, fail, retry, get canceled and stay pending."""
     from mediagen.jobs.models import JobCounter
     from mediagen.jobs.states import UNFINISHED
-    from tests.keys.test_keys import _key_id, create_key
+    from tests.keys.test_keys import _key_id
+    from tests.stack import new_key
 
-    secret = create_key("counted-states")
+    secret = await new_key("counted-states")
     key_id = await _key_id(secret)
     headers = {"Authorization": f"Bearer {secret}"}
     prompts = ["a counted dune", "[fault:transient=1] a counted cliff",

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import PG_ADMIN, TEST_DB, TEST_ENV, start_api
-from tests.keys.test_keys import create_key, mediagen_cli
+from tests.keys.test_keys import mediagen_cli
+from tests.stack import new_key
 
 NAME = f"two-processes-{os.getpid()}"
 
@@ -57,7 +58,7 @@ async def _codes(url: str, secret: str, path: str, connections: int) -> set[int]
 
 
 async def test_a_revoke_reaches_every_process_at_once(two_processes: str) -> None:
-    secret = create_key("cached-everywhere")
+    secret = await new_key("cached-everywhere")
     unknown = f"/api/v1/status/{uuid.uuid4()}"
     # A known key (now cached by both processes) asking for a job that does not exist.
     assert await _codes(two_processes, secret, unknown, 40) == {404}
