@@ -136,6 +136,13 @@ class Postgres:
             self._embedded.stop()
 
 
+def with_query(url: str, **params: str) -> str:
+    """`url` with `params` added to its query string."""
+    from urllib.parse import urlencode
+
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
 # --- Redis ---------------------------------------------------------------------------------
 
 def redis_server(databases: int = 16) -> tuple[int, subprocess.Popen[bytes]]:

@@ -12,9 +12,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import PG_ADMIN, TEST_DB, TEST_ENV, start_api
+from tests.conftest import POSTGRES, TEST_DB, TEST_ENV, start_api
 from tests.keys.test_keys import mediagen_cli
-from tests.stack import new_key
+from tests.stack import new_key, with_query
 
 NAME = f"two-processes-{os.getpid()}"
 
@@ -25,7 +25,7 @@ def two_processes(database: str) -> Iterator[str]:
     proc, url = start_api(
         "api-two",
         {"AUTH_REQUIRED": "true",
-         "DATABASE_URL": f"{TEST_ENV['DATABASE_URL']}?application_name={NAME}"},
+         "DATABASE_URL": with_query(TEST_ENV["DATABASE_URL"], application_name=NAME)},
         cmd=["python", "-m", "mediagen", "api", "--workers", "2"],
     )
     yield url
@@ -33,7 +33,7 @@ def two_processes(database: str) -> Iterator[str]:
 
 
 async def test_two_api_processes_serve(two_processes: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{TEST_DB}")
+    admin = await asyncpg.connect(POSTGRES.dsn(TEST_DB))
     try:
         for _ in range(50):  # each process opens its pool at start-up
             pids = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
