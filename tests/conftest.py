@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -83,6 +84,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     len(LONG_FIRST))
 
     items.sort(key=rank)  # stable: the order within each group stays as collected
+
+
+# Packages whose fixtures are package-scoped (one stack for all their modules): one xdist work
+# unit each, so that a single worker starts that stack.
+ONE_UNIT = ("tests/replicate_api/",)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole modules to each worker (`--dist loadfile`), a package of ONE_UNIT as one."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduler(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return next((p for p in ONE_UNIT if nodeid.startswith(p)),
+                        super()._split_scope(nodeid))
+
+    return Scheduler(config, log)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -162,8 +180,7 @@ async def in_process(database: str) -> AsyncIterator[InProcess]:
 @pytest.fixture
 async def client(in_process: InProcess) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the in-process application; a step that raised fails the test."""
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=in_process.app),
-                                 base_url="http://testserver", timeout=30) as http:
+    async with in_process.client() as http:
         yield http
     assert in_process.worker is not None
     in_process.worker.check()

@@ -404,7 +404,7 @@ class Stacks:
     the one asked for least recently, which test modules (asking from module-scoped fixtures)
     have finished with."""
 
-    KEEP = 6
+    KEEP = 3
 
     def __init__(self, redis_: Redis) -> None:
         self.redis = redis_
@@ -659,6 +659,7 @@ class InProcess:
         self.app = create_app(self.settings)
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()
+        APPS.append(self)
         if worker:
             self.worker = await InProcessWorker(self.settings).open()
             WORKERS.append(self.worker)
@@ -666,6 +667,7 @@ class InProcess:
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An HTTP client of the application (closed with it)."""
+        _adopt(self)  # the application a test talks to is the process's
         kwargs.setdefault("base_url", "http://testserver")
         kwargs.setdefault("timeout", 30)
         transport = httpx.ASGITransport(app=self.app, client=("127.0.0.1", 40000))
@@ -691,6 +693,22 @@ class InProcess:
         if self._lifespan is not None:
             await self._lifespan.__aexit__(None, None, None)
             await init_db(get_settings())
+            APPS.remove(self)
+            if APPS:  # what an application sets process-wide goes back to the one still open
+                _adopt(APPS[-1])
+
+
+def _adopt(stack: InProcess) -> None:
+    """Make `stack`'s application the process's again for what `create_app` sets process-wide:
+    the storage that inline inputs are written to, and the log configuration."""
+    from mediagen.files import service as files_service
+    from mediagen.observability import logs
+
+    files_service.bind_storage(stack.app.state.storage)
+    logs.configure(stack.settings, "api")
+
+
+APPS: list[InProcess] = []  # the in-process applications open in this process, oldest first
 
 
 WORKERS: list[InProcessWorker] = []  # the in-process workers running in this process
