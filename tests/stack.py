@@ -686,16 +686,25 @@ class InProcess:
         for http in self.clients:
             await http.aclose()
         if self.worker is not None:
-            await self.worker.close()
+            await _within("the in-process worker's close", self.worker.close())
             WORKERS.remove(self.worker)
         for other in WORKERS:
             await other.idle()
         if self._lifespan is not None:
-            await self._lifespan.__aexit__(None, None, None)
+            await _within("the application's shutdown",
+                          self._lifespan.__aexit__(None, None, None))
             await init_db(get_settings())
             APPS.remove(self)
             if APPS:  # what an application sets process-wide goes back to the one still open
                 _adopt(APPS[-1])
+
+
+async def _within(what: str, step: Any, seconds: float = 30) -> None:
+    """Await a shutdown step; one that hangs fails the test naming the step."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        raise RuntimeError(f"{what} did not finish within {seconds:g} s") from None
 
 
 def _adopt(stack: InProcess) -> None:
