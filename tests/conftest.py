@@ -87,16 +87,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # Packages whose fixtures are package-scoped (one stack for all their modules): one xdist work
-# unit each, so that a single worker starts that stack.
+# unit each, so that a single worker starts that stack. And modules whose tests share no
+# fixture that starts anything, each test minutes long: one unit per test, run side by side.
 ONE_UNIT = ("tests/replicate_api/",)
+PER_TEST = ("tests/fuzz/",)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Whole modules to each worker (`--dist loadfile`), a package of ONE_UNIT as one."""
+    """Whole modules to each worker (`--dist loadfile`), a package of ONE_UNIT as one, the
+    tests of PER_TEST one by one."""
     from xdist.scheduler import LoadFileScheduling
 
     class Scheduler(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(PER_TEST):
+                return nodeid
             return next((p for p in ONE_UNIT if nodeid.startswith(p)),
                         super()._split_scope(nodeid))
 
@@ -121,6 +126,7 @@ async def database() -> AsyncIterator[str]:
     try:
         yield url
     finally:
+        await _stack.close_all()  # whatever the order pytest finalizes the session in
         await close_db()
         await DATABASES.drop_all()
 

@@ -652,6 +652,7 @@ class InProcess:
     worker: InProcessWorker | None = None
     _lifespan: Any = None
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    closed: bool = False
 
     async def open(self, worker: bool = True) -> InProcess:
         from mediagen.main import create_app
@@ -676,13 +677,16 @@ class InProcess:
         return http
 
     async def close(self) -> None:
-        """Close the clients, the worker, then run the application's shutdown. That closes the
-        process's one database pool (`mediagen.db.close_db`), which the session's tests and
-        other in-process stacks share: it waits for their workers to be idle first, and opens
-        the pool again after."""
+        """Close the clients, the worker, then run the application's shutdown (once). That
+        closes the process's one database pool (`mediagen.db.close_db`), which the session's
+        tests and the other in-process stacks share: it waits for their workers to be idle
+        first, and opens the pool again after while another application is still open."""
         from mediagen.config import get_settings
         from mediagen.db import init_db
 
+        if self.closed:
+            return
+        self.closed = True
         for http in self.clients:
             await http.aclose()
         if self.worker is not None:
@@ -693,10 +697,17 @@ class InProcess:
         if self._lifespan is not None:
             await _within("the application's shutdown",
                           self._lifespan.__aexit__(None, None, None))
-            await init_db(get_settings())
             APPS.remove(self)
-            if APPS:  # what an application sets process-wide goes back to the one still open
+            if APPS:  # the pool, and what an application sets process-wide, go back to it
+                await init_db(get_settings())
                 _adopt(APPS[-1])
+
+
+async def close_all() -> None:
+    """Close every in-process application still open, the newest first (at the end of the
+    session, before its database goes)."""
+    for stack in reversed(list(APPS)):
+        await stack.close()
 
 
 async def _within(what: str, step: Any, seconds: float = 30) -> None:
