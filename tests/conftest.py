@@ -193,7 +193,7 @@ async def client(in_process: InProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="module")
-async def fresh_database() -> str:
+async def fresh_database(database: str) -> str:
     """A database of its own, migrated, in which no key was ever made (the session's has keys
     from other tests); dropped at the end of the session."""
     return await DATABASES.fresh()
