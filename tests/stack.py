@@ -392,10 +392,28 @@ class Stack:
         assert self.port
         self.api, _ = start_api(f"api-{self.name}", self.env, self.port)
 
+    def procs(self) -> list[Proc]:
+        return [proc for proc in (self.api, self.worker) if proc is not None]
+
     def stop(self) -> None:
-        for proc in (self.api, self.worker):
-            if proc is not None:
-                proc.stop()
+        stop_all(self.procs())
+
+
+def stop_all(procs: list[Proc], timeout: float = 15) -> None:
+    """SIGTERM to every process (its group) at once, then wait for them together; SIGKILL what
+    is still running after `timeout`."""
+    import signal
+
+    running = [proc for proc in procs if proc.popen.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.stop(signal.SIGKILL)
 
 
 class Stacks:
@@ -466,8 +484,7 @@ class Stacks:
             self._own.remove(stack)
 
     def stop(self) -> None:
-        for stack in [*self._own, *self._shared.values()]:
-            stack.stop()
+        stop_all([proc for stack in [*self._own, *self._shared.values()] for proc in stack.procs()])
         self._shared.clear()
 
 
@@ -680,7 +697,7 @@ class InProcess:
         """Close the clients, the worker, then run the application's shutdown (once). That
         closes the process's one database pool (`mediagen.db.close_db`), which the session's
         tests and the other in-process stacks share: it waits for their workers to be idle
-        first, and opens the pool again after while another application is still open."""
+        first, and opens the pool again after (unless the session is ending)."""
         from mediagen.config import get_settings
         from mediagen.db import init_db
 
@@ -698,14 +715,17 @@ class InProcess:
             await _within("the application's shutdown",
                           self._lifespan.__aexit__(None, None, None))
             APPS.remove(self)
-            if APPS:  # the pool, and what an application sets process-wide, go back to it
+            if not ENDING:  # the session's tests use the pool (the database fixture's)
                 await init_db(get_settings())
+            if APPS:  # what an application sets process-wide goes back to the one still open
                 _adopt(APPS[-1])
 
 
 async def close_all() -> None:
     """Close every in-process application still open, the newest first (at the end of the
     session, before its database goes)."""
+    global ENDING
+    ENDING = True
     for stack in reversed(list(APPS)):
         await stack.close()
 
@@ -729,6 +749,7 @@ def _adopt(stack: InProcess) -> None:
 
 
 APPS: list[InProcess] = []  # the in-process applications open in this process, oldest first
+ENDING = False  # set at the end of the session, when the database is about to go
 
 
 WORKERS: list[InProcessWorker] = []  # the in-process workers running in this process
