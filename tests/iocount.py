@@ -29,7 +29,7 @@ class _Link:
 class RoundTripCounter:
     """Listens on `port`, forwards to `upstream`; `counts` are round trips by label."""
 
-    upstream: tuple[str, int]
+    upstream: tuple[str, int] | str  # (host, port), or a unix socket's path
     kind: str  # "postgres" or "redis"
     counts: Counter[str] = field(default_factory=Counter)
     trace: list[tuple[str, bytes]] | None = None  # (label, first bytes) of each round trip
@@ -53,7 +53,10 @@ class RoundTripCounter:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(*self.upstream)
+            if isinstance(self.upstream, str):
+                server_r, server_w = await asyncio.open_unix_connection(self.upstream)
+            else:
+                server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:
             client_w.close()
             return
@@ -101,7 +104,7 @@ class Proxies:
         self._thread.start()
         self.counters: list[RoundTripCounter] = []
 
-    def add(self, upstream: tuple[str, int], kind: str) -> RoundTripCounter:
+    def add(self, upstream: tuple[str, int] | str, kind: str) -> RoundTripCounter:
         counter = RoundTripCounter(upstream, kind)
         asyncio.run_coroutine_threadsafe(counter.start(), self.loop).result(10)
         self.counters.append(counter)

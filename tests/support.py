@@ -75,6 +75,14 @@ def wait_for(check: Callable[[], bool], timeout: float, proc: Proc | None = None
     raise TimeoutError(f"timed out waiting for {what}" + (f"\n{proc.tail()}" if proc else ""))
 
 
+def sibling(client: httpx.AsyncClient, **kwargs: Any) -> httpx.AsyncClient:
+    """Another client of the same server as `client` (with its own headers, say): the same
+    application when `client` is an in-process one."""
+    transport = client._transport if isinstance(client._transport, httpx.ASGITransport) else None
+    kwargs.setdefault("timeout", client.timeout)
+    return httpx.AsyncClient(transport=transport, base_url=client.base_url, **kwargs)
+
+
 async def submit(client: httpx.AsyncClient, prompt: str, **parameters: Any) -> str:
     response = await client.post("/api/v1/generate",
                                  json={"prompt": prompt, "parameters": parameters})

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from mediagen.broker import QUEUE, Outbox, Task, queue_key, task_message
 from mediagen.worker import celery_app
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS
 
-SCRATCH = REDIS_URL.rsplit("/", 1)[0] + "/12"  # no worker consumes it
+SCRATCH = REDIS.fresh()  # no worker consumes it
 
 # Fields that differ between any two messages (ids, times, the sending process).
 _VARYING_HEADERS = {"id", "root_id", "origin", "eta"}

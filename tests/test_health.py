@@ -14,8 +14,9 @@ from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
 from mediagen.providers.registry import create_provider
 from mediagen.storage import create_storage
-from tests.conftest import REDIS_URL, start_api
-from tests.support import Proc, free_port, wait_terminal
+from tests.conftest import REDIS_URL
+from tests.stack import app
+from tests.support import free_port, wait_terminal
 
 
 async def test_health_ok(client: httpx.AsyncClient) -> None:
@@ -28,28 +29,23 @@ async def test_health_ok(client: httpx.AsyncClient) -> None:
     assert "worker process(es) alive" in body["checks"]["workers"]["detail"]
 
 
-async def test_broker_down_health_503_and_job_kept(client: httpx.AsyncClient,
-                                                   worker: Proc) -> None:
+async def test_broker_down_health_503_and_job_kept(client: httpx.AsyncClient) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    proc, url = start_api("api-no-broker", {"REDIS_URL": dead_redis})
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as broken:
-            health = await broken.get("/api/v1/health")
-            assert health.status_code == 503
-            checks = health.json()["checks"]
-            assert checks["database"]["ok"] and not checks["broker"]["ok"]
-            assert not checks["workers"]["ok"]
-            assert checks["broker"]["detail"]
+    async with app({"REDIS_URL": dead_redis}) as broken:
+        health = await broken.get("/api/v1/health")
+        assert health.status_code == 503
+        checks = health.json()["checks"]
+        assert checks["database"]["ok"] and not checks["broker"]["ok"]
+        assert not checks["workers"]["ok"]
+        assert checks["broker"]["detail"]
 
-            started = time.monotonic()
-            created = await broken.post("/api/v1/generate",
-                                        json={"prompt": "kept while redis was down",
-                                              "parameters": {"width": 64, "height": 64}})
-            assert created.status_code == 201, created.text
-            job_id = created.json()["job_id"]
-            assert time.monotonic() - started < 10  # a dead broker must not hang the client
-    finally:
-        proc.stop()
+        started = time.monotonic()
+        created = await broken.post("/api/v1/generate",
+                                    json={"prompt": "kept while redis was down",
+                                          "parameters": {"width": 64, "height": 64}})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        assert time.monotonic() - started < 10  # a dead broker must not hang the client
     job = await Job.get(id=job_id)
     assert job.status is JobStatus.PENDING and job.dispatched_at is None
 

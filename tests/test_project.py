@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from mediagen.config import Settings
+from tests.conftest import TEST_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,7 @@ def test_models_and_migrations_agree(tmp_path: Path) -> None:
         [sys.executable, "-m", "tortoise", "-c", "mediagen.db.TORTOISE_ORM", "makemigrations"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path),
-             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres"},
+             "DATABASE_URL": TEST_ENV["DATABASE_URL"]},
     )
     assert result.returncode == 0, result.stderr
     assert "No changes detected" in result.stdout, result.stdout + result.stderr

@@ -35,6 +35,7 @@ from mediagen.providers.cog.slots import queue_position as cog_queue_position
 START = "mediagen.jobs.start"
 POLL = "mediagen.jobs.poll"
 CANCEL_UPSTREAM = "mediagen.jobs.cancel_upstream"
+SWEEP = "mediagen.jobs.sweep"
 
 
 @dataclass(frozen=True)

@@ -16,4 +16,4 @@ from mediagen.worker import celery_app, runtime
 def deliver(self: Task[Any, Any], delivery_id: str) -> None:
     context.adopt(self.request.headers or {})  # the attempt names its job (delivery.attempt)
     rt = runtime()
-    rt.loop.call_soon_threadsafe(rt.deliverer.submit, delivery_id)
+    rt.run(rt.worker.deliver(delivery_id))

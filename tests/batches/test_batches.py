@@ -1,7 +1,8 @@
-"""Batches end to end on a stack of their own: an API and a worker on Redis database 5 whose
-jobs take BUILTIN_LATENCY=2 s (long enough to see them running and to cancel them), batch
-webhooks delivered to a receiver on 127.0.0.1; and an API with MAX_JOBS_IN_FLIGHT=5 whose
-queue (Redis database 4) no worker consumes, for the in-flight limit."""
+"""Batches end to end in-process (the application and its worker's steps in the test's process,
+real Postgres and Redis) on a queue of their own, whose jobs take BUILTIN_LATENCY=2 s (long
+enough to see them running and to cancel them), batch webhooks delivered over HTTP to a
+receiver on 127.0.0.1; and an application with MAX_JOBS_IN_FLIGHT=5 whose queue no worker
+consumes, for the in-flight limit."""
 
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis
 
 from mediagen.batches import repository as batches_repo
 from mediagen.broker import Task
 from mediagen.jobs import repository as jobs_repo
 from mediagen.keys.service import SHOWN
 from mediagen.providers.replicate.signatures import verify_webhook
-from tests.conftest import TEST_ENV, scratch_redis, start_api, start_worker
-from tests.keys.test_keys import create_key
+from tests.conftest import REDIS, TEST_ENV
 from tests.receiver import Hit, Receiver, receiving
+from tests.stack import InProcess, app, in_process, new_key
 from tests.support import publish
 
 SECRET = "whsec_" + base64.b64encode(b"batch-webhooks-test-secret-32by!").decode()
@@ -43,28 +43,25 @@ def receiver() -> Iterator[Receiver]:
 
 @dataclass
 class Stack:
-    api: str
+    app: InProcess
     broker: str
 
 
 @pytest.fixture(scope="module")
-def stack(database: str) -> Iterator[Stack]:
-    broker = scratch_redis(5)
+async def stack(database: str) -> AsyncIterator[Stack]:
+    broker = REDIS.fresh()
     env = {"REDIS_URL": broker, "BUILTIN_LATENCY": "2", "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
            "WEBHOOK_RETRY_DELAY": "0.5", "WEBHOOK_SECRET": SECRET}
-    worker = start_worker("worker-batches", redis.Redis.from_url(broker), env)
-    api, url = start_api("api-batches", env)
-    try:
-        yield Stack(url, broker)
-    finally:
-        api.stop()
-        worker.stop()
+    async with in_process(env, worker=True) as app:
+        yield Stack(app, broker)
 
 
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api, timeout=60) as http:
+    async with stack.app.client(timeout=60) as http:
         yield http
+    assert stack.app.worker is not None
+    stack.app.worker.check()
 
 
 @pytest.fixture
@@ -157,7 +154,7 @@ async def _marked(db: asyncpg.Connection, batch_id: str, timeout: float = 10) ->
 async def test_one_invalid_entry_refuses_the_whole_batch(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    secret = create_key("batch-invalid")
+    secret = await new_key("batch-invalid")
     auth = {"Authorization": f"Bearer {secret}"}
     tag = uuid.uuid4().hex
     entries = _entries(4, tag)
@@ -211,20 +208,15 @@ async def test_a_body_over_max_body_bytes_is_accepted_for_a_batch(
 async def test_the_batch_must_fit_within_the_in_flight_limit(
     database: str, db: asyncpg.Connection
 ) -> None:
-    secret = create_key("batch-in-flight")
-    proc, url = start_api("api-batches-inflight", {"MAX_JOBS_IN_FLIGHT": "5",
-                                                   "REDIS_URL": scratch_redis(4)})
+    secret = await new_key("batch-in-flight")
     body = {"jobs": _entries(3, uuid.uuid4().hex)}
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30,
-                                     headers={"Authorization": f"Bearer {secret}"}) as client:
-            six = await client.post("/api/v1/batches", json={"jobs": _entries(6, "six")})
-            first = await client.post("/api/v1/batches", json=body)
-            second = await client.post("/api/v1/batches", json=body)  # 3 + 3 > 5
-            two = await client.post("/api/v1/batches", json={"jobs": _entries(2, "two")})
-            single = await client.post("/api/v1/generate", json={"prompt": "one more"})
-    finally:
-        proc.stop()
+    async with app({"MAX_JOBS_IN_FLIGHT": "5"}, timeout=30,
+                   headers={"Authorization": f"Bearer {secret}"}) as client:
+        six = await client.post("/api/v1/batches", json={"jobs": _entries(6, "six")})
+        first = await client.post("/api/v1/batches", json=body)
+        second = await client.post("/api/v1/batches", json=body)  # 3 + 3 > 5
+        two = await client.post("/api/v1/batches", json={"jobs": _entries(2, "two")})
+        single = await client.post("/api/v1/generate", json={"prompt": "one more"})
     assert six.status_code == 429, six.text
     assert six.headers["retry-after"] == "5" and "nothing was created" in six.json()["detail"]
     assert first.status_code == 201, first.text
@@ -277,8 +269,8 @@ async def test_cancel_stops_every_unfinished_job(
 
 
 async def test_only_the_owner_sees_and_cancels_a_batch(client: httpx.AsyncClient) -> None:
-    owner = {"Authorization": f"Bearer {create_key('batch-owner')}"}
-    other = {"Authorization": f"Bearer {create_key('batch-other')}"}
+    owner = {"Authorization": f"Bearer {await new_key('batch-owner')}"}
+    other = {"Authorization": f"Bearer {await new_key('batch-other')}"}
     created = await client.post("/api/v1/batches", json={"jobs": _entries(2, "mine")},
                                 headers=owner)
     assert created.status_code == 201, created.text
@@ -363,7 +355,7 @@ async def test_a_finished_batch_whose_settle_was_lost_is_marked_by_the_sweeper(
 async def test_idempotency_key_replays_the_batch_and_creates_nothing(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    secret = create_key("batch-idempotent")
+    secret = await new_key("batch-idempotent")
     auth = {"Authorization": f"Bearer {secret}"}
     key = f"batch-{uuid.uuid4().hex}"
     body = {"jobs": _entries(3, uuid.uuid4().hex)}

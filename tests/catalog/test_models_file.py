@@ -8,18 +8,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from mediagen.catalog import CatalogError, ModelNotAllowedError, load_catalog
 from mediagen.config import Settings
-from tests.conftest import ROOT, redis_server, start_api, start_worker
+from tests.conftest import ROOT
 from tests.fakes.replicate import FakeReplicate
+from tests.stack import InProcess, in_process
 from tests.support import wait_terminal
 
 MODELS = """
@@ -187,35 +187,26 @@ def test_a_bad_models_file_stops_the_server_in_one_line(tmp_path: Path, command:
 
 @dataclass
 class Stack:
-    url: str
+    app: InProcess
     fake: FakeReplicate
 
 
 @pytest.fixture(scope="module")
-def routed(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """API + worker with MODELS_FILE, on a redis-server of their own, Replicate being the fake."""
+async def routed(database: str, tmp_path_factory: pytest.TempPathFactory
+                 ) -> AsyncIterator[Stack]:
+    """The application and its worker with MODELS_FILE, in-process, on a queue of their own,
+    Replicate being the fake (over HTTP)."""
     path = write(tmp_path_factory.mktemp("models"), MODELS)
-    port, server = redis_server()
-    broker_url = f"redis://127.0.0.1:{port}/0"
     with FakeReplicate(latency=0.2) as fake:
-        env = {"MODELS_FILE": str(path), "REDIS_URL": broker_url,
-               "REPLICATE_API_TOKEN": fake.config.token, "REPLICATE_BASE_URL": fake.url,
-               "DOWNLOAD_ALLOW_PRIVATE": "true", "POLL_INTERVAL": "0.2"}
-        broker = redis.Redis.from_url(broker_url)
-        worker = start_worker("worker-routed", broker, env)
-        api, url = start_api("api-routed", env)
-        try:
-            yield Stack(url, fake)
-        finally:
-            api.stop()
-            worker.stop()
-            broker.close()
-            server.terminate()
-            server.wait(10)
+        env = {"MODELS_FILE": str(path), "REPLICATE_API_TOKEN": fake.config.token,
+               "REPLICATE_BASE_URL": fake.url, "DOWNLOAD_ALLOW_PRIVATE": "true",
+               "POLL_INTERVAL": "0.2"}
+        async with in_process(env, worker=True) as app:
+            yield Stack(app, fake)
 
 
 async def test_each_job_runs_where_its_model_says(routed: Stack) -> None:
-    async with httpx.AsyncClient(base_url=routed.url, timeout=30) as client:
+    async with routed.app.client() as client:
         ids = {}
         for model in (None, "mediagen/builtin", "acme/flux", "stability-ai/sdxl"):
             body = {"prompt": f"a fox for {model}", "parameters": SMALL}
@@ -244,7 +235,7 @@ async def test_a_cancel_reaches_the_provider_of_the_job(routed: Stack) -> None:
     import uuid
 
     cancels = routed.fake.stats.cancels
-    async with httpx.AsyncClient(base_url=routed.url, timeout=30) as client:
+    async with routed.app.client() as client:
         created = await client.post("/api/v1/generate", json={
             "prompt": f"[fake:stuck] {uuid.uuid4()}", "model": "acme/flux"})
         job_id = created.json()["job_id"]
@@ -263,7 +254,7 @@ async def test_a_cancel_reaches_the_provider_of_the_job(routed: Stack) -> None:
 
 
 async def test_a_model_not_in_the_file_is_refused(routed: Stack) -> None:
-    async with httpx.AsyncClient(base_url=routed.url, timeout=30) as client:
+    async with routed.app.client() as client:
         for model in ("black-forest-labs/flux-schnell", "evil/miner"):
             refused = await client.post("/api/v1/generate", json={
                 "prompt": "p", "model": model, "parameters": SMALL})
@@ -274,7 +265,7 @@ async def test_a_model_not_in_the_file_is_refused(routed: Stack) -> None:
 
 
 async def test_models_lists_the_file(routed: Stack) -> None:
-    async with httpx.AsyncClient(base_url=routed.url, timeout=30) as client:
+    async with routed.app.client() as client:
         listed = await client.get("/api/v1/models")
         schema = (await client.get("/openapi.json")).json()
     assert listed.status_code == 200, listed.text

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from mediagen.jobs.retention import EXPIRED_NOTE
-from tests.conftest import REDIS_URL, ROOT, start_api
+from tests.conftest import REDIS, ROOT, start_api
 from tests.support import Proc, expire
 
 SIZE = ["--width", "64", "--height", "64"]
@@ -67,7 +67,7 @@ def stack(api: str, worker: Proc) -> str:
 @pytest.fixture(scope="module")
 def idle_api(database: str) -> Iterator[str]:
     """An API whose queue no worker consumes: its jobs stay pending."""
-    url = REDIS_URL.rsplit("/", 1)[0] + "/15"
+    url = REDIS.fresh()
     redis.Redis.from_url(url).flushdb()
     proc, api = start_api("cli-api-idle", {"REDIS_URL": url})
     yield api

@@ -23,8 +23,8 @@ from mediagen.client import (
     RateLimitedError,
 )
 from mediagen.jobs.retention import EXPIRED_NOTE
-from tests.conftest import scratch_redis, start_api
-from tests.keys.test_keys import create_key
+from tests.conftest import REDIS, start_api
+from tests.stack import new_key
 from tests.support import Proc, expire
 
 SMALL = {"width": 64, "height": 64}
@@ -34,7 +34,7 @@ SMALL = {"width": 64, "height": 64}
 @pytest.fixture(scope="module")
 def idle_api(database: str) -> Iterator[str]:
     """An API whose queue no worker consumes: its jobs stay pending."""
-    proc, url = start_api("client-api-idle", {"REDIS_URL": scratch_redis(12)})
+    proc, url = start_api("client-api-idle", {"REDIS_URL": REDIS.fresh()})
     yield url
     proc.stop()
 
@@ -146,7 +146,7 @@ async def test_cancel(idle_api: str) -> None:
 
 
 async def test_list_follows_pages(api: str, worker: Proc) -> None:
-    secret = create_key("client-lister")
+    secret = await new_key("client-lister")
     async with AsyncClient(api, api_key=secret) as mg:
         made = [(await mg.generate(f"page job {n}", **SMALL)).id for n in range(5)]
         listed = [job.id async for job in mg.list(limit=2)]
@@ -160,7 +160,7 @@ async def test_list_follows_pages(api: str, worker: Proc) -> None:
 
 async def test_rate_limit_raises_with_retry_after(database: str) -> None:
     proc, url = start_api(
-        "client-api-rate", {"RATE_LIMIT_PER_MINUTE": "2", "REDIS_URL": scratch_redis(13)}
+        "client-api-rate", {"RATE_LIMIT_PER_MINUTE": "2", "REDIS_URL": REDIS.fresh()}
     )
     try:
         async with AsyncClient(url, max_retries=0) as mg:

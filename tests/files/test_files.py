@@ -23,6 +23,9 @@ from tests.support import wait_terminal
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
 
+# A file id nobody made (ids are uuid4s); fixed, so every test process collects the same tests.
+UNKNOWN_FILE = "6d1f0b8e-4c3a-4f6e-9a2b-7e5d3c1a0f94"
+
 
 async def _upload(
     client: httpx.AsyncClient,
@@ -184,7 +187,7 @@ async def test_data_uri_longer_than_other_strings_passes_validation(
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        (f"mediagen://files/{uuid.uuid4()}", "not found"),
+        (f"mediagen://files/{UNKNOWN_FILE}", "not found"),
         ("mediagen://files/not-a-uuid", "not a file id"),
         ("data:image/png;base64," + base64.b64encode(b"<svg></svg>").decode(), "unsupported"),
         ("data:image/png;base64,iVBORw0KGgo", "not valid base64"),
@@ -207,7 +210,7 @@ async def test_unusable_inputs_are_refused_at_submit(
     "refused",
     [
         "data:image/png;base64," + base64.b64encode(b"<svg></svg>").decode(),
-        f"mediagen://files/{uuid.uuid4()}",
+        f"mediagen://files/{UNKNOWN_FILE}",
     ],
 )
 async def test_a_refused_submit_keeps_none_of_its_inline_files(

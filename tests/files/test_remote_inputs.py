@@ -16,7 +16,7 @@ import redis
 
 from mediagen.files.inputs import made_id
 from mediagen.files.models import InputFile
-from tests.conftest import TEST_ENV, redis_server, start_api, start_worker
+from tests.conftest import REDIS, TEST_ENV, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 from tests.files.images import png
 from tests.files.tls import TlsFiles
@@ -31,16 +31,6 @@ REMOTE = png((10, 200, 10), (120, 80))
 class Stack:
     url: str
     fake: FakeReplicate
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    port, server = redis_server()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +51,9 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFiles]:
 
 
 def _stack(
-    name: str, db: int, broker: str, fake: FakeReplicate, remote: TlsFiles, public: bool
+    name: str, fake: FakeReplicate, remote: TlsFiles, public: bool
 ) -> Iterator[Stack]:
-    broker_url = broker.rsplit("/", 1)[0] + f"/{db}"
+    broker_url = REDIS.fresh()
     port = free_port()
     settings = {
         "REPLICATE_API_TOKEN": fake.config.token,
@@ -92,13 +82,13 @@ def _stack(
 
 
 @pytest.fixture(scope="module")
-def public(database: str, broker: str, fake: FakeReplicate, remote: TlsFiles) -> Iterator[Stack]:
-    yield from _stack("public", 1, broker, fake, remote, public=True)
+def public(database: str, fake: FakeReplicate, remote: TlsFiles) -> Iterator[Stack]:
+    yield from _stack("public", fake, remote, public=True)
 
 
 @pytest.fixture(scope="module")
-def private(database: str, broker: str, fake: FakeReplicate, remote: TlsFiles) -> Iterator[Stack]:
-    yield from _stack("private", 2, broker, fake, remote, public=False)
+def private(database: str, fake: FakeReplicate, remote: TlsFiles) -> Iterator[Stack]:
+    yield from _stack("private", fake, remote, public=False)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
+from tests.conftest import REDIS, ROOT, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 
 HERE = Path(__file__).parent
@@ -27,7 +27,7 @@ MIN_CASES = 1000
 
 @pytest.fixture(scope="module")
 def fuzz_api(database: str) -> Iterator[tuple[str, str]]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/9"
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     with FakeReplicate(latency=0.2) as fake:
         env = {"REDIS_URL": broker_url, "REPLICATE_API_TOKEN": fake.config.token,
@@ -76,7 +76,7 @@ def test_fuzz_finds_no_server_error_and_no_schema_violation(fuzz_api: tuple[str,
 def test_fuzz_as_make_fuzz_runs_it_against_a_fresh_make_run(fresh_database: str) -> None:
     """`make run` with nothing configured: AUTH_REQUIRED=auto and no key yet, so anonymous
     callers are served, as the schema says (its Bearer requirement is optional in auto mode)."""
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/12"
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     with FakeReplicate(latency=0.2) as fake:

@@ -9,7 +9,7 @@ import base64
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,14 @@ from mediagen.keys.service import create_key
 from mediagen.providers.base import PredictionStatus
 from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.storage.local import LocalStorage
-from tests.conftest import REDIS_URL, ROOT, TEST_ENV, start_api, start_worker
+from tests.conftest import REDIS, ROOT, TEST_ENV
 from tests.files.images import png
-from tests.support import new_job, wait_terminal
+from tests.stack import InProcess, in_process
+from tests.support import new_job, sibling, wait_terminal
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
-SLOW_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/11"
-QUIET = REDIS_URL.rsplit("/", 1)[0] + "/8"  # no worker reads it
+SLOW_REDIS = REDIS.fresh()
+QUIET = REDIS.fresh()  # no worker reads it
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 
 
@@ -150,7 +151,7 @@ async def test_another_keys_job_is_not_found_and_untouched(
     _, bob = await create_key("bob-del")
     job_id = await _submit(client, {"Authorization": f"Bearer {alice}"})
     as_alice = {"Authorization": f"Bearer {alice}"}
-    async with httpx.AsyncClient(base_url=str(client.base_url), headers=as_alice) as mine:
+    async with sibling(client, headers=as_alice) as mine:
         assert (await wait_terminal(mine, job_id))["status"] == "completed"
     refused = await client.delete(
         f"/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {bob}"}
@@ -164,23 +165,18 @@ async def test_another_keys_job_is_not_found_and_untouched(
 
 # --- a job deleted while it runs ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def slow_api(database: str) -> Iterator[str]:
-    """An API and a worker of their own whose built-in model takes 2 s per prediction."""
-    broker = redis.Redis.from_url(SLOW_REDIS)
-    broker.flushdb()
-    env = {"REDIS_URL": SLOW_REDIS, "BUILTIN_LATENCY": "2"}
-    worker = start_worker("worker-deletion-slow", broker, env)
-    api, url = start_api("api-deletion-slow", env)
-    yield url
-    api.stop()
-    worker.stop()
-    broker.flushdb()
-    broker.close()
+async def slow_api(database: str) -> AsyncIterator[InProcess]:
+    """The application and a worker of their own (in-process) whose built-in model takes 2 s
+    per prediction."""
+    async with in_process({"REDIS_URL": SLOW_REDIS, "BUILTIN_LATENCY": "2"}, worker=True) as app:
+        yield app
 
 
-async def test_delete_while_processing_leaves_no_trace_after_the_attempt(slow_api: str) -> None:
+async def test_delete_while_processing_leaves_no_trace_after_the_attempt(
+    slow_api: InProcess,
+) -> None:
     slow_redis = redis.Redis.from_url(SLOW_REDIS)
-    async with httpx.AsyncClient(base_url=slow_api, timeout=30) as client:
+    async with slow_api.client() as client:
         job_id = await _submit(client)
         for _ in range(200):  # running: its prediction created, not finished
             job = await Job.get(id=job_id)
@@ -237,7 +233,7 @@ async def test_keys_delete_removes_one_keys_data_and_leaves_anothers(
             await _submit(client, auth),
             await _submit(client, {**auth, "Idempotency-Key": f"k-{name}"}),
         ]
-        async with httpx.AsyncClient(base_url=str(client.base_url), headers=auth) as mine:
+        async with sibling(client, headers=auth) as mine:
             for job_id in jobs[name]:
                 assert (await wait_terminal(mine, job_id))["status"] == "completed"
     # One unfinished job too (no worker is told of it), and an input file each.

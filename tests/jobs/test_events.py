@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -21,9 +19,10 @@ import redis
 from mediagen.jobs.dispatch import Next
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
-from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
+from tests.conftest import REDIS, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
-from tests.support import Proc, free_port, new_job, publish, submit, unsigned, wait_terminal
+from tests.stack import Stack, Stacks, new_key, revoke_key
+from tests.support import free_port, new_job, publish, submit, unsigned, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
 
@@ -108,8 +107,21 @@ async def pending_row(prompt: str, **fields: Any) -> str:
     return str((await new_job(prompt, parameters=dict(SMALL), **fields)).id)
 
 
+QUEUE: list[str] = []  # the Redis URL of the live stack's worker (set by `client`)
+
+
+@pytest.fixture
+async def client(default_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """A live API and worker: an event stream needs a real socket (httpx's in-process
+    transport hands over a response only once it has ended)."""
+    QUEUE[:] = [default_stack.redis_url]
+    async with httpx.AsyncClient(base_url=default_stack.url, timeout=30) as http:
+        yield http
+
+
 async def dispatch(job_id: str) -> None:
-    assert await publish(REDIS_URL, Next("start", job_id).task())
+    """Tell the live stack's worker to start the job."""
+    assert await publish(QUEUE[0], Next("start", job_id).task())
 
 
 # --- transitions, in order ----------------------------------------------------------------
@@ -256,27 +268,17 @@ async def test_unknown_ids_and_the_schema(client: httpx.AsyncClient) -> None:
 
 # --- ownership ----------------------------------------------------------------------------
 
-def mediagen_cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "mediagen", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
-def keyed_api(database: str, worker: Proc) -> Iterator[tuple[str, dict[str, str]]]:
-    """An API requiring keys, and two keys; revoked at the end, since other tests run where any
-    active key would require one."""
-    proc, url = start_api("api-events-keys", {"AUTH_REQUIRED": "true"})
-    keys: dict[str, str] = {}
-    try:
-        for name in ("events-alice", "events-bob"):
-            keys[name] = mediagen_cli("keys", "create", name).splitlines()[1]
-        yield url, keys
-    finally:
-        for secret in keys.values():
-            mediagen_cli("keys", "revoke", secret[:11])
-        proc.stop()
+async def keyed_api(default_stack: Stack, stacks: Stacks
+                    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """An API requiring keys (on the default worker's queue), and two keys; revoked at the end,
+    since other tests run where any active key would require one."""
+    api = stacks.get({"AUTH_REQUIRED": "true", "REDIS_URL": default_stack.redis_url},
+                     worker=False, name="events-keys")
+    keys = {name: await new_key(name) for name in ("events-alice", "events-bob")}
+    yield api.url, keys
+    for secret in keys.values():
+        await revoke_key(secret[:11])
 
 
 async def test_another_key_gets_404(keyed_api: tuple[str, dict[str, str]]) -> None:
@@ -305,7 +307,7 @@ async def test_another_key_gets_404(keyed_api: tuple[str, dict[str, str]]) -> No
 
 @pytest.fixture(scope="module")
 def replicate_url(database: str) -> Iterator[str]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/12"
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     with FakeReplicate(latency=2.0) as fake:
@@ -368,7 +370,7 @@ async def test_queue_position_of_pending_jobs(database: str) -> None:
     from mediagen.jobs import repository as repo
     from mediagen.jobs.sweeper import prune_queue_index
 
-    idle = REDIS_URL.rsplit("/", 1)[0] + "/10"
+    idle = REDIS.fresh()
     redis.Redis.from_url(idle).flushdb()
     proc, url = start_api("api-queue", {"REDIS_URL": idle})
     try:

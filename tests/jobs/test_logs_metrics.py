@@ -21,7 +21,7 @@ from mediagen.jobs import joblogs
 from mediagen.jobs.models import Job
 from mediagen.providers.base import Prediction, PredictionStatus
 from tests.cog_servers import cog_server, cog_venv  # noqa: F401 - the fixtures, for this module
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 from tests.jobs.test_events import Event, Stream, open_events
 from tests.providers.test_cog import Stack as CogStack
@@ -159,7 +159,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def replicate(database: str) -> Iterator[Stack]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/9"
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     with FakeReplicate(latency=0.6) as fake:

@@ -22,11 +22,11 @@ from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
 from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.storage.local import LocalStorage
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS
 from tests.support import new_job
 
 # A Redis database no worker consumes: what the steps publish stays there to be read.
-QUIET = REDIS_URL.rsplit("/", 1)[0] + "/9"
+QUIET = REDIS.fresh()
 
 
 @pytest.fixture

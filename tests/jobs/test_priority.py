@@ -34,7 +34,7 @@ from mediagen.keys.models import ApiKey
 from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.storage.local import LocalStorage
 from mediagen.worker import celery_app
-from tests.conftest import ROOT, TMP, scratch_redis, start_api
+from tests.conftest import REDIS, ROOT, TMP, start_api
 from tests.support import Proc, new_job, publish, wait_for
 
 PREFETCH = 2 * 8  # -c 2 x worker_prefetch_multiplier: messages a worker holds at most
@@ -77,7 +77,7 @@ async def submit(client: httpx.AsyncClient, prompt: str, priority: str = "normal
 @pytest.fixture(scope="module")
 def idle_api(database: str) -> Iterator[tuple[str, redis.Redis]]:
     """An API whose queue no worker consumes: its jobs stay where dispatch put them."""
-    url = scratch_redis(15)
+    url = REDIS.fresh()
     proc, api = start_api("api-priority-idle", {"REDIS_URL": url})
     broker = redis.Redis.from_url(url)
     yield api, broker
@@ -87,7 +87,7 @@ def idle_api(database: str) -> Iterator[tuple[str, redis.Redis]]:
 
 def test_start_messages_go_to_the_list_kombu_picks() -> None:
     """What Celery's own publisher does with a message priority, the outbox does too."""
-    url = scratch_redis(15)
+    url = REDIS.fresh()
     client = redis.Redis.from_url(url)
     for priority in Priority:
         with celery_app.connection_for_write(url) as connection:
@@ -190,7 +190,7 @@ async def test_queue_positions_and_lists_follow_priority(
 
 
 async def test_sweeper_redispatches_at_each_jobs_priority(database: str, tmp_path: Path) -> None:
-    url = scratch_redis(15)
+    url = REDIS.fresh()
     client = redis.Redis.from_url(url)
     settings = Settings(_env_file=None, dispatch_grace=0, lease_seconds=60,  # type: ignore[call-arg]
                         job_timeout=3600)
@@ -214,7 +214,7 @@ async def test_sweeper_redispatches_at_each_jobs_priority(database: str, tmp_pat
 @pytest.fixture(scope="module")
 def stack(database: str) -> Iterator[tuple[str, str]]:
     """An API on a queue of its own; the test starts the worker once the backlog is there."""
-    url = scratch_redis(14)
+    url = REDIS.fresh()
     proc, api = start_api("api-priority", {"REDIS_URL": url, "RATE_LIMIT_READS_PER_MINUTE": "0"})
     yield api, url
     proc.stop()

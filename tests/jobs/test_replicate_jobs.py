@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 from tests.support import free_port, unsigned, wait_terminal
 
@@ -29,12 +29,14 @@ from tests.support import free_port, unsigned, wait_terminal
 class Stack:
     url: str
     fake: FakeReplicate
+    redis_url: str
 
 
-def _stack(name: str, db: int, fake: FakeReplicate, webhooks: bool = False,
+def _stack(name: str, fake: FakeReplicate, webhooks: bool = False,
            **env: str) -> Iterator[Stack]:
-    """API + worker on Redis database `db`; with `webhooks`, Replicate is told to call back."""
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    """API + worker on a Redis database of their own; with `webhooks`, Replicate is told to
+    call back."""
+    broker_url = REDIS.fresh()
     broker = redis.Redis.from_url(broker_url)
     broker.flushdb()
     port = free_port()
@@ -47,7 +49,7 @@ def _stack(name: str, db: int, fake: FakeReplicate, webhooks: bool = False,
     worker = start_worker(f"worker-{name}", broker, settings)
     api, url = start_api(f"api-{name}", settings, port)
     try:
-        yield Stack(url, fake)
+        yield Stack(url, fake, broker_url)
     finally:
         api.stop()
         worker.stop()
@@ -63,13 +65,13 @@ def fake() -> Iterator[FakeReplicate]:
 
 @pytest.fixture(scope="module")
 def polling(database: str, fake: FakeReplicate) -> Iterator[Stack]:
-    yield from _stack("poll", 14, fake, POLL_INTERVAL="0.3", JOB_TIMEOUT="6")
+    yield from _stack("poll", fake, POLL_INTERVAL="0.3", JOB_TIMEOUT="6")
 
 
 @pytest.fixture(scope="module")
 def hooked(database: str, fake: FakeReplicate) -> Iterator[Stack]:
     # Polling slowed to 60 s: a job that finishes quickly was finished by its webhook.
-    yield from _stack("hook", 15, fake, webhooks=True, POLL_INTERVAL="60")
+    yield from _stack("hook", fake, webhooks=True, POLL_INTERVAL="60")
 
 
 async def _run(stack: Stack, prompt: str, timeout: float = 20, **params: object) -> dict:
@@ -333,7 +335,7 @@ async def test_a_lost_upstream_cancel_is_sent_by_the_sweeper(polling: Stack) -> 
     await UpstreamCancel.filter(prediction_id=job["prediction_id"]).update(
         next_attempt_at=datetime.now(UTC) - timedelta(minutes=5))
     cancels = polling.fake.stats.cancels
-    outbox = Outbox(aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/14"))  # the stack's
+    outbox = Outbox(aioredis.from_url(polling.redis_url))  # the stack's
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     pipeline = Pipeline(settings, BuiltinProvider(), LocalStorage(Path("/nonexistent")), outbox)
     try:
@@ -362,8 +364,8 @@ async def test_a_download_longer_than_the_lease_is_not_finished_twice(
     from mediagen.providers.builtin.provider import BuiltinProvider
     from mediagen.storage.local import LocalStorage
 
-    for stack in _stack("lease", 6, fake, LEASE_SECONDS="2", POLL_INTERVAL="0.3"):
-        outbox = Outbox(aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/6"))
+    for stack in _stack("lease", fake, LEASE_SECONDS="2", POLL_INTERVAL="0.3"):
+        outbox = Outbox(aioredis.from_url(stack.redis_url))
         sweeper = Pipeline(Settings(_env_file=None, lease_seconds=2, sweep_interval=1,  # type: ignore[call-arg]
                                     dispatch_grace=0),
                            BuiltinProvider(), LocalStorage(Path("/nonexistent")), outbox)

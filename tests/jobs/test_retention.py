@@ -5,7 +5,7 @@ the pruning of old rows, a batch per statement, recent ones kept."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,15 @@ from mediagen.jobs.repository import now
 from mediagen.jobs.states import JobStatus
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.s3 import S3Storage
-from tests.conftest import REDIS_URL, TEST_ENV, start_api, start_worker
+from tests.conftest import REDIS, REDIS_URL, TEST_ENV
 from tests.s3_fixtures import BUCKET, CREDENTIALS, moto_endpoint, raw_s3
+from tests.stack import InProcess, in_process
 from tests.support import new_job, wait_terminal
 
 __all__ = ["moto_endpoint", "raw_s3"]  # fixtures, served to this module
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
-S3_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/12"
+S3_REDIS = REDIS.fresh()
 
 
 async def _submit(client: httpx.AsyncClient, **extra: Any) -> str:
@@ -126,16 +127,10 @@ def s3_env(moto_endpoint: str, raw_s3: Any) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def s3_api(database: str, s3_env: dict[str, str]) -> Iterator[str]:
-    broker = redis.Redis.from_url(S3_REDIS)
-    broker.flushdb()
-    worker = start_worker("worker-retention-s3", broker, s3_env)
-    api, url = start_api("api-retention-s3", s3_env)
-    yield url
-    api.stop()
-    worker.stop()
-    broker.flushdb()
-    broker.close()
+async def s3_api(database: str, s3_env: dict[str, str]) -> AsyncIterator[InProcess]:
+    """The application and its worker in-process, storing on S3."""
+    async with in_process(s3_env, worker=True) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -155,9 +150,9 @@ async def s3_storage(s3_env: dict[str, str]) -> AsyncIterator[S3Storage]:
 
 
 async def test_expired_s3_output_is_deleted_and_its_api_url_answers_gone(
-    s3_api: str, raw_s3: Any, s3_env: dict[str, str], s3_storage: S3Storage
+    s3_api: InProcess, raw_s3: Any, s3_env: dict[str, str], s3_storage: S3Storage
 ) -> None:
-    async with httpx.AsyncClient(base_url=s3_api, timeout=30) as client:
+    async with s3_api.client() as client, httpx.AsyncClient(timeout=30) as s3:
         job_id = await _submit(client, retention=60)
         detail = await wait_terminal(client, job_id)
         assert detail["status"] == "completed", detail
@@ -167,7 +162,7 @@ async def test_expired_s3_output_is_deleted_and_its_api_url_answers_gone(
         assert stable.status_code == 307
         location = stable.headers["location"]
         assert location.startswith(s3_env["S3_ENDPOINT_URL"]) and "X-Amz-Signature=" in location
-        fetched = await client.get(location)
+        fetched = await s3.get(location)  # from S3 itself
         assert fetched.status_code == 200 and fetched.content[:4] == b"\x89PNG"
 
         await _due_now(job_id)
@@ -180,7 +175,7 @@ async def test_expired_s3_output_is_deleted_and_its_api_url_answers_gone(
         gone = await client.get(f"/api/v1/jobs/{job_id}/outputs/0")
         assert gone.status_code == 410 and gone.json()["code"] == "gone"
         # The presigned URL handed out earlier goes to S3, which no longer has the object.
-        assert (await client.get(location)).status_code == 404
+        assert (await s3.get(location)).status_code == 404
 
 
 # --- pruning --------------------------------------------------------------------------------
@@ -296,7 +291,7 @@ async def test_sweep_prunes_on_its_own_schedule(database: str, tmp_path: Path) -
     """A round runs when none ran within PRUNE_EVERY (across workers: a Redis key), and at
     the next sweep again while a round left work behind."""
     settings = get_settings()
-    client = aioredis.from_url(REDIS_URL.rsplit("/", 1)[0] + "/10")
+    client = aioredis.from_url(REDIS.fresh())
     await client.flushdb()
     storage = LocalStorage(tmp_path)
     try:

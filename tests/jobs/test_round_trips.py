@@ -16,16 +16,16 @@ it does to the timings, in both serving modes (fast paths on and off).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import PG_ADMIN, TEST_DB, redis_server, start_api, start_worker
+from tests.conftest import POSTGRES, TEST_DB, redis_server
 from tests.iocount import Proxies, RoundTripCounter
-from tests.keys.test_keys import _key_id, create_key
+from tests.keys.test_keys import _key_id
+from tests.stack import Stacks, new_key
 from tests.support import new_job, wait_terminal
 
 BODY = {"prompt": "a counted comet", "parameters": {"width": 64, "height": 64}}
@@ -48,13 +48,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fast-paths", "routes"])
-def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
+async def stack(request: pytest.FixtureRequest, stacks: Stacks) -> AsyncIterator[Stack]:
     """An API (fast paths on or off) and a worker, each on a counted Redis server of its own and
     the session's database, both through counting proxies."""
     port, server = redis_server()
-    pg_host = urlsplit(PG_ADMIN)
     proxies = Proxies()
-    pg = proxies.add((pg_host.hostname or "127.0.0.1", pg_host.port or 5432), "postgres")
+    pg = proxies.add(POSTGRES.upstream, "postgres")  # TCP, or the embedded one's unix socket
     rd = proxies.add(("127.0.0.1", port), "redis")
     env = {
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg.port}/{TEST_DB}",
@@ -64,13 +63,10 @@ def stack(request: pytest.FixtureRequest, database: str) -> Iterator[Stack]:
         "FAST_PATHS": "true" if request.param else "false",
     }
     client = redis.Redis(port=port)
-    worker = start_worker("worker-counted", client, env)
-    api, url = start_api("api-counted", env)
     try:
-        yield Stack(url, pg, rd, client, create_key("counted"))
+        with stacks.own(env, name="counted") as running:
+            yield Stack(running.url, pg, rd, client, await new_key("counted"))
     finally:
-        api.stop()
-        worker.stop()
         proxies.close()
         server.terminate()
         server.wait(10)

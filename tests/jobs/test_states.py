@@ -10,7 +10,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.worker import celery_app
-from tests.support import Proc, new_job, submit, wait_terminal
+from tests.support import new_job, sibling, submit, wait_terminal
 
 
 async def test_pending_processing_completed(client: httpx.AsyncClient) -> None:
@@ -49,8 +49,7 @@ async def test_permanent_error_fails_at_once(client: httpx.AsyncClient) -> None:
     assert detail["error"] == "injected permanent fault: the model rejected the input"
 
 
-async def test_task_delivered_twice_completes_once(client: httpx.AsyncClient,
-                                                   worker: Proc) -> None:
+async def test_task_delivered_twice_completes_once(client: httpx.AsyncClient) -> None:
     job_id = await submit(client, "a twice-told tale", width=64, height=64)
     for _ in range(3):  # the same message again, as a broker redelivery would
         celery_app.send_task("mediagen.jobs.start", args=[job_id], queue=QUEUE)
@@ -102,9 +101,10 @@ async def test_unfinished_counter_matches_the_rows(client: httpx.AsyncClient) ->
     jobs of one key complete, fail, retry, get canceled and stay pending."""
     from mediagen.jobs.models import JobCounter
     from mediagen.jobs.states import UNFINISHED
-    from tests.keys.test_keys import _key_id, create_key
+    from tests.keys.test_keys import _key_id
+    from tests.stack import new_key
 
-    secret = create_key("counted-states")
+    secret = await new_key("counted-states")
     key_id = await _key_id(secret)
     headers = {"Authorization": f"Bearer {secret}"}
     prompts = ["a counted dune", "[fault:transient=1] a counted cliff",
@@ -119,7 +119,7 @@ async def test_unfinished_counter_matches_the_rows(client: httpx.AsyncClient) ->
     to_cancel = await new_job("a counted cancel", owner=key_id)
     assert (await client.post(f"/api/v1/jobs/{to_cancel.id}/cancel",
                               headers=headers)).status_code == 200
-    async with httpx.AsyncClient(base_url=client.base_url, headers=headers) as owner:
+    async with sibling(client, headers=headers) as owner:
         for job_id in ids:
             await wait_terminal(owner, job_id)
 

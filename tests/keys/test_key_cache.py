@@ -12,8 +12,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import PG_ADMIN, TEST_DB, TEST_ENV, start_api
-from tests.keys.test_keys import create_key, mediagen_cli
+from tests.conftest import POSTGRES, TEST_DB, TEST_ENV, start_api
+from tests.keys.test_keys import mediagen_cli
+from tests.stack import new_key, with_query
 
 NAME = f"two-processes-{os.getpid()}"
 
@@ -24,7 +25,7 @@ def two_processes(database: str) -> Iterator[str]:
     proc, url = start_api(
         "api-two",
         {"AUTH_REQUIRED": "true",
-         "DATABASE_URL": f"{TEST_ENV['DATABASE_URL']}?application_name={NAME}"},
+         "DATABASE_URL": with_query(TEST_ENV["DATABASE_URL"], application_name=NAME)},
         cmd=["python", "-m", "mediagen", "api", "--workers", "2"],
     )
     yield url
@@ -32,7 +33,7 @@ def two_processes(database: str) -> Iterator[str]:
 
 
 async def test_two_api_processes_serve(two_processes: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{TEST_DB}")
+    admin = await asyncpg.connect(POSTGRES.dsn(TEST_DB))
     try:
         for _ in range(50):  # each process opens its pool at start-up
             pids = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
@@ -57,7 +58,7 @@ async def _codes(url: str, secret: str, path: str, connections: int) -> set[int]
 
 
 async def test_a_revoke_reaches_every_process_at_once(two_processes: str) -> None:
-    secret = create_key("cached-everywhere")
+    secret = await new_key("cached-everywhere")
     unknown = f"/api/v1/status/{uuid.uuid4()}"
     # A known key (now cached by both processes) asking for a job that does not exist.
     assert await _codes(two_processes, secret, unknown, 40) == {404}

@@ -1,13 +1,12 @@
-"""Client webhooks end to end: a worker and two APIs of their own (anonymous, and AUTH_REQUIRED
-=auto for keys) on Redis database 11, delivering to a local receiver on 127.0.0.1 (allowed by
-WEBHOOK_ALLOW_HOSTS) with retries 0.5 s apart."""
+"""Client webhooks end to end, in-process: a worker and two applications of their own
+(anonymous, and AUTH_REQUIRED=auto for keys) on a Redis database of their own, delivering over
+HTTP to a local receiver on 127.0.0.1 (allowed by WEBHOOK_ALLOW_HOSTS) with retries 0.5 s
+apart."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from starlette.responses import RedirectResponse, Response
 
 from mediagen.providers.replicate.signatures import verify_webhook
-from tests.conftest import REDIS_URL, ROOT, start_api, start_worker
+from tests.conftest import REDIS
 from tests.receiver import Hit, Receiver, receiving
+from tests.stack import InProcess, create_key, in_process, revoke_key
 from tests.support import wait_terminal
 
 SECRET = "whsec_" + base64.b64encode(b"client-webhooks-test-secret-32b!").decode()
@@ -49,34 +48,27 @@ def receiver() -> Iterator[Receiver]:
 
 @dataclass
 class Stack:
-    anonymous: str  # AUTH_REQUIRED=false, WEBHOOK_SECRET set
-    auto: str  # AUTH_REQUIRED=auto
+    anonymous: InProcess  # AUTH_REQUIRED=false, WEBHOOK_SECRET set; with its worker
+    auto: InProcess  # AUTH_REQUIRED=auto
 
 
 @pytest.fixture(scope="module")
-def stack(database: str) -> Iterator[Stack]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/11"
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
-    env = {"REDIS_URL": broker_url, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+async def stack(database: str) -> AsyncIterator[Stack]:
+    """In-process: the application twice (anonymous, auto) and one worker, on a queue of their
+    own; deliveries go over real HTTP to the receiver."""
+    env = {"REDIS_URL": REDIS.fresh(), "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
            "WEBHOOK_RETRY_DELAY": "0.5", "WEBHOOK_SECRET": SECRET}
-    worker = start_worker("worker-notify", broker, env)
-    api, url = start_api("api-notify", env)
-    auto, auto_url = start_api("api-notify-auto", {**env, "AUTH_REQUIRED": "auto"})
-    try:
-        yield Stack(url, auto_url)
-    finally:
-        auto.stop()
-        api.stop()
-        worker.stop()
-        broker.flushdb()
-        broker.close()
+    async with in_process(env, worker=True) as anonymous, \
+            in_process({**env, "AUTH_REQUIRED": "auto"}) as auto:
+        yield Stack(anonymous, auto)
 
 
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.anonymous, timeout=30) as http:
+    async with stack.anonymous.client() as http:
         yield http
+    assert stack.anonymous.worker is not None
+    stack.anonymous.worker.check()
 
 
 async def _job(client: httpx.AsyncClient, webhook: str, **extra: Any) -> str:
@@ -199,33 +191,24 @@ async def test_malformed_webhook_fields_are_refused(client: httpx.AsyncClient,
     assert response.status_code == 422, response.text
 
 
-async def test_anonymous_webhooks_need_a_configured_secret(api: str) -> None:
-    async with httpx.AsyncClient(base_url=api, timeout=30) as plain:  # no WEBHOOK_SECRET
+async def test_anonymous_webhooks_need_a_configured_secret(in_process: InProcess) -> None:
+    async with in_process.client() as plain:  # the session's settings: no WEBHOOK_SECRET
         response = await plain.post("/api/v1/generate",
                                     json={"prompt": "x", "webhook": "https://example.com/"})
     assert response.status_code == 422, response.text
     assert "WEBHOOK_SECRET" in response.json()["detail"]
 
 
-def _cli(*args: str) -> list[str]:
-    result = subprocess.run([sys.executable, "-m", "mediagen", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
-
-
 @pytest.fixture(scope="module")
-def keys(stack: Stack) -> Iterator[dict[str, tuple[str, str]]]:
+async def keys(stack: Stack) -> AsyncIterator[dict[str, tuple[str, str]]]:
     """Two keys and their webhook secrets; revoked at the end (other modules run anonymously)."""
     made: dict[str, tuple[str, str]] = {}
-    try:
-        for name in ("hook-alice", "hook-bob"):
-            lines = _cli("keys", "create", name)
-            made[name] = (lines[1], lines[3].split()[-1])
-        yield made
-    finally:
-        for key, _ in made.values():
-            _cli("keys", "revoke", key[:11])
+    for name in ("hook-alice", "hook-bob"):
+        key, secret = await create_key(name)
+        made[name] = (secret, key.webhook_secret)
+    yield made
+    for secret, _ in made.values():
+        await revoke_key(secret[:11])
 
 
 async def test_the_log_is_the_owners_only(stack: Stack, receiver: Receiver,
@@ -233,16 +216,14 @@ async def test_the_log_is_the_owners_only(stack: Stack, receiver: Receiver,
     (alice, alice_secret), (bob, _) = keys["hook-alice"], keys["hook-bob"]
     assert alice_secret.startswith("whsec_")
     name = uuid.uuid4().hex
-    async with httpx.AsyncClient(base_url=stack.auto, timeout=30,
-                                 headers={"Authorization": f"Bearer {alice}"}) as as_alice:
+    async with stack.auto.client(headers={"Authorization": f"Bearer {alice}"}) as as_alice:
         job_id = await _job(as_alice, f"{receiver.url}/ok/{name}",
                             webhook_events_filter=["completed"])
         log = await _log(as_alice, job_id, 1)
     assert log["data"][0]["status"] == "delivered"
     [hit] = receiver.at(f"/ok/{name}")
     assert _verified(hit, alice_secret)["job_id"] == job_id  # signed with alice's own secret
-    async with httpx.AsyncClient(base_url=stack.auto, timeout=30,
-                                 headers={"Authorization": f"Bearer {bob}"}) as as_bob:
+    async with stack.auto.client(headers={"Authorization": f"Bearer {bob}"}) as as_bob:
         assert (await as_bob.get(f"/api/v1/jobs/{job_id}/webhooks")).status_code == 404
-    async with httpx.AsyncClient(base_url=stack.auto, timeout=30) as anonymous:
+    async with stack.auto.client() as anonymous:
         assert (await anonymous.get(f"/api/v1/jobs/{job_id}/webhooks")).status_code == 401

@@ -26,11 +26,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import Response
 
 from mediagen.broker import Task, task_message
-from tests.conftest import REDIS_URL, TMP, start_api
+from tests.conftest import REDIS, TMP, start_api
 from tests.receiver import Receiver, receiving
 from tests.support import Proc, free_port, submit, wait_for, wait_terminal
 
-REDIS_DB = REDIS_URL.rsplit("/", 1)[0] + "/9"
+REDIS_DB = REDIS.fresh()
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"metrics-webhooks-test-secret-32b").decode()
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

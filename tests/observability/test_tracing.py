@@ -30,11 +30,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS, start_api, start_worker
 from tests.support import TERMINAL, Proc, free_port, publish, wait_for
 
 SERVER, CONSUMER = 2, 5  # opentelemetry.proto.trace.v1.Span.SpanKind
-BASE = REDIS_URL.rsplit("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def traced(database: str, collector: tuple[Collector, str]) -> Iterator[Traced]:
     """Two jobs through a traced API and worker: one as submitted, one whose start message is
     replaced by one without trace context (as the sweeper re-dispatches)."""
     sink, endpoint = collector
-    redis_url = f"{BASE}/7"
+    redis_url = REDIS.fresh()
     broker = redis.Redis.from_url(redis_url)
     broker.flushdb()
     env = {
@@ -314,7 +313,7 @@ def test_a_step_without_trace_context_rejoins_its_jobs_trace(traced: Traced) -> 
 def test_off_without_an_endpoint(database: str) -> None:
     """No OTLP endpoint: no trace context on the messages the API publishes, not even the
     caller's (which a traced API would carry on)."""
-    redis_url = f"{BASE}/8"
+    redis_url = REDIS.fresh()
     broker = redis.Redis.from_url(redis_url)
     broker.flushdb()
     api, url = start_api("api-untraced", {

@@ -111,9 +111,10 @@ def uploads(database: str, cog_venv: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def fragile(database: str, cog_venv: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
             ) -> Iterator[Stack]:
-    # A retry waits 4 s: long enough for the API to be up again before attempt 2 runs.
+    # A retry waits 10 s: long enough for the API to be up again before attempt 2 runs, also on
+    # a loaded machine (an API start has taken 7 s with the suite's workers running beside it).
     yield from _stack("cog-fragile", tmp_path_factory.mktemp("cog-fragile"), cog_venv,
-                      deadline=4, RETRY_DELAY="4", RETRY_MAX_DELAY="4")
+                      deadline=4, RETRY_DELAY="10", RETRY_MAX_DELAY="10")
 
 
 def _inputs(prompt: str, **parameters: Any) -> dict[str, Any]:

@@ -13,19 +13,17 @@ Loopback webhooks are allowed (WEBHOOK_ALLOW_HOSTS=127.0.0.1) and land in `recei
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from tests.conftest import ROOT, TMP, scratch_redis, start_api, start_worker
+from tests.conftest import TMP
 from tests.files.tls import make_certificate
 from tests.receiver import Receiver, receiving
+from tests.stack import Redis, Stacks, create_key, revoke_key
 from tests.support import Proc, free_port, wait_for
 
 READS = 3  # reads per minute per key on the `limited` API
@@ -61,16 +59,13 @@ def _context(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def _create_key(name: str) -> Key:
-    """`mediagen keys create NAME`: the secret (second line) and the key's webhook secret."""
-    out = subprocess.run([sys.executable, "-m", "mediagen", "keys", "create", name], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    lines = out.splitlines()
-    webhook = next(line.rsplit(" ", 1)[1] for line in lines if line.startswith("webhook secret"))
-    return Key(lines[1], webhook)
+async def _create_key(name: str) -> Key:
+    """A key (as `mediagen keys create NAME` makes it): its secret and its webhook secret."""
+    key, secret = await create_key(name)
+    return Key(secret, key.webhook_secret)
 
 
-def _start_tls_api(name: str, env: dict[str, str], cert: Path, key: Path) -> tuple[Proc, str]:
+def _launch_tls_api(name: str, env: dict[str, str], cert: Path, key: Path) -> tuple[Proc, str]:
     port = free_port()
     proc = Proc.start(
         name,
@@ -79,7 +74,10 @@ def _start_tls_api(name: str, env: dict[str, str], cert: Path, key: Path) -> tup
         TMP / f"{name}.log",
         {"API_PORT": str(port), **env},
     )
-    url = f"https://127.0.0.1:{port}"
+    return proc, f"https://127.0.0.1:{port}"
+
+
+def _wait_tls_api(proc: Proc, url: str, cert: Path) -> None:
     context = _context(cert)
 
     def up() -> bool:
@@ -88,8 +86,7 @@ def _start_tls_api(name: str, env: dict[str, str], cert: Path, key: Path) -> tup
         except httpx.HTTPError:
             return False
 
-    wait_for(up, 30, proc, f"{name} listening")
-    return proc, url
+    wait_for(up, 60, proc, f"{proc.name} listening")
 
 
 @pytest.fixture(scope="package")
@@ -100,36 +97,31 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="package")
-def stack(database: str, receiver: Receiver) -> Iterator[Stack]:
+async def stack(stacks: Stacks, redis_dbs: Redis, receiver: Receiver) -> AsyncIterator[Stack]:
     cert_dir = TMP / "replicate-tls"
     cert_dir.mkdir(parents=True, exist_ok=True)
     cert, key = make_certificate(cert_dir)
     common = {"AUTH_REQUIRED": "true", "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
               "WEBHOOK_RETRY_DELAY": "0.5"}
-    main_url, slow_url = scratch_redis(3), scratch_redis(2)
-    main = {**common, "REDIS_URL": main_url, "BUILTIN_LATENCY": "0.2"}
-    slow = {**common, "REDIS_URL": slow_url, "BUILTIN_LATENCY": str(SLOW)}
-    procs: list[Proc] = []
+    main = {**common, "REDIS_URL": redis_dbs.fresh(), "BUILTIN_LATENCY": "0.2"}
+    slow = {**common, "REDIS_URL": redis_dbs.fresh(), "BUILTIN_LATENCY": str(SLOW)}
+    # The HTTPS API starts first (on its own), then the rest all at once while it comes up.
+    tls_proc, tls = _launch_tls_api("api-replicate-tls", main, cert, key)
     try:
-        procs.append(start_worker("worker-replicate", redis.Redis.from_url(main_url), main))
-        procs.append(start_worker("worker-replicate-slow", redis.Redis.from_url(slow_url), slow))
-        tls_proc, tls = _start_tls_api("api-replicate-tls", main, cert, key)
-        procs.append(tls_proc)
-        limited_proc, limited = start_api(
-            "api-replicate-limited", {**main, "RATE_LIMIT_READS_PER_MINUTE": str(READS)})
-        procs.append(limited_proc)
-        slow_proc, slow_api = start_api("api-replicate-slow", slow)
-        procs.append(slow_proc)
-        keys = {name: _create_key(f"replicate-{name}") for name in NAMES}
+        _, limited, slow_stack = stacks.many(
+            (main, False, True, "replicate"),
+            ({**main, "RATE_LIMIT_READS_PER_MINUTE": str(READS)}, True, False,
+             "replicate-limited"),
+            (slow, True, True, "replicate-slow"))
+        _wait_tls_api(tls_proc, tls, cert)
+        keys = {name: await _create_key(f"replicate-{name}") for name in NAMES}
         try:
-            yield Stack(tls, limited, slow_api, cert, keys, receiver)
+            yield Stack(tls, limited.url, slow_stack.url, cert, keys, receiver)
         finally:  # other tests run in modes where any active key would require one
             for secret in keys.values():
-                subprocess.run([sys.executable, "-m", "mediagen", "keys", "revoke",
-                                secret.secret[:11]], cwd=ROOT, capture_output=True, check=True)
+                await revoke_key(secret.secret[:11])
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        tls_proc.stop()
 
 
 def job_detail(stack: Stack, secret: str, job_id: str) -> dict[str, object]:

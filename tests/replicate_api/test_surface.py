@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,11 +14,10 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import redis
 from standardwebhooks import Webhook
 
-from tests.conftest import REDIS_URL, ROOT, scratch_redis, start_api, start_worker
 from tests.receiver import Receiver, receiving
+from tests.stack import Redis, Stacks, create_key, revoke_key
 
 SECRET = "whsec_" + base64.b64encode(b"replicate-surface-test-secret-32").decode()
 INPUT = {"prompt": "a heron in the reeds", "width": 64, "height": 64}
@@ -42,34 +39,18 @@ def receiver() -> Iterator[Receiver]:
         yield rec
 
 
-def _key(name: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "mediagen", "keys", "create", name], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=True)
-    return result.stdout.splitlines()[1]
-
-
 @pytest.fixture(scope="module")
-def stack(database: str) -> Iterator[Stack]:
-    broker_url = REDIS_URL.rsplit("/", 1)[0] + "/14"
-    broker = redis.Redis.from_url(broker_url)
-    broker.flushdb()
-    env = {"REDIS_URL": broker_url, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+async def stack(stacks: Stacks, redis_dbs: Redis) -> AsyncIterator[Stack]:
+    env = {"REDIS_URL": redis_dbs.fresh(), "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
            "WEBHOOK_RETRY_DELAY": "0.5", "WEBHOOK_SECRET": SECRET}
-    worker = start_worker("worker-replicate-surface", broker, env)
-    api, url = start_api("api-replicate-surface", env)
-    auto, auto_url = start_api("api-replicate-surface-auto", {**env, "AUTH_REQUIRED": "auto"})
-    idle, idle_url = start_api("api-replicate-idle", {**env, "REDIS_URL": scratch_redis(15)})
-    keys = {"alice": _key("rs-alice"), "bob": _key("rs-bob")}
-    try:
-        yield Stack(url, auto_url, idle_url, keys)
-    finally:  # other tests run in modes where any active key would require one
-        for secret in keys.values():
-            subprocess.run([sys.executable, "-m", "mediagen", "keys", "revoke", secret[:11]],
-                           cwd=ROOT, capture_output=True, check=True)
-        for proc in (idle, auto, api, worker):
-            proc.stop()
-        broker.flushdb()
-        broker.close()
+    anonymous, auto, idle = stacks.many(
+        (env, True, True, "replicate-surface"),
+        ({**env, "AUTH_REQUIRED": "auto"}, True, False, "replicate-surface-auto"),
+        ({**env, "REDIS_URL": redis_dbs.fresh()}, True, False, "replicate-idle"))
+    keys = {"alice": (await create_key("rs-alice"))[1], "bob": (await create_key("rs-bob"))[1]}
+    yield Stack(anonymous.url, auto.url, idle.url, keys)
+    for secret in keys.values():  # other tests run in modes where any active key requires one
+        await revoke_key(secret[:11])
 
 
 @pytest.fixture

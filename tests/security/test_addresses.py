@@ -15,7 +15,7 @@ from mediagen.outbound import is_public
 from mediagen.providers.base import Output
 from mediagen.providers.replicate.provider import ReplicateProvider
 from tests.fakes.hostile import HostileServer
-from tests.keys.test_keys import create_key
+from tests.stack import new_key
 
 REFUSED = [
     # IPv4 special-purpose registry
@@ -67,7 +67,7 @@ async def test_an_output_url_inside_is_refused_without_naming_it(
 async def test_a_webhook_inside_is_refused_without_naming_the_address(
     client: httpx.AsyncClient,
 ) -> None:
-    key = create_key("webhook-inside")
+    key = await new_key("webhook-inside")
     response = await client.post("/api/v1/generate", headers={"Authorization": f"Bearer {key}"},
                                  json={"prompt": "p", "webhook": "http://localhost:9/hook"})
     assert response.status_code == 422, response.text

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 
-from tests.conftest import REDIS_URL, start_api
+from tests.conftest import REDIS, start_api
 from tests.security.conftest import mediagen_cli
 
 BODY = {"prompt": "made before any key", "parameters": {"width": 64, "height": 64}}
@@ -15,7 +15,7 @@ BODY = {"prompt": "made before any key", "parameters": {"width": 64, "height": 6
 
 async def test_auto_stays_closed_once_a_key_was_made(fresh_database: str) -> None:
     env = {"DATABASE_URL": fresh_database, "AUTH_REQUIRED": "auto",
-           "REDIS_URL": REDIS_URL.rsplit("/", 1)[0] + "/14"}
+           "REDIS_URL": REDIS.fresh()}
     api, url = start_api("api-auto", env)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as anonymous:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import TEST_ENV, free_port, start_api
-from tests.keys.test_keys import create_key
+from tests.conftest import TEST_ENV, free_port
+from tests.stack import Stacks, app, create_key
 
 REMOTE = {"X-Forwarded-For": "203.0.113.5"}  # as a proxy on this machine says of a remote client
 
@@ -16,32 +16,27 @@ REMOTE = {"X-Forwarded-For": "203.0.113.5"}  # as a proxy on this machine says o
 async def test_livez_does_no_io(client: httpx.AsyncClient) -> None:
     """With Redis gone, the process is alive (restarting it would not help) but not ready."""
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    proc, url = start_api("api-livez", {"REDIS_URL": dead})
-    try:
-        async with httpx.AsyncClient(base_url=url) as broken:
-            live = await broken.get("/livez")
-            ready = await broken.get("/readyz")
-    finally:
-        proc.stop()
+    async with app({"REDIS_URL": dead}) as broken:
+        live = await broken.get("/livez")
+        ready = await broken.get("/readyz")
     assert live.status_code == 200 and live.json() == {"status": "ok"}
     assert ready.status_code == 503
 
 
 async def test_failures_are_explained_only_to_key_holders_and_this_machine(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, stacks: Stacks
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    proc, url = start_api("api-ready", {"REDIS_URL": dead})
-    key = create_key("ops")
-    try:
-        async with httpx.AsyncClient(base_url=url) as api:
+    _, key = await create_key("ops")
+    # A live uvicorn: it takes the client's address from X-Forwarded-For (a proxy on this
+    # machine), which the application alone, in-process, would not.
+    with stacks.own({"REDIS_URL": dead}, worker=False, name="ready") as live:
+        async with httpx.AsyncClient(base_url=live.url) as api:
             stranger = await api.get("/readyz", headers=REMOTE)
             old_name = await api.get("/api/v1/health", headers=REMOTE)
             operator = await api.get("/readyz", headers={**REMOTE,
                                                          "Authorization": f"Bearer {key}"})
             local = await api.get("/readyz")
-    finally:
-        proc.stop()
     for response in (stranger, old_name):
         assert response.status_code == 503
         broker = response.json()["checks"]["broker"]

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.conftest import REDIS_URL, start_api
-from tests.keys.test_keys import create_key, mediagen_cli
+from tests.conftest import REDIS, start_api
+from tests.keys.test_keys import mediagen_cli
+from tests.stack import new_key
 
 BODY = {"prompt": "a watched pot", "parameters": {"width": 64, "height": 64}}
-IDLE = REDIS_URL.rsplit("/", 1)[0] + "/11"  # no worker: the jobs stay pending, streams open
+IDLE = REDIS.fresh()  # no worker: the jobs stay pending, streams open
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ async def _open(client: httpx.AsyncClient, job_id: str) -> AsyncIterator[httpx.R
 
 
 async def test_streams_are_capped_per_key_and_per_process(capped: str) -> None:
-    keys = [create_key(f"streams-{n}") for n in range(2)]
+    keys = [await new_key(f"streams-{n}") for n in range(2)]
     clients = [httpx.AsyncClient(base_url=capped, timeout=30,
                                  headers={"Authorization": f"Bearer {k}"}) for k in keys]
     held: list[httpx.Response] = []
@@ -68,7 +69,7 @@ async def test_streams_are_capped_per_key_and_per_process(capped: str) -> None:
 
 
 async def test_a_revoked_key_loses_its_open_stream(capped: str) -> None:
-    key = create_key("revoked-while-watching")
+    key = await new_key("revoked-while-watching")
     async with httpx.AsyncClient(base_url=capped, timeout=60,
                                  headers={"Authorization": f"Bearer {key}"}) as client:
         job_id = (await client.post("/api/v1/generate", json=BODY)).json()["job_id"]
@@ -86,7 +87,7 @@ async def test_a_revoked_key_loses_its_open_stream(capped: str) -> None:
 
 async def test_reads_are_rate_limited_per_key(database: str) -> None:
     proc, url = start_api("api-reads", {"RATE_LIMIT_READS_PER_MINUTE": "5"})
-    key = create_key("reader")
+    key = await new_key("reader")
     try:
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) \
                 as client:

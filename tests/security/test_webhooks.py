@@ -18,13 +18,13 @@ import redis
 from mediagen.config import get_settings
 from mediagen.notify.models import DeliveryStatus, WebhookDelivery
 from mediagen.notify.service import stranded_deliveries
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS, start_api, start_worker
 from tests.fakes.hostile import HostileServer
 from tests.keys.test_keys import create_key
 from tests.support import Proc, new_job, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
-OWN_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
+OWN_REDIS = REDIS.fresh()
 
 
 class Stack:

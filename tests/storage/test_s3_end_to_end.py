@@ -1,22 +1,22 @@
-"""A job end to end with STORAGE_TYPE=s3 against moto's S3 server: a worker and an API of their
-own (on a Redis database of their own, so the session's local-storage worker stays out)."""
+"""A job end to end with STORAGE_TYPE=s3 against moto's S3 server: the application and a worker
+of their own, in-process (on a Redis database of their own, so the session's local-storage
+worker stays out); and an API process that finds no bucket."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from mediagen.providers.builtin.render import render
-from tests.conftest import REDIS_URL, start_api, start_worker
+from tests.conftest import REDIS, start_api
+from tests.stack import app
 from tests.storage.conftest import BUCKET, CREDENTIALS
 from tests.support import wait_terminal
 
-S3_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
+S3_REDIS = REDIS.fresh()
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +33,12 @@ def s3_env(moto_endpoint: str, raw_s3: Any) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def s3_api(database: str, s3_env: dict[str, str]) -> Iterator[str]:
-    broker = redis.Redis.from_url(S3_REDIS)
-    broker.flushdb()
-    worker = start_worker("worker-s3", broker, s3_env)
-    api, url = start_api("api-s3", s3_env)
-    yield url
-    api.stop()
-    worker.stop()
-    broker.flushdb()
-    broker.close()
-
-
 async def test_job_stored_on_s3_is_byte_identical(
-    s3_api: str, raw_s3: Any, s3_env: dict[str, str]
+    database: str, raw_s3: Any, s3_env: dict[str, str]
 ) -> None:
+    """In-process: the application and its worker in the test's process, storing on S3."""
     prompt, seed = "a silver city at night", 99
-    async with httpx.AsyncClient(base_url=s3_api, timeout=30) as client:
+    async with app(s3_env, worker=True) as client, httpx.AsyncClient(timeout=30) as s3:
         health = (await client.get("/api/v1/health")).json()
         assert health["checks"]["storage"] == {
             **health["checks"]["storage"],
@@ -67,7 +55,7 @@ async def test_job_stored_on_s3_is_byte_identical(
         url = detail["result_url"]
         assert url.startswith(s3_env["S3_ENDPOINT_URL"]) and "X-Amz-Signature=" in url
         assert f"/{s3_env['S3_KEY_PREFIX']}/jobs/{job_id}/0.png" in url
-        fetched = await client.get(url)
+        fetched = await s3.get(url)  # from S3 itself, not from the application
     assert fetched.status_code == 200
     assert fetched.content == render(prompt, 256, 192, seed, 50, "png")
     head = await raw_s3.head_object(

@@ -1,5 +1,6 @@
-"""`GET /api/v1/usage` and `mediagen usage` add up exactly what a key's jobs did, over the
-session's real API and worker."""
+"""`GET /api/v1/usage` and `mediagen usage` add up exactly what a key's jobs did, in-process (the
+application and its worker's steps in the test's process, real Postgres and Redis); the
+command as a process."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.support import Proc, wait_terminal
+from tests.stack import create_key
+from tests.support import sibling, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
 
@@ -25,23 +27,22 @@ def mediagen_cli(*args: str) -> str:
     return result.stdout
 
 
-def new_key(name: str) -> tuple[str, str]:
+async def new_key(name: str) -> tuple[str, str]:
     """A key's secret and its listed prefix."""
-    secret = mediagen_cli("keys", "create", name).splitlines()[1]
+    _, secret = await create_key(name)
     return secret, secret[:11]
 
 
 @pytest.fixture(scope="module")
-def meter() -> tuple[str, str]:
-    return new_key("usage-meter")
+async def meter(database: str) -> tuple[str, str]:
+    return await new_key("usage-meter")
 
 
 @pytest.fixture
-async def metered(api: str, worker: Proc,
+async def metered(client: httpx.AsyncClient,
                   meter: tuple[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api, timeout=30,
-                                 headers={"Authorization": f"Bearer {meter[0]}"}) as client:
-        yield client
+    async with sibling(client, headers={"Authorization": f"Bearer {meter[0]}"}) as keyed:
+        yield keyed
 
 
 async def _run(client: httpx.AsyncClient, prompt: str, **parameters: Any) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def _seconds(detail: dict[str, Any]) -> float:
     return (ended - datetime.fromisoformat(detail["started_at"])).total_seconds()
 
 
-async def test_usage_adds_up_what_the_key_did(metered: httpx.AsyncClient, api: str,
+async def test_usage_adds_up_what_the_key_did(metered: httpx.AsyncClient,
                                               meter: tuple[str, str]) -> None:
     completed = [await _run(metered, f"metered {n}", num_outputs=n + 1) for n in range(3)]
     failed = [await _run(metered, f"[fault:permanent] metered {n}") for n in range(2)]
@@ -106,9 +107,8 @@ async def test_usage_adds_up_what_the_key_did(metered: httpx.AsyncClient, api: s
     year_one = await metered.get("/api/v1/usage", params={"to": "0001-01-02T00:00:00Z"})
     assert year_one.status_code == 200, year_one.text  # 30 days before would be out of range
     assert year_one.json()["from"].startswith("0001-01-01")
-    other, _ = new_key("usage-other")
-    async with httpx.AsyncClient(base_url=api, timeout=30,
-                                 headers={"Authorization": f"Bearer {other}"}) as client:
+    other, _ = await new_key("usage-other")
+    async with sibling(metered, headers={"Authorization": f"Bearer {other}"}) as client:
         assert (await client.get("/api/v1/usage")).json()["total"]["jobs"] == 0
 
     # Operators: every key, grouped by key, from the database.

@@ -14,18 +14,18 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
-import redis
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from mediagen.jobs.retention import EXPIRED_NOTE
-from tests.conftest import REDIS_URL, TMP, scratch_redis, start_api, start_worker
+from tests.conftest import REDIS, TMP
+from tests.stack import Stacks
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium tries Google's hosts, which this network
@@ -43,38 +43,36 @@ if not Path(CHROMIUM).exists():
                 allow_module_level=True)
 
 
-
 @pytest.fixture(scope="module")
-def slow_stack(fresh_database: str) -> Iterator[str]:
-    """An API and a worker of their own, on a database and a queue of their own (so the
-    gallery holds only this module's jobs), whose jobs take 1.5 s: long enough for the page to
-    show them pending and processing."""
-    url = scratch_redis(9)
-    env = {"DATABASE_URL": fresh_database, "REDIS_URL": url, "BUILTIN_LATENCY": "1.5"}
-    worker = start_worker("web-worker", redis.Redis.from_url(url), env)
-    proc, api = start_api("web-api", env)
-    yield api
-    proc.stop()
-    worker.stop()
+def web(fresh_database: str, stacks: Stacks) -> dict[str, str]:
+    """Three APIs and a worker of their own, on a database of their own (so the gallery holds
+    only this module's jobs), started together:
 
-
-@pytest.fixture(scope="module")
-def idle_api(fresh_database: str) -> Iterator[str]:
-    """An API whose queue no worker consumes: its jobs stay pending."""
-    proc, api = start_api("web-api-idle",
-                          {"DATABASE_URL": fresh_database, "REDIS_URL": scratch_redis(12)})
-    yield api
-    proc.stop()
+    - `slow`: an API and a worker whose jobs take 1.5 s (long enough for the page to show them
+      pending and processing);
+    - `idle`: an API whose queue no worker consumes (its jobs stay pending);
+    - `keyed`: keys required, its jobs run on the slow stack's worker."""
+    slow = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh(), "BUILTIN_LATENCY": "1.5"}
+    idle = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh()}
+    keyed = {**slow, "AUTH_REQUIRED": "true"}  # the slow stack's queue
+    running = stacks.many((slow, True, True, "web"), (idle, True, False, "web-idle"),
+                          (keyed, True, False, "web-keyed"))
+    return dict(zip(("slow", "idle", "keyed"), (stack.url for stack in running), strict=True))
 
 
 @pytest.fixture(scope="module")
-def keyed_api(fresh_database: str, slow_stack: str) -> Iterator[str]:
-    """Keys required; its jobs run on the slow stack's worker."""
-    env = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS_URL.rsplit("/", 1)[0] + "/9",  # the slow stack's queue
-           "AUTH_REQUIRED": "true"}
-    proc, api = start_api("web-api-keyed", env)
-    yield api
-    proc.stop()
+def slow_stack(web: dict[str, str]) -> str:
+    return web["slow"]
+
+
+@pytest.fixture(scope="module")
+def idle_api(web: dict[str, str]) -> str:
+    return web["idle"]
+
+
+@pytest.fixture(scope="module")
+def keyed_api(web: dict[str, str]) -> str:
+    return web["keyed"]
 
 
 def create_key(database: str, name: str) -> str:
