@@ -18,6 +18,12 @@ checked, so every request pays for them.
 
 compares our API with itself under other settings instead (here: what metrics and logs cost;
 `make bench-observability`). Logs go to files, as they would to a collector.
+
+    python bench/api.py --versus-tree ../mediagen-before   # a checkout of other code
+
+compares our API with the API of another checkout of mediagen (run from that checkout: a
+`PYTHONPATH` alone would not do, since `python -m uvicorn` imports from its working directory
+first), on the same servers and the same schema.
 """
 
 from __future__ import annotations
@@ -155,11 +161,15 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                        "--log-level", "warning"]
             procs.spawn([*uvicorn, "--port", str(ours), "mediagen.main:app"], env, "ours.log")
             urls = {"mediagen": f"http://127.0.0.1:{ours}", "baseline": f"http://127.0.0.1:{base}"}
-            if args.versus:  # the baseline is our API with other settings
+            if args.versus or args.versus_tree:  # the baseline is our API, otherwise
                 versus = {**env, **dict(item.split("=", 1) for item in args.versus)}
-                print(f"baseline: mediagen with {' '.join(args.versus)}", flush=True)
+                tree = Path(args.versus_tree).resolve() if args.versus_tree else ROOT
+                if args.versus_tree:
+                    versus["PYTHONPATH"] = str(tree)
+                print(f"baseline: mediagen of {tree} with {' '.join(args.versus) or 'its defaults'}",
+                      flush=True)
                 procs.spawn([*uvicorn, "--port", str(base), "mediagen.main:app"], versus,
-                            "baseline.log")
+                            "baseline.log", cwd=tree)
                 await wait_http(f"{urls['baseline']}/openapi.json")
             else:
                 procs.spawn([*uvicorn, "--port", str(base), "bench.baseline_app:app"],
@@ -222,6 +232,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--versus", action="append", default=[], metavar="NAME=VALUE",
                         help="compare with our API under this setting instead of the bare "
                              "baseline app, e.g. METRICS_ENABLED=false (repeatable)")
+    parser.add_argument("--versus-tree", metavar="DIR",
+                        help="compare with the API of another checkout of mediagen instead of "
+                             "the bare baseline app (with --versus: under those settings)")
     parser.add_argument("--database-url", help="use this Postgres (default: a fresh embedded one)")
     parser.add_argument("--redis-url", help="use this Redis (default: a fresh embedded one)")
     return parser
