@@ -47,7 +47,7 @@ def bomb_png(side: int = SIDE) -> bytes:
 BOMB = bomb_png()
 
 
-def test_the_bomb_is_what_the_review_saw() -> None:
+def test_the_bomb_is_small_and_declares_a_huge_size() -> None:
     assert len(BOMB) < 64 * 1024 and len(base64.b64encode(BOMB)) < 60 * 1024
     with Image.open(io.BytesIO(BOMB)) as opened:  # the header only: nothing decoded
         assert opened.size == (SIDE, SIDE) and opened.mode == "1"
