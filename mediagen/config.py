@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def max_input_pixels(self) -> int:
+        """The most pixels an input image may have: 4 x MAX_DIMENSION² (4096 x 4096 at the
+        default), checked on its header before anything decodes it (a 20 KB PNG can declare
+        13000 x 13000). Uploads, data: URIs and fetched inputs over it are refused."""
+        return 4 * self.max_dimension**2
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 

@@ -6,7 +6,9 @@ MediagenError
 ├── NotFoundError            404  a job (or file) that does not exist
 ├── ConflictError            409  the request contradicts the job's current state
 ├── InvalidInputError        422  a job's input file (or an upload's form) is not usable
+│   └── RefusedInputUrlError      a parameter is a URL we neither fetch nor pass on
 ├── PayloadTooLargeError     413  an upload or webhook body over its limit
+│   └── ImageTooLargeError        an image whose header says it decodes to too many pixels
 ├── UnsupportedMediaTypeError 415 an upload of a type we do not store
 ├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
@@ -81,9 +83,24 @@ class InvalidInputError(MediagenError):
     code = "invalid_input"
 
 
+class RefusedInputUrlError(InvalidInputError):
+    """A parameter's value is a URL that is not an input file in a form we take (`http://`,
+    another scheme, `user@` in it, one inside a list): passed on, a model's server would fetch
+    it from inside its own network."""
+
+    code = "input_url_refused"
+
+
 class PayloadTooLargeError(MediagenError):
     status_code = 413
     code = "payload_too_large"
+
+
+class ImageTooLargeError(PayloadTooLargeError):
+    """An input image whose header says it decodes to more pixels than accepted
+    (`Settings.max_input_pixels`): a few kilobytes can decode to gigabytes."""
+
+    code = "image_too_large"
 
 
 class UnsupportedMediaTypeError(MediagenError):

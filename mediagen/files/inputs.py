@@ -1,15 +1,20 @@
 """Which job parameters are input files, and how they become files the provider can read.
 
-A parameter counts when its value is one string of one of these forms (items of lists, and
-every other string, pass through untouched):
+A parameter counts when its value is one string of one of these forms:
 
 - `mediagen://files/<id>`: an uploaded file; at submit it must be the caller's and unexpired
   (else 422), and its expiry is pushed to at least JOB_TIMEOUT from now so it outlives the job;
 - `data:<type>;base64,<payload>`: decoded and stored as a file at submit (422 if it does not
   decode, is too large or is not media we accept); the job's parameters then name the file;
-- `https://...`: fetched by the worker when the job starts, through the guarded outbound client
-  (public addresses only unless DOWNLOAD_ALLOW_PRIVATE, MAX_FILE_BYTES, typed by its bytes),
-  and stored as a file of the job's key. It is recorded at submit already.
+- `https://...` (the scheme in any case; written `https://` at submit): fetched by the worker
+  when the job starts, through the guarded outbound client (public addresses only unless
+  DOWNLOAD_ALLOW_PRIVATE, MAX_FILE_BYTES, typed by its bytes), and stored as a file of the
+  job's key. It is recorded at submit already.
+
+Every other value that reads as a URL (`mediagen.files.uris.url_scheme`: `http://`, `ftp:`,
+`file:`, `https://user@...`, ...), and any URL inside a list, is refused at submit (422
+`input_url_refused`): passed on, a model's server would fetch it from inside its network, and
+the built-in generator would ignore it. Other strings pass to the model unchanged.
 
 The job's `input_files` lists every file id it uses. The id of a file made for the job (the last
 two forms) derives from the job and the parameter (`made_id`): a retry finds a fetched file
@@ -23,7 +28,7 @@ import base64
 import binascii
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,11 +40,12 @@ from mediagen.errors import (
     OutboundError,
     PayloadTooLargeError,
     PermanentProviderError,
+    RefusedInputUrlError,
     UnsupportedMediaTypeError,
 )
 from mediagen.files import service
 from mediagen.files.models import InputFile
-from mediagen.files.uris import FILE_URI, names_file
+from mediagen.files.uris import FILE_URI, has_userinfo, https_fetched, names_file, url_scheme
 from mediagen.outbound import Outbound, Policy, classify
 from mediagen.providers.base import InputRef
 from mediagen.providers.downloads import MAX_REDIRECTS, provider_chunks, provider_error
@@ -55,6 +61,59 @@ RETURNING id"""
 def named(parameters: Mapping[str, Any]) -> dict[str, str]:
     """The parameters that name input files: name -> value."""
     return {name: value for name, value in parameters.items() if names_file(value)}
+
+
+_FORMS = (
+    "input files are https:// URLs (fetched by the service), mediagen://files/<id> "
+    "(POST /api/v1/files) or data:<type>;base64,<data> URIs"
+)
+
+
+def _why(value: str, scheme: str) -> str:
+    """Why a URL-like value that names no input file is refused."""
+    if has_userinfo(value):
+        return "a URL with user information (user@host) is not accepted"
+    if scheme == "https":
+        return "not a well-formed https:// URL (a host, then no spaces or backslashes)"
+    if scheme == "data":
+        return "a data: URI must be base64 (data:<type>;base64,<data>)"
+    if scheme == "mediagen":
+        return "mediagen:// names only uploaded files (mediagen://files/<id>)"
+    return f"{scheme}: URLs are not accepted"
+
+
+def _items(value: object) -> Iterator[tuple[str, object]]:
+    """The scalars inside a list (or object) value, each with where it is (`[2]`, `['a'][0]`)."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            stack.extend((f"{where}[{k!r}]", v) for k, v in reversed(list(item.items())))
+        elif where:
+            yield where, item
+
+
+def screen(parameters: dict[str, Any]) -> None:
+    """Refuse (422 `input_url_refused`) every URL-like value that is not an input file in one
+    of the three forms, and every URL-like item inside a list or object; an https URL whose
+    scheme is written in another case is written `https://` (in place)."""
+    for name, value in parameters.items():
+        if isinstance(value, str):
+            scheme = url_scheme(value)
+            if scheme is None or names_file(value):
+                continue
+            if (url := https_fetched(value)) is not None:
+                parameters[name] = url
+                continue
+            raise RefusedInputUrlError(f"parameter {name!r}: {_why(value, scheme)}; {_FORMS}")
+        for where, item in _items(value):
+            if url_scheme(item) is not None:
+                raise RefusedInputUrlError(
+                    f"parameter {name!r}{where}: a URL inside a list is not accepted; give "
+                    f"each input file as a parameter of its own ({_FORMS})"
+                )
 
 
 def made_id(job_id: uuid.UUID | str, name: str) -> uuid.UUID:
@@ -95,7 +154,9 @@ async def accept(
     """Check and prepare the inputs `parameters` name (changing `data:` values in place into the
     files they were stored as); the file ids the job uses, or None when it names none.
 
-    Costs nothing for a job without inputs; one statement for uploaded files."""
+    Refuses (422) URL-like values that name no input file (`screen`). One statement for
+    uploaded files; no query for a job without inputs."""
+    screen(parameters)
     found = named(parameters)
     if not found:
         return None
@@ -156,6 +217,7 @@ async def _store_data(
             filename=name,
             ttl=max(settings.file_ttl, _hold_for(settings)),
             limit=settings.max_file_bytes,
+            max_pixels=settings.max_input_pixels,
             file_id=file_id,
         )
     except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
@@ -231,6 +293,7 @@ async def _fetch(
                 filename=PurePosixPath(urlsplit(url).path).name or name,
                 ttl=max(settings.file_ttl, _hold_for(settings)),
                 limit=settings.max_file_bytes,
+                max_pixels=settings.max_input_pixels,
                 file_id=file_id,
             )
     except OutboundError as exc:

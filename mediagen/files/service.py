@@ -8,14 +8,16 @@ input a provider sees was size-checked and typed by its bytes the same way.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mediagen.config import get_settings
 from mediagen.errors import NotFoundError, PayloadTooLargeError
 from mediagen.files.models import InputFile
-from mediagen.files.sniff import HEAD_BYTES, sniff
+from mediagen.files.sniff import HEAD_BYTES, SIZE_BYTES, check_pixels, dimensions, sniff
 from mediagen.files.uris import FILE_URI
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owned
@@ -38,6 +40,19 @@ def bound_storage() -> Storage:
     return _storage
 
 
+# Characters a stored file name never keeps: controls (a NUL cannot even be stored) and the
+# bidirectional overrides that make `gnp.exe` read as `exe.png`.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def clean_filename(name: str) -> str:
+    """A file name as it is stored and shown: without control characters, at most 255
+    characters; `upload` when nothing is left."""
+    return _UNPRINTABLE.sub("", name)[:255] or "upload"
+
+
 def uri_of(file_id: uuid.UUID | str) -> str:
     return f"{FILE_URI}{file_id}"
 
@@ -51,13 +66,16 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"the file exceeds MAX_FILE_BYTES ({limit} bytes)")
 
 
-async def _typed(body: Body, limit: int) -> tuple[str, str, Body]:
+async def _typed(body: Body, limit: int, max_pixels: int) -> tuple[str, str, Body]:
     """(content type, extension, the same body capped at `limit`), from its first bytes; 415
-    before anything is stored when they are not media we accept."""
+    before anything is stored when they are not media we accept, 413 when they are an image
+    whose header declares more than `max_pixels`."""
     if isinstance(body, bytes):
         if len(body) > limit:
             raise _too_large(limit)
-        return *sniff(body), body
+        content_type, ext = sniff(body)
+        check_pixels(body, ext, max_pixels)
+        return content_type, ext, body
     head = b""
     stream = aiter(body)
     async for chunk in stream:
@@ -65,6 +83,13 @@ async def _typed(body: Body, limit: int) -> tuple[str, str, Body]:
         if len(head) >= HEAD_BYTES:
             break
     content_type, ext = sniff(head)
+    if content_type.startswith("image/"):  # its size may come later (JPEG: after metadata)
+        while len(head) < SIZE_BYTES and dimensions(head, ext) is None:
+            chunk = await anext(stream, b"")
+            if not chunk:
+                break
+            head += chunk
+    check_pixels(head, ext, max_pixels)
 
     async def capped() -> AsyncIterator[bytes]:
         size = len(head)
@@ -89,11 +114,14 @@ async def store(
     ttl: float,
     limit: int,
     file_id: uuid.UUID | None = None,
+    max_pixels: int | None = None,
 ) -> InputFile:
     """Store `body` as an input file of `owner` kept `ttl` seconds: 415 if its bytes are not
-    media we accept, 413 past `limit` bytes (nothing kept either way)."""
+    media we accept, 413 past `limit` bytes or for an image over `max_pixels` (by default
+    `Settings.max_input_pixels`); nothing kept either way."""
     file_id = file_id or uuid.uuid4()
-    content_type, ext, checked = await _typed(body, limit)
+    pixels = max_pixels or get_settings().max_input_pixels
+    content_type, ext, checked = await _typed(body, limit, pixels)
     key = storage_key(storage, file_id, ext)
     size = await storage.save(key, checked, content_type)
     try:
@@ -101,7 +129,7 @@ async def store(
             id=file_id,
             api_key_id=owner,
             key=key,
-            filename=filename[:255],
+            filename=clean_filename(filename),
             content_type=content_type,
             size=size,
             expires_at=datetime.now(UTC) + timedelta(seconds=ttl),

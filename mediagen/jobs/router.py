@@ -115,8 +115,9 @@ async def created(
         429: {"model": ErrorResponse, "description": "Rate or in-flight limit; see Retry-After."},
         422: {
             "model": ErrorResponse,
-            "description": "The body is invalid (`errors` says where), "
-            "or the Idempotency-Key was used with another body.",
+            "description": "The body is invalid (`errors` says where), an input file is not "
+            "usable (`invalid_input`), a parameter is a URL that is not an input file "
+            "(`input_url_refused`), or the Idempotency-Key was used with another body.",
         },
         503: {"model": ErrorResponse, "description": "The database is unavailable."},
     },

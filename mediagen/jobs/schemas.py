@@ -2,7 +2,8 @@
 
 Unknown keys in `parameters` are passed through to the provider (a Replicate model has inputs of
 its own) when their names are identifiers and their values JSON scalars or short lists; the
-built-in generator ignores them.
+built-in generator ignores them. A value that reads as a URL must be an input file (checked at
+submit, `mediagen.files.inputs.screen`).
 """
 
 from __future__ import annotations

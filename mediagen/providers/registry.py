@@ -72,7 +72,11 @@ class Providers:
     def _make(self, name: str) -> Provider:
         settings = self.settings
         if name == "builtin":
-            return BuiltinProvider(settings.builtin_latency, settings.builtin_fault_injection)
+            return BuiltinProvider(
+                settings.builtin_latency,
+                settings.builtin_fault_injection,
+                settings.max_input_pixels,
+            )
         if name == "replicate":
             if not settings.replicate_api_token:
                 raise PermanentProviderError(
@@ -114,7 +118,9 @@ def create_provider(settings: Settings, outbound: Outbound | None = None) -> Pro
     REPLICATE_API_TOKEN is set, else the built-in generator. The caller owns and closes it."""
     if settings.replicate_api_token:
         return ReplicateProvider(settings, outbound)
-    return BuiltinProvider(settings.builtin_latency, settings.builtin_fault_injection)
+    return BuiltinProvider(
+        settings.builtin_latency, settings.builtin_fault_injection, settings.max_input_pixels
+    )
 
 
 def create_providers(

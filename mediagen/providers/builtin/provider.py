@@ -20,8 +20,10 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from mediagen import extras
+from mediagen.config import get_settings
 from mediagen.errors import PermanentProviderError, RetryableProviderError, StorageError
 from mediagen.providers.base import (
     Fetched,
@@ -30,6 +32,9 @@ from mediagen.providers.base import (
     Prediction,
     PredictionStatus,
 )
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,13 @@ _PERMANENT = "[fault:permanent]"
 _IMAGE_INPUTS = ("image", "init_image", "input_image")
 
 
-async def _init_image(request: GenerationRequest) -> tuple[bytes | None, float]:
+async def _init_image(
+    request: GenerationRequest, size: tuple[int, int], max_pixels: int
+) -> tuple[Image.Image | None, float]:
     """The input image the job names (`image`, `init_image`, `input_image`, else any image
-    input), read from storage, and how much of the drawing covers it: `prompt_strength` (0:
-    the input as it is, 1: the drawing alone; 0.5 by default)."""
+    input), read from storage and decoded once, fitted to `size`, and how much of the drawing
+    covers it: `prompt_strength` (0: the input as it is, 1: the drawing alone; 0.5 by
+    default). One over `max_pixels` fails the job before it is decoded."""
     images = {n: r for n, r in request.inputs.items() if r.content_type.startswith("image/")}
     name = next((n for n in _IMAGE_INPUTS if n in images), next(iter(images), None))
     if name is None:
@@ -54,23 +62,32 @@ async def _init_image(request: GenerationRequest) -> tuple[bytes | None, float]:
         raise PermanentProviderError("prompt_strength must be a number from 0 to 1") from None
     if not 0.0 <= strength <= 1.0:
         raise PermanentProviderError("prompt_strength must be a number from 0 to 1")
-    from mediagen.providers.builtin.render import unreadable
+    from mediagen.providers.builtin.render import TooManyPixels, prepare
 
     try:
         data = await images[name].data()
     except StorageError as exc:
         raise RetryableProviderError(f"input {name!r}: {exc.message}") from exc
-    if problem := await asyncio.to_thread(unreadable, data):
-        raise PermanentProviderError(f"input {name!r}: {problem}")
-    return data, strength
+    try:
+        return await asyncio.to_thread(prepare, data, size, max_pixels), strength
+    except (TooManyPixels, ValueError) as exc:
+        raise PermanentProviderError(f"input {name!r}: {exc}") from None
 
 
 class BuiltinProvider:
     name = "builtin"
 
-    def __init__(self, latency: float = 0.0, fault_injection: bool = False) -> None:
+    def __init__(
+        self,
+        latency: float = 0.0,
+        fault_injection: bool = False,
+        max_input_pixels: int | None = None,
+    ) -> None:
+        """`max_input_pixels`: the largest input image; by default the process's settings'
+        (`Settings.max_input_pixels`)."""
         self.latency = latency
         self.fault_injection = fault_injection
+        self.max_input_pixels = max_input_pixels or get_settings().max_input_pixels
         self.unavailable = ""
         try:
             extras.require(
@@ -127,7 +144,8 @@ class BuiltinProvider:
             raise PermanentProviderError(self.unavailable)
         from mediagen.providers.builtin.render import CONTENT_TYPES, render
 
-        source, strength = await _init_image(request)  # image-to-image: the input shows through
+        # Image-to-image: the input, decoded once for every output, shows through the drawing.
+        base, strength = await _init_image(request, (width, height), self.max_input_pixels)
         outputs = []
         took = 0.0
         for index in range(count):
@@ -140,7 +158,7 @@ class BuiltinProvider:
                 None if seed is None else int(seed) + index,
                 steps,
                 fmt,
-                source,
+                base,
                 strength,
             )
             seconds = time.perf_counter() - began

@@ -3,6 +3,10 @@
 Words of the prompt pick the palette and the scene (sky, sun or moon, mountains, water, trees,
 stars); the seed places everything; the prompt is written across the bottom. Pure CPU work:
 callers run it in a thread so the event loop never waits on it.
+
+An input image (image-to-image) is decoded once per job (`prepare`), and only after its header
+said how many pixels it has: a 20 KB PNG can declare 13000 x 13000, a gigabyte once decoded.
+Pillow's own decompression-bomb warning counts as an error here.
 """
 
 from __future__ import annotations
@@ -11,10 +15,14 @@ import hashlib
 import io
 import random
 import re
+import warnings
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 RGB = tuple[int, int, int]
+
+# Set once, at import (a filter set around each decode would race between render threads).
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 # keyword -> (sky top, sky bottom, ground)
 PALETTES: dict[str, tuple[RGB, RGB, RGB]] = {
@@ -92,12 +100,12 @@ def render(
     seed: int | None = None,
     steps: int = 50,
     output_format: str = "png",
-    init_image: bytes | None = None,
+    fitted: Image.Image | None = None,
     strength: float = 1.0,
 ) -> bytes:
-    """Encode an image of `width`x`height` for `prompt`; same inputs, same bytes. With an
-    `init_image`, the drawing is blended over it (cropped to the output's shape) at `strength`:
-    0 keeps the input, 1 is the drawing alone."""
+    """Encode an image of `width`x`height` for `prompt`; same inputs, same bytes. With a
+    `fitted` input image (`prepare`d to this size), the drawing is blended over it at
+    `strength`: 0 keeps the input, 1 is the drawing alone."""
     if seed is None:
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "big")
     rng = random.Random(f"{seed}:{prompt}")
@@ -164,8 +172,8 @@ def render(
             draw.ellipse((ax - ar, ay - ar, ax + ar, ay + ar), fill=(*color, 200))
 
     image = image.filter(ImageFilter.SMOOTH)
-    if init_image is not None:
-        image = _over(image, init_image, strength)
+    if fitted is not None:
+        image = Image.blend(fitted, image, strength)
     _caption(image, prompt, unit)
     buffer = io.BytesIO()
     fmt = FORMATS[output_format]
@@ -173,25 +181,32 @@ def render(
     return buffer.getvalue()
 
 
-def unreadable(source: bytes) -> str | None:
-    """Why Pillow cannot decode `source` as an image, or None when it can."""
-    try:
-        with Image.open(io.BytesIO(source)) as opened:
-            opened.verify()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return f"the input image cannot be read: {exc}"
-    return None
+class TooManyPixels(Exception):
+    """An input image that would decode to more pixels than accepted; says how many."""
 
 
-def _over(drawing: Image.Image, source: bytes, strength: float) -> Image.Image:
-    """The drawing blended over `source`, which is scaled and cropped to the drawing's size."""
+def prepare(source: bytes, size: tuple[int, int], max_pixels: int) -> Image.Image:
+    """The input image `source` scaled and cropped to `size` (RGB), decoded once for all of a
+    job's outputs. TooManyPixels when its header says more than `max_pixels` (or than Pillow's
+    own bomb threshold), before anything is decoded; ValueError when it cannot be read."""
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
         with Image.open(io.BytesIO(source)) as opened:
-            opened.draft("RGB", drawing.size)  # JPEG: decode at a reduced size when it can
-            base = ImageOps.fit(opened.convert("RGB"), drawing.size, Image.Resampling.LANCZOS)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            width, height = opened.size
+            if width * height > limit:
+                raise TooManyPixels(
+                    f"the input image is {width}x{height} ({width * height:,} pixels), more "
+                    f"than the {limit:,} accepted"
+                )
+            opened.draft("RGB", size)  # JPEG: decode at a reduced size when it can
+            # A 1-bit image is fitted as greyscale: a third of the memory of RGB, same result.
+            decoded = opened.convert("L" if opened.mode == "1" else "RGB")
+            base = ImageOps.fit(decoded, size, Image.Resampling.LANCZOS).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"the input image has too many pixels: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"the input image cannot be read: {exc}") from exc
-    return Image.blend(base, drawing, strength)
+    return base
 
 
 def _caption(image: Image.Image, prompt: str, unit: int) -> None:
