@@ -362,10 +362,7 @@ async def serve(
             "model": ErrorResponse,
             "description": "Read rate limit, or MAX_STREAMS_PER_KEY streams already open.",
         },
-        503: {
-            "model": ErrorResponse,
-            "description": "MAX_STREAMS open on this server, or Redis unavailable.",
-        },
+        503: {"model": ErrorResponse, "description": "MAX_STREAMS open here, or Redis down."},
     },
 )
 async def job_events(
