@@ -5,6 +5,7 @@ Every variable is listed, with its default, in `.env-example`; a test keeps the 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -40,7 +41,9 @@ class Settings(BaseSettings):
     # Secret (`whsec_...`) that verifies Replicate's webhooks; webhooks are used only when
     # PUBLIC_BASE_URL is set (the address Replicate can reach us at), else jobs are polled.
     replicate_webhook_secret: str = ""
-    public_base_url: str = ""
+    # Also the root of the absolute URLs in answers (`/v1`'s prediction and stream URLs, a
+    # list's `next`); unset: the request's Host, checked against ALLOWED_HOSTS.
+    public_base_url: str = Field("", max_length=250)
     replicate_timeout: float = Field(30.0, gt=0)
     download_timeout: float = Field(120.0, gt=0)
     download_max_bytes: int = Field(200 * 1024 * 1024, ge=1024)
@@ -104,6 +107,13 @@ class Settings(BaseSettings):
     # process (each holds a Redis connection while open).
     max_streams_per_key: int = Field(20, ge=1, le=10_000)
     max_streams: int = Field(1000, ge=1, le=100_000)
+    # `Prefer: wait` answers held at once, counted as streams are (each holds a Redis
+    # connection of a pool of its own); a create past either is answered without waiting.
+    max_waits_per_key: int = Field(20, ge=1, le=10_000)
+    max_waits: int = Field(500, ge=1, le=100_000)
+    # Host names the request's Host may carry when PUBLIC_BASE_URL is unset, comma-separated:
+    # `*` (any well-formed one), a name, or `.example.com` (it and every name under it).
+    allowed_hosts: str = "*"
     # Origins allowed to call the API from a browser, comma-separated; empty: no CORS headers.
     cors_origins: str = ""
     cors_allow_credentials: bool = False
@@ -169,6 +179,13 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
+            raise ValueError("PUBLIC_BASE_URL must be an http(s) URL without query or fragment")
+        return value
+
     @field_validator("database_url", "redis_url", "models_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -195,6 +212,10 @@ class Settings(BaseSettings):
     def allowed_model_patterns(self) -> list[str]:
         found = [p.strip() for p in self.allowed_models.split(",") if p.strip()]
         return found or [self.replicate_default_model]
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
 
     @property
     def webhook_allow_host_list(self) -> list[str]:

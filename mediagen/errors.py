@@ -1,6 +1,7 @@
 """The one exception tree of mediagen. Services raise these; `mediagen.main` maps them to HTTP.
 
 MediagenError
+├── InvalidHostError         400  a Host header that is malformed or not in ALLOWED_HOSTS
 ├── AuthenticationError      401  missing or invalid credentials or signature
 ├── PriorityNotAllowedError  403  a job priority above the caller's ceiling
 ├── NotFoundError            404  a job (or file) that does not exist
@@ -13,7 +14,8 @@ MediagenError
 ├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
 │   ├── DatabaseUnavailableError
-│   └── BrokerUnavailableError
+│   └── RedisUnavailableError     Redis (queue, event streams, limits) does not answer,
+│                                 or this process has no connection to it left
 ├── ProviderError                 raised by a generation provider
 │   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
 │   │   ├── PredictionLostError   the prediction will never report (its completion was
@@ -43,6 +45,14 @@ class MediagenError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+class InvalidHostError(MediagenError):
+    """Our own absolute URLs would be built from a Host header we may not trust
+    (`mediagen.base_url`)."""
+
+    status_code = 400
+    code = "invalid_host"
 
 
 class AuthenticationError(MediagenError):
@@ -131,8 +141,11 @@ class DatabaseUnavailableError(ServiceUnavailableError):
     code = "database_unavailable"
 
 
-class BrokerUnavailableError(ServiceUnavailableError):
-    code = "broker_unavailable"
+class RedisUnavailableError(ServiceUnavailableError):
+    """What a Redis connection error (refused, timed out, pool exhausted) answers, wherever a
+    request needed Redis (`mediagen.errors_http` maps them)."""
+
+    code = "redis_unavailable"
 
 
 class ProviderError(MediagenError):

@@ -12,6 +12,7 @@ from itertools import islice
 from typing import Any
 
 import asyncpg
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from tortoise.exceptions import DBConnectionError, OperationalError
 
-from mediagen.errors import DatabaseUnavailableError, MediagenError
+from mediagen.errors import (
+    DatabaseUnavailableError,
+    MediagenError,
+    RedisUnavailableError,
+    ServiceUnavailableError,
+)
 from mediagen.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,17 @@ _DB_DOWN: tuple[type[BaseException], ...] = (
     # The pool releasing a connection the server is closing ("cannot switch to state ...").
     asyncpg.InternalClientError,
 )
+
+
+# What redis-py raises when Redis cannot serve a request: refused, timed out, this process's
+# pool for the client exhausted (MaxConnectionsError), a demoted primary (READONLY). Any other
+# RedisError (a wrong command or type) is ours: a 500.
+_REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+UNAVAILABLE_RETRY_AFTER = 5
 
 
 def _database_down(exc: BaseException) -> bool:
@@ -113,15 +130,25 @@ def describe(
 
 
 def error_of(exc: BaseException) -> HttpError | None:
-    """The answer to one of our errors or to the database being down; None for anything else."""
+    """The answer to one of our errors or to the database or Redis being down; None for
+    anything else."""
     if isinstance(exc, MediagenError):
         if exc.limit is not None:
             metrics.rate_limited(exc.limit)
         return HttpError(exc.status_code, exc.message, exc.code, None, exc.headers, exc.details)
+    unavailable: ServiceUnavailableError | None = None
     if _database_down(exc):
         log.warning("database unavailable: %s", exc)
-        err = DatabaseUnavailableError("the database is unavailable; try again shortly")
-        return HttpError(503, err.message, err.code, headers={"Retry-After": "5"})
+        unavailable = DatabaseUnavailableError(
+            "the database is unavailable; try again shortly", UNAVAILABLE_RETRY_AFTER
+        )
+    elif isinstance(exc, _REDIS_DOWN):
+        log.warning("redis unavailable: %s", exc)
+        unavailable = RedisUnavailableError(
+            "Redis is unavailable; try again shortly", UNAVAILABLE_RETRY_AFTER
+        )
+    if unavailable is not None:
+        return HttpError(503, unavailable.message, unavailable.code, None, unavailable.headers)
     return None
 
 
@@ -176,9 +203,10 @@ def install(app: FastAPI) -> None:
             error = HttpError(500, "internal server error", "internal_error")
         return _rendered(request, error)
 
-    # Registered for the database's exception types themselves, the handler runs in Starlette's
-    # ExceptionMiddleware, which answers and keeps the connection; the catch-all `Exception`
-    # handler runs in ServerErrorMiddleware, which re-raises and so drops a keep-alive client.
-    for exc_type in (*_DB_DOWN, OperationalError):
+    # Registered for the database's and Redis's exception types themselves, the handler runs
+    # in Starlette's ExceptionMiddleware, which answers and keeps the connection; the catch-all
+    # `Exception` handler runs in ServerErrorMiddleware, which re-raises and so drops a
+    # keep-alive client.
+    for exc_type in (*_DB_DOWN, OperationalError, *_REDIS_DOWN):
         app.add_exception_handler(exc_type, _unexpected)
     app.add_exception_handler(Exception, _unexpected)

@@ -225,10 +225,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
-        overrides={
-            f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES,
-            f"{API_PREFIX}/batches": batch_body_bytes(settings),  # up to MAX_BATCH job requests
-        },
+        overrides={f"{API_PREFIX}/webhooks/": WEBHOOK_MAX_BYTES},
+        keyed={f"{API_PREFIX}/batches": batch_body_bytes(settings)},  # MAX_BATCH job requests
         streamed={  # they read their own, capped as they go
             **cog_webhooks.streamed_limits(settings, API_PREFIX),
             API_PREFIX + files_router.PATH: files_router.upload_limit(settings.max_file_bytes),

@@ -316,14 +316,17 @@ async def serve(
     allowed: Callable[[], Awaitable[bool]],
     write: Writer,
     logs: bool = False,
+    signed: bool = False,
 ) -> EventSourceResponse:
     """The events of `job` (after the stream entry `cursor`, else a snapshot first), as
     `write` writes them, while `allowed()` says the caller may see them. The stream takes one
-    of `owner`'s places (MAX_STREAMS_PER_KEY: 429; MAX_STREAMS on this server: 503) and frees
-    it when the client leaves; it is pinged every PING_SECONDS, and a client that does not
-    read for SEND_TIMEOUT is dropped."""
+    of `owner`'s places (MAX_STREAMS_PER_KEY: 429; MAX_STREAMS on this server: 503), or, opened
+    through a `signed` URL, one of the job's (`limits.streams.SIGNED_PER_JOB`), and frees it
+    when the client leaves; it is pinged every PING_SECONDS, and a client that does not read
+    for SEND_TIMEOUT is dropped."""
     state = request.app.state
-    slot = await state.stream_slots.take(owner)
+    slots: StreamSlots = state.stream_slots
+    slot = await (slots.take_signed(job.id) if signed else slots.take(owner))
     feed = JobFeed(job, state.events_redis, state.storage, slot, allowed, logs)
 
     async def written() -> AsyncIterator[ServerSentEvent]:
@@ -359,7 +362,7 @@ async def serve(
             "model": ErrorResponse,
             "description": "Read rate limit, or MAX_STREAMS_PER_KEY streams already open.",
         },
-        503: {"model": ErrorResponse, "description": "MAX_STREAMS open on this server."},
+        503: {"model": ErrorResponse, "description": "MAX_STREAMS open here, or Redis down."},
     },
 )
 async def job_events(

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from mediagen import idempotency
+from mediagen.base_url import request_url
 from mediagen.errors import NotFoundError
 from mediagen.jobs import deletion, retention, service
 from mediagen.jobs import repository as repo
@@ -171,6 +172,7 @@ async def get_job(job_id: uuid.UUID, request: Request, owner: Reader) -> JobDeta
     response_model=JobList,
     summary="List your jobs, newest first",
     responses={
+        400: {"model": ErrorResponse, "description": "`next` would name a Host not served."},
         **_AUTH,
         **_READ_LIMITED,
         422: {"model": ErrorResponse, "description": "Bad filter."},
@@ -194,7 +196,7 @@ async def list_jobs(
     next_url = None
     if cursor:
         params = {**query.model_dump(exclude_none=True, mode="json"), "cursor": cursor}
-        next_url = str(request.url.include_query_params(**params))
+        next_url = request_url(request, **params)
     return JobList(data=data, next=next_url)
 
 

@@ -1,8 +1,16 @@
-"""How many live event streams may be open at once: MAX_STREAMS_PER_KEY per key, across every API
-process (a sorted set per key in Redis, each open stream a member that expires unless renewed,
-so a crashed API's streams free their places by themselves), and MAX_STREAMS per API process
-(the size of its pool of Redis connections for streams: each open stream holds one for its
-blocking read). Past the first: 429; past the second: 503.
+"""How many live event streams (and `Prefer: wait` answers) may be open at once.
+
+Each open one takes a place in a scope shared by every API process (a sorted set in Redis, each
+open one a member that expires unless renewed, so a crashed API's places free themselves) and
+one of this process's places (the size of its pool of Redis connections for them: each open
+one holds a connection for its blocking read). Past the scope's cap: 429; past the process's:
+503.
+
+- A stream's scope is its key (MAX_STREAMS_PER_KEY; anonymous callers share one), except a
+  stream opened through a prediction's signed `urls.stream`: anyone holding the URL may open
+  it, so it counts against that prediction (SIGNED_PER_JOB), never against its owner's key.
+- `Prefer: wait` has places of its own (`kind="waits"`: MAX_WAITS_PER_KEY, MAX_WAITS, its own
+  Redis pool), so waits cannot starve the streams; a wait refused a place is not waited.
 """
 
 from __future__ import annotations
@@ -16,41 +24,64 @@ import redis.asyncio as aioredis
 from mediagen.errors import RateLimitedError, ServiceUnavailableError
 from mediagen.keys.models import ApiKey
 
-SLOT_SECONDS = 45.0  # a stream renews its place at least this often (every blocking read)
+SLOT_SECONDS = 45.0  # an open one renews its place at least this often (every blocking read)
 RETRY_AFTER = 5
+# Streams one prediction's signed `urls.stream` may have open at once (several viewers of one
+# prediction; more is someone replaying the URL).
+SIGNED_PER_JOB = 10
 
 
 class StreamSlots:
-    def __init__(self, client: aioredis.Redis, per_key: int, per_process: int) -> None:
+    """The places of one kind (`streams` or `waits`) in this process and in each scope."""
+
+    def __init__(
+        self, client: aioredis.Redis, per_key: int, per_process: int, kind: str = "streams"
+    ) -> None:
         self.client = client
         self.per_key = per_key
         self.per_process = per_process
+        self.kind = kind
+        self.noun = "event streams" if kind == "streams" else "waiting requests"
         self.open = 0
 
     async def take(self, owner: ApiKey | None) -> Slot:
+        """A place of `owner`'s (MAX_..._PER_KEY; anonymous callers share one scope)."""
+        scope = str(owner.id) if owner else "anonymous"
+        return await self._take(scope, self.per_key, "per key")
+
+    async def take_signed(self, job_id: uuid.UUID) -> Slot:
+        """A place of a stream opened through the job's signed URL (SIGNED_PER_JOB)."""
+        return await self._take(f"signed:{job_id}", SIGNED_PER_JOB, "through one signed URL")
+
+    async def _take(self, scope: str, cap: int, per: str) -> Slot:
         if self.open >= self.per_process:
             full = ServiceUnavailableError(
-                f"this server has {self.per_process} event streams open; try again shortly",
+                f"this server has {self.per_process} {self.noun} open; try again shortly",
                 retry_after=RETRY_AFTER,
             )
-            full.limit = "streams"
+            full.limit = self.kind
             raise full
-        slot = Slot(self, f"mediagen:streams:{owner.id if owner else 'anonymous'}")
-        if await slot.renew() > self.per_key:
+        # Counted before the first await: concurrent takers cannot all pass the check above.
+        self.open += 1
+        slot = Slot(self, f"mediagen:{self.kind}:{scope}")
+        slot.counted = True
+        try:
+            taken = await slot.renew()
+        except BaseException:
+            await slot.release()
+            raise
+        if taken > cap:
             await slot.release()
             refused = RateLimitedError(
-                f"at most {self.per_key} event streams may be open at once per key",
-                RETRY_AFTER,
+                f"at most {cap} {self.noun} may be open at once {per}", RETRY_AFTER
             )
-            refused.limit = "streams"
+            refused.limit = self.kind
             raise refused
-        self.open += 1
-        slot.counted = True
         return slot
 
 
 class Slot:
-    """One open stream's place."""
+    """One open stream's (or wait's) place."""
 
     def __init__(self, slots: StreamSlots, key: str) -> None:
         self.slots = slots
@@ -59,7 +90,7 @@ class Slot:
         self.counted = False
 
     async def renew(self) -> int:
-        """Keep the place; how many streams of this key are open (this one included)."""
+        """Keep the place; how many are open in its scope (this one included)."""
         now = time.time()
         async with self.slots.client.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(self.key, "-inf", now)

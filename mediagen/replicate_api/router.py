@@ -29,7 +29,7 @@ from mediagen.replicate_api.schemas import (
     WebhookSecret,
 )
 
-router = APIRouter(tags=["replicate"])
+router = APIRouter(tags=["replicate"], lifespan=waiting.lifespan)
 Caller = Annotated[ApiKey | None, Depends(replicate_caller)]
 
 
@@ -47,7 +47,8 @@ Prefer = Annotated[
     Header(
         pattern=waiting.PREFER_PATTERN,
         description="`wait` or `wait=n`: hold the answer until the prediction finishes, at "
-        "most n seconds (at most 60, the default). The answer says `Preference-Applied`.",
+        "most n seconds (at most 60, the default). An answer that waited says "
+        "`Preference-Applied`; past MAX_WAITS_PER_KEY waits at once it does not wait.",
     ),
 ]
 
@@ -64,13 +65,13 @@ _TOO_LARGE = {
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
-        400: "The body could not be read.",
+        400: "The body could not be read, or the Host is not served here (ALLOWED_HOSTS).",
         401: "A valid API token is required.",
         404: "Not found (or not yours).",
         422: "The request is invalid.",
         413: "The request body is too large.",
         429: "Rate limited or too many predictions running; see Retry-After.",
-        503: "The database is unavailable; see Retry-After.",
+        503: "The database or Redis is unavailable; see Retry-After.",
     }
     return {
         code: {
@@ -121,7 +122,7 @@ async def create_prediction(
     "/predictions",
     response_model=PredictionPage,
     summary="List your predictions, newest first",
-    responses=_problems(401, 422, 429),
+    responses=_problems(400, 401, 422, 429),
 )
 async def list_predictions(
     request: Request,
@@ -143,7 +144,7 @@ async def list_predictions(
     "/predictions/{prediction_id}",
     response_model=ReplicatePrediction,
     summary="Get a prediction",
-    responses=_problems(401, 404, 422, 429),
+    responses=_problems(400, 401, 404, 422, 429),
 )
 async def get_prediction(
     prediction_id: str, request: Request, caller: Reader
@@ -161,7 +162,7 @@ async def get_prediction(
             '`done` (`{}` or `{"reason": "canceled"}`), after which the stream ends.',
             "content": {"text/event-stream": {"schema": STREAM_EVENT_SCHEMA}},
         },
-        **_problems(401, 404, 422, 429, 503),
+        **_problems(400, 401, 404, 422, 429, 503),
     },
 )
 async def stream_prediction(
@@ -180,7 +181,7 @@ async def stream_prediction(
     "/predictions/{prediction_id}/cancel",
     response_model=ReplicatePrediction,
     summary="Cancel a prediction",
-    responses=_problems(401, 404, 422, 429),
+    responses=_problems(400, 401, 404, 422, 429),
 )
 async def cancel_prediction(
     prediction_id: str, request: Request, caller: Caller
@@ -193,7 +194,7 @@ async def cancel_prediction(
     "/models/{owner}/{name}",
     response_model=ReplicateModel,
     summary="Get a model",
-    responses=_problems(401, 404, 422, 429),
+    responses=_problems(400, 401, 404, 422, 429),
 )
 async def get_model(owner: Owner, name: Name, request: Request, caller: Reader) -> ReplicateModel:
     """A model this service runs, with its input schema where its provider has one."""

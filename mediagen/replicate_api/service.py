@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.datastructures import State
 from starlette.responses import Response
 
+from mediagen.base_url import service_root
 from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, ModelRoute
 from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
 from mediagen.errors_http import describe
@@ -59,11 +60,6 @@ _LISTED = (
     "completed_at",
     "metrics",
 )
-
-
-def base_of(request: Request) -> str:
-    """The service root the request came to (`http://host:8000`): prediction URLs start here."""
-    return str(request.base_url).rstrip("/")
 
 
 def parse_id(prediction_id: str) -> uuid.UUID:
@@ -135,20 +131,22 @@ async def create(
     prefer: str | None,
 ) -> Response:
     """Accept the job (201 once it is durable); with `Prefer: wait`, answer when it finished
-    or the wait is over, whichever comes first (the API waits, no worker does)."""
+    or the wait is over, whichever comes first (the API waits, no worker does), or at once
+    when the caller has no wait place left (`waiting`)."""
     state = request.app.state
     state.rate_limiter.check(owner)
     wait = waiting.parse_prefer(prefer)
     model, _route = resolve(state.catalog, ref)
     generate = job_request(model, body)
-    base = base_of(request)
+    base = service_root(request)
     job_id = await jobs.create_job(
         generate, state.settings, state.outbox, owner, state.catalog, surface=(SURFACE, base)
     )
     headers: dict[str, str] = {}
     if wait is not None:
-        job = await waiting.until_finished(state, job_id, wait)
-        headers["Preference-Applied"] = f"wait={wait}"
+        job, waited = await waiting.until_finished(state, owner, job_id, wait)
+        if waited:
+            headers["Preference-Applied"] = f"wait={wait}"
     else:
         job = await repo.get(job_id)
     if job is None:  # deleted meanwhile
@@ -167,19 +165,19 @@ async def get(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> Repl
     job = await repo.get_owned(job_id, owner_id(owner))
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
-    return await _prediction(request.app.state, job, base_of(request))
+    return await _prediction(request.app.state, job, service_root(request))
 
 
 async def cancel(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> ReplicatePrediction:
     """Cancel it if it has not finished; a finished one is answered as it is (as Replicate)."""
-    state = request.app.state
+    state, base = request.app.state, service_root(request)  # a refused Host cancels nothing
     try:
         job = await jobs.cancel_job(job_id, state.outbox, owner)
     except ConflictError:
         job = await jobs.get_job(job_id, owner)
     except NotFoundError:
         raise NotFoundError(f"prediction {job_id} not found") from None
-    return await _prediction(state, job, base_of(request))
+    return await _prediction(state, job, base)
 
 
 async def list_predictions(
@@ -189,6 +187,7 @@ async def list_predictions(
 
     `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
     before the first; each is there when a job lies that way."""
+    state, base = request.app.state, service_root(request)
     backwards = cursor is not None and cursor.startswith("p")
     found = await paging.page(
         owned(Job, owner),
@@ -198,7 +197,6 @@ async def list_predictions(
         before=cursor[1:] if cursor is not None and backwards else None,
         both_ways=True,
     )
-    state, base = request.app.state, base_of(request)
     results = [await _prediction(state, job, base, with_logs=False) for job in found.jobs]
     here = f"{base}{PREFIX}/predictions?cursor="
     return PredictionPage(
@@ -211,7 +209,7 @@ async def list_predictions(
 async def get_model(request: Request, owner: ApiKey | None, name: str) -> ReplicateModel:
     state = request.app.state
     model, route = resolve(state.catalog, name)
-    return await model_of(state, model, route, base_of(request))
+    return await model_of(state, model, route, service_root(request))
 
 
 async def get_version(

@@ -21,6 +21,7 @@ import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
+from mediagen.base_url import service_root
 from mediagen.errors import NotFoundError
 from mediagen.jobs import live
 from mediagen.jobs import repository as repo
@@ -83,13 +84,16 @@ def _json(kind: str, data: dict[str, str], event_id: str | None) -> ServerSentEv
 
 
 async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceResponse:
-    """The stream of a prediction, for a signed URL or its owner's token; it takes one of the
-    owner's stream places (MAX_STREAMS_PER_KEY) and counts as a read."""
+    """The stream of a prediction, for a signed URL or its owner's token; it counts as a read
+    and takes a stream place: one of the prediction's through a signed URL (whoever holds the
+    URL must not spend its owner's), else one of the owner's (MAX_STREAMS_PER_KEY)."""
     state = request.app.state
+    base = service_root(request)
     # The stream's end first, then the row (as `live.job_events`).
     info = await live.stream_end(state.events_redis, job_id)
     allowed: Callable[[], Awaitable[bool]]
-    if signed(request, job_id):
+    by_signature = signed(request, job_id)
+    if by_signature:
         job = await repo.get(job_id)
         owner = await ApiKey.get_or_none(id=job.api_key_id) if job and job.api_key_id else None
         if owner is not None and owner.revoked_at is not None:
@@ -102,8 +106,10 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
     if job is None:
         raise NotFoundError(f"prediction {job_id} not found")
     state.read_limiter.check(owner)
-    feed = ReplicateFeed(job.id, state.storage, str(request.base_url).rstrip("/"))
-    return await live.serve(request, job, owner, None, info, allowed, feed.write, logs=True)
+    feed = ReplicateFeed(job.id, state.storage, base)
+    return await live.serve(
+        request, job, owner, None, info, allowed, feed.write, logs=True, signed=by_signature
+    )
 
 
 def _key_active(owner: ApiKey | None) -> Callable[[], Awaitable[bool]]:

@@ -195,11 +195,14 @@ async def test_one_invalid_entry_refuses_the_whole_batch(
 async def test_a_body_over_max_body_bytes_is_accepted_for_a_batch(
     client: httpx.AsyncClient,
 ) -> None:
+    """From a caller with a key (a keyless one is refused unread: tests/security/test_bodies)."""
     tag = uuid.uuid4().hex
+    auth = {"Authorization": f"Bearer {await new_key('large-batch')}"}
     jobs = [{"prompt": f"{tag} {'x' * 1900}", "parameters": FAST} for _ in range(40)]
-    single = await client.post("/api/v1/generate", json={**jobs[0], "prompt": "y" * 70_000})
+    single = await client.post("/api/v1/generate", json={**jobs[0], "prompt": "y" * 70_000},
+                               headers=auth)
     assert single.status_code == 413  # over MAX_BODY_BYTES (64 KiB)
-    response = await client.post("/api/v1/batches", json={"jobs": jobs})
+    response = await client.post("/api/v1/batches", json={"jobs": jobs}, headers=auth)
     assert len(response.request.content) > 65_536
     assert response.status_code == 201, response.text
     assert response.json()["size"] == 40
