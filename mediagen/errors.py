@@ -7,6 +7,7 @@ MediagenError
 ├── ConflictError            409  the request contradicts the job's current state
 ├── InvalidInputError        422  a job's input file (or an upload's form) is not usable
 ├── PayloadTooLargeError     413  an upload or webhook body over its limit
+│   └── StorageQuotaError         the key's input files would pass STORAGE_QUOTA_BYTES
 ├── UnsupportedMediaTypeError 415 an upload of a type we do not store
 ├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
@@ -84,6 +85,13 @@ class InvalidInputError(MediagenError):
 class PayloadTooLargeError(MediagenError):
     status_code = 413
     code = "payload_too_large"
+
+
+class StorageQuotaError(PayloadTooLargeError):
+    """The caller's input files would take more than its storage quota: nothing is kept until
+    some are deleted or expire."""
+
+    code = "storage_quota_exceeded"
 
 
 class UnsupportedMediaTypeError(MediagenError):

@@ -157,6 +157,7 @@ async def _store_data(
             ttl=max(settings.file_ttl, _hold_for(settings)),
             limit=settings.max_file_bytes,
             file_id=file_id,
+            quota=settings.storage_quota_bytes,
         )
     except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
         raise InvalidInputError(f"parameter {name!r}: {exc.message}") from None
@@ -232,6 +233,7 @@ async def _fetch(
                 ttl=max(settings.file_ttl, _hold_for(settings)),
                 limit=settings.max_file_bytes,
                 file_id=file_id,
+                quota=settings.storage_quota_bytes,
             )
     except OutboundError as exc:
         raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc

@@ -51,7 +51,11 @@ def upload_limit(max_file_bytes: int) -> int:
     openapi_extra={"requestBody": _UPLOAD_BODY},
     responses={
         **_AUTH,
-        413: {"model": ErrorResponse, "description": "The file exceeds MAX_FILE_BYTES."},
+        413: {
+            "model": ErrorResponse,
+            "description": "The file exceeds MAX_FILE_BYTES, or the key's input files would "
+            "pass its storage quota (`storage_quota_exceeded`).",
+        },
         415: {"model": ErrorResponse, "description": "Not an image, audio or video we accept."},
         422: {"model": ErrorResponse, "description": "Not multipart/form-data with `file`."},
         429: {"model": ErrorResponse, "description": "Rate limit; see Retry-After."},
@@ -74,6 +78,7 @@ async def create_file(request: Request, owner: Caller) -> Response:
         filename=part.filename,
         ttl=settings.file_ttl,
         limit=settings.max_file_bytes,
+        quota=settings.storage_quota_bytes,
     )
     return json_response(await service.describe(row, state.storage), 201)
 
