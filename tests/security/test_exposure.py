@@ -118,7 +118,11 @@ async def test_the_docs_still_render_under_their_policy(api: str) -> None:
             await page.locator(".opblock").first.wait_for(timeout=20_000)  # operations listed
             await page.goto(f"{api}/redoc")
             await page.get_by_text("Submit a prompt").first.wait_for(timeout=20_000)
-            assert refused == []
+            await page.locator("h2", has_text="Upload an input file").first.wait_for(timeout=20_000)
+            # Redoc's "powered by" badge is an image on its CDN: refused like anything from
+            # elsewhere (the docs load nothing from another site), and the page works without.
+            badge = "Loading the image 'https://cdn.redoc.ly/"
+            assert [m for m in refused if not m.startswith(badge)] == []
         finally:
             await browser.close()
     async with httpx.AsyncClient(base_url=api) as http:
