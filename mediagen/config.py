@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     download_max_bytes: int = Field(200 * 1024 * 1024, ge=1024)
     # Hosts/networks allowed even though private (for local testing against a fake server).
     download_allow_private: bool = False
+    # The most outputs a job keeps: a prediction that returns more fails the job (none kept).
+    max_outputs_per_job: int = Field(16, ge=1, le=1000)
     max_retries: int = Field(3, ge=0, le=20)
     retry_delay: float = Field(60.0, ge=0)
     retry_max_delay: float = Field(900.0, ge=0)
@@ -64,7 +66,8 @@ class Settings(BaseSettings):
     cog_webhook_secret: str = ""
     # Token in the upload URL Cog servers are started with (`--upload-url
     # {PUBLIC_BASE_URL}/api/v1/uploads/cog/{COG_UPLOAD_TOKEN}/`); empty: uploads are refused and
-    # outputs come inline, as data: URIs in the completion webhook.
+    # outputs come inline, as data: URIs in the completion webhook. Each upload also needs its
+    # prediction's own token, which the server got with the prediction (README, Cog).
     cog_upload_token: str = ""
     # Seconds for one call to a Cog server (create or cancel), all of it.
     cog_timeout: float = Field(10.0, gt=0, le=300)
@@ -145,6 +148,10 @@ class Settings(BaseSettings):
     # Input files (POST /api/v1/files): the largest accepted, and how long one is kept.
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     file_ttl: int = Field(24 * 3600, ge=60)
+    # The bytes of input files one key (or all anonymous callers together) may keep at once;
+    # past it, uploads answer 413 `storage_quota_exceeded` until files are deleted or expire.
+    # 0: no quota.
+    storage_quota_bytes: int = Field(1024 * 1024 * 1024, ge=0)
     # Job requests in one POST /api/v1/batches.
     max_batch: int = Field(100, ge=1, le=1000)
     # The highest priority a key may ask for unless `mediagen keys` gave it another ceiling

@@ -9,7 +9,8 @@ MediagenError
 ├── InvalidInputError        422  a job's input file (or an upload's form) is not usable
 │   └── RefusedInputUrlError      a parameter is a URL we neither fetch nor pass on
 ├── PayloadTooLargeError     413  an upload or webhook body over its limit
-│   └── ImageTooLargeError        an image whose header says it decodes to too many pixels
+│   ├── ImageTooLargeError        an image whose header says it decodes to too many pixels
+│   └── StorageQuotaError         the key's input files would pass STORAGE_QUOTA_BYTES
 ├── UnsupportedMediaTypeError 415 an upload of a type we do not store
 ├── RateLimitedError         429  too many requests or jobs in flight (Retry-After)
 ├── ServiceUnavailableError  503  a dependency we cannot do without is down
@@ -111,6 +112,13 @@ class ImageTooLargeError(PayloadTooLargeError):
     (`Settings.max_input_pixels`): a few kilobytes can decode to gigabytes."""
 
     code = "image_too_large"
+
+
+class StorageQuotaError(PayloadTooLargeError):
+    """The caller's input files would take more than its storage quota: nothing is kept until
+    some are deleted or expire."""
+
+    code = "storage_quota_exceeded"
 
 
 class UnsupportedMediaTypeError(MediagenError):

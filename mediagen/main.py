@@ -37,7 +37,7 @@ from mediagen.limits.body import BodySizeLimit, batch_body_bytes
 from mediagen.limits.rates import RateLimiter
 from mediagen.notify.router import router as notify_router
 from mediagen.observability import http as observed
-from mediagen.observability import logs, tracing
+from mediagen.observability import logs, metrics, tracing
 from mediagen.observability.router import router as metrics_router
 from mediagen.outbound import Outbound
 from mediagen.providers.cog import webhooks as cog_webhooks
@@ -122,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.metrics_enabled:
+            metrics.warn_if_open(settings.api_host, settings.metrics_token, "/metrics (API_HOST)")
         await init_db(settings, "mediagen-api")
         storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
         try:
@@ -165,6 +167,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tracing.shutdown()  # export the spans still buffered
 
     app = FastAPIOffline(
+        # The documentation pages are the web package's (`mediagen.web`: with security
+        # headers); the assets they load are served from here (`/static-offline-docs`).
+        docs_url=None,
+        redoc_url=None,
         title="mediagen",
         version=__version__,
         description=DESCRIPTION,

@@ -362,6 +362,8 @@ def _export_metrics(settings: Settings) -> None:
     if not settings.metrics_enabled or not settings.worker_metrics_port:
         return
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    what = "The worker's /metrics (WORKER_METRICS_HOST)"
+    metrics.warn_if_open(host, settings.metrics_token, what)
     try:
         metrics.serve(host, port, settings.metrics_token)
     except OSError as exc:  # another worker on this machine has it: run, without an exporter

@@ -2,7 +2,8 @@
 
 - Structure: the services exist, the worker consumes the queues tasks go to, every mediagen
   variable is a setting, the stateful services have health checks.
-- Exposure: only the API is published on every interface; anything else binds 127.0.0.1.
+- Exposure: only the API is published on every interface, and it requires API keys
+  (AUTH_REQUIRED=true) and a metrics token; anything else binds 127.0.0.1.
 - Images: every third-party image is pinned to a version (no `latest`, no bare name).
 - Secrets: `docker-compose config` fails, naming the variable, while a secret is missing, and
   passes once they are set; no secret has a default. Debian's docker-compose 1.29 (no engine
@@ -34,7 +35,7 @@ from mediagen.broker import QUEUES
 from mediagen.config import Settings
 
 REQUIRED = {"api", "celery_worker", "beat", "flower", "postgres", "redis", "migrate"}
-SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "METRICS_TOKEN")
 S3_SECRETS = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
 FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.s3.yml")
 OBSERVABILITY = ("prometheus", "grafana")
@@ -62,6 +63,8 @@ def _structure(compose: dict, found: list[str]) -> None:
         for volume in service.get("volumes", []):
             if volume.startswith("./deploy/") and not volume.endswith(":ro"):
                 found.append(f"{name} mounts {volume} writable")
+    if str((services.get("api", {}).get("environment") or {}).get("AUTH_REQUIRED")) != "true":
+        found.append("api: published on every interface without AUTH_REQUIRED=true")
     if (services.get("celery_worker", {}).get("environment") or {}).get(
         "WORKER_METRICS_HOST"
     ) != "0.0.0.0":  # noqa: S104 - inside the compose network; the port is not published

@@ -41,6 +41,7 @@ from mediagen.errors import (
     PayloadTooLargeError,
     PermanentProviderError,
     RefusedInputUrlError,
+    StorageQuotaError,
     UnsupportedMediaTypeError,
 )
 from mediagen.files import service
@@ -219,7 +220,10 @@ async def _store_data(
             limit=settings.max_file_bytes,
             max_pixels=settings.max_input_pixels,
             file_id=file_id,
+            quota=settings.storage_quota_bytes,
         )
+    except StorageQuotaError:
+        raise  # the caller's quota, not this input, is the problem: 413 as for an upload
     except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
         raise InvalidInputError(f"parameter {name!r}: {exc.message}") from None
     return row.id
@@ -295,6 +299,7 @@ async def _fetch(
                 limit=settings.max_file_bytes,
                 max_pixels=settings.max_input_pixels,
                 file_id=file_id,
+                quota=settings.storage_quota_bytes,
             )
     except OutboundError as exc:
         raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc

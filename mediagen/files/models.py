@@ -1,4 +1,5 @@
-"""The input file row: an object in storage owned by the key that uploaded it, until it expires."""
+"""The input file row: an object in storage owned by the key that uploaded it, until it expires;
+and the bytes each key keeps in them, for its storage quota."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ class InputFile(Model):
 
     class Meta:
         table = "files"
+
+
+class StorageCounter(Model):
+    """Bytes of input files kept per API key (`ANONYMOUS` for keyless callers).
+
+    Written with the `files` rows, in their transaction: the storage quota reads one row
+    instead of summing a key's files (`mediagen.files.quota`)."""
+
+    scope = fields.UUIDField(primary_key=True)
+    bytes = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "storage_counters"

@@ -53,8 +53,9 @@ def upload_limit(max_file_bytes: int) -> int:
         **_AUTH,
         413: {
             "model": ErrorResponse,
-            "description": "The file exceeds MAX_FILE_BYTES, or is an image of more pixels "
-            "than accepted (`image_too_large`).",
+            "description": "The file exceeds MAX_FILE_BYTES, is an image of more pixels "
+            "than accepted (`image_too_large`), or the key's input files would pass its "
+            "storage quota (`storage_quota_exceeded`).",
         },
         415: {"model": ErrorResponse, "description": "Not an image, audio or video we accept."},
         422: {"model": ErrorResponse, "description": "Not multipart/form-data with `file`."},
@@ -79,6 +80,7 @@ async def create_file(request: Request, owner: Caller) -> Response:
         ttl=settings.file_ttl,
         limit=settings.max_file_bytes,
         max_pixels=settings.max_input_pixels,
+        quota=settings.storage_quota_bytes,
     )
     return json_response(await service.describe(row, state.storage), 201)
 

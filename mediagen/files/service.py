@@ -2,7 +2,8 @@
 
 An input file is an object in storage plus a `files` row naming its owner and expiry. Uploads,
 `data:` URIs given at submit and `https://` inputs the worker fetches all end up here, so every
-input a provider sees was size-checked and typed by its bytes the same way.
+input a provider sees was size-checked and typed by its bytes the same way, and counted in its
+owner's storage quota (`mediagen.files.quota`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tortoise.transactions import in_transaction
+
 from mediagen.config import get_settings
 from mediagen.errors import NotFoundError, PayloadTooLargeError
+from mediagen.files import quota as quotas
 from mediagen.files.models import InputFile
 from mediagen.files.sniff import HEAD_BYTES, SIZE_BYTES, check_pixels, dimensions, sniff
 from mediagen.files.uris import FILE_URI
@@ -115,25 +119,31 @@ async def store(
     limit: int,
     file_id: uuid.UUID | None = None,
     max_pixels: int | None = None,
+    quota: int = 0,
 ) -> InputFile:
     """Store `body` as an input file of `owner` kept `ttl` seconds: 415 if its bytes are not
-    media we accept, 413 past `limit` bytes or for an image over `max_pixels` (by default
-    `Settings.max_input_pixels`); nothing kept either way."""
+    media we accept, 413 past `limit` bytes, for an image over `max_pixels` (by default
+    `Settings.max_input_pixels`) or (`storage_quota_exceeded`) past the owner's `quota` of
+    bytes kept (0: none); nothing kept in any case."""
     file_id = file_id or uuid.uuid4()
+    await quotas.check_room(owner, quota)
     pixels = max_pixels or get_settings().max_input_pixels
     content_type, ext, checked = await _typed(body, limit, pixels)
     key = storage_key(storage, file_id, ext)
     size = await storage.save(key, checked, content_type)
     try:
-        return await InputFile.create(
-            id=file_id,
-            api_key_id=owner,
-            key=key,
-            filename=clean_filename(filename),
-            content_type=content_type,
-            size=size,
-            expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
-        )
+        async with in_transaction() as connection:  # the row and its bytes in the count
+            await quotas.take(connection, owner, size, quota)
+            return await InputFile.create(
+                id=file_id,
+                api_key_id=owner,
+                key=key,
+                filename=clean_filename(filename),
+                content_type=content_type,
+                size=size,
+                expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
+                using_db=connection,
+            )
     except BaseException:
         await storage.delete(key)
         raise
@@ -178,7 +188,7 @@ async def delete_expired(storage: Storage, limit: int) -> int:
     deleted = 0
     for row in rows:
         await storage.delete(row.key)
-        deleted += await InputFile.filter(id=row.id, expires_at__lte=now).delete()
+        deleted += await quotas.delete_rows([row.id], expired_before=now)
     if deleted:
         log.info("deleted %d expired input files", deleted)
     return deleted
@@ -192,4 +202,4 @@ async def delete_files(file_ids: Sequence[str | uuid.UUID], storage: Storage) ->
         return
     for row in await InputFile.filter(id__in=ids):
         await storage.delete(row.key)
-        await InputFile.filter(id=row.id).delete()
+        await quotas.delete_rows([row.id])

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import AsyncIterator
 
 from mediagen.errors import ImageTooLargeError, UnsupportedMediaTypeError
 from mediagen.providers.downloads import CANONICAL
 
 HEAD_BYTES = 64  # enough for every signature below
 SIZE_BYTES = 64 * 1024  # how far into an image its size is looked for (JPEG: after metadata)
+# Containers whose brand varies with the encoder (an MP4 may be branded `isom`, an AVIF `mif1`):
+# one declared as any of them may be any of them.
+_ISO_MEDIA = frozenset({"mp4", "m4a", "mov", "avif"})
 _MP3_FRAMES = (b"\xff\xfb", b"\xff\xfa", b"\xff\xf3", b"\xff\xf2", b"\xff\xe3", b"\xff\xe2")
 
 
@@ -120,3 +124,37 @@ def check_pixels(head: bytes, ext: str, max_pixels: int) -> None:
             f"the image is {width}x{height} ({width * height:,} pixels), more than the "
             f"{max_pixels:,} accepted (set by MAX_DIMENSION)"
         )
+
+
+def _adts(head: bytes) -> bool:
+    """An AAC stream in ADTS frames (the sync word, layer 0): a type outputs may declare."""
+    return len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0
+
+
+def check_declared(head: bytes, ext: str) -> None:
+    """415 unless a file declared as `ext` starts like one: a server's declared type is a claim,
+    and what we store is served from our origin as the type it was stored with."""
+    found = _ext(head[:HEAD_BYTES]) or ("aac" if _adts(head) else None)
+    if found == ext or (found in _ISO_MEDIA and ext in _ISO_MEDIA):
+        return
+    looks = f"{CANONICAL[found]} data" if found else "not media we store"
+    declared = CANONICAL.get(ext, ext)
+    raise UnsupportedMediaTypeError(f"declared {declared}, but its bytes are {looks}")
+
+
+async def head_of(chunks: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The first HEAD_BYTES of a stream (all of it when shorter), and the whole stream again."""
+    head = b""
+    stream = aiter(chunks)
+    async for chunk in stream:
+        head += chunk
+        if len(head) >= HEAD_BYTES:
+            break
+
+    async def whole() -> AsyncIterator[bytes]:
+        if head:
+            yield head
+        async for chunk in stream:
+            yield chunk
+
+    return head, whole()

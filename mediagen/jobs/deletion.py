@@ -158,6 +158,9 @@ async def purge_key(
     removed["counters"] = await _count(
         db.execute("DELETE FROM job_counters WHERE scope = $1", key.id)
     )
+    removed["counters"] += await _count(  # its storage count (its files went above)
+        db.execute("DELETE FROM storage_counters WHERE scope = $1", key.id)
+    )
     for table, column in await _referring_tables(db):
         removed[table] = removed.get(table, 0) + await _delete_referring(
             db, table, column, key.id, batch

@@ -2,6 +2,11 @@
 
 Kept apart from the pipeline's steps: what is stored and how it is counted (`metrics`) is the
 same whichever step finishes the job (a poll, or a webhook through `on_prediction`).
+
+A job keeps at most MAX_OUTPUTS_PER_JOB outputs, whatever its provider returns (`check_count`):
+a prediction with more fails the job, saying so, and none of them is kept (keeping the first
+ones would hand the caller a silently partial result). Cog's webhooks apply the same rule
+before they stage anything.
 """
 
 from __future__ import annotations
@@ -35,14 +40,25 @@ async def claim_finish(client: aioredis.Redis, job_id: Any, attempt: int, hold: 
     return bool(claimed)
 
 
+def check_count(count: int, limit: int) -> None:
+    """PermanentProviderError when a prediction returned more outputs than a job keeps."""
+    if count > limit:
+        raise PermanentProviderError(
+            f"the prediction returned {count} outputs, more than MAX_OUTPUTS_PER_JOB ({limit}) "
+            "allows; none was kept"
+        )
+
+
 async def store(
-    provider: Provider, storage: Storage, job_id: str, prediction: Prediction
+    provider: Provider, storage: Storage, job_id: str, prediction: Prediction, max_outputs: int
 ) -> list[dict[str, Any]]:
     """Every output of the prediction, streamed from the provider into storage: their
     `{key, content_type, size}`. Raises the provider's or the storage's error (nothing of a
-    failed output is kept; the ones before it are overwritten by the next attempt's)."""
+    failed output is kept; the ones before it are overwritten by the next attempt's), and
+    PermanentProviderError for more than `max_outputs` outputs (before any is fetched)."""
     if not prediction.outputs:
         raise PermanentProviderError("the prediction succeeded without any output")
+    check_count(len(prediction.outputs), max_outputs)
     stored: list[dict[str, Any]] = []
     for index, output in enumerate(prediction.outputs):
         async with provider.fetch(output) as fetched:  # streams into storage

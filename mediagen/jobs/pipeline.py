@@ -85,7 +85,7 @@ class Pipeline:
         self.outbox = outbox
         self.retries = retry.jobs(settings)
         # Slot accounting (Cog models), when the catalog routes a provider that keeps one.
-        self.capacity = self.providers.capacity(outbox)
+        self.capacity = self.providers.capacity(outbox, storage)
         self.lifecycle = Lifecycle(
             outbox,
             attempt_ended=self.capacity.release if self.capacity is not None else None,
@@ -292,7 +292,9 @@ class Pipeline:
             holding = asyncio.create_task(self._hold(job.id, attempt))
         try:
             provider = self.providers.get(job.provider)
-            outputs = await stored_outputs.store(provider, self.storage, str(job.id), prediction)
+            outputs = await stored_outputs.store(
+                provider, self.storage, str(job.id), prediction, self.settings.max_outputs_per_job
+            )
         except (ProviderError, StorageError) as exc:
             return await self._on_error(job, attempt, exc)
         finally:

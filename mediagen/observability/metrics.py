@@ -15,13 +15,16 @@ knows them all.
 - The worker serves the same format on WORKER_METRICS_PORT, from its main process.
 
 METRICS_TOKEN, when set, is required as a bearer token by both. METRICS_ENABLED=false turns
-both off, and the API then counts nothing per request.
+both off, and the API then counts nothing per request. Either one bound beyond loopback
+without METRICS_TOKEN says so with a warning when it starts (`warn_if_open`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
+import logging
 import os
 import socketserver
 import threading
@@ -303,6 +306,30 @@ def exposition(extra: Iterable[GaugeMetricFamily] = ()) -> bytes:
         gauges.register(_Values(families))
         text += generate_latest(gauges)
     return text
+
+
+def _loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def warn_if_open(host: str, token: str, what: str) -> None:
+    """A loud warning when `what` (a /metrics) will answer whoever reaches `host` without a
+    credential: bound beyond loopback with METRICS_TOKEN unset."""
+    if token or _loopback(host):
+        return
+    logging.getLogger(__name__).warning(
+        "%s answers without credentials on %s, beyond loopback: METRICS_TOKEN is unset, so "
+        "anyone who reaches it reads the service's counters. Set METRICS_TOKEN (and give it "
+        "to Prometheus), or bind to 127.0.0.1.",
+        what,
+        host,
+    )
 
 
 def authorized(header: str | None, token: str) -> bool:

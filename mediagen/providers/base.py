@@ -210,6 +210,6 @@ class Capacity(Protocol):
         ...
 
     async def sweep(self, lose: Lose) -> None:
-        """Health checks and stale entries (the sweeper); `lose(job_id, reason)` for each job
-        whose server died with its prediction."""
+        """Health checks and stale entries, staged outputs no job will use (the sweeper);
+        `lose(job_id, reason)` for each job whose server died with its prediction."""
         ...

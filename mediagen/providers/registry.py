@@ -20,6 +20,7 @@ from mediagen.providers.builtin.provider import BuiltinProvider
 from mediagen.providers.cog.capacity import CogCapacity
 from mediagen.providers.cog.provider import CogProvider
 from mediagen.providers.replicate.provider import ReplicateProvider
+from mediagen.storage.base import Storage
 
 __all__ = ["Provider", "Providers", "create_provider", "create_providers"]
 
@@ -87,12 +88,12 @@ class Providers:
             return _cog(settings, self.outbound, self.catalog)
         raise PermanentProviderError(f"unknown provider {name!r}")
 
-    def capacity(self, outbox: Outbox) -> Capacity | None:
-        """The slot accounting of the providers that keep one (Cog), on `outbox`; None when
-        the catalog routes none of them."""
+    def capacity(self, outbox: Outbox, storage: Storage) -> Capacity | None:
+        """The slot accounting of the providers that keep one (Cog), on `outbox` (and
+        `storage`, where Cog outputs are staged); None when the catalog routes none of them."""
         if "cog" not in self.catalog.providers():
             return None
-        return CogCapacity(self.settings, self.catalog, outbox, self.outbound)
+        return CogCapacity(self.settings, self.catalog, outbox, self.outbound, storage)
 
     async def close(self) -> None:
         made, self._made = list(self._made.values()), {}

@@ -44,6 +44,12 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def listing(self, prefix: str, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` keys under `prefix` (a folder: it ends with `/`), each with when it was
+        written (epoch seconds), in no particular order: for sweeps of objects that no row
+        names (staged Cog outputs)."""
+        ...
+
     async def url_for(self, key: str) -> str:
         """The URL a client fetches the object from (path, presigned or CDN URL)."""
         ...

@@ -85,6 +85,24 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_for(key).unlink, missing_ok=True)
 
+    async def listing(self, prefix: str, limit: int) -> list[tuple[str, float]]:
+        return await asyncio.to_thread(self._listing, prefix, limit)
+
+    def _listing(self, prefix: str, limit: int) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        folder = self.path_for(prefix.rstrip("/"))
+        for where, _, names in os.walk(folder):
+            for name in names:
+                path = Path(where) / name
+                try:
+                    written = path.stat().st_mtime
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                found.append((path.relative_to(self.root).as_posix(), written))
+                if len(found) >= limit:
+                    return found
+        return found
+
     async def url_for(self, key: str) -> str:
         url = f"{self.url_prefix}/{quote(key)}"
         return f"{url}?{self.signer.query(key)}" if self.signer else url

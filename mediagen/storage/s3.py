@@ -273,6 +273,16 @@ class S3Storage:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, f"delete {key!r}") from exc
 
+    async def listing(self, prefix: str, limit: int) -> list[tuple[str, float]]:
+        try:
+            client = await self._client()
+            answer = await client.list_objects_v2(
+                Bucket=self.bucket, Prefix=prefix, MaxKeys=max(1, min(limit, 1000))
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, f"list {prefix!r}") from exc
+        return [(o["Key"], o["LastModified"].timestamp()) for o in answer.get("Contents", [])]
+
     async def url_for(self, key: str) -> str:
         """A public/CDN URL when configured, else a presigned GET (signed locally, no request)."""
         if self.media_base_url:

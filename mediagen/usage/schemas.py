@@ -63,6 +63,17 @@ class UsageGroup(BaseModel):
     bytes_stored: int = Field(description="Sum of the sizes of their stored outputs.")
 
 
+class StorageUsage(BaseModel):
+    bytes_used: int = Field(
+        description="Bytes of the input files the key keeps now (uploads, data: and https:// "
+        "inputs; outputs are not counted here)."
+    )
+    quota_bytes: int = Field(
+        description="The most it may keep (STORAGE_QUOTA_BYTES); 0: no quota. Past it, "
+        "uploads answer 413 `storage_quota_exceeded`."
+    )
+
+
 class UsageReport(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -71,3 +82,4 @@ class UsageReport(BaseModel):
     group_by: str
     groups: list[UsageGroup] = Field(description="Groups with at least one job, in order.")
     total: UsageGroup
+    storage: StorageUsage = Field(description="The key's input files now, and its quota.")

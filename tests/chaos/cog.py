@@ -229,6 +229,8 @@ class CogFarm:
         for server in self.endpoints:
             for fields in server.events():
                 message, pid = fields.get("message"), fields.get("prediction_id")
+                if isinstance(pid, str):  # the id the server was given: its Cog id and token
+                    pid = pid.partition(".")[0]
                 if message == "Starting prediction" and isinstance(pid, str):
                     seen.started.setdefault(pid, server.name)
                 elif message == "Prediction worker completed" and isinstance(pid, str):

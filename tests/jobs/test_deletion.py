@@ -258,6 +258,7 @@ async def test_keys_delete_removes_one_keys_data_and_leaves_anothers(
     for table, column in (
         ("files", "api_key_id"),
         ("job_counters", "scope"),
+        ("storage_counters", "scope"),
     ):
         count = await db.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", doomed.id)
         assert count == 0, table

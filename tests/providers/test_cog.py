@@ -26,6 +26,7 @@ import httpx
 import pytest
 import redis
 
+from mediagen.config import get_settings
 from mediagen.providers.cog import provider as cog
 from tests.cog_servers import (  # noqa: F401 - the fixtures, for this module
     CogServer,
@@ -213,14 +214,20 @@ async def test_an_output_over_the_download_limit_fails_the_job(main: Stack,
 
 async def test_upload_endpoint_refuses_strangers(uploads: Stack) -> None:
     token = uploads.env["COG_UPLOAD_TOKEN"]
+    # The stack's key is the one kept in Postgres (its COG_WEBHOOK_SECRET is unset).
+    key = await cog.webhook_key(get_settings())
+    stranger = cog.cog_id(uuid.uuid4(), 1)
+
+    def put(url_token: str, prediction: str) -> Any:
+        return client.put(f"/api/v1/uploads/cog/{url_token}/x.png", content=b"\x89PNG",
+                          headers={"content-type": "image/png", "x-prediction-id": prediction})
+
     async with httpx.AsyncClient(base_url=uploads.url, timeout=30) as client:
-        wrong = await client.put("/api/v1/uploads/cog/not-the-token/x.png", content=b"\x89PNG",
-                                 headers={"content-type": "image/png",
-                                          "x-prediction-id": f"mg-{uuid.uuid4().hex}-1"})
-        no_job = await client.put(f"/api/v1/uploads/cog/{token}/x.png", content=b"\x89PNG",
-                                  headers={"content-type": "image/png",
-                                           "x-prediction-id": f"mg-{uuid.uuid4().hex}-1"})
+        wrong = await put("not-the-token", cog.given_id(key, stranger))
+        bare = await put(token, stranger)  # not the id a server was given: no upload token
+        no_job = await put(token, cog.given_id(key, stranger))
     assert wrong.status_code == 401
+    assert bare.status_code == 401
     assert no_job.status_code == 404
 
 
@@ -350,7 +357,8 @@ async def test_cancel_reaches_the_cog_server(main: Stack) -> None:
         canceled = await client.post(f"/api/v1/jobs/{job_id}/cancel")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         started = time.monotonic()
-        while not main.cog.says(f'"Prediction cancelled","prediction_id":"{_cog_id(job)}"'):
+        given = cog.given_id(SECRET.encode(), _cog_id(job))  # the id the server knows it by
+        while not main.cog.says(f'"Prediction cancelled","prediction_id":"{given}"'):
             assert time.monotonic() - started < 10, main.cog.tail()
             await asyncio.sleep(0.05)
         # The slot is free again long before the 30 s the prediction would have taken.

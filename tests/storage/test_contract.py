@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from mediagen.errors import StorageError
+from mediagen.providers.cog.outputs import staged_key, staging_prefix
 from mediagen.storage.base import Storage
 from mediagen.storage.local import LocalStorage
 from mediagen.storage.s3 import PART_SIZE, S3Storage
@@ -124,3 +126,21 @@ async def test_content_type_preserved(storage: Storage, raw_s3: Any) -> None:
     key = storage.key_for("job-j", 0, "webp")
     await storage.save(key, b"RIFF....WEBP", "image/webp")
     assert await content_type_of(storage, key, raw_s3) == "image/webp"
+
+
+async def test_listing_finds_what_is_under_a_folder(storage: Storage) -> None:
+    """`listing` (the sweep of staged Cog outputs uses it): every key under the prefix, with
+    when it was written, up to the limit; nothing outside it."""
+    before = time.time() - 5
+    inside = [staged_key(storage, f"mg-{'a' * 32}-{n}", f"{n:032x}.png") for n in (1, 2, 3)]
+    outside = storage.key_for("job-k", 0, "png")
+    for key in (*inside, outside):
+        await storage.save(key, b"x", "image/png")
+    prefix = staging_prefix(storage)
+    listed = dict(await storage.listing(prefix, 100))
+    assert set(listed) == set(inside)
+    assert all(before < written < time.time() + 5 for written in listed.values())
+    assert len(await storage.listing(prefix, 2)) == 2
+    for key in inside:
+        await storage.delete(key)
+    assert await storage.listing(prefix, 100) == []

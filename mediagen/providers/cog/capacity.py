@@ -15,7 +15,8 @@ The slots and queues themselves are `mediagen.providers.cog.slots` (Redis, Lua).
   in a row the jobs in flight on it run a new attempt (their predictions will never report:
   the sweeper's `lose`). It drops expired slot leases and queue entries of jobs that are no
   longer waiting, and sends the start of the jobs at the head of each model's queue that fit in
-  the free slots (a lost start costs a sweep, no more).
+  the free slots (a lost start costs a sweep, no more). And it deletes the staged outputs no
+  job will use (`mediagen.providers.cog.staging`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from mediagen.outbound import Outbound
 from mediagen.providers.base import WAITS, Lose
 from mediagen.providers.cog.ids import Handle, parse_cog_id
 from mediagen.providers.cog.slots import CogSlots
+from mediagen.providers.cog.staging import sweep_staged
+from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 # Failed health checks in a row after which a Cog server's running predictions are retried.
@@ -46,11 +49,17 @@ QUEUE_HEAD = 1000  # entries at the head of a model's queue checked per sweep
 
 class CogCapacity:
     def __init__(
-        self, settings: Settings, catalog: Catalog, outbox: Outbox, outbound: Outbound
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        outbox: Outbox,
+        outbound: Outbound,
+        storage: Storage,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.outbox = outbox
+        self.storage = storage  # where outputs are staged
         self.slots = CogSlots(settings, outbox.client, outbound)
 
     async def admit(self, job_id: str) -> Endpoint | None:
@@ -132,7 +141,8 @@ class CogCapacity:
 
     # --- the sweeper's share -----------------------------------------------------------------
     async def sweep(self, lose: Lose) -> None:
-        """Health checks, expired slots and stale queue entries of every Cog model."""
+        """Health checks, expired slots and stale queue entries of every Cog model, and the
+        staged outputs no job will use."""
         for route in self.catalog.models():
             if route.provider != "cog" or not route.endpoints:
                 continue
@@ -140,6 +150,10 @@ class CogCapacity:
                 await self._check(route, lose)
             except Exception as exc:  # Redis down: the next sweep tries again
                 log.warning("sweep: Cog model %s not checked: %s", route.name, exc)
+        try:
+            await sweep_staged(self.storage, self.settings)
+        except Exception as exc:  # the database or storage is down: the next sweep goes on
+            log.warning("sweep: staged Cog outputs not checked: %s", exc)
 
     async def _check(self, route: ModelRoute, lose: Lose) -> None:
         slots = self.slots

@@ -29,11 +29,22 @@ UPLOADED = "mediagen-upload:"
 STAGED_NAME = re.compile(r"^[0-9a-f]{32}\.([a-z0-9]{2,5})$")
 
 
+STAGING = "cog-staging/"
+_MARK = "0f8e4b3a9c2d4e6f8a1b3c5d7e9f0a2b"  # a name no key part is, to find where it lands
+
+
 def staged_key(storage: Storage, prediction: str, name: str) -> str:
     """Where a staged output of `prediction` lives in `storage` (under the backend's own
     prefix; never a job's output key)."""
     stem, _, ext = name.partition(".")
-    return storage.key_for(f"cog-staging/{prediction}/{stem}", 0, ext)
+    return storage.key_for(f"{STAGING}{prediction}/{stem}", 0, ext)
+
+
+def staging_prefix(storage: Storage) -> str:
+    """The prefix of every staged key in `storage` (a folder: what follows is
+    `<prediction>/...`)."""
+    key = storage.key_for(f"{STAGING}{_MARK}", 0, "x")
+    return key[: key.index(_MARK)]
 
 
 def media_of(content_type: str | None, name: str = "") -> tuple[str, str]:

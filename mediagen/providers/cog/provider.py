@@ -15,7 +15,8 @@ slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (i
   (`mg-<job hex>-<attempt>`): Cog answers a repeated PUT of a running id with that
   prediction's state and starts nothing. The webhook URL carries a token, HMAC-SHA256 of that
   id under the deployment's secret (COG_WEBHOOK_SECRET, or one kept in Postgres): good for
-  that prediction only, checked in constant time.
+  that prediction only, checked in constant time. The server knows the prediction by that id
+  plus its upload token (`ids.given_id`), which its uploads send back.
 - **The webhook route** (`mediagen.providers.cog.webhooks`) checks the token, stores the outputs as
   *staged* objects (data: URIs decoded as they are written; `--upload-url` uploads arrive
   there already), and records the prediction in Redis; the terminal one also sends the job's
@@ -73,9 +74,12 @@ from mediagen.providers.base import (
 from mediagen.providers.cog.ids import (
     Handle,
     cog_id,
+    cog_id_of,
     endpoint_key,
+    given_id,
     parse_cog_id,
     token_matches,
+    uploading,
     webhook_key,
     webhook_token,
     webhook_url,
@@ -108,12 +112,15 @@ __all__ = [
     "DataUri",
     "Handle",
     "cog_id",
+    "cog_id_of",
     "endpoint_key",
     "file_outputs",
+    "given_id",
     "media_of",
     "parse_cog_id",
     "staged_key",
     "token_matches",
+    "uploading",
     "webhook_key",
     "webhook_token",
     "webhook_url",
@@ -251,7 +258,7 @@ class CogProvider:
             try:
                 reply = await self.outbound.call(
                     "PUT",
-                    f"{endpoint.url}/predictions/{quote(prediction, safe='')}",
+                    f"{endpoint.url}/predictions/{quote(given_id(key, prediction), safe='')}",
                     self._api,
                     json=body,
                     headers={"Prefer": "respond-async"},
@@ -368,7 +375,8 @@ class CogProvider:
             log.warning("cancel of %s: its Cog server is no longer in the models file", handle)
             return
         what = f"cog cancel {handle.cog_id} on {endpoint.url}"
-        url = f"{endpoint.url}/predictions/{quote(handle.cog_id, safe='')}/cancel"
+        given = given_id(await webhook_key(self.settings), handle.cog_id)
+        url = f"{endpoint.url}/predictions/{quote(given, safe='')}/cancel"
         try:
             reply = await self.outbound.call("POST", url, self._api)
         except OutboundError as exc:

@@ -8,17 +8,23 @@ for that prediction only (a body about another prediction: 401). A webhook for a
 no longer owns its job (finished, canceled, retried as a new attempt) is acknowledged and
 ignored. For the attempt running now, a progress webhook records the tail of the logs in Redis;
 the terminal one has its outputs staged in storage (data: URIs decoded as they are written,
-checked against DOWNLOAD_MAX_BYTES and the media types downloads allow; our own upload
-Locations taken as they are), is recorded in Redis (the first one wins), and sends the job's
+checked against DOWNLOAD_MAX_BYTES, the media types downloads allow and their bytes; our own
+upload Locations taken as they are; more than MAX_OUTPUTS_PER_JOB outputs fail the job before
+anything is staged), is recorded in Redis (the first one wins), and sends the job's
 poll step at once: the worker finishes the job from the record (`CogProvider.get`). A Redis or
 storage failure answers 503, which Cog retries (a terminal webhook, about 12 times over some
 7 minutes); one never delivered is what the model's deadline is for.
 
 **Uploads.** `--upload-url {PUBLIC_BASE_URL}/api/v1/uploads/cog/{COG_UPLOAD_TOKEN}/` makes the
 server PUT each file output to `<that URL><file name>` with `X-Prediction-ID`, before the
-terminal webhook; it puts the `Location` we answer into the prediction's output. The upload
-must come from a running attempt's prediction, have a media type downloads allow and fit
-DOWNLOAD_MAX_BYTES; it is streamed into a staged object of that prediction.
+terminal webhook; it puts the `Location` we answer into the prediction's output. The URL's
+token says the upload comes from one of our servers; `X-Prediction-ID` must be the id the
+prediction's own server was given, which carries that prediction's upload token
+(`ids.given_id`): the shared token alone uploads nothing (401). The upload must come from a
+running attempt's prediction, have a media type downloads allow, start with the bytes of that
+type (415 otherwise: HTML sent as image/png is refused) and fit DOWNLOAD_MAX_BYTES; it is
+streamed into a staged object of that prediction. What is staged and never used (the job
+ended first, the webhook never came) is swept (`mediagen.providers.cog.staging`).
 
 Both paths skip the API's buffered body limit (`mediagen.limits.body`, `streamed`): their routes
 authenticate first and read the body with their own cap.
@@ -51,10 +57,12 @@ from mediagen.errors import (
     StorageError,
     UnsupportedMediaTypeError,
 )
+from mediagen.files.sniff import check_declared, head_of
 from mediagen.jobs import joblogs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import poll_task
 from mediagen.jobs.models import Job
+from mediagen.jobs.outputs import check_count
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
 from mediagen.providers.base import finished
@@ -160,7 +168,8 @@ async def cog_webhook(
         )
     except orjson.JSONDecodeError as exc:
         raise AuthenticationError("webhook rejected: the body is not JSON") from exc
-    if not isinstance(payload, dict) or payload.get("id") != prediction_id:
+    given = payload.get("id") if isinstance(payload, dict) else None
+    if not isinstance(given, str) or cog.cog_id_of(given) != prediction_id:
         raise AuthenticationError("webhook rejected: its token is for another prediction")
     try:
         outcome = await _accept(prediction_id, payload, request)
@@ -247,6 +256,7 @@ async def _terminal_record(
     staged: list[str] = []
     fresh: list[str] = []
     try:
+        check_count(len(outputs), settings.max_outputs_per_job)
         for index, value in enumerate(outputs):
             ref = await _stage(prediction, index, value, settings, storage)
             staged.append(ref)
@@ -293,11 +303,21 @@ async def _stage(
     name = f"{uuid.uuid4().hex}.{uri.ext}"
     try:
         await storage.save(
-            cog.staged_key(storage, prediction, name), uri.chunks(), uri.content_type
+            cog.staged_key(storage, prediction, name),
+            await _checked(uri.chunks(), uri.ext),
+            uri.content_type,
         )
-    except PermanentProviderError as exc:
+    except (PermanentProviderError, UnsupportedMediaTypeError) as exc:
         raise PermanentProviderError(f"output {index}: {exc.message}") from None
     return cog.STAGED + name
+
+
+async def _checked(chunks: AsyncIterator[bytes], ext: str) -> AsyncIterator[bytes]:
+    """`chunks`, once their first bytes showed they are what `ext` declares (415 otherwise:
+    nothing is stored)."""
+    head, whole = await head_of(chunks)
+    check_declared(head, ext)
+    return whole
 
 
 async def _discard(storage: Storage, prediction: str, outputs: list[Any]) -> None:
@@ -323,14 +343,21 @@ async def _discard(storage: Storage, prediction: str, outputs: list[Any]) -> Non
     summary="Receive a file output from a Cog server started with --upload-url",
     responses={
         201: {"description": "Stored; `Location` names it for the prediction's output."},
-        401: {"model": ErrorResponse, "description": "Invalid upload token."},
+        401: {
+            "model": ErrorResponse,
+            "description": "Invalid upload token, or X-Prediction-ID is not the id the "
+            "prediction's server was given.",
+        },
         404: {
             "model": ErrorResponse,
             "description": "Uploads are off (COG_UPLOAD_TOKEN "
             "unset), or no running prediction has this X-Prediction-ID.",
         },
         413: {"model": ErrorResponse, "description": "Larger than DOWNLOAD_MAX_BYTES."},
-        415: {"model": ErrorResponse, "description": "Not a media type outputs may have."},
+        415: {
+            "model": ErrorResponse,
+            "description": "Not a media type outputs may have, or bytes of another type.",
+        },
         422: {"model": ErrorResponse, "description": "Invalid path."},
         503: {"model": ErrorResponse, "description": "Storage unavailable: send it again."},
     },
@@ -342,18 +369,24 @@ async def cog_upload(token: str, filename: str, request: Request) -> Response:
         raise NotFoundError("uploads are not configured (COG_UPLOAD_TOKEN is unset)")
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise AuthenticationError("upload rejected: invalid token")
-    prediction = request.headers.get("x-prediction-id", "")
+    key = await cog.webhook_key(settings)
+    prediction = cog.uploading(key, request.headers.get("x-prediction-id", ""))
+    if prediction is None:
+        raise AuthenticationError(
+            "upload rejected: X-Prediction-ID is not the id of a prediction mediagen gave"
+        )
     if await _running(prediction) is None:
         raise NotFoundError("no running prediction has this X-Prediction-ID")
     try:
         content_type, ext = cog.media_of(request.headers.get("content-type"), filename)
     except PermanentProviderError as exc:
         raise UnsupportedMediaTypeError(exc.message) from None
+    body = await _checked(_body(request, settings.download_max_bytes), ext)
     name = f"{uuid.uuid4().hex}.{ext}"
     storage: Storage = request.app.state.storage
-    key = cog.staged_key(storage, prediction, name)
+    where = cog.staged_key(storage, prediction, name)
     try:
-        await storage.save(key, _body(request, settings.download_max_bytes), content_type)
+        await storage.save(where, body, content_type)
     except StorageError as exc:
         raise ServiceUnavailableError(f"upload not stored: {exc.message}", retry_after=5) from exc
     log.info("cog upload %s for %s stored", name, prediction)
