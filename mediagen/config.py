@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     cog_upload_token: str = ""
     # Seconds for one call to a Cog server (create or cancel), all of it.
     cog_timeout: float = Field(10.0, gt=0, le=300)
+    # Send the trace context (`traceparent`) to the Cog servers: only if they are your own and
+    # traced too. No other host ever gets it (see README "Tracing").
+    cog_trace_context: bool = False
     # --- end cog -------------------------------------------------------------------------------
 
     # --- durability --------------------------------------------------------------------------

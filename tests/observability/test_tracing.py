@@ -290,6 +290,9 @@ async def call():
     outbound = Outbound()
     with tracing.span("probe") as span:
         url = f"http://127.0.0.1:{server.server_port}/"
+        # Our own service (the context goes along), then anyone else (it does not).
+        await outbound.call("GET", url, Policy(deadline=5, max_bytes=100, pin=False,
+                                               trace_context=True))
         await outbound.call("GET", url, Policy(deadline=5, max_bytes=100, pin=False))
     await outbound.close()
     return format(span.get_span_context().trace_id, "032x")
@@ -304,6 +307,7 @@ print(json.dumps({
     "celery": any("opentelemetry" in repr(r) for r in signals.task_prerun.receivers),
     "headers": len(context._header_sources),
     "outbound": seen[0] is not None and seen[0].split("-")[1] == trace_id,
+    "to_others": seen[1],
 }))
 """
 
@@ -328,4 +332,5 @@ def test_nothing_is_instrumented_when_off(
         "asyncpg": on, "redis": on, "httpx": on, "celery": on and role == "worker",
         "headers": int(on),
         "outbound": on,  # a client span (its context sent along) for the aiohttp transport
+        "to_others": None,  # no context to a host that is not ours, on or off
     }, done.stderr[-2000:]

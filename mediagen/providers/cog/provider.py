@@ -148,10 +148,20 @@ class CogProvider:
         self._owned = outbound is None
         self.outbound = outbound or Outbound()
         self._catalog = catalog
-        # The endpoints are the operator's own servers (often on a private network): not pinned.
-        self._api = Policy(deadline=self.settings.cog_timeout, max_bytes=API_MAX_BYTES, pin=False)
+        # The endpoints are the operator's own servers (often on a private network): not pinned,
+        # and given the trace context if COG_TRACE_CONTEXT says they are traced too.
+        traced = self.settings.cog_trace_context
+        self._api = Policy(
+            deadline=self.settings.cog_timeout,
+            max_bytes=API_MAX_BYTES,
+            pin=False,
+            trace_context=traced,
+        )
         self._schema = Policy(
-            deadline=self.settings.cog_timeout, max_bytes=SCHEMA_MAX_BYTES, pin=False
+            deadline=self.settings.cog_timeout,
+            max_bytes=SCHEMA_MAX_BYTES,
+            pin=False,
+            trace_context=traced,
         )
         self._downloads = download_policy(self.settings)
         self._inputs: dict[str, tuple[float, frozenset[str] | None]] = {}
