@@ -234,6 +234,6 @@ async def _fetch(
                 file_id=file_id,
             )
     except OutboundError as exc:
-        raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+        raise provider_error(exc, f"{what}: {exc.reason}") from exc.__cause__ or exc
     except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
         raise PermanentProviderError(f"{what}: {exc.message}") from None

@@ -220,8 +220,12 @@ class Outbound:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 error = exc
             except httpx.HTTPError as exc:
-                raise OutboundError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
-        raise OutboundError(f"cannot connect: {error!r}", retryable=True) from error
+                raise OutboundError(
+                    f"{type(exc).__name__}: {exc}", retryable=True, reason="the exchange failed"
+                ) from exc
+        raise OutboundError(
+            f"cannot connect: {error!r}", retryable=True, reason="cannot connect"
+        ) from error
 
 
 class _Chunks:
@@ -270,6 +274,6 @@ async def _capped(
                 )
             yield chunk
     except httpx.HTTPError as exc:  # includes a connection closed before Content-Length
-        raise OutboundError(f"interrupted: {exc!r}", retryable=True) from exc
+        raise OutboundError(f"interrupted: {exc!r}", retryable=True, reason="interrupted") from exc
     if declared is not None and size < declared:
         raise OutboundError(f"truncated: {size} of {declared} bytes", retryable=True)
