@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     cog_upload_token: str = ""
     # Seconds for one call to a Cog server (create or cancel), all of it.
     cog_timeout: float = Field(10.0, gt=0, le=300)
+    # Send the trace context (`traceparent`) to the Cog servers: only if they are your own and
+    # traced too. No other host ever gets it (see README "Tracing").
+    cog_trace_context: bool = False
     # --- end cog -------------------------------------------------------------------------------
 
     # --- durability --------------------------------------------------------------------------
@@ -143,6 +146,14 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(10.0, gt=0, le=60)
     # Attempts in progress at once per worker process (on its event loop, not in its threads).
     webhook_concurrency: int = Field(100, ge=1, le=10_000)
+    # The most of those one key, and one receiver (host and port), may hold in a worker process
+    # (never more than half of WEBHOOK_CONCURRENCY); their other deliveries wait their turn.
+    webhook_concurrency_per_key: int = Field(10, ge=1, le=10_000)
+    webhook_concurrency_per_host: int = Field(10, ge=1, le=10_000)
+    # Consecutive failed attempts to one receiver (no answer in time, a network error, 408, 425,
+    # 429, 5xx) after which it gets none for WEBHOOK_CIRCUIT_COOLDOWN seconds; 0: never.
+    webhook_circuit_failures: int = Field(5, ge=0, le=1000)
+    webhook_circuit_cooldown: float = Field(60.0, gt=0, le=3600)
 
     # --- job lifecycle (docs/lifecycle.md) -----------------------------------------------------
     # Input files (POST /api/v1/files): the largest accepted, and how long one is kept.

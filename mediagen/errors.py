@@ -17,7 +17,9 @@ MediagenError
 │   ├── DatabaseUnavailableError
 │   └── RedisUnavailableError     Redis (queue, event streams, limits) does not answer,
 │                                 or this process has no connection to it left
-├── ProviderError                 raised by a generation provider
+├── ProviderError                 raised by a generation provider; its message becomes the
+│   │                             job's public `error`: plain words, never an upstream URL or
+│   │                             body (those go in `details`, which the worker logs)
 │   ├── RetryableProviderError    transient: rate limit, 5xx, timeout, connection
 │   │   ├── PredictionLostError   the prediction will never report (its completion was
 │   │   │                         missed, its server lost it): a new attempt, counted
@@ -197,6 +199,9 @@ class PermanentProviderError(ProviderError):
 
 
 class OutboundError(MediagenError):
+    """`message` says what happened on the wire (for logs); `reason`, the same in plain words
+    that name no address (for whoever the failure is reported to)."""
+
     code = "outbound_error"
 
     def __init__(
@@ -206,18 +211,20 @@ class OutboundError(MediagenError):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.reason = reason or message
 
 
 class RefusedAddressError(OutboundError):
     code = "refused_address"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retryable=False)
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message, retryable=False, reason=reason)
 
 
 class StorageError(MediagenError):

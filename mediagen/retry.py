@@ -9,6 +9,10 @@ not park a job for a day). `parse_retry_after` reads the header, in seconds or a
   `Retry-After` honoured up to RETRY_MAX_DELAY.
 - webhook deliveries: WEBHOOK_RETRY_DELAY x (1, 6, 24, 120, 360, 720) (5 s .. 1 h by default);
   `Retry-After` honoured up to an hour.
+- a webhook delivery put off, not attempted (`mediagen.notify.deliverer`: its key or receiver
+  has its share of the worker's slots, or the receiver's circuit is open): 1 s, doubling each
+  time the same delivery is put off again, at most 30 s, +-50%; at least until the circuit may
+  close (WEBHOOK_CIRCUIT_COOLDOWN at most).
 
 The broker must hold a message as long as the longest of these waits (`longest_countdown`).
 The Python client, which cannot import the server, keeps a policy of its own.
@@ -26,6 +30,8 @@ from mediagen.config import Settings
 
 WEBHOOK_SCHEDULE = (1, 6, 24, 120, 360, 720)  # multiples of WEBHOOK_RETRY_DELAY
 WEBHOOK_MAX_RETRY_AFTER = 3600.0
+WEBHOOK_DEFER = 1.0  # a delivery put off (not attempted) waits about this long, doubling...
+WEBHOOK_MAX_DEFER = 30.0  # ...up to this
 MAX_POLL_WAIT = 60.0  # the longest a running prediction waits for its next look
 
 
@@ -87,9 +93,25 @@ def webhooks(settings: Settings) -> RetryPolicy:
     )
 
 
+def webhook_deferrals(settings: Settings) -> RetryPolicy:
+    """A webhook delivery put off without an attempt (n = the times it was put off before); the
+    `Retry-After` is how long the receiver's circuit stays open."""
+    return RetryPolicy(
+        WEBHOOK_DEFER,
+        max_delay=WEBHOOK_MAX_DEFER,
+        max_retry_after=settings.webhook_circuit_cooldown,
+        jitter=0.5,
+    )
+
+
 def longest_countdown(settings: Settings) -> float:
     """The longest delay any task message is scheduled with (the broker must hold it)."""
-    return max(jobs(settings).longest, webhooks(settings).longest, MAX_POLL_WAIT)
+    return max(
+        jobs(settings).longest,
+        webhooks(settings).longest,
+        settings.webhook_circuit_cooldown,  # a delivery put off while its circuit is open
+        MAX_POLL_WAIT,
+    )
 
 
 def parse_retry_after(value: str | None, cap: float | None = None) -> float | None:

@@ -50,7 +50,9 @@ from mediagen.jobs.dispatch import CANCEL_UPSTREAM, POLL, START, SWEEP, Next
 from mediagen.jobs.pipeline import Pipeline
 from mediagen.jobs.sweeper import sweep as sweep_jobs
 from mediagen.notify import DELIVER_TASK, delivery_task
-from mediagen.notify.delivery import Bodies, Deliverer
+from mediagen.notify.circuit import Circuits
+from mediagen.notify.deliverer import Deliverer
+from mediagen.notify.delivery import Bodies
 from mediagen.notify.service import stranded_deliveries
 from mediagen.observability import logs, metrics, tracing
 from mediagen.observability.measured import MeasuredProvider
@@ -198,7 +200,12 @@ class Worker:
             log.error("storage is not usable: %s", exc)
         self.pipeline = Pipeline(settings, self.providers, self.storage, self.outbox)
         self.deliverer = Deliverer(
-            settings, self.storage, self.outbound, self.outbox.send, WEBHOOK_BODIES
+            settings,
+            self.storage,
+            self.outbound,
+            self.outbox.send,
+            WEBHOOK_BODIES,
+            circuits=Circuits(self.outbox.client, settings),
         )
         self._heartbeat = asyncio.create_task(self._beat(f"{socket.gethostname()}:{os.getpid()}"))
         return self
@@ -264,9 +271,9 @@ class Worker:
             self.outbox.send(delivery_task(delivery_id))
         await self.outbox.flush()
 
-    async def deliver(self, delivery_id: str) -> None:
+    async def deliver(self, delivery_id: str, deferred: int = 0) -> None:
         """Start a webhook delivery's attempt on the loop; a slow receiver holds no thread."""
-        self.deliverer.submit(delivery_id)
+        self.deliverer.submit(delivery_id, deferred)
 
     def tasks(self) -> dict[str, Callable[..., Coroutine[Any, Any, Any]]]:
         """Each task's work by the task's name."""

@@ -302,6 +302,6 @@ async def _fetch(
                 quota=settings.storage_quota_bytes,
             )
     except OutboundError as exc:
-        raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+        raise provider_error(exc, f"{what}: {exc.reason}") from exc.__cause__ or exc
     except (UnsupportedMediaTypeError, PayloadTooLargeError) as exc:
         raise PermanentProviderError(f"{what}: {exc.message}") from None

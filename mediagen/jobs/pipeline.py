@@ -246,10 +246,7 @@ class Pipeline:
     ) -> Next | None:
         try:
             prediction = await self.providers.get(job.provider).get(prediction_id, request)
-        except PermanentProviderError as exc:
-            await self._fail(job.id, exc.message, attempt)
-            return None
-        except PredictionLostError as exc:  # it will never report: a new attempt
+        except (PermanentProviderError, PredictionLostError) as exc:  # failed, or a new attempt
             return await self._on_error(job, attempt, exc)
         except ProviderError as exc:
             # A failed look is not a failed generation: look again; the deadline bounds this.
@@ -327,14 +324,21 @@ class Pipeline:
     async def _on_error(
         self, job: Job, attempt: int, exc: ProviderError | StorageError
     ) -> Next | None:
+        """The one place a provider's (or storage's) error reaches a job: its message becomes
+        the job's public `error` (plain words, `providers.downloads`); its details (upstream
+        URL, answer, cause) only the log line of the retry or failure."""
+        details = {"upstream": exc.details} if exc.details else {}
         retryable = isinstance(exc, StorageError) or getattr(exc, "retryable", False)
         if not retryable:
-            await self._fail(job.id, exc.message, attempt)
+            await self._fail(job.id, exc.message, attempt, logged=details)
             return None
         counted = not isinstance(exc, NoCapacityError)  # busy is not broken: not a retry
         if counted and job.retry_count >= self.settings.max_retries:
             await self._fail(
-                job.id, f"gave up after {job.retry_count} retries: {exc.message}", attempt
+                job.id,
+                f"gave up after {job.retry_count} retries: {exc.message}",
+                attempt,
+                logged=details,
             )
             return None
         wait = self.retries.backoff(job.retry_count) if counted else 0.0
@@ -349,6 +353,7 @@ class Pipeline:
                 "attempt": attempt,
                 "error": exc.message,
                 "retry_in": round(delay, 1),
+                **details,
             },
         )
         return Next("start", str(job.id), None, delay)
@@ -360,8 +365,10 @@ class Pipeline:
         attempt: int | None = None,
         stop_upstream: bool = False,
         grown: joblogs.Grown | None = None,
+        logged: dict[str, Any] | None = None,
         **fields: Any,
     ) -> bool:
+        """Fail the job with `error` (public); `logged`: more fields of its log line."""
         moved = await self.lifecycle.finish(
             job_id,
             JobStatus.FAILED,
@@ -373,7 +380,10 @@ class Pipeline:
         )
         if moved is None:
             return False
-        log.warning("job failed", extra={"job_id": str(job_id), "attempt": attempt, "error": error})
+        log.warning(
+            "job failed",
+            extra={"job_id": str(job_id), "attempt": attempt, "error": error, **(logged or {})},
+        )
         return True
 
     async def _resume(

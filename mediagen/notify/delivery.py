@@ -9,8 +9,8 @@
 
 A receiver cannot hold a worker: WEBHOOK_TIMEOUT bounds the whole attempt (connect, send and
 answer), at most ANSWER_BYTES of the answer are read, raw (a gzip bomb stays 4 KiB of bytes),
-and attempts run on the worker's event loop (`Deliverer`), not in its task threads, so job
-steps never wait for them. An attempt first marks the delivery as in flight (its
+and attempts run on the worker's event loop (`mediagen.notify.deliverer`), not in its task
+threads, so job steps never wait for them. An attempt first marks the delivery as in flight (its
 `next_attempt_at` moves to the end of the attempt): the sweeper, which re-sends deliveries
 whose message was lost, and a duplicated message both leave it alone meanwhile.
 
@@ -20,25 +20,24 @@ Every attempt of one delivery carries the same `webhook-id`, a fresh `webhook-ti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 
 from mediagen import retry as retry_policy
 from mediagen.batches.models import Batch
-from mediagen.broker import Task
 from mediagen.config import Settings
 from mediagen.errors import OutboundError, RefusedAddressError
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import served
 from mediagen.keys.models import ApiKey
-from mediagen.notify import delivery_task
 from mediagen.notify.models import DeliveryStatus, WebhookDelivery
 from mediagen.observability import metrics
 from mediagen.observability.context import job_id as current_job
@@ -68,13 +67,40 @@ def policy(settings: Settings) -> Policy:
     )
 
 
-async def _secret(delivery: WebhookDelivery, settings: Settings) -> str:
-    """The secret of the key that owns the delivery's job (or batch); WEBHOOK_SECRET if none."""
-    owner: Job | Batch = await (
-        Job.get(id=delivery.job_id) if delivery.job_id else Batch.get(id=delivery.batch_id)
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: the countdown of the next one (None: settled, or not this
+    attempt's to make), and what it showed of the receiver (`mediagen.notify.circuit`): it
+    answered (True), it failed (False), or nothing (None)."""
+
+    countdown: float | None = None
+    answered: bool | None = None
+
+
+async def owner_key(delivery: WebhookDelivery) -> uuid.UUID | None:
+    """The key that owns the delivery's job (or batch); None for an anonymous one."""
+    owner = Job if delivery.job_id is not None else Batch
+    found = await owner.filter(id=delivery.job_id or delivery.batch_id).values_list(
+        "api_key_id", flat=True
     )
-    if owner.api_key_id is not None:
-        key = await ApiKey.get_or_none(id=owner.api_key_id)
+    key_id = found[0] if found else None
+    return key_id if isinstance(key_id, uuid.UUID) else None
+
+
+def receiver(url: str) -> str:
+    """The receiver a delivery goes to, as fairness and circuits count it: host and port."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "invalid"
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+async def _secret(key_id: uuid.UUID | None, settings: Settings) -> str:
+    """The secret of the key that owns the delivery's job (or batch); WEBHOOK_SECRET if none."""
+    if key_id is not None:
+        key = await ApiKey.get_or_none(id=key_id)
         return (key.webhook_secret or "") if key else ""
     return settings.webhook_secret
 
@@ -91,47 +117,52 @@ async def _body(
     return json.dumps(data, separators=(",", ":"))
 
 
-async def _claim(delivery: WebhookDelivery, settings: Settings) -> bool:
-    """Mark the delivery in flight until the attempt must be over (compare-and-set on its due
-    time, so of two copies of one message only one sends)."""
-    now = datetime.now(UTC)
-    due = delivery.next_attempt_at
-    if due is not None and due > now + timedelta(seconds=1):
-        return False  # in flight elsewhere, or not due yet
-    until = now + timedelta(seconds=settings.webhook_timeout + IN_FLIGHT_MARGIN)
-    claimed = await WebhookDelivery.filter(
+def due(delivery: WebhookDelivery) -> bool:
+    """Whether a pending delivery is this message's to act on: not in flight elsewhere, and not
+    due later (then another message of it is on its way)."""
+    when = delivery.next_attempt_at
+    return when is None or when <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+async def move(delivery: WebhookDelivery, seconds: float) -> bool:
+    """Set the delivery's next attempt `seconds` from now, if it is still as it was read
+    (compare-and-set on its due time: of two copies of one message only one moves it)."""
+    moved = await WebhookDelivery.filter(
         id=delivery.id,
         status=DeliveryStatus.PENDING,
         attempts=delivery.attempts,
-        next_attempt_at=due,
-    ).update(next_attempt_at=until)
-    return claimed == 1
+        next_attempt_at=delivery.next_attempt_at,
+    ).update(next_attempt_at=datetime.now(UTC) + timedelta(seconds=seconds))
+    return moved == 1
+
+
+async def _claim(delivery: WebhookDelivery, settings: Settings) -> bool:
+    """Mark the delivery in flight until the attempt must be over."""
+    return due(delivery) and await move(delivery, settings.webhook_timeout + IN_FLIGHT_MARGIN)
 
 
 async def attempt(
-    delivery_id: str,
+    delivery: WebhookDelivery,
+    key_id: uuid.UUID | None,
     settings: Settings,
     storage: Storage,
     outbound: Outbound,
     bodies: Bodies | None = None,
-) -> float | None:
-    """Make one attempt; the countdown of the next one, or None when the delivery is settled
-    (or was not this call's to make). `bodies`: the body makers of jobs made through another
-    API (`Bodies`)."""
-    delivery = await WebhookDelivery.get_or_none(id=delivery_id)
-    if delivery is None or delivery.status is not DeliveryStatus.PENDING:
-        return None
+) -> Outcome:
+    """Make one attempt of a pending `delivery` (its owner: `key_id`), unless another is in
+    flight. `bodies`: the body makers of jobs made through another API (`Bodies`)."""
     if delivery.job_id is not None:
         current_job.set(str(delivery.job_id))  # this attempt's lines are about its job
     if not await _claim(delivery, settings):
-        return None
+        return Outcome()
     attempts = delivery.attempts + 1
     code: int | None = None
     retry_after: float | None = None
     error: str | None = None
     retry = refused = False
+    answered: bool | None = None
     try:
-        secret = await _secret(delivery, settings)
+        secret = await _secret(key_id, settings)
         if not secret:
             raise ValueError("no webhook secret to sign with")
         body = await _body(delivery, storage, settings, bodies or {})
@@ -148,6 +179,7 @@ async def attempt(
         )
         code = reply.status
         verdict = classify(code)
+        answered = verdict != "retry"
         if verdict != "ok":
             error = f"HTTP {code}" + (" (redirects are not followed)" if 300 <= code < 400 else "")
             retry = verdict == "retry"
@@ -155,6 +187,7 @@ async def attempt(
     except OutboundError as exc:
         error, retry = exc.message, exc.retryable
         refused = isinstance(exc, RefusedAddressError)
+        answered = False if exc.retryable else None  # no answer in time, no connection
     except Exception as exc:  # an unusable secret or URL: retrying would not help
         error = f"{type(exc).__name__}: {exc}"
     now = datetime.now(UTC)
@@ -177,7 +210,7 @@ async def attempt(
         id=delivery.id, status=DeliveryStatus.PENDING, attempts=delivery.attempts
     ).update(**fields)
     if updated != 1:
-        return None
+        return Outcome(None, answered)
     metrics.webhook_delivery(
         "delivered"
         if error is None
@@ -196,48 +229,4 @@ async def attempt(
         error or "delivered",
         f"; next in {countdown:g}s" if countdown is not None else "",
     )
-    return countdown
-
-
-class Deliverer:
-    """Attempts run as tasks on the worker's event loop, at most WEBHOOK_CONCURRENCY at once
-    per process; a task thread only hands the id over and returns."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        storage: Storage,
-        outbound: Outbound,
-        publish: Callable[[Task], asyncio.Future[bool]],
-        bodies: Bodies | None = None,
-    ) -> None:
-        self.settings = settings
-        self.storage = storage
-        self.outbound = outbound
-        self.publish = publish
-        self.bodies: Bodies = dict(bodies or {})
-        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
-        self._running: set[asyncio.Task[None]] = set()
-
-    def submit(self, delivery_id: str) -> None:
-        """Start an attempt (call on the loop)."""
-        task = asyncio.get_running_loop().create_task(self._run(delivery_id))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _run(self, delivery_id: str) -> None:
-        async with self._slots:
-            try:
-                countdown = await attempt(
-                    delivery_id, self.settings, self.storage, self.outbound, self.bodies
-                )
-            except Exception:  # the delivery stays pending; the sweeper sends it again
-                log.exception("webhook delivery %s: attempt failed", delivery_id)
-                return
-        if countdown is not None:
-            self.publish(delivery_task(delivery_id, countdown))
-
-    async def close(self) -> None:
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+    return Outcome(countdown, answered)

@@ -13,7 +13,7 @@ from mediagen.worker import celery_app, runtime
 
 
 @celery_app.task(bind=True, name=DELIVER_TASK)
-def deliver(self: Task[Any, Any], delivery_id: str) -> None:
+def deliver(self: Task[Any, Any], delivery_id: str, deferred: int = 0) -> None:
     context.adopt(self.request.headers or {})  # the attempt names its job (delivery.attempt)
     rt = runtime()
-    rt.run(rt.worker.deliver(delivery_id))
+    rt.run(rt.worker.deliver(delivery_id, deferred))

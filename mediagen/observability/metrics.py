@@ -129,6 +129,12 @@ WEBHOOK_DELIVERIES = Counter(
     "address is not allowed).",
     ["outcome"],
 )
+WEBHOOK_DEFERRALS = Counter(
+    "mediagen_webhook_deferrals_total",
+    "Client webhook deliveries put off without an attempt, by why (key, host: its share of "
+    "the worker's slots is taken; circuit: the receiver keeps failing).",
+    ["reason"],
+)
 SWEEPER_RESCUES = Counter(
     "mediagen_sweeper_rescues_total",
     "What the sweeper sent on again, by kind (undispatched, retry_due, lease_expired, "
@@ -240,6 +246,10 @@ def storage_write(backend: str, outcome: str, size: int = 0) -> None:
 
 def webhook_delivery(outcome: str) -> None:
     WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
+def webhook_deferred(reason: str) -> None:
+    WEBHOOK_DEFERRALS.labels(reason).inc()
 
 
 def sweeper_rescued(kind: str, count: int) -> None:

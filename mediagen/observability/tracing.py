@@ -18,6 +18,12 @@ the span it opens reaches the step's coroutine on the process's event loop (cont
 (`unlinked`): its span (`step`) is parented to the trace its job was submitted in, which the job
 row keeps (`Job.traceparent`, written at submit), and linked to the sweep's.
 
+What a trace holds and where it goes (`observability.redaction`): a server span's URL
+attributes lose the secrets of the request's path and query as the span starts (before any
+routing, so a 404 or a 413 is redacted too); a client span records the URL without its query;
+and the trace context goes out only with a request whose `Policy.trace_context` says so (our own
+Cog servers, with COG_TRACE_CONTEXT): `strip_context` takes it off every other.
+
 Calls to Postgres and Redis that belong to no request and no task (heartbeats, the outbox's
 batched sends, the key-change subscription) start no trace of their own: they would only bury
 the jobs' traces.
@@ -27,16 +33,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl
 
 from opentelemetry import trace
 
 from mediagen import __version__
 from mediagen.observability import context
 from mediagen.observability.http import route_of
+from mediagen.observability.redaction import bare, redact, secrets_of
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -58,6 +64,10 @@ _tracer: trace.Tracer = trace.NoOpTracer()
 # False while the sweeper re-dispatches: its messages carry no trace context of the sweep's.
 _carry: ContextVar[bool] = ContextVar("mediagen_trace_carry", default=True)
 _OFF: contextlib.nullcontext[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
+# The headers that carry a trace's context to another service; on, with what the configured
+# propagators write (`strip_context`).
+CONTEXT_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+_context_headers: frozenset[str] = frozenset()
 
 
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
@@ -74,7 +84,7 @@ def configure(role: Role) -> bool:
     """Set tracing up in this process, if the environment asks for it; True when on.
 
     Once per process: a worker calls it in each forked child and in the main process."""
-    global _provider, _configured_in, _tracer
+    global _provider, _configured_in, _tracer, _context_headers
     if _configured_in == os.getpid():
         return _provider is not None
     _configured_in = os.getpid()
@@ -99,6 +109,11 @@ def configure(role: Role) -> bool:
     _tracer = provider.get_tracer("mediagen", __version__)
     _instrument(role)
     context.register_header_source(_inject)
+    from opentelemetry.propagate import get_global_textmap
+
+    _context_headers = frozenset(
+        {*CONTEXT_HEADERS, *(name.lower() for name in get_global_textmap().fields)}
+    )
     return True
 
 
@@ -183,6 +198,7 @@ def instrument_app(app: FastAPI) -> None:
             _NamedByRoute(build()),
             excluded_urls=excluded,
             default_span_details=_span_details,
+            server_request_hook=_redact_request,  # as the span starts, before any routing
             exclude_spans=["receive", "send"],  # a span per ASGI message: noise, and a cost
         )
 
@@ -218,40 +234,40 @@ class _NamedByRoute:
                 if route != "other":
                     span.update_name(f"{_span_details(scope)[0]} {route}")
                     span.set_attribute("http.route", route)
-                _scrub(span, scope)
             await send(message)
 
         await self.app(scope, receive, naming)
 
 
-# A capability in a URL is no business of a trace: the token in a Cog server's webhook and
-# upload paths, the signature of a signed /media or stream URL (the instrumentation redacts
-# `sig` from `http.url` but not from `url.query`, nor any path segment).
-SECRET_PATH_PARAMS = ("token",)
-SECRET_QUERY_PARAMS = ("sig",)
+# A capability in a URL is no business of a trace (`observability.redaction`): the
+# instrumentation redacts `sig` from `http.url` only, neither `url.query` nor any path segment.
 _URL_ATTRIBUTES = ("http.target", "http.url", "url.path", "url.query", "url.full")
-REDACTED = "REDACTED"
+_CLIENT_URL_ATTRIBUTES = ("http.url", "url.full")
 
 
-def _scrub(span: trace.Span, scope: Scope) -> None:
-    """Replace the secrets of the request's URL (the route's `{token}`, a `sig` parameter) in
-    the server span's URL attributes."""
-    found: list[str] = []
-    params = scope.get("path_params")
-    if isinstance(params, dict):
-        found += [str(params[name]) for name in SECRET_PATH_PARAMS if params.get(name)]
-    if query := scope.get("query_string"):
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=False)
-        found += [value for name, value in pairs if name in SECRET_QUERY_PARAMS and value]
-    if not found:
+def _redact_request(span: trace.Span, scope: Scope) -> None:
+    """The server span's URL attributes without the secrets of the request's path and query
+    (`redaction.secrets_of`), set as the span starts: whatever answers, a route, FastPaths or
+    a refusal before any routing (404, 413), the span never holds them."""
+    raw = scope.get("raw_path")  # as sent (`secrets_of` also looks at it decoded)
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else str(scope.get("path", ""))
+    query = scope.get("query_string", b"")
+    secrets = secrets_of(path, query.decode("latin-1") if isinstance(query, bytes) else "")
+    if not secrets:
         return
     attributes: Mapping[str, Any] = getattr(span, "attributes", None) or {}
     for name in _URL_ATTRIBUTES:
         value = attributes.get(name)
-        if isinstance(value, str) and any(secret in value for secret in found):
-            for secret in found:
-                value = value.replace(secret, REDACTED)
-            span.set_attribute(name, value)
+        if isinstance(value, str):
+            span.set_attribute(name, redact(value, secrets))
+
+
+async def _bare_url(span: trace.Span, request: Any) -> None:
+    """A client span's URL without its query (`redaction.bare`), as the span starts."""
+    attributes: Mapping[str, Any] = getattr(span, "attributes", None) or {}
+    for name in _CLIENT_URL_ATTRIBUTES:
+        if name in attributes:
+            span.set_attribute(name, bare(str(request.url)))
 
 
 # --- the broker ----------------------------------------------------------------------------------
@@ -318,10 +334,20 @@ def span(
 
 
 def instrument_client(client: AsyncClient) -> None:
-    """Client spans (and `traceparent` on the request) for `client`'s requests, whatever its
-    transport (the Outbound client runs on aiohttp's, which `instrument()` does not patch)."""
+    """Client spans (their URLs without the query) for `client`'s requests, whatever its
+    transport (the Outbound client runs on aiohttp's, which `instrument()` does not patch).
+    The instrumentation puts the trace context on every request; `strip_context` takes it off
+    again where it must not go."""
     if _provider is None:
         return
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    HTTPXClientInstrumentor.instrument_client(client)
+    HTTPXClientInstrumentor.instrument_client(client, request_hook=_bare_url)
+
+
+def strip_context(headers: MutableMapping[str, str]) -> None:
+    """Remove the trace context (`traceparent`, `tracestate`, `baggage`, or whatever
+    OTEL_PROPAGATORS writes) from an outgoing request's headers: nothing to do when off."""
+    for name in _context_headers:
+        if name in headers:
+            del headers[name]

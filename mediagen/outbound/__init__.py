@@ -9,6 +9,9 @@ webhooks. One client per process and one set of rules, tested once:
   public by an explicit list that does not depend on the Python version (`_addresses`), and
   the request goes to exactly those addresses, with the original Host and SNI. Redirects are
   followed only where the caller allows them, each hop checked again.
+- **No trace context to others**: with tracing on, a request carries `traceparent` (and the
+  rest of the trace context) only when its policy says so (`trace_context`: our own Cog servers
+  when COG_TRACE_CONTEXT is set); never to a client's webhook or file host, nor to Replicate.
 - **What a status means** (`classify`): 2xx ok; 408, 425, 429, 5xx worth another try; the rest
   final; `Retry-After` in seconds or as an HTTP date (`retry_after`).
 

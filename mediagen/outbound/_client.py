@@ -18,6 +18,17 @@ from mediagen.outbound._resolve import pinned_urls
 from mediagen.retry import parse_retry_after
 
 POOL_SIZE = 1000  # keep-alive connections: one per job in flight at most
+TRACE_CONTEXT = "mediagen.trace_context"  # a request's extension: Policy.trace_context
+
+
+class _Transport(AiohttpTransport):
+    """aiohttp's transport, taking off the trace context that the tracing instrumentation (which
+    wraps this) put on a request whose policy does not send it."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.extensions.get(TRACE_CONTEXT):
+            tracing.strip_context(request.headers)
+        return await super().handle_async_request(request)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,9 @@ class Policy:
     allow_private: bool = False
     allow_hosts: Collection[str] = ()
     redirects: int = 0  # how many to follow, each hop checked again; 0: a 3xx is the answer
+    # Send the trace context (`traceparent`...) along: only to our own services, never to a
+    # host a client chose or a third party (`tracing.strip_context`).
+    trace_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,7 @@ class Outbound:
         if self._client is None or self._loop is not loop:
             limits = httpx.Limits(max_connections=POOL_SIZE, keepalive_expiry=30)
             self._client = httpx.AsyncClient(
-                transport=AiohttpTransport(limits=limits),
+                transport=_Transport(limits=limits),
                 headers={"User-Agent": self.user_agent, "Accept-Encoding": "identity"},
                 follow_redirects=False,
             )
@@ -195,7 +209,10 @@ class Outbound:
                 json=json,
                 content=content,
                 headers={**(headers or {}), **extra},
-                extensions={"sni_hostname": parsed.host} if policy.pin else {},
+                extensions={
+                    TRACE_CONTEXT: policy.trace_context,
+                    **({"sni_hostname": parsed.host} if policy.pin else {}),
+                },
                 timeout=policy.deadline,
             )
             try:
@@ -203,8 +220,12 @@ class Outbound:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 error = exc
             except httpx.HTTPError as exc:
-                raise OutboundError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
-        raise OutboundError(f"cannot connect: {error!r}", retryable=True) from error
+                raise OutboundError(
+                    f"{type(exc).__name__}: {exc}", retryable=True, reason="the exchange failed"
+                ) from exc
+        raise OutboundError(
+            f"cannot connect: {error!r}", retryable=True, reason="cannot connect"
+        ) from error
 
 
 class _Chunks:
@@ -253,6 +274,6 @@ async def _capped(
                 )
             yield chunk
     except httpx.HTTPError as exc:  # includes a connection closed before Content-Length
-        raise OutboundError(f"interrupted: {exc!r}", retryable=True) from exc
+        raise OutboundError(f"interrupted: {exc!r}", retryable=True, reason="interrupted") from exc
     if declared is not None and size < declared:
         raise OutboundError(f"truncated: {size} of {declared} bytes", retryable=True)

@@ -26,7 +26,7 @@ async def pinned_urls(
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
-        raise RefusedAddressError(f"invalid URL: {exc}") from exc
+        raise RefusedAddressError(f"invalid URL: {exc}", "invalid URL") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise RefusedAddressError("not an http(s) URL")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -35,11 +35,17 @@ async def pinned_urls(
             parsed.host, port, type=socket.SOCK_STREAM
         )
     except (OSError, UnicodeError) as exc:
-        raise OutboundError(f"cannot resolve {parsed.host}", retryable=True) from exc
+        raise OutboundError(
+            f"cannot resolve {parsed.host}", retryable=True, reason="cannot resolve the host"
+        ) from exc
     addresses = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos))
     if not addresses:
-        raise OutboundError(f"cannot resolve {parsed.host}", retryable=True)
+        raise OutboundError(
+            f"cannot resolve {parsed.host}", retryable=True, reason="cannot resolve the host"
+        )
     checked = not (allow_private or parsed.host in allow_hosts)
     if checked and not all(is_public(address) for address in addresses):
-        raise RefusedAddressError(f"{parsed.host} resolves to a non-public address")
+        raise RefusedAddressError(
+            f"{parsed.host} resolves to a non-public address", "resolves to a non-public address"
+        )
     return [parsed.copy_with(host=str(address)) for address in addresses]

@@ -1,11 +1,20 @@
 """What every provider's HTTP answers and output downloads are checked against, in one place:
 the media types we store, the answer of a call as the provider error it means, a download's
-headers and bytes, and the download policy (size, deadline, addresses, redirects)."""
+headers and bytes, and the download policy (size, deadline, addresses, redirects).
+
+A provider error's message becomes the job's public `error` (`mediagen.jobs.pipeline`), read by
+whoever made the job: it says what failed in plain words (the status, "timed out", a Cog
+endpoint by its short key), never the upstream URL or what the other side answered (but for
+Replicate's reason for refusing a request: `check_reply`'s `shown_4xx`). Those are the error's
+`details` (`url`, `answer`, `cause`), which the worker logs with the job's line.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -20,6 +29,7 @@ from mediagen.errors import (
 from mediagen.outbound import Policy, Reply, Stream, classify
 
 MAX_REDIRECTS = 5
+ANSWER_LOGGED = 300  # characters of an upstream error answer kept for the logs
 # Media types we store, and the extension each gets; anything else (HTML, SVG, JSON) is refused.
 MEDIA_TYPES = {
     "image/png": "png",
@@ -56,34 +66,56 @@ def download_policy(settings: Settings) -> Policy:
 
 
 def _detail(reply: Reply) -> str:
+    """What the other side said, for the logs (at most ANSWER_LOGGED characters)."""
     try:
         data = orjson.loads(reply.body)
     except orjson.JSONDecodeError:
-        return reply.body[:300].decode(errors="replace").strip() or f"HTTP {reply.status}"
+        return reply.body[:ANSWER_LOGGED].decode(errors="replace").strip()
     if isinstance(data, dict):
         text = data.get("detail") or data.get("title") or data.get("error")
         if text:
-            return str(text)
-    return str(data)[:300]
+            return str(text)[:ANSWER_LOGGED]
+    return str(data)[:ANSWER_LOGGED]
 
 
-def check_reply(reply: Reply, what: str) -> None:
-    """Raise the provider error a non-2xx answer means."""
+def http_status(status: int) -> str:
+    """`HTTP 500 Internal Server Error`: a status in plain words."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def check_reply(reply: Reply, what: str, *, shown_4xx: bool = False) -> None:
+    """Raise the provider error a non-2xx answer means: `what` failed, with its status; the
+    answer itself and the URL go in the details (logged, never shown). `shown_4xx`: the answer
+    to a request it refused (4xx) is written for the caller and is shown too (Replicate's API
+    says why it refused an input)."""
     verdict = classify(reply.status)
     if verdict == "ok":
         return
-    message = f"{what}: HTTP {reply.status}: {_detail(reply)}"
+    answer = _detail(reply)
+    message = f"{what}: {http_status(reply.status)}"
+    if shown_4xx and verdict == "fail" and 400 <= reply.status < 500 and answer:
+        message += f": {answer}"
+    details: dict[str, Any] = {"http_status": reply.status, "url": reply.url, "answer": answer}
     if verdict == "retry":
-        raise RetryableProviderError(
-            message, retry_after=reply.retry_after, http_status=reply.status
-        )
-    raise PermanentProviderError(message, http_status=reply.status)
+        raise RetryableProviderError(message, retry_after=reply.retry_after, **details)
+    raise PermanentProviderError(message, **details)
 
 
-def provider_error(exc: OutboundError, message: str) -> ProviderError:
-    """`exc` as the provider error it means (raise it from what went wrong on the wire)."""
+def provider_error(exc: OutboundError, message: str, **details: object) -> ProviderError:
+    """`exc` as the provider error it means (raise it from what went wrong on the wire). Write
+    `message` with `exc.reason`, never `exc.message`: that one (it may name an address) goes
+    in the details."""
     cls = RetryableProviderError if exc.retryable else PermanentProviderError
-    return cls(message, retry_after=exc.retry_after, http_status=exc.status)
+    return cls(
+        message,
+        retry_after=exc.retry_after,
+        http_status=exc.status,
+        cause=exc.message,
+        **details,
+    )
 
 
 def media_type(header: str | None, url: str) -> tuple[str, str]:
@@ -102,15 +134,18 @@ def media_type(header: str | None, url: str) -> tuple[str, str]:
 
 def checked_headers(stream: Stream, settings: Settings) -> tuple[str, str]:
     """(content type, extension) of a download, or the error its status or headers mean."""
-    status = stream.status
+    status, url = stream.status, stream.url
     if status in (404, 410):
-        raise PermanentProviderError(f"output not found (HTTP {status})")
+        raise PermanentProviderError(f"output not found (HTTP {status})", url=url)
     if classify(status) == "retry":
         raise RetryableProviderError(
-            f"output download: HTTP {status}", retry_after=stream.retry_after, http_status=status
+            f"output download: HTTP {status}",
+            retry_after=stream.retry_after,
+            http_status=status,
+            url=url,
         )
     if status != 200:
-        raise PermanentProviderError(f"output download: HTTP {status}", http_status=status)
+        raise PermanentProviderError(f"output download: HTTP {status}", http_status=status, url=url)
     encoding = stream.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         # Asked for identity; a compressed answer is not decompressed (it could be a bomb).
@@ -124,4 +159,6 @@ async def provider_chunks(stream: Stream) -> AsyncIterator[bytes]:
         async for chunk in stream.chunks:
             yield chunk
     except OutboundError as exc:
-        raise provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
+        raise provider_error(exc, f"output {exc.reason}", url=stream.url) from (
+            exc.__cause__ or exc
+        )

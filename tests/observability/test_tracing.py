@@ -9,113 +9,28 @@ takes their messages (the test reads them from the queue before its worker start
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from tests.conftest import REDIS, start_api, start_worker
-from tests.support import TERMINAL, Proc, free_port, publish, wait_for
-
-SERVER, CONSUMER = 2, 5  # opentelemetry.proto.trace.v1.Span.SpanKind
-
-
-@dataclass(frozen=True)
-class Span:
-    service: str
-    trace_id: str
-    span_id: str
-    parent_id: str  # "" for a root
-    name: str
-    kind: int
-    attributes: dict[str, Any]
-    links: tuple[tuple[str, str], ...]  # (trace id, span id)
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    return None if kind is None else getattr(value, kind)
-
-
-@dataclass
-class Collector:
-    """A fake OTLP/HTTP trace collector: `POST /v1/traces`, protobuf bodies."""
-
-    spans: list[Span] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def receive(self, body: bytes) -> None:
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        for resource_spans in request.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    decoded = Span(
-                        service=str(resource.get("service.name")),
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_id=span.parent_span_id.hex(),
-                        name=span.name,
-                        kind=span.kind,
-                        attributes={a.key: _value(a.value) for a in span.attributes},
-                        links=tuple((lk.trace_id.hex(), lk.span_id.hex()) for lk in span.links),
-                    )
-                    with self.lock:
-                        self.spans.append(decoded)
-
-    def snapshot(self) -> list[Span]:
-        with self.lock:
-            return list(self.spans)
+from tests.fakes.otlp import CONSUMER, SERVER, Collector, Span, collecting
+from tests.support import TERMINAL, Proc, publish, wait_for
 
 
 @pytest.fixture(scope="module")
 def collector() -> Iterator[tuple[Collector, str]]:
-    sink = Collector()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            if self.path != "/v1/traces":
-                self.send_response(404)
-                self.end_headers()
-                return
-            sink.receive(body)
-            reply = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield sink, f"http://127.0.0.1:{port}"
-    server.shutdown()
-    server.server_close()
+    with collecting() as found:
+        yield found
 
 
 PREDICTION = "mg-" + "0" * 32 + "-1"
@@ -375,6 +290,9 @@ async def call():
     outbound = Outbound()
     with tracing.span("probe") as span:
         url = f"http://127.0.0.1:{server.server_port}/"
+        # Our own service (the context goes along), then anyone else (it does not).
+        await outbound.call("GET", url, Policy(deadline=5, max_bytes=100, pin=False,
+                                               trace_context=True))
         await outbound.call("GET", url, Policy(deadline=5, max_bytes=100, pin=False))
     await outbound.close()
     return format(span.get_span_context().trace_id, "032x")
@@ -389,6 +307,7 @@ print(json.dumps({
     "celery": any("opentelemetry" in repr(r) for r in signals.task_prerun.receivers),
     "headers": len(context._header_sources),
     "outbound": seen[0] is not None and seen[0].split("-")[1] == trace_id,
+    "to_others": seen[1],
 }))
 """
 
@@ -413,4 +332,5 @@ def test_nothing_is_instrumented_when_off(
         "asyncpg": on, "redis": on, "httpx": on, "celery": on and role == "worker",
         "headers": int(on),
         "outbound": on,  # a client span (its context sent along) for the aiohttp transport
+        "to_others": None,  # no context to a host that is not ours, on or off
     }, done.stderr[-2000:]

@@ -34,9 +34,16 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(database: str, hostile: HostileServer) -> Iterator[Stack]:
-    """An API and one worker (8 task threads) of their own, on a Redis database of their own."""
+    """An API and one worker (8 task threads) of their own, on a Redis database of their own.
+
+    100 of the hostile key's attempts in flight at once, as with the default
+    WEBHOOK_CONCURRENCY alone: its share of the slots is 100 of 200 and no circuit opens, so
+    this measures what that many hostile attempts cost the worker (the shares and circuits that
+    hold a hostile key back are tested in test_webhook_fairness.py)."""
     env = {"REDIS_URL": OWN_REDIS, "WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "WEBHOOK_TIMEOUT": "2",
-           "WEBHOOK_RETRY_DELAY": "1", "AUTH_REQUIRED": "true"}
+           "WEBHOOK_RETRY_DELAY": "1", "AUTH_REQUIRED": "true", "WEBHOOK_CONCURRENCY": "200",
+           "WEBHOOK_CONCURRENCY_PER_KEY": "100", "WEBHOOK_CONCURRENCY_PER_HOST": "100",
+           "WEBHOOK_CIRCUIT_FAILURES": "0"}
     broker = redis.Redis.from_url(OWN_REDIS)
     broker.flushdb()
     worker = start_worker("worker-hostile", broker, env)

@@ -129,7 +129,7 @@ class CogCapacity:
             log.warning("Cog endpoint %s not set aside: %s", slot.url, failed)
         # Busy: try again once it may be free. Down: at once (another endpoint, or the queue
         # until the health check brings this one back).
-        return type(exc)(exc.message, retry_after=None if down else seconds)
+        return type(exc)(exc.message, retry_after=None if down else seconds, **exc.details)
 
     async def canceled(self, prediction_id: str) -> None:
         """Cog confirmed the cancel of a prediction: its slot is free once its job is over."""

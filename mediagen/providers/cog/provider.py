@@ -95,6 +95,7 @@ from mediagen.providers.cog.outputs import (
     staged_key,
 )
 from mediagen.providers.downloads import (
+    ANSWER_LOGGED,
     check_reply,
     checked_headers,
     download_policy,
@@ -155,10 +156,20 @@ class CogProvider:
         self._owned = outbound is None
         self.outbound = outbound or Outbound()
         self._catalog = catalog
-        # The endpoints are the operator's own servers (often on a private network): not pinned.
-        self._api = Policy(deadline=self.settings.cog_timeout, max_bytes=API_MAX_BYTES, pin=False)
+        # The endpoints are the operator's own servers (often on a private network): not pinned,
+        # and given the trace context if COG_TRACE_CONTEXT says they are traced too.
+        traced = self.settings.cog_trace_context
+        self._api = Policy(
+            deadline=self.settings.cog_timeout,
+            max_bytes=API_MAX_BYTES,
+            pin=False,
+            trace_context=traced,
+        )
         self._schema = Policy(
-            deadline=self.settings.cog_timeout, max_bytes=SCHEMA_MAX_BYTES, pin=False
+            deadline=self.settings.cog_timeout,
+            max_bytes=SCHEMA_MAX_BYTES,
+            pin=False,
+            trace_context=traced,
         )
         self._downloads = download_policy(self.settings)
         self._inputs: dict[str, tuple[float, frozenset[str] | None]] = {}
@@ -243,9 +254,12 @@ class CogProvider:
         prediction = cog_id(request.job_id, request.attempt)
         key = await webhook_key(self.settings)
         given = await request.provider_input()  # input files as URLs or data: URIs
-        problems: list[str] = []
+        problems: list[str] = []  # public: each endpoint by its key (`endpoint_key`)
+        urls: dict[str, str] = {}  # for the logs
         busy = 0
         for endpoint in self._order(endpoints):
+            key_of = endpoint_key(endpoint.url)
+            urls[key_of] = endpoint.url
             accepted = await self._input_names(endpoint)
             body = {
                 "input": given
@@ -254,7 +268,7 @@ class CogProvider:
                 "webhook": webhook_url(self.settings, key, prediction),
                 "webhook_events_filter": WEBHOOK_EVENTS,
             }
-            what = f"cog create on {endpoint.url}"
+            what = f"cog create on endpoint {key_of}"
             try:
                 reply = await self.outbound.call(
                     "PUT",
@@ -265,16 +279,18 @@ class CogProvider:
                 )
             except OutboundError as exc:
                 if _never_sent(exc):  # refused or unreachable: this one took nothing
-                    problems.append(f"{endpoint.url}: {exc.message}")
+                    problems.append(f"endpoint {key_of}: {exc.reason}")
                     continue
                 # It may have started it: never the same id on a second server.
-                raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+                raise provider_error(exc, f"{what}: {exc.reason}", url=endpoint.url) from (
+                    exc.__cause__ or exc
+                )
             if reply.status in (409, 503):  # every slot busy / setup not finished yet
                 busy += 1
-                problems.append(f"{endpoint.url}: HTTP {reply.status}")
+                problems.append(f"endpoint {key_of}: HTTP {reply.status}")
                 continue
             check_reply(reply, what)
-            created = Handle(prediction, endpoint_key(endpoint.url), time.time_ns() // 1_000_000)
+            created = Handle(prediction, key_of, time.time_ns() // 1_000_000)
             deadline = route.deadline if route is not None else DEFAULT_DEADLINE
             return Prediction(
                 str(created),
@@ -283,8 +299,10 @@ class CogProvider:
             )
         detail = "; ".join(problems)
         if busy:  # the job waits for a slot again (mediagen.providers.cog.slots)
-            raise NoCapacityError(f"no free slot on the Cog servers of {model}: {detail}")
-        raise EndpointDownError(f"no Cog server of {model} answered: {detail}")
+            raise NoCapacityError(
+                f"no free slot on the Cog servers of {model}: {detail}", urls=urls
+            )
+        raise EndpointDownError(f"no Cog server of {model} answered: {detail}", urls=urls)
 
     async def get(self, prediction_id: str, request: GenerationRequest) -> Prediction:
         handle = Handle.parse(prediction_id)
@@ -355,13 +373,19 @@ class CogProvider:
             return Prediction(prediction_id, status, outputs, **seen)
         error = str(record.get("error") or f"prediction {record.get('status')}")
         if "Failed to upload output" in error and "status 5" in error:
-            # Our upload endpoint failed for a moment (storage): not the model's fault.
-            raise PredictionLostError(f"the Cog server could not upload its output: {error}")
+            # Our upload endpoint failed for a moment (storage): not the model's fault. (Cog's
+            # message names the upload URL: logged, not shown.)
+            raise PredictionLostError(
+                "the Cog server could not upload its output", answer=error[:ANSWER_LOGGED]
+            )
         if error.startswith("Worker crashed"):
             # The server's worker died (the server stopped or was killed, out of memory): not
             # this input's fault, so a new attempt, counted (MAX_RETRIES bounds a model that
             # crashes on it every time).
-            raise PredictionLostError(f"the Cog server lost the prediction: {error}")
+            raise PredictionLostError(
+                "the Cog server lost the prediction (its worker crashed)",
+                answer=error[:ANSWER_LOGGED],
+            )
         return Prediction(prediction_id, status, error=error, **seen)
 
     async def cancel(self, prediction_id: str) -> None:
@@ -374,13 +398,13 @@ class CogProvider:
         if endpoint is None:
             log.warning("cancel of %s: its Cog server is no longer in the models file", handle)
             return
-        what = f"cog cancel {handle.cog_id} on {endpoint.url}"
+        what = f"cog cancel {handle.cog_id} on endpoint {handle.endpoint}"
         given = given_id(await webhook_key(self.settings), handle.cog_id)
         url = f"{endpoint.url}/predictions/{quote(given, safe='')}/cancel"
         try:
             reply = await self.outbound.call("POST", url, self._api)
         except OutboundError as exc:
-            raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"{what}: {exc.reason}", url=url) from exc.__cause__ or exc
         if reply.status != 404:  # 404: finished, or never there (a restarted server)
             check_reply(reply, what)
 
@@ -398,7 +422,7 @@ class CogProvider:
                 content_type, ext = checked_headers(stream, self.settings)
                 yield Fetched(provider_chunks(stream), content_type, ext)
         except OutboundError as exc:
-            raise provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"output {exc.reason}", url=url) from exc.__cause__ or exc
 
     @asynccontextmanager
     async def _fetch_staged(self, where: str) -> AsyncIterator[Fetched]:

@@ -150,6 +150,7 @@ class CogSlots:
             deadline=min(settings.cog_timeout, HEALTH_DEADLINE),
             max_bytes=HEALTH_MAX_BYTES,
             pin=False,
+            trace_context=settings.cog_trace_context,
         )
         self._margin = settings.lease_seconds + MAX_POLL_WAIT
 

@@ -31,6 +31,7 @@ from mediagen.providers.base import (
     PredictionStatus,
 )
 from mediagen.providers.downloads import (
+    ANSWER_LOGGED,
     CANONICAL,
     MEDIA_TYPES,
     check_reply,
@@ -71,7 +72,9 @@ def _urls(value: Any) -> list[str]:
 
 def _prediction(data: Any) -> Prediction:
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
-        raise RetryableProviderError(f"replicate returned no prediction: {str(data)[:200]}")
+        raise RetryableProviderError(
+            "replicate returned no prediction", answer=str(data)[:ANSWER_LOGGED]
+        )
     status = PredictionStatus.parse(data.get("status"))
     if status is None:
         raise RetryableProviderError(f"replicate returned unknown status {data.get('status')!r}")
@@ -124,8 +127,8 @@ class ReplicateProvider:
                 method, self._base + path, self._api, json=body, headers=headers
             )
         except OutboundError as exc:
-            raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
-        check_reply(reply, what)
+            raise provider_error(exc, f"{what}: {exc.reason}") from exc.__cause__ or exc
+        check_reply(reply, what, shown_4xx=True)
         try:
             data = orjson.loads(reply.body)
         except orjson.JSONDecodeError as exc:
@@ -164,7 +167,7 @@ class ReplicateProvider:
         try:
             reply = await self.outbound.call("POST", self._base + path, self._api, headers=headers)
         except OutboundError as exc:
-            raise provider_error(exc, f"{what}: {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"{what}: {exc.reason}") from exc.__cause__ or exc
         if reply.status not in (404, 409):  # gone or already terminal: nothing to stop
             check_reply(reply, what)
 
@@ -185,4 +188,6 @@ class ReplicateProvider:
                 content_type, ext = checked_headers(stream, self.settings)
                 yield Fetched(provider_chunks(stream), content_type, ext)
         except OutboundError as exc:
-            raise provider_error(exc, f"output {exc.message}") from exc.__cause__ or exc
+            raise provider_error(exc, f"output {exc.reason}", url=output.url) from (
+                exc.__cause__ or exc
+            )
