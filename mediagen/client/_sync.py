@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import signal
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
 from concurrent.futures import Future
@@ -37,13 +38,19 @@ class Client:
         max_retries: int = 4,
     ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="mediagen-client", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="mediagen-client", daemon=True)
         self._thread.start()
         self._closed = False
         self._async = AsyncClient(url, api_key, timeout, max_retries)
         self.url = self._async.url
+
+    def _serve(self) -> None:
+        # The kernel gives a process's signal to any thread that does not block it: one given
+        # to this thread leaves the caller's thread asleep in `future.result()`, and Ctrl-C
+        # unanswered. Blocked here, it goes to the caller's thread and interrupts the wait.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        self._loop.run_forever()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:

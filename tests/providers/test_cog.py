@@ -285,18 +285,22 @@ async def test_a_duplicate_completion_of_a_running_attempt_counts_once(main: Sta
     """Cog repeats a terminal webhook it got no 2xx for (its first delivery slow to be answered):
     the two meet while the attempt runs, and the one recorded first wins.
 
-    They are sent together: one sent after the other was answered could find the attempt already
-    ended by the worker, which answers `ignored` (as for any replay, tested above)."""
+    They are sent together: one looked at after the worker ended the attempt is answered
+    `ignored` (as for any replay, tested above). On a loaded machine the second can still be
+    looked at that late; that round shows nothing about two meeting, and another job is tried."""
     key = SECRET.encode()
     async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
-        job_id = await _submit(client, _inputs("a doubled crane", step_seconds=0.3, num_inference_steps=10))
-        job = await _started(client, job_id, main.cog)
-        prediction = _cog_id(job)
-        token = cog.webhook_token(key, prediction)
-        early = {"id": prediction, "status": "failed", "error": "first answer wins"}
-        answers = await asyncio.gather(*(_webhook(client, prediction, token, early) for _ in "ab"))
-        final = await wait_terminal(client, job_id, 30)
-    outcomes = sorted(answer.json()["status"] for answer in answers)
+        for _ in range(3):
+            job_id = await _submit(client, _inputs("a doubled crane", step_seconds=0.3, num_inference_steps=10))
+            job = await _started(client, job_id, main.cog)
+            prediction = _cog_id(job)
+            token = cog.webhook_token(key, prediction)
+            early = {"id": prediction, "status": "failed", "error": "first answer wins"}
+            answers = await asyncio.gather(*(_webhook(client, prediction, token, early) for _ in "ab"))
+            final = await wait_terminal(client, job_id, 30)
+            outcomes = sorted(answer.json()["status"] for answer in answers)
+            if outcomes != ["dispatched", "ignored"]:
+                break
     assert outcomes in (["dispatched", "duplicate"], ["duplicate", "recorded"]), outcomes
     assert final["status"] == "failed" and "first answer wins" in final["error"]
     assert final["attempts"] == 1
