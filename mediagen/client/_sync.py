@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import signal
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ from mediagen.client._async import AsyncClient
 from mediagen.client._models import Job, Model, ProgressCallback
 
 T = TypeVar("T")
+_WAKE_EVERY = 0.2  # seconds a blocking call sleeps at most before it looks at signals
 
 
 class Client:
@@ -45,9 +48,8 @@ class Client:
         self.url = self._async.url
 
     def _serve(self) -> None:
-        # The kernel gives a process's signal to any thread that does not block it: one given
-        # to this thread leaves the caller's thread asleep in `future.result()`, and Ctrl-C
-        # unanswered. Blocked here, it goes to the caller's thread and interrupts the wait.
+        # The kernel gives a process's signal to any thread that does not block it: blocked
+        # here, Ctrl-C goes to the caller's thread, the one that must raise KeyboardInterrupt.
         if hasattr(signal, "pthread_sigmask"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         self._loop.run_forever()
@@ -58,7 +60,11 @@ class Client:
             raise RuntimeError("this Client is closed")
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result()
+            while True:
+                # In short waits: Python runs a signal's handler (Ctrl-C) between them, and a
+                # signal that lands just before an endless wait begins would leave it asleep.
+                with contextlib.suppress(FutureTimeout):
+                    return future.result(timeout=_WAKE_EVERY)
         except BaseException:
             future.cancel()  # Ctrl-C: stop the call on the loop too
             raise
