@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sse_starlette import EventSourceResponse
 
 from mediagen import errors_http
+from mediagen.errors import InvalidInputError
 from mediagen.keys.auth import bearer
 from mediagen.keys.models import ApiKey
 from mediagen.replicate_api import problems, service, streaming, waiting
@@ -174,7 +175,19 @@ async def stream_prediction(
 ) -> Response:
     """`urls.stream` of a prediction, as Replicate's clients' `stream()` reads it. Its signed
     URL needs no token (until MEDIA_URL_TTL); without the signature, the owner's token."""
+    _exactly_as_signed(request)
     return await streaming.open_stream(request, _job_id(prediction_id))
+
+
+def _exactly_as_signed(request: Request) -> None:
+    """422 for a signature's parameters in another form than `urls.stream` gives them (the
+    query parser would take `expires=1.0`, or the last of several `sig`, without a word)."""
+    for name in ("expires", "sig"):
+        values = request.query_params.getlist(name)
+        if len(values) > 1 or (name == "expires" and values and not values[0].isdigit()):
+            raise InvalidInputError(
+                f"query parameter {name!r}: give it once, as `urls.stream` has it"
+            )
 
 
 @router.post(

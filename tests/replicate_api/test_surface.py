@@ -265,3 +265,6 @@ async def test_the_stream_opens_with_its_signature_or_the_owners_token(stack: St
         _problem(await bob.get(bare), 404)  # another tenant's token
         own = await alice.get(bare)  # the owner's token needs no signature
         assert own.status_code == 200 and _events(own.text)[-1][0] == "done"
+        # A signature's parameters in another form than given are refused, owner or not.
+        for query in ("expires=0.0&sig=x", "expires=1&sig=a&sig=b", "expires=1&expires=2"):
+            _problem(await alice.get(f"{bare}?{query}"), 422)
