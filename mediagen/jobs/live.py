@@ -54,7 +54,7 @@ from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.auth import BEARER, identify
 from mediagen.keys.models import ApiKey
-from mediagen.limits.streams import Slot, StreamSlots
+from mediagen.limits.streams import Slot, StreamSlots, blocking_client
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Read streams on a client of their own whose socket timeout outlasts a blocked XREAD; its
     pool holds one connection per open stream (MAX_STREAMS) and a few for the rest."""
     settings = app.state.settings
-    app.state.events_redis = aioredis.from_url(
-        settings.redis_url or "redis://localhost:6379/0",
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=BLOCK_SECONDS + 5,
-        max_connections=settings.max_streams + 10,
-        client_name="mediagen-events",
+    app.state.events_redis = blocking_client(
+        settings, "mediagen-events", settings.max_streams, BLOCK_SECONDS
     )
     app.state.stream_slots = StreamSlots(
         app.state.events_redis, settings.max_streams_per_key, settings.max_streams

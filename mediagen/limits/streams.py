@@ -21,6 +21,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from mediagen.config import Settings
 from mediagen.errors import RateLimitedError, ServiceUnavailableError
 from mediagen.keys.models import ApiKey
 
@@ -29,6 +30,21 @@ RETRY_AFTER = 5
 # Streams one prediction's signed `urls.stream` may have open at once (several viewers of one
 # prediction; more is someone replaying the URL).
 SIGNED_PER_JOB = 10
+
+
+def blocking_client(
+    settings: Settings, name: str, places: int, block_seconds: float
+) -> aioredis.Redis:
+    """A Redis client for blocking reads of up to `block_seconds` (its socket timeout outlasts
+    them) with one connection per place of this process and a few for the rest."""
+    return aioredis.from_url(
+        settings.redis_url or "redis://localhost:6379/0",
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=block_seconds + 5,
+        max_connections=places + 10,
+        client_name=name,
+    )
 
 
 class StreamSlots:

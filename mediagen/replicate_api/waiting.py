@@ -34,7 +34,7 @@ from mediagen.errors import InvalidInputError, RateLimitedError, ServiceUnavaila
 from mediagen.jobs import repository as repo
 from mediagen.jobs.models import Job
 from mediagen.keys.models import ApiKey
-from mediagen.limits.streams import Slot, StreamSlots
+from mediagen.limits.streams import Slot, StreamSlots, blocking_client
 from mediagen.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Waits block on a client of their own: one connection per wait (MAX_WAITS) and a few for
     taking and freeing places, so they can never take the event streams' connections."""
     settings = app.state.settings
-    app.state.waits_redis = aioredis.from_url(
-        settings.redis_url or "redis://localhost:6379/0",
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=BLOCK_SECONDS + 5,
-        max_connections=settings.max_waits + 10,
-        client_name="mediagen-waits",
+    app.state.waits_redis = blocking_client(
+        settings, "mediagen-waits", settings.max_waits, BLOCK_SECONDS
     )
     app.state.wait_slots = StreamSlots(
         app.state.waits_redis, settings.max_waits_per_key, settings.max_waits, kind="waits"
