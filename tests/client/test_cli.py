@@ -372,9 +372,15 @@ def test_progress_bar_on_a_terminal(stack: str, tmp_path: Path) -> None:
     assert (tmp_path / "tty.png").stat().st_size > 0
 
 
+# `python -m mediagen` as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A process started
+# in the background inherits SIGINT ignored, and Python then leaves it so; so may this suite.
+IN_A_TERMINAL = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('mediagen', run_name='__main__', alter_sys=True)")
+
+
 def test_ctrl_c_leaves_the_job_running(idle_api: str, tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mediagen", "generate", "a cli patient heron", *SIZE],
+        [sys.executable, "-c", IN_A_TERMINAL, "generate", "a cli patient heron", *SIZE],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

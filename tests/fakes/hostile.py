@@ -45,8 +45,8 @@ class HostileServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._server is not None:  # closed on its loop: asyncio's Server is not thread-safe
+            self.loop.call_soon_threadsafe(self._server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 

@@ -43,8 +43,11 @@ function updateKeyButton() {
 
 function askForKey(reason) {
   $("key-reason").textContent = reason || "";
+  // Once open, the field is the user's: a late refusal of the old key (several requests carry
+  // it) must not put it back over a new one being typed.
+  if ($("key-dialog").open) return;
   $("key-input").value = apiKey();
-  if (!$("key-dialog").open) $("key-dialog").showModal();
+  $("key-dialog").showModal();
   $("key-input").focus();
 }
 
