@@ -122,7 +122,10 @@ class Admission:
         else:
             schema = route.input_schema
         if schema is not None:
-            found = problems(schema, model_inputs(schema, request.prompt, request.parameters))
+            given = model_inputs(schema, request.prompt, request.parameters)
+            if self.field == "input" and request.prompt:  # `input.prompt` is one of the inputs
+                given["prompt"] = request.prompt
+            found = problems(schema, given)
             if found:
                 raise self._invalid(found, index)
         return dict(request.parameters)

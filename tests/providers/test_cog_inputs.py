@@ -119,12 +119,15 @@ async def test_a_model_without_inputs_gets_none_and_the_prompt_stays_a_label(set
 
 def test_replicate_run_with_no_input_gives_the_file(setup: Setup) -> None:
     output = setup.replicate().run("acme/still", input={})
-    # Over plain HTTP the client gives the output's URL itself (it wraps only https: ones).
-    assert isinstance(output, str) and output.startswith(f"{setup.url}/"), output
     print(f"replicate.run('acme/still', input={{}}) -> {output!r}")
-    assert httpx.get(output, timeout=30).content.startswith(b"\x89PNG")
-    prediction = setup.replicate().predictions.list().results[0]
-    assert prediction.input == {} and prediction.status == "succeeded"
+    # Over plain HTTP the client gives the output's URL itself (it wraps only https: ones): the
+    # one file's (a list of one, where the output is listed as a list).
+    [url] = output if isinstance(output, list) else [output]
+    assert isinstance(url, str) and url.startswith(f"{setup.url}/"), output
+    assert httpx.get(url, timeout=30).content.startswith(b"\x89PNG")
+    prediction = setup.replicate().predictions.create(model="acme/still", input={})
+    prediction.wait()
+    assert prediction.status == "succeeded" and prediction.input == {}, prediction.error
 
 
 def test_npm_replicate_run_with_no_input_gives_the_file(setup: Setup,
@@ -136,8 +139,9 @@ def test_npm_replicate_run_with_no_input_gives_the_file(setup: Setup,
         env={**os.environ, "REPLICATE_JS": str(replicate_js), "REPLICATE_API_TOKEN": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout)["output"]
-    assert isinstance(output, str) and output.startswith(f"{setup.url}/"), output
-    assert httpx.get(output, timeout=30).content.startswith(b"\x89PNG")
+    [url] = output if isinstance(output, list) else [output]
+    assert isinstance(url, str) and url.startswith(f"{setup.url}/"), output
+    assert httpx.get(url, timeout=30).content.startswith(b"\x89PNG")
 
 
 async def test_the_models_file_schema_refuses_inputs_the_model_does_not_take(setup: Setup
@@ -157,12 +161,12 @@ async def test_the_models_file_schema_refuses_inputs_the_model_does_not_take(set
     assert schemas["acme/words"] is None  # published nowhere: inputs pass unchecked
     assert schemas["acme/typed"]["required"] == ["text"]  # its server's
     assert schemas["acme/typed"]["properties"]["mode"]["allOf"] == [{"$ref": "#/$defs/mode"}]
-    with pytest.raises(ReplicateError) as refused_v1:
-        setup.replicate().run("acme/still", input={"width": 64, "height": 64})
+    with pytest.raises(ReplicateError) as refused_v1:  # on /v1 a prompt is an input like any
+        setup.replicate().run("acme/still", input={"width": 64, "prompt": "a still life"})
     assert refused_v1.value.status == 422
     assert refused_v1.value.detail == (
         "input.width: not an input of this model (it takes no inputs); "
-        "input.height: not an input of this model (it takes no inputs)")
+        "input.prompt: not an input of this model (it takes no inputs)")
 
 
 # --- text in, text streamed back (no schema) ---------------------------------------------------

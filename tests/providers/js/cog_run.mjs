@@ -10,5 +10,5 @@ const Replicate = require(process.env.REPLICATE_JS);
 const [baseUrl, model] = process.argv.slice(2);
 const replicate = new Replicate({ baseUrl });
 const output = await replicate.run(model, { input: {} });
-const shown = output instanceof ReadableStream ? String(output.url()) : output;
-process.stdout.write(JSON.stringify({ output: shown }));
+const shown = (item) => (item instanceof ReadableStream ? String(item.url()) : item);
+process.stdout.write(JSON.stringify({ output: Array.isArray(output) ? output.map(shown) : shown(output) }));
