@@ -13,8 +13,8 @@ a Cog job sends, and how they are checked at submit. The one home of these rules
   prompt is only the job's label.
 - **The check** (`problems`): where the schema is known, unknown names, missing required inputs
   and values its rules refuse (types, bounds, choices) are found at submit, each at the model's
-  own field name. OpenAPI's `nullable` (and an input whose default is null) admits `null`.
-  Where it is not known, the inputs go to the model unchecked.
+  own field name, as Cog's server would check them (it refuses a null where the type does not
+  allow one, `nullable` or not). Where it is not known, the inputs go to the model unchecked.
 """
 
 from __future__ import annotations
@@ -102,9 +102,17 @@ def invalid(schema: Mapping[str, Any]) -> str | None:
 
 
 def names(schema: Mapping[str, Any]) -> list[str]:
-    """The model's input names, as its schema lists them."""
+    """The model's input names, in the order its schema gives them (`x-order`)."""
     properties = schema.get("properties")
-    return list(properties) if isinstance(properties, dict) else []
+    if not isinstance(properties, dict):
+        return []
+
+    def order(name: str) -> float:
+        spec = properties[name]
+        place = spec.get("x-order") if isinstance(spec, dict) else None
+        return place if isinstance(place, int | float) else float("inf")
+
+    return sorted(properties, key=order)
 
 
 def sends_prompt(schema: Mapping[str, Any] | None, prompt: str) -> bool:
@@ -150,30 +158,6 @@ def problems(schema: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[Probl
 
 def _checkable(schema: Mapping[str, Any]) -> dict[str, Any]:
     """`schema` as JSON Schema checks it here: `required` and unknown names are `problems`'s
-    own (named better), and OpenAPI's `nullable`, or a default of null, admits `null`."""
-
-    def nullable(node: Any) -> Any:
-        if isinstance(node, dict):
-            inner = {key: nullable(value) for key, value in node.items() if key != "nullable"}
-            if node.get("nullable") is True:
-                return {"anyOf": [inner, {"type": "null"}]}
-            return inner
-        if isinstance(node, list):
-            return [nullable(item) for item in node]
-        return node
-
-    checked = {k: v for k, v in schema.items() if k not in ("required", "additionalProperties")}
-    properties = checked.get("properties")
-    if isinstance(properties, dict):
-        checked["properties"] = {
-            name: (
-                {"anyOf": [nullable(spec), {"type": "null"}]}
-                if isinstance(spec, dict) and "default" in spec and spec["default"] is None
-                else nullable(spec)
-            )
-            for name, spec in properties.items()
-        }
-    defs = checked.get("$defs")
-    if isinstance(defs, dict):
-        checked["$defs"] = nullable(defs)
-    return checked
+    own (named better). Values are checked as Cog's server checks them: JSON Schema's rules,
+    OpenAPI's `nullable` read as nothing (a null is refused unless the type allows it)."""
+    return {k: v for k, v in schema.items() if k not in ("required", "additionalProperties")}

@@ -201,25 +201,27 @@ def test_a_schema_file_that_cannot_be_used_stops_start_up(tmp_path: Path, conten
 
 
 def test_inputs_are_checked_by_the_models_own_names() -> None:
-    """What a Cog job sends and what its schema refuses (mediagen.catalog.schemas): OpenAPI's
-    `nullable` and a null default admit null; choices come through `$defs`."""
-    from mediagen.catalog.schemas import cog_input, model_inputs, problems, sends_prompt
+    """What a Cog job sends and what its schema refuses (mediagen.catalog.schemas), as Cog's
+    server checks it: choices come through `$defs`, and a null only where the type allows it
+    (`nullable` or not: Cog 0.23 refuses it there)."""
+    from mediagen.catalog.schemas import cog_input, model_inputs, names, problems, sends_prompt
 
     schema = cog_input(COG_OPENAPI)
     assert schema is not None
-    schema["properties"]["seed"] = {"type": "integer", "nullable": True}
-    schema["properties"]["steps"] = {"type": "integer", "default": None}
+    schema["properties"]["seed"] = {"type": "integer", "nullable": True, "x-order": 1}
+    assert names(schema) == ["prompt", "seed", "size"]  # by x-order, the unordered last
     assert sends_prompt(schema, "a fox") and not sends_prompt(schema, "")
     assert sends_prompt(None, "a fox")  # unknown schema: the prompt the caller gave goes
     assert not sends_prompt({"properties": {}}, "a label")  # no such input: a label only
     assert model_inputs({"properties": {}}, "a label", {"n": 1}) == {"n": 1}
-    assert problems(schema, {"prompt": "p", "size": 512, "seed": None, "steps": None}) == []
-    found = problems(schema, {"size": 300, "seed": "x", "colour": 1})
+    assert problems(schema, {"prompt": "p", "size": 512, "seed": 3}) == []
+    found = problems(schema, {"size": 300, "seed": None, "colour": 1})
     assert [(p.loc, p.type) for p in found] == [
-        (("colour",), "unknown"), (("prompt",), "missing"), (("seed",), "anyOf"),
+        (("colour",), "unknown"), (("prompt",), "missing"), (("seed",), "type"),
         (("size",), "enum")]
-    assert found[0].msg == "not an input of this model (its inputs are prompt, size, seed, steps)"
-    assert found[3].msg == "300 is not one of [256, 512]"
+    assert found[0].msg == "not an input of this model (its inputs are prompt, seed, size)"
+    assert [p.msg for p in found[2:]] == ["None is not of type 'integer'",
+                                         "300 is not one of [256, 512]"]
     long = problems({"properties": {"n": {"type": "integer"}}}, {"n": "x" * 5000})
     assert len(long[0].msg) == 200 and long[0].msg.endswith("...")
 
