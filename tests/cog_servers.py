@@ -1,5 +1,6 @@
 """Real Cog servers for the tests: Cog's own HTTP server (`cog` + `coglet` from PyPI, pinned in
-tests/cog-requirements.txt) running the example model (examples/cog-model), without Docker.
+tests/cog-requirements.txt) running the example model (examples/cog-model), or another model
+folder (`CogServer.model`, e.g. tests/fakes/cog_models/), without Docker.
 
 The virtualenv is made once per test session in pytest's temporary directory, with the project's
 `uv` (fast; its cache makes a second session's install a copy). A server is started as Cog's
@@ -51,6 +52,7 @@ class CogServer:
     port: int = field(default_factory=free_port)
     upload_url: str | None = None
     popen: subprocess.Popen[bytes] | None = None
+    model: Path = MODEL  # the model's folder: its predict.py (and a built image's .cog/)
 
     @property
     def url(self) -> str:
@@ -67,7 +69,7 @@ class CogServer:
         env.pop("PYTHONPATH", None)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(command, cwd=MODEL, env=env, stdout=out,
+            self.popen = subprocess.Popen(command, cwd=self.model, env=env, stdout=out,
                                           stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while self.health() != "READY":

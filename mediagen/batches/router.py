@@ -69,7 +69,9 @@ async def create_batch(
         state.rate_limiter.check(owner)
 
     async def create() -> dict[str, Any]:
-        batch = await service.create_batch(body, state.settings, state.outbox, owner, state.catalog)
+        batch = await service.create_batch(
+            body, state.settings, state.outbox, owner, state.catalog, schemas=state.input_schemas
+        )
         return batch.model_dump(mode="json")
 
     return await created(owner, idempotency_key, body, create, IDEMPOTENCY_SCOPE)

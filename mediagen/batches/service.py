@@ -26,6 +26,7 @@ from mediagen.batches import repository as repo
 from mediagen.batches.schemas import BatchCounts, BatchDetail, BatchRequest
 from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
+from mediagen.catalog.listing import InputSchemas
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
 from mediagen.jobs import service as jobs_service
@@ -44,9 +45,11 @@ async def create_batch(
     outbox: Outbox,
     owner: ApiKey | None = None,
     catalog: Catalog | None = None,
+    schemas: InputSchemas | None = None,
 ) -> BatchDetail:
-    """Accept every job of the batch or none (module docstring); durable once this returns."""
-    admission = Admission(settings, owner, catalog or get_catalog(), batch=True)
+    """Accept every job of the batch or none (module docstring); durable once this returns.
+    `schemas`: the process's input schemas, which Cog jobs' inputs are checked against."""
+    admission = Admission(settings, owner, catalog or get_catalog(), batch=True, schemas=schemas)
     if request.webhook is not None:
         await admission.webhook(request.webhook)
     jobs = [await admission.job(entry, index) for index, entry in enumerate(request.jobs)]

@@ -5,12 +5,15 @@ the one provider they select (Replicate when `REPLICATE_API_TOKEN` is set, else 
 generator), and `ALLOWED_MODELS` (patterns; by default `REPLICATE_DEFAULT_MODEL` alone) is the
 allow-list. With it, the file is the allow-list and says, per public model name, which provider
 runs it: built-in, Replicate (optionally under another name, `ref`), or self-hosted Cog servers
-(their endpoints, each with its slots, and the deadline after which a started prediction whose
-completion never arrived is retried).
+(their endpoints, each with its slots, the deadline after which a started prediction whose
+completion never arrived is retried, and optionally the model's input schema: the
+`openapi.json` that `cog build` writes, a path relative to the models file, for servers that
+publish none; `mediagen.catalog.schemas`).
 
     [models."acme/fox"]
     provider = "cog"
     deadline = 600
+    schema = "fox/openapi.json"
     [[models."acme/fox".endpoints]]
     url = "http://gpu-1:5000"
     slots = 1
@@ -25,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +36,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mediagen.catalog.schemas import read_schema
 from mediagen.config import Settings, get_settings
 from mediagen.errors import MediagenError
 
@@ -72,6 +76,9 @@ class ModelRoute:
     ref: str | None = None  # Replicate: the model (or version) asked for instead of `name`
     default: bool = False
     listed: bool = True
+    # Cog: the model's input schema from the models file (`schema`), read at start-up; None:
+    # its servers' own, if they publish one (`mediagen.catalog.listing.InputSchemas`).
+    input_schema: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 class CatalogError(Exception):
@@ -120,6 +127,8 @@ class _ModelEntry(BaseModel):
     deadline: float = Field(DEFAULT_DEADLINE, gt=0, le=7 * 24 * 3600)
     ref: ModelName | None = None
     default: bool = False
+    # `schema` in the file: the path of the model's openapi.json, relative to the file.
+    schema_path: str | None = Field(None, alias="schema", min_length=1, max_length=4096)
 
     @model_validator(mode="after")
     def _fits_provider(self) -> _ModelEntry:
@@ -136,6 +145,8 @@ class _ModelEntry(BaseModel):
             raise ValueError(f"deadline is for cog models, not {self.provider}")
         if self.ref is not None and self.provider != "replicate":
             raise ValueError(f"ref is for replicate models, not {self.provider}")
+        if self.schema_path is not None and self.provider != "cog":
+            raise ValueError(f"schema is for cog models, not {self.provider}")
         return self
 
 
@@ -324,6 +335,7 @@ def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
             deadline=entry.deadline,
             ref=entry.ref,
             default=entry.default,
+            input_schema=_schema(path, name, entry.schema_path),
         )
         for name, entry in checked.models.items()
     ]
@@ -334,6 +346,16 @@ def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
             "which needs REPLICATE_API_TOKEN"
         )
     return Catalog(routes, _implied_default(settings), source=path)
+
+
+def _schema(path: Path, name: str, given: str | None) -> dict[str, Any] | None:
+    """The input schema a model's `schema` names (relative to the models file at `path`)."""
+    if given is None:
+        return None
+    try:
+        return read_schema(path.parent / given)
+    except ValueError as exc:
+        raise CatalogError(f'models file {path}: models."{name}".schema: {exc}') from None
 
 
 def load_catalog(settings: Settings) -> Catalog:

@@ -19,6 +19,7 @@ import orjson
 from pydantic import BaseModel, Field
 
 from mediagen.catalog.catalog import Catalog, ModelRoute, ProviderName
+from mediagen.catalog.schemas import cog_input, invalid
 from mediagen.errors import OutboundError
 from mediagen.outbound import Outbound, Policy
 
@@ -26,7 +27,6 @@ SCHEMA_TTL = 300.0
 FAILED_TTL = 30.0
 FETCH_DEADLINE = 3.0  # for one endpoint's openapi.json, all of it
 MAX_SCHEMA_BYTES = 2 * 1024 * 1024
-_REF = "#/components/schemas/"
 
 
 class ModelInfo(BaseModel):
@@ -35,7 +35,9 @@ class ModelInfo(BaseModel):
     default: bool = Field(description="What a request that names no model runs on.")
     input_schema: dict[str, Any] | None = Field(
         description="JSON Schema of the model's inputs (`parameters`), where the provider "
-        "gives one (built-in generator, Cog); null otherwise."
+        "gives one: the built-in generator's; a Cog model's, from the models file or its "
+        "server (inputs are checked against it at submit); null otherwise (a Cog model's "
+        "inputs then go to it unchecked)."
     )
 
 
@@ -43,44 +45,10 @@ class ModelList(BaseModel):
     data: list[ModelInfo]
 
 
-def cog_input(openapi: Any) -> dict[str, Any] | None:
-    """`components.schemas.Input` of a Cog server's OpenAPI document, self-contained: the
-    component schemas it refers to (choices become enums of their own) go under `$defs`."""
-    if not isinstance(openapi, dict):
-        return None
-    components = openapi.get("components")
-    schemas = components.get("schemas") if isinstance(components, dict) else None
-    if not isinstance(schemas, dict) or not isinstance(schemas.get("Input"), dict):
-        return None
-    found: dict[str, Any] = {}
-
-    def local(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {}
-            for key, value in node.items():
-                if key == "$ref" and isinstance(value, str) and value.startswith(_REF):
-                    name = value.removeprefix(_REF)
-                    if name not in found and isinstance(schemas.get(name), dict):
-                        found[name] = None  # placeholder: refs may be cyclic
-                        found[name] = local(schemas[name])
-                    out[key] = f"#/$defs/{name}"
-                else:
-                    out[key] = local(value)
-            return out
-        if isinstance(node, list):
-            return [local(item) for item in node]
-        return node
-
-    schema: dict[str, Any] = local(schemas["Input"])
-    if found:
-        schema["$defs"] = {**schema.get("$defs", {}), **found}
-    return schema
-
-
 class InputSchemas:
     """Input schemas by model, cached; one fetch at a time per model whatever the callers."""
 
-    def __init__(self, outbound: Outbound, builtin: dict[str, Any]) -> None:
+    def __init__(self, outbound: Outbound, builtin: dict[str, Any] | None = None) -> None:
         self.outbound = outbound
         self.builtin = builtin
         self._policy = Policy(deadline=FETCH_DEADLINE, max_bytes=MAX_SCHEMA_BYTES, pin=False)
@@ -90,7 +58,11 @@ class InputSchemas:
     async def of(self, route: ModelRoute) -> dict[str, Any] | None:
         if route.provider == "builtin":
             return self.builtin
-        if route.provider != "cog" or not route.endpoints:
+        if route.provider != "cog":
+            return None
+        if route.input_schema is not None:  # the models file's
+            return route.input_schema
+        if not route.endpoints:
             return None
         cached = self._cache.get(route.name)
         if cached is not None and cached[0] > time.monotonic():
@@ -117,8 +89,9 @@ class InputSchemas:
                 schema = cog_input(orjson.loads(reply.body))
             except orjson.JSONDecodeError:
                 continue
-            if schema is not None:
+            if schema is not None and invalid(schema) is None:
                 break
+            schema = None  # none, or one that cannot be checked against: as if none was given
         ttl = SCHEMA_TTL if schema is not None else FAILED_TTL
         self._cache[route.name] = (time.monotonic() + ttl, schema)
         return schema

@@ -2,12 +2,15 @@
 (`POST /api/v1/generate`, a `/v1` prediction) or as an entry of a batch (`POST /api/v1/batches`),
 and what follows once it is.
 
-Before: its model is routed in the catalog (422 if this service does not run it), its priority
-is within the caller's ceiling (403), its webhook is one we can sign and may call (422), and
-the input files it names are accepted (`data:` ones stored, uploads claimed; 422). A refusal
-about an entry of a batch names it (`jobs[3]: ...`). A refused submission keeps none of the
-files it stored, whether a later entry was refused or the insert found no room within
-MAX_JOBS_IN_FLIGHT (`Admission.refused`).
+Before: its model is routed in the catalog (422 if this service does not run it), its inputs
+pass its model's rules (422 `validation_error`, each input by the model's own name: the
+built-in generator's `GenerationParameters`, defaults filled in; a Cog model's schema where it
+is known, `mediagen.catalog.schemas`, and nothing added: the job keeps exactly the caller's
+inputs), its priority is within the caller's ceiling (403), its webhook is one we can sign and
+may call (422), and the input files it names are accepted (`data:` ones stored, uploads
+claimed; 422). A refusal about an entry of a batch names it (`jobs[3]: ...`). A refused
+submission keeps none of the files it stored, whether a later entry was refused or the insert
+found no room within MAX_JOBS_IN_FLIGHT (`Admission.refused`).
 
 After the commit: the starts are published through the process's outbox (`dispatch`); if that
 fails the jobs stay accepted and their `dispatched_at` is cleared in the background, so the
@@ -25,14 +28,20 @@ from collections.abc import Coroutine, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from mediagen.batches.repository import NewJob
 from mediagen.broker import Outbox
-from mediagen.catalog import Catalog
+from mediagen.catalog import Catalog, ModelRoute
+from mediagen.catalog.listing import InputSchemas
+from mediagen.catalog.schemas import Problem, model_inputs, problems
 from mediagen.config import Settings
-from mediagen.errors import MediagenError, RateLimitedError
+from mediagen.errors import InputValidationError, MediagenError, RateLimitedError
+from mediagen.errors_http import describe
 from mediagen.files import inputs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import dispatch_new
+from mediagen.jobs.parameters import GenerationParameters
 from mediagen.jobs.priority import check_priority
 from mediagen.jobs.schemas import GenerateRequest
 from mediagen.keys.models import ApiKey
@@ -47,15 +56,25 @@ _background: set[asyncio.Task[None]] = set()
 class Admission:
     """The checks of one submission by `owner`: a single job's, or a batch's (`batch=True`:
     its refusals name the entry, and its in-flight refusal speaks of the batch). Each webhook
-    URL is checked once per submission."""
+    URL is checked once per submission. `schemas`: where Cog models' input schemas are found
+    (without it, only the models file's); `field`: what the surface calls a job's inputs
+    (`parameters`, or `/v1`'s `input`), for the refusals."""
 
     def __init__(
-        self, settings: Settings, owner: ApiKey | None, catalog: Catalog, batch: bool = False
+        self,
+        settings: Settings,
+        owner: ApiKey | None,
+        catalog: Catalog,
+        batch: bool = False,
+        schemas: InputSchemas | None = None,
+        field: str = "parameters",
     ) -> None:
         self.settings = settings
         self.owner = owner
         self.catalog = catalog
         self.batch = batch
+        self.schemas = schemas
+        self.field = field
         self._checked: set[str] = set()
 
     async def webhook(self, url: str) -> None:
@@ -69,13 +88,14 @@ class Admission:
         webhook passed, as the inserts write it; nothing is stored yet."""
         with self._entry(index):
             route = self.catalog.route(request.model)
+            parameters = await self._parameters(route, request, index)
             check_priority(request.priority, self.owner, self.settings)
             if request.webhook is not None:
                 await self.webhook(request.webhook)
         return NewJob(
             id=uuid.uuid4(),
             prompt=request.prompt,
-            parameters=request.parameters.model_dump(exclude_none=True),
+            parameters=parameters,
             model=self.catalog.job_model(route, request.model),
             provider=route.provider,
             priority=str(request.priority),
@@ -83,6 +103,49 @@ class Admission:
             webhook=request.webhook,
             webhook_events=request.webhook_events_filter if request.webhook else (),
         )
+
+    async def _parameters(
+        self, route: ModelRoute, request: GenerateRequest, index: int
+    ) -> dict[str, Any]:
+        """The parameters a job on `route` keeps, once they passed its model's rules: the
+        built-in generator's (and a Replicate model's) with their defaults; a Cog model's
+        exactly as given, checked against its schema where one is known."""
+        if route.provider != "cog":
+            try:
+                checked = GenerationParameters.model_validate(request.parameters)
+            except ValidationError as exc:
+                found = [Problem(tuple(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+                raise self._invalid(found, index) from None
+            return checked.model_dump(exclude_none=True)
+        if self.schemas is not None:
+            schema = await self.schemas.of(route)
+        else:
+            schema = route.input_schema
+        if schema is not None:
+            given = model_inputs(schema, request.prompt, request.parameters)
+            if self.field == "input" and request.prompt:  # `input.prompt` is one of the inputs
+                given["prompt"] = request.prompt
+            found = problems(schema, given)
+            if found:
+                raise self._invalid(found, index)
+        return dict(request.parameters)
+
+    def _invalid(self, found: list[Problem], index: int) -> InputValidationError:
+        """The 422 of inputs the model refuses: each where the request has it (the prompt at
+        the top level of a job, the rest under `self.field`)."""
+        where = [
+            p.loc
+            if self.field == "parameters" and p.loc[:1] == ("prompt",)
+            else (self.field, *p.loc)
+            for p in found
+        ]
+        body: tuple[str | int, ...] = ("body", "jobs", index) if self.batch else ("body",)
+        errors = [
+            {"loc": [*body, *loc], "msg": p.msg, "type": p.type}
+            for p, loc in zip(found, where, strict=True)
+        ]
+        detail = describe({"loc": loc, "msg": p.msg} for p, loc in zip(found, where, strict=True))
+        return InputValidationError(detail, errors=errors)
 
     async def inputs(self, jobs: list[NewJob]) -> list[NewJob]:
         """`jobs` with the input files they name accepted (their `data:` values changed in

@@ -89,7 +89,12 @@ class FastPaths:
             return
         try:  # nothing is handed over from here: the job may already exist
             job_id = await service.create_job(
-                request, state.settings, state.outbox, owner, state.catalog
+                request,
+                state.settings,
+                state.outbox,
+                owner,
+                state.catalog,
+                schemas=state.input_schemas,
             )
         except Exception as exc:
             response = error_response(exc)

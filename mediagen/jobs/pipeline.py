@@ -50,6 +50,7 @@ from mediagen.providers.base import (
     PredictionStatus,
     Provider,
 )
+from mediagen.providers.downloads import NO_MESSAGE
 from mediagen.providers.registry import Providers
 from mediagen.retry import MAX_POLL_WAIT
 from mediagen.storage.base import Storage
@@ -174,7 +175,7 @@ class Pipeline:
         if prediction.status is PredictionStatus.SUCCEEDED:
             return await self._finish(job, attempt, prediction, changed, fields, grown)
         if prediction.status.is_terminal:  # failed or canceled upstream
-            error = f"generation failed: {prediction.error or 'no reason given'}"
+            error = prediction.error or NO_MESSAGE  # the model's own message
             if prediction.status is PredictionStatus.CANCELED:
                 error = "the prediction was canceled upstream"
             fields["metrics"] = metrics_at_end(prediction.predict_time, None)

@@ -116,8 +116,9 @@ async def created(
         429: {"model": ErrorResponse, "description": "Rate or in-flight limit; see Retry-After."},
         422: {
             "model": ErrorResponse,
-            "description": "The body is invalid (`errors` says where), an input file is not "
-            "usable (`invalid_input`), a parameter is a URL that is not an input file "
+            "description": "The body is invalid, or its parameters are not what the model "
+            "takes (`validation_error`; `errors` says where), an input file is not usable "
+            "(`invalid_input`), a parameter is a URL that is not an input file "
             "(`input_url_refused`), or the Idempotency-Key was used with another body.",
         },
         503: {"model": ErrorResponse, "description": "The database is unavailable."},
@@ -135,7 +136,9 @@ async def generate(
     state.rate_limiter.check(owner)
 
     async def create() -> dict[str, Any]:
-        job_id = await service.create_job(body, state.settings, state.outbox, owner, state.catalog)
+        job_id = await service.create_job(
+            body, state.settings, state.outbox, owner, state.catalog, schemas=state.input_schemas
+        )
         return service.accepted_body(job_id)
 
     return await created(owner, idempotency_key, body, create)

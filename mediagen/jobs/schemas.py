@@ -1,16 +1,11 @@
-"""Request and response bodies of the jobs API (Pydantic v2).
-
-Unknown keys in `parameters` are passed through to the provider (a Replicate model has inputs of
-its own) when their names are identifiers and their values JSON scalars or short lists; the
-built-in generator ignores them. A value that reads as a URL must be an input file (checked at
-submit, `mediagen.files.inputs.screen`).
+"""Request and response bodies of the jobs API (Pydantic v2). A job's `parameters` are the
+model's inputs, checked as `mediagen.jobs.parameters` says.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -21,21 +16,14 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
-    model_validator,
 )
-from pydantic.config import JsonDict, JsonValue
 from pydantic_core import PydanticCustomError
 
 from mediagen.catalog import MODEL_PATTERN
 from mediagen.config import get_settings
-from mediagen.files.uris import DATA_URI, DATA_URI_PATTERN
+from mediagen.jobs.parameters import NO_NUL, Parameters
 from mediagen.jobs.states import JobStatus, Priority
 
-MAX_PARAMETERS = 40  # known and passed-through keys together
-# Names a passed-through parameter may not take: the provider gets them from the request itself
-# (a `parameters.prompt` would replace the validated, length-checked prompt).
-RESERVED_PARAMETERS = frozenset({"prompt"})
-_EXTRA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MODEL = re.compile(MODEL_PATTERN)
 
 # http(s) with a DNS name or IPv4 host, optional port (0..65535), printable ASCII after it.
@@ -51,7 +39,6 @@ def _all_events() -> list[WebhookEvent]:
     return ["start", "progress", "completed"]
 
 
-Scalar = str | int | float | bool | None
 # What counts as blank around a prompt: Python's and JSON Schema's (ECMAScript) whitespace
 # together, so the schema's pattern and the validator agree on every string.
 BLANK = (
@@ -62,139 +49,7 @@ BLANK = (
 _PROMPT_PATTERN = "^[^\\u0000]*[^\\u0000{}][^\\u0000]*$".format(
     "".join(f"\\u{ord(c):04x}" for c in BLANK)
 )
-_NO_NUL = "^[^\\u0000]*$"  # Postgres text and JSON cannot hold NUL characters
 _SETTINGS = get_settings()  # bounds that the OpenAPI schema states, as configured
-_SCALAR_SCHEMA: list[JsonValue] = [
-    {"type": "integer"},
-    {"type": "number"},
-    {"type": "boolean"},
-    {"type": "null"},
-    {"type": "string", "maxLength": 10_000, "pattern": _NO_NUL},
-]
-_EXTRAS_SCHEMA: JsonDict = {
-    # Unknown parameters as the model validator below accepts them, stated for clients and fuzzers.
-    "additionalProperties": {
-        "anyOf": [
-            *_SCALAR_SCHEMA,
-            # An input file given inline (mediagen.files.inputs): bounded by the body limit.
-            {"type": "string", "maxLength": _SETTINGS.max_body_bytes, "pattern": DATA_URI_PATTERN},
-            {"type": "array", "maxItems": 64, "items": {"anyOf": _SCALAR_SCHEMA}},
-        ]
-    },
-    "propertyNames": {
-        "pattern": _EXTRA_KEY.pattern,
-        "not": {"enum": list[JsonValue](sorted(RESERVED_PARAMETERS))},
-    },
-    "maxProperties": MAX_PARAMETERS,
-}
-_DIMENSION_SCHEMA: JsonDict = {
-    "minimum": _SETTINGS.min_dimension,
-    "maximum": _SETTINGS.max_dimension,
-    "multipleOf": 8,
-}
-
-
-def _json_number(kind: str) -> Callable[[object], object]:
-    """As JSON Schema counts numbers: 976.0 is an integer, `true` and "7" are not numbers."""
-
-    def check(value: object) -> object:
-        if isinstance(value, bool | str):
-            raise PydanticCustomError(f"{kind}_type", f"Input should be a valid {kind}")
-        return value
-
-    return check
-
-
-_BOUND_NAMES = {
-    "ge": "minimum",
-    "le": "maximum",
-    "gt": "exclusiveMinimum",
-    "lt": "exclusiveMaximum",
-}
-
-
-def _schema_extra(schema: JsonDict) -> None:
-    """Add the extras rules, and name bounds as JSON Schema does: behind a BeforeValidator,
-    pydantic emits a field's `ge`/`le` under those names."""
-    schema.update(_EXTRAS_SCHEMA)
-
-    def rename(node: JsonValue) -> None:
-        if isinstance(node, dict):
-            for short, standard in _BOUND_NAMES.items():
-                if short in node:
-                    node[standard] = node.pop(short)
-            for child in node.values():
-                rename(child)
-        elif isinstance(node, list):
-            for child in node:
-                rename(child)
-
-    rename(schema.get("properties"))
-
-
-Int = Annotated[int, BeforeValidator(_json_number("integer"))]
-Float = Annotated[float, BeforeValidator(_json_number("number"))]
-
-
-class GenerationParameters(BaseModel):
-    """Generation settings. Width and height must be multiples of 8 within the configured bounds
-    (64..2048 by default)."""
-
-    model_config = ConfigDict(extra="allow", json_schema_extra=_schema_extra)
-
-    width: Int = Field(
-        1024,
-        description="Image width in pixels, a multiple of 8.",
-        json_schema_extra=_DIMENSION_SCHEMA,
-    )
-    height: Int = Field(
-        1024,
-        description="Image height in pixels, a multiple of 8.",
-        json_schema_extra=_DIMENSION_SCHEMA,
-    )
-    num_inference_steps: Int = Field(50, ge=1, le=150)
-    # Bounds inside the Annotated: on the Optional they would reach the schema as `ge`/`le`.
-    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] | None = Field(
-        None, description="Same prompt + seed, same image."
-    )
-    output_format: Literal["png", "jpg", "jpeg", "webp"] = "png"
-    num_outputs: Int = Field(1, ge=1, le=4)
-    guidance_scale: Annotated[Float, Field(ge=0, le=50)] | None = None
-    negative_prompt: str | None = Field(None, max_length=2000, pattern=_NO_NUL)
-
-    @field_validator("width", "height")
-    @classmethod
-    def _dimension(cls, value: int) -> int:
-        settings = get_settings()
-        low, high = settings.min_dimension, settings.max_dimension
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        if value % 8:
-            raise ValueError("must be a multiple of 8")
-        return value
-
-    @model_validator(mode="after")
-    def _extras(self) -> GenerationParameters:
-        extra = self.model_extra or {}
-        if len(self.model_fields_set | set(extra)) > MAX_PARAMETERS:
-            raise ValueError(f"at most {MAX_PARAMETERS} parameters are accepted")
-        for key, value in extra.items():
-            if not _EXTRA_KEY.match(key):
-                raise ValueError(f"parameter name {key!r} is not an identifier")
-            if key in RESERVED_PARAMETERS:
-                raise ValueError(f"parameter {key!r} is reserved: give it at the top level")
-            values = value if isinstance(value, list) else [value]
-            if len(values) > 64 or not all(isinstance(v, Scalar) for v in values):
-                raise ValueError(
-                    f"parameter {key!r} must be a scalar or a list of up to 64 scalars"
-                )
-            if isinstance(value, str) and DATA_URI.match(value):
-                continue  # an input file given inline: the request body limit bounds it
-            if any(isinstance(v, str) and len(v) > 10_000 for v in values):
-                raise ValueError(f"parameter {key!r} is longer than 10000 characters")
-            if any(isinstance(v, str) and "\x00" in v for v in values):
-                raise ValueError(f"parameter {key!r} must not contain NUL characters")
-        return self
 
 
 class GenerateRequest(BaseModel):
@@ -219,7 +74,7 @@ class GenerateRequest(BaseModel):
             "pattern": _PROMPT_PATTERN,
         },
     )
-    parameters: GenerationParameters = Field(default_factory=GenerationParameters)
+    parameters: Parameters = Field(default_factory=dict)
     model: str | None = Field(
         None,
         description="The model to run: `owner/name`, `owner/name:version` or a version id, "
@@ -281,6 +136,17 @@ class GenerateRequest(BaseModel):
         if value is not None and not _MODEL.match(value):
             raise ValueError("must be `owner/name`, `owner/name:<64-hex version>` or a version id")
         return value
+
+
+class InputsRequest(GenerateRequest):
+    """A job whose model may take no prompt (a Cog model through `/v1`, which takes its inputs
+    as the model declares them): without one, its prompt, its label, is empty."""
+
+    prompt: str = Field(
+        "",
+        description="The input `prompt`, when the model has one.",
+        json_schema_extra={"maxLength": _SETTINGS.max_prompt_length, "pattern": NO_NUL},
+    )
 
 
 class GenerateResponse(BaseModel):

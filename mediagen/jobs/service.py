@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
+from mediagen.catalog.listing import InputSchemas
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
 from mediagen.jobs import paging
@@ -54,14 +55,17 @@ async def create_job(
     owner: ApiKey | None = None,
     catalog: Catalog | None = None,
     surface: tuple[str, str] | None = None,
+    schemas: InputSchemas | None = None,
 ) -> uuid.UUID:
     """Accept a job (durable once this returns) and have it dispatched after the commit. Its
     `model` picks its route in `catalog` (422 if none): the provider its row records, and the
-    public name it keeps (`Catalog.job_model`); the other checks are `admission`'s. `surface`:
-    the other API that made it and the base URL it was called at (`("replicate", base)`: its
-    webhooks take that API's shape)."""
+    public name it keeps (`Catalog.job_model`); the other checks are `admission`'s (`schemas`:
+    the process's input schemas, which a Cog job's inputs are checked against). `surface`: the
+    other API that made it and the base URL it was called at (`("replicate", base)`: its
+    webhooks take that API's shape, and its refusals call the inputs `input`)."""
     catalog = catalog or get_catalog()
-    admission = Admission(settings, owner, catalog)
+    field = "parameters" if surface is None else "input"
+    admission = Admission(settings, owner, catalog, schemas=schemas, field=field)
     job = await admission.job(request)
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
     [job] = await admission.inputs([job])

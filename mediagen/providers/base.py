@@ -97,9 +97,10 @@ class GenerationRequest:
     # gave, e.g. `mediagen://files/<id>`): parameter -> the file. Empty for most jobs.
     inputs: Mapping[str, InputRef] = field(default_factory=dict)
 
-    async def provider_input(self) -> dict[str, Any]:
-        """`parameters` with each input file as a URL or a `data:` URI, and the prompt."""
-        given = {**self.parameters, "prompt": self.prompt}
+    async def provider_input(self, prompt: bool = True) -> dict[str, Any]:
+        """`parameters` with each input file as a URL or a `data:` URI, and the prompt (unless
+        `prompt` is False: a Cog model takes it only as an input it declares)."""
+        given = {**self.parameters, "prompt": self.prompt} if prompt else dict(self.parameters)
         for name, ref in self.inputs.items():
             given[name] = await ref.as_uri()
         return given

@@ -6,11 +6,13 @@ A provider error's message becomes the job's public `error` (`mediagen.jobs.pipe
 whoever made the job: it says what failed in plain words (the status, "timed out", a Cog
 endpoint by its short key), never the upstream URL or what the other side answered (but for
 Replicate's reason for refusing a request: `check_reply`'s `shown_4xx`). Those are the error's
-`details` (`url`, `answer`, `cause`), which the worker logs with the job's line.
+`details` (`url`, `answer`, `cause`), which the worker logs with the job's line. A prediction
+that failed shows the model's own message, once (`model_message`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import PurePosixPath
@@ -52,6 +54,15 @@ MEDIA_TYPES = {
 }
 CANONICAL = {ext: media for media, ext in reversed(MEDIA_TYPES.items())}  # first type wins
 _OCTET = ("", "application/octet-stream", "binary/octet-stream")
+# What a server puts before a model's own error, once or more (Cog: `Prediction failed: `).
+_FAILED = re.compile(r"^(\s*(async )?prediction failed:)+\s*", re.IGNORECASE)
+NO_MESSAGE = "the model failed without an error message"
+
+
+def model_message(error: str | None) -> str:
+    """A failed prediction's error as its job shows it: the model's own message, once, without
+    the `Prediction failed: ` a server put before it (Cog's, sometimes twice)."""
+    return _FAILED.sub("", error or "").strip() or NO_MESSAGE
 
 
 def download_policy(settings: Settings) -> Policy:

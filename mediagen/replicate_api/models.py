@@ -25,8 +25,14 @@ _DESCRIPTION = {
 }
 
 
-def _input(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """The `Input` schema: the provider's, with `prompt` (a job's prompt) among its inputs."""
+def _input(schema: dict[str, Any] | None, route: ModelRoute) -> dict[str, Any]:
+    """The `Input` schema: a Cog model's own as it declares it (any object where it is not
+    known: its inputs go to it as given); the built-in generator's parameters and a Replicate
+    model's, with `prompt` (a job's prompt) among its inputs."""
+    if route.provider == "cog":
+        if schema is None:
+            return {"type": "object", "title": "Input"}
+        return {"title": "Input", **_inlined(schema)}
     if schema is None:
         return {"type": "object", "properties": {"prompt": _PROMPT}, "required": ["prompt"]}
     result = copy.deepcopy(schema)
@@ -37,6 +43,28 @@ def _input(schema: dict[str, Any] | None) -> dict[str, Any]:
         result["properties"] = {"prompt": _PROMPT, **properties}
     result["required"] = sorted({*result.get("required", []), "prompt"})
     result.setdefault("title", "Input")
+    return result
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` without `$defs`: each `#/$defs/...` reference replaced by what it names (in an
+    OpenAPI document a `$ref` starts from the document's root, not from `Input`)."""
+    defs = schema.get("$defs") or {}
+
+    def inline(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                name = ref.removeprefix("#/$defs/")
+                if name in defs and name not in seen:  # a cycle stays a reference
+                    rest = {k: inline(v, seen) for k, v in node.items() if k != "$ref"}
+                    return {**inline(defs[name], seen | {name}), **rest}
+            return {k: inline(v, seen) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [inline(item, seen) for item in node]
+        return node
+
+    result: dict[str, Any] = inline(schema, frozenset())
     return result
 
 
@@ -52,7 +80,7 @@ async def version_of(state: State, model: str, route: ModelRoute) -> ModelVersio
             "openapi": "3.0.2",
             "info": {"title": model_name(model), "version": version_id(model)},
             "paths": {},
-            "components": {"schemas": {"Input": _input(schema), "Output": _OUTPUT}},
+            "components": {"schemas": {"Input": _input(schema, route), "Output": _OUTPUT}},
         },
     )
 

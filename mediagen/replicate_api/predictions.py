@@ -76,6 +76,13 @@ def stream_url(job_id: uuid.UUID | str, base: str, signer: MediaSigner | None) -
     return f"{url}?{signer.query(stream_key(job_id))}" if signer else url
 
 
+def input_of(job: Job) -> dict[str, Any]:
+    """The inputs it was given: its parameters, and its prompt as `prompt` (a prediction made
+    without one, for a model that takes none, has an empty prompt: none is shown)."""
+    parameters = dict(job.parameters or {})
+    return {"prompt": job.prompt, **parameters} if job.prompt else parameters
+
+
 async def output_of(job: Job, storage: Storage, base: str) -> list[str] | None:
     """The outputs' URLs (signed or presigned, absolute), in order; None until it succeeds."""
     if job.status is not JobStatus.COMPLETED or not job.outputs:
@@ -101,7 +108,7 @@ async def prediction_of(
         id=str(job.id),
         model=model_name(model),
         version=version_id(model),
-        input={"prompt": job.prompt, **(job.parameters or {})},
+        input=input_of(job),
         output=await output_of(job, storage, base) if state is JobStatus.COMPLETED else None,
         logs=(job.logs or "") if with_logs else "",
         error=job.error if state is JobStatus.FAILED else None,

@@ -10,13 +10,15 @@ from pydantic.config import JsonDict
 
 from mediagen.catalog import MODEL_PATTERN
 from mediagen.jobs.event_schema import json_data, sse_event
-from mediagen.jobs.schemas import MAX_PARAMETERS, GenerateRequest, GenerationParameters
+from mediagen.jobs.parameters import MAX_PARAMETERS, GenerationParameters
+from mediagen.jobs.schemas import GenerateRequest
 
 _GENERATE: dict[str, Any] = GenerateRequest.model_json_schema()
 
 
 def _input_schema(schema: JsonDict) -> None:
-    """`input` is validated as a job's prompt and parameters: its schema says just that."""
+    """`input` is the model's inputs: the rules every model shares, and the built-in
+    generator's own (`prompt`, which it needs, and its parameters) as the example."""
     parameters = GenerationParameters.model_json_schema()
     names = dict(parameters["propertyNames"])
     names.pop("not", None)  # `prompt` is one of the inputs here
@@ -25,8 +27,11 @@ def _input_schema(schema: JsonDict) -> None:
         {
             **parameters,
             "title": "Input",
+            "description": "The model's inputs, as its schema declares them (`GET "
+            "/v1/models/{owner}/{name}`, `latest_version.openapi_schema`), checked against it "
+            "where it is known. These properties are the built-in generator's, which needs "
+            "`prompt`; a Cog model takes `prompt` only if it declares it.",
             "properties": {"prompt": _GENERATE["properties"]["prompt"], **parameters["properties"]},
-            "required": ["prompt"],
             "propertyNames": names,
             "maxProperties": MAX_PARAMETERS + 1,
         }
@@ -45,7 +50,8 @@ class _Create(BaseModel):
 
     input: dict[str, Any] = Field(
         description="The model's inputs: `prompt` is the job's prompt, the rest its parameters "
-        "(as `parameters` of `POST /api/v1/generate`).",
+        "(as `parameters` of `POST /api/v1/generate`); a model that takes no `prompt` (a Cog "
+        "model may not) needs none.",
         json_schema_extra=_input_schema,
     )
     webhook: str | None = Field(

@@ -19,7 +19,7 @@ from mediagen.jobs import paging
 from mediagen.jobs import repository as repo
 from mediagen.jobs import service as jobs
 from mediagen.jobs.models import Job
-from mediagen.jobs.schemas import GenerateRequest
+from mediagen.jobs.schemas import GenerateRequest, InputsRequest
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owned, owner_id
 from mediagen.replicate_api import waiting
@@ -99,9 +99,13 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) -> GenerateRequest:
+def job_request(
+    model: str, route: ModelRoute, body: ModelPredictionRequest | PredictionRequest
+) -> GenerateRequest:
     """The job a prediction request asks for: `input.prompt` its prompt, the rest its
-    parameters; 422 (problem details) for what a job cannot take."""
+    parameters; 422 (problem details) for what a job cannot take. A Cog model takes the inputs
+    it declares, with or without a prompt (checked against its schema at submit,
+    `mediagen.jobs.admission`); the built-in generator and Replicate models need `prompt`."""
     inputs = dict(body.input)
     data: dict[str, Any] = {"prompt": inputs.pop("prompt", None), "parameters": inputs}
     data["model"] = model
@@ -113,8 +117,9 @@ def job_request(model: str, body: ModelPredictionRequest | PredictionRequest) ->
         )
     if data["prompt"] is None:
         data.pop("prompt")
+    kind = InputsRequest if route.provider == "cog" else GenerateRequest
     try:
-        return GenerateRequest.model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as exc:
         raise InvalidInputError(describe(exc.errors(), _where)) from None
 
@@ -136,11 +141,17 @@ async def create(
     state = request.app.state
     state.rate_limiter.check(owner)
     wait = waiting.parse_prefer(prefer)
-    model, _route = resolve(state.catalog, ref)
-    generate = job_request(model, body)
+    model, route = resolve(state.catalog, ref)
+    generate = job_request(model, route, body)
     base = service_root(request)
     job_id = await jobs.create_job(
-        generate, state.settings, state.outbox, owner, state.catalog, surface=(SURFACE, base)
+        generate,
+        state.settings,
+        state.outbox,
+        owner,
+        state.catalog,
+        surface=(SURFACE, base),
+        schemas=state.input_schemas,
     )
     headers: dict[str, str] = {}
     if wait is not None:

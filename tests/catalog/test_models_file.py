@@ -162,6 +162,70 @@ def test_a_bad_file_says_what_is_wrong(tmp_path: Path, text: str, problem: str) 
     assert problem in message, message
 
 
+_COG = '[models."acme/fox"]\nprovider = "cog"\n{extra}[[models."acme/fox".endpoints]]\nurl = "http://gpu:5000"\n'
+
+
+def test_a_cog_model_takes_its_schema_from_a_file_beside_the_models_file(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "fox").mkdir()
+    (tmp_path / "fox" / "openapi.json").write_text(json.dumps(COG_OPENAPI))
+    path = write(tmp_path, _COG.format(extra='schema = "fox/openapi.json"\n'))
+    fox = load_catalog(settings(path)).route("acme/fox")
+    assert fox.input_schema is not None and fox.input_schema["required"] == ["prompt"]
+    assert fox.input_schema["$defs"]["size"]["enum"] == [256, 512]  # self-contained
+    plain = load_catalog(settings(write(tmp_path, _COG.format(extra="")))).route("acme/fox")
+    assert plain.input_schema is None  # its servers' own, if they publish one
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "fox.json cannot be read"),
+    ("{not json", "fox.json is not JSON"),
+    ('{"openapi": "3.0.2", "components": {"schemas": {}}}', "has no components.schemas.Input"),
+    ('{"components": {"schemas": {"Input": {"type": "mystery"}}}}',
+     "the Input schema is not valid"),
+])
+def test_a_schema_file_that_cannot_be_used_stops_start_up(tmp_path: Path, content: str | None,
+                                                          problem: str) -> None:
+    if content is not None:
+        (tmp_path / "fox.json").write_text(content)
+    path = write(tmp_path, _COG.format(extra='schema = "fox.json"\n'))
+    with pytest.raises(CatalogError) as bad:
+        load_catalog(settings(path))
+    message = str(bad.value)
+    assert message.startswith(f'models file {path}: models."acme/fox".schema: '), message
+    assert problem in message and "\n" not in message, message
+    builtin = write(tmp_path, '[models."acme/fox"]\nprovider = "builtin"\nschema = "x.json"\n')
+    with pytest.raises(CatalogError, match="schema is for cog models, not builtin"):
+        load_catalog(settings(builtin))
+
+
+def test_inputs_are_checked_by_the_models_own_names() -> None:
+    """What a Cog job sends and what its schema refuses (mediagen.catalog.schemas), as Cog's
+    server checks it: choices come through `$defs`, and a null only where the type allows it
+    (`nullable` or not: Cog 0.23 refuses it there)."""
+    from mediagen.catalog.schemas import cog_input, model_inputs, names, problems, sends_prompt
+
+    schema = cog_input(COG_OPENAPI)
+    assert schema is not None
+    schema["properties"]["seed"] = {"type": "integer", "nullable": True, "x-order": 1}
+    assert names(schema) == ["prompt", "seed", "size"]  # by x-order, the unordered last
+    assert sends_prompt(schema, "a fox") and not sends_prompt(schema, "")
+    assert sends_prompt(None, "a fox")  # unknown schema: the prompt the caller gave goes
+    assert not sends_prompt({"properties": {}}, "a label")  # no such input: a label only
+    assert model_inputs({"properties": {}}, "a label", {"n": 1}) == {"n": 1}
+    assert problems(schema, {"prompt": "p", "size": 512, "seed": 3}) == []
+    found = problems(schema, {"size": 300, "seed": None, "colour": 1})
+    assert [(p.loc, p.type) for p in found] == [
+        (("colour",), "unknown"), (("prompt",), "missing"), (("seed",), "type"),
+        (("size",), "enum")]
+    assert found[0].msg == "not an input of this model (its inputs are prompt, seed, size)"
+    assert [p.msg for p in found[2:]] == ["None is not of type 'integer'",
+                                         "300 is not one of [256, 512]"]
+    long = problems({"properties": {"n": {"type": "integer"}}}, {"n": "x" * 5000})
+    assert len(long[0].msg) == 200 and long[0].msg.endswith("...")
+
+
 def test_models_file_and_allowed_models_are_not_both_set(tmp_path: Path) -> None:
     path = write(tmp_path, MODELS)
     with pytest.raises(CatalogError, match="ALLOWED_MODELS is set too"):

@@ -11,12 +11,15 @@ slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (i
   server is shared with someone else) raises `NoCapacityError`, a refused connection
   `EndpointDownError`: the job waits for a slot again, uncounted.
 - **create** PUTs `/predictions/{id}` with `Prefer: respond-async` on the model's endpoint
-  (the first of the route's that answers, rotating). The id derives from the job and attempt
-  (`mg-<job hex>-<attempt>`): Cog answers a repeated PUT of a running id with that
-  prediction's state and starts nothing. The webhook URL carries a token, HMAC-SHA256 of that
-  id under the deployment's secret (COG_WEBHOOK_SECRET, or one kept in Postgres): good for
-  that prediction only, checked in constant time. The server knows the prediction by that id
-  plus its upload token (`ids.given_id`), which its uploads send back.
+  (the first of the route's that answers, rotating). Its `input` is exactly the job's inputs
+  (input files as URLs or `data:` URIs), with the prompt only as the model's `prompt` input
+  (`mediagen.catalog.schemas.model_inputs`, by the schema of the models file or the server).
+  The id derives from the job and attempt (`mg-<job hex>-<attempt>`): Cog answers a
+  repeated PUT of a running id with that prediction's state and starts nothing. The webhook
+  URL carries a token, HMAC-SHA256 of that id under the deployment's secret
+  (COG_WEBHOOK_SECRET, or one kept in Postgres): good for that prediction only, checked in
+  constant time. The server knows the prediction by that id plus its upload token
+  (`ids.given_id`), which its uploads send back.
 - **The webhook route** (`mediagen.providers.cog.webhooks`) checks the token, stores the outputs as
   *staged* objects (data: URIs decoded as they are written; `--upload-url` uploads arrive
   there already), and records the prediction in Redis; the terminal one also sends the job's
@@ -53,6 +56,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from mediagen.catalog import Catalog, Endpoint, get_catalog
+from mediagen.catalog.listing import InputSchemas
+from mediagen.catalog.schemas import model_inputs
 from mediagen.config import Settings, get_settings
 from mediagen.errors import (
     EndpointDownError,
@@ -99,6 +104,7 @@ from mediagen.providers.downloads import (
     check_reply,
     checked_headers,
     download_policy,
+    model_message,
     provider_chunks,
     provider_error,
 )
@@ -129,9 +135,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 API_MAX_BYTES = 1024 * 1024  # a Cog answer to a create or cancel (the input echoed, logs)
-SCHEMA_MAX_BYTES = 2 * 1024 * 1024
-SCHEMA_TTL = 300.0  # how long a server's input names are trusted
-SCHEMA_RETRY = 30.0  # ... and its failure to give them
 DEFAULT_DEADLINE = 600.0
 # Which webhooks Cog sends: not "output", whose intermediate copy repeats the whole outputs.
 WEBHOOK_EVENTS = ["start", "logs", "completed"]
@@ -165,14 +168,8 @@ class CogProvider:
             pin=False,
             trace_context=traced,
         )
-        self._schema = Policy(
-            deadline=self.settings.cog_timeout,
-            max_bytes=SCHEMA_MAX_BYTES,
-            pin=False,
-            trace_context=traced,
-        )
         self._downloads = download_policy(self.settings)
-        self._inputs: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._schemas = InputSchemas(self.outbound)  # the models' input schemas, cached
         self._turn = 0
         self._redis: aioredis.Redis | None = None
         self._staging: Storage | None = None
@@ -220,25 +217,6 @@ class CogProvider:
         start = self._turn % len(endpoints)
         return [*endpoints[start:], *endpoints[:start]]
 
-    async def _input_names(self, endpoint: Endpoint) -> frozenset[str] | None:
-        """The inputs the server's model declares (its `/openapi.json`), or None when it gives
-        no schema (a server run from source, without `cog build`): then everything is sent."""
-        now = time.monotonic()
-        cached = self._inputs.get(endpoint.url)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        names: frozenset[str] | None = None
-        try:
-            reply = await self.outbound.call("GET", f"{endpoint.url}/openapi.json", self._schema)
-            if reply.status == 200:
-                schema = orjson.loads(reply.body)
-                properties = schema["components"]["schemas"]["Input"]["properties"]
-                names = frozenset(str(name) for name in properties)
-        except (OutboundError, orjson.JSONDecodeError, KeyError, TypeError):
-            names = None
-        self._inputs[endpoint.url] = (now + (SCHEMA_TTL if names else SCHEMA_RETRY), names)
-        return names
-
     # --- Provider --------------------------------------------------------------------------
     async def create(self, request: GenerationRequest) -> Prediction:
         route = request.route
@@ -253,18 +231,17 @@ class CogProvider:
             )
         prediction = cog_id(request.job_id, request.attempt)
         key = await webhook_key(self.settings)
-        given = await request.provider_input()  # input files as URLs or data: URIs
+        given = await request.provider_input(prompt=False)  # input files: URLs or data: URIs
+        schema = await self._schemas.of(route) if route is not None else None
+        inputs = model_inputs(schema, request.prompt, given)
         problems: list[str] = []  # public: each endpoint by its key (`endpoint_key`)
         urls: dict[str, str] = {}  # for the logs
         busy = 0
         for endpoint in self._order(endpoints):
             key_of = endpoint_key(endpoint.url)
             urls[key_of] = endpoint.url
-            accepted = await self._input_names(endpoint)
             body = {
-                "input": given
-                if accepted is None
-                else {k: v for k, v in given.items() if k in accepted},
+                "input": inputs,
                 "webhook": webhook_url(self.settings, key, prediction),
                 "webhook_events_filter": WEBHOOK_EVENTS,
             }
@@ -371,7 +348,11 @@ class CogProvider:
                 elif isinstance(ref, str):
                     outputs.append(Output(url=ref))
             return Prediction(prediction_id, status, outputs, **seen)
-        error = str(record.get("error") or f"prediction {record.get('status')}")
+        raw = record.get("error")
+        if status is PredictionStatus.FAILED or raw:
+            error = model_message(str(raw) if raw else None)  # the model's own, once
+        else:
+            error = f"prediction {record.get('status')}"
         if "Failed to upload output" in error and "status 5" in error:
             # Our upload endpoint failed for a moment (storage): not the model's fault. (Cog's
             # message names the upload URL: logged, not shown.)
