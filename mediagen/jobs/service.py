@@ -21,7 +21,7 @@ from mediagen.broker import Outbox
 from mediagen.catalog import Catalog, get_catalog
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
-from mediagen.jobs import paging
+from mediagen.jobs import paging, values
 from mediagen.jobs import repository as repo
 from mediagen.jobs.admission import Admission, dispatch
 from mediagen.jobs.dispatch import (
@@ -182,6 +182,7 @@ async def detail_of(
         )
         for o in job.outputs
     ]
+    output = values.shown(job.output, job.outputs, [o.url for o in outputs])
     duration = (job.completed_at - job.created_at).total_seconds() if job.completed_at else None
     position = None
     if job.status is JobStatus.PENDING:
@@ -197,6 +198,7 @@ async def detail_of(
         provider=job.provider,
         error=job.error,
         outputs=outputs,
+        output=output,
         attempts=job.attempt,
         max_retries=settings.max_retries,
         prediction_id=job.prediction_id,
