@@ -78,19 +78,6 @@ EVENT_SCHEMA = {
             },
         ),
         _event(
-            "output",
-            {
-                "type": "object",
-                "required": ["job_id", "attempt", "output", "offset"],
-                "properties": {
-                    "job_id": {"type": "string", "format": "uuid"},
-                    "attempt": _COUNT,
-                    "output": {"type": "array", "description": "Chunks new to you."},
-                    "offset": _COUNT,
-                },
-            },
-        ),
-        _event(
             "progress",
             {
                 "type": "object",
@@ -106,6 +93,19 @@ EVENT_SCHEMA = {
                 "properties": {
                     "job_id": {"type": "string", "format": "uuid"},
                     "logs": {"type": "string"},
+                    "offset": _COUNT,
+                },
+            },
+        ),
+        _event(
+            "output",
+            {
+                "type": "object",
+                "required": ["job_id", "attempt", "output", "offset"],
+                "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "attempt": _COUNT,
+                    "output": {"type": "array", "description": "Chunks new to you."},
                     "offset": _COUNT,
                 },
             },

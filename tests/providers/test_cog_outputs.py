@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -310,6 +311,27 @@ async def test_the_python_client_gives_each_kind_of_output(outputs: Outputs) -> 
     assert _prefix(chunks), events
     assert number.output == 0.75
     assert shaped.output["image"] == shaped.outputs[0].url and shaped.output["score"] == 2.25
+
+
+def test_the_command_line_prints_an_output_value(outputs: Outputs, tmp_path: Path) -> None:
+    """`mediagen generate` has no file to download: it prints the value; `jobs show` too."""
+    def mediagen(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mediagen", *args], capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "MEDIAGEN_URL": outputs.url,
+                                   "MEDIAGEN_API_KEY": outputs.key})
+
+    shown = mediagen("generate", "a number", "--model", "tests/number", "--param", "text=abcd")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "1.0\n" and list(tmp_path.iterdir()) == []
+    summary = mediagen("generate", "words", "--model", "tests/text-stream", "--param",
+                       "text=two words", "--json")
+    assert summary.returncode == 0, summary.stderr
+    result = json.loads(summary.stdout)
+    assert result["output"] == ["two", " words"] and result["files"] == [], result
+    show = mediagen("jobs", "show", result["job_id"])
+    assert show.returncode == 0, show.stderr
+    assert 'output:         ["two", " words"]' in show.stdout, show.stdout
 
 
 # --- the official replicate clients against /v1 ----------------------------------------------
