@@ -36,7 +36,7 @@ from mediagen.client import AsyncClient
 from mediagen.errors import OutputTooLargeError
 from mediagen.jobs import values
 from tests.cog_servers import CogServer, cog_venv  # noqa: F401 - the fixture, for this module
-from tests.jobs.test_events import Event, all_events
+from tests.jobs.test_events import Event, all_events, open_events
 from tests.receiver import Receiver, receiving
 from tests.replicate_api.test_js_client import replicate_js  # noqa: F401 - the fixture
 from tests.stack import Stack, Stacks, new_key, revoke_key
@@ -193,6 +193,29 @@ async def test_a_text_stream_arrives_chunk_by_chunk_while_the_model_runs(
     assert all(event.data["attempt"] == 1 for event in events if event.event == "output")
 
 
+async def test_a_resumed_event_stream_goes_on_from_the_last_chunk_it_had(
+    outputs: Outputs,
+) -> None:
+    """Reconnecting with `Last-Event-ID` after an `output` event: the chunks that follow, none
+    again."""
+    async with outputs.http() as client:
+        job_id = await _submit(client, "tests/text-stream", text=WORDS, delay=0.4)
+        async with open_events(client, job_id) as stream:
+            first: list[Event] = []
+            while not first or first[-1].event != "output":
+                event = await stream.next()
+                assert event is not None, first
+                first.append(event)
+        rest = await all_events(client, job_id, last_event_id=first[-1].id)
+    assert rest and not [event for event in rest if event.id == first[-1].id]
+    chunks = first[-1].data["output"]
+    for event in rest:
+        if event.event == "output":
+            assert event.data["offset"] == first[-1].data["offset"] + len(chunks), rest
+            chunks = chunks + event.data["output"]
+    assert _prefix(chunks) and rest[-1].data["output"] == CHUNKS, rest
+
+
 async def test_an_async_generator_gives_the_list_of_its_chunks(outputs: Outputs) -> None:
     """(Cog 0.23.1 sends an async generator's items when it ends: no chunk comes earlier.)"""
     async with outputs.http() as client:
@@ -294,6 +317,23 @@ async def test_client_webhooks_carry_the_output(outputs: Outputs) -> None:
               if body["event"] == "completed"]
     assert done["output"]["text"] == "A WEBHOOK" and done["output"]["words"] == ["a", "webhook"]
     assert done["output"]["image"].split("?")[0] == done["result_url"].split("?")[0]
+
+
+async def test_v1_webhooks_carry_the_output_as_replicate_does(outputs: Outputs) -> None:
+    """A prediction made through `/v1`: its webhook body is the prediction, `output` in the
+    model's shape with its file as an absolute URL."""
+    async with outputs.http() as client:
+        created = await client.post("/v1/models/tests/json/predictions", json={
+            "input": {"prompt": "p", "text": "by webhook"},
+            "webhook": f"{outputs.receiver.url}/hook/v1-json",
+            "webhook_events_filter": ["completed"]})
+        assert created.status_code == 201, created.text
+        assert (await wait_terminal(client, created.json()["id"]))["status"] == "completed"
+    hits = outputs.receiver.wait("/hook/v1-json", 1)
+    body = json.loads(hits[0].body)
+    assert body["status"] == "succeeded" and body["id"] == created.json()["id"], body
+    assert body["output"]["text"] == "BY WEBHOOK" and body["output"]["score"] == 2.5
+    assert body["output"]["image"].startswith(f"{outputs.url}/media/"), body["output"]
 
 
 # --- the Python client ------------------------------------------------------------------------
