@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     download_allow_private: bool = False
     # The most outputs a job keeps: a prediction that returns more fails the job (none kept).
     max_outputs_per_job: int = Field(16, ge=1, le=1000)
+    # The largest output value a job keeps (text, numbers, lists, JSON; its JSON in bytes,
+    # streamed chunks included): a prediction whose value is larger fails its job.
+    max_output_value_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_retries: int = Field(3, ge=0, le=20)
     retry_delay: float = Field(60.0, ge=0)
     retry_max_delay: float = Field(900.0, ge=0)

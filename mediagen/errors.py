@@ -26,6 +26,8 @@ MediagenError
 │   │   │                         missed, its server lost it): a new attempt, counted
 │   │   └── NoCapacityError       no free slot upstream: try again soon, not counted
 │   └── PermanentProviderError    bad input or model failure: fail the job at once
+│       └── OutputTooLargeError   an output value past MAX_OUTPUT_VALUE_BYTES: the job
+│                                 fails and a running prediction is stopped
 ├── OutboundError                 an outbound HTTP exchange failed (`retryable`, `status`,
 │   │                             `retry_after` say how; mediagen.outbound)
 │   └── RefusedAddressError       not http(s), or the host reaches a non-public address
@@ -205,6 +207,13 @@ class EndpointDownError(NoCapacityError):
 
 class PermanentProviderError(ProviderError):
     code = "provider_permanent"
+
+
+class OutputTooLargeError(PermanentProviderError):
+    """A prediction's output value (text, numbers, JSON: `mediagen.jobs.values`) is larger than
+    MAX_OUTPUT_VALUE_BYTES: the job fails, and a prediction still streaming is stopped."""
+
+    code = "output_too_large"
 
 
 class OutboundError(MediagenError):

@@ -51,6 +51,9 @@ class CogServer:
     log: Path
     port: int = field(default_factory=free_port)
     upload_url: str | None = None
+    # The model's folder and its predictor (`file.py:Class`): the example model by default.
+    model: Path = MODEL
+    predictor: str = "predict.py:Predictor"
     popen: subprocess.Popen[bytes] | None = None
     model: Path = MODEL  # the model's folder: its predict.py (and a built image's .cog/)
 
@@ -59,18 +62,27 @@ class CogServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> CogServer:
+        return self.launch().ready(timeout)
+
+    def launch(self) -> CogServer:
+        """Start the server without waiting for it (`ready`): several start side by side."""
         bin_dir = self.venv / "bin"
         command = [str(bin_dir / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"]
         if self.upload_url:
             command += ["--upload-url", self.upload_url]
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-               "PORT": str(self.port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+               "PORT": str(self.port), "COG_PREDICT_TYPE_STUB": self.predictor,
                "VIRTUAL_ENV": str(self.venv)}
         env.pop("PYTHONPATH", None)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(command, cwd=self.model, env=env, stdout=out,
                                           stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def ready(self, timeout: float = 30) -> CogServer:
+        """Return once the launched server's health check says READY."""
+        assert self.popen is not None, "launch it first"
         deadline = time.monotonic() + timeout
         while self.health() != "READY":
             if self.popen.poll() is not None:

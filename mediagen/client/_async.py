@@ -245,9 +245,10 @@ class AsyncClient:
         """Follow the job's live events until it is finished (completed, failed, canceled or
         expired); return it.
 
-        ``progress(event, data)`` is called for each event (``status``, ``progress``). A dropped
-        stream is resumed with ``Last-Event-ID``; if the stream keeps failing (or the server has
-        none) the job is polled every second instead. ``timeout`` raises TimeoutError (the job
+        ``progress(event, data)`` is called for each event (``status``, ``progress``, and
+        ``output``: the chunks of a model that streams). A dropped stream is resumed with
+        ``Last-Event-ID``; if the stream keeps failing (or the server has none) the job is
+        polled every second instead. ``timeout`` raises TimeoutError (the job
         goes on); ``raise_on_failure`` raises JobFailedError for a job that is not completed:
         failed, canceled, or expired (it completed, but its outputs are deleted)."""
         job = await asyncio.wait_for(self._wait(job_id, progress), timeout)
@@ -393,6 +394,7 @@ def _status_data(job: Job) -> dict[str, Any]:
         "error": job.error,
         "attempts": job.attempts,
         "result_url": job.result_url,
+        "output": job.output,
     }
 
 

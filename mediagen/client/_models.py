@@ -17,7 +17,8 @@ from mediagen.client._errors import MediagenError
 from mediagen.client._states import TERMINAL
 
 # progress(event_name, data): "status" events carry {job_id, status, retry_count, error, attempts,
-# result_url}, "progress" events {current, total, percent}. The async client also awaits a
+# result_url, output}, "progress" events {current, total, percent}, "output" events (a model
+# that streams) {job_id, attempt, output: [new chunks], offset}. The async client also awaits a
 # callback that returns an awaitable.
 ProgressCallback = Callable[[str, dict[str, Any]], object]
 
@@ -126,6 +127,9 @@ class Job:
     provider: str | None = None
     error: str | None = None
     outputs: list[Output] = field(default_factory=list)
+    # What the model returned, in its shape: text, a number, a list, a dict, each file in it as
+    # its URL (an image model: the list of its files' URLs); while it streams, the chunks so far.
+    output: Any = None
     attempts: int = 0
     max_retries: int | None = None
     prediction_id: str | None = None
@@ -159,6 +163,7 @@ class Job:
                 Output(str(o["url"]), o.get("content_type"), o.get("size"))
                 for o in data.get("outputs") or []
             ],
+            output=data.get("output"),
             attempts=int(data.get("attempts") or 0),
             max_retries=data.get("max_retries"),
             prediction_id=data.get("prediction_id"),

@@ -76,8 +76,17 @@ def _summary(job: Job, files: Sequence[Path]) -> dict[str, Any]:
         "job_id": job.id,
         "status": job.status,
         "files": [str(path) for path in files],
+        "output": job.output,
         "error": job.error,
     }
+
+
+def _value(job: Job) -> str | None:
+    """The job's output value as text, unless it is only its files (their URLs): text as it
+    is, anything else as JSON."""
+    if job.output is None or job.output == [output.url for output in job.outputs]:
+        return None
+    return job.output if isinstance(job.output, str) else json.dumps(job.output)
 
 
 def _job_failed(job: Job) -> int:
@@ -145,6 +154,8 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
     else:
         for path in files:
             print(path)
+        if not files and job.status == "completed" and (value := _value(job)) is not None:
+            print(value)  # a model that returns text, numbers or JSON
     return EXIT_OK if job.status == "completed" else _job_failed(job)
 
 
@@ -191,6 +202,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("attempts", job.attempts or None),
         ("duration", f"{job.duration_seconds:.1f} s" if job.duration_seconds else None),
         ("error", job.error),
+        ("output", _value(job)),
     ]
     for name, value in rows:
         if value is not None and value != "":

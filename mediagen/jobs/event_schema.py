@@ -10,8 +10,13 @@ from mediagen.jobs.states import JobStatus
 STREAM_DOC = """\
 `text/event-stream`. Each event has an `id:` (resume with `Last-Event-ID`) and JSON `data:`:
 
-- `event: status` - `{job_id, status, retry_count, error, attempts, result_url}` (`result_url`
-  once completed). The first event is the job's current state (after its logs, if asked for).
+- `event: status` - `{job_id, status, retry_count, error, attempts, result_url, output}`
+  (`result_url` once completed; `output`: what the model returned, as in the job's detail). The
+  first event is the job's current state (after its logs, if asked for).
+- `event: output` - `{job_id, attempt, output, offset}` while a model streams its output:
+  `output` is a list of chunks new to you, the first being chunk number `offset` (from 0) of
+  that attempt's output. Appended in order they are the output so far; a new attempt starts
+  again at 0. The final value comes with the `completed` status.
 - `event: progress` - `{current, total, percent}` while the prediction reports progress.
 - `event: logs` (with `?logs=true`) - `{job_id, logs, offset}`: text the model's logs gained,
   starting at byte `offset` (UTF-8) of the job's log; the log so far comes first, before the
@@ -52,7 +57,15 @@ EVENT_SCHEMA = {
             "status",
             {
                 "type": "object",
-                "required": ["job_id", "status", "retry_count", "error", "attempts", "result_url"],
+                "required": [
+                    "job_id",
+                    "status",
+                    "retry_count",
+                    "error",
+                    "attempts",
+                    "result_url",
+                    "output",
+                ],
                 "properties": {
                     "job_id": {"type": "string", "format": "uuid"},
                     "status": {"type": "string", "enum": [str(s) for s in JobStatus]},
@@ -60,6 +73,7 @@ EVENT_SCHEMA = {
                     "error": _NULLABLE_STRING,
                     "attempts": _COUNT,
                     "result_url": _NULLABLE_STRING,
+                    "output": {"description": "What the model returned (any JSON)."},
                 },
             },
         ),
@@ -79,6 +93,19 @@ EVENT_SCHEMA = {
                 "properties": {
                     "job_id": {"type": "string", "format": "uuid"},
                     "logs": {"type": "string"},
+                    "offset": _COUNT,
+                },
+            },
+        ),
+        _event(
+            "output",
+            {
+                "type": "object",
+                "required": ["job_id", "attempt", "output", "offset"],
+                "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "attempt": _COUNT,
+                    "output": {"type": "array", "description": "Chunks new to you."},
                     "offset": _COUNT,
                 },
             },

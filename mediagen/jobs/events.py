@@ -3,6 +3,8 @@
 After a write has committed, `announce` publishes through the process's `Outbox`, batched:
 
 - the text it added to the job's logs (a `logs` event with its byte offset), first;
+- the chunks a streaming model added to the job's output (an `output` event with the index of
+  the first);
 - a new progress (a `progress` event);
 - for a transition: the job's removal from the pending-queue index once it has left `pending`,
   a `status` event on the job's Redis Stream (`mediagen:events:{job_id}`, served as Server-Sent
@@ -34,7 +36,17 @@ from mediagen.jobs.repository import Moved
 from mediagen.jobs.states import OUTCOMES, JobStatus
 from mediagen.notify import delivery_task
 
-__all__ = ["STREAM_MAXLEN", "announce", "logs_payload", "order", "stream_key"]
+__all__ = [
+    "STREAM_MAXLEN",
+    "Streamed",
+    "announce",
+    "logs_payload",
+    "order",
+    "output_payload",
+    "stream_key",
+]
+# What a write added to a streaming job's output: the new chunks, and the index of the first.
+Streamed = tuple[list[Any], int]
 
 
 def order(payload: dict[str, Any]) -> tuple[int, int]:
@@ -48,13 +60,16 @@ def announce(
     *,
     progress: dict[str, int] | None = None,
     grown: Grown | None = None,
+    streamed: Streamed | None = None,
 ) -> asyncio.Future[bool] | None:
-    """Publish what the committed write `moved` means (module docstring). `progress` and
-    `grown` (logs): what the write stored of them, when it stored any. The future of the `status`
-    event for a transition (None for another write)."""
+    """Publish what the committed write `moved` means (module docstring). `progress`, `grown`
+    (logs) and `streamed` (output chunks): what the write stored of them, when it stored any.
+    The future of the `status` event for a transition (None for another write)."""
     job = moved.job
     if grown is not None:
         outbox.event(job.id, "logs", logs_payload(job.id, grown.new, grown.offset))
+    if streamed is not None:
+        outbox.event(job.id, "output", output_payload(job.id, job.attempt, *streamed))
     if progress is not None:
         outbox.event(job.id, "progress", progress)
     for delivery_id in moved.deliveries:
@@ -66,6 +81,14 @@ def announce(
     if job.batch_id is not None and job.status in OUTCOMES:
         outbox.send(settle_task(job.batch_id))  # its batch may have finished with it
     return outbox.event(job.id, "status", status_payload(job))
+
+
+def output_payload(
+    job_id: uuid.UUID | str, attempt: int, chunks: list[Any], offset: int
+) -> dict[str, Any]:
+    """Chunks a streaming model added to the output of the job's `attempt`, and the index of
+    the first in it, so a reader appends events without a gap or a repeat."""
+    return {"job_id": str(job_id), "attempt": attempt, "output": chunks, "offset": offset}
 
 
 def logs_payload(job_id: uuid.UUID | str, text: str, offset: int) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class Lifecycle:
         quiet: bool = False,
         progress: dict[str, int] | None = None,
         grown: Grown | None = None,
+        streamed: events.Streamed | None = None,
         stop_upstream: bool = False,
     ) -> Moved | None:
         if moved is None:
@@ -66,7 +67,9 @@ class Lifecycle:
             self.adopt(moved.job)
         if self.outbox is not None:
             if not quiet:
-                events.announce(self.outbox, moved, progress=progress, grown=grown)
+                events.announce(
+                    self.outbox, moved, progress=progress, grown=grown, streamed=streamed
+                )
             if stop_upstream and moved.job.prediction_id:
                 self.outbox.send(cancel_upstream_task(moved.job.prediction_id))
         if self.attempt_ended is not None and moved.attempt_ended:
@@ -88,16 +91,19 @@ class Lifecycle:
         *,
         progress: dict[str, int] | None = None,
         grown: Grown | None = None,
+        streamed: events.Streamed | None = None,
         **fields: Any,
     ) -> Moved | None:
         """Extend a running attempt's lease, storing what changed with it: `fields` (with the
-        job's logs, when they `grown`) and the new `progress`."""
+        job's logs, when they `grown`, and its output, when a streaming model added chunks:
+        `streamed`) and the new `progress`. New progress or chunks are a `progress` webhook."""
         if progress is not None:
             fields["progress"] = progress
+        news = progress is not None or streamed is not None
         moved = await repo.renew_lease(
-            job_id, attempt, lease, events=("progress",) if progress else (), **fields
+            job_id, attempt, lease, events=("progress",) if news else (), **fields
         )
-        return await self._followed(moved, progress=progress, grown=grown)
+        return await self._followed(moved, progress=progress, grown=grown, streamed=streamed)
 
     async def retry(
         self, job_id: uuid.UUID, attempt: int, error: str, delay: float, *, counted: bool = True
@@ -113,23 +119,26 @@ class Lifecycle:
         job_id: uuid.UUID | str,
         attempt: int,
         outputs: list[dict[str, Any]],
+        output: Any = None,
         *,
         result_ttl: int,
         progress: dict[str, int] | None = None,
         grown: Grown | None = None,
         **fields: Any,
     ) -> Moved | None:
-        """processing -> completed with its stored outputs (`repository.complete`); the final
-        `progress`, when it changed, is stored and announced with it."""
+        """processing -> completed with its stored outputs and its output value
+        (`repository.complete`, `mediagen.jobs.values`); the final `progress`, when it changed,
+        is stored and announced with it."""
         if progress is not None:
             fields["progress"] = progress
         moved = await repo.complete(
             job_id,
             attempt,
-            outputs[0]["key"],
+            outputs[0]["key"] if outputs else None,
             outputs,
             result_ttl=result_ttl,
             events=("progress", "completed") if progress else ("completed",),
+            output=output,
             **fields,
         )
         return await self._followed(moved, progress=progress, grown=grown)

@@ -17,6 +17,10 @@ With `?logs=true` the model's logs come too (`logs` events, `mediagen.jobs.joblo
 carries its byte offset in the job's log, and only text past what this client was sent goes
 out. A resumed stream knows nothing of what the client has until the stream's own `logs`
 entries tell it, so until then the re-reads from Postgres send no logs (they would repeat text).
+
+A model that streams its output (text chunks) has `output` events while it runs: the chunks
+new to this client and the index of the first in the attempt's output (the job's row holds the
+chunks so far, which a snapshot sends). Resumed streams follow the same rule as logs.
 """
 
 from __future__ import annotations
@@ -175,6 +179,10 @@ class JobFeed:
         # after a resume, where only the stream's events may add to what it has).
         self.logs = logs
         self.logs_sent: int | None = None
+        # How many chunks of the current attempt's streamed output the client has (None: not
+        # known, after a resume), and that attempt.
+        self.output_sent: int | None = 0
+        self.output_attempt = 0
         self.resumed = False
 
     async def run(self, cursor: str | None, info: StreamInfo | None) -> AsyncGenerator[Event, None]:
@@ -187,6 +195,8 @@ class JobFeed:
 
     async def _follow(self, cursor: str | None, info: StreamInfo | None) -> AsyncIterator[Event]:
         self.resumed = cursor is not None
+        if self.resumed:
+            self.output_sent = None
         if cursor is None:
             cursor = info.last if info else "0-0"
             for event in await self._snapshot(self.job, cursor):
@@ -238,7 +248,9 @@ class JobFeed:
                 return self._progress(data, entry_id)
             if kind == "logs" and isinstance(data, dict):
                 return self._logs(data["logs"], data["offset"], entry_id)
-            if kind not in ("status", "progress", "logs"):
+            if kind == "output" and isinstance(data, dict):
+                return self._output(data["output"], data["offset"], data["attempt"], entry_id)
+            if kind not in ("status", "progress", "logs", "output"):
                 return []  # a kind this version does not serve
         except (KeyError, TypeError, ValueError):
             pass
@@ -252,6 +264,9 @@ class JobFeed:
         if job.logs and not (self.resumed and self.logs_sent is None):
             start, kept = joblogs.split(job.logs)
             sent += self._logs(kept, start, event_id)
+        streaming = job.status is JobStatus.PROCESSING and isinstance(job.output, list)
+        if streaming and not (self.resumed and self.output_sent is None):
+            sent += self._output(job.output, 0, job.attempt, event_id)
         sent += await self._status(status_payload(job), event_id)
         if job.progress and job.status is JobStatus.PROCESSING:
             sent += self._progress(job.progress, event_id)
@@ -271,6 +286,27 @@ class JobFeed:
             return []
         self.progress = data
         return [_event("progress", data, event_id)]
+
+    def _output(self, chunks: list[Any], offset: int, attempt: int, event_id: str) -> list[Event]:
+        """The chunks of the attempt's streamed output the client has not got (a new attempt
+        streams its own from the start)."""
+        if self.finished or not isinstance(chunks, list):
+            return []
+        offset, attempt = int(offset), int(attempt)
+        if attempt < self.output_attempt:
+            return []  # an earlier attempt's, which ended
+        if attempt > self.output_attempt:
+            self.output_attempt, self.output_sent = attempt, 0
+        sent = self.output_sent
+        end = offset + len(chunks)
+        if sent is not None and end <= sent:
+            return []
+        if sent is not None and offset < sent:
+            chunks, offset = chunks[sent - offset :], sent
+        self.output_sent = end
+        return [
+            _event("output", events.output_payload(self.job.id, attempt, chunks, offset), event_id)
+        ]
 
     def _logs(self, text: str, offset: int, event_id: str) -> list[Event]:
         """What the client has not got of the log, if it asked for logs."""

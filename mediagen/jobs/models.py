@@ -30,6 +30,9 @@ class Job(Model):
     # Outcome
     result_key = fields.CharField(max_length=512, null=True)
     outputs: list[dict[str, Any]] = fields.JSONField(default=list)
+    # The model's output value (mediagen.jobs.values): what it returned, `null` at the place
+    # of each file (`outputs[i]["at"]`); while it streams, the chunks so far (a list).
+    output: Any = fields.JSONField(null=True)
     error = fields.TextField(null=True)
     # The running prediction's last reported progress: {current, total, percent} (or NULL).
     progress: dict[str, int] | None = fields.JSONField(null=True)

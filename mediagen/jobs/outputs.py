@@ -3,6 +3,10 @@
 Kept apart from the pipeline's steps: what is stored and how it is counted (`metrics`) is the
 same whichever step finishes the job (a poll, or a webhook through `on_prediction`).
 
+The files are the outputs; the rest of what the model returned (text, numbers, JSON) is the
+job's output value, kept beside them (`mediagen.jobs.values`): each stored output records its
+place in that value (`at`), so readers show the value with the file's URL there.
+
 A job keeps at most MAX_OUTPUTS_PER_JOB outputs, whatever its provider returns (`check_count`):
 a prediction with more fails the job, saying so, and none of them is kept (keeping the first
 ones would hand the caller a silently partial result). Cog's webhooks apply the same rule
@@ -52,11 +56,12 @@ def check_count(count: int, limit: int) -> None:
 async def store(
     provider: Provider, storage: Storage, job_id: str, prediction: Prediction, max_outputs: int
 ) -> list[dict[str, Any]]:
-    """Every output of the prediction, streamed from the provider into storage: their
-    `{key, content_type, size}`. Raises the provider's or the storage's error (nothing of a
-    failed output is kept; the ones before it are overwritten by the next attempt's), and
-    PermanentProviderError for more than `max_outputs` outputs (before any is fetched)."""
-    if not prediction.outputs:
+    """Every output file of the prediction, streamed from the provider into storage: their
+    `{key, content_type, size}` (and `at`, their place in the output value, when it has one).
+    Raises the provider's or the storage's error (nothing of a failed output is kept; the ones
+    before it are overwritten by the next attempt's), and PermanentProviderError for more than
+    `max_outputs` outputs (before any is fetched) or for neither a file nor a value."""
+    if not prediction.outputs and prediction.output is None:
         raise PermanentProviderError("the prediction succeeded without any output")
     check_count(len(prediction.outputs), max_outputs)
     stored: list[dict[str, Any]] = []
@@ -66,7 +71,10 @@ async def store(
             with tracing.span("storage.put", {"mediagen.storage.key": key}) as span:
                 size = await storage.save(key, fetched.body, fetched.content_type)
                 span.set_attribute("mediagen.storage.bytes", size)
-        stored.append({"key": key, "content_type": fetched.content_type, "size": size})
+        record: dict[str, Any] = {"key": key, "content_type": fetched.content_type, "size": size}
+        if output.at is not None:
+            record["at"] = list(output.at)
+        stored.append(record)
     return stored
 
 

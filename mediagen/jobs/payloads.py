@@ -2,8 +2,10 @@
 
 The `status` payload is what a job's `status` events carry (`mediagen.jobs.events`) and the core
 of its client webhooks, which the transition's own statement writes (`repository`): the SQL
-there is generated from the same field list, so the two cannot drift. `status_response` is the
-body of `GET /api/v1/status/{id}` (the fast path's and the route's), from a row or a job.
+there is generated from the same field list, so the two cannot drift. It carries the job's
+output value as stored, and its outputs (their keys and places), which `served` turns into the
+value a client reads, each file's URL signed then. `status_response` is the body of `GET
+/api/v1/status/{id}` (the fast path's and the route's), from a row or a job.
 
 Run metrics: the statement that ends a job records them (`metrics_at_end`: queue, run and
 predict time, bytes stored); a job that has none (canceled, failed before its prediction ended,
@@ -16,6 +18,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from mediagen.jobs import values
 from mediagen.jobs.models import Job
 from mediagen.jobs.sql import Expr
 from mediagen.jobs.states import JobStatus
@@ -26,7 +29,8 @@ class _Storage(Protocol):
 
 
 # (payload key, job column): the `status` payload, in order. `result_key` becomes `result_url`
-# when served (live events, webhooks), so no URL is signed before anyone reads it.
+# and `output` with `outputs` the output value with its files' URLs when served (live events,
+# webhooks), so no URL is signed before anyone reads it.
 STATUS_FIELDS = (
     ("job_id", "id"),
     ("status", "status"),
@@ -34,6 +38,8 @@ STATUS_FIELDS = (
     ("error", "error"),
     ("attempts", "attempt"),
     ("result_key", "result_key"),
+    ("output", "output"),
+    ("outputs", "outputs"),
 )
 
 
@@ -52,11 +58,15 @@ def status_payload(job: Job | Mapping[str, Any]) -> dict[str, Any]:
 
 async def served(payload: Mapping[str, Any], storage: _Storage) -> dict[str, Any]:
     """A `status` payload (or a webhook's, which holds one) as a client reads it: its
-    `result_key` turned into a `result_url`, signed now, for a completed job."""
-    data = {key: value for key, value in payload.items() if key != "result_key"}
+    `result_key` turned into a `result_url` and its output value shown with its files' URLs
+    (`values.shown`), signed now, for a completed job."""
+    data = {k: v for k, v in payload.items() if k not in ("result_key", "outputs")}
     key = payload.get("result_key")
     completed = payload.get("status") == JobStatus.COMPLETED
     data["result_url"] = await storage.url_for(key) if key and completed else None
+    outputs = (payload.get("outputs") or []) if completed else []
+    urls = [await storage.url_for(output["key"]) for output in outputs]
+    data["output"] = values.shown(payload.get("output"), outputs, urls)
     return data
 
 
@@ -64,7 +74,7 @@ def created_payload(job_id: uuid.UUID | str) -> dict[str, Any]:
     """The `status` payload of a job just created (no row read)."""
     return status_payload(
         {"id": job_id, "status": JobStatus.PENDING, "retry_count": 0, "error": None,
-         "attempt": 0, "result_key": None}
+         "attempt": 0, "result_key": None, "output": None, "outputs": []}
     )  # fmt: skip
 
 

@@ -12,6 +12,10 @@ or waits `pending` in its model's queue until a release sends its start again
 
 A job whose prediction is ready at once (the built-in generator without latency) costs two
 statements: the claim, and the completion, which records the prediction id with it.
+
+A model that streams its output (text chunks) has them stored with the write a look makes
+anyway and announced as they come; while it streams it is looked at every STREAM_POLL seconds
+at most.
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ from mediagen.catalog import Endpoint
 from mediagen.config import Settings
 from mediagen.errors import (
     NoCapacityError,
+    OutputTooLargeError,
     PermanentProviderError,
     PredictionLostError,
     ProviderError,
     StorageError,
 )
 from mediagen.files import inputs
-from mediagen.jobs import joblogs, progress
+from mediagen.jobs import joblogs, progress, values
 from mediagen.jobs import outputs as stored_outputs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import Next, cancel_upstream_task
+from mediagen.jobs.events import Streamed
 from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import metrics_at_end
@@ -57,6 +63,7 @@ from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 CANCEL_ATTEMPTS = 10  # a prediction that refuses to be canceled this often is given up on
+STREAM_POLL = 0.5  # the longest wait between looks at a prediction that streams its output
 
 __all__ = ["CANCEL_ATTEMPTS", "Next", "Pipeline"]
 
@@ -181,14 +188,26 @@ class Pipeline:
             fields["metrics"] = metrics_at_end(prediction.predict_time, None)
             await self._fail(job.id, error, attempt, grown=grown, **fields)
             return None
+        try:
+            streamed = self._streamed(job, prediction, fields)
+        except OutputTooLargeError as exc:
+            return await self._on_error(job, attempt, exc)
         moved = await self.lifecycle.renew(
-            job.id, attempt, self._lease_for(prediction), progress=changed, grown=grown, **fields
+            job.id,
+            attempt,
+            self._lease_for(prediction),
+            progress=changed,
+            grown=grown,
+            streamed=streamed,
+            **fields,
         )
         if moved is None:
             return None
         wait = (
             self.settings.poll_interval if prediction.poll_after is None else prediction.poll_after
         )
+        if streamed is not None:  # the model streams: look again soon for its next chunks
+            wait = min(wait, STREAM_POLL)
         return Next("poll", str(job.id), attempt, min(wait, MAX_POLL_WAIT))
 
     async def lose(self, job_id: str, reason: str) -> None:
@@ -273,6 +292,11 @@ class Pipeline:
         fields: dict[str, Any],
         grown: joblogs.Grown | None = None,
     ) -> Next | None:
+        try:  # (the prediction is over: nothing to stop)
+            values.check(prediction.output, self.settings.max_output_value_bytes)
+        except OutputTooLargeError as exc:
+            await self._fail(job.id, exc.message, attempt, grown=grown, **fields)
+            return None
         holding: asyncio.Task[None] | None = None
         if any(output.url for output in prediction.outputs):
             hold = int(self.settings.lease_seconds) + 1
@@ -304,6 +328,7 @@ class Pipeline:
             job.id,
             attempt,
             outputs,
+            prediction.output,
             result_ttl=self.settings.result_ttl,
             progress=done,  # the final progress, stored with the completion
             grown=grown,  # all of it before the end
@@ -331,7 +356,9 @@ class Pipeline:
         details = {"upstream": exc.details} if exc.details else {}
         retryable = isinstance(exc, StorageError) or getattr(exc, "retryable", False)
         if not retryable:
-            await self._fail(job.id, exc.message, attempt, logged=details)
+            # An output too large here came while the model still streams: it is stopped.
+            stop = isinstance(exc, OutputTooLargeError)
+            await self._fail(job.id, exc.message, attempt, stop_upstream=stop, logged=details)
             return None
         counted = not isinstance(exc, NoCapacityError)  # busy is not broken: not a retry
         if counted and job.retry_count >= self.settings.max_retries:
@@ -428,6 +455,23 @@ class Pipeline:
             attempt=attempt,
             route=route,
         )
+
+    def _streamed(
+        self, job: Job, prediction: Prediction, fields: dict[str, Any]
+    ) -> Streamed | None:
+        """The chunks a running prediction streamed since the job last stored its output (added
+        to the `fields` of the write this step makes anyway); OutputTooLargeError past
+        MAX_OUTPUT_VALUE_BYTES. A provider's chunks only grow: fewer than stored (an older
+        report) are nothing new."""
+        chunks = prediction.output
+        if not isinstance(chunks, list):
+            return None
+        have = len(job.output) if isinstance(job.output, list) else 0
+        if len(chunks) <= have:
+            return None
+        values.check(chunks, self.settings.max_output_value_bytes)
+        fields["output"] = chunks
+        return chunks[have:], have
 
     def _fold_logs(
         self, job: Job, attempt: int, prediction: Prediction, fields: dict[str, Any]

@@ -35,7 +35,7 @@ from mediagen.jobs.states import ALLOWED_FROM, OUTCOMES, TERMINAL, JobStatus, sq
 from mediagen.keys.owners import owner_sql
 from mediagen.observability import metrics
 
-_JSON_COLUMNS = frozenset({"parameters", "outputs", "progress"})
+_JSON_COLUMNS = frozenset({"parameters", "outputs", "output", "progress"})
 # When the sweeper looks at a recorded upstream cancel if its own message has not settled it.
 _CANCEL_DUE = "now() + interval '60 seconds'"
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
@@ -384,6 +384,7 @@ async def claim(job_id: uuid.UUID | str, lease_seconds: float, job_timeout: floa
             "lease_expires_at": seconds_from_now(lease_seconds),
             "started_at": Expr("coalesce(started_at, now())"),
             "next_attempt_at": None,
+            "output": None,  # what an earlier attempt streamed is not this one's
         },
         events=("start",),
     )
@@ -432,6 +433,7 @@ async def schedule_retry(
         error=error,
         lease_expires_at=None,
         next_attempt_at=seconds_from_now(delay),
+        output=None,  # what the attempt streamed: the next one starts again
     )
 
 
@@ -474,7 +476,7 @@ async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) 
 async def complete(
     job_id: uuid.UUID | str,
     attempt: int,
-    result_key: str,
+    result_key: str | None,
     outputs: list[dict[str, Any]],
     *,
     result_ttl: int,
@@ -482,7 +484,8 @@ async def complete(
     **fields: Any,
 ) -> Moved | None:
     """processing -> completed. Its outputs are kept until `expires_at`, written by the same
-    statement: its own retention, never past `result_ttl` (RESULT_TTL; mediagen.jobs.retention)."""
+    statement: its own retention, never past `result_ttl` (RESULT_TTL; mediagen.jobs.retention).
+    `result_key`: the first output file's (None: the model returned a value, no file)."""
     return await finish(
         job_id,
         JobStatus.COMPLETED,

@@ -3,7 +3,7 @@
 A completed job's outputs are kept until its `expires_at` (set by the completion itself: its
 `retention`, at most RESULT_TTL). Every sweep then deletes the outputs of up to PRUNE_BATCH
 jobs past it from storage, and moves each job to `expired` (a terminal state; no webhook): its
-detail shows no outputs, and its result URLs answer 410 Gone.
+detail shows no outputs and no output value, and its result URLs answer 410 Gone.
 
 Every PRUNE_EVERY seconds (and at the next sweep again while a round left work behind), a
 pruning round deletes, PRUNE_BATCH rows per statement and for at most PRUNE_BUDGET seconds:
@@ -108,7 +108,7 @@ async def expire_outputs(storage: Storage, settings: Settings, limit: int) -> in
             log.warning("job %s: outputs not deleted (%s); next sweep tries again", row["id"], exc)
             continue
         moved = await repo.finish(
-            row["id"], JobStatus.EXPIRED, EXPIRED_NOTE, outputs=[], result_key=None
+            row["id"], JobStatus.EXPIRED, EXPIRED_NOTE, outputs=[], result_key=None, output=None
         )
         expired += moved is not None
     if expired:

@@ -197,6 +197,13 @@ class JobDetail(JobStatusResponse):
     provider: str
     error: str | None
     outputs: list[OutputInfo]
+    output: Any = Field(
+        None,
+        description="What the model returned, in its shape: text, a number, a list, a JSON "
+        "object, each file in it as the URL of its stored copy (the same as in `outputs`); an "
+        "image model's files: the list of their URLs. While a model streams: the chunks so far "
+        "(a list). Null until then, and once the outputs expired.",
+    )
     attempts: int = Field(description="How many times generation was started.")
     max_retries: int
     prediction_id: str | None

@@ -22,7 +22,7 @@ from mediagen.catalog import Catalog, get_catalog
 from mediagen.catalog.listing import InputSchemas
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
-from mediagen.jobs import paging
+from mediagen.jobs import paging, values
 from mediagen.jobs import repository as repo
 from mediagen.jobs.admission import Admission, dispatch
 from mediagen.jobs.dispatch import (
@@ -186,6 +186,7 @@ async def detail_of(
         )
         for o in job.outputs
     ]
+    output = values.shown(job.output, job.outputs, [o.url for o in outputs])
     duration = (job.completed_at - job.created_at).total_seconds() if job.completed_at else None
     position = None
     if job.status is JobStatus.PENDING:
@@ -201,6 +202,7 @@ async def detail_of(
         provider=job.provider,
         error=job.error,
         outputs=outputs,
+        output=output,
         attempts=job.attempt,
         max_retries=settings.max_retries,
         prediction_id=job.prediction_id,

@@ -108,11 +108,14 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Output:
-    """One output of a finished prediction: inline bytes (built-in) or a URL to download."""
+    """One output file of a finished prediction: inline bytes (built-in) or a URL to download,
+    and where it sits in the prediction's output value (`Prediction.output`; None: the output
+    is a list of files, as the built-in generator's)."""
 
     url: str | None = None
     data: bytes | None = None
     content_type: str | None = None
+    at: tuple[str | int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class Prediction:
     predict_time: float | None = None
     # How long the provider suggests waiting before the next `get` (None: use POLL_INTERVAL).
     poll_after: float | None = None
+    # The output value (`mediagen.jobs.values`): once succeeded, what the model returned with
+    # None at each file's place (`Output.at`); while it runs, the chunks streamed so far (a
+    # list), or None.
+    output: Any = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from mediagen.replicate_api.schemas import ModelVersion, ReplicateModel
 _SINCE = timestamp(datetime.now(UTC).replace(microsecond=0)) or ""
 _PROMPT = {"type": "string", "title": "Prompt", "description": "What to generate."}
 _OUTPUT = {"type": "array", "items": {"type": "string", "format": "uri"}, "title": "Output"}
+_ANY_OUTPUT = {"title": "Output"}  # a model's own output: any JSON (mediagen.jobs.values)
 _DESCRIPTION = {
     "builtin": "mediagen's built-in generator",
     "replicate": "run on Replicate by mediagen",
@@ -80,7 +81,12 @@ async def version_of(state: State, model: str, route: ModelRoute) -> ModelVersio
             "openapi": "3.0.2",
             "info": {"title": model_name(model), "version": version_id(model)},
             "paths": {},
-            "components": {"schemas": {"Input": _input(schema, route), "Output": _OUTPUT}},
+            "components": {
+                "schemas": {
+                    "Input": _input(schema, route),
+                    "Output": _OUTPUT if route.provider == "builtin" else _ANY_OUTPUT,
+                }
+            },
         },
     )
 

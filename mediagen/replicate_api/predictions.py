@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from mediagen.jobs import values
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import predict_time
 from mediagen.jobs.states import JobStatus
@@ -83,11 +84,18 @@ def input_of(job: Job) -> dict[str, Any]:
     return {"prompt": job.prompt, **parameters} if job.prompt else parameters
 
 
-async def output_of(job: Job, storage: Storage, base: str) -> list[str] | None:
-    """The outputs' URLs (signed or presigned, absolute), in order; None until it succeeds."""
-    if job.status is not JobStatus.COMPLETED or not job.outputs:
-        return None
-    return [absolute(await storage.url_for(o["key"]), base) for o in job.outputs]
+async def output_of(job: Job, storage: Storage, base: str, status: JobStatus | None = None) -> Any:
+    """The prediction's output as Replicate returns it, as of `status` (the job's by default):
+    once succeeded, what the model returned, each file as its URL (signed or presigned,
+    absolute); while it runs (or after it failed or was canceled), the chunks it streamed so
+    far; else None (`mediagen.jobs.values`)."""
+    state = status or job.status
+    if state is JobStatus.COMPLETED and job.status is JobStatus.COMPLETED:
+        urls = [absolute(await storage.url_for(o["key"]), base) for o in job.outputs]
+        return values.shown(job.output, job.outputs, urls)
+    if state is not JobStatus.EXPIRED and not job.outputs and isinstance(job.output, list):
+        return job.output
+    return None
 
 
 async def prediction_of(
@@ -109,7 +117,7 @@ async def prediction_of(
         model=model_name(model),
         version=version_id(model),
         input=input_of(job),
-        output=await output_of(job, storage, base) if state is JobStatus.COMPLETED else None,
+        output=await output_of(job, storage, base, state),
         logs=(job.logs or "") if with_logs else "",
         error=job.error if state is JobStatus.FAILED else None,
         status=STATUS[state],

@@ -99,7 +99,12 @@ class ReplicatePrediction(BaseModel):
     model: str
     version: str
     input: dict[str, Any]
-    output: Any = Field(None, description="The output URL(s): one string, or a list.")
+    output: Any = Field(
+        None,
+        description="What the model returned, in its shape (text, a number, a list, a JSON "
+        "object), each file as its URL; a streaming model's: the list of its chunks, the ones "
+        "so far while it runs.",
+    )
     logs: str
     error: str | None
     status: PredictionStatus
@@ -161,7 +166,14 @@ class Problem(BaseModel):
 STREAM_EVENT_SCHEMA: dict[str, Any] = {
     "oneOf": [
         sse_event("logs", {"type": "string", "description": "Text the log gained."}),
-        sse_event("output", {"type": "string", "description": "One output's URL."}),
+        sse_event(
+            "output",
+            {
+                "type": "string",
+                "description": "One chunk or item of the output: a text as it is, a file's URL, "
+                "any other value as JSON.",
+            },
+        ),
         sse_event(
             "error",
             json_data(

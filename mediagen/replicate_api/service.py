@@ -54,6 +54,7 @@ _LISTED = (
     "model",
     "provider",
     "outputs",
+    "output",
     "error",
     "created_at",
     "started_at",

@@ -3,9 +3,12 @@ clients' `stream()` works against mediagen.
 
 Replicate's stream is Server-Sent Events: `logs` (log text as it grows), `output` (one output
 each), `error` (`{"detail": ...}`) and `done` (`{}`, or `{"reason": "canceled"}`), after which
-the stream ends. mediagen's outputs exist only when a job has finished, so every `output` comes
-then, just before `done`. The events underneath are the job's own (`mediagen.jobs.live`: a
-snapshot from Postgres, then its Redis Stream), served by `live.serve` and written here.
+the stream ends. A model that streams (text chunks) has an `output` event per chunk as the job
+gets them; the rest of its output (files are stored only when it ends, and a model that does
+not stream returns its value at the end) comes when it finished, just before `done`: each item
+of a list, else the value. A text is sent as it is, any other value as JSON. The events
+underneath are the job's own (`mediagen.jobs.live`: a snapshot from Postgres, then its Redis
+Stream), served by `live.serve` and written here.
 
 The URL in `urls.stream` is signed (MEDIA_URL_TTL), as Replicate's stream URLs are
 capabilities: the JavaScript client opens it without its token. Without a valid signature the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -30,7 +34,7 @@ from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owner_id
 from mediagen.replicate_api.auth import SCHEMES, replicate_caller
-from mediagen.replicate_api.predictions import absolute, stream_key
+from mediagen.replicate_api.predictions import output_of, stream_key
 from mediagen.storage.base import Storage
 from mediagen.storage.signing import MediaSigner
 
@@ -49,11 +53,21 @@ class ReplicateFeed:
         self.job_id = job_id
         self.storage = storage
         self.base = base
+        self.sent = 0  # items of the output sent (chunks as they came)
+
+    def _items(self, items: list[Any], offset: int, event_id: str | None) -> list[ServerSentEvent]:
+        """The items from index `offset` of the output that were not sent yet (a new attempt's
+        first chunks, which a stream cannot take back, go on from where the client is)."""
+        fresh = items[max(self.sent - offset, 0) :]
+        self.sent = max(self.sent, offset + len(items))
+        return [ServerSentEvent(data=_text(item), event="output", id=event_id) for item in fresh]
 
     async def write(self, event: live.Event) -> list[ServerSentEvent]:
         data = event.data
         if event.name == "logs":
             return [ServerSentEvent(data=data["logs"], event="logs", id=event.id)]
+        if event.name == "output":
+            return self._items(list(data["output"]), int(data["offset"]), event.id)
         if event.name != "status":
             return []  # progress: Replicate's stream has no such event
         status = JobStatus(data["status"])
@@ -67,16 +81,17 @@ class ReplicateFeed:
         if status is JobStatus.CANCELED:
             return [_json("done", {"reason": "canceled"}, event.id)]
         job = await Job.get_or_none(id=self.job_id)
-        outputs = (job.outputs or []) if job and job.status is JobStatus.COMPLETED else []
-        sent = [
-            ServerSentEvent(
-                data=absolute(await self.storage.url_for(output["key"]), self.base),
-                event="output",
-                id=event.id,
-            )
-            for output in outputs
-        ]
+        output = await output_of(job, self.storage, self.base) if job is not None else None
+        if isinstance(output, list):
+            sent = self._items(output, 0, event.id)
+        else:
+            sent = [] if output is None else self._items([output], 0, event.id)
         return [*sent, _json("done", {}, event.id)]
+
+
+def _text(item: Any) -> str:
+    """An output item as an event's data: a text as it is, anything else as JSON."""
+    return item if isinstance(item, str) else orjson.dumps(item).decode()
 
 
 def _json(kind: str, data: dict[str, str], event_id: str | None) -> ServerSentEvent:

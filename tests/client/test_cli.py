@@ -208,7 +208,7 @@ async def test_jobs_wait_on_an_expired_job_exits_1_and_says_why(stack: str) -> N
     as_json = await asyncio.to_thread(run, "jobs", "wait", job_id, "--json")
     assert as_json.returncode == 1, as_json.stderr
     assert json.loads(as_json.stdout) == {
-        "job_id": job_id, "status": "expired", "files": [], "error": EXPIRED_NOTE
+        "job_id": job_id, "status": "expired", "files": [], "output": None, "error": EXPIRED_NOTE
     }
     listed = await asyncio.to_thread(
         run, "jobs", "list", "--status", "expired", "--limit", "100", "--json"

@@ -132,7 +132,8 @@ async def test_a_live_stream_shows_every_transition_then_closes(client: httpx.As
         [snapshot] = await stream.take(1)
         assert snapshot.event == "status" and snapshot.id is not None
         assert snapshot.data == {"job_id": job_id, "status": "pending", "retry_count": 0,
-                                 "error": None, "attempts": 0, "result_url": None}
+                                 "error": None, "attempts": 0, "result_url": None,
+                                 "output": None}
         await dispatch(job_id)
         events = await stream.rest()
     assert stream.closed
@@ -262,7 +263,7 @@ async def test_unknown_ids_and_the_schema(client: httpx.AsyncClient) -> None:
     operation = schema["paths"]["/api/v1/jobs/{job_id}/events"]["get"]
     event = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
     kinds = [e["properties"]["event"]["const"] for e in event["oneOf"]]
-    assert kinds == ["status", "progress", "logs"]
+    assert kinds == ["status", "progress", "logs", "output"]
     assert {"404", "422"} <= set(operation["responses"])
 
 

@@ -159,6 +159,26 @@ async def test_several_outputs_of_several_media_types(polling: Stack) -> None:
             assert len(response.content) == output["size"]
 
 
+async def test_a_text_model_streams_into_the_jobs_output(polling: Stack) -> None:
+    """A Replicate model that returns text (a stream of chunks) has no file: the job's output
+    is the chunks, the ones so far while it runs."""
+    words = "the quick brown fox jumps over the lazy dog"
+    chunks = ["the", *(f" {word}" for word in words.split()[1:])]
+    async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
+        created = await client.post("/api/v1/generate", json={
+            "prompt": f"[fake:text latency=3] {words}"})
+        job_id = created.json()["job_id"]
+        seen = []
+        while (job := (await client.get(f"/api/v1/jobs/{job_id}")).json())["status"] in (
+                "pending", "processing"):
+            seen.append(job["output"])
+            await asyncio.sleep(0.1)
+    assert job["status"] == "completed", job
+    assert job["output"] == chunks and job["outputs"] == [] and job["result_url"] is None
+    partial = [output for output in seen if output and len(output) < len(chunks)]
+    assert partial and all(output == chunks[: len(output)] for output in partial), seen
+
+
 async def test_oversized_output_is_refused(polling: Stack) -> None:
     job = await _run(polling, "[fake:oversized] a huge panorama")
     assert job["status"] == "failed"

@@ -453,4 +453,4 @@ async def test_data_uris_are_checked_before_decoding() -> None:
             cog.DataUri.parse(bad, 4096)
     assert cog.file_outputs({"a": ["data:x", "text", 3], "b": "https://h/x.png"}) == [
         "data:x", "https://h/x.png"]
-    assert json.loads(json.dumps(cog.WEBHOOK_EVENTS)) == ["start", "logs", "completed"]
+    assert json.loads(json.dumps(cog.WEBHOOK_EVENTS)) == ["start", "output", "logs", "completed"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mediagen.errors import PermanentProviderError, StorageError
+from mediagen.jobs.values import split
 from mediagen.providers.downloads import CANONICAL, MEDIA_TYPES
 from mediagen.storage.base import Storage
 from mediagen.storage.local import LocalStorage
@@ -99,17 +100,17 @@ class DataUri:
             await asyncio.sleep(0)
 
 
+def is_file(value: str) -> bool:
+    """Whether a string in a prediction's output is a file: a data: URI, one of our upload
+    Locations or an http(s) URL (what Cog makes of a `Path` output). Any other string is
+    text, which the job keeps in its output value (`mediagen.jobs.values`)."""
+    return value.startswith(("data:", UPLOADED, "https://", "http://"))
+
+
 def file_outputs(value: Any) -> list[str]:
-    """The file outputs of a prediction, in order: strings that are data: URIs, our upload
-    Locations or http(s) URLs, in the shapes Cog returns (one, a list, a dict of them).
-    Anything else (text, numbers) is not a file and is left out."""
-    if isinstance(value, str):
-        return [value] if value.startswith(("data:", UPLOADED, "https://", "http://")) else []
-    if isinstance(value, list | tuple):
-        return [item for each in value for item in file_outputs(each)]
-    if isinstance(value, dict):
-        return [item for each in value.values() for item in file_outputs(each)]
-    return []
+    """The file outputs of a prediction, in order, in the shapes Cog returns (one, a list, a
+    dict of them, nested). Anything else (text, numbers) is not a file and is left out."""
+    return [ref for _, ref in split(value, is_file)[1]]
 
 
 # --- the provider ---------------------------------------------------------------------------

@@ -23,9 +23,10 @@ slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (i
 - **The webhook route** (`mediagen.providers.cog.webhooks`) checks the token, stores the outputs as
   *staged* objects (data: URIs decoded as they are written; `--upload-url` uploads arrive
   there already), and records the prediction in Redis; the terminal one also sends the job's
-  poll step at once. **get** reads that record: the terminal state, else the latest logs (for
-  progress), and looks again every POLL_INTERVAL (a Redis read; Cog jobs in flight are bounded
-  by the GPUs' slots).
+  poll step at once. **get** reads that record: the terminal state (its files, and its output
+  value with each file's place), else the latest logs (for progress) and the chunks a
+  streaming model yielded so far, and looks again every POLL_INTERVAL (a Redis read; Cog jobs
+  in flight are bounded by the GPUs' slots).
 - **The deadline**: a prediction with no completion `deadline` seconds (per model, models
   file) after it was created will never report (its webhook was missed while the API was
   down, or its server died with it): `get` raises `PredictionLostError` and the job runs a new
@@ -68,6 +69,7 @@ from mediagen.errors import (
     RetryableProviderError,
     StorageError,
 )
+from mediagen.jobs.values import too_large
 from mediagen.outbound import Outbound, Policy
 from mediagen.providers.base import (
     Fetched,
@@ -95,6 +97,7 @@ from mediagen.providers.cog.outputs import (
     UPLOADED,
     DataUri,
     file_outputs,
+    is_file,
     media_of,
     staged_chunks,
     staged_key,
@@ -123,6 +126,7 @@ __all__ = [
     "endpoint_key",
     "file_outputs",
     "given_id",
+    "is_file",
     "media_of",
     "parse_cog_id",
     "staged_key",
@@ -136,8 +140,9 @@ log = logging.getLogger(__name__)
 
 API_MAX_BYTES = 1024 * 1024  # a Cog answer to a create or cancel (the input echoed, logs)
 DEFAULT_DEADLINE = 600.0
-# Which webhooks Cog sends: not "output", whose intermediate copy repeats the whole outputs.
-WEBHOOK_EVENTS = ["start", "logs", "completed"]
+# Which webhooks Cog sends: "output" for what a streaming model yields as it runs (Cog sends it
+# for every output, files too: with inline data: URIs a file comes twice, `--upload-url` avoids).
+WEBHOOK_EVENTS = ["start", "output", "logs", "completed"]
 
 # Redis: the terminal prediction, and the latest logs of a running one (see `webhooks`).
 DONE = "mediagen:cog:done:"
@@ -316,14 +321,18 @@ class CogProvider:
         try:
             seen = orjson.loads(live) if live is not None else {}
             logs, omitted = seen.get("logs"), seen.get("logs_omitted")
+            chunks, over = seen.get("output"), seen.get("output_bytes")
         except (orjson.JSONDecodeError, AttributeError):
-            logs = omitted = None  # logs and progress only: none is shown
+            logs = omitted = chunks = over = None  # nothing is shown until the next webhook
+        if isinstance(over, int):  # the model streamed more than a job keeps: it is stopped
+            raise too_large(over, self.settings.max_output_value_bytes)
         return Prediction(
             prediction_id,
             PredictionStatus.PROCESSING,
             logs=logs if isinstance(logs, str) else None,
             logs_omitted=omitted if isinstance(omitted, int) else 0,
             poll_after=min(self.settings.poll_interval, left),
+            output=chunks if isinstance(chunks, list) else None,
         )
 
     def _terminal(self, prediction_id: str, handle: Handle, record: dict[str, Any]) -> Prediction:
@@ -341,13 +350,17 @@ class CogProvider:
             seen["predict_time"] = None
         if status is PredictionStatus.SUCCEEDED:
             outputs = []
-            for ref in record.get("outputs") or []:
+            places = record.get("places")
+            for index, ref in enumerate(record.get("outputs") or []):
+                # Its place in the output value (a record from before places: none).
+                at = places[index] if isinstance(places, list) and index < len(places) else None
+                place = tuple(at) if isinstance(at, list) else None
                 if isinstance(ref, str) and ref.startswith(STAGED):
                     name = ref.removeprefix(STAGED)
-                    outputs.append(Output(url=f"{_STAGED_URL}{handle.cog_id}/{name}"))
+                    outputs.append(Output(url=f"{_STAGED_URL}{handle.cog_id}/{name}", at=place))
                 elif isinstance(ref, str):
-                    outputs.append(Output(url=ref))
-            return Prediction(prediction_id, status, outputs, **seen)
+                    outputs.append(Output(url=ref, at=place))
+            return Prediction(prediction_id, status, outputs, output=record.get("output"), **seen)
         raw = record.get("error")
         if status is PredictionStatus.FAILED or raw:
             error = model_message(str(raw) if raw else None)  # the model's own, once

@@ -6,11 +6,15 @@ HMAC-SHA256 of the prediction id under the deployment's key (`mediagen.providers
 checked, in constant time, before a byte of the body is read (a forged one: 401), and is good
 for that prediction only (a body about another prediction: 401). A webhook for an attempt that
 no longer owns its job (finished, canceled, retried as a new attempt) is acknowledged and
-ignored. For the attempt running now, a progress webhook records the tail of the logs in Redis;
-the terminal one has its outputs staged in storage (data: URIs decoded as they are written,
-checked against DOWNLOAD_MAX_BYTES, the media types downloads allow and their bytes; our own
-upload Locations taken as they are; more than MAX_OUTPUTS_PER_JOB outputs fail the job before
-anything is staged), is recorded in Redis (the first one wins), and sends the job's
+ignored. A progress webhook records the tail of the logs in Redis, and the chunks a streaming
+model has yielded so far (Cog sends the output list as it grows, one webhook per chunk, not
+always in order: the worker keeps the longest), without a look at the job (the record of an
+attempt that is over is read by nobody); for the attempt running now, the terminal one has its
+file outputs staged in storage (data: URIs decoded as they are written, checked against
+DOWNLOAD_MAX_BYTES, the media types downloads allow and their bytes; our own upload Locations
+taken as they are; more than MAX_OUTPUTS_PER_JOB outputs fail the job before anything is
+staged) and the rest of its output, the value with each file's place (`mediagen.jobs.values`,
+at most MAX_OUTPUT_VALUE_BYTES), is recorded in Redis (the first one wins), and sends the job's
 poll step at once: the worker finishes the job from the record (`CogProvider.get`). A Redis or
 storage failure answers 503, which Cog retries (a terminal webhook, about 12 times over some
 7 minutes); one never delivered is what the model's deadline is for.
@@ -58,7 +62,7 @@ from mediagen.errors import (
     UnsupportedMediaTypeError,
 )
 from mediagen.files.sniff import check_declared, head_of
-from mediagen.jobs import joblogs
+from mediagen.jobs import joblogs, values
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import poll_task
 from mediagen.jobs.models import Job
@@ -186,16 +190,17 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
     storage: Storage = request.app.state.storage
     redis: aioredis.Redis = request.app.state.redis
     status = payload.get("status")
-    running = await _running(prediction)
-    if running is None:
-        if finished(status):  # its uploads will never be used
-            await _discard(storage, prediction, cog.file_outputs(payload.get("output")))
-        return "ignored"
     ttl = int(settings.job_timeout) + RECORD_TTL_MARGIN
     if not finished(status):
-        live = {"status": "processing", **_logs(payload, settings)}
+        # No look at the job: a streaming model sends one per chunk, and the record of an
+        # attempt that is over is read by nobody (it expires).
+        live = {"status": "processing", **_logs(payload, settings), **_streamed(payload, settings)}
         await redis.set(cog.LIVE + prediction, orjson.dumps(live), ex=ttl)
         return "noted"
+    running = await _running(prediction)
+    if running is None:  # its uploads will never be used
+        await _discard(storage, prediction, cog.file_outputs(payload.get("output")))
+        return "ignored"
     if await redis.exists(cog.DONE + prediction):
         return "duplicate"
     record, fresh = await _terminal_record(prediction, payload, settings, storage)
@@ -238,9 +243,10 @@ async def _ended_in(prediction: str) -> JobStatus | None:
 async def _terminal_record(
     prediction: str, payload: dict[str, Any], settings: Settings, storage: Storage
 ) -> tuple[dict[str, Any], list[str]]:
-    """What the worker needs of a finished prediction, its outputs staged in storage, and
-    which staged objects were made now (decoded data: URIs; uploads were staged before). An
-    output that breaks the limits turns a success into a failure saying which and why."""
+    """What the worker needs of a finished prediction, its file outputs staged in storage
+    (`outputs`, each with its place in the output value: `places`, and the value: `output`),
+    and which staged objects were made now (decoded data: URIs; uploads were staged before).
+    An output that breaks the limits turns a success into a failure saying which and why."""
     status = str(payload.get("status"))
     record: dict[str, Any] = {
         "status": status,
@@ -249,13 +255,15 @@ async def _terminal_record(
         "predict_time": _predict_time(payload),
         "outputs": [],
     }
-    outputs = cog.file_outputs(payload.get("output"))
+    shaped, files = values.split(payload.get("output"), cog.is_file)
+    outputs = [ref for _, ref in files]
     if status != "succeeded":
         await _discard(storage, prediction, outputs)
         return record, []
     staged: list[str] = []
     fresh: list[str] = []
     try:
+        values.check(shaped, settings.max_output_value_bytes)
         check_count(len(outputs), settings.max_outputs_per_job)
         for index, value in enumerate(outputs):
             ref = await _stage(prediction, index, value, settings, storage)
@@ -268,7 +276,20 @@ async def _terminal_record(
     except BaseException:  # answered 503: Cog sends it again, uploads and all
         await _discard(storage, prediction, fresh)
         raise
-    return {**record, "outputs": staged}, fresh
+    places = [list(at) for at, _ in files]
+    return {**record, "outputs": staged, "places": places, "output": shaped}, fresh
+
+
+def _streamed(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What a running prediction streamed so far (`values.streamed`): its chunks, or only
+    their size when that is past MAX_OUTPUT_VALUE_BYTES (the job fails: `CogProvider.get`)."""
+    chunks = values.streamed(payload.get("output"), cog.is_file)
+    if not chunks:
+        return {}
+    size = values.size_of(chunks)
+    if size > settings.max_output_value_bytes:
+        return {"output_bytes": size}
+    return {"output": chunks}
 
 
 def _logs(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:

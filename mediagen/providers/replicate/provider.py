@@ -22,6 +22,7 @@ from mediagen.errors import (
     PermanentProviderError,
     RetryableProviderError,
 )
+from mediagen.jobs import values
 from mediagen.outbound import Outbound, Policy
 from mediagen.providers.base import (
     Fetched,
@@ -59,15 +60,10 @@ def parse_progress(logs: str | None) -> dict[str, int] | None:
     return {"current": current, "total": total, "percent": percent}
 
 
-def _urls(value: Any) -> list[str]:
-    """Output URLs in the shapes Replicate returns: one string, a list, or a dict of them."""
-    if isinstance(value, str):
-        return [value] if value.startswith(("https://", "http://")) else []
-    if isinstance(value, list | tuple):
-        return [url for item in value for url in _urls(item)]
-    if isinstance(value, dict):
-        return [url for item in value.values() for url in _urls(item)]
-    return []
+def _is_file(value: str) -> bool:
+    """Whether a string in a prediction's output is a file: an http(s) URL (Replicate's
+    files); any other string is text, kept in the job's output value."""
+    return value.startswith(("https://", "http://"))
 
 
 def _prediction(data: Any) -> Prediction:
@@ -83,12 +79,23 @@ def _prediction(data: Any) -> Prediction:
     if status is PredictionStatus.FAILED:
         error = str(data.get("error") or f"prediction {data.get('status')} without an error text")
     outputs: list[Output] = []
+    # Its output value (`mediagen.jobs.values`): the files in it are its outputs; while it
+    # runs, what a streaming model yielded so far.
+    output = values.streamed(data.get("output"), _is_file)
     if status is PredictionStatus.SUCCEEDED:
-        outputs = [Output(url=url) for url in _urls(data.get("output"))]
-        if not outputs:
-            raise PermanentProviderError("prediction succeeded without any output URL")
+        output, files = values.split(data.get("output"), _is_file)
+        outputs = [Output(url=url, at=at) for at, url in files]
+        if not outputs and output is None:
+            raise PermanentProviderError("prediction succeeded without any output")
     return Prediction(
-        data["id"], status, outputs, error, logs, predict_time=_predict_time(data), poll_after=None
+        data["id"],
+        status,
+        outputs,
+        error,
+        logs,
+        predict_time=_predict_time(data),
+        poll_after=None,
+        output=output,
     )
 
 

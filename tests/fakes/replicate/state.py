@@ -12,6 +12,8 @@ space-separated `name` or `name=value` tokens; several tags merge, the prompt wi
                         create, retry_after=N)
     outcome             failed (error=text_with_underscores) stuck (processing forever)
                         single (output is one URL string, not a list)
+                        text (a text model: its output is the prompt's words as streamed
+                        chunks, the ones so far while it runs; no file)
     files               file404 truncated oversized (+ nolength: chunked, no Content-Length)
                         redirect=N (each output URL answers N redirects first)
                         bytes=N (N pseudo-random bytes from `stream_bytes`, generated as sent;
@@ -163,7 +165,14 @@ class FakePrediction:
         started = self.created + self.latency * 0.1
         completed = min(now, self.ends_at or now) if status in TERMINAL else None
         output: Any = None
-        if status == "succeeded":
+        if "text" in self.options and status in ("processing", "succeeded"):
+            words = _TAG.sub("", str(self.input.get("prompt", ""))).split()
+            chunks = [words[0], *(f" {word}" for word in words[1:])] if words else []
+            share = 1.0
+            if status == "processing":
+                share = (now - started) / max(self.latency * 0.9, 1e-6)
+            output = chunks[: int(len(chunks) * min(share, 1.0))]
+        elif status == "succeeded":
             urls = self.output_urls()
             output = urls[0] if "single" in self.options else urls
         error = None

@@ -181,6 +181,19 @@ const steps = {
     return { events, files, id: newest.id, prompt: newest.input.prompt };
   },
 
+  // A Cog model that streams text (tests/providers/test_cog_outputs.py, its own config): run
+  // gives the list of its chunks; stream sends each as an output event.
+  async textStream() {
+    const replicate = client(config.auth, config.base);
+    const input = { prompt: "in javascript", text: config.text, delay: 0.2 };
+    const output = await replicate.run(config.model, { input });
+    const events = [];
+    for await (const event of replicate.stream(config.model, { input })) {
+      events.push({ event: event.event, data: String(event.data) });
+    }
+    return { output, events };
+  },
+
   // Reads past the limit: the client retries the 429 (at once, in 1.4.0), then gives up with
   // an ApiError whose response carries Retry-After; after that wait a read succeeds again.
   async limited() {
