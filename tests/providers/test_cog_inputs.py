@@ -181,6 +181,8 @@ def test_a_text_model_gets_exactly_its_text(setup: Setup) -> None:
     # logs a word (below). What it streams back is the outputs' business, not the inputs'.
     assert setup.servers["words"].says(f"given text='{text}'"), setup.servers["words"].tail()
     assert "TypeError" not in (prediction.error or ""), prediction.error
+    assert prediction.status == "succeeded", prediction.error
+    assert "".join(prediction.output).split() == text.split()  # chunks, as Replicate gives them
 
 
 async def test_an_input_the_model_refuses_fails_with_its_own_message_once(setup: Setup) -> None:
