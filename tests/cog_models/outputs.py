@@ -1,10 +1,8 @@
 """Cog predictors of every output shape, for tests/providers/test_cog_outputs.py: one Cog server
 per class (`COG_PREDICT_TYPE_STUB=outputs.py:<class>`), run from this directory.
 
-Besides their own inputs (`text`, `delay`, `count`, ...) each takes, and ignores, the inputs a
-mediagen job may send a Cog model (`prompt`, `width`, `height`, `num_inference_steps`,
-`output_format`, `num_outputs`, `seed`, `guidance_scale`, `negative_prompt`), with defaults, so
-the same predictors run whether those are sent or not.
+Besides their own inputs (`text`, `delay`, `count`, ...) each takes a `prompt` (a job made
+through `/api/v1/generate` sends its prompt to a model whose schema is not known) and a `seed`.
 """
 
 import asyncio
@@ -48,14 +46,7 @@ class TextStream(BasePredictor):
         delay: float = 0.0,
         repeat: int = 1,
         prompt: str = "",
-        width: int = 1024,
-        height: int = 1024,
-        num_inference_steps: int = 50,
-        output_format: str = "png",
-        num_outputs: int = 1,
         seed: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
     ) -> ConcatenateIterator[str]:
         for chunk in _words(text):
             time.sleep(delay)
@@ -71,14 +62,7 @@ class AsyncStream(BaseRunner):
         text: str = "hello async world",
         delay: float = 0.0,
         prompt: str = "",
-        width: int = 1024,
-        height: int = 1024,
-        num_inference_steps: int = 50,
-        output_format: str = "png",
-        num_outputs: int = 1,
         seed: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
     ) -> AsyncConcatenateIterator[str]:
         for chunk in _words(text):
             await asyncio.sleep(delay)
@@ -95,14 +79,7 @@ class Files(BaseRunner):
         self,
         count: int = 2,
         prompt: str = "",
-        width: int = 1024,
-        height: int = 1024,
-        num_inference_steps: int = 50,
-        output_format: str = "png",
-        num_outputs: int = 1,
         seed: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
     ) -> list[Path]:
         return [_picture(self.out, index, seed) for index in range(count)]
 
@@ -124,14 +101,7 @@ class Json(BaseRunner):
         self,
         text: str = "a red fox",
         prompt: str = "",
-        width: int = 1024,
-        height: int = 1024,
-        num_inference_steps: int = 50,
-        output_format: str = "png",
-        num_outputs: int = 1,
         seed: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
     ) -> Output:
         return Output(
             text=text.upper(),
@@ -148,13 +118,6 @@ class Number(BaseRunner):
         self,
         text: str = "abcdef",
         prompt: str = "",
-        width: int = 1024,
-        height: int = 1024,
-        num_inference_steps: int = 50,
-        output_format: str = "png",
-        num_outputs: int = 1,
         seed: int | None = None,
-        guidance_scale: float | None = None,
-        negative_prompt: str | None = None,
     ) -> float:
         return len(text) / 4
