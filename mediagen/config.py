@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     db_pool_max: int = Field(10, ge=1, le=100)
+    # Prepared statements each database connection keeps (asyncpg's statement cache); 0 for
+    # PgBouncer in transaction mode (README, "PgBouncer").
+    database_statement_cache_size: int = Field(100, ge=0, le=10_000)
     embedded_data_dir: Path = Path("./.mediagen")
 
     # --- generation --------------------------------------------------------------------------
