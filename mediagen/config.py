@@ -199,7 +199,8 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     # When set, /metrics (API and worker) needs `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str = ""
-    # The worker's Prometheus exporter (one per worker, for all its processes); 0: none.
+    # The worker's port (one per worker, for all its processes): its probes (/livez, /readyz)
+    # and, unless METRICS_ENABLED is false, its /metrics; 0: none.
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
 
