@@ -20,7 +20,9 @@ Migrations run under a Postgres advisory lock (`migrate`), so replicas that all 
 first takes the lock and migrates, the others wait for it and then find nothing to do. The
 lock is a transaction-level one, held by a transaction left open on a connection of its own,
 so it also holds through PgBouncer in transaction mode (which pins the server connection to
-an open transaction, where a session-level lock would be left on a pooled connection).
+an open transaction, where a session-level lock would be left on a pooled connection). The
+others try for it every MIGRATION_LOCK_POLL seconds in short transactions rather than block
+inside one, so through PgBouncer they hold no server connection while they wait.
 
 DATABASE_STATEMENT_CACHE_SIZE is asyncpg's `statement_cache_size`: how many prepared
 statements each connection keeps. 0 is what PgBouncer in transaction mode needs (before 1.21,
@@ -59,6 +61,7 @@ MODELS = [
 # The advisory lock `migrate` holds: any constant, the same in every version (the first eight
 # bytes of sha256("mediagen.migrate"), as a signed bigint).
 MIGRATION_LOCK = 0x3078_BFAC_838A_E1FA
+MIGRATION_LOCK_POLL = 0.25  # seconds between tries while another process migrates
 _initialised = False
 _pool: tuple[asyncio.AbstractEventLoop, asyncpg.Pool] | None = None
 
@@ -155,16 +158,24 @@ async def migrate(settings: Settings | None = None) -> None:
     url = database_url(settings, "mediagen-migrate")
     credentials = {**expand_db_url(url)["credentials"], "minsize": 1, "maxsize": 1}
     holder = AsyncpgDBClient(connection_name="mediagen-migrate-lock", **credentials)
+    started = time.monotonic()
     try:
-        async with holder.acquire_connection() as connection, connection.transaction():
-            waited = time.monotonic()
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            if (seconds := time.monotonic() - waited) > 1:
-                log.info("waited %.1f s for another process's migrations", seconds)
-            try:
-                await _migrate(config=tortoise_config(settings, "mediagen-migrate"))
-            finally:
-                await Tortoise.close_connections()
+        async with holder.acquire_connection() as connection:
+            while True:
+                async with connection.transaction():
+                    if await connection.fetchval(
+                        "SELECT pg_try_advisory_xact_lock($1)", MIGRATION_LOCK
+                    ):
+                        if (waited := time.monotonic() - started) > 1:
+                            log.info("waited %.1f s for another process's migrations", waited)
+                        try:
+                            await _migrate(config=tortoise_config(settings, "mediagen-migrate"))
+                        finally:
+                            await Tortoise.close_connections()
+                        return
+                # Out of the transaction while waiting: through PgBouncer, waiters that each
+                # kept a server connection could leave none for the migrations themselves.
+                await asyncio.sleep(MIGRATION_LOCK_POLL)
     finally:
         await holder.close()
 

@@ -10,30 +10,20 @@ prepared statements itself (`max_prepared_statements`); Debian 12's is 1.18."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from tortoise import connections
 
-from tests.conftest import POSTGRES, TEST_DB
-from tests.db.servers import PgBouncer, scratch_dir
+from tests.conftest import TEST_DB
+from tests.db.servers import PgBouncer
 from tests.stack import in_process
 from tests.support import submit, wait_terminal
 
 JOBS = 12
 
 
-@pytest.fixture(scope="module")
-def bouncer(database: str) -> Iterator[PgBouncer]:
-    with scratch_dir("mediagen-pgbouncer-") as root:
-        server = PgBouncer(root, POSTGRES.upstream).start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
-async def test_jobs_through_pgbouncer_in_transaction_mode(bouncer: PgBouncer) -> None:
+async def test_jobs_through_pgbouncer_in_transaction_mode(
+    database: str, bouncer: PgBouncer
+) -> None:
     env = {"DATABASE_URL": bouncer.url(TEST_DB), "DATABASE_STATEMENT_CACHE_SIZE": "0"}
     async with in_process(env, worker=True) as stack:
         assert connections.get("default").port == bouncer.port  # the pool is the pooler's
