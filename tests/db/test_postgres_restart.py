@@ -1,7 +1,8 @@
 """Postgres restarted under an API and a worker (real processes: how their pools live through
-it is what is tested) on a Postgres of the test's own. While it is down every request that
-needs it answers 503 with Retry-After and the code `database_unavailable`, in each surface's
-shape (mediagen's `{detail, code}`, `/v1`'s problem details), never a 500; once it is back,
+it is what is tested) on a Postgres of the test's own, with a steady load of submits and reads
+going on. While it is down every request that needs it answers 503 with Retry-After and the
+code `database_unavailable`, in each surface's shape (mediagen's `{detail, code}`, `/v1`'s
+problem details), never a 500 (nor while it shuts down or comes back); once it is back,
 requests succeed again without restarting anything, and the jobs that were in flight finish
 (their steps run again, or the sweeper dispatches them once their lease ran out)."""
 
@@ -105,6 +106,37 @@ def _unavailable(response: httpx.Response) -> dict[str, object]:
     return body
 
 
+class Load:
+    """Submits and status reads, one after another, until stopped: every answer must be a
+    success or a 503 with Retry-After."""
+
+    def __init__(self, client: httpx.AsyncClient, job_id: str) -> None:
+        self.client, self.job_id = client, job_id
+        self.answers: dict[int, int] = {}
+        self.accepted: list[str] = []
+        self.wrong: list[str] = []
+        self._running = True
+
+    async def run(self) -> None:
+        while self._running:
+            for method, path, body in (
+                ("POST", "/api/v1/generate", BODY),
+                ("GET", f"/api/v1/status/{self.job_id}", None),
+            ):
+                response = await self.client.request(method, path, json=body)
+                self.answers[response.status_code] = self.answers.get(response.status_code, 0) + 1
+                if response.status_code == 201:
+                    self.accepted.append(response.json()["job_id"])
+                elif response.status_code != 200 and not (
+                    response.status_code == 503 and response.headers.get("retry-after")
+                ):
+                    self.wrong.append(f"{method} {path}: {response.status_code} {response.text}")
+            await asyncio.sleep(0.02)
+
+    def stop(self) -> None:
+        self._running = False
+
+
 async def test_postgres_restart_is_503_then_heals(service: Service) -> None:
     async with _client(service) as client:
         in_flight = []
@@ -112,8 +144,11 @@ async def test_postgres_restart_is_503_then_heals(service: Service) -> None:
             created = await client.post("/api/v1/generate", json=BODY)
             assert created.status_code == 201, created.text
             in_flight.append(created.json()["job_id"])
+        load = Load(client, in_flight[0])
+        loading = asyncio.create_task(load.run())
+        await asyncio.sleep(0.5)
 
-        service.postgres.stop()
+        await asyncio.to_thread(service.postgres.stop)
         try:
             submit = _unavailable(await client.post("/api/v1/generate", json=BODY))
             assert submit["code"] == "database_unavailable", submit
@@ -130,7 +165,7 @@ async def test_postgres_restart_is_503_then_heals(service: Service) -> None:
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and not ready.json()["checks"]["database"]["ok"]
         finally:
-            service.postgres.start()
+            await asyncio.to_thread(service.postgres.start)
 
         # The same processes serve again: their pools open new connections.
         started = time.monotonic()
@@ -145,6 +180,13 @@ async def test_postgres_restart_is_503_then_heals(service: Service) -> None:
         assert (await client.get(f"/api/v1/status/{in_flight[0]}")).status_code == 200
         v1 = await client.post("/v1/models/mediagen/builtin/predictions", json=V1_BODY)
         assert v1.status_code == 201, v1.text
+
+        await asyncio.sleep(0.5)
+        load.stop()
+        await loading
+        assert not load.wrong, load.wrong[:5]
+        assert load.answers.get(503) and load.answers.get(201), load.answers
+        in_flight += load.accepted
 
         finished = [await wait_terminal(client, job_id, timeout=60) for job_id in in_flight]
         assert [job["status"] for job in finished] == ["completed"] * len(in_flight), finished
