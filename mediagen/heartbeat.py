@@ -31,9 +31,9 @@ class Verdict(NamedTuple):
     reason: str
 
 
-def member(pid: int | None = None) -> str:
-    """This process's name in WORKERS (or that of process `pid` on this host)."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
+def member() -> str:
+    """This process's name in WORKERS."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _age(score: float, now: float | None) -> float:
@@ -72,7 +72,7 @@ def of_host(client: redis.Redis, host: str | None = None, now: float | None = No
     found = [(raw.decode(), float(score)) for raw, score in entries]
     ours = [(name, score) for name, score in found if name.rpartition(":")[0] == host]
     if not ours:
-        return Verdict(False, f"no worker process on {host} has ever reported")
+        return Verdict(False, f"no heartbeat from a worker process on {host}")
     name, score = max(ours, key=lambda entry: entry[1])
     age = _age(score, now)
     if age > HEARTBEAT_TTL:

@@ -361,11 +361,13 @@ _consumer: Any = None  # the main process's Celery consumer, once it is ready
 def _on_ready(sender: Any = None, **_: Any) -> None:
     # Threads/solo pools run tasks in the main process. A prefork main process runs none, but
     # its heartbeat is the worker's; children forked later open their own (see db.pool).
+    # The port first: a runtime that cannot open yet (the database is restarting) leaves the
+    # worker alive but not ready, and the next task opens it again.
     global _consumer
     _consumer = sender
     tracing.configure("worker")
-    runtime()
     _serve_port(get_settings())
+    runtime()
 
 
 class _Readiness:

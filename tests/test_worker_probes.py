@@ -70,7 +70,7 @@ def test_worker_probes_answer_without_token_with_metrics_off(
 def test_worker_check_fails_without_a_worker_on_this_host() -> None:
     checked = _check(REDIS.fresh())
     assert checked.returncode == 1
-    assert checked.stderr.startswith("mediagen worker-check: not ready: no worker process on ")
+    assert checked.stderr.startswith("mediagen worker-check: not ready: no heartbeat from a worker process on ")
     assert checked.stderr.count("\n") == 1
 
 
