@@ -4,6 +4,10 @@
 # `chromium`), which Playwright drives for the web page's tests (tests/web/; Playwright's own
 # browser download cannot run on our machines), and Node with npm (Debian packages `nodejs`, `npm`),
 # which run the official JavaScript Replicate client against `/v1` (tests/replicate_api/).
+# For the Kubernetes kit (tests/deploy/): `kubectl kustomize`, from Debian's kubectl (package
+# `kubernetes-client`) when no kubectl is there, and checkov and kubernetes-validate, pinned in
+# scripts/tools-requirements.txt, in a virtualenv of their own (.venv-tools; checkov's
+# dependencies would clash with mediagen's).
 # Installed when missing, as bench/ installs wrk;
 # the Prometheus package's own service is not left running.
 # A tool still missing fails under CI (CI set, e.g. CI=true); elsewhere its tests skip.
@@ -48,6 +52,30 @@ for tool in node npm; do
     case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
   fi
 done
+
+if ! kubectl kustomize --help >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing kubectl (Debian package kubernetes-client)"
+  apt_install kubernetes-client
+fi
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "ensure-tools: kubectl (with kustomize) is not installed and could not be installed (Debian package kubernetes-client)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.venv-tools"
+requirements="$root/scripts/tools-requirements.txt"
+stamp="$tools/.installed-$(sha256sum "$requirements" | cut -c1-16)"
+if ! [ -f "$stamp" ]; then
+  echo "ensure-tools: installing checkov and kubernetes-validate into .venv-tools"
+  rm -rf "$tools"
+  if python3 -m venv "$tools" && "$tools/bin/pip" install -q -r "$requirements" >/dev/null 2>&1; then
+    touch "$stamp"
+  else
+    echo "ensure-tools: checkov and kubernetes-validate could not be installed (scripts/tools-requirements.txt)" >&2
+    case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+  fi
+fi
 
 if ! command -v promtool >/dev/null 2>&1; then
   echo "ensure-tools: promtool is not installed and could not be installed (Debian package prometheus)" >&2
