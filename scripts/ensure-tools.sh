@@ -4,6 +4,7 @@
 # `chromium`), which Playwright drives for the web page's tests (tests/web/; Playwright's own
 # browser download cannot run on our machines), and Node with npm (Debian packages `nodejs`, `npm`),
 # which run the official JavaScript Replicate client against `/v1` (tests/replicate_api/).
+# haproxy (Debian), which checks the compose stack's proxy configuration (tests/deploy/).
 # For the Kubernetes kit (tests/deploy/): `kubectl kustomize`, from Debian's kubectl (package
 # `kubernetes-client`) when no kubectl is there, and checkov and kubernetes-validate, pinned in
 # scripts/tools-requirements.txt, in a virtualenv of their own (.venv-tools; checkov's
@@ -52,6 +53,18 @@ for tool in node npm; do
     case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
   fi
 done
+
+if ! command -v haproxy >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing haproxy (Debian package haproxy)"
+  apt_install haproxy
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
+fi
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "ensure-tools: haproxy is not installed and could not be installed (Debian package haproxy)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
 
 if ! kubectl kustomize --help >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   echo "ensure-tools: installing kubectl (Debian package kubernetes-client)"
