@@ -12,9 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from mediagen import proxy
 from mediagen.config import Settings
 from mediagen.main import create_app
+from mediagen.observability import http as observed
+from mediagen.observability.http import RequestObserver
 from tests.conftest import free_port
 from tests.stack import InProcess, in_process
 from tests.support import submit, wait_terminal
@@ -175,3 +179,27 @@ class _Prefixed:
 
     async def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return await self.http.get(f"{self.prefix}{path}", **kwargs)
+
+
+async def test_the_access_log_names_the_client_a_trusted_proxy_forwarded() -> None:
+    """The layers `create_app` puts around the API, on a bare app: the access line's client
+    is the forwarded one behind a trusted proxy, the peer's own otherwise."""
+    app = FastAPI()
+    app.get("/ping")(lambda: {"ok": True})
+    settings = Settings(_env_file=None, forwarded_allow_ips="10.1.2.3",  # type: ignore[call-arg]
+                        metrics_enabled=False, access_log=True)
+    observed.install(app, settings)
+    proxy.install_outer(app, settings)
+    stack = app.build_middleware_stack()
+    layer: Any = stack
+    while not isinstance(layer, RequestObserver):
+        layer = layer.app
+    lines: list[Any] = []
+    layer.access = lines.extend
+    forwarded = {"X-Forwarded-For": "198.51.100.7"}
+    for client in (PROXY, STRANGER):
+        transport = httpx.ASGITransport(app=stack, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            assert (await http.get("/ping", headers=forwarded)).status_code == 200
+    layer.flush()
+    assert [line[3] for line in lines] == ["198.51.100.7", STRANGER[0]]
