@@ -118,6 +118,10 @@ async def test_the_api_answers_and_links_under_the_prefix(
     assert output.startswith(f"http://testserver/mg/media/{job_id}"), output
     missing = await http.get(f"{sent}/api/v1/jobs/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404 and missing.json()["code"]
+    # Errors of /v1 keep its own shape under the prefix too.
+    problem = await http.get(f"{sent}/v1/predictions/00000000-0000-0000-0000-000000000000")
+    assert problem.status_code == 404
+    assert problem.headers["content-type"] == "application/problem+json", problem.text
 
 
 async def test_docs_and_the_schema_are_under_the_prefix(prefixed: InProcess) -> None:
