@@ -7,7 +7,10 @@ leaves a checkout's private files out (.dockerignore)."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,40 @@ def test_compose_passes_every_setting_and_sets_the_required_ones() -> None:
         assert environment["AUTH_REQUIRED"] == "true"
         # What a development .env says must not decide these inside a container.
         assert environment["API_HOST"] == "0.0.0.0" and environment["API_PORT"] == "8000"
+
+
+def _docker_compose() -> str:
+    """Debian's docker-compose (no engine needed for `config`), installed as
+    scripts/check_compose.py installs it."""
+    spec = importlib.util.spec_from_file_location("check_compose", ROOT / "scripts/check_compose.py")
+    assert spec is not None and spec.loader is not None
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    found: str | None = check._docker_compose()
+    return found or tool("docker-compose", "Debian package docker-compose")
+
+
+def test_settings_in_dot_env_reach_the_containers(tmp_path: Path) -> None:
+    """`docker-compose config` with a .env of the stack's secrets and settings: every mediagen
+    container gets the settings, and the stack's own values win over a development .env's."""
+    for path in COMPOSE:
+        shutil.copy(path, tmp_path / path.name)
+    dot_env = {"POSTGRES_PASSWORD": "p", "REDIS_PASSWORD": "r", "FLOWER_BASIC_AUTH": "u:p",
+               "METRICS_TOKEN": "m", "WEBHOOK_SECRET": "whsec_dGVzdA==",
+               "MODELS_FILE": "/data/models.toml", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+               "AUTH_REQUIRED": "false", "API_HOST": "127.0.0.1", "FORWARDED_ALLOW_IPS": "10.9.9.9"}
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in dot_env.items()))
+    run = subprocess.run([_docker_compose(), "config"], cwd=tmp_path, capture_output=True,
+                         text=True, check=False, timeout=60,
+                         env={"PATH": os.environ["PATH"]})
+    assert run.returncode == 0, run.stderr
+    services = yaml.safe_load(run.stdout)["services"]
+    for name in ("api", "celery_worker", "beat", "migrate"):
+        env = services[name]["environment"]
+        for key in ("WEBHOOK_SECRET", "MODELS_FILE", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            assert env[key] == dot_env[key], (name, key)
+        assert (env["AUTH_REQUIRED"], env["API_HOST"]) == ("true", "0.0.0.0"), name
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
 
 
 def test_the_api_scales_behind_the_proxy() -> None:
