@@ -238,9 +238,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     observed.install(app, settings)  # around everything: request id, access log, metrics
+    # Around those: forwarded headers of trusted peers believed, the path prefix taken off.
+    proxy.install_outer(app, settings)
     if tracing.configure("api"):  # outermost, so the server span covers FastPaths' answers
         tracing.instrument_app(app)
-    proxy.install_outer(app, settings)  # around all: trusted forwarded headers, the prefix off
     return app
 
 

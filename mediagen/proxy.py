@@ -81,8 +81,8 @@ def install_root_path(app: FastAPI, settings: Settings) -> None:
 
 
 def install_outer(app: FastAPI, settings: Settings) -> None:
-    """Around everything (call last): the forwarded headers of trusted peers, then the prefix
-    taken off the path."""
+    """Around the request id, the access log and all inside (only tracing's server span is
+    outside it): the forwarded headers of trusted peers, then the prefix taken off the path."""
     build = app.build_middleware_stack
     root, trusted = settings.root_path, settings.forwarded_allow_ips
     if root:
