@@ -2,7 +2,9 @@
 root a prediction's webhooks are written with, `/api/v1/jobs`'s `next`): the one place that
 decides where they start.
 
-PUBLIC_BASE_URL, when set, is that root, whatever the request says. Without it the request's
+PUBLIC_BASE_URL, when set, is that root, whatever the request says; its path, if any, is the
+prefix the API is reached under (ROOT_PATH, `mediagen.proxy`), which relative URLs in answers
+(local storage's `/media` links) start with too. Without it the request's
 Host header is: any client can send any Host, so it must be a well-formed host name (or IP
 literal) with an optional port, no longer than MAX_HOST, and one that ALLOWED_HOSTS lists;
 anything else is 400 (`InvalidHostError`), never a URL to somewhere else. The scheme is the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
@@ -27,12 +30,18 @@ _HOST = re.compile(
 )
 
 
+def public_root(settings: Settings) -> str:
+    """PUBLIC_BASE_URL without its trailing `/` (empty when unset): where the URLs start that
+    others call back without a request to go by (provider webhooks, Cog uploads, inputs)."""
+    return settings.public_base_url.rstrip("/")
+
+
 def service_root(request: Request) -> str:
     """The root our absolute URLs start with (`https://api.example.com`, no trailing `/`):
     PUBLIC_BASE_URL, else the request's own, once its Host is checked (400 if refused)."""
     settings: Settings = request.app.state.settings
     if settings.public_base_url:
-        return settings.public_base_url.rstrip("/")
+        return public_root(settings)
     host = request.headers.get("host")
     if host is not None:
         check_host(host, settings.allowed_host_list)
@@ -47,6 +56,17 @@ def request_url(request: Request, **params: Any) -> str:
         path = path[len(root_path) :]  # `service_root` ends with it (or stands for it)
     query = request.url.include_query_params(**params).query
     return f"{service_root(request)}{path}?{query}" if query else f"{service_root(request)}{path}"
+
+
+def absolute(url: str, root: str) -> str:
+    """A URL of ours as answers give it, made absolute: a path (local storage's `/media`
+    links, already under ROOT_PATH) is put on `root`'s scheme and host (`root` being
+    `service_root` or PUBLIC_BASE_URL, whose own path is that same ROOT_PATH); a URL with a
+    scheme (S3, a CDN) is left as it is."""
+    if "://" in url:
+        return url
+    parts = urlsplit(root)
+    return f"{parts.scheme}://{parts.netloc}{url}"
 
 
 def check_host(host: str, allowed: list[str]) -> None:

@@ -65,6 +65,8 @@ def _api_cmd(settings: Settings, workers: int | None = None) -> list[str]:
         "--port",
         str(settings.api_port),
         "--no-access-log",
+        # The app believes forwarded headers itself (FORWARDED_ALLOW_IPS, mediagen.proxy).
+        "--no-proxy-headers",
     ]
     if settings.debug:  # auto-reload runs one process
         return [*cmd, "--reload", "--reload-dir", "mediagen"]

@@ -9,6 +9,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -137,6 +138,14 @@ class Settings(BaseSettings):
     # Serve the common submit and status requests without FastAPI's generic machinery
     # (mediagen.jobs.fastpath); false sends every request through the documented routes.
     fast_paths: bool = True
+    # --- behind a reverse proxy or load balancer (docs/deployment.md) -----------------------
+    # Peers whose X-Forwarded-For and X-Forwarded-Proto are believed (comma-separated addresses
+    # or networks, `*` for any): the client address of the access log and the scheme of the
+    # URLs the API builds come from those headers only when the connection is from one of them.
+    forwarded_allow_ips: str = "127.0.0.1"
+    # The path prefix clients reach the API under (`/mediagen`), whether or not the proxy
+    # strips it: the API, `/docs` and the web page answer and link under it. Empty: none.
+    root_path: str = Field("", max_length=100)
     max_prompt_length: int = Field(2000, ge=1)
     min_dimension: int = Field(64, ge=8)
     max_dimension: int = Field(2048, ge=64)
@@ -211,10 +220,30 @@ class Settings(BaseSettings):
             raise ValueError("PUBLIC_BASE_URL must be an http(s) URL without query or fragment")
         return value
 
+    @field_validator("root_path")
+    @classmethod
+    def _root_path(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if value and not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+", value):
+            raise ValueError("ROOT_PATH must be a path such as /mediagen (no query or fragment)")
+        return value
+
     @field_validator("database_url", "redis_url", "models_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _prefix(self) -> Settings:
+        """Relative URLs in answers start with ROOT_PATH, absolute ones with PUBLIC_BASE_URL:
+        with both set they must name the same prefix."""
+        if self.root_path and self.public_base_url:
+            path = urlsplit(self.public_base_url).path.rstrip("/")
+            if path != self.root_path:
+                raise ValueError(
+                    f"PUBLIC_BASE_URL's path ({path or '/'}) must be ROOT_PATH ({self.root_path})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _cors(self) -> Settings:

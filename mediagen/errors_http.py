@@ -28,6 +28,7 @@ from mediagen.errors import (
     ServiceUnavailableError,
 )
 from mediagen.observability import metrics
+from mediagen.proxy import route_path
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _rendered(request: Request, error: HttpError) -> Response:
     """`error` in the shape of the surface the request came to."""
     renderers: dict[str, Renderer] = getattr(request.app.state, _RENDERERS, {})
     if renderers:
-        path = request.url.path
+        path = route_path(request.scope)  # without ROOT_PATH
         for prefix, renderer in renderers.items():
             if path == prefix or path.startswith(prefix + "/"):
                 return renderer(error)

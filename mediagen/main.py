@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from mediagen import __version__, errors_http, health
+from mediagen import __version__, errors_http, health, proxy
 from mediagen.batches.router import router as batches_router
 from mediagen.broker import Outbox
 from mediagen.catalog import load_catalog
@@ -205,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics_router)  # /metrics (Prometheus)
     errors_http.install(app)
     _state_auth_mode(app, settings.auth_required)
+    proxy.install_root_path(app, settings)  # innermost: routing sees the prefix (ROOT_PATH)
     if settings.fast_paths:  # innermost: CORS and the body limit apply to it as to the routes
         app.add_middleware(FastPaths)
     if isinstance(storage, LocalStorage):
@@ -237,6 +238,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     observed.install(app, settings)  # around everything: request id, access log, metrics
+    # Around those: forwarded headers of trusted peers believed, the path prefix taken off.
+    proxy.install_outer(app, settings)
     if tracing.configure("api"):  # outermost, so the server span covers FastPaths' answers
         tracing.instrument_app(app)
     return app

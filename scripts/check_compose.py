@@ -1,9 +1,11 @@
 """Check docker-compose.yml (and docker-compose.s3.yml) without a Docker engine.
 
 - Structure: the services exist, the worker consumes the queues tasks go to, every mediagen
-  variable is a setting, the stateful services have health checks.
-- Exposure: only the API is published on every interface, and it requires API keys
-  (AUTH_REQUIRED=true) and a metrics token; anything else binds 127.0.0.1.
+  variable is a setting, every mediagen container gets .env's settings (env_file), the stateful
+  services have health checks.
+- Exposure: only the proxy in front of the API is published on every interface, the API
+  itself is not (so it scales), and it requires API keys (AUTH_REQUIRED=true) and a metrics
+  token; anything else binds 127.0.0.1.
 - Images: every third-party image is pinned to a version (no `latest`, no bare name).
 - Secrets: `docker-compose config` fails, naming the variable, while a secret is missing, and
   passes once they are set; no secret has a default. Debian's docker-compose 1.29 (no engine
@@ -34,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from mediagen.broker import QUEUES
 from mediagen.config import Settings
 
-REQUIRED = {"api", "celery_worker", "beat", "flower", "postgres", "redis", "migrate"}
+REQUIRED = {"api", "proxy", "celery_worker", "beat", "flower", "postgres", "redis", "migrate"}
+PUBLISHED = "proxy"  # the one service published beyond this host
 SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "METRICS_TOKEN")
 S3_SECRETS = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
 FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.s3.yml")
@@ -50,9 +53,16 @@ def _structure(compose: dict, found: list[str]) -> None:
         found.append(f"celery_worker does not consume the queues tasks go to: {QUEUES}")
     known = {name.upper() for name in Settings.model_fields}
     for name, service in services.items():
+        if not service.get("image", "").startswith("mediagen"):
+            continue
         for key in service.get("environment") or {}:
-            if service.get("image", "").startswith("mediagen") and key not in known:
+            if key not in known:
                 found.append(f"{name}: {key} is not a mediagen setting")
+        if service.get("env_file") != ".env":
+            found.append(f"{name}: .env's settings do not reach it (env_file: .env)")
+    api = services.get("api", {})
+    if api.get("ports") or "8000" not in [str(port) for port in api.get("expose", [])]:
+        found.append("api: publishes a host port (one container only) instead of `expose`")
     for name in ("postgres", "redis", "celery_worker"):
         if "healthcheck" not in services.get(name, {}):
             found.append(f"{name} has no healthcheck")
@@ -74,7 +84,7 @@ def _structure(compose: dict, found: list[str]) -> None:
 def _exposure_and_images(path: Path, found: list[str]) -> None:
     for name, service in yaml.safe_load(path.read_text())["services"].items():
         for port in service.get("ports", []):
-            if name != "api" and not str(port).startswith("127.0.0.1:"):
+            if name != PUBLISHED and not str(port).startswith("127.0.0.1:"):
                 found.append(f"{path.name}: {name} publishes {port} beyond this host")
         image = service.get("image", "")
         if image and not image.startswith("mediagen"):

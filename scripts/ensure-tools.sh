@@ -5,7 +5,13 @@
 # browser download cannot run on our machines), and Node with npm (Debian packages `nodejs`, `npm`),
 # which run the official JavaScript Replicate client against `/v1` (tests/replicate_api/).
 # PgBouncer (Debian package `pgbouncer`), which tests/db puts in transaction mode in front of
-# Postgres. Installed when missing, as bench/ installs wrk; the Prometheus and PgBouncer
+# Postgres.
+# haproxy (Debian), which checks the compose stack's proxy configuration (tests/deploy/).
+# For the Kubernetes kit (tests/deploy/): `kubectl kustomize`, from Debian's kubectl (package
+# `kubernetes-client`) when no kubectl is there, and checkov and kubernetes-validate, pinned in
+# scripts/tools-requirements.txt, in a virtualenv of their own (.venv-tools; checkov's
+# dependencies would clash with mediagen's).
+# Installed when missing, as bench/ installs wrk; the Prometheus, PgBouncer and haproxy
 # packages' own services are not left running (the tests start their own).
 # A tool still missing fails under CI (CI set, e.g. CI=true); elsewhere its tests skip.
 set -u
@@ -69,6 +75,42 @@ done
 if ! command -v pgbouncer >/dev/null 2>&1; then
   echo "ensure-tools: pgbouncer is not installed and could not be installed (Debian package pgbouncer)" >&2
   case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
+
+if ! command -v haproxy >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing haproxy (Debian package haproxy)"
+  apt_install haproxy
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet haproxy 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now haproxy >/dev/null 2>&1 || true
+  fi
+fi
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "ensure-tools: haproxy is not installed and could not be installed (Debian package haproxy)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
+
+if ! kubectl kustomize --help >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing kubectl (Debian package kubernetes-client)"
+  apt_install kubernetes-client
+fi
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  echo "ensure-tools: kubectl (with kustomize) is not installed and could not be installed (Debian package kubernetes-client)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.venv-tools"
+requirements="$root/scripts/tools-requirements.txt"
+stamp="$tools/.installed-$(sha256sum "$requirements" | cut -c1-16)"
+if ! [ -f "$stamp" ]; then
+  echo "ensure-tools: installing checkov and kubernetes-validate into .venv-tools"
+  rm -rf "$tools"
+  if python3 -m venv "$tools" && "$tools/bin/pip" install -q -r "$requirements" >/dev/null 2>&1; then
+    touch "$stamp"
+  else
+    echo "ensure-tools: checkov and kubernetes-validate could not be installed (scripts/tools-requirements.txt)" >&2
+    case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+  fi
 fi
 
 if ! command -v promtool >/dev/null 2>&1; then

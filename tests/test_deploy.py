@@ -1,12 +1,15 @@
-"""deploy/: the Prometheus configuration and alerts, and the Grafana dashboard and provisioning.
+"""deploy/: the Prometheus configuration and alerts, and the Grafana dashboard and provisioning
+(the Kubernetes kit has tests of its own, tests/deploy/; its autoscaling queries are checked here
+with the alerts').
 
 - promtool (Debian package `prometheus`; `make test` installs it through scripts/ensure-tools.sh)
   checks the rules, runs their unit tests (deploy/prometheus/alerts.test.yml) and checks the
   configuration. Missing promtool fails under CI (CI=true) and skips elsewhere.
 - The dashboard is checked as Grafana reads it (uid, schema version, panel types, a grid without
   overlaps, targets on the provisioned data source).
-- Every mediagen metric a panel or an alert names is exposed by a live API and worker exporter
-  of our own, after a job ran; and every metric they expose is on the dashboard.
+- Every mediagen metric a panel, an alert or the workers' ScaledObject names is exposed by a live
+  API and worker exporter of our own, after a job ran; and every metric they expose is on the
+  dashboard.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tests.support import ROOT, free_port, submit, wait_terminal
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "mediagen.json"
+KEDA = ROOT / "deploy" / "kubernetes" / "base" / "worker.yaml"
 METRIC = re.compile(r"\bmediagen_[a-z0-9_]+\b")
 # Names Prometheus makes itself, allowed in queries besides mediagen's.
 PROMETHEUS_OWN = {"up"}
@@ -63,6 +67,10 @@ def _alert_rules() -> list[dict[str, Any]]:
 def _queries() -> dict[str, str]:
     """Every PromQL expression of deploy/, by where it is."""
     found = {f"alert {rule['alert']}": rule["expr"] for rule in _alert_rules()}
+    for doc in yaml.safe_load_all(KEDA.read_text()):  # the workers' autoscaling (Kubernetes)
+        if doc["kind"] == "ScaledObject":
+            for n, trigger in enumerate(doc["spec"]["triggers"]):
+                found[f"ScaledObject trigger {n}"] = trigger["metadata"]["query"]
     for panel in _dashboard()["panels"]:
         for target in panel.get("targets", []):
             found[f"panel {panel['title']!r} {target['refId']}"] = target["expr"]

@@ -33,6 +33,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from mediagen.base_url import absolute, public_root
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import (
@@ -245,7 +246,7 @@ async def refs(
     }
     rows = {row.id: row for row in await InputFile.filter(id__in=list(wanted.values()))}
     inputs: dict[str, InputRef] = {}
-    base = settings.public_base_url.rstrip("/")
+    base = public_root(settings)
     for name, file_id in wanted.items():
         row = rows.get(file_id)
         if row is None and found[name].startswith("https://"):
@@ -254,7 +255,7 @@ async def refs(
             raise PermanentProviderError(f"input {name!r}: file {file_id} no longer exists")
         url: str | None = await storage.url_for(row.key)
         if url is not None and not url.startswith(("https://", "http://")):
-            url = base + url if base else None  # a /media path: only with PUBLIC_BASE_URL
+            url = absolute(url, base) if base else None  # a /media path: with PUBLIC_BASE_URL
         inputs[name] = InputRef(
             row.key, row.content_type, row.size, url, functools.partial(storage.read, row.key)
         )

@@ -27,6 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 from mediagen import retry
+from mediagen.base_url import public_root
 from mediagen.broker import Outbox
 from mediagen.catalog import Endpoint
 from mediagen.config import Settings
@@ -442,7 +443,7 @@ class Pipeline:
         return self.settings.lease_seconds + min(wait, MAX_POLL_WAIT)
 
     def _request(self, job: Job, attempt: int, slot: Endpoint | None = None) -> GenerationRequest:
-        base = self.settings.public_base_url.rstrip("/")
+        base = public_root(self.settings)
         route = self.providers.catalog.for_job(job.provider, job.model)
         if slot is not None:  # a job with a slot creates its prediction where its slot is
             route = dataclasses.replace(route, endpoints=(slot,))

@@ -1,6 +1,8 @@
 """What the API records of each HTTP request: its request id (`X-Request-ID`, taken from the
 client when it is a sensible token, else made; returned on every response), one access log line
-(`mediagen.access`: method, route template, status, duration) and the request metrics.
+(`mediagen.access`: client address, method, route template, status, duration) and the request
+metrics. The client address is the peer's, or behind a trusted proxy the one it forwarded
+(`mediagen.proxy`).
 
 `install` wraps the whole application, Starlette's own error handling included, so a 500, a 413
 from the body limit and the fast paths' answers carry the id and are counted like the rest. The
@@ -148,6 +150,7 @@ class RequestObserver:
                     time(),
                     request_id.get(),
                     job_id.get(),
+                    client[0] if (client := scope.get("client")) else None,
                     scope["method"],
                     route_of(scope, self.endpoints),
                     status or 499,
@@ -168,7 +171,7 @@ class RequestObserver:
             self.access(requests)
         if self.observe is not None:
             observe = self.observe
-            for _, _, _, method, route, status, seconds in requests:
+            for _, _, _, _, method, route, status, seconds in requests:
                 observe(route, method, status, seconds)
 
 

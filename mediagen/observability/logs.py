@@ -280,9 +280,10 @@ def configure(settings: Settings, role: Role, stream: TextIO | None = None) -> N
 
 
 _current: tuple[_Output, bool, int, bool] | None = None  # output, JSON, level, masked
-# One request, as the API's observer noted it: wall-clock time, request id, job id, method,
-# route template, status, duration in seconds.
-Request = tuple[float, str | None, str | None, str, str, int, float]
+# One request, as the API's observer noted it: wall-clock time, request id, job id, client
+# address (behind a trusted proxy, the one it forwarded: FORWARDED_ALLOW_IPS), method, route
+# template, status, duration in seconds.
+Request = tuple[float, str | None, str | None, str | None, str, str, int, float]
 AccessLog = Callable[[Sequence[Request]], None]
 
 
@@ -361,7 +362,7 @@ class _JsonAccessLines:
 
     def __call__(self, requests: Sequence[Request]) -> None:
         lines = []
-        for at, rid, jid, method, route, status, seconds in requests:
+        for at, rid, jid, client, method, route, status, seconds in requests:
             line: dict[str, Any] = {
                 "timestamp": self.clock.stamp(at),
                 "level": "info",
@@ -372,6 +373,7 @@ class _JsonAccessLines:
                 line["request_id"] = rid
             if jid is not None:
                 line["job_id"] = jid
+            line["client"] = client
             line["method"] = method
             line["route"] = route
             line["status"] = status
@@ -391,11 +393,12 @@ def access_log(name: str) -> AccessLog | None:
     logger = get_logger(name)
 
     def log(requests: Sequence[Request]) -> None:
-        for _, rid, jid, method, route, status, seconds in requests:
+        for _, rid, jid, client, method, route, status, seconds in requests:
             logger.info(
                 "request",
                 request_id=rid,
                 job_id=jid,
+                client=client,
                 method=method,
                 route=route,
                 status=status,

@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from mediagen.base_url import absolute
 from mediagen.jobs import values
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import predict_time
@@ -58,11 +59,6 @@ def timestamp(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def absolute(url: str, base: str) -> str:
-    """A storage URL the client can fetch: a path (local storage) is put under `base`."""
-    return url if "://" in url else f"{base}{url}"
 
 
 def stream_key(job_id: uuid.UUID | str) -> str:

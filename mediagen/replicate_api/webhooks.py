@@ -11,6 +11,7 @@ import json
 import uuid
 from typing import Any
 
+from mediagen.base_url import public_root
 from mediagen.catalog import get_catalog
 from mediagen.config import Settings
 from mediagen.jobs.models import Job
@@ -26,7 +27,7 @@ async def body(
 ) -> str:
     """The prediction as of the delivery's event (`payload`, written with the transition)."""
     job = await Job.get(id=job_id)
-    base = (job.surface_base or settings.public_base_url).rstrip("/")
+    base = (job.surface_base or public_root(settings)).rstrip("/")
     status = JobStatus(payload["status"]) if payload.get("status") else None
     prediction = await prediction_of(job, storage, base, get_catalog().default.name, status=status)
     return json.dumps(as_json(prediction), separators=(",", ":"))

@@ -14,4 +14,5 @@ def create_storage(settings: Settings) -> Storage:
     """The backend `settings` ask for. The caller owns it and closes it."""
     if settings.storage_type == "s3":
         return S3Storage.from_settings(settings)
-    return LocalStorage(settings.local_storage_path)
+    # Its links are served by the API under `/media`, below the prefix clients reach it under.
+    return LocalStorage(settings.local_storage_path, url_prefix=f"{settings.root_path}/media")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import re
 from pathlib import Path
@@ -57,15 +58,18 @@ def _media_sources(settings: Settings) -> str:
     return " ".join(sources)
 
 
-def _page(settings: Settings) -> str:
-    """The HTML with the form's limits inlined as JSON (data, not script: the CSP holds)."""
+def _page(settings: Settings, root: str) -> str:
+    """The HTML with the form's limits inlined as JSON (data, not script: the CSP holds), its
+    links and the API it calls under `root` (ROOT_PATH; empty at `/`)."""
     config = {
         "minDimension": settings.min_dimension,
         "maxDimension": settings.max_dimension,
         "maxPromptLength": settings.max_prompt_length,
+        "root": root,
     }
     inline = json.dumps(config).replace("<", "\\u003c")
-    return (STATIC / "index.html").read_text(encoding="utf-8").replace("{{CONFIG}}", inline)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    return page.replace("{{ROOT}}", html.escape(root)).replace("{{CONFIG}}", inline)
 
 
 def _secured(sources: str) -> dict[str, str]:
@@ -119,14 +123,16 @@ async def index(request: Request) -> HTMLResponse:
     page: HTMLResponse | None = getattr(state, "web_page", None)
     if page is None:
         settings: Settings = state.settings
-        page = HTMLResponse(_page(settings), headers=_headers(settings))
+        root = request.scope.get("root_path", "")
+        page = HTMLResponse(_page(settings, root), headers=_headers(settings))
         state.web_page = page
     return page
 
 
 @router.get("/favicon.ico")
-async def favicon() -> RedirectResponse:
-    return RedirectResponse("/assets/icon.svg", status_code=308)
+async def favicon(request: Request) -> RedirectResponse:
+    root = request.scope.get("root_path", "")
+    return RedirectResponse(f"{root}/assets/icon.svg", status_code=308)
 
 
 # --- the API's documentation (what `fastapi_offline` would serve, with our headers) ----------
@@ -138,7 +144,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=OAUTH2_REDIRECT,
+            oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT}",
             swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",

@@ -28,8 +28,8 @@ async def test_failures_are_explained_only_to_key_holders_and_this_machine(
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     _, key = await create_key("ops")
-    # A live uvicorn: it takes the client's address from X-Forwarded-For (a proxy on this
-    # machine), which the application alone, in-process, would not.
+    # A live uvicorn: the application takes the client's address from X-Forwarded-For, the
+    # connection being from this machine (FORWARDED_ALLOW_IPS' default, tests/deploy).
     with stacks.own({"REDIS_URL": dead}, worker=False, name="ready") as live:
         async with httpx.AsyncClient(base_url=live.url) as api:
             stranger = await api.get("/readyz", headers=REMOTE)

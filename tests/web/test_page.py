@@ -51,13 +51,17 @@ def web(fresh_database: str, stacks: Stacks) -> dict[str, str]:
     - `slow`: an API and a worker whose jobs take 1.5 s (long enough for the page to show them
       pending and processing);
     - `idle`: an API whose queue no worker consumes (its jobs stay pending);
-    - `keyed`: keys required, its jobs run on the slow stack's worker."""
+    - `keyed`: keys required, its jobs run on the slow stack's worker;
+    - `prefixed`: served under the path prefix /mg (ROOT_PATH), on the slow stack's worker."""
     slow = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh(), "BUILTIN_LATENCY": "1.5"}
     idle = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh()}
     keyed = {**slow, "AUTH_REQUIRED": "true"}  # the slow stack's queue
+    prefixed = {**slow, "ROOT_PATH": "/mg"}
     running = stacks.many((slow, True, True, "web"), (idle, True, False, "web-idle"),
-                          (keyed, True, False, "web-keyed"))
-    return dict(zip(("slow", "idle", "keyed"), (stack.url for stack in running), strict=True))
+                          (keyed, True, False, "web-keyed"),
+                          (prefixed, True, False, "web-prefixed"))
+    return dict(zip(("slow", "idle", "keyed", "prefixed"), (stack.url for stack in running),
+                    strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,11 @@ def idle_api(web: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def keyed_api(web: dict[str, str]) -> str:
     return web["keyed"]
+
+
+@pytest.fixture(scope="module")
+def prefixed_api(web: dict[str, str]) -> str:
+    return web["prefixed"]
 
 
 def create_key(database: str, name: str) -> str:
@@ -500,3 +509,19 @@ async def test_the_page_loads_nothing_from_elsewhere(slow_stack: str) -> None:
     assert "http://" not in script.text and "https://" not in script.text
     assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
     assert '"maxPromptLength": 2000' in page.text  # the form's limits come from the settings
+
+
+async def test_the_page_under_a_path_prefix(browser: Browser, prefixed_api: str) -> None:
+    """Served under /mg (ROOT_PATH), as a load balancer routing that path would: the page loads
+    its script and styles, calls the API, follows the job and shows its image, every request
+    under the prefix."""
+    seen = await visit(browser, f"{prefixed_api}/mg")
+    page = seen.page
+    await submit(page, "a red fox in the snow, served under a path prefix")
+    image = page.locator("#live-outputs img")
+    await expect(image).to_be_visible(timeout=20_000)
+    assert await image.evaluate("img => img.complete && img.naturalWidth") == 256
+    await expect(page.locator("#gallery li").first.locator("img")).to_be_visible()
+    paths = [urlsplit(url).path for url in seen.requests if url.startswith("http")]
+    assert paths and all(path.startswith("/mg/") for path in paths), paths
+    assert seen.errors == [] and seen.foreign() == []

@@ -24,6 +24,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from mediagen.base_url import public_root
 from mediagen.config import Settings
 from mediagen.signing import deployment_key, matches, sign
 
@@ -112,5 +113,5 @@ def uploading(key: bytes, given: str) -> str | None:
 
 
 def webhook_url(settings: Settings, key: bytes, prediction: str) -> str:
-    base = settings.public_base_url.rstrip("/")
+    base = public_root(settings)
     return f"{base}/api/v1/webhooks/cog/{prediction}/{webhook_token(key, prediction)}"

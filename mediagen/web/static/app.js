@@ -4,7 +4,6 @@
 // repeated failures the page falls back to polling the job.
 "use strict";
 
-const API = "/api/v1";
 const KEY_STORE = "mediagen.apiKey";
 // The finished job states, as the server's mediagen/jobs/states.py names them (the page's one
 // list of them; tests/client/test_states.py holds it to the server's). "expired": completed,
@@ -12,6 +11,8 @@ const KEY_STORE = "mediagen.apiKey";
 const TERMINAL = new Set(["completed", "failed", "canceled", "expired"]);
 const PAGE_SIZE = 24;
 const config = JSON.parse(document.getElementById("config").textContent);
+// Everything of the server's is under its path prefix (ROOT_PATH; empty at /).
+const API = `${config.root}/api/v1`;
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
