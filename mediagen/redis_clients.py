@@ -25,6 +25,9 @@ import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as async_sentinel
 import redis.sentinel as sync_sentinel
+from redis import retry as sync_retry
+from redis.asyncio import retry as async_retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import parse_url
 
 from mediagen.config import Settings
@@ -32,6 +35,8 @@ from mediagen.config import Settings
 DEFAULT_URL = "redis://localhost:6379/0"
 CONNECT_TIMEOUT = 2.0
 SENTINEL_TIMEOUT = 1.0  # one Sentinel's answer (the next is asked when one does not answer)
+# A command that failed on a lost connection is tried again this often, after 0.25 s, 0.5 s...
+RETRIES, RETRY_BASE, RETRY_CAP = 3, 0.25, 2.0
 # Keepalive probes: the first after 10 s of silence, then every 5 s; 3 unanswered: dead.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3
 
@@ -73,6 +78,7 @@ def _tls(settings: Settings) -> dict[str, Any]:
 
 def _options(
     settings: Settings,
+    asynchronous: bool,
     name: str,
     timeout: float | None,
     connect_timeout: float,
@@ -81,6 +87,16 @@ def _options(
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "client_name": name,
+        # Sentinel-managed connections get no retry by default: a command that met a failover
+        # (a lost connection, a demoted primary's READONLY) is sent again, to the new primary.
+        "retry": (async_retry.Retry if asynchronous else sync_retry.Retry)(
+            ExponentialWithJitterBackoff(base=RETRY_BASE, cap=RETRY_CAP), RETRIES
+        ),
+        # Pipelines (the outbox's MULTI/EXEC) are sent again only on the errors named here. A
+        # demoted primary refused the whole transaction, so sending it again is safe; a
+        # connection lost after EXEC could apply it twice, which the outbox's writes bear (a
+        # task message twice is run once; an event twice is shown twice).
+        "retry_on_error": [redis.ConnectionError],
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout,
         "socket_keepalive": True,
@@ -98,8 +114,6 @@ def _sentinel_parts(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]
     given: dict[str, Any] = parse_url(url(settings))  # type: ignore[no-untyped-call]
     primary: dict[str, Any] = {k: given[k] for k in ("username", "password", "db") if k in given}
     tls = _tls(settings)
-    if tls:
-        primary["ssl"] = True
     sentinels: dict[str, Any] = {
         "socket_timeout": SENTINEL_TIMEOUT,
         "socket_connect_timeout": SENTINEL_TIMEOUT,
@@ -108,6 +122,36 @@ def _sentinel_parts(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]
     if settings.redis_sentinel_password:
         sentinels["password"] = settings.redis_sentinel_password
     return primary, sentinels
+
+
+# redis-py 8.1 asks the Sentinels for the primary only when a pool hands out a connection: a
+# connection dropped inside a command's retries (after a demoted primary's READONLY) connects
+# again to the address it had, the demoted primary, and every retry fails alike. These ask the
+# Sentinels on every connect.
+class _AsyncPrimaryConnection(async_sentinel.SentinelManagedConnection):
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _AsyncPrimarySSLConnection(_AsyncPrimaryConnection, aioredis.SSLConnection):
+    pass
+
+
+class _PrimaryConnection(sync_sentinel.SentinelManagedConnection):
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _PrimarySSLConnection(_PrimaryConnection, redis.SSLConnection):
+    pass
 
 
 class _SentinelAsyncRedis(aioredis.Redis):
@@ -142,11 +186,12 @@ def async_client(
 ) -> aioredis.Redis:
     """An asyncio client named `name` (in `CLIENT LIST`): `timeout` bounds each reply (longer
     than any blocking read it makes), `decode` gives str instead of bytes."""
-    options = _options(settings, name, timeout, connect_timeout, decode, max_connections)
+    options = _options(settings, True, name, timeout, connect_timeout, decode, max_connections)
     if not settings.redis_sentinel_list:
         return aioredis.from_url(url(settings), **options)
     primary, sentinel_options = _sentinel_parts(settings)
-    options = {k: v for k, v in options.items() if not k.startswith("ssl_")}
+    tls = uses_tls(settings)
+    options["connection_class"] = _AsyncPrimarySSLConnection if tls else _AsyncPrimaryConnection
     manager = async_sentinel.Sentinel(  # type: ignore[no-untyped-call]
         settings.redis_sentinel_list, sentinel_kwargs=sentinel_options, **primary, **options
     )
@@ -166,11 +211,12 @@ def sync_client(
     decode: bool = False,
 ) -> redis.Redis:
     """A blocking client, for code that has no event loop (commands, probes)."""
-    options = _options(settings, name, timeout, connect_timeout, decode, None)
+    options = _options(settings, False, name, timeout, connect_timeout, decode, None)
     if not settings.redis_sentinel_list:
         return redis.Redis.from_url(url(settings), **options)
     primary, sentinel_options = _sentinel_parts(settings)
-    options = {k: v for k, v in options.items() if not k.startswith("ssl_")}
+    tls = uses_tls(settings)
+    options["connection_class"] = _PrimarySSLConnection if tls else _PrimaryConnection
     manager = sync_sentinel.Sentinel(  # type: ignore[no-untyped-call]
         settings.redis_sentinel_list, sentinel_kwargs=sentinel_options, **primary, **options
     )
@@ -191,7 +237,9 @@ def celery_broker(settings: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "socket_keepalive_options": _keepalive_options(),
         # A PING before reusing a connection idle this long (kombu's default is 25 s).
-        "health_check_interval": 10,
+        # kombu also drops a BRPOP connection whose reply is this much overdue (a half-open
+        # connection: the consumer recovers within about 1 + 2 x this seconds).
+        "health_check_interval": 5,
     }
     conf: dict[str, Any] = {"broker_transport_options": transport}
     tls = _tls(settings)

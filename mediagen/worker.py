@@ -31,7 +31,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen import redis_clients, retry
+from mediagen import kombu_fixes, redis_clients, retry
 from mediagen.batches import SETTLE_TASK
 from mediagen.batches import repository as batches
 from mediagen.broker import (
@@ -97,6 +97,7 @@ def _survive_broker_loss() -> None:
 
 
 _survive_broker_loss()
+kombu_fixes.follow_demoted_primary()
 
 
 def make_celery(settings: Settings) -> Celery:
