@@ -4,10 +4,12 @@ package by the first test that asks, stopped at the end of the session."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.redis_failover.servers import SentinelGroup
+from tests.redis_failover.servers import HOST, TLS_PORT, SentinelGroup, tls_server
+from tests.stack import TMP
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +19,13 @@ def sentinel_group() -> Iterator[SentinelGroup]:
         yield group
     finally:
         group.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_redis() -> Iterator[tuple[str, Path]]:
+    """A TLS-only Redis: (its rediss:// base URL, the CA file that verifies it)."""
+    proc, ca_file = tls_server(TMP / "redis-failover" / "tls")
+    try:
+        yield f"rediss://{HOST}:{TLS_PORT}", ca_file
+    finally:
+        proc.stop()

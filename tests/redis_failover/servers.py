@@ -15,6 +15,7 @@ import itertools
 import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -51,11 +52,31 @@ def data_server(port: int, *extra: str) -> Proc:
     workdir = TMP / "redis-failover" / str(port)
     workdir.mkdir(parents=True, exist_ok=True)
     proc = _start(f"redis-{port}", [
-        "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
-        "--dir", str(workdir), "--databases", "64", *extra])
+        "--port", str(port), *extra, "--bind", HOST, "--save", "", "--appendonly", "no",
+        "--dir", str(workdir), "--databases", "64"])
     if "--tls-port" not in extra:
         wait_for(lambda: _answers(port), 10, proc, f"redis-server on {port}")
     return proc
+
+
+def tls_server(directory: Path) -> tuple[Proc, Path]:
+    """A TLS-only Redis on TLS_PORT whose certificate a throwaway CA (trustme) signed: the
+    server and the CA's certificate file (REDIS_TLS_CA_FILE)."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = trustme.CA()
+    server_cert = authority.issue_cert(HOST, "localhost")
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "key.pem"))
+    authority.cert_pem.write_to_path(str(ca_file))
+    server_cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    server_cert.private_key_pem.write_to_path(str(key_file))
+    proc = data_server(TLS_PORT, "--port", "0", "--tls-port", str(TLS_PORT),
+                       "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+                       "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no")
+    tls = {"ssl": True, "ssl_ca_certs": str(ca_file)}
+    wait_for(lambda: _answers(TLS_PORT, **tls), 10, proc, "TLS redis-server")
+    return proc, ca_file
 
 
 class SentinelGroup:
