@@ -98,6 +98,7 @@ def _survive_broker_loss() -> None:
 
 _survive_broker_loss()
 kombu_fixes.follow_demoted_primary()
+kombu_fixes.drop_stale_pools()
 
 
 def make_celery(settings: Settings) -> Celery:

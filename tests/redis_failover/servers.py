@@ -14,6 +14,8 @@ import contextlib
 import itertools
 import shutil
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,60 @@ class SentinelGroup:
     def stop(self) -> None:
         for proc in [*self.sentinels, *self.data.values()]:
             proc.stop(signal.SIGKILL, timeout=5)
+
+
+class SilentProxy:
+    """A TCP proxy in front of a Redis that can fall silent: `cut()` stops carrying bytes
+    either way and closes its connections to the server (which forgets those clients), while
+    the clients' ends stay open and are never answered, as a host that died or a dropped NAT
+    entry leaves them: half-open. Connections made after the cut are carried again."""
+
+    def __init__(self, port: int, upstream: int) -> None:
+        self.port, self.upstream = port, upstream
+        self._listener = socket.create_server((HOST, port), reuse_port=False)
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection((HOST, self.upstream), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._pairs.append((client, server))
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data or source in self._held or target in self._held:
+                    return
+                target.sendall(data)
+            except OSError:
+                return
+
+    def cut(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, server in pairs:
+            self._held.append(client)  # open, and silent, until the proxy stops
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            server.close()
+
+    def stop(self) -> None:
+        self._listener.close()
+        self.cut()
+        for client in self._held:
+            client.close()
