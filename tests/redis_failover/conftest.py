@@ -3,12 +3,13 @@ package by the first test that asks, stopped at the end of the session."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.redis_failover.servers import HOST, TLS_PORT, SentinelGroup, tls_server
+from tests.redis_failover.servers import HOST, TLS_PORT, PlainRedis, SentinelGroup, tls_server
 from tests.stack import TMP
 
 
@@ -29,3 +30,13 @@ def tls_redis() -> Iterator[tuple[str, Path]]:
         yield f"rediss://{HOST}:{TLS_PORT}", ca_file
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def plain() -> Iterator[PlainRedis]:
+    """A plain Redis of the package's own (tests may restart or flush it)."""
+    server = PlainRedis()
+    try:
+        yield server
+    finally:
+        server.proc.stop(signal.SIGKILL)

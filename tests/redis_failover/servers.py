@@ -203,6 +203,21 @@ class SentinelGroup:
             proc.stop(signal.SIGKILL, timeout=5)
 
 
+class PlainRedis:
+    """A plain Redis on PLAIN_PORT, to restart or flush."""
+
+    def __init__(self) -> None:
+        self.proc: Proc = data_server(PLAIN_PORT)
+
+    def url(self, db: int, port: int = PLAIN_PORT) -> str:
+        return f"redis://{HOST}:{port}/{db}"
+
+    def restart(self) -> None:
+        """SIGKILL, then start again with nothing (no persistence)."""
+        self.proc.stop(signal.SIGKILL)
+        self.proc = data_server(PLAIN_PORT)
+
+
 class SilentProxy:
     """A TCP proxy in front of a Redis that can fall silent: `cut()` stops carrying bytes
     either way and closes its connections to the server (which forgets those clients), while

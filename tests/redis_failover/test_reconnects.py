@@ -5,43 +5,19 @@ failure modes after which Celery workers have been seen to stop consuming for go
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from collections.abc import Iterator
 
 import httpx
-import pytest
 
-from tests.redis_failover.servers import HOST, PLAIN_PORT, PROXY_PORT, SilentProxy, data_server
+from tests.redis_failover.servers import PLAIN_PORT, PROXY_PORT, PlainRedis, SilentProxy
 from tests.stack import Stack
-from tests.support import Proc, submit, wait_terminal
+from tests.support import submit, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
 # kombu drops a BRPOP connection whose reply is overdue by brpop_timeout + health_check_interval
 # (1 + 5 s, mediagen.redis_clients) and checks every 5 s: a half-open connection costs ~11 s.
 HALF_OPEN_RECOVERY = 25
-
-
-class PlainRedis:
-    def __init__(self) -> None:
-        self.proc: Proc = data_server(PLAIN_PORT)
-
-    def url(self, db: int, port: int = PLAIN_PORT) -> str:
-        return f"redis://{HOST}:{port}/{db}"
-
-    def restart(self) -> None:
-        """SIGKILL, then start again with nothing (no persistence)."""
-        self.proc.stop(signal.SIGKILL)
-        self.proc = data_server(PLAIN_PORT)
-
-
-@pytest.fixture(scope="module")
-def plain() -> Iterator[PlainRedis]:
-    server = PlainRedis()
-    try:
-        yield server
-    finally:
-        server.proc.stop(signal.SIGKILL)
 
 
 @contextlib.contextmanager
