@@ -87,16 +87,6 @@ def _options(
 ) -> dict[str, Any]:
     options: dict[str, Any] = {
         "client_name": name,
-        # Sentinel-managed connections get no retry by default: a command that met a failover
-        # (a lost connection, a demoted primary's READONLY) is sent again, to the new primary.
-        "retry": (async_retry.Retry if asynchronous else sync_retry.Retry)(
-            ExponentialWithJitterBackoff(base=RETRY_BASE, cap=RETRY_CAP), RETRIES
-        ),
-        # Pipelines (the outbox's MULTI/EXEC) are sent again only on the errors named here. A
-        # demoted primary refused the whole transaction, so sending it again is safe; a
-        # connection lost after EXEC could apply it twice, which the outbox's writes bear (a
-        # task message twice is run once; an event twice is shown twice).
-        "retry_on_error": [redis.ConnectionError],
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout,
         "socket_keepalive": True,
@@ -106,6 +96,18 @@ def _options(
     }
     if max_connections is not None:
         options["max_connections"] = max_connections
+    if settings.redis_sentinel_list:
+        # Sentinel-managed connections get no retry by default: a command that met a failover
+        # (a lost connection, a demoted primary's READONLY) is sent again, to the new primary.
+        # Without Sentinel there is nowhere else to go: a dead Redis fails at once, as before.
+        options["retry"] = (async_retry.Retry if asynchronous else sync_retry.Retry)(
+            ExponentialWithJitterBackoff(base=RETRY_BASE, cap=RETRY_CAP), RETRIES
+        )
+        # Pipelines (the outbox's MULTI/EXEC) are sent again only on the errors named here. A
+        # demoted primary refused the whole transaction, so sending it again is safe; a
+        # connection lost after EXEC could apply it twice, which the outbox's writes bear (a
+        # task message twice is run once; an event twice is shown twice).
+        options["retry_on_error"] = [redis.ConnectionError]
     return options
 
 
