@@ -27,7 +27,7 @@ import redis.asyncio.sentinel as async_sentinel
 import redis.sentinel as sync_sentinel
 from redis import retry as sync_retry
 from redis.asyncio import retry as async_retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.connection import parse_url
 
 from mediagen.config import Settings
@@ -96,18 +96,23 @@ def _options(
     }
     if max_connections is not None:
         options["max_connections"] = max_connections
+    retry = async_retry.Retry if asynchronous else sync_retry.Retry
     if settings.redis_sentinel_list:
         # Sentinel-managed connections get no retry by default: a command that met a failover
         # (a lost connection, a demoted primary's READONLY) is sent again, to the new primary.
-        # Without Sentinel there is nowhere else to go: a dead Redis fails at once, as before.
-        options["retry"] = (async_retry.Retry if asynchronous else sync_retry.Retry)(
+        options["retry"] = retry(
             ExponentialWithJitterBackoff(base=RETRY_BASE, cap=RETRY_CAP), RETRIES
         )
-        # Pipelines (the outbox's MULTI/EXEC) are sent again only on the errors named here. A
-        # demoted primary refused the whole transaction, so sending it again is safe; a
-        # connection lost after EXEC could apply it twice, which the outbox's writes bear (a
-        # task message twice is run once; an event twice is shown twice).
-        options["retry_on_error"] = [redis.ConnectionError]
+    else:
+        # Once, at once, and only for a connection found closed (a pooled connection to a
+        # Redis that restarted): a Redis that is down still fails at once, and one that does
+        # not answer within the timeout is not waited for twice.
+        options["retry"] = retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    # Pipelines (the outbox's MULTI/EXEC) are sent again on these too. A demoted primary
+    # refused the whole transaction, so sending it again is safe; a connection lost after
+    # EXEC could apply it twice, which the outbox's writes bear (a task message twice is run
+    # once; an event twice is shown twice).
+    options["retry_on_error"] = [redis.ConnectionError]
     return options
 
 
