@@ -3,6 +3,8 @@ package by the first test that asks, stopped at the end of the session."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,16 @@ import pytest
 
 from tests.redis_failover.servers import HOST, TLS_PORT, PlainRedis, SentinelGroup, tls_server
 from tests.stack import TMP
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_server() -> None:
+    """The machine's redis-server (scripts/ensure-tools.sh installs it): missing, these tests
+    skip, or fail under CI."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI", "") not in ("", "0", "false"):
+            pytest.fail("redis-server is not installed (Debian package redis-server)")
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
 
 
 @pytest.fixture(scope="session")
