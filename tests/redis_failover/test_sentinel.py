@@ -65,6 +65,27 @@ async def test_submit_and_events_go_through_sentinel(
         assert primary.exists(f"mediagen:events:{job_id}")  # written on the primary
 
 
+async def test_the_worker_follows_a_killed_primary(
+    api: httpx.AsyncClient, live: Stack, sentinel_group: SentinelGroup
+) -> None:
+    """The primary is SIGKILLed; once Sentinel promoted the replica, a job submitted to the
+    API completes on the worker that was running all along."""
+    sentinel_group.restore()
+    first = await submit(api, "before the kill", **SMALL)
+    assert (await wait_terminal(api, first, 30))["status"] == "completed"
+    worker = live.worker
+    assert worker is not None
+    _, promoted_after = await asyncio.to_thread(sentinel_group.kill_primary)
+    started = time.monotonic()
+    job_id = await _submit_retrying(api, "after the kill")
+    body = await wait_terminal(api, job_id, 40)
+    assert body["status"] == "completed", body
+    assert worker.popen.poll() is None
+    print(f"promotion {promoted_after:.1f} s after the kill; job done "
+          f"{time.monotonic() - started:.1f} s after it")
+    no_redis_errors(live)
+
+
 async def test_a_demoted_primary_leaks_no_readonly(
     api: httpx.AsyncClient, live: Stack, sentinel_group: SentinelGroup
 ) -> None:
@@ -109,27 +130,6 @@ def _fail_over_keeping_clients(group: SentinelGroup) -> int:
     with contextlib.closing(redis.Redis(HOST, old)) as demoted:
         demoted.execute_command("REPLICAOF", HOST, str(new))  # what Sentinel does later
     return new
-
-
-async def test_the_worker_follows_a_killed_primary(
-    api: httpx.AsyncClient, live: Stack, sentinel_group: SentinelGroup
-) -> None:
-    """The primary is SIGKILLed; once Sentinel promoted the replica, a job submitted to the
-    API completes on the worker that was running all along."""
-    sentinel_group.restore()
-    first = await submit(api, "before the kill", **SMALL)
-    assert (await wait_terminal(api, first, 30))["status"] == "completed"
-    worker = live.worker
-    assert worker is not None
-    _, promoted_after = await asyncio.to_thread(sentinel_group.kill_primary)
-    started = time.monotonic()
-    job_id = await _submit_retrying(api, "after the kill")
-    body = await wait_terminal(api, job_id, 40)
-    assert body["status"] == "completed", body
-    assert worker.popen.poll() is None
-    print(f"promotion {promoted_after:.1f} s after the kill; job done "
-          f"{time.monotonic() - started:.1f} s after it")
-    no_redis_errors(live)
 
 
 async def _submit_retrying(api: httpx.AsyncClient, prompt: str) -> str:
