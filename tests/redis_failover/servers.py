@@ -32,6 +32,8 @@ TLS_PORT = 6393
 PLAIN_PORT = 6394
 PROXY_PORT = 6395
 MASTER = "mymaster"
+# The group's servers and Sentinels ask for passwords, as any in production would.
+DATA_PASSWORD, SENTINEL_PASSWORD = "data-secret", "sentinel-secret"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 BINARY = shutil.which("redis-server") or "redis-server"
@@ -41,23 +43,25 @@ def _start(name: str, args: list[str]) -> Proc:
     return Proc.start(name, [BINARY, *args], TMP / "redis-failover" / f"{name}.log")
 
 
-def _answers(port: int, **tls: Any) -> bool:
+def _answers(port: int, **options: Any) -> bool:
     try:
-        with contextlib.closing(redis.Redis(HOST, port, socket_timeout=1, **tls)) as client:
+        with contextlib.closing(redis.Redis(HOST, port, socket_timeout=1, **options)) as client:
             return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError):
         return False
 
 
-def data_server(port: int, *extra: str) -> Proc:
+def data_server(port: int, *extra: str, password: str = "") -> Proc:
     """A `redis-server` on `port` (nothing kept on disk), answering once this returns."""
     workdir = TMP / "redis-failover" / str(port)
     workdir.mkdir(parents=True, exist_ok=True)
     proc = _start(f"redis-{port}", [
         "--port", str(port), *extra, "--bind", HOST, "--save", "", "--appendonly", "no",
-        "--dir", str(workdir), "--databases", "64"])
+        "--dir", str(workdir), "--databases", "64",
+        *(["--requirepass", password, "--masterauth", password] if password else [])])
     if "--tls-port" not in extra:
-        wait_for(lambda: _answers(port), 10, proc, f"redis-server on {port}")
+        wait_for(lambda: _answers(port, password=password or None), 10, proc,
+                 f"redis-server on {port}")
     return proc
 
 
@@ -91,14 +95,17 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         first, second = DATA_PORTS
-        self.data[first] = data_server(first)
-        self.data[second] = data_server(second, "--replicaof", HOST, str(first))
+        self.data[first] = data_server(first, password=DATA_PASSWORD)
+        self.data[second] = data_server(second, "--replicaof", HOST, str(first),
+                                        password=DATA_PASSWORD)
         for port in SENTINEL_PORTS:
             conf = TMP / "redis-failover" / f"sentinel-{port}.conf"
             conf.parent.mkdir(parents=True, exist_ok=True)
             conf.write_text("\n".join([
                 f"port {port}", f"bind {HOST}", f"dir {conf.parent}",
                 f"sentinel monitor {MASTER} {HOST} {first} 2",
+                f"sentinel auth-pass {MASTER} {DATA_PASSWORD}",
+                f"requirepass {SENTINEL_PASSWORD}", f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
                 f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
                 f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
                 f"sentinel parallel-syncs {MASTER} 1", ""]))
@@ -110,23 +117,29 @@ class SentinelGroup:
         """Settings for mediagen's processes: through the Sentinels, in a database of the
         caller's own."""
         return {
-            "REDIS_URL": f"redis://{MASTER}/{next(self._databases)}",
+            "REDIS_URL": f"redis://:{DATA_PASSWORD}@{MASTER}/{next(self._databases)}",
             "REDIS_SENTINELS": ",".join(f"{HOST}:{port}" for port in SENTINEL_PORTS),
             "REDIS_SENTINEL_MASTER": MASTER,
+            "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
             **extra,
         }
 
-    def _sentinel(self, port: int = SENTINEL_PORTS[0]) -> redis.Redis:
-        return redis.Redis(HOST, port, socket_timeout=1, decode_responses=True)
+    def sentinel(self, port: int = SENTINEL_PORTS[0]) -> redis.Redis:
+        return redis.Redis(HOST, port, socket_timeout=1, decode_responses=True,
+                           password=SENTINEL_PASSWORD)
+
+    def node(self, port: int, db: int = 0) -> redis.Redis:
+        """A plain client of one of the two servers (whichever role it has now)."""
+        return redis.Redis(HOST, port, db=db, socket_timeout=1, password=DATA_PASSWORD)
 
     def primary_port(self, sentinel: int = SENTINEL_PORTS[0]) -> int:
         """The primary's port, as a Sentinel says."""
-        with contextlib.closing(self._sentinel(sentinel)) as client:
+        with contextlib.closing(self.sentinel(sentinel)) as client:
             _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
         return int(port)
 
     def role(self, port: int) -> str:
-        with contextlib.closing(redis.Redis(HOST, port, socket_timeout=1)) as client:
+        with contextlib.closing(self.node(port)) as client:
             return str(client.execute_command("ROLE")[0].decode())
 
     def wait_healthy(self, timeout: float = 30) -> None:
@@ -141,7 +154,7 @@ class SentinelGroup:
                 if self.role(primary) != "master":
                     return False
                 for port in SENTINEL_PORTS:
-                    with contextlib.closing(self._sentinel(port)) as client:
+                    with contextlib.closing(self.sentinel(port)) as client:
                         state = client.sentinel_master(MASTER)
                         replicas = client.sentinel_slaves(MASTER)
                     if state["num-other-sentinels"] < 2 or state["flags"] != "master":
@@ -181,14 +194,15 @@ class SentinelGroup:
         primary = self.primary_port()
         for port in DATA_PORTS:
             if port not in self.data:
-                self.data[port] = data_server(port, "--replicaof", HOST, str(primary))
+                self.data[port] = data_server(port, "--replicaof", HOST, str(primary),
+                                              password=DATA_PASSWORD)
         self.wait_healthy()
 
     def failover(self) -> int:
         """SENTINEL FAILOVER with both servers up (the primary is demoted, not lost); the new
         primary's port once the old one has turned replica."""
         old = self.primary_port()
-        with contextlib.closing(self._sentinel()) as client:
+        with contextlib.closing(self.sentinel()) as client:
             client.execute_command("SENTINEL", "FAILOVER", MASTER)
         new = self.wait_primary_moved(old)
         wait_for(lambda: self.role(old) == "slave", 20, what=f"{old} demoted")
@@ -196,7 +210,7 @@ class SentinelGroup:
 
     def client(self, db: int | str = 0) -> redis.Redis:
         """A plain client of the primary of the moment (for the test's own checks)."""
-        return redis.Redis(HOST, self.primary_port(), db=int(db))
+        return self.node(self.primary_port(), int(db))
 
     def stop(self) -> None:
         for proc in [*self.sentinels, *self.data.values()]:

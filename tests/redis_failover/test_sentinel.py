@@ -17,7 +17,7 @@ import redis
 
 from mediagen import redis_clients
 from tests.jobs.test_events import open_events, statuses
-from tests.redis_failover.servers import HOST, SENTINEL_PORTS, SentinelGroup
+from tests.redis_failover.servers import HOST, SentinelGroup
 from tests.stack import Stack, settings_with
 from tests.support import submit, wait_terminal
 
@@ -100,7 +100,7 @@ async def test_a_demoted_primary_leaks_no_readonly(
         sync.set("before", 1)  # each client holds a connection to the old primary
         await async_.set("before", 1)
         old = sentinel_group.primary_port()
-        with contextlib.closing(redis.Redis(HOST, old, db=db_of(live))) as old_primary:
+        with contextlib.closing(sentinel_group.node(old, db_of(live))) as old_primary:
             assert old_primary.exists("before")
             new = await asyncio.to_thread(_fail_over_keeping_clients, sentinel_group)
             assert new != old
@@ -112,7 +112,7 @@ async def test_a_demoted_primary_leaks_no_readonly(
             assert (await wait_terminal(api, job_id, 30))["status"] == "completed"
         sync.set("after", 2)
         await async_.set("after", 2)
-        with contextlib.closing(redis.Redis(HOST, new, db=db_of(live))) as new_primary:
+        with contextlib.closing(sentinel_group.node(new, db_of(live))) as new_primary:
             assert all(new_primary.exists(f"mediagen:events:{j}") for j in job_ids)
             assert new_primary.get("after") == b"2"
     finally:
@@ -124,10 +124,10 @@ async def test_a_demoted_primary_leaks_no_readonly(
 
 def _fail_over_keeping_clients(group: SentinelGroup) -> int:
     old = group.primary_port()
-    with contextlib.closing(redis.Redis(HOST, SENTINEL_PORTS[0])) as sentinel:
+    with contextlib.closing(group.sentinel()) as sentinel:
         sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
     new = group.wait_primary_moved(old)
-    with contextlib.closing(redis.Redis(HOST, old)) as demoted:
+    with contextlib.closing(group.node(old)) as demoted:
         demoted.execute_command("REPLICAOF", HOST, str(new))  # what Sentinel does later
     return new
 
