@@ -31,6 +31,7 @@ SENTINEL_PORTS = (26390, 26391, 26392)
 TLS_PORT = 6393
 PLAIN_PORT = 6394
 PROXY_PORT = 6395
+TLS_SENTINEL_DATA_PORT, TLS_SENTINEL_PORT = 6396, 26396
 MASTER = "mymaster"
 # The group's servers and Sentinels ask for passwords, as any in production would.
 DATA_PASSWORD, SENTINEL_PASSWORD = "data-secret", "sentinel-secret"
@@ -65,24 +66,50 @@ def data_server(port: int, *extra: str, password: str = "") -> Proc:
     return proc
 
 
-def tls_server(directory: Path) -> tuple[Proc, Path]:
-    """A TLS-only Redis on TLS_PORT whose certificate a throwaway CA (trustme) signed: the
-    server and the CA's certificate file (REDIS_TLS_CA_FILE)."""
+def _tls_files(directory: Path) -> tuple[Path, list[str]]:
+    """A throwaway CA (trustme) and a certificate it signed for HOST, written to `directory`:
+    the CA's file (REDIS_TLS_CA_FILE), and the TLS options of a server using them."""
     import trustme
 
     directory.mkdir(parents=True, exist_ok=True)
-    authority = trustme.CA()
-    server_cert = authority.issue_cert(HOST, "localhost")
     ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "key.pem"))
-    authority.cert_pem.write_to_path(str(ca_file))
-    server_cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    server_cert.private_key_pem.write_to_path(str(key_file))
-    proc = data_server(TLS_PORT, "--port", "0", "--tls-port", str(TLS_PORT),
-                       "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
-                       "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no")
+    if not ca_file.exists():
+        authority = trustme.CA()
+        server_cert = authority.issue_cert(HOST, "localhost")
+        authority.cert_pem.write_to_path(str(ca_file))
+        server_cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        server_cert.private_key_pem.write_to_path(str(key_file))
+    return ca_file, ["--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+                     "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"]
+
+
+def _tls_data_server(port: int, directory: Path) -> tuple[Proc, Path]:
+    ca_file, options = _tls_files(directory)
+    proc = data_server(port, "--port", "0", "--tls-port", str(port), "--tls-replication",
+                       "yes", *options)
     tls = {"ssl": True, "ssl_ca_certs": str(ca_file)}
-    wait_for(lambda: _answers(TLS_PORT, **tls), 10, proc, "TLS redis-server")
+    wait_for(lambda: _answers(port, **tls), 10, proc, f"TLS redis-server on {port}")
     return proc, ca_file
+
+
+def tls_server(directory: Path) -> tuple[Proc, Path]:
+    """A TLS-only Redis on TLS_PORT: the server and the CA file that verifies it."""
+    return _tls_data_server(TLS_PORT, directory)
+
+
+def tls_sentinel(directory: Path) -> list[Proc]:
+    """A TLS-only Redis on TLS_SENTINEL_DATA_PORT and a TLS-only Sentinel watching it as
+    MASTER on TLS_SENTINEL_PORT (the certificates of `tls_server`)."""
+    data, _ = _tls_data_server(TLS_SENTINEL_DATA_PORT, directory)
+    _, options = _tls_files(directory)
+    conf = directory / "sentinel.conf"
+    conf.write_text("\n".join([
+        "port 0", f"tls-port {TLS_SENTINEL_PORT}", f"bind {HOST}", f"dir {directory}",
+        "tls-replication yes", f"sentinel monitor {MASTER} {HOST} {TLS_SENTINEL_DATA_PORT} 1",
+        *(f"{name.removeprefix('--')} {value}" for name, value in zip(
+            options[::2], options[1::2], strict=True)), ""]))
+    sentinel = _start("sentinel-tls", [str(conf), "--sentinel"])
+    return [sentinel, data]
 
 
 class SentinelGroup:
