@@ -251,7 +251,7 @@ def _worker_check(settings: Settings) -> int:
     """An exec probe for a worker (`mediagen.heartbeat.check_host`): 0 healthy, 1 not."""
     from mediagen import heartbeat
 
-    ok, reason = heartbeat.check_host(settings.redis_url)
+    ok, reason = heartbeat.check_host(settings)
     print(
         f"mediagen worker-check: {'ok' if ok else 'not ready'}: {reason}",
         file=sys.stdout if ok else sys.stderr,

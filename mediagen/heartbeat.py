@@ -21,7 +21,9 @@ from typing import NamedTuple, cast
 
 import redis
 
+from mediagen import redis_clients
 from mediagen.broker import HEARTBEAT_TTL, WORKERS
+from mediagen.config import Settings
 
 
 class Verdict(NamedTuple):
@@ -80,13 +82,10 @@ def of_host(client: redis.Redis, host: str | None = None, now: float | None = No
     return Verdict(True, f"{name} beat {age:.1f} s ago")
 
 
-def check_host(redis_url: str | None, host: str | None = None) -> Verdict:
+def check_host(settings: Settings, host: str | None = None) -> Verdict:
     """`of_host` through a connection of its own (`mediagen worker-check`)."""
-    client = redis.Redis.from_url(
-        redis_url or "redis://localhost:6379/0",
-        socket_connect_timeout=2,
-        socket_timeout=2,
-        client_name="mediagen-worker-check",
+    client = redis_clients.sync_client(
+        settings, "mediagen-worker-check", timeout=2, connect_timeout=2
     )
     try:
         return of_host(client, host)

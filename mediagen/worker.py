@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import redis
-import redis.asyncio as aioredis
 from celery import Celery
 from celery.signals import (
     setup_logging,
@@ -32,7 +30,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen import heartbeat, retry
+from mediagen import heartbeat, kombu_fixes, redis_clients, retry
 from mediagen.batches import SETTLE_TASK
 from mediagen.batches import repository as batches
 from mediagen.broker import (
@@ -72,32 +70,9 @@ GONE_AFTER = 3600  # heartbeats older than this are removed from the set
 WEBHOOK_BODIES: Bodies = {replicate_webhooks.SURFACE: replicate_webhooks.body}
 
 
-def _survive_broker_loss() -> None:
-    """Work around kombu 5.7.0 + celery 5.7.0 exiting every worker when Redis drops.
-
-    On a lost connection Celery's consumer calls `Connection.collect()` (which detaches the
-    transport) and then `close()`, whose restore of unacknowledged messages reads
-    `connection.client.hostname` on None: AttributeError, "Unrecoverable error", exit 1. Raising
-    a connection error there instead lets `maybe_close_channel` ignore it; the unacknowledged
-    messages stay in Redis and the job leases and the sweeper cover them. Found by the chaos
-    suite (docs/chaos.md, S4/S5); to report upstream.
-    """
-    from kombu.transport import redis as kombu_redis
-
-    original = kombu_redis.Channel._connparams  # type: ignore[attr-defined]
-    if getattr(original, "_mediagen_safe", False):
-        return
-
-    def connparams(self: Any, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:  # detached by Connection.collect() after a loss
-            raise ConnectionError("broker connection already released")
-        return original(self, asynchronous)
-
-    connparams._mediagen_safe = True  # type: ignore[attr-defined]
-    kombu_redis.Channel._connparams = connparams  # type: ignore[attr-defined]
-
-
-_survive_broker_loss()
+kombu_fixes.survive_broker_loss()
+kombu_fixes.follow_demoted_primary()
+kombu_fixes.drop_stale_pools()
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -105,8 +80,10 @@ def make_celery(settings: Settings) -> Celery:
         "mediagen",
         include=["mediagen.jobs.tasks", "mediagen.notify.tasks", "mediagen.batches.tasks"],
     )
+    broker = redis_clients.celery_broker(settings)
     app.conf.update(
-        broker_url=settings.redis_url or "redis://localhost:6379/0",
+        broker_url=broker["broker_url"],
+        broker_use_ssl=broker.get("broker_use_ssl"),
         result_backend=None,
         task_ignore_result=True,
         task_default_queue=QUEUE,
@@ -123,13 +100,16 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
+        # A worker never gives up on its broker (Celery's default stops after 100 tries): it
+        # waits out an outage or a failover however long it takes.
+        broker_connection_max_retries=None,
         broker_transport_options={
+            # Sentinel, timeouts, keepalive (mediagen.redis_clients).
+            **broker["broker_transport_options"],
             # Redis redelivers a message not acknowledged within this; a countdown counts, so
             # keep it at twice the longest countdown anything schedules (job retries, polls,
             # webhook retries), or such a message would run twice.
             "visibility_timeout": int(2 * max(1800, retry.longest_countdown(settings))),
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
             # One list per priority step (mediagen.broker.queue_key), BRPOP'd lowest step
             # first: high-priority starts before normal before low (docs/priority-and-usage.md).
             "priority_steps": list(PRIORITY_STEPS),
@@ -186,14 +166,7 @@ class Worker:
         await init_db(settings, name)
         # Signed URLs in webhook payloads: local outputs, a prediction's stream.
         self.storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
-        self.outbox = Outbox(
-            aioredis.from_url(
-                settings.redis_url or "redis://localhost:6379/0",
-                socket_connect_timeout=2,
-                socket_timeout=5,
-                client_name=name,
-            )
-        )
+        self.outbox = Outbox(redis_clients.async_client(settings, name, timeout=5))
         try:
             await self.storage.check()
         except StorageError as exc:  # jobs retry, then fail saying why; no crash loop
@@ -212,9 +185,7 @@ class Worker:
 
     async def _beat(self, name: str) -> None:
         """Announce this process in Redis so the API's health check can count live workers."""
-        client = aioredis.from_url(
-            self.settings.redis_url or "redis://localhost:6379/0", client_name="mediagen-beat"
-        )
+        client = redis_clients.async_client(self.settings, "mediagen-beat", timeout=5)
         try:
             while True:
                 try:
@@ -377,11 +348,8 @@ class _Readiness:
 
     def __init__(self, settings: Settings) -> None:
         self.name = heartbeat.member()
-        self.client = redis.Redis.from_url(
-            settings.redis_url or "redis://localhost:6379/0",
-            socket_connect_timeout=2,
-            socket_timeout=2,
-            client_name="mediagen-probe",
+        self.client = redis_clients.sync_client(
+            settings, "mediagen-probe", timeout=2, connect_timeout=2
         )
 
     def __call__(self) -> tuple[bool, str]:

@@ -40,7 +40,12 @@ NOT_SETTING_PREFIXES = {"OTEL_": "OpenTelemetry's SDK", "GF_": "Grafana"}
 # Settings without a default (None: `mediagen run` starts embedded servers instead, which a
 # deployment has not), less the optional ones; and settings every deployment must set although
 # they have one.
-OPTIONAL_WITHOUT_DEFAULT = {"MODELS_FILE": "a models file is optional (the settings decide)"}
+OPTIONAL_WITHOUT_DEFAULT = {
+    "MODELS_FILE": "a models file is optional (the settings decide)",
+    "REDIS_TLS_CA_FILE": "TLS to Redis is optional (a rediss:// REDIS_URL)",
+    "REDIS_TLS_CERT_FILE": "a client certificate only when Redis asks for one",
+    "REDIS_TLS_KEY_FILE": "goes with REDIS_TLS_CERT_FILE",
+}
 MUST_SET = {
     "METRICS_TOKEN": "the API is published: /metrics needs a token, which Prometheus sends",
     "AUTH_REQUIRED": "published: every caller needs a key from the start (true)",
