@@ -25,6 +25,16 @@ class Settings(BaseSettings):
     # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see README).
     database_url: str | None = None
     redis_url: str | None = None
+    # Sentinel (docs/scaling.md): `host:port,host:port`; empty: REDIS_URL's own address. With
+    # Sentinels, REDIS_URL gives only the password, database number and scheme.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = Field("mymaster", min_length=1)
+    redis_sentinel_password: str = ""
+    # TLS (a `rediss://` REDIS_URL): the CA that signed the server's certificate (unset: the
+    # system's), and a client certificate and its key when the server asks for one.
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
     db_pool_max: int = Field(10, ge=1, le=100)
     embedded_data_dir: Path = Path("./.mediagen")
 
@@ -207,10 +217,39 @@ class Settings(BaseSettings):
             raise ValueError("PUBLIC_BASE_URL must be an http(s) URL without query or fragment")
         return value
 
-    @field_validator("database_url", "redis_url", "models_file", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "models_file",
+        "redis_tls_ca_file",
+        "redis_tls_cert_file",
+        "redis_tls_key_file",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",") if e.strip()):
+            _host_port(entry)
+        return value
+
+    @model_validator(mode="after")
+    def _redis(self) -> Settings:
+        if self.redis_sentinels.strip() and not self.redis_url:
+            raise ValueError(
+                "REDIS_SENTINELS needs REDIS_URL too: its password, database number and scheme "
+                "(rediss:// for TLS) are used, not its host, e.g. redis://:PASSWORD@mymaster/0"
+            )
+        tls_files = self.redis_tls_ca_file or self.redis_tls_cert_file or self.redis_tls_key_file
+        if tls_files and not (self.redis_url or "").startswith("rediss://"):
+            raise ValueError("REDIS_TLS_* files are used only with a rediss:// REDIS_URL")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ValueError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+        return self
 
     @model_validator(mode="after")
     def _cors(self) -> Settings:
@@ -224,6 +263,11 @@ class Settings(BaseSettings):
         default), checked on its header before anything decodes it (a 20 KB PNG can declare
         13000 x 13000). Uploads, data: URIs and fetched inputs over it are refused."""
         return 4 * self.max_dimension**2
+
+    @property
+    def redis_sentinel_list(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty: no Sentinel."""
+        return [_host_port(e.strip()) for e in self.redis_sentinels.split(",") if e.strip()]
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -241,6 +285,18 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_host_list(self) -> list[str]:
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
+
+
+def _host_port(entry: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` too) as a pair; a clear error for anything else."""
+    host, colon, port = entry.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not (colon and host and port.isdigit() and 0 < int(port) < 65536) or " " in host:
+        raise ValueError(
+            f"REDIS_SENTINELS: {entry!r} is not host:port "
+            "(give them comma-separated, e.g. 10.0.0.1:26379,10.0.0.2:26379)"
+        )
+    return host, int(port)
 
 
 @lru_cache

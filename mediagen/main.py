@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from mediagen import __version__, errors_http, health
+from mediagen import __version__, errors_http, health, redis_clients
 from mediagen.batches.router import router as batches_router
 from mediagen.broker import Outbox
 from mediagen.catalog import load_catalog
@@ -130,12 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await storage.check()
         except StorageError as exc:  # keep serving: health answers 503 and says why
             log.error("storage is not usable: %s", exc)
-        redis_url = settings.redis_url or "redis://localhost:6379/0"
 
         def client(name: str, timeout: float = 2) -> aioredis.Redis:
-            return aioredis.from_url(
-                redis_url, socket_connect_timeout=2, socket_timeout=timeout, client_name=name
-            )
+            return redis_clients.async_client(settings, name, timeout=timeout)
 
         # Named connections of their own for the request path, the rate counters, the outbox's
         # batches and the key-change subscription: none waits behind another, and each shows

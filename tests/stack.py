@@ -361,7 +361,10 @@ class Stack:
         return self.env.get("DATABASE_URL") or os.environ["DATABASE_URL"]
 
     def broker(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
+        """A client of the stack's Redis as its processes make theirs (Sentinel, TLS)."""
+        from mediagen import redis_clients
+
+        return redis_clients.sync_client(settings_with(self.env), "tests")
 
     def launch(self, api: bool = True, worker: bool = True) -> Stack:
         """Start what was asked for (both at once), without waiting (`wait`)."""

@@ -21,6 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 from asyncpg import Record
 
+from mediagen import redis_clients
 from mediagen.broker import QUEUE_INDEX, Outbox, stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
@@ -216,9 +217,7 @@ async def _delete_referring(db: Any, table: str, column: str, key_id: uuid.UUID,
 async def delete_key_data(key: ApiKey, settings: Settings) -> dict[str, int]:
     """`purge_key` with a storage and a Redis client of its own (the CLI has neither)."""
     storage = create_storage(settings)
-    redis = aioredis.from_url(
-        settings.redis_url or "redis://localhost:6379/0", socket_connect_timeout=2, socket_timeout=5
-    )
+    redis = redis_clients.async_client(settings, "mediagen-cli", timeout=5)
     try:
         return await purge_key(key, storage, redis, settings.prune_batch)
     finally:

@@ -9,9 +9,9 @@ import sys
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
-import redis.asyncio as aioredis
 from tortoise.exceptions import BaseORMException
 
+from mediagen import redis_clients
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import DatabaseUnavailableError, NotFoundError
@@ -23,9 +23,7 @@ from mediagen.keys.cache import publish_change
 
 async def _announce(settings: Settings) -> None:
     """Running API processes drop their cached keys at once (see mediagen.keys.cache)."""
-    client = aioredis.from_url(
-        settings.redis_url or "redis://localhost:6379/0", socket_connect_timeout=2, socket_timeout=2
-    )
+    client = redis_clients.async_client(settings, "mediagen-cli", timeout=2)
     try:
         await publish_change(client)
     except Exception as exc:

@@ -21,6 +21,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from mediagen import redis_clients
 from mediagen.config import Settings
 from mediagen.errors import RateLimitedError, ServiceUnavailableError
 from mediagen.keys.models import ApiKey
@@ -37,13 +38,8 @@ def blocking_client(
 ) -> aioredis.Redis:
     """A Redis client for blocking reads of up to `block_seconds` (its socket timeout outlasts
     them) with one connection per place of this process and a few for the rest."""
-    return aioredis.from_url(
-        settings.redis_url or "redis://localhost:6379/0",
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=block_seconds + 5,
-        max_connections=places + 10,
-        client_name=name,
+    return redis_clients.async_client(
+        settings, name, timeout=block_seconds + 5, decode=True, max_connections=places + 10
     )
 
 

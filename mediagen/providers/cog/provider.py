@@ -56,6 +56,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from mediagen import redis_clients
 from mediagen.catalog import Catalog, Endpoint, get_catalog
 from mediagen.catalog.listing import InputSchemas
 from mediagen.catalog.schemas import model_inputs
@@ -188,12 +189,7 @@ class CogProvider:
 
     def _records(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.from_url(
-                self.settings.redis_url or "redis://localhost:6379/0",
-                socket_connect_timeout=2,
-                socket_timeout=5,
-                client_name="mediagen-cog",
-            )
+            self._redis = redis_clients.async_client(self.settings, "mediagen-cog", timeout=5)
         return self._redis
 
     def _storage(self) -> Storage:
