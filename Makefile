@@ -38,8 +38,9 @@ beat: setup ## The sweeper schedule alone (Celery beat)
 migrate: setup ## Apply database migrations
 	$(PY) -m mediagen migrate
 
-ping: setup ## celery inspect ping against the configured (or running embedded) broker
+ping: setup ## Every worker answering over the broker (celery inspect ping), then this host's probe
 	$(VENV)/bin/celery -A mediagen.worker inspect ping
+	$(PY) -m mediagen worker-check
 
 test: setup ## The whole test suite against real Postgres, Redis and Celery
 	scripts/ensure-services.sh

@@ -5,7 +5,10 @@ mediagen run       API + worker (+ sweeper), on an embedded Postgres/Redis when
 mediagen api       the API alone (uvicorn; --workers N processes, default WEB_CONCURRENCY)
 mediagen worker    a Celery worker (with `--beat`, the sweeper schedule too)
 mediagen beat      the sweeper schedule alone (Celery beat)
-mediagen migrate   apply pending database migrations
+mediagen migrate   apply pending database migrations (safe to run from several replicas
+                   at once: they take turns)
+mediagen worker-check  exit 0 if a worker on this host is healthy (fresh heartbeat, broker
+                   answers), else 1; one line says why (an exec probe)
 mediagen keys      create | list | revoke | adopt | set-priority | delete API keys
 mediagen usage     jobs, run seconds and bytes stored per day, model or key (all keys)
 mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
@@ -242,6 +245,19 @@ def cmd_run(_: argparse.Namespace) -> int:
         return code
 
 
+def _worker_check(settings: Settings) -> int:
+    """An exec probe for a worker (`mediagen.heartbeat.check_host`): 0 healthy, 1 not."""
+    from mediagen import heartbeat
+
+    ok, reason = heartbeat.check_host(settings.redis_url)
+    print(
+        f"mediagen worker-check: {'ok' if ok else 'not ready'}: {reason}",
+        file=sys.stdout if ok else sys.stderr,
+        flush=True,
+    )
+    return 0 if ok else 1
+
+
 def _exec(cmd: list[str]) -> int:
     os.execv(cmd[0], cmd)  # noqa: S606
 
@@ -294,6 +310,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--beat", action="store_true", help="also run the sweeper schedule")
     sub.add_parser("beat", help="the sweeper schedule alone")
     sub.add_parser("migrate", help="apply pending database migrations")
+    sub.add_parser(
+        "worker-check",
+        help="exit 0 if a worker on this host has a fresh heartbeat and the broker answers, "
+        "else 1 (a probe)",
+    )
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a key and print it (shown only once)")
@@ -350,6 +371,8 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _migrate(settings)
         print("mediagen: migrations applied")
         return 0
+    if args.command == "worker-check":
+        return _worker_check(settings)
     if args.command == "api":
         if args.workers is not None and not 1 <= args.workers <= 64:
             parser.error("--workers must be between 1 and 64")

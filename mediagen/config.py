@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     redis_tls_cert_file: Path | None = None
     redis_tls_key_file: Path | None = None
     db_pool_max: int = Field(10, ge=1, le=100)
+    # Prepared statements each database connection keeps (asyncpg's statement cache); 0 for
+    # PgBouncer in transaction mode (README, "PgBouncer").
+    database_statement_cache_size: int = Field(100, ge=0, le=10_000)
     embedded_data_dir: Path = Path("./.mediagen")
 
     # --- generation --------------------------------------------------------------------------
@@ -206,7 +209,8 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     # When set, /metrics (API and worker) needs `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str = ""
-    # The worker's Prometheus exporter (one per worker, for all its processes); 0: none.
+    # The worker's port (one per worker, for all its processes): its probes (/livez, /readyz)
+    # and, unless METRICS_ENABLED is false, its /metrics; 0: none.
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
 

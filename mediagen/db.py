@@ -14,17 +14,34 @@ never changes session state (no SET, LISTEN, advisory locks or cursors outside a
 so the pool is told to skip it; an open transaction is still rolled back on release.
 Connections carry `application_name` (`mediagen-api`, `mediagen-worker`...), so
 `pg_stat_activity` shows who holds them.
+
+Migrations run under a Postgres advisory lock (`migrate`), so replicas that all run
+`mediagen migrate` as they start (or a migrate job beside them) apply each migration once: the
+first takes the lock and migrates, the others wait for it and then find nothing to do. The
+lock is a transaction-level one, held by a transaction left open on a connection of its own,
+so it also holds through PgBouncer in transaction mode (which pins the server connection to
+an open transaction, where a session-level lock would be left on a pooled connection). The
+others try for it every MIGRATION_LOCK_POLL seconds in short transactions rather than block
+inside one, so through PgBouncer they hold no server connection while they wait.
+
+DATABASE_STATEMENT_CACHE_SIZE is asyncpg's `statement_cache_size`: how many prepared
+statements each connection keeps. 0 is what PgBouncer in transaction mode needs (before 1.21,
+or without its `max_prepared_statements`): a statement prepared on one server connection is
+unknown to the next one the pooler hands out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from tortoise import Tortoise, connections
+from tortoise.backends.asyncpg.client import AsyncpgDBClient
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.migrations.api import migrate as _migrate
 
 from mediagen.config import Settings, get_settings
@@ -41,6 +58,10 @@ MODELS = [
     "mediagen.files.models",
     "mediagen.batches.models",
 ]
+# The advisory lock `migrate` holds: any constant, the same in every version (the first eight
+# bytes of sha256("mediagen.migrate"), as a signed bigint).
+MIGRATION_LOCK = 0x3078_BFAC_838A_E1FA
+MIGRATION_LOCK_POLL = 0.25  # seconds between tries while another process migrates
 _initialised = False
 _pool: tuple[asyncio.AbstractEventLoop, asyncpg.Pool] | None = None
 
@@ -57,6 +78,7 @@ def database_url(settings: Settings, application_name: str = "mediagen") -> str:
     query.setdefault("minsize", "1")
     query.setdefault("maxsize", str(settings.db_pool_max))
     query.setdefault("application_name", application_name)
+    query.setdefault("statement_cache_size", str(settings.database_statement_cache_size))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -130,9 +152,32 @@ async def close_db() -> None:
 
 
 async def migrate(settings: Settings | None = None) -> None:
-    """Apply every pending migration (idempotent)."""
-    await _migrate(config=tortoise_config(settings or get_settings()))
-    await Tortoise.close_connections()
+    """Apply every pending migration (idempotent), holding the migration lock (module
+    docstring): run at once by several processes, one migrates and the others wait."""
+    settings = settings or get_settings()
+    url = database_url(settings, "mediagen-migrate")
+    credentials = {**expand_db_url(url)["credentials"], "minsize": 1, "maxsize": 1}
+    holder = AsyncpgDBClient(connection_name="mediagen-migrate-lock", **credentials)
+    started = time.monotonic()
+    try:
+        async with holder.acquire_connection() as connection:
+            while True:
+                async with connection.transaction():
+                    if await connection.fetchval(
+                        "SELECT pg_try_advisory_xact_lock($1)", MIGRATION_LOCK
+                    ):
+                        if (waited := time.monotonic() - started) > 1:
+                            log.info("waited %.1f s for another process's migrations", waited)
+                        try:
+                            await _migrate(config=tortoise_config(settings, "mediagen-migrate"))
+                        finally:
+                            await Tortoise.close_connections()
+                        return
+                # Out of the transaction while waiting: through PgBouncer, waiters that each
+                # kept a server connection could leave none for the migrations themselves.
+                await asyncio.sleep(MIGRATION_LOCK_POLL)
+    finally:
+        await holder.close()
 
 
 async def ping() -> None:

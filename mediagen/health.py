@@ -1,5 +1,12 @@
-"""Probes: `/livez` (the process answers; no I/O), `/readyz` (database, broker, workers, storage,
-each checked for real), and `/api/v1/health`, the same as `/readyz` under its older name.
+"""Probes: `/livez` (the process answers; no I/O), `/readyz` (this API can accept jobs: the
+database and the broker answer), and `/api/v1/health`, the detailed report (database, broker,
+live workers, storage), each dependency checked for real.
+
+Readiness leaves out the workers and the storage on purpose: an API that can record a job and
+queue it is worth sending requests to even while no worker runs (the jobs wait, the sweeper
+dispatches them) or the storage is out (jobs retry), and a load balancer that took every API
+out of rotation for a worker outage would turn a backlog into an outage. Workers have probes of
+their own (`mediagen.observability.exporter`, `mediagen worker-check`).
 
 What a failing dependency said (hosts, paths, bucket names) is shown only to a caller with a
 valid API key or calling from this machine; anyone else sees which checks failed, not why.
@@ -100,7 +107,9 @@ async def _detailed(request: Request) -> bool:
     return True
 
 
-async def _readiness(request: Request) -> JSONResponse:
+async def _report(request: Request, everything: bool) -> JSONResponse:
+    """The checks (the database and the broker; with `everything`, live workers and the
+    storage too): 200 when all pass, 503 naming the ones that did not."""
     state = request.app.state
     redis_client: aioredis.Redis = state.redis
 
@@ -116,11 +125,15 @@ async def _readiness(request: Request) -> JSONResponse:
             raise RuntimeError(f"no worker has reported in the last {HEARTBEAT_TTL} s")
         return f"{alive} worker process(es) alive"
 
+    probes: dict[str, Callable[[], Awaitable[str | None]]] = {
+        "database": database,
+        "broker": broker,
+    }
+    if everything:
+        probes.update(workers=workers, storage=state.storage_probe)
     detailed = await _detailed(request)
-    results = await asyncio.gather(
-        *(_timed(probe, detailed) for probe in (database, broker, workers, state.storage_probe))
-    )
-    checks = dict(zip(("database", "broker", "workers", "storage"), results, strict=True))
+    results = await asyncio.gather(*(_timed(probe, detailed) for probe in probes.values()))
+    checks = dict(zip(probes, results, strict=True))
     healthy = all(c.ok for c in checks.values())
     body = Health(status="ok" if healthy else "unavailable", version=__version__, checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if healthy else 503)
@@ -138,14 +151,17 @@ async def livez() -> Live:
     return Live(status="ok")
 
 
-@router.get("/readyz", summary="Readiness: every dependency answers", **_READY)
+@router.get("/readyz", summary="Readiness: this API can accept jobs", **_READY)
 async def readyz(request: Request) -> Any:
-    """200 when the database, broker, at least one worker and the storage all answer; 503
-    otherwise. Why a check failed is shown only with a valid key or from this machine."""
-    return await _readiness(request)
+    """200 when the database and the broker answer (a job can be recorded and queued); 503
+    otherwise. Workers and storage are not checked here (`/api/v1/health` reports them). Why a
+    check failed is shown only with a valid key or from this machine."""
+    return await _report(request, everything=False)
 
 
-@router.get("/api/v1/health", summary="Service health (the same as /readyz)", **_READY)
+@router.get("/api/v1/health", summary="Service health: every dependency", **_READY)
 async def health(request: Request) -> Any:
-    """`/readyz` under its older name, kept for compatibility."""
-    return await _readiness(request)
+    """200 when the database, the broker, at least one live worker and the storage all answer;
+    503 otherwise, naming the failed checks (why, only with a valid key or from this
+    machine)."""
+    return await _report(request, everything=True)

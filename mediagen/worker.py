@@ -16,12 +16,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import redis
 from celery import Celery
 from celery.signals import (
     setup_logging,
@@ -31,7 +31,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from mediagen import kombu_fixes, redis_clients, retry
+from mediagen import heartbeat, kombu_fixes, redis_clients, retry
 from mediagen.batches import SETTLE_TASK
 from mediagen.batches import repository as batches
 from mediagen.broker import (
@@ -53,7 +53,7 @@ from mediagen.notify.circuit import Circuits
 from mediagen.notify.deliverer import Deliverer
 from mediagen.notify.delivery import Bodies
 from mediagen.notify.service import stranded_deliveries
-from mediagen.observability import logs, metrics, tracing
+from mediagen.observability import exporter, logs, metrics, tracing
 from mediagen.observability.measured import MeasuredProvider
 from mediagen.outbound import Outbound
 from mediagen.providers.registry import Providers, create_providers
@@ -206,7 +206,7 @@ class Worker:
             WEBHOOK_BODIES,
             circuits=Circuits(self.outbox.client, settings),
         )
-        self._heartbeat = asyncio.create_task(self._beat(f"{socket.gethostname()}:{os.getpid()}"))
+        self._heartbeat = asyncio.create_task(self._beat(heartbeat.member()))
         return self
 
     async def _beat(self, name: str) -> None:
@@ -351,29 +351,62 @@ def _on_process_init(**_: Any) -> None:
     runtime()  # prefork children: open the loop and pool after the fork
 
 
+_consumer: Any = None  # the main process's Celery consumer, once it is ready
+
+
 @worker_ready.connect
-def _on_ready(**_: Any) -> None:
+def _on_ready(sender: Any = None, **_: Any) -> None:
     # Threads/solo pools run tasks in the main process. A prefork main process runs none, but
     # its heartbeat is the worker's; children forked later open their own (see db.pool).
+    # The port first: a runtime that cannot open yet (the database is restarting) leaves the
+    # worker alive but not ready, and the next task opens it again.
+    global _consumer
+    _consumer = sender
     tracing.configure("worker")
+    _serve_port(get_settings())
     runtime()
-    _export_metrics(get_settings())
 
 
-def _export_metrics(settings: Settings) -> None:
-    """The worker's Prometheus exporter, in its main process: in multiprocess mode (`mediagen
-    worker` sets it up) it adds up every pool process (mediagen.observability.metrics)."""
-    if not settings.metrics_enabled or not settings.worker_metrics_port:
+class _Readiness:
+    """The main process's readiness (`GET /readyz` on its port): its Celery consumer holds a
+    connection to the broker, and its own heartbeat is fresh (its event loop runs, and the
+    broker answered it lately and answers now: `mediagen.heartbeat.own`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.name = heartbeat.member()
+        self.client = redis.Redis.from_url(
+            settings.redis_url or "redis://localhost:6379/0",
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            client_name="mediagen-probe",
+        )
+
+    def __call__(self) -> tuple[bool, str]:
+        connection = getattr(_consumer, "connection", None)
+        if _consumer is not None and not (connection is not None and connection.connected):
+            return False, "the worker is not connected to the broker"
+        return heartbeat.own(self.client, self.name)
+
+
+def _serve_port(settings: Settings) -> None:
+    """The worker's port, in its main process: its probes, and its Prometheus metrics unless
+    METRICS_ENABLED is false (`mediagen.observability.exporter`); in multiprocess mode
+    (`mediagen worker` sets it up) the metrics add up every pool process."""
+    if not settings.worker_metrics_port:
         return
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
-    what = "The worker's /metrics (WORKER_METRICS_HOST)"
-    metrics.warn_if_open(host, settings.metrics_token, what)
+    if settings.metrics_enabled:
+        what = "The worker's /metrics (WORKER_METRICS_HOST)"
+        metrics.warn_if_open(host, settings.metrics_token, what)
     try:
-        metrics.serve(host, port, settings.metrics_token)
-    except OSError as exc:  # another worker on this machine has it: run, without an exporter
-        log.warning("worker metrics not served on %s:%d: %s", host, port, exc)
+        exporter.serve(
+            host, port, settings.metrics_token, _Readiness(settings), settings.metrics_enabled
+        )
+    except OSError as exc:  # another worker on this machine has it: run, without the port
+        log.warning("worker probes and metrics not served on %s:%d: %s", host, port, exc)
         return
-    log.info("worker metrics on http://%s:%d/metrics", host, port)
+    served = "/livez, /readyz" + (" and /metrics" if settings.metrics_enabled else "")
+    log.info("worker %s on http://%s:%d", served, host, port)
 
 
 @worker_process_shutdown.connect

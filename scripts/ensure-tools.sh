@@ -4,8 +4,9 @@
 # `chromium`), which Playwright drives for the web page's tests (tests/web/; Playwright's own
 # browser download cannot run on our machines), and Node with npm (Debian packages `nodejs`, `npm`),
 # which run the official JavaScript Replicate client against `/v1` (tests/replicate_api/).
-# Installed when missing, as bench/ installs wrk;
-# the Prometheus package's own service is not left running.
+# PgBouncer (Debian package `pgbouncer`), which tests/db puts in transaction mode in front of
+# Postgres. Installed when missing, as bench/ installs wrk; the Prometheus and PgBouncer
+# packages' own services are not left running (the tests start their own).
 # A tool still missing fails under CI (CI set, e.g. CI=true); elsewhere its tests skip.
 set -u
 sudo=()
@@ -33,6 +34,22 @@ if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
   apt_install redis-server
 fi
 
+if ! command -v pgbouncer >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-tools: installing pgbouncer (Debian package pgbouncer)"
+  # Only the binary is wanted: keep the package from starting its service (policy-rc.d), and
+  # stop it if it started all the same.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if ! [ -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod +x "$policy" && made_policy=1
+  fi
+  apt_install pgbouncer
+  [ "$made_policy" = 1 ] && "${sudo[@]}" rm -f "$policy"
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet pgbouncer 2>/dev/null; then
+    "${sudo[@]}" systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+  fi
+fi
+
 if ! [ -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   echo "ensure-tools: installing chromium (Debian package chromium)"
   apt_install chromium
@@ -55,6 +72,11 @@ for tool in node npm; do
     case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
   fi
 done
+
+if ! command -v pgbouncer >/dev/null 2>&1; then
+  echo "ensure-tools: pgbouncer is not installed and could not be installed (Debian package pgbouncer)" >&2
+  case "${CI:-}" in "" | 0 | false) ;; *) exit 1 ;; esac
+fi
 
 if ! command -v promtool >/dev/null 2>&1; then
   echo "ensure-tools: promtool is not installed and could not be installed (Debian package prometheus)" >&2

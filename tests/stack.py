@@ -720,15 +720,29 @@ def settings_with(env: Mapping[str, str] | None = None) -> Any:
     return Settings(**{name.lower(): value for name, value in (env or {}).items()})
 
 
+async def _release_pool() -> None:
+    """Close the process's one database pool (the session's), once every in-process worker is
+    idle, for an application with database settings of its own (DATABASE_URL, a pooler's
+    DATABASE_STATEMENT_CACHE_SIZE): it opens the pool again on those, and its close
+    (`InProcess.close`) gives the session its own back."""
+    from mediagen.db import close_db
+
+    for other in WORKERS:
+        await other.idle()
+    await close_db()
+
+
 @contextlib.asynccontextmanager
 async def in_process(env: Mapping[str, str] | None = None, *,
                      worker: bool = False) -> AsyncIterator[InProcess]:
     """The application (and with `worker`, its worker) in this process, with the session's
-    settings and `env` on top; the database is the session's. Without REDIS_URL in `env`, it
-    gets a Redis database of its own."""
+    settings and `env` on top; the database is the session's unless `env` names another (or
+    other database settings). Without REDIS_URL in `env`, it gets a Redis database of its own."""
     env = dict(env or {})
     if "REDIS_URL" not in env and REDIS is not None:
         env["REDIS_URL"] = REDIS.fresh()
+    if any(name.startswith("DATABASE_") for name in env):
+        await _release_pool()  # the application opens the process's pool on its own settings
     stack = await InProcess(settings_with(env)).open(worker)
     try:
         yield stack

@@ -1,5 +1,6 @@
 """Health reports each dependency for real; a dead broker is a 503 that says so, and a job
-submitted while the broker is down is kept and dispatched by the sweeper later."""
+submitted while the broker is down is kept and dispatched by the sweeper later. Readiness
+(`/readyz`) is whether this API can accept jobs: the database and the broker, not the workers."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ async def test_health_ok(client: httpx.AsyncClient) -> None:
     assert set(body["checks"]) == {"database", "broker", "workers", "storage"}
     assert all(check["ok"] for check in body["checks"].values())
     assert "worker process(es) alive" in body["checks"]["workers"]["detail"]
+
+
+async def test_ready_without_workers_but_health_says_none_is_alive(
+    client: httpx.AsyncClient,
+) -> None:
+    async with app() as alone:  # a Redis database of its own: no worker ever beat there
+        ready = await alone.get("/readyz")
+        health = await alone.get("/api/v1/health")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["checks"]) == {"database", "broker"}
+    assert health.status_code == 503
+    checks = health.json()["checks"]
+    assert not checks["workers"]["ok"] and checks["database"]["ok"] and checks["broker"]["ok"]
 
 
 async def test_broker_down_health_503_and_job_kept(client: httpx.AsyncClient) -> None:

@@ -128,6 +128,7 @@ def test_client_commands_work_without_the_server(client_bin: Path, tmp_path: Pat
     (["worker", "--beat"], f"mediagen worker {NEEDS_SERVER}"),
     (["beat"], f"mediagen beat {NEEDS_SERVER}"),
     (["migrate"], f"mediagen migrate {NEEDS_SERVER}"),
+    (["worker-check"], f"mediagen worker-check {NEEDS_SERVER}"),
     (["keys", "list"], f"mediagen keys {NEEDS_SERVER}"),
     (["flower", "--port=5555"], 'mediagen flower needs Flower: pip install "mediagen[flower]"'),
 ])

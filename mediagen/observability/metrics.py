@@ -12,7 +12,8 @@ knows them all.
 - The API serves `GET /metrics`: its processes' counters, plus the backlog read at scrape time
   from rows the transitions keep (`job_counters`, a few per key: never a count of jobs) and
   from Redis (the head of the queue index, the worker heartbeats).
-- The worker serves the same format on WORKER_METRICS_PORT, from its main process.
+- The worker serves the same format on WORKER_METRICS_PORT, from its main process
+  (`mediagen.observability.exporter`, beside the worker's probes).
 
 METRICS_TOKEN, when set, is required as a bearer token by both. METRICS_ENABLED=false turns
 both off, and the API then counts nothing per request. Either one bound beyond loopback
@@ -26,17 +27,13 @@ import hmac
 import ipaddress
 import logging
 import os
-import socketserver
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -356,39 +353,3 @@ async def render(extra: Iterable[GaugeMetricFamily] = ()) -> bytes:
     for hook in _before_scrape:
         hook()
     return await asyncio.to_thread(exposition, extra)
-
-
-# --- the worker's exporter -------------------------------------------------------------------
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-def _app(token: str) -> Callable[..., Iterable[bytes]]:
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found\n"]
-        if not authorized(environ.get("HTTP_AUTHORIZATION"), token):
-            start_response(
-                "401 Unauthorized",
-                [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
-            )
-            return [b"metrics need the bearer token (METRICS_TOKEN)\n"]
-        body = exposition()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-        return [body]
-
-    return app
-
-
-def serve(host: str, port: int, token: str) -> WSGIServer:
-    """Serve this process's (or, in multiprocess mode, all the worker's processes') metrics on
-    `host:port`, from a daemon thread. Raises OSError if the port is taken."""
-    server = make_server(host, port, _app(token), _ThreadingServer, handler_class=_Quiet)
-    threading.Thread(target=server.serve_forever, name="mediagen-metrics", daemon=True).start()
-    return server
