@@ -4,7 +4,10 @@
 Its behaviour is the one we recommend (docs/scaling.md):
 - a request whose connection to an API host failed, or that the host closed without an answer
   (it died), is sent again to the other host, but a POST only when it carries an
-  `Idempotency-Key` (then the API answers a repeat with the first answer and creates nothing);
+  `Idempotency-Key` (then the API answers a repeat with the first answer and creates nothing).
+  That needs the whole request in HAProxy's buffer (`option http-buffer-request`): without it
+  a POST sent on a reused server connection that the dying host resets is not retried, and
+  the client's connection is closed without an answer (HAProxy's way of saying "retry");
 - when no API host is ready (Postgres or Redis is down for all of them) HAProxy answers
   itself, like the API does: 503, `Retry-After: 5`, code `service_unavailable`.
 """
@@ -57,6 +60,8 @@ frontend api
 backend apis
   balance roundrobin
   source {BALANCER}
+  # A request is retried only if HAProxy holds all of it: wait for the body before sending.
+  option http-buffer-request
   http-request disable-l7-retry if METH_POST !{{ req.hdr(idempotency-key) -m found }}
   option httpchk
   http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host {BALANCER}:{BALANCER_PORT}

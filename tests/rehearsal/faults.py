@@ -11,7 +11,8 @@ service is whole again (`wait_recovered`), bounded by RECOVERY_TIMEOUT:
 "Whole again": every job accepted before the fault ended is finished, at least 80 % of the
 offered rate finished in the last STEADY_WINDOW seconds, and every worker host took a task
 after the fault ended (a worker that stays connected but stops consuming is a known Celery
-failure after a reconnect).
+failure after a reconnect). Then the worker hosts' own probes (`/readyz` on their port) must
+agree within PROBE_GRACE seconds: a worker that takes tasks must say it is ready.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import httpx
+
 from tests.chaos.load import Load
 from tests.chaos.measure import Monitor
 from tests.rehearsal import netcut, redis_ha
 from tests.rehearsal.cluster import Cluster
-from tests.rehearsal.topology import REDIS_ADDRESSES
+from tests.rehearsal.topology import REDIS_ADDRESSES, WORKER_METRICS_PORT
 
 RECOVERY_TIMEOUT = 120.0
 STEADY_WINDOW = 5.0
@@ -38,6 +41,7 @@ WORKER_PAUSE = 10.0  # a killed worker host is started again after this long
 CUT_SECONDS = 30.0
 PG_DOWN = 5.0
 API_PAUSE = 10.0
+PROBE_GRACE = 15.0
 
 
 @dataclass
@@ -108,6 +112,7 @@ async def wait_recovered(run: Run, fault: Fault) -> None:
         idle = [n for n, w in run.watches.items() if w.received_since(fault.ended) is None]
         if drained and steady and not idle:
             fault.recovered = now
+            await _probes_agree(run, fault)
             return
         if time.monotonic() > deadline:
             why = []
@@ -120,6 +125,33 @@ async def wait_recovered(run: Run, fault: Fault) -> None:
                 why.append(f"no task taken since by {', '.join(idle)}")
             run.problems.append(
                 f"{fault.key}: not recovered {RECOVERY_TIMEOUT:g} s after it: {'; '.join(why)}"
+            )
+            return
+        await asyncio.sleep(0.5)
+
+
+def worker_probe(address: str) -> str:
+    """A worker host's `/readyz` as `200`, `503: <why>`, or the error."""
+    try:
+        reply = httpx.get(f"http://{address}:{WORKER_METRICS_PORT}/readyz", timeout=2)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return "200" if reply.status_code == 200 else f"{reply.status_code}: {reply.text[:120]}"
+
+
+async def _probes_agree(run: Run, fault: Fault) -> None:
+    """Every worker host takes tasks again: its readiness probe must say so, soon."""
+    addresses = {name: run.cluster.hosts[name].address for name in run.cluster.workers}
+    deadline = time.monotonic() + PROBE_GRACE
+    while True:
+        answers = {n: await asyncio.to_thread(worker_probe, a) for n, a in addresses.items()}
+        wrong = {n: a for n, a in answers.items() if a != "200"}
+        if not wrong:
+            return
+        if time.monotonic() > deadline:
+            run.problems.append(
+                f"{fault.key}: worker probes still not ready {PROBE_GRACE:g} s after the "
+                f"workers took tasks again: {wrong}"
             )
             return
         await asyncio.sleep(0.5)
