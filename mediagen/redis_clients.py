@@ -7,7 +7,9 @@ connections to the old primary fail (or, if it was demoted and still answers, it
 error is turned into a reconnection by redis-py's Sentinel-managed connections), and the next
 connection goes to the new primary: every process follows on its own.
 
-Every client also has TCP keepalive with short probes, so a connection whose peer vanished
+Without Sentinel, a command whose pooled connection was found closed (Redis restarted) is sent
+again once, at once; a Redis that is down fails at once. Every client also has TCP keepalive
+with short probes, so a connection whose peer vanished
 without a word (a host that died, a network that dropped it) fails within about half a minute
 instead of after the kernel's two hours.
 
@@ -35,7 +37,7 @@ from mediagen.config import Settings
 DEFAULT_URL = "redis://localhost:6379/0"
 CONNECT_TIMEOUT = 2.0
 SENTINEL_TIMEOUT = 1.0  # one Sentinel's answer (the next is asked when one does not answer)
-# A command that failed on a lost connection is tried again this often, after 0.25 s, 0.5 s...
+# With Sentinel, a command that met a failover is sent again this often, after 0.25 s, 0.5 s...
 RETRIES, RETRY_BASE, RETRY_CAP = 3, 0.25, 2.0
 # Keepalive probes: the first after 10 s of silence, then every 5 s; 3 unanswered: dead.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3

@@ -31,7 +31,10 @@ SENTINEL_PORTS = (26390, 26391, 26392)
 TLS_PORT = 6393
 PLAIN_PORT = 6394
 PROXY_PORT = 6395
+TLS_SENTINEL_DATA_PORT, TLS_SENTINEL_PORT = 6396, 26396
 MASTER = "mymaster"
+# The group's servers and Sentinels ask for passwords, as any in production would.
+DATA_PASSWORD, SENTINEL_PASSWORD = "data-secret", "sentinel-secret"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 BINARY = shutil.which("redis-server") or "redis-server"
@@ -41,44 +44,72 @@ def _start(name: str, args: list[str]) -> Proc:
     return Proc.start(name, [BINARY, *args], TMP / "redis-failover" / f"{name}.log")
 
 
-def _answers(port: int, **tls: Any) -> bool:
+def _answers(port: int, **options: Any) -> bool:
     try:
-        with contextlib.closing(redis.Redis(HOST, port, socket_timeout=1, **tls)) as client:
+        with contextlib.closing(redis.Redis(HOST, port, socket_timeout=1, **options)) as client:
             return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError):
         return False
 
 
-def data_server(port: int, *extra: str) -> Proc:
+def data_server(port: int, *extra: str, password: str = "") -> Proc:
     """A `redis-server` on `port` (nothing kept on disk), answering once this returns."""
     workdir = TMP / "redis-failover" / str(port)
     workdir.mkdir(parents=True, exist_ok=True)
     proc = _start(f"redis-{port}", [
         "--port", str(port), *extra, "--bind", HOST, "--save", "", "--appendonly", "no",
-        "--dir", str(workdir), "--databases", "64"])
+        "--dir", str(workdir), "--databases", "64",
+        *(["--requirepass", password, "--masterauth", password] if password else [])])
     if "--tls-port" not in extra:
-        wait_for(lambda: _answers(port), 10, proc, f"redis-server on {port}")
+        wait_for(lambda: _answers(port, password=password or None), 10, proc,
+                 f"redis-server on {port}")
     return proc
 
 
-def tls_server(directory: Path) -> tuple[Proc, Path]:
-    """A TLS-only Redis on TLS_PORT whose certificate a throwaway CA (trustme) signed: the
-    server and the CA's certificate file (REDIS_TLS_CA_FILE)."""
+def _tls_files(directory: Path) -> tuple[Path, list[str]]:
+    """A throwaway CA (trustme) and a certificate it signed for HOST, written to `directory`:
+    the CA's file (REDIS_TLS_CA_FILE), and the TLS options of a server using them."""
     import trustme
 
     directory.mkdir(parents=True, exist_ok=True)
-    authority = trustme.CA()
-    server_cert = authority.issue_cert(HOST, "localhost")
     ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "key.pem"))
-    authority.cert_pem.write_to_path(str(ca_file))
-    server_cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    server_cert.private_key_pem.write_to_path(str(key_file))
-    proc = data_server(TLS_PORT, "--port", "0", "--tls-port", str(TLS_PORT),
-                       "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
-                       "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no")
+    if not ca_file.exists():
+        authority = trustme.CA()
+        server_cert = authority.issue_cert(HOST, "localhost")
+        authority.cert_pem.write_to_path(str(ca_file))
+        server_cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        server_cert.private_key_pem.write_to_path(str(key_file))
+    return ca_file, ["--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+                     "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"]
+
+
+def _tls_data_server(port: int, directory: Path) -> tuple[Proc, Path]:
+    ca_file, options = _tls_files(directory)
+    proc = data_server(port, "--port", "0", "--tls-port", str(port), "--tls-replication",
+                       "yes", *options)
     tls = {"ssl": True, "ssl_ca_certs": str(ca_file)}
-    wait_for(lambda: _answers(TLS_PORT, **tls), 10, proc, "TLS redis-server")
+    wait_for(lambda: _answers(port, **tls), 10, proc, f"TLS redis-server on {port}")
     return proc, ca_file
+
+
+def tls_server(directory: Path) -> tuple[Proc, Path]:
+    """A TLS-only Redis on TLS_PORT: the server and the CA file that verifies it."""
+    return _tls_data_server(TLS_PORT, directory)
+
+
+def tls_sentinel(directory: Path) -> list[Proc]:
+    """A TLS-only Redis on TLS_SENTINEL_DATA_PORT and a TLS-only Sentinel watching it as
+    MASTER on TLS_SENTINEL_PORT (the certificates of `tls_server`)."""
+    data, _ = _tls_data_server(TLS_SENTINEL_DATA_PORT, directory)
+    _, options = _tls_files(directory)
+    conf = directory / "sentinel.conf"
+    conf.write_text("\n".join([
+        "port 0", f"tls-port {TLS_SENTINEL_PORT}", f"bind {HOST}", f"dir {directory}",
+        "tls-replication yes", f"sentinel monitor {MASTER} {HOST} {TLS_SENTINEL_DATA_PORT} 1",
+        *(f"{name.removeprefix('--')} {value}" for name, value in zip(
+            options[::2], options[1::2], strict=True)), ""]))
+    sentinel = _start("sentinel-tls", [str(conf), "--sentinel"])
+    return [sentinel, data]
 
 
 class SentinelGroup:
@@ -91,14 +122,17 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         first, second = DATA_PORTS
-        self.data[first] = data_server(first)
-        self.data[second] = data_server(second, "--replicaof", HOST, str(first))
+        self.data[first] = data_server(first, password=DATA_PASSWORD)
+        self.data[second] = data_server(second, "--replicaof", HOST, str(first),
+                                        password=DATA_PASSWORD)
         for port in SENTINEL_PORTS:
             conf = TMP / "redis-failover" / f"sentinel-{port}.conf"
             conf.parent.mkdir(parents=True, exist_ok=True)
             conf.write_text("\n".join([
                 f"port {port}", f"bind {HOST}", f"dir {conf.parent}",
                 f"sentinel monitor {MASTER} {HOST} {first} 2",
+                f"sentinel auth-pass {MASTER} {DATA_PASSWORD}",
+                f"requirepass {SENTINEL_PASSWORD}", f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
                 f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
                 f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
                 f"sentinel parallel-syncs {MASTER} 1", ""]))
@@ -110,23 +144,29 @@ class SentinelGroup:
         """Settings for mediagen's processes: through the Sentinels, in a database of the
         caller's own."""
         return {
-            "REDIS_URL": f"redis://{MASTER}/{next(self._databases)}",
+            "REDIS_URL": f"redis://:{DATA_PASSWORD}@{MASTER}/{next(self._databases)}",
             "REDIS_SENTINELS": ",".join(f"{HOST}:{port}" for port in SENTINEL_PORTS),
             "REDIS_SENTINEL_MASTER": MASTER,
+            "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
             **extra,
         }
 
-    def _sentinel(self, port: int = SENTINEL_PORTS[0]) -> redis.Redis:
-        return redis.Redis(HOST, port, socket_timeout=1, decode_responses=True)
+    def sentinel(self, port: int = SENTINEL_PORTS[0]) -> redis.Redis:
+        return redis.Redis(HOST, port, socket_timeout=1, decode_responses=True,
+                           password=SENTINEL_PASSWORD)
+
+    def node(self, port: int, db: int = 0) -> redis.Redis:
+        """A plain client of one of the two servers (whichever role it has now)."""
+        return redis.Redis(HOST, port, db=db, socket_timeout=1, password=DATA_PASSWORD)
 
     def primary_port(self, sentinel: int = SENTINEL_PORTS[0]) -> int:
         """The primary's port, as a Sentinel says."""
-        with contextlib.closing(self._sentinel(sentinel)) as client:
+        with contextlib.closing(self.sentinel(sentinel)) as client:
             _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
         return int(port)
 
     def role(self, port: int) -> str:
-        with contextlib.closing(redis.Redis(HOST, port, socket_timeout=1)) as client:
+        with contextlib.closing(self.node(port)) as client:
             return str(client.execute_command("ROLE")[0].decode())
 
     def wait_healthy(self, timeout: float = 30) -> None:
@@ -141,7 +181,7 @@ class SentinelGroup:
                 if self.role(primary) != "master":
                     return False
                 for port in SENTINEL_PORTS:
-                    with contextlib.closing(self._sentinel(port)) as client:
+                    with contextlib.closing(self.sentinel(port)) as client:
                         state = client.sentinel_master(MASTER)
                         replicas = client.sentinel_slaves(MASTER)
                     if state["num-other-sentinels"] < 2 or state["flags"] != "master":
@@ -181,14 +221,15 @@ class SentinelGroup:
         primary = self.primary_port()
         for port in DATA_PORTS:
             if port not in self.data:
-                self.data[port] = data_server(port, "--replicaof", HOST, str(primary))
+                self.data[port] = data_server(port, "--replicaof", HOST, str(primary),
+                                              password=DATA_PASSWORD)
         self.wait_healthy()
 
     def failover(self) -> int:
         """SENTINEL FAILOVER with both servers up (the primary is demoted, not lost); the new
         primary's port once the old one has turned replica."""
         old = self.primary_port()
-        with contextlib.closing(self._sentinel()) as client:
+        with contextlib.closing(self.sentinel()) as client:
             client.execute_command("SENTINEL", "FAILOVER", MASTER)
         new = self.wait_primary_moved(old)
         wait_for(lambda: self.role(old) == "slave", 20, what=f"{old} demoted")
@@ -196,7 +237,7 @@ class SentinelGroup:
 
     def client(self, db: int | str = 0) -> redis.Redis:
         """A plain client of the primary of the moment (for the test's own checks)."""
-        return redis.Redis(HOST, self.primary_port(), db=int(db))
+        return self.node(self.primary_port(), int(db))
 
     def stop(self) -> None:
         for proc in [*self.sentinels, *self.data.values()]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 
 from tests.redis_failover.servers import PLAIN_PORT, PROXY_PORT, PlainRedis, SilentProxy
-from tests.stack import Stack
+from tests.stack import Stack, app
 from tests.support import submit, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
@@ -21,22 +21,19 @@ HALF_OPEN_RECOVERY = 25
 
 
 @contextlib.contextmanager
-def running(*stacks: Stack) -> Iterator[None]:
+def worker_process(name: str, redis_url: str) -> Iterator[Stack]:
+    stack = Stack(name, {"REDIS_URL": redis_url}).start(api=False)
     try:
-        for stack in stacks:
-            stack.start(api=stack.name.endswith("api"), worker=stack.name.endswith("worker"))
-        yield
+        yield stack
     finally:
-        for stack in stacks:
-            stack.stop()
+        stack.stop()
 
 
-async def completes(url: str, prompt: str, within: float) -> float:
-    """Submit a job to the API at `url`; seconds until it completed."""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as api:
-        started = time.monotonic()
-        job_id = await submit(api, prompt, **SMALL)
-        body = await wait_terminal(api, job_id, within)
+async def completes(api: httpx.AsyncClient, prompt: str, within: float) -> float:
+    """Submit a job; seconds until it completed."""
+    started = time.monotonic()
+    job_id = await submit(api, prompt, **SMALL)
+    body = await wait_terminal(api, job_id, within)
     assert body["status"] == "completed", body
     return time.monotonic() - started
 
@@ -44,13 +41,14 @@ async def completes(url: str, prompt: str, within: float) -> float:
 async def test_the_worker_consumes_again_after_redis_restarts(
     database: str, plain: PlainRedis
 ) -> None:
-    api = Stack("restart-api", {"REDIS_URL": plain.url(1)})
-    worker = Stack("restart-worker", {"REDIS_URL": plain.url(1)})
-    with running(api, worker):
-        await completes(api.url, "before the restart", 30)
-        plain.restart()
-        took = await completes(api.url, "after the restart", 30)
-        assert worker.worker is not None and worker.worker.popen.poll() is None
+    """Redis is killed and started again, empty, under the API (here in this process) and a
+    worker process: both use new connections, and the next job runs at once."""
+    async with app({"REDIS_URL": plain.url(1)}) as api:
+        with worker_process("restart", plain.url(1)) as worker:
+            await completes(api, "before the restart", 30)
+            plain.restart()
+            took = await completes(api, "after the restart", 30)
+            assert worker.worker is not None and worker.worker.popen.poll() is None
     print(f"a job after the restart completed in {took:.1f} s")
 
 
@@ -61,13 +59,12 @@ async def test_a_worker_on_half_open_connections_recovers(
     and its other connections never an answer. Jobs submitted afterwards (the API reaches
     Redis directly) must still run, on connections the worker made again."""
     proxy = SilentProxy(PROXY_PORT, PLAIN_PORT)
-    api = Stack("half-api", {"REDIS_URL": plain.url(2)})
-    worker = Stack("half-worker", {"REDIS_URL": plain.url(2, PROXY_PORT)})
     try:
-        with running(api, worker):
-            await completes(api.url, "before the silence", 30)
-            proxy.cut()
-            took = await completes(api.url, "after the silence", HALF_OPEN_RECOVERY)
+        async with app({"REDIS_URL": plain.url(2)}) as api:
+            with worker_process("half-open", plain.url(2, PROXY_PORT)):
+                await completes(api, "before the silence", 30)
+                proxy.cut()
+                took = await completes(api, "after the silence", HALF_OPEN_RECOVERY)
     finally:
         proxy.stop()
     print(f"a job after the silence completed in {took:.1f} s")

@@ -17,7 +17,7 @@ import redis
 
 from mediagen import redis_clients
 from tests.jobs.test_events import open_events, statuses
-from tests.redis_failover.servers import HOST, SENTINEL_PORTS, SentinelGroup
+from tests.redis_failover.servers import HOST, SentinelGroup
 from tests.stack import Stack, settings_with
 from tests.support import submit, wait_terminal
 
@@ -45,12 +45,13 @@ def db_of(stack: Stack) -> int:
     return int(stack.redis_url.rsplit("/", 1)[1])
 
 
-def no_redis_errors(stack: Stack) -> None:
-    """Neither process logged a Redis error it could not get over (a READONLY that leaked)."""
+def no_redis_errors(stack: Stack, *also: str) -> None:
+    """Neither process logged a Redis error it could not get over (a READONLY that leaked, a
+    consumer that died), nor any of `also`."""
     for proc in stack.procs():
         text = proc.log.read_text(errors="replace")
-        assert "READONLY" not in text, proc.tail(60)
-        assert "Unrecoverable error" not in text, proc.tail(60)
+        for leak in ("READONLY", "UNBLOCKED", "Unrecoverable error", *also):
+            assert leak not in text, proc.tail(60)
 
 
 async def test_submit_and_events_go_through_sentinel(
@@ -62,51 +63,6 @@ async def test_submit_and_events_go_through_sentinel(
     assert statuses(events)[-1] == "completed", events
     with contextlib.closing(sentinel_group.client(db_of(live))) as primary:
         assert primary.exists(f"mediagen:events:{job_id}")  # written on the primary
-
-
-async def test_a_demoted_primary_leaks_no_readonly(
-    api: httpx.AsyncClient, live: Stack, sentinel_group: SentinelGroup
-) -> None:
-    """SENTINEL FAILOVER, then the old primary turned replica at once and its clients left
-    connected (Sentinel itself would disconnect them, seconds later): every connection the
-    processes hold to it now answers READONLY to writes."""
-    sentinel_group.restore()
-    settings = settings_with(live.env)
-    sync = redis_clients.sync_client(settings, "test-sync")
-    async_ = redis_clients.async_client(settings, "test-async")
-    try:
-        sync.set("before", 1)  # each client holds a connection to the old primary
-        await async_.set("before", 1)
-        old = sentinel_group.primary_port()
-        with contextlib.closing(redis.Redis(HOST, old, db=db_of(live))) as old_primary:
-            assert old_primary.exists("before")
-            new = await asyncio.to_thread(_fail_over_keeping_clients, sentinel_group)
-            assert new != old
-            with pytest.raises(redis.ReadOnlyError):
-                old_primary.set("probe", 1)  # a plain client of the old primary: READONLY
-        # The processes' connections were to the old primary: they follow, no error.
-        job_ids = [await submit(api, f"after the demotion {n}", **SMALL) for n in range(5)]
-        for job_id in job_ids:
-            assert (await wait_terminal(api, job_id, 30))["status"] == "completed"
-        sync.set("after", 2)
-        await async_.set("after", 2)
-        with contextlib.closing(redis.Redis(HOST, new, db=db_of(live))) as new_primary:
-            assert all(new_primary.exists(f"mediagen:events:{j}") for j in job_ids)
-            assert new_primary.get("after") == b"2"
-    finally:
-        sync.close()
-        await async_.aclose()
-    no_redis_errors(live)
-
-
-def _fail_over_keeping_clients(group: SentinelGroup) -> int:
-    old = group.primary_port()
-    with contextlib.closing(redis.Redis(HOST, SENTINEL_PORTS[0])) as sentinel:
-        sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
-    new = group.wait_primary_moved(old)
-    with contextlib.closing(redis.Redis(HOST, old)) as demoted:
-        demoted.execute_command("REPLICAOF", HOST, str(new))  # what Sentinel does later
-    return new
 
 
 async def test_the_worker_follows_a_killed_primary(
@@ -128,6 +84,52 @@ async def test_the_worker_follows_a_killed_primary(
     print(f"promotion {promoted_after:.1f} s after the kill; job done "
           f"{time.monotonic() - started:.1f} s after it")
     no_redis_errors(live)
+
+
+async def test_a_demoted_primary_leaks_no_readonly(
+    api: httpx.AsyncClient, live: Stack, sentinel_group: SentinelGroup
+) -> None:
+    """SENTINEL FAILOVER, then the old primary turned replica at once and its clients left
+    connected (Sentinel itself would disconnect them, seconds later): every connection the
+    processes hold to it now answers READONLY to writes."""
+    sentinel_group.restore()
+    settings = settings_with(live.env)
+    sync = redis_clients.sync_client(settings, "test-sync")
+    async_ = redis_clients.async_client(settings, "test-async")
+    try:
+        sync.set("before", 1)  # each client holds a connection to the old primary
+        await async_.set("before", 1)
+        old = sentinel_group.primary_port()
+        with contextlib.closing(sentinel_group.node(old, db_of(live))) as old_primary:
+            assert old_primary.exists("before")
+            new = await asyncio.to_thread(_fail_over_keeping_clients, sentinel_group)
+            assert new != old
+            with pytest.raises(redis.ReadOnlyError):
+                old_primary.set("probe", 1)  # a plain client of the old primary: READONLY
+        # The processes' connections were to the old primary: they follow, no error.
+        job_ids = [await submit(api, f"after the demotion {n}", **SMALL) for n in range(5)]
+        for job_id in job_ids:
+            assert (await wait_terminal(api, job_id, 30))["status"] == "completed"
+        sync.set("after", 2)
+        await async_.set("after", 2)
+        with contextlib.closing(sentinel_group.node(new, db_of(live))) as new_primary:
+            assert all(new_primary.exists(f"mediagen:events:{j}") for j in job_ids)
+            assert new_primary.get("after") == b"2"
+    finally:
+        sync.close()
+        await async_.aclose()
+    # Nothing failed on the way: no batch of the outbox was left to the sweeper.
+    no_redis_errors(live, "previous master is now a slave", "not published")
+
+
+def _fail_over_keeping_clients(group: SentinelGroup) -> int:
+    old = group.primary_port()
+    with contextlib.closing(group.sentinel()) as sentinel:
+        sentinel.execute_command("SENTINEL", "FAILOVER", "mymaster")
+    new = group.wait_primary_moved(old)
+    with contextlib.closing(group.node(old)) as demoted:
+        demoted.execute_command("REPLICAOF", HOST, str(new))  # what Sentinel does later
+    return new
 
 
 async def _submit_retrying(api: httpx.AsyncClient, prompt: str) -> str:
