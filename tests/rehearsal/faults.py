@@ -3,8 +3,8 @@ service is whole again (`wait_recovered`), bounded by RECOVERY_TIMEOUT:
 
 1. worker-1 host killed (its worker and beat, SIGKILL), started again 10 s later;
 2. worker-2 cut off from Redis (primary, replica, Sentinels) for 30 s, packets dropped;
-3. the Redis primary killed (SIGKILL): the Sentinels promote the replica; the old primary is
-   started again as a replica of the new one;
+3. the Redis primary killed (SIGKILL): the Sentinels promote the replica; once the service
+   recovered without it, the old primary is started again as a replica of the new one;
 4. Postgres restarted: fast shutdown, down PG_DOWN seconds, started again;
 5. api-2 host killed (SIGKILL): HAProxy takes it out; started again once recovered.
 
@@ -195,9 +195,17 @@ async def kill_redis_primary(run: Run, fault: Fault) -> None:
     await _until(promoted, 60, "the Sentinels to promote the replica")
     fault.ended = time.time()
     fault.notes.append(f"{replica} promoted after {fault.ended - fault.started:.1f} s")
-    await asyncio.to_thread(node.restart_as_replica_of, replica)
-    synced = await asyncio.to_thread(redis_ha.wait_settled, replica, primary, 60)
-    fault.notes.append(f"old primary back as its replica {synced:.1f} s after restart")
+
+
+async def restore_redis_replica(run: Run, fault: Fault) -> None:
+    """After the recovery (the old primary may stay away long: the service must not need
+    it): the old primary started again, as a replica of the new one."""
+    primary = await asyncio.to_thread(redis_ha.master)
+    assert primary is not None, "no Redis primary named by the Sentinels"
+    old = next(host for host in run.cluster.redis if host != primary)
+    await asyncio.to_thread(run.cluster.redis[old].restart_as_replica_of, primary)
+    synced = await asyncio.to_thread(redis_ha.wait_settled, primary, old, 60)
+    fault.notes.append(f"old primary back as its replica {synced:.1f} s after its restart")
 
 
 async def restart_postgres(run: Run, fault: Fault) -> None:
@@ -255,7 +263,12 @@ FAULTS: list[tuple[str, str, Step, Step | None]] = [
         None,
     ),
     ("F2", "worker-2 cut off from Redis for 30 s (iptables DROP)", cut_worker, None),
-    ("F3", "Redis primary killed (SIGKILL), Sentinel failover", kill_redis_primary, None),
+    (
+        "F3",
+        "Redis primary killed (SIGKILL), Sentinel failover",
+        kill_redis_primary,
+        restore_redis_replica,
+    ),
     ("F4", f"Postgres restarted (fast shutdown, {PG_DOWN:g} s down)", restart_postgres, None),
     ("F5", "api-2 host killed (SIGKILL), HAProxy takes it out", kill_api_host, restart_api_host),
 ]
