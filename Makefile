@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
         bench-e2e bench-inflight bench-observability bench-prune compose-check ping fuzz chaos \
-        screenshots clean
+        rehearsal screenshots clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -53,6 +53,10 @@ fuzz: setup ## schemathesis over the OpenAPI schema with a random seed (a live A
 
 chaos: setup ## Crash, outage and fault scenarios against real processes (not part of `make test`)
 	$(PY) -m tests.chaos
+
+rehearsal: setup ## Multi-host rehearsal with faults on loopback addresses (root; not part of `make test`)
+	scripts/ensure-rehearsal-tools.sh
+	$(PY) -m tests.rehearsal $(ARGS)
 
 screenshots: setup ## The web page's browser tests, copying their screenshots to docs/images/
 	scripts/ensure-services.sh

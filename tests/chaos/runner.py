@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from tests.chaos.measure import (
     task_errors,
 )
 from tests.chaos.measure import worker_redeliveries as redeliveries
-from tests.chaos.procs import stop_all
+from tests.chaos.procs import Proc, stop_all
 from tests.chaos.scenarios import Context, Scenario
 from tests.chaos.stack import Stack, Timings
 
@@ -60,12 +60,20 @@ async def supervise(ctx: Context, stop: asyncio.Event) -> None:
     its own (not killed by the scenario), so the rest of the recovery can still be measured.
     Each such exit is recorded, and is a broken promise: `mediagen worker` and `make run`
     have no supervisor."""
+    await keep_running(lambda: ctx.app.procs, ctx.planned, ctx.exits, stop)
+
+
+async def keep_running(
+    procs: Callable[[], list[Proc]], planned: set[str], exits: list[str], stop: asyncio.Event
+) -> None:
+    """Until `stop`: every process of `procs()` not named in `planned` (down on purpose) that
+    exited is started again, and its exit recorded in `exits` (at most 12)."""
     while not stop.is_set():
-        for proc in ctx.app.procs:
-            if proc.name in ctx.planned or proc.alive() or len(ctx.exits) >= 12:
+        for proc in procs():
+            if proc.name in planned or proc.alive() or len(exits) >= 12:
                 continue
             code = proc.popen.returncode if proc.popen else None
-            ctx.exits.append(f"{proc.name} exited ({code}): {last_error(proc.log)}")
+            exits.append(f"{proc.name} exited ({code}): {last_error(proc.log)}")
             await asyncio.to_thread(proc.stop, 5)
             proc.start()
         with contextlib.suppress(TimeoutError):

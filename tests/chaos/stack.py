@@ -69,6 +69,27 @@ class Timings:
         )
 
 
+async def wait_worker(redis_url: str, worker: Proc, timeout: float = 60) -> None:
+    """Until the worker's main process has written its heartbeat (after `worker_ready`)."""
+    client = aioredis.from_url(redis_url, socket_timeout=2)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if not worker.alive():
+                last = (worker.tail(1) or "no output").strip()
+                raise RuntimeError(f"{worker.name} exited at start ({worker.log}): {last}")
+            try:
+                members = await client.zrange(WORKERS, 0, -1)
+            except (aioredis.ConnectionError, OSError):
+                members = []
+            if any(m.decode().endswith(f":{worker.pid}") for m in members):
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{worker.name} did not report in within {timeout:g}s")
+    finally:
+        await client.aclose()
+
+
 def clean_environ() -> dict[str, str]:
     """os.environ without any mediagen setting or test override (pytest's conftest sets some)."""
     settings = {name.upper() for name in Settings.model_fields}
@@ -250,24 +271,7 @@ class Stack:
         )
 
     async def worker_ready(self, worker: Proc, timeout: float = 60) -> None:
-        """Until the worker's main process has written its heartbeat (after `worker_ready`)."""
-        client = aioredis.from_url(self.redis.url, socket_timeout=2)
-        try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while asyncio.get_running_loop().time() < deadline:
-                if not worker.alive():
-                    last = (worker.tail(1) or "no output").strip()
-                    raise RuntimeError(f"{worker.name} exited at start ({worker.log}): {last}")
-                try:
-                    members = await client.zrange(WORKERS, 0, -1)
-                except (aioredis.ConnectionError, OSError):
-                    members = []
-                if any(m.decode().endswith(f":{worker.pid}") for m in members):
-                    return
-                await asyncio.sleep(0.2)
-            raise TimeoutError(f"{worker.name} did not report in within {timeout:g}s")
-        finally:
-            await client.aclose()
+        await wait_worker(self.redis.url, worker, timeout)
 
     async def restart(self, proc: Proc) -> None:
         """Start `proc` again (after a crash or a stop) and wait until it serves."""

@@ -303,7 +303,9 @@ async def test_a_duplicate_completion_of_a_running_attempt_counts_once(main: Sta
                 break
     assert outcomes in (["dispatched", "duplicate"], ["duplicate", "recorded"]), outcomes
     assert final["status"] == "failed" and "first answer wins" in final["error"]
-    assert final["attempts"] == 1
+    # The attempt that met both answers is the last: the duplicate started no other. (On a
+    # loaded machine an attempt before it may have timed out, so it need not be the first.)
+    assert final["attempts"] == job["attempts"] >= 1
 
 
 # --- busy, cancel -----------------------------------------------------------------------------
