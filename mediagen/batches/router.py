@@ -68,13 +68,23 @@ async def create_batch(
     for _ in body.jobs:  # a batch counts as many submissions as it has jobs
         state.rate_limiter.check(owner)
 
-    async def create() -> dict[str, Any]:
+    async def create(batch_id: uuid.UUID) -> dict[str, Any]:
         batch = await service.create_batch(
-            body, state.settings, state.outbox, owner, state.catalog, schemas=state.input_schemas
+            body,
+            state.settings,
+            state.outbox,
+            owner,
+            state.catalog,
+            schemas=state.input_schemas,
+            batch_id=batch_id,
         )
         return batch.model_dump(mode="json")
 
-    return await created(owner, idempotency_key, body, create, IDEMPOTENCY_SCOPE)
+    async def recall(batch_id: uuid.UUID) -> dict[str, Any] | None:
+        batch = await service.find_batch(batch_id, owner)
+        return batch.model_dump(mode="json") if batch else None
+
+    return await created(owner, idempotency_key, body, create, recall, IDEMPOTENCY_SCOPE)
 
 
 @router.get(

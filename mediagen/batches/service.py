@@ -46,15 +46,17 @@ async def create_batch(
     owner: ApiKey | None = None,
     catalog: Catalog | None = None,
     schemas: InputSchemas | None = None,
+    batch_id: uuid.UUID | None = None,
 ) -> BatchDetail:
     """Accept every job of the batch or none (module docstring); durable once this returns.
-    `schemas`: the process's input schemas, which Cog jobs' inputs are checked against."""
+    `schemas`: the process's input schemas, which Cog jobs' inputs are checked against;
+    `batch_id`: its id (reserved by an Idempotency-Key's claim), else a new one."""
     admission = Admission(settings, owner, catalog or get_catalog(), batch=True, schemas=schemas)
     if request.webhook is not None:
         await admission.webhook(request.webhook)
     jobs = [await admission.job(entry, index) for index, entry in enumerate(request.jobs)]
     jobs = await admission.inputs(jobs)
-    batch_id = uuid.uuid4()
+    batch_id = batch_id or uuid.uuid4()
     created_at = await repo.insert(
         batch_id,
         jobs,
@@ -106,12 +108,18 @@ def detail_of(row: Mapping[str, Any]) -> BatchDetail:
     )
 
 
+async def find_batch(batch_id: uuid.UUID, owner: ApiKey | None) -> BatchDetail | None:
+    """The batch if `owner` created it, else None."""
+    row = await repo.get_owned(batch_id, owner_id(owner))
+    return None if row is None else detail_of(row)
+
+
 async def get_batch(batch_id: uuid.UUID, owner: ApiKey | None) -> BatchDetail:
     """The batch if `owner` created it: another key's batch is "not found", never "forbidden"."""
-    row = await repo.get_owned(batch_id, owner_id(owner))
-    if row is None:
+    batch = await find_batch(batch_id, owner)
+    if batch is None:
         raise NotFoundError(f"batch {batch_id} not found")
-    return detail_of(row)
+    return batch
 
 
 async def cancel_batch(batch_id: uuid.UUID, outbox: Outbox, owner: ApiKey | None) -> BatchDetail:

@@ -83,9 +83,12 @@ class Admission:
             await notify.check_webhook(url, self.settings, self.owner)
             self._checked.add(url)
 
-    async def job(self, request: GenerateRequest, index: int = 0) -> NewJob:
+    async def job(
+        self, request: GenerateRequest, index: int = 0, job_id: uuid.UUID | None = None
+    ) -> NewJob:
         """The job `request` asks for (entry `index` of a batch), once its model, priority and
-        webhook passed, as the inserts write it; nothing is stored yet."""
+        webhook passed, as the inserts write it (under `job_id`, or a new id); nothing is
+        stored yet."""
         with self._entry(index):
             route = self.catalog.route(request.model)
             parameters = await self._parameters(route, request, index)
@@ -93,7 +96,7 @@ class Admission:
             if request.webhook is not None:
                 await self.webhook(request.webhook)
         return NewJob(
-            id=uuid.uuid4(),
+            id=job_id or uuid.uuid4(),
             prompt=request.prompt,
             parameters=parameters,
             model=self.catalog.job_model(route, request.model),

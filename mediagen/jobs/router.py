@@ -77,25 +77,27 @@ async def created(
     owner: ApiKey | None,
     key: str | None,
     body: BaseModel,
-    create: Callable[[], Awaitable[dict[str, Any]]],
+    create: Callable[[uuid.UUID], Awaitable[dict[str, Any]]],
+    recall: idempotency.Recall,
     endpoint: str = "",
 ) -> Response:
-    """The 201 of a creating request: `create()`'s answer, or, for a key seen before with the
-    same body, the first answer again (`Idempotent-Replayed: true`) and nothing created."""
+    """The 201 of a creating request: `create(id)`'s answer, or, for a key seen before with the
+    same body, the first answer again (`Idempotent-Replayed: true`) and nothing created.
+    `recall(id)`: the answer of what was created under `id`, if it exists (`idempotency`)."""
     if key is None:
-        return service.json_response(await create(), 201)
+        return service.json_response(await create(uuid.uuid4()), 201)
     body_hash = idempotency.fingerprint(body.model_dump(mode="json"))
-    replay = await idempotency.claim(owner, key, body_hash, endpoint)
-    if replay is not None:
-        response = service.json_response(replay, 201)
+    claimed = await idempotency.claim(owner, key, body_hash, recall, endpoint)
+    if claimed.replay is not None:
+        response = service.json_response(claimed.replay, 201)
         response.headers["Idempotent-Replayed"] = "true"
         return response
     try:
-        answer = await create()
+        answer = await create(claimed.resource_id)
     except BaseException:
-        await idempotency.release(owner, key, endpoint)
+        await idempotency.release(owner, key, claimed, endpoint)
         raise
-    await idempotency.complete(owner, key, answer, endpoint)
+    await idempotency.complete(owner, key, claimed, answer, endpoint)
     return service.json_response(answer, 201)
 
 
@@ -135,13 +137,23 @@ async def generate(
     state = request.app.state
     state.rate_limiter.check(owner)
 
-    async def create() -> dict[str, Any]:
-        job_id = await service.create_job(
-            body, state.settings, state.outbox, owner, state.catalog, schemas=state.input_schemas
+    async def create(job_id: uuid.UUID) -> dict[str, Any]:
+        await service.create_job(
+            body,
+            state.settings,
+            state.outbox,
+            owner,
+            state.catalog,
+            schemas=state.input_schemas,
+            job_id=job_id,
         )
         return service.accepted_body(job_id)
 
-    return await created(owner, idempotency_key, body, create)
+    async def recall(job_id: uuid.UUID) -> dict[str, Any] | None:
+        exists = await repo.status_row(job_id, owner_id(owner)) is not None
+        return service.accepted_body(job_id) if exists else None
+
+    return await created(owner, idempotency_key, body, create, recall)
 
 
 @router.get(

@@ -56,8 +56,10 @@ async def create_job(
     catalog: Catalog | None = None,
     surface: tuple[str, str] | None = None,
     schemas: InputSchemas | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """Accept a job (durable once this returns) and have it dispatched after the commit. Its
+    """Accept a job (durable once this returns) and have it dispatched after the commit; its id
+    is `job_id` if given (reserved by an Idempotency-Key's claim), else a new one. Its
     `model` picks its route in `catalog` (422 if none): the provider its row records, and the
     public name it keeps (`Catalog.job_model`); the other checks are `admission`'s (`schemas`:
     the process's input schemas, which a Cog job's inputs are checked against). `surface`: the
@@ -66,7 +68,7 @@ async def create_job(
     catalog = catalog or get_catalog()
     field = "parameters" if surface is None else "input"
     admission = Admission(settings, owner, catalog, schemas=schemas, field=field)
-    job = await admission.job(request)
+    job = await admission.job(request, job_id=job_id)
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
     [job] = await admission.inputs([job])
     created_at = await repo.insert(
