@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 
 TTL = timedelta(hours=24)
 # An unanswered claim older than this was left by a process that died. A submission does no
-# network work but its own Postgres statements and, for `data:` inputs, storage writes (the S3
-# client's upload retries end within about 6 minutes); no load balancer waits longer than that
-# for a POST either. Until then a twin answers 409 (the client library retries it).
+# network work but its own Postgres statements and, for `data:` inputs, storage writes (one
+# write's S3 retries end within about 6 minutes; only a batch of many inline files against a
+# failing store could take longer). Until then a twin answers 409 (the client library retries
+# it). Hosts' clocks must agree to well within this (the claim's time is the claimer's).
 CLAIM_ABANDONED_AFTER = timedelta(minutes=10)
 
 # The answer a creation gave, rebuilt from what it created (its reserved id), or None if it
