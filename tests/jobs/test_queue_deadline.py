@@ -38,10 +38,12 @@ from mediagen.keys import service as keys
 from mediagen.keys.cli import _queue_seconds as queue_seconds
 from mediagen.keys.models import ApiKey
 from mediagen.notify import DELIVER_TASK
+from mediagen.providers.cog import slots as cog_slots
 from mediagen.worker import Worker
 from tests.conftest import ROOT
 from tests.receiver import Receiver, receiving
 from tests.stack import InProcess, _decode, in_process
+from tests.support import free_port
 
 SMALL = {"width": 64, "height": 64}
 GLOBAL_DEFAULT = 3600  # MAX_QUEUE_SECONDS of this module's application
@@ -57,6 +59,12 @@ max_queue_seconds = 600
 [models."acme/hasty"]
 provider = "builtin"
 max_queue_seconds = 1
+
+[models."acme/gpu"]
+provider = "cog"
+[[models."acme/gpu".endpoints]]
+url = "http://127.0.0.1:{port}"
+slots = 1
 """
 
 
@@ -104,7 +112,7 @@ def receiver() -> Iterator[Receiver]:
 async def stack(database: str, receiver: Receiver,
                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deadlines]:
     models = tmp_path_factory.mktemp("deadline") / "models.toml"
-    models.write_text(MODELS)
+    models.write_text(MODELS.format(port=free_port()))  # (no Cog server answers there)
     env = {"MODELS_FILE": str(models), "MAX_QUEUE_SECONDS": str(GLOBAL_DEFAULT),
            "MAX_JOBS_IN_FLIGHT": "2", "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
            "KEY_CACHE_SECONDS": "0"}
@@ -208,6 +216,28 @@ async def test_a_batch_whose_jobs_time_out_is_settled(stack: Deadlines) -> None:
         assert settled["counts"]["failed"] == 2
         for job_id in batch["job_ids"]:
             assert timed_out(await detail(client, str(job_id)))
+
+
+async def test_a_cog_job_waiting_for_a_slot_times_out_and_leaves_the_queue(
+        stack: Deadlines) -> None:
+    """A Cog model whose one slot another job holds: the job waits in the model's queue, and
+    its timeout takes it out of the queue (the slot's next job is not held behind it)."""
+    [endpoint] = stack.app.app.state.catalog.route("acme/gpu").endpoints
+    held, waiting = cog_slots.held_key(endpoint), cog_slots.wait_key("acme/gpu")
+    await stack.redis.zadd(held, {"another-job": (time.time() + 600) * 1000})
+    try:
+        async with await stack.as_key() as client:
+            job = await submit(client, model="acme/gpu", parameters={}, max_queue_seconds=1)
+            await stack.worker.start(job)  # no free slot: it waits, pending, in the queue
+            assert (await detail(client, job))["status"] == "pending"
+            assert await stack.redis.zscore(waiting, job) is not None
+            await past(job)
+            await stack.worker.sweep()
+            assert timed_out(await detail(client, job))
+            assert await stack.redis.zscore(waiting, job) is None
+            assert await stack.redis.zscore(held, "another-job") is not None
+    finally:
+        await stack.redis.delete(held)
 
 
 async def test_the_start_step_refuses_a_job_whose_deadline_passed(stack: Deadlines) -> None:
