@@ -104,7 +104,7 @@ class Job(Model):
             Index(fields=("batch_id",), name="jobs_batch_idx"),
             # Retention (partial indexes, made in migration 0012): completed jobs by
             # `expires_at`, finished jobs by `completed_at`. Pending jobs by `queue_deadline`
-            # (partial, made in migration 0016).
+            # (partial, made in migration 0017_queue_deadline).
         )
 
     def __str__(self) -> str:

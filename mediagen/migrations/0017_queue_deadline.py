@@ -11,7 +11,7 @@ QUEUE_DEADLINE_INDEX = [
 
 
 class Migration(migrations.Migration):
-    dependencies = [('jobs', '0015_job_output')]
+    dependencies = [('jobs', '0016_idempotency_resource')]
 
     initial = False
 
