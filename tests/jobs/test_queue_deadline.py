@@ -294,6 +294,13 @@ async def test_the_job_wins_then_the_key_then_the_model_then_the_setting(
         mine = await submit(keyed, model="acme/patient", max_queue_seconds=45)
         assert waits(await detail(keyed, mine)) == 45
         assert waits(await detail(keyed, await submit(keyed, model="acme/hasty"))) == 300
+    # `/v1` predictions have no field of their own: the key's default, else the model's.
+    async with await stack.as_key() as plain, await stack.as_key(300) as keyed:
+        for client, expected in ((plain, 600), (keyed, 300)):
+            created = await client.post("/v1/predictions", json={
+                "version": "acme/patient", "input": {"prompt": "p", **SMALL}})
+            assert created.status_code == 201, created.text
+            assert waits(await detail(client, created.json()["id"])) == expected
 
 
 async def test_the_key_default_and_the_model_default_each_time_out(stack: Deadlines) -> None:
