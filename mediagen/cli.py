@@ -9,7 +9,7 @@ mediagen migrate   apply pending database migrations (safe to run from several r
                    at once: they take turns)
 mediagen worker-check  exit 0 if a worker on this host is healthy (fresh heartbeat, broker
                    answers), else 1; one line says why (an exec probe)
-mediagen keys      create | list | revoke | adopt | set-priority | delete API keys
+mediagen keys      create | list | revoke | adopt | set-priority | set-max-queue | delete
 mediagen usage     jobs, run seconds and bytes stored per day, model or key (all keys)
 mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
 
@@ -326,13 +326,25 @@ def _parser() -> argparse.ArgumentParser:
         choices=PRIORITIES,
         help="the highest job priority the key may ask for (default: DEFAULT_MAX_PRIORITY)",
     )
-    actions.add_parser("list", help="list keys (prefix, name, created, revoked, max priority)")
+    actions.add_parser(
+        "list", help="list keys (prefix, name, created, revoked, max priority, max queue)"
+    )
     set_priority = actions.add_parser(
         "set-priority", help="change the highest job priority a key may ask for"
     )
     set_priority.add_argument("key", help="the key's id or its `mg_...` prefix")
     set_priority.add_argument(
         "priority", choices=(*PRIORITIES, "default"), help="`default`: DEFAULT_MAX_PRIORITY"
+    )
+    set_max_queue = actions.add_parser(
+        "set-max-queue",
+        help="change how long the key's jobs may wait to start when they do not say "
+        "(max_queue_seconds)",
+    )
+    set_max_queue.add_argument("key", help="the key's id or its `mg_...` prefix")
+    set_max_queue.add_argument(
+        "seconds",
+        help="seconds (1 to 604800), or `default`: the model's default, else MAX_QUEUE_SECONDS",
     )
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="the key's id or its `mg_...` prefix")

@@ -14,6 +14,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest wait before a start a job, a key or a model may set (`max_queue_seconds`).
+MAX_QUEUE_SECONDS_LIMIT = 7 * 24 * 3600
+
 
 class Settings(BaseSettings):
     # `.mediagen/embedded.env` is written by `mediagen run` while it runs embedded servers, so
@@ -72,6 +75,9 @@ class Settings(BaseSettings):
     retry_delay: float = Field(60.0, ge=0)
     retry_max_delay: float = Field(900.0, ge=0)
     job_timeout: float = Field(3600.0, gt=0)
+    # Seconds a job may wait to start (still pending) before it fails with `queue_timeout`,
+    # unless the job, its key or its model says otherwise; 0: no limit.
+    max_queue_seconds: int = Field(0, ge=0, le=MAX_QUEUE_SECONDS_LIMIT)
     poll_interval: float = Field(2.0, gt=0)
     builtin_latency: float = Field(0.0, ge=0, le=3600)
     builtin_fault_injection: bool = False

@@ -44,6 +44,8 @@ class NewJob:
     input_files: Sequence[str] | None = None
     webhook: str | None = None
     webhook_events: Sequence[str] = ()
+    # How long it may wait to start (its own, its key's or its model's; None: no limit).
+    max_queue_seconds: int | None = None
 
 
 def plan_shards(
@@ -86,13 +88,15 @@ WITH counted AS (
     INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
                       attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at,
                       request_id, traceparent, priority, retention_seconds, batch_id,
-                      batch_index, input_files)
+                      batch_index, input_files, queue_deadline)
     SELECT j.id, '{JobStatus.PENDING}', j.prompt, j.parameters::jsonb, j.model, j.provider, $4,
            '[]'::jsonb, 0, 0, j.shard, now(), now() + (j.n - 1) * interval '1 microsecond',
-           now(), $7, $8, j.priority, j.retention, $3, j.n - 1, j.input_files::jsonb
+           now(), $7, $8, j.priority, j.retention, $3, j.n - 1, j.input_files::jsonb,
+           now() + make_interval(secs => j.max_queue)
     FROM unnest($9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[],
-                $15::text[], $16::int[], $17::text[]) WITH ORDINALITY
-         AS j(id, prompt, parameters, model, provider, shard, priority, retention, input_files, n)
+                $15::text[], $16::int[], $17::text[], $20::int[]) WITH ORDINALITY
+         AS j(id, prompt, parameters, model, provider, shard, priority, retention, input_files,
+              max_queue, n)
     RETURNING id
 ), hooked AS (
     INSERT INTO job_webhooks (id, job_id, url, events, created_at)
@@ -153,6 +157,7 @@ async def insert(
             ],
             [job.webhook for job in jobs],
             [orjson.dumps(list(job.webhook_events)).decode() for job in jobs],
+            [job.max_queue_seconds for job in jobs],
         )
     return created
 

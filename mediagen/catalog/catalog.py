@@ -8,7 +8,8 @@ runs it: built-in, Replicate (optionally under another name, `ref`), or self-hos
 (their endpoints, each with its slots, the deadline after which a started prediction whose
 completion never arrived is retried, and optionally the model's input schema: the
 `openapi.json` that `cog build` writes, a path relative to the models file, for servers that
-publish none; `mediagen.catalog.schemas`).
+publish none; `mediagen.catalog.schemas`). Any entry may set `max_queue_seconds`: how long its
+jobs may wait to start, unless the job or its key says.
 
     [models."acme/fox"]
     provider = "cog"
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mediagen.catalog.schemas import read_schema
-from mediagen.config import Settings, get_settings
+from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, Settings, get_settings
 from mediagen.errors import MediagenError
 
 # What `model` may look like (the request's rule, and a models file's names and refs):
@@ -76,6 +77,9 @@ class ModelRoute:
     ref: str | None = None  # Replicate: the model (or version) asked for instead of `name`
     default: bool = False
     listed: bool = True
+    # How long its jobs may wait to start when neither they nor their key say (None: the
+    # MAX_QUEUE_SECONDS setting); any provider.
+    max_queue_seconds: int | None = None
     # Cog: the model's input schema from the models file (`schema`), read at start-up; None:
     # its servers' own, if they publish one (`mediagen.catalog.listing.InputSchemas`).
     input_schema: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -127,6 +131,7 @@ class _ModelEntry(BaseModel):
     deadline: float = Field(DEFAULT_DEADLINE, gt=0, le=7 * 24 * 3600)
     ref: ModelName | None = None
     default: bool = False
+    max_queue_seconds: int | None = Field(None, ge=1, le=MAX_QUEUE_SECONDS_LIMIT)
     # `schema` in the file: the path of the model's openapi.json, relative to the file.
     schema_path: str | None = Field(None, alias="schema", min_length=1, max_length=4096)
 
@@ -335,6 +340,7 @@ def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
             deadline=entry.deadline,
             ref=entry.ref,
             default=entry.default,
+            max_queue_seconds=entry.max_queue_seconds,
             input_schema=_schema(path, name, entry.schema_path),
         )
         for name, entry in checked.models.items()

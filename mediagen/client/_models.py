@@ -16,10 +16,10 @@ from typing import Any, Protocol
 from mediagen.client._errors import MediagenError
 from mediagen.client._states import TERMINAL
 
-# progress(event_name, data): "status" events carry {job_id, status, retry_count, error, attempts,
-# result_url, output}, "progress" events {current, total, percent}, "output" events (a model
-# that streams) {job_id, attempt, output: [new chunks], offset}. The async client also awaits a
-# callback that returns an awaitable.
+# progress(event_name, data): "status" events carry {job_id, status, retry_count, error,
+# error_code, attempts, result_url, output}, "progress" events {current, total, percent},
+# "output" events (a model that streams) {job_id, attempt, output: [new chunks], offset}. The
+# async client also awaits a callback that returns an awaitable.
 ProgressCallback = Callable[[str, dict[str, Any]], object]
 
 
@@ -126,6 +126,7 @@ class Job:
     model: str | None = None
     provider: str | None = None
     error: str | None = None
+    error_code: str | None = None  # what kind of failure: `queue_timeout` (waited too long)
     outputs: list[Output] = field(default_factory=list)
     # What the model returned, in its shape: text, a number, a list, a dict, each file in it as
     # its URL (an image model: the list of its files' URLs); while it streams, the chunks so far.
@@ -159,6 +160,7 @@ class Job:
             model=data.get("model"),
             provider=data.get("provider"),
             error=data.get("error"),
+            error_code=data.get("error_code"),
             outputs=[
                 Output(str(o["url"]), o.get("content_type"), o.get("size"))
                 for o in data.get("outputs") or []

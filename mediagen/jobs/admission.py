@@ -6,7 +6,8 @@ Before: its model is routed in the catalog (422 if this service does not run it)
 pass its model's rules (422 `validation_error`, each input by the model's own name: the
 built-in generator's `GenerationParameters`, defaults filled in; a Cog model's schema where it
 is known, `mediagen.catalog.schemas`, and nothing added: the job keeps exactly the caller's
-inputs), its priority is within the caller's ceiling (403), its webhook is one we can sign and
+inputs), its priority is within the caller's ceiling (403), its wait before a start is bounded
+as it, its key or its model says (`max_queue_seconds`), its webhook is one we can sign and
 may call (422), and the input files it names are accepted (`data:` ones stored, uploads
 claimed; 422). A refusal about an entry of a batch names it (`jobs[3]: ...`). A refused
 submission keeps none of the files it stored, whether a later entry was refused or the insert
@@ -105,6 +106,7 @@ class Admission:
             retention_seconds=request.retention,
             webhook=request.webhook,
             webhook_events=request.webhook_events_filter if request.webhook else (),
+            max_queue_seconds=max_queue_seconds(request, self.owner, route, self.settings),
         )
 
     async def _parameters(
@@ -181,6 +183,21 @@ class Admission:
     def _entry(self, index: int) -> contextlib.AbstractContextManager[None]:
         """Where a refusal about entry `index` of a batch is named (`jobs[3]: ...`)."""
         return _named(index) if self.batch else contextlib.nullcontext()
+
+
+def max_queue_seconds(
+    request: GenerateRequest, owner: ApiKey | None, route: ModelRoute, settings: Settings
+) -> int | None:
+    """How long a job may wait to start: its own `max_queue_seconds`, else its key's default,
+    else its model's, else MAX_QUEUE_SECONDS; None (0): as long as JOB_TIMEOUT allows."""
+    for seconds in (
+        request.max_queue_seconds,
+        owner.max_queue_seconds if owner is not None else None,
+        route.max_queue_seconds,
+    ):
+        if seconds is not None:
+            return seconds
+    return settings.max_queue_seconds or None
 
 
 @contextlib.contextmanager

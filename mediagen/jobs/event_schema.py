@@ -10,8 +10,9 @@ from mediagen.jobs.states import JobStatus
 STREAM_DOC = """\
 `text/event-stream`. Each event has an `id:` (resume with `Last-Event-ID`) and JSON `data:`:
 
-- `event: status` - `{job_id, status, retry_count, error, attempts, result_url, output}`
-  (`result_url` once completed; `output`: what the model returned, as in the job's detail). The
+- `event: status` - `{job_id, status, retry_count, error, error_code, attempts, result_url,
+  output}` (`error_code`: `queue_timeout` for a job that waited too long to start, else null;
+  `result_url` once completed; `output`: what the model returned, as in the job's detail). The
   first event is the job's current state (after its logs, if asked for).
 - `event: output` - `{job_id, attempt, output, offset}` while a model streams its output:
   `output` is a list of chunks new to you, the first being chunk number `offset` (from 0) of
@@ -62,6 +63,7 @@ EVENT_SCHEMA = {
                     "status",
                     "retry_count",
                     "error",
+                    "error_code",
                     "attempts",
                     "result_url",
                     "output",
@@ -71,6 +73,7 @@ EVENT_SCHEMA = {
                     "status": {"type": "string", "enum": [str(s) for s in JobStatus]},
                     "retry_count": _COUNT,
                     "error": _NULLABLE_STRING,
+                    "error_code": _NULLABLE_STRING,
                     "attempts": _COUNT,
                     "result_url": _NULLABLE_STRING,
                     "output": {"description": "What the model returned (any JSON)."},

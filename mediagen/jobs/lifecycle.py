@@ -170,3 +170,8 @@ class Lifecycle:
             **fields,
         )
         return await self._followed(moved, quiet=quiet, grown=grown, stop_upstream=stop_upstream)
+
+    async def time_out_queued(self, job_id: uuid.UUID | str) -> Moved | None:
+        """Fail a job still pending past its queue deadline (`queue_timeout`), as any failure
+        is announced: its event, its `completed` webhook, its batch, the place it waited in."""
+        return await self._followed(await repo.time_out_queued(job_id))

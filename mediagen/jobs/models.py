@@ -34,6 +34,8 @@ class Job(Model):
     # of each file (`outputs[i]["at"]`); while it streams, the chunks so far (a list).
     output: Any = fields.JSONField(null=True)
     error = fields.TextField(null=True)
+    # What kind of failure `error` describes, for machines (`queue_timeout`); NULL for most.
+    error_code = fields.CharField(max_length=32, null=True)
     # The running prediction's last reported progress: {current, total, percent} (or NULL).
     progress: dict[str, int] | None = fields.JSONField(null=True)
 
@@ -49,6 +51,9 @@ class Job(Model):
     dispatched_at = fields.DatetimeField(null=True)
     lease_expires_at = fields.DatetimeField(null=True)
     next_attempt_at = fields.DatetimeField(null=True)
+    # When a job still pending fails with `queue_timeout` (created_at + max_queue_seconds, its
+    # own or its key's or model's default); NULL: it may wait as long as JOB_TIMEOUT allows.
+    queue_deadline = fields.DatetimeField(null=True)
 
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
@@ -98,7 +103,8 @@ class Job(Model):
             # A batch's jobs (counts, cancel).
             Index(fields=("batch_id",), name="jobs_batch_idx"),
             # Retention (partial indexes, made in migration 0012): completed jobs by
-            # `expires_at`, finished jobs by `completed_at`.
+            # `expires_at`, finished jobs by `completed_at`. Pending jobs by `queue_deadline`
+            # (partial, made in migration 0017_queue_deadline).
         )
 
     def __str__(self) -> str:

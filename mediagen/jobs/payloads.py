@@ -36,6 +36,7 @@ STATUS_FIELDS = (
     ("status", "status"),
     ("retry_count", "retry_count"),
     ("error", "error"),
+    ("error_code", "error_code"),
     ("attempts", "attempt"),
     ("result_key", "result_key"),
     ("output", "output"),
@@ -74,7 +75,7 @@ def created_payload(job_id: uuid.UUID | str) -> dict[str, Any]:
     """The `status` payload of a job just created (no row read)."""
     return status_payload(
         {"id": job_id, "status": JobStatus.PENDING, "retry_count": 0, "error": None,
-         "attempt": 0, "result_key": None, "output": None, "outputs": []}
+         "error_code": None, "attempt": 0, "result_key": None, "output": None, "outputs": []}
     )  # fmt: skip
 
 

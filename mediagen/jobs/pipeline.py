@@ -430,9 +430,16 @@ class Pipeline:
 
     async def _not_claimed(self, job_id: str) -> None:
         """The claim found nothing to start: finished, owned by another attempt, or past its
-        deadline, which is failed here (the claim never starts an expired job)."""
+        deadline or (still pending) its queue deadline, which is failed here (the claim never
+        starts such a job; the sweeper may fail it at the same moment: one of them does)."""
         job = await repo.get(job_id)
-        if job is not None and not job.status.is_terminal and self._expired(job):
+        if job is None or job.status.is_terminal:
+            return
+        deadline = job.queue_deadline
+        if job.status is JobStatus.PENDING and deadline is not None and repo.now() >= deadline:
+            await self.lifecycle.time_out_queued(job.id)
+            return
+        if self._expired(job):
             await self.fail_deadline(job)
 
     def _expired(self, job: Job) -> bool:

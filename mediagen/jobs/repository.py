@@ -212,9 +212,10 @@ WITH slot AS (
     INSERT INTO jobs (id, status, prompt, parameters, model, provider, api_key_id, outputs,
                       attempt, retry_count, quota_shard, dispatched_at, created_at, updated_at,
                       request_id, traceparent, priority, retention_seconds, batch_id,
-                      input_files, surface, surface_base)
+                      input_files, surface, surface_base, queue_deadline)
     SELECT $3, '{JobStatus.PENDING}', $4, $5::jsonb, $6, $7, $8, '[]'::jsonb, 0, 0,
-           counted.shard, now(), now(), now(), $11, $12, $13, $14, $15, $16::jsonb, $17, $18
+           counted.shard, now(), now(), now(), $11, $12, $13, $14, $15, $16::jsonb, $17, $18,
+           now() + make_interval(secs => $19::int)
     FROM counted
     RETURNING id, created_at
 ), hooked AS (
@@ -253,9 +254,11 @@ async def insert(
     input_files: Sequence[str] | None = None,
     surface: str | None = None,
     surface_base: str | None = None,
+    max_queue_seconds: int | None = None,
 ) -> datetime | None:
     """Create a pending job (and its webhook) if its owner has fewer than `max_in_flight`
-    unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached.
+    unfinished jobs (0: no limit): its `created_at`, or None when the limit is reached. Its
+    `queue_deadline` is `max_queue_seconds` after its creation (None: none).
 
     One statement in the common case. A second one only when every shard with room was held by
     a concurrent submission (more at once than COUNTER_SHARDS), or for a key's first job.
@@ -282,6 +285,7 @@ async def insert(
         orjson.dumps(list(input_files)).decode() if input_files else None,
         surface,
         surface_base,
+        max_queue_seconds,
     )
     record = await db.fetchrow(_INSERT_SKIPPING, *args)
     assert record is not None
@@ -341,11 +345,13 @@ async def transition(
     events: Sequence[str] | None = None,
     owner: uuid.UUID | EllipsisType | None = ...,
     stop_upstream: bool = False,
+    past_queue_deadline: bool = False,
     **fields: Any,
 ) -> Moved | None:
     """Move the job to `to` if it is in an allowed state (and on `attempt`, and created by
-    `owner` when one is given; None: anonymous). `stop_upstream`: its prediction is to be
-    canceled upstream (recorded in the same statement: `upstream_cancels`)."""
+    `owner` when one is given; None: anonymous; and past its queue deadline, when
+    `past_queue_deadline`). `stop_upstream`: its prediction is to be canceled upstream
+    (recorded in the same statement: `upstream_cancels`)."""
     statement = _Statement()
     where = (
         f"id = {statement.arg(_uuid(job_id))} AND status = ANY("
@@ -353,6 +359,8 @@ async def transition(
     )
     if attempt is not None:
         where += f" AND attempt = {statement.arg(attempt)}"
+    if past_queue_deadline:
+        where += " AND queue_deadline <= now()"
     if not isinstance(owner, EllipsisType):
         where += f" AND {owner_sql(owner, statement.args)}"
     sql = statement.update(
@@ -366,12 +374,15 @@ async def transition(
 
 async def claim(job_id: uuid.UUID | str, lease_seconds: float, job_timeout: float) -> Moved | None:
     """Start a new attempt: pending/retrying -> processing, or take over a processing job whose
-    owner died before it recorded a prediction (its lease ran out). A job past its deadline is
-    not claimed (the caller fails it)."""
+    owner died before it recorded a prediction (its lease ran out). A job past its deadline, or
+    still pending past its queue deadline, is not claimed (the caller fails it); the guard is
+    the opposite of `time_out_queued`'s, so of a start and a timeout racing, one moves it."""
     statement = _Statement()
     where = (
         f"id = {statement.arg(_uuid(job_id))} "
         f"AND created_at > now() - make_interval(secs => {statement.arg(job_timeout)}::float8) "
+        f"AND (status <> '{JobStatus.PENDING}' OR queue_deadline IS NULL "
+        "OR queue_deadline > now()) "
         f"AND (status IN ('{JobStatus.PENDING}', '{JobStatus.RETRYING}') "
         f"OR (status = '{JobStatus.PROCESSING}' AND lease_expires_at < now() "
         "AND prediction_id IS NULL))"
@@ -440,33 +451,70 @@ async def schedule_retry(
 async def finish(
     job_id: uuid.UUID | str,
     to: JobStatus,
-    error: str | None,
+    error: str | Expr | None,
     *,
     attempt: int | None = None,
     owner: uuid.UUID | EllipsisType | None = ...,
     events: Sequence[str] | None = None,
     stop_upstream: bool = False,
+    allowed_from: Iterable[JobStatus] | None = None,
+    past_queue_deadline: bool = False,
     **fields: Any,
 ) -> Moved | None:
     """The one move to a final state (completed, failed, canceled, expired), from the states
-    `ALLOWED_FROM` says: it ends the job's lease and any scheduled attempt and records when it
-    finished, with `error` (None clears it) and `fields`. The guards and what the move writes
-    with it are `transition`'s."""
+    `ALLOWED_FROM` says (or fewer: `allowed_from`): it ends the job's lease and any scheduled
+    attempt and records when it finished, with `error` (None clears it) and `fields`. The
+    guards and what the move writes with it are `transition`'s."""
     if not to.is_terminal:
         raise ValueError(f"{to} is not a final state")
     return await transition(
         job_id,
         to,
         attempt=attempt,
+        allowed_from=allowed_from,
         owner=owner,
         events=events,
         stop_upstream=stop_upstream,
+        past_queue_deadline=past_queue_deadline,
         error=error,
         completed_at=_FINISHED_AT,
         lease_expires_at=None,
         next_attempt_at=None,
         **fields,
     )
+
+
+# A job still pending at its queue deadline: its error, written by the statement that fails it
+# (`max_queue_seconds` is not kept; the deadline is `created_at` plus it).
+QUEUE_TIMEOUT = "queue_timeout"
+_QUEUE_TIMEOUT_ERROR = Expr(
+    "'not started within max_queue_seconds=' "
+    "|| round(extract(epoch FROM queue_deadline - created_at))::bigint || 's'"
+)
+_QUEUE_TIMED_OUT = f"""
+SELECT id FROM jobs WHERE status = '{JobStatus.PENDING}' AND queue_deadline IS NOT NULL
+AND queue_deadline <= now() ORDER BY queue_deadline LIMIT $1
+"""
+
+
+async def time_out_queued(job_id: uuid.UUID | str) -> Moved | None:
+    """pending -> failed (`error_code` QUEUE_TIMEOUT), only while the job is still pending and
+    past its queue deadline: never a job that started, whatever its deadline said."""
+    return await finish(
+        job_id,
+        JobStatus.FAILED,
+        _QUEUE_TIMEOUT_ERROR,
+        allowed_from=(JobStatus.PENDING,),
+        past_queue_deadline=True,
+        error_code=QUEUE_TIMEOUT,
+    )
+
+
+async def queue_timed_out(limit: int) -> list[uuid.UUID]:
+    """Pending jobs past their queue deadline, the most overdue first: one range of the
+    partial index `jobs_queue_deadline_idx`, whatever the size of the table."""
+    rows = await (await pool()).fetch(_QUEUE_TIMED_OUT, limit)
+    return [row["id"] for row in rows]
 
 
 async def fail(job_id: uuid.UUID | str, error: str, attempt: int | None = None) -> Moved | None:

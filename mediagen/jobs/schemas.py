@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from mediagen.catalog import MODEL_PATTERN
-from mediagen.config import get_settings
+from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, get_settings
 from mediagen.jobs.parameters import NO_NUL, Parameters
 from mediagen.jobs.states import JobStatus, Priority
 
@@ -94,6 +94,14 @@ class GenerateRequest(BaseModel):
         le=_SETTINGS.result_ttl,
         description="Seconds the outputs are kept after the job completes, at most RESULT_TTL "
         "(the default); then they are deleted and the job becomes `expired`.",
+    )
+    max_queue_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_QUEUE_SECONDS_LIMIT,
+        description="Seconds the job may wait to start: still pending then, it fails with "
+        "`error_code` `queue_timeout` (found within SWEEP_INTERVAL). Without it, the key's "
+        "default, else the model's, else MAX_QUEUE_SECONDS (0: no limit).",
     )
 
     webhook: str | None = Field(
@@ -196,6 +204,9 @@ class JobDetail(JobStatusResponse):
     model: str | None
     provider: str
     error: str | None
+    error_code: str | None = Field(
+        None, description="What kind of failure `error` is, for machines: `queue_timeout`."
+    )
     outputs: list[OutputInfo]
     output: Any = Field(
         None,
@@ -222,6 +233,10 @@ class JobDetail(JobStatusResponse):
     batch_id: uuid.UUID | None = Field(None, description="The batch the job was submitted in.")
     expires_at: datetime | None = Field(
         None, description="When the outputs are deleted (set once the job completes)."
+    )
+    queue_deadline: datetime | None = Field(
+        None,
+        description="When the job fails with `queue_timeout` if it has not started by then.",
     )
     logs: str | None = Field(
         None,

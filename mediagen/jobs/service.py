@@ -88,6 +88,7 @@ async def create_job(
         input_files=job.input_files,
         surface=surface[0] if surface else None,
         surface_base=surface[1] if surface else None,
+        max_queue_seconds=job.max_queue_seconds,
     )
     if created_at is None:
         raise await admission.refused([job])
@@ -203,6 +204,7 @@ async def detail_of(
         model=job.model,
         provider=job.provider,
         error=job.error,
+        error_code=job.error_code,
         outputs=outputs,
         output=output,
         attempts=job.attempt,
@@ -217,6 +219,7 @@ async def detail_of(
         priority=job.priority,
         batch_id=job.batch_id,
         expires_at=job.expires_at,
+        queue_deadline=job.queue_deadline,
         logs=job.logs,
         metrics=metrics_of(job),
     )

@@ -3,11 +3,12 @@
 Postgres, not Redis, knows which jobs are unfinished. Every SWEEP_INTERVAL this re-dispatches:
 pending jobs never dispatched (broker down at submit) or dispatched long ago (message lost);
 retrying jobs whose retry is overdue; processing jobs whose lease ran out (worker killed); and it
-fails jobs past JOB_TIMEOUT; and it sends again the upstream cancels that failed or were lost
-(`upstream_cancels`), and marks the finished batches whose settle was lost
-(`mediagen.batches`). Re-dispatching twice is harmless: every step is guarded. It also
-drops from the head of the pending-queue index the jobs that are no longer pending (a crash
-between a commit and its announcement), so queue positions stay true.
+fails jobs past JOB_TIMEOUT, and pending jobs past their queue deadline (`queue_timeout`, found
+through a partial index, so a sweep pays for the overdue ones only); and it sends again the
+upstream cancels that failed or were lost (`upstream_cancels`), and marks the finished batches
+whose settle was lost (`mediagen.batches`). Re-dispatching twice is harmless: every step is
+guarded. It also drops from the head of the pending-queue index the jobs that are no longer
+pending (a crash between a commit and its announcement), so queue positions stay true.
 
 Where a provider keeps capacity of its own (Cog), its sweep runs too: health checks of its
 servers, stale slots and queue entries (`mediagen.providers.cog.capacity`).
@@ -56,6 +57,10 @@ async def sweep(pipeline: Pipeline) -> int:
     ).limit(BATCH)
     for job in expired:
         await pipeline.fail_deadline(job)
+    # Pending jobs past their queue deadline (`max_queue_seconds`): failed, `queue_timeout`.
+    queued_out = await repo.queue_timed_out(BATCH)
+    for late in queued_out:
+        await pipeline.lifecycle.time_out_queued(late)
 
     # Whatever this sweep re-sends is stamped, so the next sweeps leave it alone a while.
     recent = moment - timedelta(seconds=max(2 * settings.sweep_interval, settings.dispatch_grace))
@@ -126,8 +131,13 @@ async def sweep(pipeline: Pipeline) -> int:
         ("batch_settled", settled),
     ):
         metrics.sweeper_rescued(kind, found)
-    if resent or expired:
-        log.info("sweep: %d to re-dispatch, %d past deadline", len(resent), len(expired))
+    if resent or expired or queued_out:
+        log.info(
+            "sweep: %d to re-dispatch, %d past deadline, %d past their queue deadline",
+            len(resent),
+            len(expired),
+            len(queued_out),
+        )
     return len(resent)
 
 

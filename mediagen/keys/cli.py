@@ -1,5 +1,5 @@
-"""`mediagen keys create|list|revoke|adopt|set-priority|delete`. Their arguments are defined in
-mediagen/cli.py, which parses every command without importing the server."""
+"""`mediagen keys create|list|revoke|adopt|set-priority|set-max-queue|delete`. Their arguments
+are defined in mediagen/cli.py, which parses every command without importing the server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import asyncpg
 from tortoise.exceptions import BaseORMException
 
 from mediagen import redis_clients
-from mediagen.config import Settings, get_settings
+from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import DatabaseUnavailableError, NotFoundError
 from mediagen.jobs.deletion import delete_key_data
@@ -52,7 +52,8 @@ async def _run(args: argparse.Namespace) -> int:
                 state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
                 print(
                     f"{key.id}  {key.prefix}...  {key.created_at:%Y-%m-%d %H:%M}  {state}  "
-                    f"max-priority={_ceiling(key.max_priority, settings)}  {key.name}"
+                    f"max-priority={_ceiling(key.max_priority, settings)}  "
+                    f"max-queue={_max_queue(key.max_queue_seconds)}  {key.name}"
                 )
         elif args.action == "set-priority":
             ceiling = None if args.priority == "default" else args.priority
@@ -66,6 +67,22 @@ async def _run(args: argparse.Namespace) -> int:
                 f"key {key.id} ({key.prefix}...) may now ask for priority up to "
                 f"{_ceiling(key.max_priority, settings)}"
             )
+        elif args.action == "set-max-queue":
+            try:
+                seconds = _queue_seconds(args.seconds)
+            except ValueError as exc:
+                print(f"mediagen keys: {exc}", file=sys.stderr)
+                return 2
+            try:
+                key = await service.set_max_queue_seconds(args.key, seconds)
+            except NotFoundError as exc:
+                print(f"mediagen keys: {exc.message}")
+                return 1
+            await _announce(settings)
+            wait = _max_queue(key.max_queue_seconds)
+            if key.max_queue_seconds is None:
+                wait += " (the model's, else MAX_QUEUE_SECONDS)"
+            print(f"key {key.id} ({key.prefix}...): its jobs may wait to start {wait}")
         elif args.action == "delete":
             try:
                 key = await service.revoke_for_deletion(args.key)
@@ -100,6 +117,22 @@ async def _run(args: argparse.Namespace) -> int:
 def _ceiling(max_priority: str | None, settings: Settings) -> str:
     """A key's priority ceiling as listed: its own, or the setting's (marked as such)."""
     return max_priority or f"{settings.default_max_priority} (default)"
+
+
+def _max_queue(seconds: int | None) -> str:
+    """A key's default wait before a start, as listed."""
+    return f"{seconds}s" if seconds is not None else "default"
+
+
+def _queue_seconds(given: str) -> int | None:
+    """`set-max-queue`'s value: seconds within the limit, or None for `default`."""
+    if given == "default":
+        return None
+    if not given.isdigit() or not 1 <= int(given) <= MAX_QUEUE_SECONDS_LIMIT:
+        raise ValueError(
+            f"{given!r} is neither seconds from 1 to {MAX_QUEUE_SECONDS_LIMIT} nor `default`"
+        )
+    return int(given)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ class ApiKey(Model):
     # The highest job priority this key may ask for (`low`/`normal`/`high`); NULL: the
     # DEFAULT_MAX_PRIORITY setting.
     max_priority = fields.CharField(max_length=8, null=True)
+    # How long this key's jobs may wait to start when they do not say (`max_queue_seconds`);
+    # NULL: the model's default, else MAX_QUEUE_SECONDS.
+    max_queue_seconds = fields.IntField(null=True)
 
     class Meta:
         table = "api_keys"

@@ -53,6 +53,15 @@ async def set_max_priority(key_id_or_prefix: str, max_priority: str | None) -> A
     return key
 
 
+async def set_max_queue_seconds(key_id_or_prefix: str, seconds: int | None) -> ApiKey:
+    """Change how long an active key's jobs may wait to start when they do not say (None: the
+    model's default, else MAX_QUEUE_SECONDS). The caller announces the change."""
+    key = await find_key(key_id_or_prefix)
+    await ApiKey.filter(id=key.id).update(max_queue_seconds=seconds)
+    key.max_queue_seconds = seconds
+    return key
+
+
 async def list_keys() -> list[ApiKey]:
     return await ApiKey.all().order_by("created_at")
 

@@ -132,8 +132,8 @@ async def test_a_live_stream_shows_every_transition_then_closes(client: httpx.As
         [snapshot] = await stream.take(1)
         assert snapshot.event == "status" and snapshot.id is not None
         assert snapshot.data == {"job_id": job_id, "status": "pending", "retry_count": 0,
-                                 "error": None, "attempts": 0, "result_url": None,
-                                 "output": None}
+                                 "error": None, "error_code": None, "attempts": 0,
+                                 "result_url": None, "output": None}
         await dispatch(job_id)
         events = await stream.rest()
     assert stream.closed
