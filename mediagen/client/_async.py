@@ -245,8 +245,9 @@ class AsyncClient:
         """Follow the job's live events until it is finished (completed, failed, canceled or
         expired); return it.
 
-        ``progress(event, data)`` is called for each event (``status``, ``progress``, and
-        ``output``: the chunks of a model that streams). A dropped stream is resumed with
+        ``progress(event, data)`` is called for each event (``status``, ``progress``,
+        ``queue``: the position of a pending job when it changed, and ``output``: the chunks of
+        a model that streams). A dropped stream is resumed with
         ``Last-Event-ID``; if the stream keeps failing (or the server has none) the job is
         polled every second instead. ``timeout`` raises TimeoutError (the job
         goes on); ``raise_on_failure`` raises JobFailedError for a job that is not completed:
