@@ -99,6 +99,8 @@ class Job(Model):
             Index(fields=("batch_id",), name="jobs_batch_idx"),
             # Retention (partial indexes, made in migration 0012): completed jobs by
             # `expires_at`, finished jobs by `completed_at`.
+            # The per-model backlog on /metrics (partial, made in migration 0016): pending jobs
+            # by model, then creation time.
         )
 
     def __str__(self) -> str:
