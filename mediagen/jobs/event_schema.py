@@ -88,17 +88,6 @@ EVENT_SCHEMA = {
             },
         ),
         _event(
-            "queue",
-            {
-                "type": "object",
-                "required": ["job_id", "queue_position"],
-                "properties": {
-                    "job_id": {"type": "string", "format": "uuid"},
-                    "queue_position": _COUNT,
-                },
-            },
-        ),
-        _event(
             "logs",
             {
                 "type": "object",
@@ -120,6 +109,17 @@ EVENT_SCHEMA = {
                     "attempt": _COUNT,
                     "output": {"type": "array", "description": "Chunks new to you."},
                     "offset": _COUNT,
+                },
+            },
+        ),
+        _event(
+            "queue",
+            {
+                "type": "object",
+                "required": ["job_id", "queue_position"],
+                "properties": {
+                    "job_id": {"type": "string", "format": "uuid"},
+                    "queue_position": _COUNT,
                 },
             },
         ),

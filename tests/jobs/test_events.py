@@ -264,7 +264,7 @@ async def test_unknown_ids_and_the_schema(client: httpx.AsyncClient) -> None:
     operation = schema["paths"]["/api/v1/jobs/{job_id}/events"]["get"]
     event = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
     kinds = [e["properties"]["event"]["const"] for e in event["oneOf"]]
-    assert kinds == ["status", "progress", "logs", "output"]
+    assert kinds == ["status", "progress", "logs", "output", "queue"]
     assert {"404", "422"} <= set(operation["responses"])
 
 
