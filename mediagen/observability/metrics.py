@@ -142,7 +142,7 @@ SWEEPER_RESCUES = Counter(
 
 
 MAX_MODELS = 100  # distinct `model` labels per process; later ones count as "other"
-PENDING_COUNTED = 10_000  # a model's pending jobs on /metrics are counted up to this
+PENDING_COUNTED = 1_000  # a model's pending jobs on /metrics are counted up to this
 _models: set[str] = set()
 
 

@@ -46,30 +46,34 @@ _BY_STATE = (
 )
 
 
-# $1: MAX_MODELS, $2: PENDING_COUNTED. The named models by a skip scan of the partial index
-# (one probe per model), then the jobs that named none; per model, its first entry and a count
-# that stops at $2.
+# $1: MAX_MODELS, $2: PENDING_COUNTED. A skip scan of the partial index of pending jobs by
+# (model, created_at): each step's first entry is the next model and its oldest job (one probe
+# per model), then the jobs that named none; per model, a count that stops at $2 (in the
+# index's order, so the planner walks the index: pending jobs are the newest rows, at the end
+# of the table, where a sequential scan would come last).
 _BY_MODEL = """
-WITH RECURSIVE named(model, n) AS (
-    (SELECT model, 1 FROM jobs WHERE status = 'pending' AND model IS NOT NULL
-     ORDER BY model LIMIT 1)
+WITH RECURSIVE heads(model, created_at, n) AS (
+    (SELECT model, created_at, 1 FROM jobs WHERE status = 'pending' AND model IS NOT NULL
+     ORDER BY model, created_at LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.model FROM jobs j WHERE j.status = 'pending' AND j.model > named.model
-            ORDER BY j.model LIMIT 1), named.n + 1
-    FROM named WHERE named.model IS NOT NULL AND named.n < $1
+    SELECT next.model, next.created_at, heads.n + 1 FROM heads, LATERAL (
+        SELECT j.model, j.created_at FROM jobs j
+        WHERE j.status = 'pending' AND j.model > heads.model
+        ORDER BY j.model, j.created_at LIMIT 1) AS next
+    WHERE heads.n < $1
+), unnamed AS (
+    SELECT created_at FROM jobs WHERE status = 'pending' AND model IS NULL
+    ORDER BY model, created_at LIMIT 1
 )
-SELECT named.model,
-    (SELECT extract(epoch FROM clock_timestamp() - j.created_at)::float8 FROM jobs j
-     WHERE j.status = 'pending' AND j.model = named.model ORDER BY j.created_at LIMIT 1) AS age,
+SELECT heads.model, extract(epoch FROM clock_timestamp() - heads.created_at)::float8 AS age,
     (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.status = 'pending'
-     AND j.model = named.model LIMIT $2) AS counted) AS pending
-FROM named WHERE named.model IS NOT NULL
+     AND j.model = heads.model ORDER BY j.model, j.created_at LIMIT $2) AS counted) AS pending
+FROM heads
 UNION ALL
-SELECT NULL,
-    (SELECT extract(epoch FROM clock_timestamp() - j.created_at)::float8 FROM jobs j
-     WHERE j.status = 'pending' AND j.model IS NULL ORDER BY j.created_at LIMIT 1),
+SELECT NULL, extract(epoch FROM clock_timestamp() - unnamed.created_at)::float8,
     (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.status = 'pending'
-     AND j.model IS NULL LIMIT $2) AS counted)
+     AND j.model IS NULL ORDER BY j.model, j.created_at LIMIT $2) AS counted)
+FROM unnamed
 """
 
 
