@@ -47,6 +47,7 @@ class _WaitState:
     def __init__(self) -> None:
         self.parser = SSEParser()
         self.last_status: str | None = None
+        self.last_position: int | None = None  # polling: the queue position last reported
         self.events = 0
 
 
@@ -325,6 +326,11 @@ class AsyncClient:
             if job.status != state.last_status:
                 state.last_status = job.status
                 await _call(progress, "status", _status_data(job))
+            if job.status == "pending" and job.queue_position != state.last_position:
+                state.last_position = job.queue_position
+                await _call(
+                    progress, "queue", {"job_id": job.id, "queue_position": job.queue_position}
+                )
             if job.done:
                 return job
             await asyncio.sleep(POLL_SECONDS)

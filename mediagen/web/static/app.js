@@ -176,6 +176,7 @@ async function follow(jobId, onEvent, signal) {
   while (!signal.aborted) {
     const job = await api(`${API}/jobs/${jobId}`, { signal });
     if (job.status !== status) { status = job.status; onEvent("status", job); }
+    if (status === "pending") onEvent("queue", { job_id: job.job_id, queue_position: job.queue_position });
     if (job.progress) onEvent("progress", job.progress);
     if (TERMINAL.has(status)) return status;
     await sleep(1500, signal);
