@@ -422,6 +422,7 @@ async def test_the_backlog_per_model(fresh_database: str, tmp_path: Path) -> Non
     from mediagen.catalog import load_catalog
     from mediagen.config import Settings
     from mediagen.jobs.dispatch import queue_order
+    from mediagen.observability import metrics
     from mediagen.providers.cog.slots import CogSlots
 
     models = tmp_path / "models.toml"
@@ -473,6 +474,20 @@ async def test_the_backlog_per_model(fresh_database: str, tmp_path: Path) -> Non
             assert value(shown, "mediagen_jobs", status="pending", model="acme/gpu-fox") == 2
             assert value(shown, "mediagen_slots_busy", model="acme/gpu-fox") == 1
             assert value(shown, "mediagen_slots_total", model="acme/gpu-fox") == 2
+
+            # A model's count stops at PENDING_COUNTED (rows written as the API writes them).
+            db = await asyncpg.connect(fresh_database.replace("postgres://", "postgresql://", 1))
+            try:
+                await db.execute(
+                    "INSERT INTO jobs (id, prompt, parameters, outputs, status, provider, model, "
+                    "attempt, retry_count, created_at, updated_at) SELECT gen_random_uuid(), "
+                    "'many', '{}', '[]', 'pending', 'builtin', 'acme/many', 0, 0, now(), now() "
+                    "FROM generate_series(1, $1)", metrics.PENDING_COUNTED + 5)
+            finally:
+                await db.close()
+            shown = (await scrape(f"{url}/metrics"))[1]
+            assert value(shown, "mediagen_jobs", status="pending",
+                         model="acme/many") == metrics.PENDING_COUNTED
     finally:
         await client.aclose()
         proc.stop()
