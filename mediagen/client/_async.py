@@ -47,6 +47,7 @@ class _WaitState:
     def __init__(self) -> None:
         self.parser = SSEParser()
         self.last_status: str | None = None
+        self.last_position: int | None = None  # polling: the queue position last reported
         self.events = 0
 
 
@@ -245,8 +246,9 @@ class AsyncClient:
         """Follow the job's live events until it is finished (completed, failed, canceled or
         expired); return it.
 
-        ``progress(event, data)`` is called for each event (``status``, ``progress``, and
-        ``output``: the chunks of a model that streams). A dropped stream is resumed with
+        ``progress(event, data)`` is called for each event (``status``, ``progress``,
+        ``queue``: the position of a pending job when it changed, and ``output``: the chunks of
+        a model that streams). A dropped stream is resumed with
         ``Last-Event-ID``; if the stream keeps failing (or the server has none) the job is
         polled every second instead. ``timeout`` raises TimeoutError (the job
         goes on); ``raise_on_failure`` raises JobFailedError for a job that is not completed:
@@ -324,6 +326,11 @@ class AsyncClient:
             if job.status != state.last_status:
                 state.last_status = job.status
                 await _call(progress, "status", _status_data(job))
+            if job.status == "pending" and job.queue_position != state.last_position:
+                state.last_position = job.queue_position
+                await _call(
+                    progress, "queue", {"job_id": job.id, "queue_position": job.queue_position}
+                )
             if job.done:
                 return job
             await asyncio.sleep(POLL_SECONDS)

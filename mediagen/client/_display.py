@@ -50,7 +50,7 @@ class Display:
         self.quiet = quiet
         self.fancy = not quiet and self.console.is_terminal
         self._lock = threading.Lock()
-        self._printed: tuple[str, int | None] | None = None
+        self._printed: tuple[str, int | None, int | None] | None = None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -96,6 +96,10 @@ class Display:
                 self.status = status
                 if status == "completed":
                     self.percent = 100
+            elif event == "queue":  # while pending, when its place in the queue changed
+                if self.status != "pending" or not isinstance(data.get("queue_position"), int):
+                    return
+                self.queue_position = data["queue_position"]
             elif event == "progress":
                 try:
                     self.percent = max(0, min(100, int(data["percent"])))
@@ -121,9 +125,9 @@ class Display:
                 self._progress.update(self._task, mark=mark)
                 self._progress.stop_task(self._task)
             return
-        # Plain lines: each status once, progress in steps of 10%.
+        # Plain lines: each status and queue position once, progress in steps of 10%.
         step = None if self.percent is None else self.percent // 10 * 10
-        shown = (self.status, step)
+        shown = (self.status, step, self.queue_position)
         if shown == self._printed:
             return
         self._printed = shown

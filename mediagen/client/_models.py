@@ -18,8 +18,9 @@ from mediagen.client._states import TERMINAL
 
 # progress(event_name, data): "status" events carry {job_id, status, retry_count, error,
 # error_code, attempts, result_url, output}, "progress" events {current, total, percent},
-# "output" events (a model that streams) {job_id, attempt, output: [new chunks], offset}. The
-# async client also awaits a callback that returns an awaitable.
+# "output" events (a model that streams) {job_id, attempt, output: [new chunks], offset},
+# "queue" events (while pending, when it changed) {job_id, queue_position}. The async client
+# also awaits a callback that returns an awaitable.
 ProgressCallback = Callable[[str, dict[str, Any]], object]
 
 

@@ -21,6 +21,13 @@ entries tell it, so until then the re-reads from Postgres send no logs (they wou
 A model that streams its output (text chunks) has `output` events while it runs: the chunks
 new to this client and the index of the first in the attempt's output (the job's row holds the
 chunks so far, which a snapshot sends). Resumed streams follow the same rule as logs.
+
+While the job is `pending`, a `queue` event says how many jobs are ahead of it
+(`queue_position`, as in its detail) when that changed, at most once per QUEUE_SECONDS. It is
+read here, for the streams that are open, from the queue index's rank (one O(log n) Redis read
+per open stream of a pending job per QUEUE_SECONDS), rather than written to every pending job's
+stream on every start, which would cost the backlog times the starts. Its `id:` is that of the
+last entry sent, so resuming from it misses nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import (
     AsyncGenerator,
@@ -50,6 +58,7 @@ from starlette.types import Message
 
 from mediagen.errors import AuthenticationError
 from mediagen.jobs import events, joblogs, service
+from mediagen.jobs.dispatch import queue_position
 from mediagen.jobs.event_schema import EVENT_SCHEMA, STREAM_DOC
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import served, status_payload
@@ -68,6 +77,7 @@ RECONCILE_SECONDS = 30.0  # a quiet stream is reconciled with Postgres this ofte
 BATCH = 100
 PING_SECONDS = 15
 SEND_TIMEOUT = 30.0
+QUEUE_SECONDS = 1.0  # a pending job's `queue` event: at most this often, and when it changed
 _MAX_ID_PART = 2**64 - 1
 
 StreamId = tuple[int, int]
@@ -144,7 +154,8 @@ def resumable(last_event_id: str, info: StreamInfo) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event of a job, before any API writes it: `status`, `progress` or `logs`, the stream
+    """One event of a job, before any API writes it: `status`, `progress`, `logs`, `output` or
+    `queue`, the stream
     entry it covers (`id`) and its payload (`data`, JSON-ready)."""
 
     name: str
@@ -165,6 +176,7 @@ class JobFeed:
         slot: Slot,
         allowed: Callable[[], Awaitable[bool]],
         logs: bool = False,
+        queue: bool = True,
     ) -> None:
         self.job = job
         self.key = events.stream_key(job.id)
@@ -184,6 +196,12 @@ class JobFeed:
         self.output_sent: int | None = 0
         self.output_attempt = 0
         self.resumed = False
+        # `queue` events wanted; the job's status as last seen, the position last sent and
+        # when it was last read (monotonic seconds).
+        self.queue = queue
+        self.status = job.status
+        self.position: int | None = None
+        self.position_read = -QUEUE_SECONDS
 
     async def run(self, cursor: str | None, info: StreamInfo | None) -> AsyncGenerator[Event, None]:
         """`cursor`: resume after this stream id (no snapshot); None: snapshot first."""
@@ -201,26 +219,34 @@ class JobFeed:
             cursor = info.last if info else "0-0"
             for event in await self._snapshot(self.job, cursor):
                 yield event
-        quiet = 0.0
+        quiet, checked = 0.0, time.monotonic()
         while not self.finished:
+            for event in await self._queue(cursor):
+                yield event
+            waiting = self._queued()
+            block = QUEUE_SECONDS if waiting else BLOCK_SECONDS
             try:
                 entries = _entries(
                     await self.client.xread(
-                        {self.key: cursor}, count=BATCH, block=int(BLOCK_SECONDS * 1000)
+                        {self.key: cursor}, count=BATCH, block=int(block * 1000)
                     )
                 )
             except RedisError as exc:
                 log.warning(
                     "job %s: events stream unreadable (%s); using Postgres", self.job.id, exc
                 )
-                await asyncio.sleep(BLOCK_SECONDS)
+                await asyncio.sleep(block)
                 entries = []
-            if not await self.allowed():
-                return  # the key was revoked meanwhile
-            with contextlib.suppress(RedisError):
-                await self.slot.renew()
+            # The key and the stream's place are checked every BLOCK_SECONDS, however short the
+            # wait (a pending job's stream wakes every QUEUE_SECONDS for its position).
+            if entries or not waiting or time.monotonic() - checked >= BLOCK_SECONDS:
+                checked = time.monotonic()
+                if not await self.allowed():
+                    return  # the key was revoked meanwhile
+                with contextlib.suppress(RedisError):
+                    await self.slot.renew()
             if not entries:  # quiet (or Redis down): now and then, make sure nothing was missed
-                quiet += BLOCK_SECONDS
+                quiet += block
                 if quiet < RECONCILE_SECONDS:
                     continue
                 quiet = 0.0
@@ -237,6 +263,26 @@ class JobFeed:
                     yield event
                 if self.finished:
                     break
+
+    def _queued(self) -> bool:
+        return self.queue and not self.finished and self.status is JobStatus.PENDING
+
+    async def _queue(self, event_id: str) -> list[Event]:
+        """A `queue` event, if the job is pending, its position was not read in the last
+        QUEUE_SECONDS, and it changed since the last one sent."""
+        now = time.monotonic()
+        if not self._queued() or now - self.position_read < QUEUE_SECONDS:
+            return []
+        self.position_read = now
+        try:
+            position = await queue_position(self.client, self.job)
+        except RedisError:
+            return []
+        if position is None or position == self.position:
+            return []
+        self.position = position
+        payload = {"job_id": str(self.job.id), "queue_position": position}
+        return [_event("queue", payload, event_id)]
 
     async def _entry(self, entry_id: str, fields: dict[str, str]) -> list[Event]:
         try:
@@ -277,7 +323,7 @@ class JobFeed:
         if self.finished or (self.sent is not None and order <= self.sent):
             return []  # stale or already sent
         self.sent = order
-        status = JobStatus(payload["status"])
+        status = self.status = JobStatus(payload["status"])
         self.finished = status.is_terminal
         return [_event("status", await served(payload, self.storage), event_id)]
 
@@ -348,17 +394,18 @@ async def serve(
     write: Writer,
     logs: bool = False,
     signed: bool = False,
+    queue: bool = True,
 ) -> EventSourceResponse:
     """The events of `job` (after the stream entry `cursor`, else a snapshot first), as
     `write` writes them, while `allowed()` says the caller may see them. The stream takes one
     of `owner`'s places (MAX_STREAMS_PER_KEY: 429; MAX_STREAMS on this server: 503), or, opened
     through a `signed` URL, one of the job's (`limits.streams.SIGNED_PER_JOB`), and frees it
     when the client leaves; it is pinged every PING_SECONDS, and a client that does not read
-    for SEND_TIMEOUT is dropped."""
+    for SEND_TIMEOUT is dropped. `queue`: read the pending job's position (`queue` events)."""
     state = request.app.state
     slots: StreamSlots = state.stream_slots
     slot = await (slots.take_signed(job.id) if signed else slots.take(owner))
-    feed = JobFeed(job, state.events_redis, state.storage, slot, allowed, logs)
+    feed = JobFeed(job, state.events_redis, state.storage, slot, allowed, logs, queue)
 
     async def written() -> AsyncIterator[ServerSentEvent]:
         async with contextlib.aclosing(feed.run(cursor, info)) as followed:

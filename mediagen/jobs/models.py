@@ -105,6 +105,8 @@ class Job(Model):
             # Retention (partial indexes, made in migration 0012): completed jobs by
             # `expires_at`, finished jobs by `completed_at`. Pending jobs by `queue_deadline`
             # (partial, made in migration 0017_queue_deadline).
+            # The per-model backlog on /metrics (partial, made in migration 0018_model_signals):
+            # pending jobs by model, then creation time.
         )
 
     def __str__(self) -> str:

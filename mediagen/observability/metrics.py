@@ -28,8 +28,9 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -141,6 +142,7 @@ SWEEPER_RESCUES = Counter(
 
 
 MAX_MODELS = 100  # distinct `model` labels per process; later ones count as "other"
+PENDING_COUNTED = 1_000  # a model's pending jobs on /metrics are counted up to this
 _models: set[str] = set()
 
 
@@ -283,25 +285,82 @@ class _Values(Collector):
         return self.families
 
 
+@dataclass(frozen=True)
+class ModelBacklog:
+    """One model's pending jobs (counted up to a bound, `observability.router`) and how long
+    its oldest has waited (seconds)."""
+
+    pending: int
+    oldest: float
+
+
 def backlog_families(
-    by_state: dict[str, int], oldest_pending: float | None, workers: int
+    by_state: Mapping[str, int] | None,
+    oldest_pending: float | None,
+    workers: int | None,
+    models: Mapping[str, ModelBacklog] | None = None,
+    slots: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[GaugeMetricFamily]:
+    """The backlog gauges. A part that could not be read (None) leaves its series out of the
+    scrape (an absent series, which alerts can tell from a zero); `oldest_pending` None with
+    `workers` read means none is waiting.
+
+    The per-model series are the same families with a `model` label (`models`: by model):
+    `mediagen_jobs{status="pending",model=...}` and `mediagen_oldest_pending_age_seconds{model=...}`
+    beside the unlabelled totals, which are never less than any model's, so `max(...)` over a
+    family still reads the total (the oldest is the oldest of the queue index's heads and of
+    the models'). `slots`: the busy and total slots of each model that has
+    servers of its own (Cog)."""
     jobs = GaugeMetricFamily(
-        "mediagen_jobs", "Unfinished jobs by state (exact).", labels=["status"]
+        "mediagen_jobs",
+        "Unfinished jobs by state (exact); with a `model` label, a model's pending jobs "
+        f"(counted up to {PENDING_COUNTED}).",
+        labels=["status"],
     )
     for state in ("pending", "processing", "retrying"):
-        jobs.add_metric([state], by_state.get(state, 0))
+        if by_state is not None:
+            jobs.add_metric([state], by_state.get(state, 0))
     oldest = GaugeMetricFamily(
         "mediagen_oldest_pending_age_seconds",
-        "Age of the oldest job waiting for its first start (0: none waiting).",
-        value=max(0.0, oldest_pending or 0.0),
+        "Age of the oldest job waiting for its first start (0: none waiting); with a `model` "
+        "label, that model's.",
     )
-    live = GaugeMetricFamily(
-        "mediagen_workers_live",
-        "Worker processes whose heartbeat is recent.",
-        value=workers,
-    )
-    return [jobs, oldest, live]
+    if workers is not None or models is not None:
+        # The index's heads miss the Cog jobs waiting in their model's queue: a model's
+        # oldest, when known, counts too.
+        ages = [oldest_pending or 0.0, *(b.oldest for b in (models or {}).values())]
+        oldest.add_metric([], max(0.0, *ages))
+    for model, backlog in (models or {}).items():
+        jobs.add_sample("mediagen_jobs", {"status": "pending", "model": model}, backlog.pending)
+        oldest.add_sample(
+            "mediagen_oldest_pending_age_seconds", {"model": model}, max(0.0, backlog.oldest)
+        )
+    families = [family for family in (jobs, oldest) if family.samples]
+    if workers is not None:
+        families.append(
+            GaugeMetricFamily(
+                "mediagen_workers_live",
+                "Worker processes whose heartbeat is recent.",
+                value=workers,
+            )
+        )
+    if slots is not None:
+        busy = GaugeMetricFamily(
+            "mediagen_slots_busy",
+            "Predictions running on a model's own servers (Cog), by model.",
+            labels=["model"],
+        )
+        total = GaugeMetricFamily(
+            "mediagen_slots_total",
+            "Slots of a model's own servers (Cog) that are in service (not set aside after a "
+            "failed health check or a refusal), by model.",
+            labels=["model"],
+        )
+        for model, (used, whole) in slots.items():
+            busy.add_metric([model], used)
+            total.add_metric([model], whole)
+        families += [busy, total]
+    return families
 
 
 def exposition(extra: Iterable[GaugeMetricFamily] = ()) -> bytes:

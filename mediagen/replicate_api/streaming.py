@@ -69,7 +69,7 @@ class ReplicateFeed:
         if event.name == "output":
             return self._items(list(data["output"]), int(data["offset"]), event.id)
         if event.name != "status":
-            return []  # progress: Replicate's stream has no such event
+            return []  # progress: Replicate's stream has no such event (nor `queue`, not read)
         status = JobStatus(data["status"])
         if not status.is_terminal:
             return []
@@ -123,7 +123,16 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
     state.read_limiter.check(owner)
     feed = ReplicateFeed(job.id, state.storage, base)
     return await live.serve(
-        request, job, owner, None, info, allowed, feed.write, logs=True, signed=by_signature
+        request,
+        job,
+        owner,
+        None,
+        info,
+        allowed,
+        feed.write,
+        logs=True,
+        signed=by_signature,
+        queue=False,
     )
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -423,3 +425,36 @@ def test_a_job_already_completed_when_first_read_shows_a_full_bar() -> None:
     with display:
         pass
     assert "completed" in screen.getvalue() and "100%" in screen.getvalue(), screen.getvalue()
+
+
+def test_the_wait_shows_the_queue_position_as_it_changes(idle_api: str) -> None:
+    """While the job is pending its status line says how many jobs are ahead, and says it
+    again when that changed (the stream's `queue` events)."""
+    ids = []
+    for n in range(3):
+        response = httpx.post(f"{idle_api}/api/v1/generate", timeout=10, json={
+            "prompt": f"a cli queued owl {n}", "parameters": {"width": 64, "height": 64}})
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["job_id"])
+    deadline = time.monotonic() + 10
+    while _detail(idle_api, ids[2])["queue_position"] != 2:  # indexed right after its 201
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mediagen", "jobs", "wait", ids[2]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(idle_api),
+    )
+    assert proc.stderr is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x.strip()) for x in proc.stderr], daemon=True).start()
+    try:
+        assert lines.get(timeout=15) == f"job {ids[2]}: pending (2 ahead in the queue)"
+        assert mediagen(idle_api, "jobs", "cancel", ids[0]).returncode == 0
+        assert lines.get(timeout=15) == f"job {ids[2]}: pending (1 ahead in the queue)"
+        assert mediagen(idle_api, "jobs", "cancel", ids[2]).returncode == 0
+        assert lines.get(timeout=15) == f"job {ids[2]}: canceled"
+        assert proc.wait(timeout=15) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        mediagen(idle_api, "jobs", "cancel", ids[1])

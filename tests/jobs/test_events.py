@@ -5,6 +5,7 @@ progress through the fake Replicate, and the queue position of pending jobs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -263,7 +264,7 @@ async def test_unknown_ids_and_the_schema(client: httpx.AsyncClient) -> None:
     operation = schema["paths"]["/api/v1/jobs/{job_id}/events"]["get"]
     event = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
     kinds = [e["properties"]["event"]["const"] for e in event["oneOf"]]
-    assert kinds == ["status", "progress", "logs", "output"]
+    assert kinds == ["status", "progress", "logs", "output", "queue"]
     assert {"404", "422"} <= set(operation["responses"])
 
 
@@ -405,5 +406,49 @@ async def test_queue_position_of_pending_jobs(database: str) -> None:
                 await index.aclose()
             assert await position(ids[3]) == 1
             assert await position(ids[2]) == 0
+    finally:
+        proc.stop()
+
+
+async def test_a_pending_jobs_stream_has_throttled_queue_events(database: str) -> None:
+    """While a job is pending its stream says how many jobs are ahead (`queue` events): at
+    once, then only when that changed (jobs ahead leave the queue), at most once a second."""
+    idle = REDIS.fresh()
+    redis.Redis.from_url(idle).flushdb()
+    proc, url = start_api("api-queue-events", {"REDIS_URL": idle})
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            ids = [await submit(client, f"queued {n}", **SMALL) for n in range(4)]
+            for _ in range(50):  # each job is indexed right after its 201
+                if (await client.get(f"/api/v1/jobs/{ids[-1]}")).json()["queue_position"] == 3:
+                    break
+                await asyncio.sleep(0.05)
+            async with open_events(client, ids[3]) as stream:
+                first, queued = await stream.take(2)
+                assert (first.event, first.data["status"]) == ("status", "pending")
+                assert (queued.event, queued.data) == (
+                    "queue", {"job_id": ids[3], "queue_position": 3})
+                seen = [(asyncio.get_running_loop().time(), 3)]
+                # Two jobs ahead leave at once, a third a moment later.
+                for job_id in ids[:2]:
+                    assert (await client.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
+                while seen[-1][1] > 1:
+                    event = await stream.next()
+                    assert event is not None and event.event == "queue", event
+                    seen.append((asyncio.get_running_loop().time(), event.data["queue_position"]))
+                assert (await client.post(f"/api/v1/jobs/{ids[2]}/cancel")).status_code == 200
+                event = await stream.next()
+                assert event is not None and event.event == "queue", event
+                seen.append((asyncio.get_running_loop().time(), event.data["queue_position"]))
+                positions = [p for _, p in seen]
+                assert positions[-1] == 0
+                assert positions == sorted(set(positions), reverse=True), positions  # no repeat
+                gaps = [b - a for (a, _), (b, _) in itertools.pairwise(seen)]
+                assert min(gaps) >= 0.9, gaps
+                # Once it leaves the queue, no more of them.
+                assert (await client.post(f"/api/v1/jobs/{ids[3]}/cancel")).status_code == 200
+                rest = await stream.rest()
+                assert [e.event for e in rest] == ["status"]
+                assert rest[0].data["status"] == "canceled"
     finally:
         proc.stop()

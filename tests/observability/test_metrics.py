@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -386,3 +387,107 @@ def test_model_labels_are_bounded() -> None:
     assert len(set(labels) - {"other"}) <= metrics.MAX_MODELS
     assert labels[-1] == "other"
     assert metrics.model_label(None) == "default"
+
+
+MODELS_FILE = """
+[models."mediagen/builtin"]
+provider = "builtin"
+default = true
+
+[models."acme/gpu-fox"]
+provider = "cog"
+[[models."acme/gpu-fox".endpoints]]
+url = "http://127.0.0.1:9"
+slots = 2
+[[models."acme/gpu-fox".endpoints]]
+url = "http://127.0.0.2:9"
+slots = 1
+
+[models."acme/gpu-quiet"]
+provider = "cog"
+[[models."acme/gpu-quiet".endpoints]]
+url = "http://127.0.0.3:9"
+"""
+
+
+async def test_the_backlog_per_model(fresh_database: str, tmp_path: Path) -> None:
+    """Per model: its pending jobs and its oldest one's age (from Postgres, beside the exact
+    totals), its Cog slots busy and in service (from the capacity in Redis); every model of
+    the models file, at 0 when nothing of it waits."""
+    import asyncio
+    from datetime import datetime
+
+    import redis.asyncio as aioredis
+
+    from mediagen.catalog import load_catalog
+    from mediagen.config import Settings
+    from mediagen.jobs.dispatch import queue_order
+    from mediagen.observability import metrics
+    from mediagen.providers.cog.slots import CogSlots
+
+    models = tmp_path / "models.toml"
+    models.write_text(MODELS_FILE)
+    queue = REDIS.fresh()
+    redis.Redis.from_url(queue).flushdb()
+    proc, url = start_api("metrics-models-api", {
+        "DATABASE_URL": fresh_database, "REDIS_URL": queue, "MODELS_FILE": str(models)})
+    client = aioredis.from_url(queue)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            foxes = []
+            for n in range(3):
+                response = await http.post("/api/v1/generate", json={
+                    "prompt": f"a gpu fox {n}", "model": "acme/gpu-fox"})
+                assert response.status_code == 201, response.text
+                foxes.append(response.json()["job_id"])
+            await asyncio.sleep(0.5)
+            await submit(http, "a builtin owl", width=64, height=64)
+            shown = (await scrape(f"{url}/metrics"))[1]
+            assert value(shown, "mediagen_jobs", status="pending") == 4  # the total, as before
+            pending = {m: value(shown, "mediagen_jobs", status="pending", model=m)
+                       for m in ("acme/gpu-fox", "mediagen/builtin", "acme/gpu-quiet")}
+            assert pending == {"acme/gpu-fox": 3, "mediagen/builtin": 1, "acme/gpu-quiet": 0}
+            assert ("mediagen_jobs", (("model", "acme/gpu-quiet"), ("status", "pending"))) in shown
+            age = {m: value(shown, "mediagen_oldest_pending_age_seconds", model=m)
+                   for m in ("acme/gpu-fox", "mediagen/builtin", "acme/gpu-quiet")}
+            assert age["acme/gpu-fox"] >= age["mediagen/builtin"] + 0.4, age
+            assert age["mediagen/builtin"] > 0 and age["acme/gpu-quiet"] == 0
+            assert value(shown, "mediagen_oldest_pending_age_seconds") >= age["acme/gpu-fox"]
+            slots = {m: (value(shown, "mediagen_slots_busy", model=m),
+                         value(shown, "mediagen_slots_total", model=m))
+                     for m in ("acme/gpu-fox", "acme/gpu-quiet")}
+            assert slots == {"acme/gpu-fox": (0, 3), "acme/gpu-quiet": (0, 1)}
+            assert ("mediagen_slots_total", (("model", "mediagen/builtin"),)) not in shown
+
+            # A worker's start step takes a slot for the first fox; the second server is set
+            # aside; a fox is canceled.
+            route = load_catalog(Settings(_env_file=None, models_file=models)).route(  # type: ignore[call-arg]
+                "acme/gpu-fox")
+            cog = CogSlots(Settings(_env_file=None), client, None)  # type: ignore[call-arg, arg-type]
+            first = (await http.get(f"/api/v1/jobs/{foxes[0]}")).json()
+            order = queue_order(datetime.fromisoformat(first["created_at"]), first["priority"])
+            held = await cog.acquire(foxes[0], order, route)
+            assert held is not None
+            await cog.set_down(route.endpoints[1], 60, "test")
+            assert (await http.post(f"/api/v1/jobs/{foxes[2]}/cancel")).status_code == 200
+            shown = (await scrape(f"{url}/metrics"))[1]
+            assert value(shown, "mediagen_jobs", status="pending", model="acme/gpu-fox") == 2
+            assert value(shown, "mediagen_slots_busy", model="acme/gpu-fox") == 1
+            assert value(shown, "mediagen_slots_total", model="acme/gpu-fox") == 2
+
+            # A model's count stops at PENDING_COUNTED (rows written as the API writes them).
+            db = await asyncpg.connect(fresh_database.replace("postgres://", "postgresql://", 1))
+            try:
+                await db.execute(
+                    "INSERT INTO jobs (id, prompt, parameters, outputs, status, provider, model, "
+                    "attempt, retry_count, created_at, updated_at) SELECT gen_random_uuid(), "
+                    "'many', '{}', '[]', 'pending', 'builtin', 'acme/many', 0, 0, now(), now() "
+                    "FROM generate_series(1, $1)", metrics.PENDING_COUNTED + 5)
+            finally:
+                await db.close()
+            shown = (await scrape(f"{url}/metrics"))[1]
+            assert value(shown, "mediagen_jobs", status="pending",
+                         model="acme/many") == metrics.PENDING_COUNTED
+    finally:
+        await client.aclose()
+        proc.stop()

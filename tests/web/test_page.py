@@ -354,6 +354,28 @@ async def test_cancel_a_waiting_job(browser: Browser, idle_api: str) -> None:
     assert seen.errors == []
 
 
+async def test_a_waiting_job_shows_its_place_in_the_queue(browser: Browser, idle_api: str) -> None:
+    """The page follows the queue position from the job's events (no polling): a job ahead
+    leaving the queue moves it up."""
+    async with httpx.AsyncClient(base_url=idle_api) as http:
+        response = await http.post("/api/v1/generate", json={"prompt": "a job ahead"})
+        ahead = response.json()["job_id"]
+        seen = await visit(browser, idle_api)
+        page = seen.page
+        await submit(page, "a job in line")
+        job_id = await live_job_id(page)
+        status = page.locator("#live-status")
+        await expect(status).to_contain_text(re.compile(r"pending \(\d+ ahead in the queue\)"))
+        before = int((await status.text_content() or "").split("(")[1].split()[0])
+        assert (await http.post(f"/api/v1/jobs/{ahead}/cancel")).status_code == 200
+        after = f"({before - 1} ahead in the queue)" if before > 1 else "(next in line)"
+        await expect(status).to_contain_text(f"pending {after}")
+        await http.post(f"/api/v1/jobs/{job_id}/cancel")
+    detail = f"/api/v1/jobs/{job_id}"
+    assert [url for url in seen.requests if url.endswith(detail)] == [], seen.requests
+    assert seen.errors == []
+
+
 async def test_the_gallery_scrolls_through_every_page(browser: Browser, idle_api: str) -> None:
     async with httpx.AsyncClient(base_url=idle_api) as http:
         listed = (await http.get("/api/v1/jobs", params={"limit": 100})).json()

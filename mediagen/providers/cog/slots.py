@@ -133,6 +133,27 @@ async def queue_position(
     return int(waiting) + int(unseen or 0)
 
 
+async def usage(client: aioredis.Redis, routes: Sequence[ModelRoute]) -> dict[str, tuple[int, int]]:
+    """Each Cog model's busy and total slots (`/metrics`): the unexpired leases on its
+    endpoints, and the slots of those not set aside (an endpoint set aside may still finish
+    what it runs, so busy can exceed total meanwhile). One round trip for all, O(log n) each."""
+    now = int(time.time() * 1000)
+    async with client.pipeline(transaction=False) as pipe:
+        for route in routes:
+            for endpoint in route.endpoints:
+                pipe.zcount(held_key(endpoint), f"({now}", "+inf")
+                pipe.exists(down_key(endpoint))
+        replies = iter(await pipe.execute())
+    used = {}
+    for route in routes:
+        busy = total = 0
+        for endpoint in route.endpoints:
+            busy += int(next(replies))
+            total += 0 if int(next(replies)) else endpoint.slots
+        used[route.name] = (busy, total)
+    return used
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -131,8 +131,9 @@ function* parseEvents(buffer) {
   }
 }
 
-// Calls onEvent(kind, data) for each status/progress event until the job is terminal or the
-// signal aborts; returns the last status seen.
+// Calls onEvent(kind, data) for each event (status, progress, and queue: a pending job's
+// position when it changed) until the job is terminal or the signal aborts; returns the last
+// status seen.
 async function follow(jobId, onEvent, signal) {
   let lastId = null;
   let failures = 0;
@@ -175,6 +176,7 @@ async function follow(jobId, onEvent, signal) {
   while (!signal.aborted) {
     const job = await api(`${API}/jobs/${jobId}`, { signal });
     if (job.status !== status) { status = job.status; onEvent("status", job); }
+    if (status === "pending") onEvent("queue", { job_id: job.job_id, queue_position: job.queue_position });
     if (job.progress) onEvent("progress", job.progress);
     if (TERMINAL.has(status)) return status;
     await sleep(1500, signal);
@@ -356,20 +358,11 @@ async function watchLive(job) {
     if (gallery.cards.has(state.job_id)) cardFor({ ...state });
   };
   show();
-  // The queue position is in the job's detail, not in its events: read it while pending.
-  const queue = (async () => {
-    while (!controller.signal.aborted && ["pending", "retrying"].includes(state.status)) {
-      try {
-        const detail = await api(`${API}/jobs/${state.job_id}`, { signal: controller.signal });
-        if (detail.status === state.status) { state.queue_position = detail.queue_position; show(); }
-      } catch { /* the stream carries on */ }
-      await sleep(2000, controller.signal);
-    }
-  })();
   try {
     await follow(state.job_id, (kind, data) => {
       if (kind === "progress") progress = data;
       if (kind === "status") Object.assign(state, data);
+      if (kind === "queue") state.queue_position = data.queue_position;
       show();
     }, controller.signal);
     if (controller.signal.aborted) return;
@@ -381,7 +374,6 @@ async function watchLive(job) {
   } catch (error) {
     if (!controller.signal.aborted) $("live-status").textContent = describe(error);
   }
-  await queue;
 }
 
 async function submit(event) {
@@ -479,6 +471,7 @@ async function openDetail(jobId) {
     await follow(jobId, (kind, data) => {
       if (kind === "progress") progress = data;
       if (kind === "status") Object.assign(job, data);
+      if (kind === "queue") job.queue_position = data.queue_position;
       $("detail-status").textContent = statusText(job, progress);
       setProgress($("detail-progress"), job, progress);
     }, signal);
