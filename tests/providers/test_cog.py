@@ -333,6 +333,42 @@ async def test_a_busy_server_is_waited_for_as_pending(main: Stack) -> None:
     assert turned_away == []  # never sent to the server while it was busy: no 409
 
 
+async def test_a_409_from_the_server_of_its_slot_is_waited_out_there(main: Stack) -> None:
+    """The server of a job's slot answers 409 all the same (here: a prediction sent to it
+    directly, as a server finishing its last one does for a few milliseconds after its terminal
+    webhook): the PUT is tried again there after short waits, and the job starts on that server
+    in its first attempt, never set aside nor sent back to wait (a stall of seconds).
+
+    The job's PUT must meet the other prediction: on a loaded machine it may come after that
+    one ended; that round shows nothing, and another is tried."""
+    met = False
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        for round_ in range(3):
+            started = time.monotonic()
+            while main.cog.health() != "READY":
+                assert time.monotonic() - started < 30
+                await asyncio.sleep(0.05)
+            foreign = f"someone-else-{uuid.uuid4().hex}"
+            inputs = _inputs("not ours", num_inference_steps=1, step_seconds=0.4)
+            put = await client.put(f"{main.cog.url}/predictions/{foreign}",
+                                   json={"input": inputs}, headers={"Prefer": "respond-async"})
+            assert put.status_code == 202, put.text
+            while not main.cog.says(foreign):
+                await asyncio.sleep(0.01)
+            job_id = await _submit(client, _inputs(f"right after it {round_}"))
+            done = await wait_terminal(client, job_id, 30)
+            lines = [line for line in main.worker.log.read_text().splitlines() if job_id in line
+                     or cog.cog_id(job_id, 1) in line]
+            met = any("Cog server busy (409)" in line for line in lines)
+            if met or any("no free slot" in line for line in lines):
+                break
+    assert met, lines  # the PUT met the 409 and was tried again
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1 and done["retry_count"] == 0, done
+    assert main.cog.says(_cog_id(done))
+    assert not any("no free slot" in line for line in lines), lines  # never sent back to wait
+
+
 async def test_a_job_canceled_while_it_waits_gives_its_turn_to_the_next(main: Stack) -> None:
     """No sweeper runs in this stack: the queue moves on by releases alone."""
     started = time.monotonic()
