@@ -150,6 +150,8 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
     results: dict[str, Figures] = {}
     for label, tree in trees:
         for name, inputs in ROUNDS.items():
+            if args.round and name != args.round:
+                continue
             work = WORK / f"{label.replace(' ', '-')}-{name.replace(' ', '-')}"
             work.mkdir(parents=True, exist_ok=True)
             procs = Procs(work / "logs")
@@ -165,6 +167,8 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
     print(HEADER)
     for key, got in results.items():
         print(got.row(key))
+    if args.round:
+        return results
     main_200, main_instant = results["200 ms, this tree"], results["near-instant, this tree"]
     print(f"near-instant: {main_instant.over_100ms} of {max(main_instant.completed - 1, 0)} "
           f"handoffs over 100 ms, longest {main_instant.max_ms:.0f} ms")
@@ -250,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--round", choices=list(ROUNDS), help="only this round (no last line)")
     parser.add_argument("--versus-tree", metavar="DIR",
                         help="also run every round at another checkout of mediagen")
     return parser
