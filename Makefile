@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
-        bench-e2e bench-inflight bench-observability bench-prune compose-check ping fuzz chaos \
+        bench-e2e bench-inflight bench-observability bench-prune bench-cog compose-check ping fuzz chaos \
         rehearsal screenshots clean
 
 help:
@@ -93,6 +93,9 @@ bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s la
 
 bench-prune: setup ## Pruning 1,000,000 old job rows while submit and status are served
 	$(PY) bench/prune.py $(ARGS)
+
+bench-cog: setup ## One-slot Cog server, 100 jobs: slot utilization and handoff gaps; ARGS="--versus-tree DIR"
+	$(PY) bench/cog.py $(ARGS)
 
 compose-check: ## Validate docker-compose.yml without a Docker engine
 	$(PY) scripts/check_compose.py

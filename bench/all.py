@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in turn, then one table of their figures, dated, with the machine.
 
-    python bench/all.py              # about 8 minutes on our 2-core machines
+    python bench/all.py              # about 10 minutes on our 2-core machines
 
 bench-api runs three times: on an empty jobs table, with 1,000,000 unfinished jobs preloaded
 (the request path must not care), and against itself with metrics and logs off (what they
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import api, e2e, inflight
+from bench import api, cog, e2e, inflight
 
 
 def machine() -> str:
@@ -42,6 +42,8 @@ def main() -> int:
          "--versus", "LOG_LEVEL=WARNING"])))
     end_to_end = asyncio.run(e2e.run(e2e.parser().parse_args([])))
     in_flight = asyncio.run(inflight.run(inflight.parser().parse_args([])))
+    handoff = asyncio.run(cog.run(cog.parser().parse_args([])))
+    slot, instant = handoff["200 ms, this tree"], handoff["near-instant, this tree"]
 
     print(f"\nmake bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"{'what':58} {'measured':>30}")
@@ -66,10 +68,15 @@ def main() -> int:
          f"{in_flight['accepted_s']:.2f} s / {in_flight['wall_s']:.2f} s"),
         ("in flight: most at once, worker RSS",
          f"{in_flight['max_in_flight']:.0f}, {in_flight['rss_mib']:.0f} MiB"),
+        ("Cog, one slot, 200 ms predictions: utilization, gap p50/p99",
+         f"{slot.utilization:.1%}, {slot.p50_ms:.0f} / {slot.p99_ms:.0f} ms"),
+        ("Cog, near-instant predictions: handoffs over 100 ms, longest",
+         f"{instant.over_100ms}, {instant.max_ms:.0f} ms"),
     ]
     for what, measured in rows:
         print(f"{what:58} {measured:>30}")
-    return 0 if end_to_end["ok"] and in_flight["ok"] else 1
+    cog_ok = all(f.completed == f.jobs for f in handoff.values())
+    return 0 if end_to_end["ok"] and in_flight["ok"] and cog_ok else 1
 
 
 if __name__ == "__main__":

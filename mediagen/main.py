@@ -41,6 +41,7 @@ from mediagen.observability import logs, metrics, tracing
 from mediagen.observability.router import router as metrics_router
 from mediagen.outbound import Outbound
 from mediagen.providers.cog import webhooks as cog_webhooks
+from mediagen.providers.cog.capacity import CogCapacity
 from mediagen.providers.replicate.webhooks import router as webhooks_router
 from mediagen.replicate_api import router as replicate_api
 from mediagen.storage import create_storage
@@ -142,6 +143,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.rate_limiter = RateLimiter(limits, settings.rate_limit_per_minute)
         app.state.read_limiter = RateLimiter(limits, settings.rate_limit_reads_per_minute, "reads")
         app.state.outbox = Outbox(client("mediagen-outbox", timeout=5))
+        # Cog slots, freed by the terminal webhook (`mediagen.providers.cog.webhooks`).
+        app.state.cog_capacity = (
+            CogCapacity(settings, catalog, app.state.outbox, outbound, storage)
+            if "cog" in catalog.providers()
+            else None
+        )
         subscriber = client("mediagen-keys", timeout=PING_EVERY * 3)
         following = asyncio.create_task(app.state.keys.follow(subscriber), name="key-changes")
         # Everything made so far (the app, its routes and models, the imported libraries) lives

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
 import time
 import uuid
@@ -26,8 +27,10 @@ import httpx
 import pytest
 import redis
 
+from mediagen.catalog import Endpoint
 from mediagen.config import get_settings
 from mediagen.providers.cog import provider as cog
+from mediagen.providers.cog import slots as cog_slots
 from tests.cog_servers import (  # noqa: F401 - the fixtures, for this module
     CogServer,
     cog_server,
@@ -331,6 +334,82 @@ async def test_a_busy_server_is_waited_for_as_pending(main: Stack) -> None:
     turned_away = [line for line in main.worker.log.read_text().splitlines()
                    if "no free slot" in line and (first in line or second in line)]
     assert turned_away == []  # never sent to the server while it was busy: no 409
+
+
+async def test_a_409_from_the_server_of_its_slot_is_waited_out_there(main: Stack) -> None:
+    """The server of a job's slot answers 409 all the same (here: a prediction sent to it
+    directly, as a server finishing its last one does for a few milliseconds after its terminal
+    webhook): the PUT is tried again there after short waits, and the job starts on that server
+    in its first attempt, never set aside nor sent back to wait (a stall of seconds).
+
+    The job's PUT must meet the other prediction: on a loaded machine it may come after that
+    one ended; that round shows nothing, and another is tried."""
+    met = False
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        for round_ in range(3):
+            started = time.monotonic()
+            while main.cog.health() != "READY":
+                assert time.monotonic() - started < 30
+                await asyncio.sleep(0.05)
+            foreign = f"someone-else-{uuid.uuid4().hex}"
+            inputs = _inputs("not ours", num_inference_steps=1, step_seconds=0.4)
+            put = await client.put(f"{main.cog.url}/predictions/{foreign}",
+                                   json={"input": inputs}, headers={"Prefer": "respond-async"})
+            assert put.status_code == 202, put.text
+            while not main.cog.says(foreign):
+                await asyncio.sleep(0.01)
+            job_id = await _submit(client, _inputs(f"right after it {round_}"))
+            done = await wait_terminal(client, job_id, 30)
+            lines = [line for line in main.worker.log.read_text().splitlines() if job_id in line
+                     or cog.cog_id(job_id, 1) in line]
+            met = any("Cog server busy (409)" in line for line in lines)
+            if met or any("no free slot" in line for line in lines):
+                break
+    assert met, lines  # the PUT met the 409 and was tried again
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 1 and done["retry_count"] == 0, done
+    assert main.cog.says(_cog_id(done))
+    assert not any("no free slot" in line for line in lines), lines  # never sent back to wait
+
+
+async def test_the_completion_webhook_frees_the_slot_before_the_worker_finishes(
+        main: Stack) -> None:
+    """The server's slot is free once it reports the prediction done: the terminal webhook
+    frees it (and sends the start of the job waiting for it) while the worker has yet to store
+    the outputs. Here the worker is paused: the slot is free all the same, and both jobs
+    complete once it runs again."""
+    started = time.monotonic()
+    while main.cog.health() != "READY":
+        assert time.monotonic() - started < 30
+        await asyncio.sleep(0.05)
+    broker = redis.Redis.from_url(main.env["REDIS_URL"])
+    held = cog_slots.held_key(Endpoint(main.cog.url, 1))
+    async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
+        first = await _submit(client, _inputs("hands over", step_seconds=0.2,
+                                              num_inference_steps=3))
+        await _started(client, first, main.cog)
+        second = await _submit(client, _inputs("takes over"))
+        for _ in range(200):
+            if broker.zscore(cog_slots.wait_key(MODEL), second) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert broker.zscore(held, first) is not None  # the first holds the one slot
+        os.killpg(main.worker.popen.pid, signal.SIGSTOP)
+        try:
+            for _ in range(400):  # until the server reported the first one done
+                if broker.exists(cog.DONE + cog.cog_id(first, 1)):
+                    break
+                await asyncio.sleep(0.01)
+            assert broker.exists(cog.DONE + cog.cog_id(first, 1))
+            job = (await client.get(f"/api/v1/jobs/{first}")).json()
+            assert job["status"] == "processing", job  # not finished: the worker is paused
+            assert broker.zscore(held, first) is None  # ... and its slot is free
+        finally:
+            os.killpg(main.worker.popen.pid, signal.SIGCONT)
+            broker.close()
+        done = [await wait_terminal(client, job_id, 30) for job_id in (first, second)]
+    assert [j["status"] for j in done] == ["completed", "completed"], done
+    assert done[1]["attempts"] == 1 and done[1]["retry_count"] == 0, done[1]
 
 
 async def test_a_job_canceled_while_it_waits_gives_its_turn_to_the_next(main: Stack) -> None:

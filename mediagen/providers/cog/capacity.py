@@ -8,8 +8,11 @@ The slots and queues themselves are `mediagen.providers.cog.slots` (Redis, Lua).
   model's queue and the step ends; no countdown, no polling.
 - `release` (whatever ends an attempt: completed, failed, canceled once Cog confirmed, retried)
   frees the slot and sends the start of the queue's heads that now fit, through the outbox.
-- `turned_away`: a 409 despite our accounting, or a refused connection, sets the endpoint
-  aside for a moment; the job waits for a slot again without counting a retry.
+  The prediction's terminal webhook runs it first, in the API (`webhooks`): the server is free
+  once it reports the prediction done, while the worker still stores the outputs.
+- `turned_away`: a 409 that lasts despite our accounting (the provider sends a PUT that met one
+  again for a moment first), or a refused connection, sets the endpoint aside for a moment;
+  the job waits for a slot again without counting a retry.
 - `sweep` (the sweeper): health-checks every endpoint (`GET /health-check`); one that is not
   READY or BUSY gets no work until it is again, and after LOST_AFTER_FAILED_CHECKS failed checks
   in a row the jobs in flight on it run a new attempt (their predictions will never report:

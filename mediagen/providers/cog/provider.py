@@ -7,9 +7,10 @@ slots are busy), unsigned webhooks, nothing kept when a webhook is missed. So (i
 
 - **Capacity** is ours to keep (`mediagen.providers.cog.slots`): a job's start step takes a
   slot of one endpoint before anything is sent, or waits, `pending`, in its model's queue. So
-  the pipeline hands `create` a route with that one endpoint; a 409 there all the same (the
-  server is shared with someone else) raises `NoCapacityError`, a refused connection
-  `EndpointDownError`: the job waits for a slot again, uncounted.
+  the pipeline hands `create` a route with that one endpoint. A 409 there is sent again after
+  waits of milliseconds (the server still finishing the prediction it just reported done);
+  one that lasts (the server is shared with someone else) raises `NoCapacityError`, a refused
+  connection `EndpointDownError`: the job waits for a slot again, uncounted.
 - **create** PUTs `/predictions/{id}` with `Prefer: respond-async` on the model's endpoint
   (the first of the route's that answers, rotating). Its `input` is exactly the job's inputs
   (input files as URLs or `data:` URIs), with the prompt only as the model's `prompt` input
@@ -45,6 +46,7 @@ need nothing but the job's row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -71,7 +73,7 @@ from mediagen.errors import (
     StorageError,
 )
 from mediagen.jobs.values import too_large
-from mediagen.outbound import Outbound, Policy
+from mediagen.outbound import Outbound, Policy, Reply
 from mediagen.providers.base import (
     Fetched,
     GenerationRequest,
@@ -139,6 +141,9 @@ __all__ = [
 ]
 log = logging.getLogger(__name__)
 
+# Waits before a PUT that met a 409 is sent again (`CogProvider._put`): about 0.6 s in all,
+# then the server is busy for real (shared with someone else) and is set aside.
+BUSY_WAITS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
 API_MAX_BYTES = 1024 * 1024  # a Cog answer to a create or cancel (the input echoed, logs)
 DEFAULT_DEADLINE = 600.0
 # Which webhooks Cog sends: "output" for what a streaming model yields as it runs (Cog sends it
@@ -247,14 +252,9 @@ class CogProvider:
                 "webhook_events_filter": WEBHOOK_EVENTS,
             }
             what = f"cog create on endpoint {key_of}"
+            url = f"{endpoint.url}/predictions/{quote(given_id(key, prediction), safe='')}"
             try:
-                reply = await self.outbound.call(
-                    "PUT",
-                    f"{endpoint.url}/predictions/{quote(given_id(key, prediction), safe='')}",
-                    self._api,
-                    json=body,
-                    headers={"Prefer": "respond-async"},
-                )
+                reply = await self._put(url, body, prediction)
             except OutboundError as exc:
                 if _never_sent(exc):  # refused or unreachable: this one took nothing
                     problems.append(f"endpoint {key_of}: {exc.reason}")
@@ -281,6 +281,28 @@ class CogProvider:
                 f"no free slot on the Cog servers of {model}: {detail}", urls=urls
             )
         raise EndpointDownError(f"no Cog server of {model} answered: {detail}", urls=urls)
+
+    async def _put(self, url: str, body: dict[str, Any], prediction: str) -> Reply:
+        """PUT the prediction; a 409 is tried again after short waits (BUSY_WAITS). The job
+        holds a slot of this server, so a 409 mostly means the server still finishes the
+        prediction it just reported done (it sends the terminal webhook a few milliseconds
+        before its slot takes work): a wait of milliseconds, where setting the server aside
+        costs seconds. Nothing was started by a 409, so the same PUT is safe again."""
+        for wait in BUSY_WAITS:
+            reply = await self._send(url, body)
+            if reply.status != 409:
+                return reply
+            log.info(
+                "Cog server busy (409); trying again",
+                extra={"prediction": prediction, "retry_in_ms": round(wait * 1000)},
+            )
+            await asyncio.sleep(wait)
+        return await self._send(url, body)
+
+    async def _send(self, url: str, body: dict[str, Any]) -> Reply:
+        return await self.outbound.call(
+            "PUT", url, self._api, json=body, headers={"Prefer": "respond-async"}
+        )
 
     async def get(self, prediction_id: str, request: GenerationRequest) -> Prediction:
         handle = Handle.parse(prediction_id)

@@ -9,7 +9,8 @@ no longer owns its job (finished, canceled, retried as a new attempt) is acknowl
 ignored. A progress webhook records the tail of the logs in Redis, and the chunks a streaming
 model has yielded so far (Cog sends the output list as it grows, one webhook per chunk, not
 always in order: the worker keeps the longest), without a look at the job (the record of an
-attempt that is over is read by nobody); for the attempt running now, the terminal one has its
+attempt that is over is read by nobody); for the attempt running now, the terminal one frees
+the prediction's Cog slot at once (the queue's next job starts meanwhile), and has its
 file outputs staged in storage (data: URIs decoded as they are written, checked against
 DOWNLOAD_MAX_BYTES, the media types downloads allow and their bytes; our own upload Locations
 taken as they are; more than MAX_OUTPUTS_PER_JOB outputs fail the job before anything is
@@ -71,6 +72,7 @@ from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.states import JobStatus
 from mediagen.providers.base import finished
 from mediagen.providers.cog import provider as cog
+from mediagen.providers.cog.capacity import CogCapacity
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,12 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
     if running is None:  # its uploads will never be used
         await _discard(storage, prediction, cog.file_outputs(payload.get("output")))
         return "ignored"
+    capacity: CogCapacity | None = request.app.state.cog_capacity
+    if capacity is not None:
+        # The server's slot is free now: the next job in the queue starts while this one's
+        # outputs are stored (a release by the worker, after that, would leave the server idle
+        # for a poll step and the finish; the worker's own release is then a no-op).
+        await capacity.release(running)
     if await redis.exists(cog.DONE + prediction):
         return "duplicate"
     record, fresh = await _terminal_record(prediction, payload, settings, storage)

@@ -1,0 +1,269 @@
+"""Benchmark: the handoff of one Cog slot from one job to the next.
+
+    make bench-cog                   # or: python bench/cog.py --jobs 100
+    python bench/cog.py --versus-tree ../other-checkout   # the same, at another checkout too
+
+Starts, on loopback: an embedded Postgres and Redis (fresh, in .bench/), the example Cog model
+(examples/cog-model) under Cog's own HTTP server (`cog` + `coglet` from
+tests/cog-requirements.txt, in a virtualenv made once in .bench/cog-venv) with ONE slot, and
+mediagen's API and one worker with the sweeper (`mediagen worker --beat`), default settings.
+Submits the jobs at once through the HTTP API and counts the predictions started once all are
+in (the queue is never empty then), in two rounds: a prediction of about 200 ms
+(four steps of 50 ms) and a near-instant one (one step, no wait).
+
+What it measures comes from the Cog server's side: its log's "Starting prediction" and
+"Prediction worker completed" lines, timestamped to the microsecond. Utilization is the time
+the slot spent predicting over the wall time from the first start to the last completion;
+a handoff is the gap between one prediction's completion and the next one's start (p50, p99,
+max). Its last line, for the 200 ms round (max over both rounds):
+`cog handoff: p50_ms=X p99_ms=Y max_ms=Z utilization=U`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, Procs, clean_env, free_port, servers, wait_http
+
+WORK = ROOT / ".bench" / "cog"
+VENV = ROOT / ".bench" / "cog-venv"
+MODEL_DIR = ROOT / "examples" / "cog-model"
+REQUIREMENTS = ROOT / "tests" / "cog-requirements.txt"
+MODEL = "bench/example"
+SECRET = "bench-cog-webhook-secret"
+# The two rounds: the model's inputs (besides the prompt).
+ROUNDS = {
+    "200 ms": {"width": 64, "height": 64, "num_inference_steps": 4, "step_seconds": 0.05},
+    "near-instant": {"width": 64, "height": 64, "num_inference_steps": 1, "step_seconds": 0.0},
+}
+
+
+@dataclass(frozen=True)
+class Figures:
+    jobs: int
+    completed: int
+    utilization: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    over_100ms: int
+    jobs_per_s: float
+    possible_per_s: float  # 1 / the mean prediction time
+
+    def row(self, label: str) -> str:
+        return (f"{label:34} {self.completed:>4}/{self.jobs:<4} {self.utilization:6.1%} "
+                f"{self.jobs_per_s:5.1f}/{self.possible_per_s:<5.1f} {self.p50_ms:7.1f} "
+                f"{self.p99_ms:7.1f} {self.max_ms:8.1f} {self.over_100ms:5}")
+
+
+HEADER = (f"{'round, code':34} {'done':>9} {'util':>6} {'jobs/s':>11} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'max ms':>8} {'>100':>5}")
+
+
+def cog_venv() -> Path:
+    """A virtualenv with the pinned Cog server and Pillow (made once, with the project's uv)."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print("bench: making the Cog virtualenv in .bench/cog-venv", flush=True)
+        uv = Path(sys.executable).parent / "uv"
+        subprocess.run([str(uv), "venv", "-q", "--python", sys.executable, str(VENV)], check=True)
+        subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), "-r",
+                        str(REQUIREMENTS)], check=True)
+    return VENV
+
+
+def _stamp(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def cog_times(log: Path, since: float) -> list[tuple[float, float]]:
+    """(start, completion) of each prediction the Cog server's log shows after `since`
+    (epoch seconds), in order of start."""
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for line in log.read_bytes().splitlines():
+        if not line.startswith(b"{"):
+            continue
+        try:
+            entry: dict[str, Any] = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        fields = entry.get("fields") or {}
+        message, prediction = fields.get("message"), fields.get("prediction_id")
+        if not prediction or "timestamp" not in entry:
+            continue
+        at = _stamp(entry["timestamp"])
+        if at < since:
+            continue
+        if message == "Starting prediction":
+            starts.setdefault(prediction, at)
+        elif message == "Prediction worker completed":
+            ends[prediction] = at
+    return sorted((starts[p], ends[p]) for p in starts if p in ends)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def figures(jobs: int, completed: int, times: list[tuple[float, float]]) -> Figures:
+    busy = sum(end - start for start, end in times)
+    wall = times[-1][1] - times[0][0] if times else 0.0
+    gaps = [(times[i + 1][0] - times[i][1]) * 1000 for i in range(len(times) - 1)]
+    mean = busy / len(times) if times else 0.0
+    return Figures(
+        jobs=jobs,
+        completed=completed,
+        utilization=busy / wall if wall else 0.0,
+        p50_ms=_percentile(gaps, 0.5),
+        p99_ms=_percentile(gaps, 0.99),
+        max_ms=max(gaps, default=0.0),
+        over_100ms=sum(gap > 100 for gap in gaps),
+        jobs_per_s=len(times) / wall if wall else 0.0,
+        possible_per_s=1 / mean if mean else 0.0,
+    )
+
+
+async def run(args: argparse.Namespace) -> dict[str, Figures]:
+    """Every round at this tree (and at --versus-tree): the figures by "round, code"."""
+    venv = cog_venv()
+    trees = [("this tree", ROOT)]
+    if args.versus_tree:
+        other = Path(args.versus_tree).resolve()
+        trees.append((other.name, other))
+    results: dict[str, Figures] = {}
+    for label, tree in trees:
+        for name, inputs in ROUNDS.items():
+            if args.round and name != args.round:
+                continue
+            work = WORK / f"{label.replace(' ', '-')}-{name.replace(' ', '-')}"
+            work.mkdir(parents=True, exist_ok=True)
+            procs = Procs(work / "logs")
+            with servers(work, None, None) as (database_url, redis_url):
+                try:
+                    got = await _measure(args, procs, work, tree, venv, inputs, database_url,
+                                         redis_url)
+                finally:
+                    procs.stop()
+            results[f"{name}, {label}"] = got
+            print(got.row(f"{name}, {label}"), flush=True)
+    print()
+    print(HEADER)
+    for key, got in results.items():
+        print(got.row(key))
+    if args.round:
+        return results
+    main_200, main_instant = results["200 ms, this tree"], results["near-instant, this tree"]
+    print(f"near-instant: {main_instant.over_100ms} of {max(main_instant.completed - 1, 0)} "
+          f"handoffs over 100 ms, longest {main_instant.max_ms:.0f} ms")
+    print(f"cog handoff: p50_ms={main_200.p50_ms:.1f} p99_ms={main_200.p99_ms:.1f} "
+          f"max_ms={max(main_200.max_ms, main_instant.max_ms):.1f} "
+          f"utilization={main_200.utilization:.3f}")
+    return results
+
+
+async def _measure(args: argparse.Namespace, procs: Procs, work: Path, tree: Path, venv: Path,
+                   inputs: dict[str, Any], database_url: str, redis_url: str) -> Figures:
+    cog_port, api_port = free_port(), free_port()
+    models = work / "models.toml"
+    models.write_text(f'[models."{MODEL}"]\nprovider = "cog"\ndeadline = 120\n'
+                      f'[[models."{MODEL}".endpoints]]\nurl = "http://127.0.0.1:{cog_port}"\n'
+                      "slots = 1\n")
+    env = clean_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        MODELS_FILE=str(models),
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{api_port}",
+        COG_WEBHOOK_SECRET=SECRET,
+        LOCAL_STORAGE_PATH=str(work / "media"),
+        EMBEDDED_DATA_DIR=str(work / "data"),
+        API_PORT=str(api_port),
+        LOG_LEVEL="INFO",
+        PYTHONPATH=str(tree),
+    )
+    cog_env = {**clean_env(), "PATH": f"{venv / 'bin'}:{clean_env().get('PATH', '')}",
+               "PORT": str(cog_port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+               "VIRTUAL_ENV": str(venv)}
+    cog_env.pop("PYTHONPATH", None)
+    subprocess.run([sys.executable, "-m", "mediagen", "migrate"], env=env, cwd=tree,
+                   check=True, capture_output=True)
+    procs.spawn([str(venv / "bin" / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"],
+                cog_env, "cog.log", cwd=MODEL_DIR)
+    procs.spawn([sys.executable, "-m", "mediagen", "api"], env, "api.log", cwd=tree)
+    procs.spawn([sys.executable, "-m", "mediagen", "worker", "--beat"], env, "worker.log",
+                cwd=tree)
+    await _cog_ready(f"http://127.0.0.1:{cog_port}")
+    await wait_http(f"http://127.0.0.1:{api_port}/api/v1/health")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as client:
+        while (await client.get("/api/v1/health")).status_code != 200:  # the worker reported in
+            await asyncio.sleep(0.2)
+        body = {"model": MODEL, "parameters": {**inputs, "output_format": "png"}}
+        created = await asyncio.gather(*(
+            client.post("/api/v1/generate", json={**body, "prompt": f"a lighthouse, number {n}"})
+            for n in range(args.jobs)))
+        for reply in created:
+            reply.raise_for_status()
+        ids = [str(reply.json()["job_id"]) for reply in created]
+        since = time.time()  # handoffs from here on: every job is in the queue
+        # Jobs start in order of submission: statuses are read from the oldest unfinished on,
+        # up to the first one still running, twice a second (the API's CPU goes to handoffs).
+        done: dict[str, str] = {}
+        deadline = time.monotonic() + args.timeout
+        while len(done) < len(ids) and time.monotonic() < deadline:
+            for job_id in [job_id for job_id in ids if job_id not in done]:
+                status = (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"]
+                if status not in ("completed", "failed", "canceled"):
+                    break
+                done[job_id] = status
+            await asyncio.sleep(0.5)
+    completed = sum(status == "completed" for status in done.values())
+    return figures(args.jobs, completed, cog_times(work / "logs" / "cog.log", since))
+
+
+async def _cog_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(f"{url}/health-check", timeout=2)).json().get(
+                        "status") == "READY":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"Cog server {url} not READY")
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--round", choices=list(ROUNDS), help="only this round (no last line)")
+    parser.add_argument("--versus-tree", metavar="DIR",
+                        help="also run every round at another checkout of mediagen")
+    return parser
+
+
+def main() -> int:
+    results = asyncio.run(run(parser().parse_args()))
+    return 0 if all(f.completed == f.jobs for f in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
