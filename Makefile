@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: help setup run api worker beat migrate test lint format lock bench bench-api \
-        bench-e2e bench-inflight bench-observability bench-prune bench-cog compose-check ping fuzz chaos \
+        bench-e2e bench-fair bench-inflight bench-observability bench-prune bench-cog compose-check ping fuzz chaos \
         rehearsal screenshots clean
 
 help:
@@ -87,6 +87,9 @@ bench-e2e: setup ## Throughput and latency end to end, built-in generator, one w
 bench-observability: setup ## Submit and status with metrics and logs on, against them off
 	$(PY) bench/api.py --versus LOG_LEVEL=WARNING --versus METRICS_ENABLED=false \
 	  --versus ACCESS_LOG=false $(ARGS)
+
+bench-fair: setup ## Key A submits 10,000 jobs, then key B 10: B's wait to start, A's throughput
+	$(PY) bench/fair.py $(ARGS)
 
 bench-inflight: setup ## 1,000 jobs at once against a fake Replicate with 5 s latency
 	$(PY) bench/inflight.py $(ARGS)

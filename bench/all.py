@@ -1,10 +1,12 @@
 """`make bench`: every benchmark in turn, then one table of their figures, dated, with the machine.
 
     python bench/all.py              # about 10 minutes on our 2-core machines
+    python bench/all.py              # about 11 minutes on our 2-core machines
 
 bench-api runs three times: on an empty jobs table, with 1,000,000 unfinished jobs preloaded
 (the request path must not care), and against itself with metrics and logs off (what they
-cost: METRICS_ENABLED=false, ACCESS_LOG=false, LOG_LEVEL=WARNING). Each benchmark starts its own fresh servers and processes.
+cost: METRICS_ENABLED=false, ACCESS_LOG=false, LOG_LEVEL=WARNING). bench-fair times how long a
+key waits behind another's backlog. Each benchmark starts its own fresh servers and processes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import api, cog, e2e, inflight
+from bench import api, cog, e2e, fair, inflight
 
 
 def machine() -> str:
@@ -44,6 +46,7 @@ def main() -> int:
     in_flight = asyncio.run(inflight.run(inflight.parser().parse_args([])))
     handoff = asyncio.run(cog.run(cog.parser().parse_args([])))
     slot, instant = handoff["200 ms, this tree"], handoff["near-instant, this tree"]
+    turns = asyncio.run(fair.run(fair.parser().parse_args([])))
 
     print(f"\nmake bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"{'what':58} {'measured':>30}")
@@ -72,6 +75,9 @@ def main() -> int:
          f"{slot.utilization:.1%}, {slot.p50_ms:.0f} / {slot.p99_ms:.0f} ms"),
         ("Cog, near-instant predictions: handoffs over 100 ms, longest",
          f"{instant.over_100ms}, {instant.max_ms:.0f} ms"),
+        ("turns, A's 10,000 jobs then B's 10: B's wait p50 / max",
+         f"{turns['b_wait_p50_s']:.1f} s / {turns['b_wait_max_s']:.1f} s"),
+        ("turns: A's throughput (x A alone)", f"{turns['a_throughput_ratio']:.2f}x"),
     ]
     for what, measured in rows:
         print(f"{what:58} {measured:>30}")

@@ -2,6 +2,8 @@
 
     make bench-api                          # or: python bench/api.py
     python bench/api.py --preload 1000000   # first fill `jobs` with a million unfinished jobs
+    python bench/api.py --preload 10000 --preload-keys 100   # ... spread over 100 API keys
+    python bench/api.py --preload-keys 100  # the same keys, an empty table: what to compare with
 
 Starts one Postgres and one Redis (fresh embedded servers, or --database-url/--redis-url), our
 API and `bench/baseline_app.py` (Starlette + asyncpg + redis.asyncio + orjson: one INSERT and one
@@ -11,7 +13,9 @@ round, and prints req/s, p50 and p99 of each and the ratio ours/baseline (median
 
 Our API runs with its defaults (no API keys, so anonymous callers are served) except for the
 three per-key limits (submissions, reads, unfinished jobs), raised out of reach but still
-checked, so every request pays for them.
+checked, so every request pays for them. With --preload-keys K, K keys are made first (keys
+are then required) and the preloaded jobs shared among them; the requests are those of the
+first key. Compare with `--preload-keys K` alone (the same keys, no backlog).
 
     python bench/api.py --versus LOG_LEVEL=WARNING --versus METRICS_ENABLED=false \
         --versus ACCESS_LOG=false
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sys
 import time
 import uuid
@@ -55,6 +60,8 @@ from bench.common import (
     wait_http,
     wrk,
 )
+from mediagen.jobs.models import COUNTER_SHARDS
+from mediagen.keys.service import PREFIX, SHOWN, hash_key, new_webhook_secret
 
 WORK = ROOT / ".bench" / "api"
 BODY = {"prompt": "A beautiful sunset over mountains",
@@ -74,24 +81,47 @@ UNLIMITED = "1000000000"
 PATHS = {"submit": "/api/v1/generate", "status": "/"}
 
 
-async def preload(dsn: str, count: int) -> float:
-    """`count` pending jobs (anonymous, created over the last day), as a backlog would be."""
+async def preload_keys(conn: asyncpg.Connection, count: int) -> list[tuple[uuid.UUID, str]]:
+    """`count` API keys (id, secret), each with its counter shards, as `mediagen keys create`
+    makes them; once one exists, our API requires a key (AUTH_REQUIRED=auto)."""
+    keys = [(uuid.uuid4(), PREFIX + secrets.token_urlsafe(32)) for _ in range(count)]
+    await conn.executemany(
+        "INSERT INTO api_keys (id, name, prefix, key_hash, created_at, webhook_secret) "
+        "VALUES ($1, $2, $3, $4, now(), $5)",
+        [(key, f"bench {n}", secret[:SHOWN], hash_key(secret), new_webhook_secret())
+         for n, (key, secret) in enumerate(keys)])
+    await conn.execute(
+        "INSERT INTO job_counters (scope, shard, unfinished) SELECT k, g, 0 "
+        f"FROM unnest($1::uuid[]) AS k, generate_series(0, {COUNTER_SHARDS - 1}) AS g",
+        [key for key, _ in keys])
+    return keys
+
+
+async def preload(dsn: str, count: int, keys: int = 0) -> tuple[float, list[str]]:
+    """`count` pending jobs (created over the last day), as a backlog would be: anonymous, or
+    spread evenly over `keys` new API keys (their secrets returned)."""
     started = time.monotonic()
     conn = await asyncpg.connect(dsn)
     try:
         now = datetime.now(UTC)
         params = orjson.dumps(BODY["parameters"]).decode()
+        owners: list[uuid.UUID | None] = [None]
+        secrets_: list[str] = []
+        if keys:
+            made = await preload_keys(conn, keys)
+            owners, secrets_ = [key for key, _ in made], [secret for _, secret in made]
         # Counters kept with the transitions (where the schema has them) must agree with the rows:
-        # the jobs are counted in shard 0 of the anonymous scope.
+        # the jobs are counted in shard 0 of their owner's scope.
         counted = await conn.fetchval("SELECT to_regclass('job_counters') IS NOT NULL")
         columns = ["id", "status", "prompt", "parameters", "provider", "outputs", "attempt",
-                   "retry_count", "created_at", "updated_at"] + (["quota_shard"] if counted else [])
+                   "retry_count", "created_at", "updated_at", "api_key_id"] + (
+                       ["quota_shard"] if counted else [])
         batch = 100_000
         for first in range(0, count, batch):
             rows = [
                 (uuid.uuid4(), "pending", "a preloaded job", params, "builtin", "[]", 0, 0,
                  now - timedelta(seconds=86_400 * (count - i) / count), now,
-                 *([0] if counted else []))
+                 owners[i % len(owners)], *([0] if counted else []))
                 for i in range(first, min(count, first + batch))
             ]
             await conn.copy_records_to_table("jobs", records=rows, columns=columns)
@@ -100,9 +130,11 @@ async def preload(dsn: str, count: int) -> float:
                 "SELECT count(*) > 0 FROM information_schema.columns "
                 "WHERE table_name = 'job_counters' AND column_name = 'pending'")
             await conn.execute(
-                "UPDATE job_counters SET unfinished = unfinished + $1"
-                + (", pending = pending + $1" if by_state else "")
-                + " WHERE scope = $2 AND shard = 0", count, uuid.UUID(int=0))
+                "UPDATE job_counters SET unfinished = unfinished + owned.n"
+                + (", pending = pending + owned.n" if by_state else "")
+                + " FROM (SELECT coalesce(api_key_id, $1) AS scope, count(*) AS n FROM jobs "
+                "GROUP BY 1) AS owned WHERE job_counters.scope = owned.scope AND shard = 0",
+                uuid.UUID(int=0))
         # What autovacuum and the checkpointer would do in the first minutes after a bulk load,
         # done now: left to them, they land in random rounds (p99 of 250-400 ms in the rounds
         # they hit, on either app) and the comparison measures them instead of the request path.
@@ -110,11 +142,12 @@ async def preload(dsn: str, count: int) -> float:
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
-    return time.monotonic() - started
+    return time.monotonic() - started, secrets_
 
 
-async def submit_some(url: str, count: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+async def submit_some(url: str, count: int, secret: str | None = None) -> list[str]:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
         ids = []
         for _ in range(count):
             response = await client.post("/api/v1/generate", json=BODY)
@@ -153,9 +186,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             if await subprocess_run.wait():
                 raise SystemExit("bench: migrations failed")
             dsn = asyncpg_dsn(database_url)
-            if args.preload:
-                took = await preload(dsn, args.preload)
-                print(f"preloaded {args.preload:,} unfinished jobs in {took:.1f} s", flush=True)
+            secrets_: list[str] = []
+            if args.preload or args.preload_keys:
+                took, secrets_ = await preload(dsn, args.preload, args.preload_keys)
+                spread = f" over {args.preload_keys} keys" if args.preload_keys else ""
+                print(f"preloaded {args.preload:,} unfinished jobs{spread} in {took:.1f} s",
+                      flush=True)
+            # With keys, the requests are those of the first key (one with a backlog of its own).
+            auth = f'wrk.headers["Authorization"] = "Bearer {secrets_[0]}"\n' if secrets_ else ""
             ours, base = free_port(), free_port()
             uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log",
                        "--log-level", "warning"]
@@ -178,12 +216,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 await wait_http(f"{urls['baseline']}/api/v1/status/{uuid.uuid4()}", ok=405)
             await wait_http(f"{urls['mediagen']}/openapi.json")
             submit = WORK / "submit.lua"
-            submit.write_text(LUA_SUBMIT % orjson.dumps(BODY).decode())
+            submit.write_text(auth + LUA_SUBMIT % orjson.dumps(BODY).decode())
             scripts: dict[str, dict[str, Path]] = {}
             for name, url in urls.items():
-                ids = await submit_some(url, 500)
+                ids = await submit_some(url, 500, secrets_[0] if secrets_ else None)
                 status = WORK / f"status-{name}.lua"
-                status.write_text(LUA_STATUS % ",".join(f'"{i}"' for i in ids))
+                status.write_text(auth + LUA_STATUS % ",".join(f'"{i}"' for i in ids))
                 scripts[name] = {"submit": submit, "status": status}
                 # Warm-up: connections opened, statements prepared, caches filled.
                 for endpoint, script in scripts[name].items():
@@ -206,6 +244,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 def print_table(results: dict[tuple[str, str], list[WrkResult]],
                 args: argparse.Namespace) -> dict[str, float]:
     backlog = f"{args.preload:,} unfinished jobs preloaded" if args.preload else "empty table"
+    if args.preload_keys:
+        backlog += f", {args.preload_keys} keys"
     print(f"\nbench-api ({backlog}; medians of {args.rounds} rounds)")
     print(f"{'endpoint':8} {'mediagen req/s':>14} {'p50':>7} {'p99':>7}  "
           f"{'baseline req/s':>14} {'p50':>7} {'p99':>7}  {'ratio':>6} {'p99 x':>6}")
@@ -227,6 +267,10 @@ def print_table(results: dict[tuple[str, str], list[WrkResult]],
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preload", type=int, default=0, help="unfinished jobs to insert first")
+    parser.add_argument("--preload-keys", type=int, default=0, metavar="K",
+                        help="spread the preloaded jobs over K new API keys (0: anonymous); "
+                             "the requests then use the first of them (without --preload: "
+                             "the empty table to compare with)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
