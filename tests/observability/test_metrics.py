@@ -304,7 +304,10 @@ async def test_webhook_deliveries_and_sweeper_rescues_are_counted(
                 ids.append(response.json()["job_id"])
             # Every start message is lost, long ago as far as the jobs know: only the sweeper
             # can start them now.
-            broker.delete("mediagen", "mediagen\x06\x163")  # and the normal-priority starts
+            # The outbox writes them just after each 201 (its own batch): wait until they are in.
+            starts = ("mediagen", "mediagen\x06\x163")  # and the normal-priority starts
+            wait_for(lambda: sum(broker.llen(k) for k in starts) >= 3, 10, what="the starts")
+            broker.delete(*starts)
             db = await asyncpg.connect(fresh_database.replace("postgres://", "postgresql://", 1))
             try:
                 await db.execute("UPDATE jobs SET dispatched_at = now() - interval '1 hour' "

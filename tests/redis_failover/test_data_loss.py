@@ -13,7 +13,7 @@ import redis
 
 from tests.redis_failover.servers import HOST, PLAIN_PORT, PlainRedis
 from tests.stack import TMP, app, launch_worker, stop_all, wait_worker
-from tests.support import submit, wait_terminal
+from tests.support import submit, wait_for, wait_terminal
 
 SMALL = {"width": 64, "height": 64}
 JOBS = 5
@@ -29,7 +29,8 @@ async def test_jobs_whose_messages_redis_lost_still_complete(
     async with app(env) as api:
         job_ids = [await submit(api, f"before the loss {n}", **SMALL) for n in range(JOBS)]
         with contextlib.closing(redis.Redis(HOST, PLAIN_PORT, db=3)) as data:
-            assert data.dbsize() > 0
+            # The outbox writes just after the 201 (its own batch): wait for it, then lose it.
+            wait_for(lambda: data.dbsize() > 0, 10, what="the start messages in Redis")
             data.flushdb()  # what a failover to a replica that lagged behind can do
         worker = launch_worker("sweeping-worker", {**env, **SWEEPER},
                                ["-B", "-s", str(TMP / "sweeping-beat-schedule")])
