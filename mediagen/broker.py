@@ -1,5 +1,5 @@
 """Everything a process tells Redis after a commit, batched: Celery task messages, job events and
-the pending-queue index, written from async code without a thread hop.
+the queue scripts of pending jobs, written from async code without a thread hop.
 
 Celery's publisher (kombu) is synchronous, so async code used to publish from a thread, one
 message and one round trip at a time; under load that was the largest cost of a submit. Here
@@ -12,8 +12,8 @@ A task message is exactly what kombu's Redis transport LPUSHes for `send_task(..
 queue=QUEUE)` (Celery protocol 2, JSON body, base64 body encoding; see `task_message`), so
 stock Celery workers consume it. A test publishes through both and compares.
 
-Job events (`mediagen.jobs.events`) go to one Redis Stream per job; the queue index is a sorted
-set of pending job ids, ordered as they were dispatched (`mediagen.jobs.dispatch`).
+Job events (`mediagen.jobs.events`) go to one Redis Stream per job; the queues of pending jobs
+are changed by Lua scripts in the same transaction (`mediagen.scheduling`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from mediagen.observability.context import current_headers
 
@@ -132,25 +133,29 @@ def stream_key(job_id: uuid.UUID | str) -> str:
     return f"mediagen:events:{job_id}"
 
 
-# Sorted set: pending job id -> its place (priority band, then created_at in µs; see
-# `mediagen.jobs.dispatch.queue_order`).
-QUEUE_INDEX = "mediagen:queue"
 # Live worker processes: sorted set "{host}:{pid}" -> time of its last heartbeat (seconds).
 # Health counts the recent ones with one ZCOUNT, whatever else Redis holds.
 WORKERS = "mediagen:workers"
 HEARTBEAT_TTL = 15
 
 
+_SEND_ONCE = """
+if redis.call('SET', ARGV[1], '1', 'NX', 'PX', ARGV[4]) then
+  redis.call('LPUSH', ARGV[2], ARGV[3])
+end
+return 0
+"""
+
+
 @dataclass
 class _Batch:
     tasks: dict[str, list[bytes]] = field(default_factory=dict)  # Redis list -> messages
     events: list[tuple[str, str, bytes]] = field(default_factory=list)
-    queued: dict[str, float] = field(default_factory=dict)
-    unqueued: list[str] = field(default_factory=list)
+    scripts: list[tuple[str, list[Any]]] = field(default_factory=list)  # (Lua, ARGV)
     done: asyncio.Future[bool] | None = None
 
     def size(self) -> int:
-        return len(self.tasks) + len(self.events) + len(self.queued) + len(self.unqueued)
+        return len(self.tasks) + len(self.events) + len(self.scripts)
 
 
 class Outbox:
@@ -163,6 +168,13 @@ class Outbox:
         self._runner: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def _script(self, text: str) -> AsyncScript:
+        script = self._scripts.get(text)
+        if script is None:
+            script = self._scripts[text] = self.client.register_script(text)
+        return script
 
     # --- appending -------------------------------------------------------------------------
     def _future(self) -> asyncio.Future[bool]:
@@ -191,14 +203,17 @@ class Outbox:
         self._batch.events.append((stream_key(job_id), kind, orjson.dumps(data)))
         return self._future()
 
-    def enqueue(self, job_id: uuid.UUID | str, order: float) -> asyncio.Future[bool]:
-        """Index a pending job at `order` (its place in the queue)."""
-        self._batch.queued[str(job_id)] = order
-        return self._future()
+    def send_once(self, task: Task, marker: str, seconds: float) -> asyncio.Future[bool]:
+        """Publish `task` unless `marker` is set, and set it for `seconds`: at most one such
+        message waits at a time, as long as its task deletes `marker` before it looks."""
+        message = task_message(task, headers=current_headers())
+        args = [marker, queue_key(task.queue, task.priority), message, int(seconds * 1000)]
+        return self.run(_SEND_ONCE, args)
 
-    def dequeue(self, job_ids: Sequence[uuid.UUID | str]) -> asyncio.Future[bool]:
-        """The jobs left the pending queue (started, canceled, failed)."""
-        self._batch.unqueued.extend(str(job_id) for job_id in job_ids)
+    def run(self, script: str, args: Sequence[Any]) -> asyncio.Future[bool]:
+        """Run a Lua `script` with `args` (no keys) in the batch, after its task messages
+        (`mediagen.scheduling`: the queues a start message reads are written first)."""
+        self._batch.scripts.append((script, list(args)))
         return self._future()
 
     async def flush(self) -> bool:
@@ -226,12 +241,10 @@ class Outbox:
     async def _send(self, batch: _Batch) -> bool:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
+                for script, args in batch.scripts:
+                    await self._script(script)(args=args, client=pipe)
                 for queue, messages in batch.tasks.items():
                     pipe.lpush(queue, *messages)
-                if batch.queued:
-                    pipe.zadd(QUEUE_INDEX, batch.queued)
-                if batch.unqueued:
-                    pipe.zrem(QUEUE_INDEX, *batch.unqueued)
                 for key, kind, data in batch.events:
                     pipe.xadd(
                         key, {"event": kind, "data": data}, maxlen=STREAM_MAXLEN, approximate=True

@@ -9,7 +9,9 @@ mediagen migrate   apply pending database migrations (safe to run from several r
                    at once: they take turns)
 mediagen worker-check  exit 0 if a worker on this host is healthy (fresh heartbeat, broker
                    answers), else 1; one line says why (an exec probe)
-mediagen keys      create | list | revoke | adopt | set-priority | set-max-queue | delete
+mediagen keys      create | list | revoke | adopt | set-priority | set-max-queue | set-weight |
+                   delete
+mediagen models    pause | resume NAME
 mediagen usage     jobs, run seconds and bytes stored per day, model or key (all keys)
 mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
 
@@ -290,6 +292,16 @@ def _flower(args: list[str]) -> int:
     return _exec([sys.executable, "-m", "celery", "-A", "mediagen.worker", "flower", *args])
 
 
+MAX_WEIGHT = 1000
+
+
+def _weight(given: str) -> int:
+    """`keys set-weight`'s value: a whole number from 1 to MAX_WEIGHT."""
+    if not given.isdigit() or not 1 <= int(given) <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"{given!r} is not a whole number from 1 to {MAX_WEIGHT}")
+    return int(given)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mediagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -298,7 +310,17 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands them on before parsing (their arguments are theirs).
     sub.add_parser("generate", help="submit a prompt, follow it, download the outputs")
     sub.add_parser("jobs", help="list, show, wait for, download or cancel your jobs")
-    sub.add_parser("models", help="the models the service runs (what --model takes)")
+    models = sub.add_parser(
+        "models",
+        help="the models the service runs (what --model takes); `models pause|resume NAME`: "
+        "hold a model's jobs in its queue, or let them start",
+    )
+    model_actions = models.add_subparsers(dest="action", required=True)
+    for action, what in (
+        ("pause", "hold the model's jobs in its queue (they stay pending)"),
+        ("resume", "let the model's queued jobs start again, in turn"),
+    ):
+        model_actions.add_parser(action, help=what).add_argument("name", help="the model's name")
     sub.add_parser("flower", help="Flower, the Celery monitor (every argument goes to flower)")
     sub.add_parser("run", help="API + worker + sweeper (embedded Postgres/Redis if unset)")
     api = sub.add_parser("api", help="the API alone")
@@ -346,6 +368,12 @@ def _parser() -> argparse.ArgumentParser:
         "seconds",
         help="seconds (1 to 604800), or `default`: the model's default, else MAX_QUEUE_SECONDS",
     )
+    set_weight = actions.add_parser(
+        "set-weight",
+        help="change the key's share of the starts when several keys have jobs waiting (default 1)",
+    )
+    set_weight.add_argument("key", help="the key's id or its `mg_...` prefix")
+    set_weight.add_argument("weight", type=_weight, help="1 to 1000: turns to a weight-1 key's one")
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="the key's id or its `mg_...` prefix")
     adopt = actions.add_parser(
@@ -377,6 +405,10 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from mediagen.keys import cli as keys_cli
 
         return keys_cli.run(args)
+    if args.command == "models":
+        from mediagen.jobs import operators
+
+        return operators.run(args)
     if args.command == "usage":
         from mediagen.usage import cli as usage_cli
 
@@ -405,7 +437,8 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["generate"], ["jobs"], ["models"]):
+    operator = argv[:2] in (["models", "pause"], ["models", "resume"])
+    if argv[:1] in (["generate"], ["jobs"], ["models"]) and not operator:
         # Here, not at the top: the client (httpx, rich, asyncio) takes 0.6 s to import, which
         # the server commands and --help, which never need it, must not pay.
         from mediagen.client import cli as client_cli

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # Seconds a job may wait to start (still pending) before it fails with `queue_timeout`,
     # unless the job, its key or its model says otherwise; 0: no limit.
     max_queue_seconds: int = Field(0, ge=0, le=MAX_QUEUE_SECONDS_LIMIT)
+    # How many jobs of one model may run at once when the models file gives it no
+    # `concurrency` (Cog models: their servers' slots); 0: no limit but the workers.
+    model_concurrency: int = Field(0, ge=0, le=100_000)
     poll_interval: float = Field(2.0, gt=0)
     builtin_latency: float = Field(0.0, ge=0, le=3600)
     builtin_fault_injection: bool = False

@@ -57,6 +57,7 @@ MODELS = [
     "mediagen.signing",
     "mediagen.files.models",
     "mediagen.batches.models",
+    "mediagen.scheduling.models",
 ]
 # The advisory lock `migrate` holds: any constant, the same in every version (the first eight
 # bytes of sha256("mediagen.migrate"), as a signed bigint).

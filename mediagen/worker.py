@@ -29,9 +29,10 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from redis.exceptions import RedisError
 
 from mediagen import heartbeat, kombu_fixes, redis_clients, retry
-from mediagen.batches import SETTLE_TASK
+from mediagen.batches import SETTLE_TASK, settle_marker
 from mediagen.batches import repository as batches
 from mediagen.broker import (
     HEARTBEAT_TTL,
@@ -237,6 +238,10 @@ class Worker:
 
     async def settle(self, batch_id: str) -> None:
         """Mark the batch finished if it is (once), and deliver its webhook."""
+        try:  # first: a job that ends from now on sends another look (SETTLE_PENDING)
+            await self.outbox.client.delete(settle_marker(batch_id))
+        except RedisError as exc:  # it expires; the sweeper settles what is left
+            log.warning("batch %s: settle marker not deleted: %s", batch_id, exc)
         _, deliveries = await batches.settle(batch_id)
         for delivery_id in deliveries:
             self.outbox.send(delivery_task(delivery_id))

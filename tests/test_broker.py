@@ -73,3 +73,29 @@ async def test_appends_made_together_go_out_in_one_batch() -> None:
         await outbox.close()
         await client.flushdb()
         await client.aclose()
+
+
+async def test_a_message_sent_once_waits_alone_until_its_task_clears_the_marker() -> None:
+    """`send_once` (a batch's settle look): many jobs ending queue one message, not one each;
+    once the task cleared the marker, the next end sends another."""
+    url = REDIS.fresh()
+    client = aioredis.from_url(url)
+    outbox = Outbox(client)
+    task = Task("mediagen.batches.settle", ("b-1",))
+    try:
+        for _ in range(5):
+            outbox.send_once(task, "marker:b-1", 60)
+        assert await outbox.flush()
+        outbox.send_once(task, "marker:b-1", 60)  # in a later batch too
+        assert await outbox.flush()
+        assert await client.llen(queue_key(QUEUE, task.priority)) == 1
+        assert 59_000 < await client.pttl("marker:b-1") <= 60_000
+        await client.delete("marker:b-1")  # the task started: it looks from now on
+        outbox.send_once(task, "marker:b-1", 60)
+        assert await outbox.flush()
+        messages = await client.lrange(queue_key(QUEUE, task.priority), 0, -1)
+        assert len(messages) == 2
+        assert orjson.loads(messages[0])["headers"]["task"] == "mediagen.batches.settle"
+    finally:
+        await outbox.close()
+        await client.aclose()

@@ -71,7 +71,7 @@ async def create_batch(
     log.info("batch created", extra={"batch_id": str(batch_id), "size": len(jobs)})
     for job in jobs:
         metrics.job_created(job.provider, job.model)
-    dispatch(outbox, jobs, created_at, "batch jobs")
+    dispatch(outbox, jobs, owner, admission.catalog, "batch jobs")
     return BatchDetail(
         id=batch_id,
         status="running",

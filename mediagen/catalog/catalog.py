@@ -80,6 +80,9 @@ class ModelRoute:
     # How long its jobs may wait to start when neither they nor their key say (None: the
     # MAX_QUEUE_SECONDS setting); any provider.
     max_queue_seconds: int | None = None
+    # How many of its jobs may run at once (None: the MODEL_CONCURRENCY setting); not for Cog
+    # models, whose servers' slots are their limit (mediagen.scheduling).
+    concurrency: int | None = None
     # Cog: the model's input schema from the models file (`schema`), read at start-up; None:
     # its servers' own, if they publish one (`mediagen.catalog.listing.InputSchemas`).
     input_schema: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -132,6 +135,7 @@ class _ModelEntry(BaseModel):
     ref: ModelName | None = None
     default: bool = False
     max_queue_seconds: int | None = Field(None, ge=1, le=MAX_QUEUE_SECONDS_LIMIT)
+    concurrency: int | None = Field(None, ge=1, le=100_000)
     # `schema` in the file: the path of the model's openapi.json, relative to the file.
     schema_path: str | None = Field(None, alias="schema", min_length=1, max_length=4096)
 
@@ -150,6 +154,11 @@ class _ModelEntry(BaseModel):
             raise ValueError(f"deadline is for cog models, not {self.provider}")
         if self.ref is not None and self.provider != "replicate":
             raise ValueError(f"ref is for replicate models, not {self.provider}")
+        if self.concurrency is not None and self.provider == "cog":
+            raise ValueError(
+                "concurrency is for builtin and replicate models: a cog model's "
+                "limit is its endpoints' slots"
+            )
         if self.schema_path is not None and self.provider != "cog":
             raise ValueError(f"schema is for cog models, not {self.provider}")
         return self
@@ -341,6 +350,7 @@ def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
             ref=entry.ref,
             default=entry.default,
             max_queue_seconds=entry.max_queue_seconds,
+            concurrency=entry.concurrency,
             input_schema=_schema(path, name, entry.schema_path),
         )
         for name, entry in checked.models.items()

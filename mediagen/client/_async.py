@@ -47,7 +47,8 @@ class _WaitState:
     def __init__(self) -> None:
         self.parser = SSEParser()
         self.last_status: str | None = None
-        self.last_position: int | None = None  # polling: the queue position last reported
+        # polling: the queue position (and whether its model is paused) last reported
+        self.last_position: tuple[int | None, bool | None] | None = None
         self.events = 0
 
 
@@ -326,10 +327,13 @@ class AsyncClient:
             if job.status != state.last_status:
                 state.last_status = job.status
                 await _call(progress, "status", _status_data(job))
-            if job.status == "pending" and job.queue_position != state.last_position:
-                state.last_position = job.queue_position
+            place = (job.queue_position, job.paused)
+            if job.status == "pending" and place != state.last_position:
+                state.last_position = place
                 await _call(
-                    progress, "queue", {"job_id": job.id, "queue_position": job.queue_position}
+                    progress,
+                    "queue",
+                    {"job_id": job.id, "queue_position": job.queue_position, "paused": job.paused},
                 )
             if job.done:
                 return job

@@ -43,6 +43,7 @@ class Display:
         self.job_id = job.id
         self.status = job.status
         self.queue_position = job.queue_position if job.status == "pending" else None
+        self.paused = bool(job.paused) and job.status == "pending"
         self.percent: int | None = job.progress.percent if job.progress else None
         if job.status == "completed":  # already, when first read: no event will say so
             self.percent = 100
@@ -50,14 +51,15 @@ class Display:
         self.quiet = quiet
         self.fancy = not quiet and self.console.is_terminal
         self._lock = threading.Lock()
-        self._printed: tuple[str, int | None, int | None] | None = None
+        self._printed: tuple[str, int | None, int | None, bool] | None = None
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
     def _where(self) -> str:
         """The queue position (jobs created before this one still pending), while pending."""
         if self.status == "pending" and self.queue_position is not None:
-            return f" ({self.queue_position} ahead in the queue)"
+            paused = ", its model is paused" if self.paused else ""
+            return f" ({self.queue_position} ahead in the queue{paused})"
         return ""
 
     def _description(self) -> str:
@@ -100,6 +102,7 @@ class Display:
                 if self.status != "pending" or not isinstance(data.get("queue_position"), int):
                     return
                 self.queue_position = data["queue_position"]
+                self.paused = data.get("paused") is True
             elif event == "progress":
                 try:
                     self.percent = max(0, min(100, int(data["percent"])))
@@ -127,7 +130,7 @@ class Display:
             return
         # Plain lines: each status and queue position once, progress in steps of 10%.
         step = None if self.percent is None else self.percent // 10 * 10
-        shown = (self.status, step, self.queue_position)
+        shown = (self.status, step, self.queue_position, self.paused)
         if shown == self._printed:
             return
         self._printed = shown

@@ -141,6 +141,7 @@ class Job:
     duration_seconds: float | None = None
     progress: Progress | None = None
     queue_position: int | None = None
+    paused: bool | None = None  # while pending: its model is paused by an operator
     logs: str | None = None  # the model's logs, the newest part (JOB_LOGS_MAX_BYTES)
     metrics: Metrics | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -180,6 +181,7 @@ class Job:
             if isinstance(progress, dict)
             else None,
             queue_position=data.get("queue_position"),
+            paused=data.get("paused"),
             logs=data.get("logs"),
             metrics=Metrics.from_json(data.get("metrics")),
             raw=data,

@@ -198,6 +198,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("parameters", json.dumps(job.parameters) if job.parameters else None),
         ("created", _when(job)),
         ("queue position", job.queue_position),
+        ("paused", "yes: its model is paused" if job.paused else None),
         ("progress", f"{job.progress.percent}%" if job.progress else None),
         ("attempts", job.attempts or None),
         ("duration", f"{job.duration_seconds:.1f} s" if job.duration_seconds else None),

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Coroutine, Iterator, Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,7 +40,8 @@ from mediagen.errors import InputValidationError, MediagenError, RateLimitedErro
 from mediagen.errors_http import describe
 from mediagen.files import inputs
 from mediagen.jobs import repository as repo
-from mediagen.jobs.dispatch import dispatch_new
+from mediagen.jobs.dispatch import dispatch as dispatch_jobs
+from mediagen.jobs.dispatch import entry
 from mediagen.jobs.parameters import GenerationParameters
 from mediagen.jobs.priority import check_priority
 from mediagen.jobs.schemas import GenerateRequest
@@ -210,22 +210,27 @@ def _named(index: int) -> Iterator[None]:
         raise
 
 
-def dispatch(outbox: Outbox, jobs: Sequence[NewJob], created_at: datetime, what: str) -> None:
-    """Publish the starts of jobs just committed (job i of a batch was created i µs after
-    `created_at`); if that fails they stay accepted, and the sweeper dispatches them after
-    DISPATCH_GRACE. `what` names them in the log."""
-    sent = {
-        dispatch_new(outbox, job.id, created_at + timedelta(microseconds=index), job.priority)
-        for index, job in enumerate(jobs)
-    }
+def dispatch(
+    outbox: Outbox, jobs: Sequence[NewJob], owner: ApiKey | None, catalog: Catalog, what: str
+) -> None:
+    """Queue and publish the starts of jobs just committed, in the turns of `owner` (at its
+    weight, `mediagen.scheduling`); if that fails they stay accepted, and the sweeper
+    dispatches them after DISPATCH_GRACE. `what` names them in the log."""
+    key = owner.id if owner is not None else None
+    weight = owner.weight if owner is not None else 1
+    entries = [
+        entry(job.id, catalog.for_job(job.provider, job.model).name, job.priority, key, weight)
+        for job in jobs
+    ]
+    done = dispatch_jobs(outbox, entries)
     ids = [job.id for job in jobs]
 
-    def published(done: asyncio.Future[bool]) -> None:
-        if not done.result():
+    def published(future: asyncio.Future[bool]) -> None:
+        if not future.result():
             _undispatched(ids, what)
 
-    for future in sent:  # one outbox batch, unless it was sending meanwhile
-        future.add_done_callback(published)
+    if done is not None:
+        done.add_done_callback(published)
 
 
 def _undispatched(job_ids: list[uuid.UUID], what: str) -> None:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from asyncpg import Record
 
 from mediagen import redis_clients
-from mediagen.broker import QUEUE_INDEX, Outbox, stream_key
+from mediagen.broker import Outbox, stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import NotFoundError, ServiceUnavailableError, StorageError
@@ -32,6 +32,7 @@ from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.states import TERMINAL, JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owner_id, owner_sql
+from mediagen.scheduling import remove_now
 from mediagen.storage import create_storage
 from mediagen.storage.base import Storage
 
@@ -57,12 +58,12 @@ async def _delete_stored(rows: Iterable[Record], storage: Storage) -> None:
 
 
 async def _forget(redis: aioredis.Redis | None, job_ids: list[str]) -> None:
-    """Their event streams and queue index entries (best effort: streams expire anyway)."""
+    """Their event streams and queue entries (best effort: streams expire anyway)."""
     if redis is None or not job_ids:
         return
     try:
         await redis.delete(*(stream_key(job_id) for job_id in job_ids))
-        await redis.zrem(QUEUE_INDEX, *job_ids)
+        await remove_now(redis, job_ids)
     except Exception as exc:
         log.warning("event streams of deleted jobs not deleted: %s", exc)
 

@@ -1,36 +1,25 @@
 """Handing pending jobs to the workers, and where a pending job stands in the queue.
 
-A job is dispatched by publishing its `start` task (to the kombu priority list of its priority,
-`mediagen.jobs.priority`) and indexing it in the pending-queue index (a Redis sorted set ordered
-by priority, then creation time, `mediagen.broker.QUEUE_INDEX`), in one batch of
-the process's outbox, only after its row is committed. The index gives `queue_position` in
-O(log n) (ZRANK) whatever the backlog; a job leaves it when it leaves `pending`
-(`events.announce`). After a crash between a commit and its announcement the index can hold a
-job that already started: the sweeper removes such entries from the head of the queue.
-
-The index holds the pending jobs no worker has looked at yet. A Cog job leaves it when its
-start step runs: it then either holds a slot or waits in its model's own queue
-(`mediagen.providers.cog.slots`), where its position is counted, so it is not counted ahead
-of other models' jobs while it waits for a GPU.
+A job is dispatched, only after its row is committed, by queueing it (`mediagen.scheduling`:
+its model's queue, at the end of its key's turns) and publishing a `start` task (to the kombu
+priority list of its priority, `mediagen.jobs.priority`), in one batch of the process's outbox.
+A start message does not start the job it names: it starts the job whose turn it is
+(`mediagen.jobs.turns`), so the messages already in the broker serve every key in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
-import redis.asyncio as aioredis
-
-from mediagen.broker import QUEUE_INDEX, Outbox, Task
-from mediagen.jobs.models import Job
+from mediagen.broker import Outbox, Task
 from mediagen.jobs.payloads import created_payload
 from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import Priority
-from mediagen.providers.cog.slots import queue_position as cog_queue_position
+from mediagen.scheduling import Entry, enqueue, level_of
 
 START = "mediagen.jobs.start"
 POLL = "mediagen.jobs.poll"
@@ -62,63 +51,42 @@ def cancel_upstream_task(prediction_id: str) -> Task:
     return Task(CANCEL_UPSTREAM, (prediction_id,))
 
 
-# A priority band is wider than any creation time in µs (until 2065), and three bands stay
-# below 2**53: every score is an exact integer in a double.
-BAND = 3_000_000_000_000_000
-
-
-def queue_order(created_at: datetime, priority: Priority | str | None = None) -> float:
-    """A pending job's place in the index (and in its Cog model's queue): its priority's band
-    (high first), then its creation time in µs."""
-    rank = Priority(priority).rank if priority else Priority.NORMAL.rank
-    micros = int(created_at.timestamp()) * 1_000_000 + created_at.microsecond
-    return float(BAND * (Priority.HIGH.rank - rank) + micros)
-
-
-def order_priority(order: float) -> Priority:
-    """The priority a `queue_order` score was made with."""
-    rank = Priority.HIGH.rank - min(int(order) // BAND, Priority.HIGH.rank)
-    return next(p for p in Priority if p.rank == rank)
-
-
-def order_created_micros(order: float) -> int:
-    """The creation time (µs since the epoch) a `queue_order` score was made with."""
-    return int(order) % BAND
-
-
 def start_task(job_id: uuid.UUID | str, priority: Priority | str | None = None) -> Task:
-    """A pending job's first start, on the broker list of its priority."""
+    """A start message for a pending job, on the broker list of its priority."""
     return Task(START, (str(job_id),), priority=kombu_priority(priority))
 
 
-def dispatch_new(
-    outbox: Outbox,
-    job_id: uuid.UUID,
-    created_at: datetime,
-    priority: Priority | str | None = None,
-) -> asyncio.Future[bool]:
-    """A new job's `pending` event, its place in the queue, and its start task."""
-    outbox.event(job_id, "status", created_payload(job_id))
-    outbox.enqueue(job_id, queue_order(created_at, priority))
-    return outbox.send(start_task(job_id, priority))
+def level_start(job_id: str, level: str) -> Task:
+    """A start message for a job queued at `level` (`mediagen.scheduling.level_of`)."""
+    rank = int(level)
+    return start_task(job_id, next(p for p in Priority if p.rank == rank))
 
 
-def redispatch(
-    outbox: Outbox, pending: Iterable[tuple[uuid.UUID, datetime, Priority | str | None]]
-) -> None:
-    """Pending jobs whose start may have been lost: index them again and resend the start,
-    each at its own priority."""
-    for job_id, created_at, priority in pending:
-        outbox.enqueue(job_id, queue_order(created_at, priority))
-        outbox.send(start_task(job_id, priority))
+def entry(
+    job_id: uuid.UUID | str,
+    model: str,
+    priority: Priority | str | None,
+    key: uuid.UUID | None,
+    weight: int = 0,
+) -> Entry:
+    """A pending job's place in the queues: its model's, at its priority's level, in its key's
+    turns (anonymous callers share one)."""
+    rank = Priority(priority).rank if priority else Priority.NORMAL.rank
+    return Entry(job_id, model, level_of(rank), str(key) if key else "-", weight)
 
 
-async def queue_position(client: aioredis.Redis, job: Job) -> int | None:
-    """How many pending jobs are ahead of this one; None if the index does not hold it (not yet
-    dispatched, or Redis lost it: the sweeper indexes it again when it re-dispatches it). A Cog
-    job's is its rank among its model's jobs (`mediagen.providers.cog.slots.queue_position`)."""
-    if job.provider == "cog" and job.model:
-        order = queue_order(job.created_at, job.priority)
-        return await cog_queue_position(client, job.model, job.id, order)
-    rank: int | None = await client.zrank(QUEUE_INDEX, str(job.id))  # type: ignore[assignment]
-    return rank
+def dispatch(outbox: Outbox, entries: Sequence[Entry]) -> asyncio.Future[bool] | None:
+    """New jobs: each one's `pending` event, its place in the queues, and a start message."""
+    for queued in entries:
+        outbox.event(queued.job_id, "status", created_payload(queued.job_id))
+    return redispatch(outbox, entries)
+
+
+def redispatch(outbox: Outbox, entries: Sequence[Entry]) -> asyncio.Future[bool] | None:
+    """Queue jobs (one still queued keeps its place) and send a start message for each, at
+    its own priority; the future of the batch they went in (None: none)."""
+    enqueue(outbox, entries)
+    done = None
+    for queued in entries:
+        done = outbox.send(level_start(str(queued.job_id), queued.level))
+    return done

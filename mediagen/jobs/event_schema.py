@@ -19,8 +19,9 @@ STREAM_DOC = """\
   that attempt's output. Appended in order they are the output so far; a new attempt starts
   again at 0. The final value comes with the `completed` status.
 - `event: progress` - `{current, total, percent}` while the prediction reports progress.
-- `event: queue` - `{job_id, queue_position}` while the job is pending: how many jobs are ahead
-  of it (as `queue_position` in its detail), sent when it changed, at most once a second.
+- `event: queue` - `{job_id, queue_position, paused}` while the job is pending: how many jobs
+  are ahead of it (as `queue_position` in its detail) and whether its model is paused, sent when
+  either changed, at most once a second.
 - `event: logs` (with `?logs=true`) - `{job_id, logs, offset}`: text the model's logs gained,
   starting at byte `offset` (UTF-8) of the job's log; the log so far comes first, before the
   current state. Appended in order they are the log; an `offset` past what you have means that
@@ -119,10 +120,11 @@ EVENT_SCHEMA = {
             "queue",
             {
                 "type": "object",
-                "required": ["job_id", "queue_position"],
+                "required": ["job_id", "queue_position", "paused"],
                 "properties": {
                     "job_id": {"type": "string", "format": "uuid"},
                     "queue_position": _COUNT,
+                    "paused": {"type": "boolean", "description": "Its model is paused."},
                 },
             },
         ),

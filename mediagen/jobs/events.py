@@ -6,10 +6,10 @@ After a write has committed, `announce` publishes through the process's `Outbox`
 - the chunks a streaming model added to the job's output (an `output` event with the index of
   the first);
 - a new progress (a `progress` event);
-- for a transition: the job's removal from the pending-queue index once it has left `pending`,
-  a `status` event on the job's Redis Stream (`mediagen:events:{job_id}`, served as Server-Sent
-  Events by `mediagen.jobs.live`), and, when a job of a batch reached an outcome, a task that
-  looks whether its batch finished with it (`mediagen.batches`);
+- for a transition: the job's removal from its queue (`mediagen.scheduling`) once it has left
+  `pending`, a `status` event on the job's Redis Stream (`mediagen:events:{job_id}`, served as
+  Server-Sent Events by `mediagen.jobs.live`), and, when a job of a batch reached an outcome, a
+  task that looks whether its batch finished with it (`mediagen.batches`);
 - a delivery task for each client webhook delivery the same statement wrote.
 
 Callers do not announce by hand: `mediagen.jobs.lifecycle` calls this after each move.
@@ -28,13 +28,14 @@ import asyncio
 import uuid
 from typing import Any
 
-from mediagen.batches import settle_task
+from mediagen.batches import SETTLE_PENDING_SECONDS, settle_marker, settle_task
 from mediagen.broker import STREAM_MAXLEN, Outbox, stream_key
 from mediagen.jobs.joblogs import Grown
 from mediagen.jobs.payloads import status_payload
 from mediagen.jobs.repository import Moved
 from mediagen.jobs.states import OUTCOMES, JobStatus
 from mediagen.notify import delivery_task
+from mediagen.scheduling import remove
 
 __all__ = [
     "STREAM_MAXLEN",
@@ -77,9 +78,12 @@ def announce(
     if moved.was is None:
         return None
     if job.status is not JobStatus.PENDING:
-        outbox.dequeue([job.id])
+        remove(outbox, [job.id])
     if job.batch_id is not None and job.status in OUTCOMES:
-        outbox.send(settle_task(job.batch_id))  # its batch may have finished with it
+        # Its batch may have finished with it: one look waits at most.
+        outbox.send_once(
+            settle_task(job.batch_id), settle_marker(job.batch_id), SETTLE_PENDING_SECONDS
+        )
     return outbox.event(job.id, "status", status_payload(job))
 
 

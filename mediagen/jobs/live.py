@@ -23,8 +23,9 @@ new to this client and the index of the first in the attempt's output (the job's
 chunks so far, which a snapshot sends). Resumed streams follow the same rule as logs.
 
 While the job is `pending`, a `queue` event says how many jobs are ahead of it
-(`queue_position`, as in its detail) when that changed, at most once per QUEUE_SECONDS. It is
-read here, for the streams that are open, from the queue index's rank (one O(log n) Redis read
+(`queue_position`, as in its detail) and whether its model is paused, when that changed, at most
+once per QUEUE_SECONDS. It is read here, for the streams that are open, from its model's queue
+(`mediagen.scheduling`: one O(log n) Redis read
 per open stream of a pending job per QUEUE_SECONDS), rather than written to every pending job's
 stream on every start, which would cost the backlog times the starts. Its `id:` is that of the
 last entry sent, so resuming from it misses nothing.
@@ -58,7 +59,6 @@ from starlette.types import Message
 
 from mediagen.errors import AuthenticationError
 from mediagen.jobs import events, joblogs, service
-from mediagen.jobs.dispatch import queue_position
 from mediagen.jobs.event_schema import EVENT_SCHEMA, STREAM_DOC
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import served, status_payload
@@ -68,6 +68,7 @@ from mediagen.jobs.states import JobStatus
 from mediagen.keys.auth import BEARER, identify
 from mediagen.keys.models import ApiKey
 from mediagen.limits.streams import Slot, StreamSlots, blocking_client
+from mediagen.scheduling import queue_position
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class JobFeed:
         # when it was last read (monotonic seconds).
         self.queue = queue
         self.status = job.status
-        self.position: int | None = None
+        self.position: tuple[int, bool] | None = None  # and whether its model is paused
         self.position_read = -QUEUE_SECONDS
 
     async def run(self, cursor: str | None, info: StreamInfo | None) -> AsyncGenerator[Event, None]:
@@ -275,13 +276,14 @@ class JobFeed:
             return []
         self.position_read = now
         try:
-            position = await queue_position(self.client, self.job)
+            queued = await queue_position(self.client, self.job.id)
         except RedisError:
             return []
-        if position is None or position == self.position:
+        if queued is None or queued == self.position:
             return []
-        self.position = position
-        payload = {"job_id": str(self.job.id), "queue_position": position}
+        self.position = queued
+        position, paused = queued
+        payload = {"job_id": str(self.job.id), "queue_position": position, "paused": paused}
         return [_event("queue", payload, event_id)]
 
     async def _entry(self, entry_id: str, fields: dict[str, str]) -> list[Event]:

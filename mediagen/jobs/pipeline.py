@@ -6,9 +6,9 @@ step returns the `Next` step for the task layer to publish with a countdown, so 
 model costs a broker message, not a worker slot. Every write is one statement, made through
 `mediagen.jobs.lifecycle`, which announces it after it commits.
 
-A job whose provider keeps capacity of its own (Cog: slots of its servers) first takes a slot,
-or waits `pending` in its model's queue until a release sends its start again
-(`mediagen.providers.base.Capacity`).
+A start message starts the job whose turn it is (`mediagen.jobs.turns`), with a slot of its
+model when the model has a limit (a Cog model's servers); a job without a free slot waits
+`pending` in its model's queue until a release sends a start again.
 
 A job whose prediction is ready at once (the built-in generator without latency) costs two
 statements: the claim, and the completion, which records the prediction id with it.
@@ -49,9 +49,9 @@ from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import metrics_at_end
 from mediagen.jobs.states import JobStatus
+from mediagen.jobs.turns import Turns
 from mediagen.observability import context
 from mediagen.providers.base import (
-    WAITS,
     GenerationRequest,
     Prediction,
     PredictionStatus,
@@ -93,30 +93,30 @@ class Pipeline:
         self.storage = storage
         self.outbox = outbox
         self.retries = retry.jobs(settings)
-        # Slot accounting (Cog models), when the catalog routes a provider that keeps one.
+        # Whose turn it is, and slots (mediagen.scheduling); Cog servers' health, when the
+        # catalog routes to Cog.
+        self.turns = Turns(settings, self.providers.catalog, outbox)
         self.capacity = self.providers.capacity(outbox, storage)
-        self.lifecycle = Lifecycle(
-            outbox,
-            attempt_ended=self.capacity.release if self.capacity is not None else None,
-            adopt=_adopt_request,
-        )
+        self.lifecycle = Lifecycle(outbox, attempt_ended=self.turns.release, adopt=_adopt_request)
 
     # --- steps -------------------------------------------------------------------------------
     async def start(self, job_id: str) -> Next | None:
-        slot: Endpoint | None = None
-        if self.capacity is not None:  # a job of such a provider starts only with a slot
-            slot = await self.capacity.admit(job_id)
-            if slot is WAITS:
-                return None
+        taken = await self.turns.take(job_id)  # whose turn it is (mediagen.jobs.turns)
+        if taken is None:
+            return None
+        if taken.job_id != job_id:  # another job's turn: its lines carry its own request id
+            context.request_id.set(None)
+            job_id = taken.job_id
         moved = await self.lifecycle.claim(
             job_id, self.settings.lease_seconds, self.settings.job_timeout
         )
         if moved is None:
-            if slot is not None and self.capacity is not None:
-                await self.capacity.unclaimed(job_id)
+            if taken.pool:
+                await self.turns.unclaimed(job_id)
             await self._not_claimed(job_id)
             return None
         job = moved.job
+        slot = self.turns.endpoint(job, taken)
         attempt = job.attempt
         request = self._request(job, attempt, slot)
         log.info("job started", extra={"job_id": str(job.id), "attempt": attempt})
@@ -219,8 +219,8 @@ class Pipeline:
             return
         if job.status is JobStatus.PROCESSING:
             await self._on_error(job, job.attempt, PredictionLostError(reason))
-        elif job.status.is_terminal and self.capacity is not None:
-            await self.capacity.release(job)
+        elif job.status.is_terminal:
+            await self.turns.release(job)
 
     async def cancel_upstream(self, prediction_id: str) -> None:
         """Stop a prediction upstream; the record goes once the provider confirms, and a failed

@@ -32,13 +32,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from mediagen import idempotency
-from mediagen.broker import QUEUE_INDEX, stream_key
+from mediagen.broker import stream_key
 from mediagen.config import Settings
 from mediagen.db import pool
 from mediagen.errors import GoneError, NotFoundError, StorageError
 from mediagen.files import service as files
 from mediagen.jobs import repository as repo
 from mediagen.jobs.states import NO_OUTPUTS, JobStatus, sql_list
+from mediagen.scheduling import remove_now
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ async def _old_jobs(settings: Settings, limit: int, redis: aioredis.Redis | None
         ids = [str(row["id"]) for row in rows]
         try:  # their event streams expire by themselves too (STREAM_TTL): best effort
             await redis.delete(*(stream_key(job_id) for job_id in ids))
-            await redis.zrem(QUEUE_INDEX, *ids)
+            await remove_now(redis, ids)
         except Exception as exc:
             log.warning("retention: event streams of pruned jobs not deleted: %s", exc)
     return len(rows)

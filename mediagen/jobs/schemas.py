@@ -226,8 +226,15 @@ class JobDetail(JobStatusResponse):
         description="The prediction's last reported progress (parsed from its logs)."
     )
     queue_position: int | None = Field(
-        description="While pending: how many pending jobs start before this one (higher "
-        "priorities first, then older jobs)."
+        description="While pending: how many jobs of its model start before this one as things "
+        "stand (higher priorities first, then keys take turns by weight, and each key's jobs in "
+        "the order they came). An estimate: jobs that other keys submit later can take turns "
+        "ahead of it, a key at most its weight for each turn this job's key still waits."
+    )
+    paused: bool | None = Field(
+        None,
+        description="While pending: true when its model is paused by an operator (it stays "
+        "queued and starts in turn once the model is resumed).",
     )
     priority: Priority = Priority.NORMAL
     batch_id: uuid.UUID | None = Field(None, description="The batch the job was submitted in.")

@@ -25,9 +25,6 @@ from mediagen.errors import ConflictError, NotFoundError
 from mediagen.jobs import paging, values
 from mediagen.jobs import repository as repo
 from mediagen.jobs.admission import Admission, dispatch
-from mediagen.jobs.dispatch import (
-    queue_position,
-)
 from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import metrics_of, status_response
@@ -42,6 +39,7 @@ from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owned, owner_id
 from mediagen.observability import context, logs, metrics
+from mediagen.scheduling import queue_position
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -102,7 +100,7 @@ async def create_job(
         webhook=request.webhook,
     )
     metrics.job_created(job.provider, job.model)
-    dispatch(outbox, [job], created_at, f"job {job.id}")
+    dispatch(outbox, [job], owner, catalog, f"job {job.id}")
     return job.id
 
 
@@ -191,12 +189,14 @@ async def detail_of(
     ]
     output = values.shown(job.output, job.outputs, [o.url for o in outputs])
     duration = (job.completed_at - job.created_at).total_seconds() if job.completed_at else None
-    position = None
+    position = paused = None
     if job.status is JobStatus.PENDING:
         try:
-            position = await queue_position(redis, job)
+            queued = await queue_position(redis, job.id)
         except Exception as exc:  # unknown beats failing the whole detail
             log.warning("job %s: queue position unknown: %s", job.id, exc)
+        else:
+            position, paused = queued if queued is not None else (None, None)
     return JobDetail(
         **(await status_of(job, storage)).model_dump(),
         prompt=job.prompt,
@@ -216,6 +216,7 @@ async def detail_of(
         duration_seconds=duration,
         progress=job.progress,
         queue_position=position,
+        paused=paused,
         priority=job.priority,
         batch_id=job.batch_id,
         expires_at=job.expires_at,

@@ -7,11 +7,12 @@ fails jobs past JOB_TIMEOUT, and pending jobs past their queue deadline (`queue_
 through a partial index, so a sweep pays for the overdue ones only); and it sends again the
 upstream cancels that failed or were lost (`upstream_cancels`), and marks the finished batches
 whose settle was lost (`mediagen.batches`). Re-dispatching twice is harmless: every step is
-guarded. It also drops from the head of the pending-queue index the jobs that are no longer
-pending (a crash between a commit and its announcement), so queue positions stay true.
+guarded. It also drops from the head of every queue the jobs that are no longer waiting (a
+crash between a commit and its announcement), so queue positions stay true, and sends the
+starts that fit in the free slots of every model with a limit (`mediagen.jobs.turns`).
 
 Where a provider keeps capacity of its own (Cog), its sweep runs too: health checks of its
-servers, stale slots and queue entries (`mediagen.providers.cog.capacity`).
+servers (`mediagen.providers.cog.capacity`).
 
 It also runs retention (`mediagen.jobs.retention`): the outputs of jobs past their retention
 are deleted, and, on its own schedule, old rows are pruned.
@@ -24,14 +25,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-import redis.asyncio as aioredis
 from tortoise.expressions import Q
 
 from mediagen.batches import repository as batches
-from mediagen.broker import QUEUE_INDEX
 from mediagen.jobs import repository as repo
 from mediagen.jobs import retention
-from mediagen.jobs.dispatch import Next, cancel_upstream_task, redispatch
+from mediagen.jobs.dispatch import Next, cancel_upstream_task, entry, redispatch
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline
 from mediagen.jobs.states import UNFINISHED, JobStatus
@@ -41,7 +40,6 @@ from mediagen.observability import metrics
 log = logging.getLogger(__name__)
 
 BATCH = 500
-INDEX_HEAD = 1000  # entries at the head of the queue index checked per sweep
 
 
 async def sweep(pipeline: Pipeline) -> int:
@@ -73,9 +71,17 @@ async def sweep(pipeline: Pipeline) -> int:
             status=JobStatus.PENDING,
         )
         .limit(BATCH)
-        .values_list("id", "created_at", "priority")
+        .values_list("id", "provider", "model", "priority", "api_key_id")
     )
-    redispatch(outbox, pending)  # each at its priority
+    catalog = pipeline.providers.catalog
+    # Each at its priority, in its key's turns (at the key's weight Redis keeps).
+    redispatch(
+        outbox,
+        [
+            entry(job_id, catalog.for_job(provider, model).name, priority, owner)
+            for job_id, provider, model, priority, owner in pending
+        ],
+    )
 
     overdue = (
         await Job.filter(
@@ -111,15 +117,15 @@ async def sweep(pipeline: Pipeline) -> int:
     for delivery_id in deliveries:
         outbox.send(delivery_task(delivery_id))
 
-    resent = {str(job_id) for job_id, _, _ in pending} | {s.job_id for s in steps}
+    resent = {str(row[0]) for row in pending} | {s.job_id for s in steps}
     if resent:
         await repo.mark_dispatched(resent)
-    await prune_queue_index(outbox.client)
+    await pipeline.turns.sweep()  # stale queue entries; the starts that fit free slots
     try:  # expired outputs, and pruning on its own schedule (mediagen.jobs.retention)
         await retention.sweep_retention(pipeline.storage, settings, outbox.client)
     except Exception as exc:  # the database or storage is down: the next sweep goes on
         log.warning("sweep: retention not run: %s", exc)
-    if pipeline.capacity is not None:  # health checks, stale slots and queues (Cog)
+    if pipeline.capacity is not None:  # health checks of Cog servers, staged outputs
         await pipeline.capacity.sweep(pipeline.lose)
     await outbox.flush()
     for kind, found in (
@@ -139,27 +145,3 @@ async def sweep(pipeline: Pipeline) -> int:
             len(queued_out),
         )
     return len(resent)
-
-
-async def prune_queue_index(redis: aioredis.Redis) -> None:
-    """Drop entries at the head of the queue index whose job is no longer pending."""
-    try:
-        head = [
-            m.decode() if isinstance(m, bytes) else str(m)
-            for m in await redis.zrange(QUEUE_INDEX, 0, INDEX_HEAD - 1)
-        ]
-    except Exception as exc:  # Redis down: the next sweep tries again
-        log.warning("sweep: queue index not checked: %s", exc)
-        return
-    if not head:
-        return
-    still = {
-        str(job_id)
-        for job_id in await Job.filter(id__in=head, status=JobStatus.PENDING).values_list(
-            "id", flat=True
-        )
-    }
-    gone = [member for member in head if member not in still]
-    if gone:
-        await redis.zrem(QUEUE_INDEX, *gone)
-        log.info("sweep: %d started or finished jobs dropped from the queue index", len(gone))

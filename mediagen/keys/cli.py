@@ -1,5 +1,6 @@
-"""`mediagen keys create|list|revoke|adopt|set-priority|set-max-queue|delete`. Their arguments
-are defined in mediagen/cli.py, which parses every command without importing the server."""
+"""`mediagen keys create|list|revoke|adopt|set-priority|set-max-queue|set-weight|delete`.
+Their arguments are defined in mediagen/cli.py, which parses every command without importing
+the server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
+from redis.exceptions import RedisError
 from tortoise.exceptions import BaseORMException
 
 from mediagen import redis_clients
@@ -19,6 +21,7 @@ from mediagen.jobs.deletion import delete_key_data
 from mediagen.jobs.repository import adopt_anonymous
 from mediagen.keys import service
 from mediagen.keys.cache import publish_change
+from mediagen.scheduling.queues import WEIGHTS
 
 
 async def _announce(settings: Settings) -> None:
@@ -31,6 +34,17 @@ async def _announce(settings: Settings) -> None:
             f"mediagen keys: could not tell running API processes ({exc}); "
             "they notice the change within KEY_CACHE_SECONDS"
         )
+    finally:
+        await client.aclose()
+
+
+async def _tell_queues(settings: Settings, key_id: str, weight: int) -> None:
+    """The key's jobs queued again (by the sweeper) take turns at its new weight too."""
+    client = redis_clients.async_client(settings, "mediagen-cli", timeout=2)
+    try:
+        await client.hset(WEIGHTS, key_id, weight)
+    except Exception as exc:
+        print(f"mediagen keys: Redis not told ({exc}); new jobs take the weight all the same")
     finally:
         await client.aclose()
 
@@ -53,7 +67,8 @@ async def _run(args: argparse.Namespace) -> int:
                 print(
                     f"{key.id}  {key.prefix}...  {key.created_at:%Y-%m-%d %H:%M}  {state}  "
                     f"max-priority={_ceiling(key.max_priority, settings)}  "
-                    f"max-queue={_max_queue(key.max_queue_seconds)}  {key.name}"
+                    f"max-queue={_max_queue(key.max_queue_seconds)}  weight={key.weight}  "
+                    f"{key.name}"
                 )
         elif args.action == "set-priority":
             ceiling = None if args.priority == "default" else args.priority
@@ -83,6 +98,18 @@ async def _run(args: argparse.Namespace) -> int:
             if key.max_queue_seconds is None:
                 wait += " (the model's, else MAX_QUEUE_SECONDS)"
             print(f"key {key.id} ({key.prefix}...): its jobs may wait to start {wait}")
+        elif args.action == "set-weight":
+            try:
+                key = await service.set_weight(args.key, args.weight)
+            except NotFoundError as exc:
+                print(f"mediagen keys: {exc.message}")
+                return 1
+            await _announce(settings)
+            await _tell_queues(settings, str(key.id), key.weight)
+            print(
+                f"key {key.id} ({key.prefix}...) now takes {key.weight} turn(s) to a "
+                "weight-1 key's one when several keys have jobs waiting"
+            )
         elif args.action == "delete":
             try:
                 key = await service.revoke_for_deletion(args.key)
@@ -139,18 +166,27 @@ def run(args: argparse.Namespace) -> int:
     """The command, or one clear line (exit 1) when there is no database to talk to."""
     try:
         return asyncio.run(_run(args))
-    except DatabaseUnavailableError as exc:
-        print(
-            f"mediagen keys: {exc.message}; or run this while `mediagen run` runs, from its "
-            "directory (or with its EMBEDDED_DATA_DIR)",
-            file=sys.stderr,
-        )
-    except (OSError, TimeoutError, asyncpg.PostgresError, BaseORMException) as exc:
-        print(
-            f"mediagen keys: cannot reach the database at {_where(get_settings())}: {_reason(exc)}",
-            file=sys.stderr,
-        )
+    except Exception as exc:
+        message = database_unreachable(exc)
+        if message is None:
+            raise
+        print(f"mediagen keys: {message}", file=sys.stderr)
     return 1
+
+
+def database_unreachable(exc: BaseException) -> str | None:
+    """The one line a command prints when `exc` says the database (or Redis) cannot be
+    reached; None for any other error."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return (
+            f"{exc.message}; or run this while `mediagen run` runs, from its directory (or with "
+            "its EMBEDDED_DATA_DIR)"
+        )
+    if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresError, BaseORMException)):
+        return f"cannot reach the database at {_where(get_settings())}: {_reason(exc)}"
+    if isinstance(exc, RedisError):
+        return f"cannot reach Redis: {exc}"
+    return None
 
 
 def _where(settings: Settings) -> str:

@@ -21,6 +21,9 @@ class ApiKey(Model):
     # How long this key's jobs may wait to start when they do not say (`max_queue_seconds`);
     # NULL: the model's default, else MAX_QUEUE_SECONDS.
     max_queue_seconds = fields.IntField(null=True)
+    # Its share of the starts when several keys have jobs waiting: `weight` turns to another
+    # key's one of weight 1 (mediagen.scheduling).
+    weight = fields.IntField(default=1)
 
     class Meta:
         table = "api_keys"

@@ -62,6 +62,15 @@ async def set_max_queue_seconds(key_id_or_prefix: str, seconds: int | None) -> A
     return key
 
 
+async def set_weight(key_id_or_prefix: str, weight: int) -> ApiKey:
+    """Change an active key's share of the starts (`weight` turns to a weight-1 key's one);
+    its jobs queued from now on take turns at it (the caller tells Redis too)."""
+    key = await find_key(key_id_or_prefix)
+    await ApiKey.filter(id=key.id).update(weight=weight)
+    key.weight = weight
+    return key
+
+
 async def list_keys() -> list[ApiKey]:
     return await ApiKey.all().order_by("created_at")
 

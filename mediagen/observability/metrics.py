@@ -10,8 +10,8 @@ exporter port was the alternative: it needs a port per pool process, and a Prome
 knows them all.
 
 - The API serves `GET /metrics`: its processes' counters, plus the backlog read at scrape time
-  from rows the transitions keep (`job_counters`, a few per key: never a count of jobs) and
-  from Redis (the head of the queue index, the worker heartbeats).
+  from rows the transitions keep (`job_counters`, a few per key: never a count of jobs), a
+  partial index of the pending jobs by model, and Redis (slots, the worker heartbeats).
 - The worker serves the same format on WORKER_METRICS_PORT, from its main process
   (`mediagen.observability.exporter`, beside the worker's probes).
 
@@ -296,21 +296,18 @@ class ModelBacklog:
 
 def backlog_families(
     by_state: Mapping[str, int] | None,
-    oldest_pending: float | None,
     workers: int | None,
     models: Mapping[str, ModelBacklog] | None = None,
     slots: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[GaugeMetricFamily]:
     """The backlog gauges. A part that could not be read (None) leaves its series out of the
-    scrape (an absent series, which alerts can tell from a zero); `oldest_pending` None with
-    `workers` read means none is waiting.
+    scrape (an absent series, which alerts can tell from a zero).
 
     The per-model series are the same families with a `model` label (`models`: by model):
     `mediagen_jobs{status="pending",model=...}` and `mediagen_oldest_pending_age_seconds{model=...}`
     beside the unlabelled totals, which are never less than any model's, so `max(...)` over a
-    family still reads the total (the oldest is the oldest of the queue index's heads and of
-    the models'). `slots`: the busy and total slots of each model that has
-    servers of its own (Cog)."""
+    family still reads the total (the oldest is the oldest of the models'). `slots`: the busy
+    and total slots of each model that has a limit (Cog servers, or a `concurrency`)."""
     jobs = GaugeMetricFamily(
         "mediagen_jobs",
         "Unfinished jobs by state (exact); with a `model` label, a model's pending jobs "
@@ -325,11 +322,8 @@ def backlog_families(
         "Age of the oldest job waiting for its first start (0: none waiting); with a `model` "
         "label, that model's.",
     )
-    if workers is not None or models is not None:
-        # The index's heads miss the Cog jobs waiting in their model's queue: a model's
-        # oldest, when known, counts too.
-        ages = [oldest_pending or 0.0, *(b.oldest for b in (models or {}).values())]
-        oldest.add_metric([], max(0.0, *ages))
+    if models is not None:
+        oldest.add_metric([], max(0.0, 0.0, *(b.oldest for b in models.values())))
     for model, backlog in (models or {}).items():
         jobs.add_sample("mediagen_jobs", {"status": "pending", "model": model}, backlog.pending)
         oldest.add_sample(
@@ -347,13 +341,14 @@ def backlog_families(
     if slots is not None:
         busy = GaugeMetricFamily(
             "mediagen_slots_busy",
-            "Predictions running on a model's own servers (Cog), by model.",
+            "Jobs of a model with a limit that hold one of its slots (a Cog model's servers, or "
+            "its concurrency), by model.",
             labels=["model"],
         )
         total = GaugeMetricFamily(
             "mediagen_slots_total",
-            "Slots of a model's own servers (Cog) that are in service (not set aside after a "
-            "failed health check or a refusal), by model.",
+            "Slots of a model with a limit that are in service (a Cog server not set aside after "
+            "a failed health check or a refusal; its concurrency), by model.",
             labels=["model"],
         )
         for model, (used, whole) in slots.items():

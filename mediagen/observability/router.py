@@ -2,9 +2,8 @@
 
 The backlog costs two small queries and two Redis round trips per scrape, bounded whatever the
 backlog: the unfinished jobs by state are summed from `job_counters` (16 rows per API key, kept
-by the transitions; see mediagen.jobs.models.JobCounter), the oldest pending job is the oldest
-of the heads of the queue index's priority bands (a sorted set), and live workers are counted
-from their heartbeats.
+by the transitions; see mediagen.jobs.models.JobCounter), and live workers are counted from
+their heartbeats.
 
 Per model (the autoscaling signals): the pending jobs and the oldest one's age are read from a
 partial index of the pending jobs by model and creation time (migration 0018), not counted by
@@ -12,9 +11,10 @@ the transitions: a skip scan finds the models with pending jobs (MAX_MODELS at m
 entry of each is its oldest, and its count stops at PENDING_COUNTED, so a scrape reads at most
 models x PENDING_COUNTED index entries however many jobs wait or the table holds (the exact
 total stays `mediagen_jobs{status="pending"}`). Every model of the catalog is shown, at 0 when
-none of its jobs waits, so an autoscaler reads 0 rather than nothing. Busy and total slots come
-from the Cog capacity in Redis (`mediagen.providers.cog.slots.usage`); other providers have no
-slots of mediagen's own to show.
+none of its jobs waits, so an autoscaler reads 0 rather than nothing; the oldest of all is the
+oldest of the models'. Busy and total slots come from the scheduler in Redis
+(`mediagen.scheduling.Queues.usage`), for every model with a limit (a Cog model's servers, or a
+`concurrency`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 
 from mediagen import db
-from mediagen.broker import HEARTBEAT_TTL, QUEUE_INDEX, WORKERS
+from mediagen.broker import HEARTBEAT_TTL, WORKERS
 from mediagen.catalog import Catalog
-from mediagen.jobs.dispatch import BAND, order_created_micros
-from mediagen.jobs.states import Priority
+from mediagen.config import Settings
 from mediagen.observability import metrics
-from mediagen.providers.cog import slots
+from mediagen.scheduling import Queues
 
 router = APIRouter()
 READ_TIMEOUT = 2.0  # a scrape answers, without the backlog, rather than hang on a store
@@ -94,40 +93,31 @@ async def _by_model(catalog: Catalog) -> dict[str, metrics.ModelBacklog]:
     return found
 
 
-async def _slots(client: aioredis.Redis, catalog: Catalog) -> dict[str, tuple[int, int]]:
-    routes = [route for route in catalog.models() if route.provider == "cog" and route.endpoints]
-    return await slots.usage(client, routes) if routes else {}
+async def _slots(
+    client: aioredis.Redis, catalog: Catalog, settings: Settings
+) -> dict[str, tuple[int, int]]:
+    return await Queues(settings, catalog, client).usage(catalog.models())
 
 
-async def _from_redis(client: aioredis.Redis) -> tuple[float | None, int]:
-    now = time.time()
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.zcount(WORKERS, now - HEARTBEAT_TTL, "+inf")
-        for band in range(len(Priority)):  # the head of each priority's band
-            pipe.zrangebyscore(
-                QUEUE_INDEX, band * BAND, f"({(band + 1) * BAND}", 0, 1, withscores=True
-            )
-        workers, *heads = await pipe.execute()
-    created = [order_created_micros(head[0][1]) for head in heads if head]
-    oldest = now - min(created) / 1e6 if created else None
-    return oldest, int(workers)
+async def _workers(client: aioredis.Redis) -> int:
+    return int(await client.zcount(WORKERS, time.time() - HEARTBEAT_TTL, "+inf"))
 
 
-async def backlog(client: aioredis.Redis, catalog: Catalog) -> list[GaugeMetricFamily]:
+async def backlog(
+    client: aioredis.Redis, catalog: Catalog, settings: Settings
+) -> list[GaugeMetricFamily]:
     """The backlog gauges; a store that does not answer leaves its gauges out of the scrape
     (an absent series, which alerts can tell from a zero)."""
-    by_state, from_redis, by_model, used = await asyncio.gather(
+    by_state, workers, by_model, used = await asyncio.gather(
         asyncio.wait_for(_by_state(), READ_TIMEOUT),
-        asyncio.wait_for(_from_redis(client), READ_TIMEOUT),
+        asyncio.wait_for(_workers(client), READ_TIMEOUT),
         asyncio.wait_for(_by_model(catalog), READ_TIMEOUT),
-        asyncio.wait_for(_slots(client, catalog), READ_TIMEOUT),
+        asyncio.wait_for(_slots(client, catalog, settings), READ_TIMEOUT),
         return_exceptions=True,
     )
-    oldest, workers = from_redis if isinstance(from_redis, tuple) else (None, None)
     return metrics.backlog_families(
         by_state if isinstance(by_state, dict) else None,
-        oldest,
-        workers,
+        workers if isinstance(workers, int) else None,
         by_model if isinstance(by_model, dict) else None,
         used if isinstance(used, dict) else None,
     )
@@ -144,5 +134,5 @@ async def scrape(request: Request) -> Response:
             headers={"WWW-Authenticate": "Bearer"},
         )
     state = request.app.state
-    body = await metrics.render(await backlog(state.redis, state.catalog))
+    body = await metrics.render(await backlog(state.redis, state.catalog, settings))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -185,28 +185,13 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-# What `Capacity.admit` answers for a job that waits in its model's queue for a slot.
-WAITS = Endpoint("", 0)
 Lose = Callable[[str, str], Awaitable[None]]
 
 
 class Capacity(Protocol):
-    """A provider's own account of where its jobs may run (Cog: slots of its servers), for the
-    providers that keep one (`Providers.capacity`). The pipeline asks it before a job starts and
-    tells it when an attempt ended; it never reaches into the pipeline."""
-
-    async def admit(self, job_id: str) -> Endpoint | None:
-        """The endpoint whose slot the job now holds; WAITS (it waits, pending, in its model's
-        queue: a release sends its start again); None: not a job this capacity counts."""
-        ...
-
-    async def unclaimed(self, job_id: str) -> None:
-        """A slot was taken for a job that its claim did not start."""
-        ...
-
-    async def release(self, job: Job) -> None:
-        """The job's attempt (or wait) ended: its slot goes to the next in line."""
-        ...
+    """What a provider with servers of its own (Cog) adds to the scheduler's slots
+    (`mediagen.scheduling`), for the providers that need it (`Providers.capacity`): it never
+    reaches into the pipeline."""
 
     async def turned_away(self, slot: Endpoint, exc: NoCapacityError) -> NoCapacityError:
         """The server of `slot` refused or could not be reached: set it aside; what the job
@@ -215,6 +200,10 @@ class Capacity(Protocol):
 
     async def canceled(self, prediction_id: str) -> None:
         """Upstream confirmed a cancel: the prediction's slot is free once its job is over."""
+        ...
+
+    async def release(self, job: Job) -> None:
+        """The job's prediction is over (its terminal webhook): its slot goes to the next."""
         ...
 
     async def sweep(self, lose: Lose) -> None:

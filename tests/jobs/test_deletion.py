@@ -66,7 +66,7 @@ async def _traces(job_id: str, redis_db: redis.Redis) -> dict[str, Any]:
             "SELECT count(*) FROM webhook_deliveries WHERE job_id = $1", uid
         ),
         "stream": redis_db.exists(f"mediagen:events:{job_id}"),
-        "queued": redis_db.zscore("mediagen:queue", job_id) is not None,
+        "queued": bool(redis_db.hexists("mediagen:sched:jobs", job_id)),
     }
 
 

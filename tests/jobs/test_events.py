@@ -369,8 +369,11 @@ async def test_queue_position_of_pending_jobs(database: str) -> None:
     position counts the pending jobs ahead, and follows cancels, starts and the sweeper."""
     import redis.asyncio as aioredis
 
+    from mediagen.broker import Outbox
+    from mediagen.catalog import get_catalog
+    from mediagen.config import get_settings
     from mediagen.jobs import repository as repo
-    from mediagen.jobs.sweeper import prune_queue_index
+    from mediagen.jobs.turns import Turns
 
     idle = REDIS.fresh()
     redis.Redis.from_url(idle).flushdb()
@@ -399,11 +402,12 @@ async def test_queue_position_of_pending_jobs(database: str) -> None:
             assert await repo.claim(ids[1], 60, 3600)
             assert await position(ids[1]) is None  # processing: no position
             assert await position(ids[3]) == 2
-            index = aioredis.from_url(idle)
+            outbox = Outbox(aioredis.from_url(idle))
             try:
-                await prune_queue_index(index)
+                await Turns(get_settings(), get_catalog(), outbox).prune()
             finally:
-                await index.aclose()
+                await outbox.close()
+                await outbox.client.aclose()
             assert await position(ids[3]) == 1
             assert await position(ids[2]) == 0
     finally:
@@ -427,7 +431,7 @@ async def test_a_pending_jobs_stream_has_throttled_queue_events(database: str) -
                 first, queued = await stream.take(2)
                 assert (first.event, first.data["status"]) == ("status", "pending")
                 assert (queued.event, queued.data) == (
-                    "queue", {"job_id": ids[3], "queue_position": 3})
+                    "queue", {"job_id": ids[3], "queue_position": 3, "paused": False})
                 seen = [(asyncio.get_running_loop().time(), 3)]
                 # Two jobs ahead leave at once, a third a moment later.
                 for job_id in ids[:2]:

@@ -21,6 +21,7 @@ from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
 from mediagen.providers.builtin.provider import BuiltinProvider
+from mediagen.scheduling import queue_position
 from mediagen.storage.local import LocalStorage
 from tests.conftest import REDIS
 from tests.support import new_job
@@ -108,8 +109,8 @@ async def test_sweeper_redispatches_stranded_jobs(database: str, tmp_path: Path,
     assert ("mediagen.jobs.poll", [dead_owner, 1]) in steps
     assert ("mediagen.jobs.start", [died_before_create]) in steps
     assert not [s for s in steps if s[1][0] == healthy]
-    # A re-dispatched pending job is back in the queue index.
-    assert quiet_redis.zscore("mediagen:queue", never_sent) is not None
+    # A re-dispatched pending job is back in its model's queue.
+    assert await queue_position(pipeline.outbox.client, never_sent) == (0, False)
     # What was re-sent is not re-sent at once by the next sweep.
     await sweep(pipeline)
     again = {args[0] for _, args in _published(quiet_redis)}

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from mediagen.broker import QUEUE, QUEUE_INDEX, Outbox, queue_key
+from mediagen.broker import QUEUE, Outbox, queue_key
 from mediagen.config import Settings
-from mediagen.jobs.dispatch import BAND, START, order_priority, queue_order, start_task
+from mediagen.jobs.dispatch import START, start_task
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline
 from mediagen.jobs.priority import kombu_priority
@@ -32,6 +31,7 @@ from mediagen.jobs.states import Priority
 from mediagen.jobs.sweeper import sweep
 from mediagen.keys.models import ApiKey
 from mediagen.providers.builtin.provider import BuiltinProvider
+from mediagen.scheduling import queue_position
 from mediagen.storage.local import LocalStorage
 from mediagen.worker import celery_app
 from tests.conftest import REDIS, ROOT, TMP, start_api
@@ -105,19 +105,6 @@ def test_start_messages_go_to_the_list_kombu_picks() -> None:
     assert LISTS[Priority.HIGH] == QUEUE
     assert len(set(LISTS.values())) == 3
     client.close()
-
-
-def test_queue_order_bands_are_exact() -> None:
-    moment = datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=UTC)
-    micros = int(moment.timestamp()) * 1_000_000 + moment.microsecond
-    orders = {p: queue_order(moment, p) for p in Priority}
-    assert orders[Priority.HIGH] < orders[Priority.NORMAL] < orders[Priority.LOW] < 2**53
-    for priority, order in orders.items():
-        assert order == int(order) and int(order) % BAND == micros
-        assert order_priority(order) is priority
-    # A high job created much later is still ahead of a normal one.
-    later = datetime(2060, 1, 1, tzinfo=UTC)
-    assert queue_order(later, Priority.HIGH) < queue_order(moment, Priority.NORMAL)
 
 
 async def test_ceiling_refuses_above_it_and_creates_nothing(
@@ -205,7 +192,14 @@ async def test_sweeper_redispatches_at_each_jobs_priority(database: str, tmp_pat
     for priority, job in lost.items():
         waiting = [m for m in client.lrange(LISTS[priority], 0, -1) if str(job.id).encode() in m]
         assert len(waiting) == 1, priority
-        assert client.zscore(QUEUE_INDEX, str(job.id)) == queue_order(job.created_at, priority)
+    # Each back in its model's queue, at its level: the high one first, the low one last.
+    check = aioredis.from_url(url)
+    try:
+        ahead = {p: await queue_position(check, job.id) for p, job in lost.items()}
+    finally:
+        await check.aclose()
+    assert ahead == {Priority.HIGH: (0, False), Priority.NORMAL: (1, False),
+                     Priority.LOW: (2, False)}
     client.close()
 
 

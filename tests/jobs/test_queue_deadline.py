@@ -29,16 +29,19 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from mediagen.broker import PRIORITY_STEPS, QUEUE_INDEX, QUEUES, queue_key, stream_key
+from mediagen.broker import PRIORITY_STEPS, QUEUES, queue_key, stream_key
 from mediagen.catalog.catalog import CatalogError, parse
 from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, Settings
 from mediagen.db import pool
 from mediagen.jobs.dispatch import START
+from mediagen.jobs.models import Job
+from mediagen.jobs.states import JobStatus
 from mediagen.keys import service as keys
 from mediagen.keys.cli import _queue_seconds as queue_seconds
 from mediagen.keys.models import ApiKey
 from mediagen.notify import DELIVER_TASK
-from mediagen.providers.cog import slots as cog_slots
+from mediagen.scheduling import pool_of, queue_position
+from mediagen.scheduling.queues import HELD
 from mediagen.worker import Worker
 from tests.conftest import ROOT
 from tests.receiver import Receiver, receiving
@@ -126,6 +129,18 @@ async def stack(database: str, receiver: Receiver,
             await worker.close(database=False)
 
 
+@pytest.fixture(autouse=True)
+async def _leave_no_job_queued(stack: Deadlines) -> AsyncIterator[None]:
+    """A start message starts whoever's turn it is: jobs a test leaves waiting are canceled,
+    so the next test's starts start its own jobs."""
+    yield
+    left = await Job.filter(status__in=(JobStatus.PENDING, JobStatus.RETRYING),
+                            api_key__name__startswith="deadline-").values_list("id", flat=True)
+    for job_id in left:
+        await stack.worker.pipeline.lifecycle.finish(job_id, JobStatus.CANCELED, "test over")
+    await stack.worker.outbox.flush()
+
+
 async def submit(client: httpx.AsyncClient, **body: Any) -> str:
     response = await client.post("/api/v1/generate", json={
         "prompt": "a patient heron", "parameters": SMALL, **body})
@@ -173,7 +188,7 @@ async def test_a_job_that_cannot_start_times_out_with_its_event_and_webhook(
         refused = await client.post("/api/v1/generate",
                                     json={"prompt": "one too many", "parameters": SMALL})
         assert refused.status_code == 429, refused.text  # two in flight: full
-        assert await stack.redis.zscore(QUEUE_INDEX, late) is not None
+        assert await queue_position(stack.redis, late) is not None
         await stack.worker.sweep()  # not due yet: nothing happens
         assert (await detail(client, late))["status"] == "pending"
         await past(late)
@@ -185,7 +200,7 @@ async def test_a_job_that_cannot_start_times_out_with_its_event_and_webhook(
         assert (await detail(client, patient))["status"] == "pending"  # no deadline due
         # Its place is free: the key may submit again, and the queue no longer holds it.
         await submit(client, prompt="now there is room")
-        assert await stack.redis.zscore(QUEUE_INDEX, late) is None
+        assert await queue_position(stack.redis, late) is None
         # The event, then the webhook, which the worker delivers.
         events = await stack.events(late)
         assert [e["status"] for e in events] == ["pending", "failed"]
@@ -223,18 +238,18 @@ async def test_a_cog_job_waiting_for_a_slot_times_out_and_leaves_the_queue(
     """A Cog model whose one slot another job holds: the job waits in the model's queue, and
     its timeout takes it out of the queue (the slot's next job is not held behind it)."""
     [endpoint] = stack.app.app.state.catalog.route("acme/gpu").endpoints
-    held, waiting = cog_slots.held_key(endpoint), cog_slots.wait_key("acme/gpu")
+    held = HELD + pool_of(endpoint)
     await stack.redis.zadd(held, {"another-job": (time.time() + 600) * 1000})
     try:
         async with await stack.as_key() as client:
             job = await submit(client, model="acme/gpu", parameters={}, max_queue_seconds=1)
             await stack.worker.start(job)  # no free slot: it waits, pending, in the queue
             assert (await detail(client, job))["status"] == "pending"
-            assert await stack.redis.zscore(waiting, job) is not None
+            assert await queue_position(stack.redis, job) == (0, False)
             await past(job)
             await stack.worker.sweep()
             assert timed_out(await detail(client, job))
-            assert await stack.redis.zscore(waiting, job) is None
+            assert await queue_position(stack.redis, job) is None
             assert await stack.redis.zscore(held, "another-job") is not None
     finally:
         await stack.redis.delete(held)

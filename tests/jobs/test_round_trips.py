@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis
 
+from mediagen.scheduling._lua import ENQUEUE
 from tests.conftest import POSTGRES, TEST_DB, redis_server
 from tests.iocount import Proxies, RoundTripCounter
 from tests.keys.test_keys import _key_id
@@ -112,7 +113,7 @@ async def test_a_pending_job_detail_adds_its_queue_position(stack: Stack) -> Non
     async with httpx.AsyncClient(base_url=stack.url, timeout=30,
                                  headers={"Authorization": f"Bearer {stack.key}"}) as client:
         job_id = str((await new_job(owner=await _key_id(stack.key))).id)
-        stack.server.zadd("mediagen:queue", {job_id: 0})
+        stack.server.eval(ENQUEUE, 0, job_id, "1", "mediagen/builtin", "-", 1)
         try:
             await client.get(f"/api/v1/jobs/{job_id}")  # warm-up
             response, pg, rd = await stack.costs(client, "GET", f"/api/v1/jobs/{job_id}")

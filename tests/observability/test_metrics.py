@@ -9,6 +9,7 @@ workers touch its figures.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -23,10 +24,15 @@ import asyncpg
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import Response
 
 from mediagen.broker import Task, task_message
+from mediagen.catalog import load_catalog
+from mediagen.config import Settings
+from mediagen.observability import metrics
+from mediagen.scheduling import Queues, Taken, pool_of
 from tests.conftest import DATABASES, REDIS, TMP, start_api
 from tests.receiver import Receiver, receiving
 from tests.support import Proc, free_port, submit, wait_for, wait_terminal
@@ -422,17 +428,6 @@ async def test_the_backlog_per_model(database: str, tmp_path: Path) -> None:
     that the module's other tests (which count what the sweeper rescues) must not see.
     (`database` makes the migrated template that fresh databases are copied from.)"""
     fresh_database = await DATABASES.fresh()
-    import asyncio
-    from datetime import datetime
-
-    import redis.asyncio as aioredis
-
-    from mediagen.catalog import load_catalog
-    from mediagen.config import Settings
-    from mediagen.jobs.dispatch import queue_order
-    from mediagen.observability import metrics
-    from mediagen.providers.cog.slots import CogSlots
-
     models = tmp_path / "models.toml"
     models.write_text(MODELS_FILE)
     queue = REDIS.fresh()
@@ -469,14 +464,12 @@ async def test_the_backlog_per_model(database: str, tmp_path: Path) -> None:
 
             # A worker's start step takes a slot for the first fox; the second server is set
             # aside; a fox is canceled.
-            route = load_catalog(Settings(_env_file=None, models_file=models)).route(  # type: ignore[call-arg]
-                "acme/gpu-fox")
-            cog = CogSlots(Settings(_env_file=None), client, None)  # type: ignore[call-arg, arg-type]
-            first = (await http.get(f"/api/v1/jobs/{foxes[0]}")).json()
-            order = queue_order(datetime.fromisoformat(first["created_at"]), first["priority"])
-            held = await cog.acquire(foxes[0], order, route)
-            assert held is not None
-            await cog.set_down(route.endpoints[1], 60, "test")
+            settings = Settings(_env_file=None, models_file=models)  # type: ignore[call-arg]
+            catalog = load_catalog(settings)
+            route = catalog.route("acme/gpu-fox")
+            queues = Queues(settings, catalog, client)
+            assert await queues.pick(foxes[0]) == Taken(foxes[0], pool_of(route.endpoints[0]))
+            await queues.set_down(pool_of(route.endpoints[1]), 60, "test")
             assert (await http.post(f"/api/v1/jobs/{foxes[2]}/cancel")).status_code == 200
             shown = (await scrape(f"{url}/metrics"))[1]
             assert value(shown, "mediagen_jobs", status="pending", model="acme/gpu-fox") == 2

@@ -30,7 +30,9 @@ import redis
 from mediagen.catalog import Endpoint
 from mediagen.config import get_settings
 from mediagen.providers.cog import provider as cog
-from mediagen.providers.cog import slots as cog_slots
+from mediagen.scheduling import pool_of
+from mediagen.scheduling._lua import PREFIX
+from mediagen.scheduling.queues import HELD
 from tests.cog_servers import (  # noqa: F401 - the fixtures, for this module
     CogServer,
     cog_server,
@@ -383,14 +385,14 @@ async def test_the_completion_webhook_frees_the_slot_before_the_worker_finishes(
         assert time.monotonic() - started < 30
         await asyncio.sleep(0.05)
     broker = redis.Redis.from_url(main.env["REDIS_URL"])
-    held = cog_slots.held_key(Endpoint(main.cog.url, 1))
+    held = HELD + pool_of(Endpoint(main.cog.url, 1))
     async with httpx.AsyncClient(base_url=main.url, timeout=30) as client:
         first = await _submit(client, _inputs("hands over", step_seconds=0.2,
                                               num_inference_steps=3))
         await _started(client, first, main.cog)
         second = await _submit(client, _inputs("takes over"))
         for _ in range(200):
-            if broker.zscore(cog_slots.wait_key(MODEL), second) is not None:
+            if broker.hexists(PREFIX + "jobs", second):  # queued, waiting for the slot
                 break
             await asyncio.sleep(0.01)
         assert broker.zscore(held, first) is not None  # the first holds the one slot

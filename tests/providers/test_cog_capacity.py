@@ -24,13 +24,15 @@ import redis
 
 from mediagen.catalog import Endpoint
 from mediagen.providers.cog import provider as cog_provider
-from mediagen.providers.cog import slots as cog_slots
+from mediagen.scheduling import pool_of
+from mediagen.scheduling._lua import PREFIX
+from mediagen.scheduling.queues import DOWN, HELD
 from tests.cog_servers import CogServer, cog_venv  # noqa: F401 - the fixture, for this module
 from tests.conftest import redis_server, start_api, start_worker
 from tests.providers.test_cog import MAX_BYTES, MODEL, SECRET, _cog_id, _inputs, _submit
 from tests.support import Proc, free_port, wait_for, wait_terminal
 
-WAIT_KEY = cog_slots.wait_key(MODEL)
+WAIT_KEY = f"{PREFIX}q:1:{MODEL}"  # the model's queue of normal jobs (mediagen.scheduling)
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _held(pair: Pair) -> int:
     """Slots held on both endpoints at one moment."""
     with pair.broker.pipeline(transaction=True) as pipe:
         for server in pair.servers:
-            pipe.zcard(cog_slots.held_key(Endpoint(server.url, 1)))
+            pipe.zcard(HELD + pool_of(Endpoint(server.url, 1)))
         return sum(pipe.execute())
 
 
@@ -162,7 +164,7 @@ async def test_a_stopped_endpoint_gets_no_work_and_its_job_runs_again(pair: Pair
         assert all(other.says(_cog_id(r)) and not victim.says(_cog_id(r)) for r in results[1:])
 
         victim.start()  # READY again: the sweeper gives it work again
-        down = cog_slots.down_key(Endpoint(victim.url, 1))
+        down = DOWN + pool_of(Endpoint(victim.url, 1))
         wait_for(lambda: not pair.broker.exists(down), 10, what="endpoint back up")
         again = [await _submit(client, _inputs(f"back again {n}", step_seconds=0.2,
                                                num_inference_steps=5)) for n in range(2)]

@@ -176,7 +176,7 @@ async function follow(jobId, onEvent, signal) {
   while (!signal.aborted) {
     const job = await api(`${API}/jobs/${jobId}`, { signal });
     if (job.status !== status) { status = job.status; onEvent("status", job); }
-    if (status === "pending") onEvent("queue", { job_id: job.job_id, queue_position: job.queue_position });
+    if (status === "pending") onEvent("queue", { job_id: job.job_id, queue_position: job.queue_position, paused: job.paused });
     if (job.progress) onEvent("progress", job.progress);
     if (TERMINAL.has(status)) return status;
     await sleep(1500, signal);
@@ -249,6 +249,7 @@ function statusText(job, progress) {
   if (job.status === "pending" && job.queue_position !== undefined && job.queue_position !== null) {
     text += job.queue_position === 0 ? " (next in line)" : ` (${job.queue_position} ahead in the queue)`;
   }
+  if (job.status === "pending" && job.paused) text += " (its model is paused)";
   if (job.status === "retrying" && job.retry_count) text += ` (retry ${job.retry_count})`;
   if (job.status === "processing" && progress) text += ` (${progress.percent}%)`;
   return text;
@@ -362,7 +363,7 @@ async function watchLive(job) {
     await follow(state.job_id, (kind, data) => {
       if (kind === "progress") progress = data;
       if (kind === "status") Object.assign(state, data);
-      if (kind === "queue") state.queue_position = data.queue_position;
+      if (kind === "queue") Object.assign(state, { queue_position: data.queue_position, paused: data.paused });
       show();
     }, controller.signal);
     if (controller.signal.aborted) return;
@@ -471,7 +472,7 @@ async function openDetail(jobId) {
     await follow(jobId, (kind, data) => {
       if (kind === "progress") progress = data;
       if (kind === "status") Object.assign(job, data);
-      if (kind === "queue") job.queue_position = data.queue_position;
+      if (kind === "queue") Object.assign(job, { queue_position: data.queue_position, paused: data.paused });
       $("detail-status").textContent = statusText(job, progress);
       setProgress($("detail-progress"), job, progress);
     }, signal);
