@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from mediagen.jobs.models import Job
 from tests.conftest import REDIS, start_api, start_worker
 from tests.fakes.replicate import FakeReplicate
 from tests.support import free_port, unsigned, wait_terminal
@@ -184,6 +185,42 @@ async def test_oversized_output_is_refused(polling: Stack) -> None:
     assert job["status"] == "failed"
     assert "exceeds" in job["error"]
     assert job["outputs"] == [] and job["result_url"] is None
+
+
+# --- a concurrency limit ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def limited(database: str, fake: FakeReplicate) -> Iterator[Stack]:
+    yield from _stack("limited", fake, MODEL_CONCURRENCY="2", POLL_INTERVAL="0.2")
+
+
+async def test_a_model_with_a_limit_runs_that_many_predictions_at_once(limited: Stack) -> None:
+    """MODEL_CONCURRENCY=2 (an account's limit, say): never more than two of the model's jobs
+    run; the rest wait pending (holding no worker) and start as slots free; all complete in
+    one attempt, none spent on a refusal."""
+    from mediagen.jobs.models import Job
+
+    created_before = limited.fake.stats.created
+    async with httpx.AsyncClient(base_url=limited.url, timeout=30) as client:
+        ids = []
+        for n in range(8):
+            response = await client.post("/api/v1/generate", json={"prompt": f"limited {n}"})
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["job_id"])
+        most, waited = 0, False
+        deadline = time.monotonic() + 60
+        while await Job.filter(id__in=ids, status__in=("pending", "processing")).count():
+            assert time.monotonic() < deadline
+            running = await Job.filter(id__in=ids, status="processing").count()
+            pending = await Job.filter(id__in=ids, status="pending").count()
+            most = max(most, running)
+            waited = waited or (running == 2 and pending > 0)
+            await asyncio.sleep(0.02)
+        done = [await wait_terminal(client, job_id) for job_id in ids]
+    assert most == 2 and waited, (most, waited)
+    assert [d["status"] for d in done] == ["completed"] * 8, done
+    assert all(d["attempts"] == 1 for d in done)
+    assert limited.fake.stats.created - created_before == 8
 
 
 # --- webhooks -----------------------------------------------------------------------------
