@@ -198,8 +198,6 @@ async def test_a_model_with_a_limit_runs_that_many_predictions_at_once(limited: 
     """MODEL_CONCURRENCY=2 (an account's limit, say): never more than two of the model's jobs
     run; the rest wait pending (holding no worker) and start as slots free; all complete in
     one attempt, none spent on a refusal."""
-    from mediagen.jobs.models import Job
-
     created_before = limited.fake.stats.created
     async with httpx.AsyncClient(base_url=limited.url, timeout=30) as client:
         ids = []
