@@ -11,7 +11,8 @@ its slot accounting all see it at once:
   while the predictions already on it finish (a job records where it runs: its webhook and
   poll need no endpoint, and a cancel finds it among `Catalog.known_endpoints`);
 - a file that became invalid changes nothing: one error line names the file and what is wrong
-  (`CatalogError`), and the process goes on with what it had;
+  (`CatalogError`), and the process goes on with what it had. So does a first Cog model in a
+  process that started without any: its slot accounting is made at start-up (restart it);
 - a name that no longer resolves keeps its last addresses (one warning until it resolves
   again); one that never resolved gives its model no endpoints for now.
 
@@ -45,8 +46,12 @@ class CatalogWatcher:
         # The file as read (discover entries unexpanded), and each entry's last addresses.
         self._spec = catalog.copy()
         self._stamp = catalog.stamp
+        self._kinds = catalog.providers()  # what the process made its providers for
         self._addresses: dict[str, Sequence[str]] = {}
         self._failing: set[str] = set()  # names whose failure was logged
+        # A name's question still out (a DNS server that does not answer holds a thread of
+        # the loop's executor: never a second one for the same name).
+        self._asking: dict[str, asyncio.Future[list[str]]] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +93,9 @@ class CatalogWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for asking in self._asking.values():
+            asking.cancel()
+        self._asking.clear()
 
     async def _run(self) -> None:
         every = self.settings.models_file_check_seconds
@@ -114,7 +122,7 @@ class CatalogWatcher:
         if read:
             self._stamp = file_stamp(path)
             try:
-                self._spec = await asyncio.to_thread(load_catalog, self.settings)
+                self._spec = self._fits(await asyncio.to_thread(load_catalog, self.settings))
             except CatalogError as exc:
                 log.error("%s; still running with the models it had", exc)
                 read = False
@@ -128,10 +136,22 @@ class CatalogWatcher:
             what = "; ".join(said) if said else "no change"
             log.info("models file %s %s: %s", path, "reloaded" if read else "DNS", what)
 
+    def _fits(self, spec: Catalog) -> Catalog:
+        """`spec`, unless it needs what this process made only at start-up (Cog's slots)."""
+        if "cog" in spec.providers() and "cog" not in self._kinds:
+            first = next(route.name for route in spec.models() if route.provider == "cog")
+            raise CatalogError(
+                f'models file {spec.source}: models."{first}" runs on cog, which this process '
+                "started without: restart it for its first Cog model"
+            )
+        return spec
+
     async def _discover(self) -> None:
         entries = {entry.url: entry for entry in self._spec.discovered()}
         for gone in self._addresses.keys() - entries.keys():
             del self._addresses[gone]
+        for gone in self._asking.keys() - entries.keys():
+            self._asking.pop(gone).cancel()
         urls = sorted(entries)
         found = await asyncio.gather(
             *(self._one(entries[url]) for url in urls), return_exceptions=True
@@ -159,8 +179,18 @@ class CatalogWatcher:
             self._addresses[url] = addresses
 
     async def _one(self, entry: Endpoint) -> list[str]:
-        host, port = host_port(entry)
-        return await asyncio.wait_for(self._resolve(host, port), RESOLVE_DEADLINE)
+        asking = self._asking.get(entry.url)
+        if asking is None or asking.done():
+            asking = asyncio.ensure_future(self._resolve(*host_port(entry)))
+            asking.add_done_callback(_seen)
+            self._asking[entry.url] = asking
+        return await asyncio.wait_for(asyncio.shield(asking), RESOLVE_DEADLINE)
+
+
+def _seen(asking: asyncio.Future[list[str]]) -> None:
+    """An answer that came after its round gave up is not an error of its own."""
+    if not asking.cancelled():
+        asking.exception()
 
 
 def _reason(exc: object) -> str:

@@ -181,6 +181,20 @@ async def test_an_edited_file_is_read_again_and_a_bad_one_keeps_the_old(
     assert "cannot be read" in caplog.records[-1].getMessage()
 
 
+async def test_a_first_cog_model_waits_for_a_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The Cog slot accounting of a process is made at start-up, with its first Cog model."""
+    path = write(tmp_path / "models.toml", '[models."acme/owl"]\nprovider = "builtin"\n')
+    catalog = load_catalog(settings(path))
+    watcher = CatalogWatcher(catalog, settings(path))
+    write(path, '[models."acme/owl"]\nprovider = "builtin"\n' + FOX + endpoint("acme/fox", "http://a:1"))
+    await watcher.check()
+    assert [m.name for m in catalog.models()] == ["black-forest-labs/flux-schnell", "acme/owl"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f'models file {path}: models."acme/fox" runs on cog, which this process started '
+        "without: restart it for its first Cog model; still running with the models it had"]
+
+
 async def test_the_running_watcher_reloads_on_its_own_and_on_request(tmp_path: Path) -> None:
     """The check loop (every 0.05 s here), and `reload_soon` (what SIGHUP calls) with the loop
     off: an edit whose stamp looks unchanged (same size and mtime) is read only on request."""
@@ -288,5 +302,35 @@ async def test_a_name_that_never_resolved_leaves_its_model_without_endpoints_for
         names.answers["fox.svc"] = ["10.0.0.7"]
         await watcher.check()
         assert urls(catalog) == ["http://10.0.0.7"]
+    finally:
+        await watcher.stop()
+
+
+async def test_a_dns_server_that_does_not_answer_is_asked_once_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from mediagen.catalog import watch
+
+    monkeypatch.setattr(watch, "RESOLVE_DEADLINE", 0.05)
+    answer = asyncio.Event()
+    asked: list[str] = []
+
+    async def slow(host: str, port: int) -> list[str]:
+        asked.append(host)
+        await answer.wait()
+        return ["10.0.0.7"]
+
+    path = write(tmp_path / "models.toml", FOX + endpoint("acme/fox", "http://fox.svc", dns=True))
+    catalog = load_catalog(settings(path))
+    watcher = CatalogWatcher(catalog, settings(path, models_file_check_seconds=0), slow)
+    caplog.set_level(logging.INFO, "mediagen.catalog.watch")
+    await watcher.start()
+    try:
+        await watcher.check()
+        assert asked == ["fox.svc"] and urls(catalog) == []  # the same question, still out
+        assert "fox.svc does not resolve (no answer within 0.05s)" in caplog.records[0].getMessage()
+        answer.set()  # the late answer is dropped: the next round asks again, and is answered
+        await watcher.check()
+        assert asked == ["fox.svc", "fox.svc"] and urls(catalog) == ["http://10.0.0.7"]
     finally:
         await watcher.stop()
