@@ -165,9 +165,6 @@ class Worker:
         self.outbound = Outbound()
         # One shared provider per kind the models file (or the settings) routes jobs to.
         self.providers = create_providers(settings, self.outbound, wrap=MeasuredProvider)
-        # The models file, read again when it changes (and on SIGHUP: `_reload_on_hup`).
-        self.watcher = CatalogWatcher(self.providers.catalog, settings)
-        await self.watcher.start()
         self.storage = create_storage(settings)
         await init_db(settings, name)
         # Signed URLs in webhook payloads: local outputs, a prediction's stream.
@@ -186,6 +183,10 @@ class Worker:
             WEBHOOK_BODIES,
             circuits=Circuits(self.outbox.client, settings),
         )
+        # The models file, read again when it changes (and on SIGHUP: `_reload_on_hup`); last,
+        # as the heartbeat: a start-up that failed before leaves no task behind.
+        self.watcher = CatalogWatcher(self.providers.catalog, settings)
+        await self.watcher.start()
         self._heartbeat = asyncio.create_task(self._beat(heartbeat.member()))
         return self
 

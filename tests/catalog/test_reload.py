@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mediagen.catalog import CatalogError, Endpoint, load_catalog
+from mediagen.catalog import CatalogError, Endpoint, load_catalog, watch
 from mediagen.catalog.discovery import address_url, changes, expand, resolve
 from mediagen.catalog.watch import CatalogWatcher
 from mediagen.config import Settings
@@ -309,8 +309,6 @@ async def test_a_name_that_never_resolved_leaves_its_model_without_endpoints_for
 async def test_a_dns_server_that_does_not_answer_is_asked_once_at_a_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    from mediagen.catalog import watch
-
     monkeypatch.setattr(watch, "RESOLVE_DEADLINE", 0.05)
     answer = asyncio.Event()
     asked: list[str] = []

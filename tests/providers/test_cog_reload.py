@@ -47,17 +47,19 @@ class Stack:
     models: Path
     api: Proc
     worker: Proc
-    old: CogServer  # in the file at start
+    old: list[CogServer]  # in the file at start
     new: CogServer  # given by DNS later
 
 
-def _file(old: CogServer | None = None, new: CogServer | None = None, slots: int = 2) -> str:
+def _file(old: list[CogServer] = (), new: CogServer | None = None) -> str:  # type: ignore[assignment]
+    """The models file: `old` as plain endpoints, `new` behind a DNS name (`localhost`
+    resolves to 127.0.0.1 here); one slot each (the example model runs one at a time)."""
     text = f'[models."{MODEL}"]\nprovider = "cog"\ndeadline = 60\n'
-    if old is not None:
-        text += f'[[models."{MODEL}".endpoints]]\nurl = "{old.url}"\nslots = {slots}\n'
-    if new is not None:  # one server behind a name: `localhost` resolves to 127.0.0.1 here
+    for server in old:
+        text += f'[[models."{MODEL}".endpoints]]\nurl = "{server.url}"\nslots = 1\n'
+    if new is not None:
         text += (f'[[models."{MODEL}".endpoints]]\nurl = "http://localhost:{new.port}"\n'
-                 f'slots = {slots}\ndiscover = "dns"\n')
+                 'slots = 1\ndiscover = "dns"\n')
     return text
 
 
@@ -65,12 +67,17 @@ def _file(old: CogServer | None = None, new: CogServer | None = None, slots: int
 def stack(database: str, cog_venv: Path,  # noqa: F811
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("cog-reload")
-    old = CogServer(cog_venv, tmp / "cog-old.log").launch()
+    old = [CogServer(cog_venv, tmp / f"cog-old-{n}.log").launch() for n in range(2)]
     new = CogServer(cog_venv, tmp / "cog-new.log").launch()
-    old.ready()
-    new.ready()
-    port = free_port()
-    redis_port, redis_proc = redis_server()
+    try:
+        for server in (*old, new):
+            server.ready()
+        port = free_port()
+        redis_port, redis_proc = redis_server()
+    except BaseException:
+        for server in (*old, new):
+            server.stop()
+        raise
     broker = redis.Redis(port=redis_port)
     models = tmp / "models.toml"
     models.write_text(_file(old))
@@ -86,8 +93,8 @@ def stack(database: str, cog_venv: Path,  # noqa: F811
     finally:
         for proc in procs:
             proc.stop()
-        old.stop()
-        new.stop()
+        for server in (*old, new):
+            server.stop()
         broker.close()
         redis_proc.terminate()
         redis_proc.wait(10)
@@ -105,16 +112,17 @@ async def _submit(client: httpx.AsyncClient, prompt: str, **parameters: Any) -> 
     return str(created.json()["job_id"])
 
 
-async def _running_on(client: httpx.AsyncClient, job_id: str, server: CogServer
-                      ) -> dict[str, Any]:
-    """The job once its prediction runs on `server`."""
+async def _running_on(client: httpx.AsyncClient, job_id: str, servers: list[CogServer]
+                      ) -> tuple[dict[str, Any], CogServer]:
+    """The job once its prediction runs on one of `servers`, and that server."""
     job: dict[str, Any] = {}
     for _ in range(600):
         job = (await client.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["prediction_id"] and server.says(_cog_id(job)):
-            return job
+        for server in servers:
+            if job["prediction_id"] and server.says(_cog_id(job)):
+                return job, server
         await asyncio.sleep(0.025)
-    raise AssertionError(f"the prediction never started on {server.url}: {job}")
+    raise AssertionError(f"the prediction never started: {job}")
 
 
 def _cog_id(job: dict[str, Any]) -> str:
@@ -145,24 +153,29 @@ def _seen(stack: Stack) -> tuple[int, int]:
 
 async def test_an_edit_moves_new_jobs_and_lets_running_ones_finish(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
-        # Two long predictions on the old server (slots = 2): 40 steps of 0.2 s each.
+        # A prediction on each old server: 5 s, and 30 s (canceled).
         kept = await _submit(client, "a fox that keeps running", step_seconds=0.2,
-                             num_inference_steps=40)
+                             num_inference_steps=25)
         dropped = await _submit(client, "a fox to cancel", step_seconds=0.2,
-                                num_inference_steps=40)
-        first = await _running_on(client, kept, stack.old)
-        second = await _running_on(client, dropped, stack.old)
+                                num_inference_steps=150)
+        first, first_on = await _running_on(client, kept, stack.old)
+        second, second_on = await _running_on(client, dropped, stack.old)
+        assert first_on is not second_on
 
         seen = _seen(stack)
-        stack.models.write_text(_file(new=stack.new))  # the old server out, the new one in
+        stack.models.write_text(_file(new=stack.new))  # the old servers out, the new one in
+        gone = ", ".join(sorted(f"{MODEL} {server.url}" for server in stack.old))
         _wait_reload(stack, seen, f"endpoints added: {MODEL} {stack.new.url}; "
-                                  f"endpoints removed: {MODEL} {stack.old.url}")
+                                  f"endpoints removed: {gone}")
+        running = [(await client.get(f"/api/v1/jobs/{job_id}")).json()
+                   for job_id in (kept, dropped)]
+        assert [job["status"] for job in running] == ["processing"] * 2, running
 
         # A cancel still reaches the server the file no longer names.
         canceled = await client.post(f"/api/v1/jobs/{dropped}/cancel")
         assert canceled.status_code == 200, canceled.text
         given = cog.given_id(SECRET.encode(), _cog_id(second))
-        wait_for(lambda: stack.old.says(f'"Prediction cancelled","prediction_id":"{given}"'),
+        wait_for(lambda: second_on.says(f'"Prediction cancelled","prediction_id":"{given}"'),
                  10, None, "the cancel on the old server")
 
         # New work goes to the new server only.
@@ -170,9 +183,10 @@ async def test_an_edit_moves_new_jobs_and_lets_running_ones_finish(stack: Stack)
         done = [await wait_terminal(client, job_id, 30) for job_id in fresh]
         assert [job["status"] for job in done] == ["completed"] * 3, done
         for job in done:
-            assert stack.new.says(_cog_id(job)) and not stack.old.says(_cog_id(job))
+            assert stack.new.says(_cog_id(job))
+            assert not any(server.says(_cog_id(job)) for server in stack.old)
 
-        # The job running on the old server finishes there, as if nothing happened.
+        # The job running on an old server finishes there, as if nothing happened.
         finished = await wait_terminal(client, kept, 30)
         assert finished["status"] == "completed", finished
         assert finished["attempts"] == 1 and _cog_id(finished) == _cog_id(first)
@@ -185,7 +199,7 @@ async def test_sighup_reloads_both_processes_and_uvicorn_still_stops_on_sigterm(
     # An edit the file check cannot see: same inode, same size, same mtime.
     stat = stack.models.stat()
     text = stack.models.read_text()
-    edited = text.replace("slots = 2", "slots = 1")
+    edited = text.replace("deadline = 60", "deadline = 61")
     assert edited != text and len(edited) == len(text)
     with stack.models.open("r+") as file:
         file.write(edited)
