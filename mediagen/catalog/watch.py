@@ -49,6 +49,7 @@ class CatalogWatcher:
         self._kinds = catalog.providers()  # what the process made its providers for
         self._addresses: dict[str, Sequence[str]] = {}
         self._failing: set[str] = set()  # names whose failure was logged
+        self._skipped: set[str] = set()  # addresses left out, as logged
         # A name's question still out (a DNS server that does not answer holds a thread of
         # the loop's executor: never a second one for the same name).
         self._asking: dict[str, asyncio.Future[list[str]]] = {}
@@ -118,23 +119,27 @@ class CatalogWatcher:
         path = self.catalog.source
         if path is None:
             return
-        read = forced or file_stamp(path) != self._stamp
+        stamp = file_stamp(path)
+        read = forced or stamp != self._stamp
         if read:
-            self._stamp = file_stamp(path)
             try:
-                self._spec = self._fits(await asyncio.to_thread(load_catalog, self.settings))
-            except CatalogError as exc:
+                spec = self._fits(await asyncio.to_thread(load_catalog, self.settings))
+            except CatalogError as exc:  # said once: the stamp is this file's now
+                self._stamp = stamp
                 log.error("%s; still running with the models it had", exc)
                 read = False
+            else:
+                self._spec, self._stamp = spec, spec.stamp  # as it was when it was read
         await self._discover()
         found, skipped = expand(self._spec, self._addresses)
-        for why in skipped:
+        for why in sorted(set(skipped) - self._skipped):
             log.warning("models file %s: %s: left out", path, why)
+        self._skipped = set(skipped)
         said = changes(self.catalog, found)
         if read or said:
             self.catalog.replace(found)
             what = "; ".join(said) if said else "no change"
-            log.info("models file %s %s: %s", path, "reloaded" if read else "DNS", what)
+            log.info("models file %s %s: %s", path, "reloaded" if read else "new DNS answers", what)
 
     def _fits(self, spec: Catalog) -> Catalog:
         """`spec`, unless it needs what this process made only at start-up (Cog's slots)."""

@@ -251,7 +251,7 @@ async def test_a_name_s_addresses_come_and_go_with_its_answers(
         assert [(e.url, e.slots) for e in catalog.route("acme/fox").endpoints] == [
             ("http://10.0.0.7:5000", 2), ("http://[fd00::7]:5000", 2)]
         assert [r.getMessage() for r in caplog.records] == [
-            f"models file {path} DNS: "
+            f"models file {path} new DNS answers: "
             "endpoints added: acme/fox http://10.0.0.7:5000, acme/fox http://[fd00::7]:5000"]
 
         names.answers["fox.svc"] = ["10.0.0.8", "fd00::7"]  # a pod replaced
@@ -259,7 +259,7 @@ async def test_a_name_s_addresses_come_and_go_with_its_answers(
         await watcher.check()
         assert urls(catalog) == ["http://10.0.0.8:5000", "http://[fd00::7]:5000"]
         assert [r.getMessage() for r in caplog.records] == [
-            f"models file {path} DNS: endpoints added: acme/fox http://10.0.0.8:5000; "
+            f"models file {path} new DNS answers: endpoints added: acme/fox http://10.0.0.8:5000; "
             "endpoints removed: acme/fox http://10.0.0.7:5000"]
         assert "http://10.0.0.7:5000" in [e.url for e in catalog.known_endpoints()]
 
@@ -280,7 +280,7 @@ async def test_a_name_s_addresses_come_and_go_with_its_answers(
         assert urls(catalog) == ["http://10.0.0.8:5000"]
         assert [r.getMessage() for r in caplog.records] == [
             f"models file {path}: fox.svc resolves again",
-            f"models file {path} DNS: endpoints removed: acme/fox http://[fd00::7]:5000"]
+            f"models file {path} new DNS answers: endpoints removed: acme/fox http://[fd00::7]:5000"]
     finally:
         await watcher.stop()
 
@@ -330,5 +330,26 @@ async def test_a_dns_server_that_does_not_answer_is_asked_once_at_a_time(
         answer.set()  # the late answer is dropped: the next round asks again, and is answered
         await watcher.check()
         assert asked == ["fox.svc", "fox.svc"] and urls(catalog) == ["http://10.0.0.7"]
+    finally:
+        await watcher.stop()
+
+
+async def test_an_address_another_endpoint_has_is_left_out_saying_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "models.toml", '[models."acme/owl"]\nprovider = "cog"\n'
+                 + endpoint("acme/owl", "http://10.0.0.7:5000")
+                 + FOX + endpoint("acme/fox", "http://fox.svc:5000", dns=True))
+    catalog = load_catalog(settings(path))
+    names = Names(**{"fox.svc": ["10.0.0.7", "10.0.0.8"]})
+    watcher = CatalogWatcher(catalog, settings(path, models_file_check_seconds=0), names)
+    caplog.set_level(logging.WARNING, "mediagen.catalog.watch")
+    await watcher.start()
+    try:
+        await watcher.check()
+        assert urls(catalog) == ["http://10.0.0.8:5000"]
+        assert urls(catalog, "acme/owl") == ["http://10.0.0.7:5000"]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"models file {path}: acme/fox: http://fox.svc:5000 gives http://10.0.0.7:5000, "
+            "already an endpoint: left out"]
     finally:
         await watcher.stop()
