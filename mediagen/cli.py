@@ -211,8 +211,16 @@ def cmd_run(_: argparse.Namespace) -> int:
             nonlocal stopping
             stopping = True
 
+        def reload(*_: object) -> None:
+            """SIGHUP: each process reads the models file again. (Not an API under `--reload`:
+            its supervisor would stop; its file check sees the change.)"""
+            for index, child in enumerate(children):
+                if child.poll() is None and not (index == 0 and settings.debug):
+                    child.send_signal(signal.SIGHUP)
+
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGHUP, reload)
         code = 0
         while not stopping:
             for index, child in enumerate(children):

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # A TOML file mapping public model names to providers (mediagen.catalog); when set it is
     # the allow-list (ALLOWED_MODELS must then be empty). Unset: the settings above decide.
     models_file: Path | None = None
+    # How often (seconds) each process looks whether the models file changed, and resolves its
+    # `discover = "dns"` names again; 0: only on SIGHUP.
+    models_file_check_seconds: float = Field(5.0, ge=0, le=3600)
     # Secret (`whsec_...`) that verifies Replicate's webhooks; webhooks are used only when
     # PUBLIC_BASE_URL is set (the address Replicate can reach us at), else jobs are polled.
     replicate_webhook_secret: str = ""

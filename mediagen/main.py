@@ -21,6 +21,7 @@ from mediagen.broker import Outbox
 from mediagen.catalog import load_catalog
 from mediagen.catalog.listing import InputSchemas
 from mediagen.catalog.router import router as models_router
+from mediagen.catalog.watch import CatalogWatcher
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
@@ -149,6 +150,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if "cog" in catalog.providers()
             else None
         )
+        # The models file, read again when it changes or on SIGHUP (uvicorn keeps INT and TERM;
+        # under `--workers` each process checks the file itself).
+        watcher = CatalogWatcher(catalog, settings)
+        await watcher.start()
+        watcher.on_sighup()
         subscriber = client("mediagen-keys", timeout=PING_EVERY * 3)
         following = asyncio.create_task(app.state.keys.follow(subscriber), name="key-changes")
         # Everything made so far (the app, its routes and models, the imported libraries) lives
@@ -159,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             following.cancel()
+            await watcher.stop()
             await app.state.rate_limiter.close()
             await app.state.read_limiter.close()
             await app.state.outbox.close()

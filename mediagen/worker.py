@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -42,6 +43,7 @@ from mediagen.broker import (
     WORKERS,
     Outbox,
 )
+from mediagen.catalog.watch import CatalogWatcher
 from mediagen.config import Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import StorageError
@@ -154,6 +156,7 @@ class Worker:
     outbox: Outbox
     pipeline: Pipeline
     deliverer: Deliverer
+    watcher: CatalogWatcher
     _heartbeat: asyncio.Task[None]
 
     @classmethod
@@ -181,6 +184,10 @@ class Worker:
             WEBHOOK_BODIES,
             circuits=Circuits(self.outbox.client, settings),
         )
+        # The models file, read again when it changes (and on SIGHUP: `_reload_on_hup`); last,
+        # as the heartbeat: a start-up that failed before leaves no task behind.
+        self.watcher = CatalogWatcher(self.providers.catalog, settings)
+        await self.watcher.start()
         self._heartbeat = asyncio.create_task(self._beat(heartbeat.member()))
         return self
 
@@ -268,6 +275,7 @@ class Worker:
         self._heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._heartbeat
+        await self.watcher.stop()
         await self.deliverer.close()
         await self.outbox.close()
         await self.outbox.client.aclose()
@@ -324,10 +332,24 @@ def _on_setup_logging(**_: Any) -> None:
     logs.configure(get_settings(), "worker")
 
 
+def _on_hup(*_: Any) -> None:
+    current = _runtime  # never made here: a signal handler takes no lock
+    if current is not None and current.pid == os.getpid():
+        current.worker.watcher.reload_soon()
+
+
+def _reload_on_hup() -> None:
+    """SIGHUP reads the models file again (instead of Celery's restart of the whole worker).
+    From the main thread only: the runtime's loop runs in a thread of its own."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, _on_hup)
+
+
 @worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     tracing.configure("worker")  # after the fork, as the export thread must be
     runtime()  # prefork children: open the loop and pool after the fork
+    _reload_on_hup()
 
 
 _consumer: Any = None  # the main process's Celery consumer, once it is ready
@@ -344,6 +366,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     tracing.configure("worker")
     _serve_port(get_settings())
     runtime()
+    _reload_on_hup()
 
 
 class _Readiness:

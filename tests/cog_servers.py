@@ -56,10 +56,16 @@ class CogServer:
     predictor: str = "predict.py:Predictor"
     popen: subprocess.Popen[bytes] | None = None
     model: Path = MODEL  # the model's folder: its predict.py (and a built image's .cog/)
+    host: str = "127.0.0.1"  # a loopback address it listens on (`::1` too)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def _host(self) -> str:
+        """The host as a URL (and coglet's --host) spells it: IPv6 in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
 
     def start(self, timeout: float = 30) -> CogServer:
         return self.launch().ready(timeout)
@@ -67,7 +73,7 @@ class CogServer:
     def launch(self) -> CogServer:
         """Start the server without waiting for it (`ready`): several start side by side."""
         bin_dir = self.venv / "bin"
-        command = [str(bin_dir / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"]
+        command = [str(bin_dir / "python"), "-m", "cog.server.http", "--host", self._host]
         if self.upload_url:
             command += ["--upload-url", self.upload_url]
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",

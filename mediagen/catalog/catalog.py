@@ -19,15 +19,24 @@ jobs may wait to start, unless the job or its key says.
     url = "http://gpu-1:5000"
     slots = 1
 
-The file is read once per process, with the standard library's `tomllib`, and checked with
-pydantic: a bad file stops `mediagen api`, `worker` and `run` with one line naming the file and
-what is wrong (`CatalogError`), never at the first request.
+An endpoint with `discover = "dns"` names a host (a Kubernetes headless Service, say) whose
+every address is a server with the entry's slots: the route keeps it in `discover`, and
+`mediagen.catalog.discovery` expands it into `endpoints`.
+
+The file is read with the standard library's `tomllib`, and checked with pydantic: a bad file
+stops `mediagen api`, `worker` and `run` with one line naming the file and what is wrong
+(`CatalogError`), never at the first request. A running process reads it again when it changes
+or on SIGHUP (`mediagen.catalog.watch`): `Catalog.replace` swaps the routes of the one catalog
+every holder shares.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import os
 import tomllib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -51,6 +60,9 @@ PROVIDERS: tuple[ProviderName, ...] = ("builtin", "replicate", "cog")
 BUILTIN_MODEL = "mediagen/builtin"
 DEFAULT_DEADLINE = 600.0
 MAX_SLOTS = 1000
+# Endpoints a reload took away, remembered (by URL) so that a cancel still finds the server a
+# running prediction is on; the oldest are forgotten past this many.
+RETIRED_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,9 @@ class ModelRoute:
     provider: ProviderName
     endpoints: tuple[Endpoint, ...] = ()
     deadline: float = DEFAULT_DEADLINE
+    # Cog: the `discover = "dns"` entries (URL with the host name, and slots per address);
+    # their addresses are in `endpoints` once resolved (`mediagen.catalog.discovery`).
+    discover: tuple[Endpoint, ...] = ()
     ref: str | None = None  # Replicate: the model (or version) asked for instead of `name`
     default: bool = False
     listed: bool = True
@@ -105,6 +120,8 @@ class _EndpointEntry(BaseModel):
 
     url: str = Field(max_length=2000)
     slots: int = Field(1, ge=1, le=MAX_SLOTS)
+    # "dns": every address the URL's host resolves to is a server of its own.
+    discover: Literal["dns"] | None = None
 
     @field_validator("url")
     @classmethod
@@ -121,6 +138,20 @@ class _EndpointEntry(BaseModel):
         except ValueError as exc:
             raise ValueError(f"{value!r}: {exc}") from None
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _names_a_host(self) -> _EndpointEntry:
+        if self.discover == "dns" and _is_address(urlsplit(self.url).hostname or ""):
+            raise ValueError(f'{self.url!r}: discover = "dns" needs a host name, not an address')
+        return self
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 ModelName = Annotated[str, Field(pattern=MODEL_PATTERN, max_length=200)]
@@ -186,8 +217,37 @@ class _ModelsFile(BaseModel):
 # --- the catalog ----------------------------------------------------------------------------
 
 
+# What tells a changed models file: (inode, size, mtime in ns) of the file a path names.
+FileStamp = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """Everything a catalog answers from, replaced as one (`Catalog.replace`)."""
+
+    routes: Mapping[str, ModelRoute]
+    fallback: ModelRoute
+    patterns: list[str] | None  # ALLOWED_MODELS (settings only)
+    source: Path | None
+    default: ModelRoute
+    stamp: FileStamp | None  # the file's, as it was before it was read
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """The stamp of the file `path` names (through symbolic links: a Kubernetes ConfigMap
+    swaps its link); None if there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns)
+
+
 class Catalog:
-    """The routes of one process: from the models file (`source`), or from the settings."""
+    """The routes of one process: from the models file (`source`), or from the settings.
+
+    One object per process, shared by everything that routes jobs: a reload changes it in
+    place (`replace`), so every holder sees the new routes at once."""
 
     def __init__(
         self,
@@ -195,21 +255,85 @@ class Catalog:
         fallback: ModelRoute,
         patterns: list[str] | None = None,
         source: Path | None = None,
+        stamp: FileStamp | None = None,
     ) -> None:
-        self._routes: Mapping[str, ModelRoute] = {route.name: route for route in routes}
-        self._fallback = fallback
-        self._patterns = patterns  # ALLOWED_MODELS (settings only)
-        self.source = source
-        self._default = next((route for route in self._routes.values() if route.default), fallback)
+        by_name = {route.name: route for route in routes}
+        default = next((route for route in by_name.values() if route.default), fallback)
+        self._state = _Routes(by_name, fallback, patterns, source, default, stamp)
+        self._retired: OrderedDict[str, Endpoint] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
         """No models file: one provider for everything, ALLOWED_MODELS as the allow-list."""
         return cls((), _implied_default(settings), settings.allowed_model_patterns)
 
+    def with_routes(self, routes: Iterable[ModelRoute]) -> Catalog:
+        """A new catalog of these routes, from the same source and settings as this one."""
+        state = self._state
+        return Catalog(routes, state.fallback, state.patterns, state.source, state.stamp)
+
+    def copy(self) -> Catalog:
+        """Another catalog with these routes (which later `replace`s of this one leave as
+        they are)."""
+        copied = Catalog((), self._state.fallback)
+        copied._state = self._state
+        return copied
+
+    def replace(self, other: Catalog) -> None:
+        """Take `other`'s routes, in place and in one step. The endpoints that go are kept in
+        `known_endpoints` (their running predictions may still be canceled)."""
+        current = {endpoint.url: endpoint for endpoint in self.endpoints()}
+        self._state = other._state
+        for url in current.keys() - {endpoint.url for endpoint in self.endpoints()}:
+            self._retired[url] = current[url]
+            self._retired.move_to_end(url)
+        for endpoint in self.endpoints():  # back again
+            self._retired.pop(endpoint.url, None)
+        while len(self._retired) > RETIRED_KEPT:
+            self._retired.popitem(last=False)
+
+    @property
+    def _routes(self) -> Mapping[str, ModelRoute]:
+        return self._state.routes
+
+    @property
+    def _fallback(self) -> ModelRoute:
+        return self._state.fallback
+
+    @property
+    def _patterns(self) -> list[str] | None:
+        return self._state.patterns
+
+    @property
+    def _default(self) -> ModelRoute:
+        return self._state.default
+
+    @property
+    def source(self) -> Path | None:
+        """The models file this catalog was read from; None: from the settings."""
+        return self._state.source
+
+    @property
+    def stamp(self) -> FileStamp | None:
+        """The models file's stamp when it was read (`file_stamp`)."""
+        return self._state.stamp
+
     @property
     def from_file(self) -> bool:
         return self.source is not None
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every Cog endpoint the routes give work to now."""
+        return [endpoint for route in self._routes.values() for endpoint in route.endpoints]
+
+    def known_endpoints(self) -> list[Endpoint]:
+        """The endpoints of now, then those a reload took away from this process (most recent
+        first): where a prediction made before the reload may still run."""
+        return [*self.endpoints(), *reversed(self._retired.values())]
+
+    def discovered(self) -> list[Endpoint]:
+        """The `discover = "dns"` entries of every route."""
+        return [entry for route in self._routes.values() for entry in route.discover]
 
     @property
     def default(self) -> ModelRoute:
@@ -335,8 +459,11 @@ def _one_line(path: Path, exc: ValidationError) -> str:
     return f"models file {path}: {'; '.join(problems)}"
 
 
-def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
-    """The catalog of a parsed models file; CatalogError if it is not usable."""
+def parse(
+    path: Path, data: Mapping[str, Any], settings: Settings, stamp: FileStamp | None = None
+) -> Catalog:
+    """The catalog of a parsed models file; CatalogError if it is not usable. Its `discover`
+    entries have no addresses yet (`mediagen.catalog.discovery.expand`)."""
     try:
         checked = _ModelsFile.model_validate(data)
     except ValidationError as exc:
@@ -345,7 +472,8 @@ def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
         ModelRoute(
             name=name,
             provider=entry.provider,
-            endpoints=tuple(Endpoint(e.url, e.slots) for e in entry.endpoints),
+            endpoints=tuple(Endpoint(e.url, e.slots) for e in entry.endpoints if not e.discover),
+            discover=tuple(Endpoint(e.url, e.slots) for e in entry.endpoints if e.discover),
             deadline=entry.deadline,
             ref=entry.ref,
             default=entry.default,
@@ -361,7 +489,7 @@ def parse(path: Path, data: Mapping[str, Any], settings: Settings) -> Catalog:
             f'models file {path}: models."{needs_token[0]}" runs on replicate, '
             "which needs REPLICATE_API_TOKEN"
         )
-    return Catalog(routes, _implied_default(settings), source=path)
+    return Catalog(routes, _implied_default(settings), source=path, stamp=stamp)
 
 
 def _schema(path: Path, name: str, given: str | None) -> dict[str, Any] | None:
@@ -385,6 +513,7 @@ def load_catalog(settings: Settings) -> Catalog:
             f"models file {path}: ALLOWED_MODELS is set too; with MODELS_FILE the file is the "
             "allow-list: remove ALLOWED_MODELS"
         )
+    stamp = file_stamp(path)  # before reading: a change while it is read is seen next time
     try:
         with path.open("rb") as file:
             data = tomllib.load(file)
@@ -392,7 +521,7 @@ def load_catalog(settings: Settings) -> Catalog:
         raise CatalogError(f"models file {path}: cannot be read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(f"models file {path}: not valid TOML: {exc}") from None
-    return parse(path, data, settings)
+    return parse(path, data, settings, stamp)
 
 
 @lru_cache

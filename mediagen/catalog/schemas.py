@@ -4,7 +4,7 @@ a Cog job sends, and how they are checked at submit. The one home of these rules
 
 - **The schema** is `components.schemas.Input` of the model's OpenAPI document, made
   self-contained (`cog_input`): the `openapi.json` that `cog build` writes, named in the models
-  file (`schema = "path"`, read once at start-up, `read_schema`), or else the one the model's
+  file (`schema = "path"`, read with that file, `read_schema`), or else the one the model's
   server publishes at `GET /openapi.json` (`mediagen.catalog.listing.InputSchemas` fetches
   and keeps it).
 - **What a Cog job sends** (`model_inputs`): exactly the inputs the caller gave, never a default

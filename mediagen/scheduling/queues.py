@@ -56,8 +56,12 @@ def model_pool(model: str) -> str:
 
 def pools(route: ModelRoute, settings: Settings) -> list[tuple[str, int]]:
     """Where jobs of `route` hold a slot: its Cog servers, or one pool of its concurrency;
-    none when it has no limit."""
+    none when it has no limit. A listed Cog model without servers (a DNS name not resolved
+    yet) has one pool of no slot: its jobs wait; one no longer listed has none, so its jobs
+    start and fail saying why."""
     if route.provider == "cog":
+        if not route.endpoints and route.listed:  # its DNS name has no address yet: it waits
+            return [(f"none:{route.name}", 0)]
         return [(pool_of(e), e.slots) for e in route.endpoints]
     limit = route.concurrency if route.concurrency is not None else settings.model_concurrency
     return [(model_pool(route.name), limit)] if limit else []

@@ -152,3 +152,15 @@ async def test_a_job_not_queued_takes_a_slot_or_waits_first_in_line(queues: Queu
     assert await queue_position(queues.client, retry) == (0, False)
     assert await queues.release(jobs[0], TWO) == [(retry, "1")]
     assert (await queues.pick(later[0])) == Taken(retry, "model:acme/two")
+
+
+async def test_a_cog_model_without_servers_yet_keeps_its_jobs_waiting(queues: Queues) -> None:
+    """A DNS name not resolved yet: its jobs wait until the catalog gives the model servers."""
+    bare = ModelRoute(name="acme/cog", provider="cog")
+    catalog = Catalog([FREE, bare], FREE)
+    early = Queues(queues.settings, catalog, queues.client)
+    jobs = await add(early, "acme/cog", "A", 1)
+    assert await early.pick(jobs[0]) is None
+    assert await early.usage([bare]) == {"acme/cog": (0, 0)}
+    catalog.replace(Catalog([FREE, COG], FREE))  # the name resolved
+    assert isinstance(await early.pick(jobs[0]), Taken)

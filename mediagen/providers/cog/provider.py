@@ -49,7 +49,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -211,11 +211,6 @@ class CogProvider:
             self._staging = None
         if self._owned:
             await self.outbound.close()
-
-    def _endpoints(self) -> Iterable[Endpoint]:
-        for route in self.catalog.models():
-            if route.provider == "cog":
-                yield from route.endpoints
 
     def _order(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
         """Every endpoint once, starting with the next in turn (spreads jobs across them)."""
@@ -404,8 +399,10 @@ class CogProvider:
         handle = Handle.parse(prediction_id)
         if handle is None:
             return  # not a prediction of ours: nothing to stop
+        # Also a server a reload of the models file took away: what it runs still finishes.
         endpoint = next(
-            (e for e in self._endpoints() if endpoint_key(e.url) == handle.endpoint), None
+            (e for e in self.catalog.known_endpoints() if endpoint_key(e.url) == handle.endpoint),
+            None,
         )
         if endpoint is None:
             log.warning("cancel of %s: its Cog server is no longer in the models file", handle)
