@@ -134,8 +134,10 @@ def _services(settings: Settings) -> Iterator[dict[str, str]]:
     data_dir = settings.embedded_data_dir.resolve()
     print(f"mediagen: starting embedded Postgres and Redis in {data_dir}", flush=True)
     with EmbeddedServices(data_dir) as services:
-        env["DATABASE_URL"] = settings.database_url or services.database_url
-        env["REDIS_URL"] = settings.redis_url or services.redis_url
+        given = settings.database_url, settings.redis_url
+        database, redis = (url.get_secret_value() if url else None for url in given)
+        env["DATABASE_URL"] = database or services.database_url
+        env["REDIS_URL"] = redis or services.redis_url
         env_file = data_dir / EMBEDDED_ENV
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         try:

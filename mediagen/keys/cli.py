@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _where(settings: Settings) -> str:
     """The database's address without its credentials."""
-    parts = urlsplit(settings.database_url or "")
+    parts = urlsplit(settings.database_url.get_secret_value() if settings.database_url else "")
     host = parts.hostname or dict(parse_qsl(parts.query)).get("host", "?")
     return f"{host}:{parts.port or 5432}{parts.path}"
 
