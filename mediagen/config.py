@@ -3,7 +3,7 @@
 Every variable is listed, with its default, in `.env-example`; a test keeps the two in step.
 
 Secrets are `SecretStr` (`SecretUrl` for the URLs that may carry a password): a repr, a log
-line or a health report shows `**********` (a URL, with its password masked); the one place
+line or a health report shows `**********` (a URL, without its password); the one place
 that needs the value calls `.get_secret_value()`. Each can also come from a file
 (`NAME_FILE`, SECRETS_DIR: mediagen.secret_files).
 """
@@ -33,21 +33,20 @@ MAX_QUEUE_SECONDS_LIMIT = 7 * 24 * 3600
 
 
 class SecretUrl(SecretStr):
-    """A URL that may carry a password (DATABASE_URL, REDIS_URL): shown with the password
-    masked (`postgres://user:***@host/db`), so errors can still name the host."""
+    """A URL that may carry a password (DATABASE_URL, REDIS_URL): shown without it
+    (`postgres://user@host:5432/db`), so a repr or an error can still name the server."""
 
     def _display(self) -> str:
         return mask_url(self.get_secret_value())
 
 
 def mask_url(url: str) -> str:
-    """`url` with its password (if any) replaced by `***`."""
+    """`url` without its password (if any)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
 
 
 class Settings(BaseSettings):

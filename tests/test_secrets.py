@@ -47,15 +47,16 @@ def test_no_secret_in_a_repr_or_a_dump() -> None:
     for text in shown:
         assert not [p for p in PASSWORDS if p in text], text
     # The URLs still say where they point.
-    assert "mediagen:***@db.example:5432/mediagen" in repr(settings)
+    assert "SecretUrl('postgres://mediagen@db.example:5432/mediagen')" in repr(settings)
+    assert "SecretUrl('redis://redis.example:6379/0')" in repr(settings)
     assert settings.replicate_api_token.get_secret_value() == "r8_token-5e6f"
     assert settings.database_url is not None
     assert settings.database_url.get_secret_value() == VALUES["database_url"]
 
 
 def test_mask_url() -> None:
-    assert mask_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
-    assert mask_url("postgres://u:p@w@h/db") == "postgres://u:***@h/db"
+    assert mask_url("redis://:pw@h:1/0") == "redis://h:1/0"
+    assert mask_url("postgres://u:p@w@h/db?x=1") == "postgres://u@h/db?x=1"
     assert mask_url("postgres://u@h/db") == "postgres://u@h/db"
     assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
 

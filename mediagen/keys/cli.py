@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 from tortoise.exceptions import BaseORMException
 
-from mediagen import redis_clients
+from mediagen import preflight, redis_clients
 from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, Settings, get_settings
 from mediagen.db import close_db, init_db
 from mediagen.errors import DatabaseUnavailableError, NotFoundError
@@ -136,31 +135,13 @@ def _queue_seconds(given: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command, or one clear line (exit 1) when there is no database to talk to."""
+    """The command; a database that stops answering part-way is one line (`mediagen` prints
+    it), as one that never answered is (mediagen.preflight)."""
     try:
         return asyncio.run(_run(args))
-    except DatabaseUnavailableError as exc:
-        print(
-            f"mediagen keys: {exc.message}; or run this while `mediagen run` runs, from its "
-            "directory (or with its EMBEDDED_DATA_DIR)",
-            file=sys.stderr,
-        )
     except (OSError, TimeoutError, asyncpg.PostgresError, BaseORMException) as exc:
-        print(
-            f"mediagen keys: cannot reach the database at {_where(get_settings())}: {_reason(exc)}",
-            file=sys.stderr,
-        )
-    return 1
-
-
-def _where(settings: Settings) -> str:
-    """The database's address without its credentials."""
-    parts = urlsplit(settings.database_url.get_secret_value() if settings.database_url else "")
-    host = parts.hostname or dict(parse_qsl(parts.query)).get("host", "?")
-    return f"{host}:{parts.port or 5432}{parts.path}"
-
-
-def _reason(exc: BaseException) -> str:
-    while exc.__cause__ is not None:  # Tortoise wraps the driver's error
-        exc = exc.__cause__
-    return str(exc) or type(exc).__name__
+        where = get_settings().database_url
+        raise DatabaseUnavailableError(
+            f"the database at {where} failed ({preflight.reason(exc)}): is Postgres running? "
+            "set DATABASE_URL"
+        ) from None

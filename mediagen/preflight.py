@@ -1,0 +1,148 @@
+"""Before a server command starts: the database, Redis and the storage it needs answer, or one
+line says which one does not, where it was looked for (without a password), why, and what to
+do about it. `mediagen` prints that line and exits 1, rather than letting uvicorn, Celery or
+Tortoise print a hundred lines of traceback (or, for Celery, retry for ever).
+
+Each check connects once, bounded by CONNECT_TIMEOUT, and leaves nothing open behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Literal
+from urllib.parse import urlsplit
+
+import asyncpg
+from tortoise.backends.base.config_generator import expand_db_url
+
+from mediagen import db, redis_clients
+from mediagen.config import Settings, mask_url
+from mediagen.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    RedisUnavailableError,
+    StorageError,
+)
+from mediagen.storage import create_storage
+
+CONNECT_TIMEOUT = 5.0
+POSTGRES_SCHEMES = ("postgres", "postgresql", "asyncpg")  # what Tortoise reads as asyncpg
+Need = Literal["database", "redis", "storage"]
+
+
+async def check(settings: Settings, needs: Iterable[Need]) -> None:
+    """Each of `needs` answers, in order; the first that does not raises (the module
+    docstring): ConfigurationError for a setting that is missing, else the dependency's
+    own error (DatabaseUnavailableError, RedisUnavailableError, StorageError)."""
+    checks: dict[Need, Callable[[Settings], Awaitable[None]]] = {
+        "database": database,
+        "redis": redis,
+        "storage": storage,
+    }
+    for need in needs:
+        await checks[need](settings)
+
+
+async def database(settings: Settings) -> None:
+    if not settings.database_url:
+        raise ConfigurationError(
+            "DATABASE_URL is not set: set it to your Postgres "
+            "(postgres://USER:PASSWORD@HOST:5432/DATABASE), or use `mediagen run`, which "
+            "starts an embedded one while it is unset"
+        )
+    where = str(settings.database_url)
+    if urlsplit(settings.database_url.get_secret_value()).scheme not in POSTGRES_SCHEMES:
+        raise ConfigurationError(
+            f"DATABASE_URL={where} is not a Postgres URL: "
+            "postgres://USER:PASSWORD@HOST:5432/DATABASE"
+        )
+    try:
+        credentials = expand_db_url(db.database_url(settings, "mediagen-preflight"))["credentials"]
+        connection = await asyncpg.connect(
+            host=credentials.get("host"),
+            port=credentials.get("port"),
+            user=credentials.get("user"),
+            password=credentials.get("password"),
+            database=credentials.get("database"),
+            timeout=CONNECT_TIMEOUT,
+        )
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise DatabaseUnavailableError(
+            f"the database at {where} refused the login ({exc}): check the user and password "
+            "in DATABASE_URL"
+        ) from None
+    except asyncpg.InvalidCatalogNameError:
+        raise DatabaseUnavailableError(
+            f"the database at {where} does not exist: create it (createdb), or set DATABASE_URL"
+        ) from None
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailableError(
+            f"cannot reach the database at {where} ({reason(exc)}): is Postgres running? "
+            "set DATABASE_URL"
+        ) from None
+    except (ValueError, KeyError) as exc:  # a URL Tortoise cannot read
+        raise ConfigurationError(f"DATABASE_URL={where} is not a Postgres URL ({exc})") from None
+    await connection.close()
+
+
+async def redis(settings: Settings) -> None:
+    where = mask_url(redis_clients.url(settings))
+    if settings.redis_sentinel_list:
+        where = f"{settings.redis_sentinel_master} (Sentinels {settings.redis_sentinels})"
+    elif not settings.redis_url:
+        where += " (REDIS_URL is unset: the default)"
+    client = redis_clients.async_client(
+        settings, "mediagen-preflight", timeout=CONNECT_TIMEOUT, connect_timeout=CONNECT_TIMEOUT
+    )
+    try:
+        await client.ping()
+    except Exception as exc:
+        text = str(exc).lower()
+        refused_login = any(word in text for word in ("auth", "password", "noperm"))
+        fix = (
+            "check the password in REDIS_URL"
+            if refused_login
+            else "is Redis running? set REDIS_URL"
+        )
+        raise RedisUnavailableError(
+            f"cannot reach Redis at {where} ({reason(exc)}): {fix}"
+        ) from None
+    finally:
+        await client.aclose()
+
+
+async def storage(settings: Settings) -> None:
+    """The storage takes a probe object (written and deleted, as the health check does)."""
+    if settings.storage_type == "s3":
+        where = f"S3 bucket {settings.s3_bucket_name}"
+        fix = "check S3_BUCKET_NAME, S3_ENDPOINT_URL and the AWS_* credentials"
+    else:
+        where = f"the directory {settings.local_storage_path.resolve()}"
+        fix = "check LOCAL_STORAGE_PATH (it must be a directory this user can write)"
+    store = create_storage(settings)
+    try:
+        await asyncio.wait_for(store.check(), 3 * CONNECT_TIMEOUT)
+    except (StorageError, OSError, TimeoutError) as exc:
+        why = exc.message if isinstance(exc, StorageError) else reason(exc)
+        raise StorageError(f"cannot store outputs in {where} ({why}): {fix}") from None
+    finally:
+        await store.close()
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in a few words: the innermost cause of `exc` (drivers wrap the socket's
+    error), without the addresses the line names already."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return (str(exc) or type(exc).__name__).strip().splitlines()[0]
