@@ -12,6 +12,7 @@ mediagen worker-check  exit 0 if a worker on this host is healthy (fresh heartbe
 mediagen keys      create | list | revoke | adopt | set-priority | set-max-queue | delete
 mediagen usage     jobs, run seconds and bytes stored per day, model or key (all keys)
 mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
+mediagen --version the installed version
 
 mediagen generate  submit a prompt, show its progress, download the outputs (a client of a
                    running service: MEDIAGEN_URL, MEDIAGEN_API_KEY)
@@ -42,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mediagen import extras
+from mediagen import __version__, extras
 from mediagen.errors import ConfigurationError, ServiceUnavailableError, StorageError
 
 if TYPE_CHECKING:
@@ -329,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mediagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # Listed for --help only: main() hands them on before parsing (their arguments are theirs).
     sub.add_parser("generate", help="submit a prompt, follow it, download the outputs")

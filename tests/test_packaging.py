@@ -119,6 +119,8 @@ def test_client_commands_work_without_the_server(client_bin: Path, tmp_path: Pat
         done = _run(client_bin, "mediagen", *command, cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
         assert done.stdout.startswith(f"usage: mediagen {command[0]}"), done.stdout
+    version = _run(client_bin, "mediagen", "--version", cwd=tmp_path)
+    assert (version.returncode, version.stdout) == (0, f"mediagen {metadata.version('mediagen')}\n")
 
 
 @pytest.mark.parametrize(("command", "line"), [
