@@ -60,6 +60,7 @@ NEEDS: dict[str, tuple[Need, ...]] = {
     "api": ("database", "redis", "storage"),
     "worker": ("database", "redis", "storage"),
     "beat": ("redis",),
+    "flower": ("redis",),
     "migrate": ("database",),
     "keys": ("database",),
     "usage": ("database",),
@@ -323,6 +324,7 @@ def _flower(args: list[str]) -> int:
     """`celery -A mediagen.worker flower ARGS`, or one line naming the extra it needs."""
     extras.require("flower", "mediagen flower")
     extras.require("server", "mediagen flower")
+    _preflight(_settings(), NEEDS["flower"])
     return _exec([sys.executable, "-m", "celery", "-A", "mediagen.worker", "flower", *args])
 
 

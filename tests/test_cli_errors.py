@@ -57,7 +57,7 @@ def test_no_database_url(tmp_path: Path, command: list[str]) -> None:
     assert line.startswith("mediagen: DATABASE_URL is not set: set it to your Postgres"), line
 
 
-@pytest.mark.parametrize("command", [["api"], ["worker"], ["beat"]])
+@pytest.mark.parametrize("command", [["api"], ["worker"], ["beat"], ["flower"]])
 def test_redis_that_does_not_answer(tmp_path: Path, database: str, command: list[str]) -> None:
     done = run(command, {"DATABASE_URL": database, "REDIS_URL": DEAD_REDIS}, tmp_path)
     assert one_line(done, 1) == NO_REDIS
