@@ -57,13 +57,13 @@ RESTART_WINDOW = 60.0
 # What each server command needs to answer before it starts (mediagen.preflight); `run` checks
 # once its embedded servers (if any) are up, `worker-check` reports on its own.
 NEEDS: dict[str, tuple[Need, ...]] = {
-    "api": ("database", "redis", "storage"),
-    "worker": ("database", "redis", "storage"),
+    "api": ("database", "schema", "redis", "storage"),
+    "worker": ("database", "schema", "redis", "storage"),
     "beat": ("redis",),
     "flower": ("redis",),
     "migrate": ("database",),
-    "keys": ("database",),
-    "usage": ("database",),
+    "keys": ("database", "schema"),
+    "usage": ("database", "schema"),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import asyncpg
+from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.config_generator import expand_db_url
 
 from mediagen import db, redis_clients
@@ -30,7 +31,9 @@ from mediagen.storage import create_storage
 
 CONNECT_TIMEOUT = 5.0
 POSTGRES_SCHEMES = ("postgres", "postgresql", "asyncpg")  # what Tortoise reads as asyncpg
-Need = Literal["database", "redis", "storage"]
+Need = Literal["database", "schema", "redis", "storage"]
+# A table the first migration makes: without it, `mediagen migrate` was never run here.
+FIRST_TABLE = "jobs"
 
 
 async def check(settings: Settings, needs: Iterable[Need]) -> None:
@@ -39,6 +42,7 @@ async def check(settings: Settings, needs: Iterable[Need]) -> None:
     own error (DatabaseUnavailableError, RedisUnavailableError, StorageError)."""
     checks: dict[Need, Callable[[Settings], Awaitable[None]]] = {
         "database": database,
+        "schema": schema,
         "redis": redis,
         "storage": storage,
     }
@@ -60,32 +64,64 @@ async def database(settings: Settings) -> None:
             "postgres://USER:PASSWORD@HOST:5432/DATABASE"
         )
     try:
-        credentials = expand_db_url(db.database_url(settings, "mediagen-preflight"))["credentials"]
-        connection = await asyncpg.connect(
-            host=credentials.get("host"),
-            port=credentials.get("port"),
-            user=credentials.get("user"),
-            password=credentials.get("password"),
-            database=credentials.get("database"),
-            timeout=CONNECT_TIMEOUT,
-        )
-    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
-        raise DatabaseUnavailableError(
-            f"the database at {where} refused the login ({exc}): check the user and password "
-            "in DATABASE_URL"
-        ) from None
-    except asyncpg.InvalidCatalogNameError:
-        raise DatabaseUnavailableError(
-            f"the database at {where} does not exist: create it (createdb), or set DATABASE_URL"
-        ) from None
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        client = await _tortoise_client(settings)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        inner = innermost(exc)
+        if isinstance(
+            inner, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+        ):
+            raise DatabaseUnavailableError(
+                f"the database at {where} refused the login ({inner}): check the user and "
+                "password in DATABASE_URL"
+            ) from None
+        if isinstance(inner, asyncpg.InvalidCatalogNameError):
+            raise DatabaseUnavailableError(
+                f"the database at {where} does not exist: create it (createdb), or set DATABASE_URL"
+            ) from None
         raise DatabaseUnavailableError(
             f"cannot reach the database at {where} ({reason(exc)}): is Postgres running? "
             "set DATABASE_URL"
         ) from None
+    await client.close()
+
+
+async def _tortoise_client(settings: Settings) -> AsyncpgDBClient:
+    """A connection made as the service makes its own (Tortoise's client: the URL's options,
+    ssl= included), bounded by CONNECT_TIMEOUT; the caller closes it."""
+    assert settings.database_url
+    try:
+        credentials = expand_db_url(db.database_url(settings, "mediagen-preflight"))["credentials"]
     except (ValueError, KeyError) as exc:  # a URL Tortoise cannot read
-        raise ConfigurationError(f"DATABASE_URL={where} is not a Postgres URL ({exc})") from None
-    await connection.close()
+        raise ConfigurationError(
+            f"DATABASE_URL={settings.database_url} is not a Postgres URL ({exc})"
+        ) from None
+    client = AsyncpgDBClient(
+        connection_name="mediagen-preflight",
+        **{**credentials, "minsize": 1, "maxsize": 1, "timeout": CONNECT_TIMEOUT},
+    )
+    try:
+        await client.create_connection(with_db=True)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def schema(settings: Settings) -> None:
+    """The database has mediagen's tables (after `database`, which says why it cannot be
+    reached at all)."""
+    pool = await _tortoise_client(settings)
+    try:
+        found = await pool.execute_query_dict("SELECT to_regclass($1) AS found", [FIRST_TABLE])
+    finally:
+        await pool.close()
+    if found[0]["found"] is None:
+        raise DatabaseUnavailableError(
+            f"the database at {settings.database_url} has no mediagen tables: run "
+            "`mediagen migrate` first"
+        )
 
 
 async def redis(settings: Settings) -> None:
@@ -132,11 +168,17 @@ async def storage(settings: Settings) -> None:
         await store.close()
 
 
-def reason(exc: BaseException) -> str:
-    """What went wrong, in a few words: the innermost cause of `exc` (drivers wrap the socket's
-    error), without the addresses the line names already."""
+def innermost(exc: BaseException) -> BaseException:
+    """The error at the bottom of `exc`'s chain (drivers wrap the socket's own)."""
     while (inner := exc.__cause__ or exc.__context__) is not None:
         exc = inner
+    return exc
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in a few words (from the innermost error of `exc`), without the
+    addresses the line names already."""
+    exc = innermost(exc)
     if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
         return "connection refused"
     if isinstance(exc, socket.gaierror):

@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from mediagen.config import Settings
+from tests.conftest import DATABASES
 from tests.support import free_port
 
 SETTINGS = {name.upper() for name in Settings.model_fields}
@@ -96,3 +99,27 @@ def test_storage_that_cannot_be_written(tmp_path: Path, database: str, command: 
 ])
 def test_a_bad_configuration(tmp_path: Path, env: dict[str, str], expected: str) -> None:
     assert one_line(run(["migrate"], env, tmp_path), 2) == expected
+
+
+@pytest.fixture
+async def empty_database(database: str) -> str:
+    """A database with nothing in it: `mediagen migrate` was never run there."""
+    name = f"{DATABASES.prefix}_empty_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(DATABASES.postgres.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    DATABASES.made.append(name)  # dropped at the end of the session
+    return DATABASES.postgres.url(name)
+
+
+def test_a_database_never_migrated_says_so_until_it_is(tmp_path: Path, empty_database: str) -> None:
+    env = {"DATABASE_URL": empty_database, "REDIS_URL": os.environ["REDIS_URL"]}
+    masked = str(Settings(_env_file=None, database_url=empty_database).database_url)  # type: ignore[call-arg]
+    assert one_line(run(["api"], env, tmp_path), 1) == (
+        f"mediagen: the database at {masked} has no mediagen tables: run `mediagen migrate` first")
+    migrated = run(["migrate"], env, tmp_path)
+    assert (migrated.returncode, migrated.stdout) == (0, "mediagen: migrations applied\n")
+    listed = run(["keys", "list"], env, tmp_path)
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "", "")

@@ -142,6 +142,5 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError, asyncpg.PostgresError, BaseORMException) as exc:
         where = get_settings().database_url
         raise DatabaseUnavailableError(
-            f"the database at {where} failed ({preflight.reason(exc)}): is Postgres running? "
-            "set DATABASE_URL"
+            f"the database at {where} failed ({preflight.reason(exc)})"
         ) from None
