@@ -14,6 +14,7 @@ mediagen keys      create | list | revoke | adopt | set-priority | set-max-queue
 mediagen models    pause | resume NAME
 mediagen usage     jobs, run seconds and bytes stored per day, model or key (all keys)
 mediagen flower    Flower, the Celery monitor (arguments go to flower: --port=5555 ...)
+mediagen --version the installed version
 
 mediagen generate  submit a prompt, show its progress, download the outputs (a client of a
                    running service: MEDIAGEN_URL, MEDIAGEN_API_KEY)
@@ -44,15 +45,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mediagen import extras
+from mediagen import __version__, extras
+from mediagen.errors import ConfigurationError, ServiceUnavailableError, StorageError
 
 if TYPE_CHECKING:
     from mediagen.config import Settings
+    from mediagen.preflight import Need
 
 EMBEDDED_ENV = "embedded.env"
 MAX_RESTARTS = 5
 PRIORITIES = ("low", "normal", "high")  # mediagen.jobs.states.Priority, without importing it
 RESTART_WINDOW = 60.0
+# What each server command needs to answer before it starts (mediagen.preflight); `run` checks
+# once its embedded servers (if any) are up, `worker-check` reports on its own.
+NEEDS: dict[str, tuple[Need, ...]] = {
+    "api": ("database", "schema", "redis", "storage"),
+    "worker": ("database", "schema", "redis", "storage"),
+    "beat": ("redis",),
+    "flower": ("redis",),
+    "migrate": ("database",),
+    "keys": ("database", "schema"),
+    "models": ("database", "schema", "redis"),
+    "usage": ("database", "schema"),
+}
 
 
 def _api_cmd(settings: Settings, workers: int | None = None) -> list[str]:
@@ -136,8 +151,10 @@ def _services(settings: Settings) -> Iterator[dict[str, str]]:
     data_dir = settings.embedded_data_dir.resolve()
     print(f"mediagen: starting embedded Postgres and Redis in {data_dir}", flush=True)
     with EmbeddedServices(data_dir) as services:
-        env["DATABASE_URL"] = settings.database_url or services.database_url
-        env["REDIS_URL"] = settings.redis_url or services.redis_url
+        given = settings.database_url, settings.redis_url
+        database, redis = (url.get_secret_value() if url else None for url in given)
+        env["DATABASE_URL"] = database or services.database_url
+        env["REDIS_URL"] = redis or services.redis_url
         env_file = data_dir / EMBEDDED_ENV
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         try:
@@ -154,8 +171,30 @@ def _migrate(settings: Settings) -> None:
     asyncio.run(migrate(settings))
 
 
-class _ConfigurationError(Exception):
-    """A configuration the service cannot start with; its message is the one line to print."""
+def _settings(env_file: str | None = None) -> Settings:
+    """The settings (`env_file`: read only that file, not a previous run's), or a
+    ConfigurationError naming every bad one, on one line."""
+    from pydantic import ValidationError
+
+    from mediagen.config import Settings, get_settings
+
+    try:
+        return Settings(_env_file=env_file) if env_file else get_settings()
+    except ValidationError as exc:
+        found = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            found.append(message if not name or message.startswith(name) else f"{name}: {message}")
+        raise ConfigurationError("bad configuration: " + "; ".join(found)) from None
+
+
+def _preflight(settings: Settings, needs: tuple[Need, ...]) -> None:
+    import asyncio
+
+    from mediagen import preflight
+
+    asyncio.run(preflight.check(settings, needs))
 
 
 def _check_models(settings: Settings) -> set[str]:
@@ -165,7 +204,7 @@ def _check_models(settings: Settings) -> set[str]:
     try:
         return load_catalog(settings).providers()
     except CatalogError as exc:
-        raise _ConfigurationError(str(exc)) from None
+        raise ConfigurationError(str(exc)) from None
 
 
 def _require_provider(settings: Settings, command: str) -> None:
@@ -183,15 +222,14 @@ def _require_provider(settings: Settings, command: str) -> None:
 
 
 def cmd_run(_: argparse.Namespace) -> int:
-    from mediagen.config import Settings
-
     # Decide embedded-or-not from the real configuration only, not a previous run's file.
-    settings = Settings(_env_file=".env")
+    settings = _settings(env_file=".env")
     _require_provider(settings, "run")
     settings.embedded_data_dir.mkdir(parents=True, exist_ok=True)
     with _services(settings) as env:
         os.environ.update(env)
-        settings = Settings(_env_file=".env")
+        settings = _settings(env_file=".env")
+        _preflight(settings, ("database", "redis", "storage"))
         _migrate(settings)
         commands = [_api_cmd(settings), _worker_cmd(settings, beat=True)]
         envs = [{**os.environ, **_metrics_dir(settings, service)} for service in ("api", "worker")]
@@ -297,6 +335,7 @@ def _flower(args: list[str]) -> int:
     """`celery -A mediagen.worker flower ARGS`, or one line naming the extra it needs."""
     extras.require("flower", "mediagen flower")
     extras.require("server", "mediagen flower")
+    _preflight(_settings(), NEEDS["flower"])
     return _exec([sys.executable, "-m", "celery", "-A", "mediagen.worker", "flower", *args])
 
 
@@ -314,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mediagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # Listed for --help only: main() hands them on before parsing (their arguments are theirs).
     sub.add_parser("generate", help="submit a prompt, follow it, download the outputs")
@@ -402,13 +442,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """A server command: the server's modules are imported from here on."""
+    """A server command: the server's modules are imported from here on. The configuration is
+    checked first (exit 2), then what the command needs answers (exit 1), then it runs."""
     extras.require("server", f"mediagen {args.command}")
-    from mediagen.config import get_settings
-
-    settings = get_settings()
     if args.command == "run":
         return cmd_run(args)
+    settings = _settings()
+    if args.command == "api":
+        if args.workers is not None and not 1 <= args.workers <= 64:
+            parser.error("--workers must be between 1 and 64")
+        _check_models(settings)
+    if args.command == "worker":
+        _require_provider(settings, "worker")
+    _preflight(settings, NEEDS.get(args.command, ()))
     if args.command == "keys":
         from mediagen.keys import cli as keys_cli
 
@@ -428,13 +474,9 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "worker-check":
         return _worker_check(settings)
     if args.command == "api":
-        if args.workers is not None and not 1 <= args.workers <= 64:
-            parser.error("--workers must be between 1 and 64")
-        _check_models(settings)
         os.environ.update(_metrics_dir(settings, "api"))
         return _exec(_api_cmd(settings, args.workers))
     if args.command == "worker":
-        _require_provider(settings, "worker")
         os.environ.update(_metrics_dir(settings, "worker"))
         return _exec(_worker_cmd(settings, beat=args.beat))
     if args.command == "beat":
@@ -461,8 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         return _server(parser, args)
     except extras.MissingExtraError as exc:
         print(exc, file=sys.stderr)
-    except _ConfigurationError as exc:
+    except ConfigurationError as exc:
         print(f"mediagen: {exc}", file=sys.stderr)
+    except (ServiceUnavailableError, StorageError) as exc:  # a dependency that does not answer
+        print(f"mediagen: {exc}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as exc:  # an extra's package that MODULES does not name
         top = (exc.name or "").partition(".")[0]
         if not top or top == "mediagen":

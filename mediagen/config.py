@@ -1,6 +1,11 @@
 """All configuration in one pydantic-settings class, read from the environment and `.env`.
 
 Every variable is listed, with its default, in `.env-example`; a test keeps the two in step.
+
+Secrets are `SecretStr` (`SecretUrl` for the URLs that may carry a password): a repr, a log
+line or a health report shows `**********` (a URL, without its password); the one place
+that needs the value calls `.get_secret_value()`. Each can also come from a file
+(`NAME_FILE`, SECRETS_DIR: mediagen.secret_files).
 """
 
 from __future__ import annotations
@@ -11,11 +16,37 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mediagen.secret_files import SecretFiles
 
 # The longest wait before a start a job, a key or a model may set (`max_queue_seconds`).
 MAX_QUEUE_SECONDS_LIMIT = 7 * 24 * 3600
+
+
+class SecretUrl(SecretStr):
+    """A URL that may carry a password (DATABASE_URL, REDIS_URL): shown without it
+    (`postgres://user@host:5432/db`), so a repr or an error can still name the server."""
+
+    def _display(self) -> str:
+        return mask_url(self.get_secret_value())
+
+
+def mask_url(url: str) -> str:
+    """`url` without its password (if any)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
 
 
 class Settings(BaseSettings):
@@ -25,15 +56,37 @@ class Settings(BaseSettings):
         env_file=(".env", ".mediagen/embedded.env"), extra="ignore", case_sensitive=False
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Secret files (mediagen.secret_files) come after a non-empty value of any other
+        source, but before an empty one."""
+        assert isinstance(init_settings, InitSettingsSource)
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        given = {
+            **dotenv_settings.env_vars,
+            **env_settings.env_vars,
+            **{k.lower(): v for k, v in init_settings.init_kwargs.items()},
+        }
+        files = SecretFiles(settings_cls, SECRETS, given)
+        return init_settings, files, env_settings, dotenv_settings
+
     # --- infrastructure --------------------------------------------------------------------
     # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see README).
-    database_url: str | None = None
-    redis_url: str | None = None
+    database_url: SecretUrl | None = None
+    redis_url: SecretUrl | None = None
     # Sentinel (docs/scaling.md): `host:port,host:port`; empty: REDIS_URL's own address. With
     # Sentinels, REDIS_URL gives only the password, database number and scheme.
     redis_sentinels: str = ""
     redis_sentinel_master: str = Field("mymaster", min_length=1)
-    redis_sentinel_password: str = ""
+    redis_sentinel_password: SecretStr = SecretStr("")
     # TLS (a `rediss://` REDIS_URL): the CA that signed the server's certificate (unset: the
     # system's), and a client certificate and its key when the server asks for one.
     redis_tls_ca_file: Path | None = None
@@ -44,9 +97,12 @@ class Settings(BaseSettings):
     # PgBouncer in transaction mode (README, "PgBouncer").
     database_statement_cache_size: int = Field(100, ge=0, le=10_000)
     embedded_data_dir: Path = Path("./.mediagen")
+    # A directory of secret files, one per secret setting, named after it (a mounted
+    # Kubernetes Secret, Docker's /run/secrets); `NAME_FILE` names one file. Unset: none.
+    secrets_dir: Path | None = None
 
     # --- generation --------------------------------------------------------------------------
-    replicate_api_token: str = ""
+    replicate_api_token: SecretStr = SecretStr("")
     replicate_base_url: str = "https://api.replicate.com/v1"
     replicate_default_model: str = "black-forest-labs/flux-schnell"
     # Models a request may name (`model`), comma-separated shell-style patterns such as
@@ -60,7 +116,7 @@ class Settings(BaseSettings):
     models_file_check_seconds: float = Field(5.0, ge=0, le=3600)
     # Secret (`whsec_...`) that verifies Replicate's webhooks; webhooks are used only when
     # PUBLIC_BASE_URL is set (the address Replicate can reach us at), else jobs are polled.
-    replicate_webhook_secret: str = ""
+    replicate_webhook_secret: SecretStr = SecretStr("")
     # Also the root of the absolute URLs in answers (`/v1`'s prediction and stream URLs, a
     # list's `next`); unset: the request's Host, checked against ALLOWED_HOSTS.
     public_base_url: str = Field("", max_length=250)
@@ -92,12 +148,12 @@ class Settings(BaseSettings):
     # Self-hosted Cog servers (models file entries with provider = "cog"; mediagen.providers.cog).
     # Signs the per-prediction token in the webhook URL each Cog server calls back; empty: one
     # made at random once and kept in Postgres, shared by every process.
-    cog_webhook_secret: str = ""
+    cog_webhook_secret: SecretStr = SecretStr("")
     # Token in the upload URL Cog servers are started with (`--upload-url
     # {PUBLIC_BASE_URL}/api/v1/uploads/cog/{COG_UPLOAD_TOKEN}/`); empty: uploads are refused and
     # outputs come inline, as data: URIs in the completion webhook. Each upload also needs its
     # prediction's own token, which the server got with the prediction (README, Cog).
-    cog_upload_token: str = ""
+    cog_upload_token: SecretStr = SecretStr("")
     # Seconds for one call to a Cog server (create or cancel), all of it.
     cog_timeout: float = Field(10.0, gt=0, le=300)
     # Send the trace context (`traceparent`) to the Cog servers: only if they are your own and
@@ -114,7 +170,7 @@ class Settings(BaseSettings):
     storage_type: Literal["local", "s3"] = "local"
     local_storage_path: Path = Path("./storage/media")
     aws_access_key_id: str = ""
-    aws_secret_access_key: str = ""
+    aws_secret_access_key: SecretStr = SecretStr("")
     s3_bucket_name: str = "media-generation-bucket"
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
@@ -125,7 +181,7 @@ class Settings(BaseSettings):
     # Local storage: result URLs under /media are signed and valid this long (seconds).
     media_url_ttl: int = Field(3600, ge=60, le=7 * 24 * 3600)
     # The key that signs them; empty: one made at random once and kept in Postgres.
-    media_signing_key: str = ""
+    media_signing_key: SecretStr = SecretStr("")
 
     # --- API ---------------------------------------------------------------------------------
     # auto: keys are required as soon as one exists (a fresh local run needs none).
@@ -174,7 +230,7 @@ class Settings(BaseSettings):
 
     # --- client webhooks (`webhook` on POST /generate; see README "Client webhooks") ---------
     # Signs webhooks of anonymous jobs (`whsec_` + base64); keyed jobs use their key's secret.
-    webhook_secret: str = ""
+    webhook_secret: SecretStr = SecretStr("")
     # Hosts exempt from the private-address check, comma-separated (local testing only).
     webhook_allow_hosts: str = ""
     # Base of the retry schedule: base x (1, 6, 24, 120, 360, 720) seconds, then give up.
@@ -229,7 +285,7 @@ class Settings(BaseSettings):
     # GET /metrics on the API and the worker's exporter; false: neither, at no cost per request.
     metrics_enabled: bool = True
     # When set, /metrics (API and worker) needs `Authorization: Bearer <METRICS_TOKEN>`.
-    metrics_token: str = ""
+    metrics_token: SecretStr = SecretStr("")
     # The worker's port (one per worker, for all its processes): its probes (/livez, /readyz)
     # and, unless METRICS_ENABLED is false, its /metrics; 0: none.
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
@@ -254,6 +310,7 @@ class Settings(BaseSettings):
         "database_url",
         "redis_url",
         "models_file",
+        "secrets_dir",
         "redis_tls_ca_file",
         "redis_tls_cert_file",
         "redis_tls_key_file",
@@ -278,7 +335,8 @@ class Settings(BaseSettings):
                 "(rediss:// for TLS) are used, not its host, e.g. redis://:PASSWORD@mymaster/0"
             )
         tls_files = self.redis_tls_ca_file or self.redis_tls_cert_file or self.redis_tls_key_file
-        if tls_files and not (self.redis_url or "").startswith("rediss://"):
+        scheme = urlsplit(self.redis_url.get_secret_value()).scheme if self.redis_url else ""
+        if tls_files and scheme != "rediss":
             raise ValueError("REDIS_TLS_* files are used only with a rediss:// REDIS_URL")
         if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
             raise ValueError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
@@ -330,6 +388,14 @@ class Settings(BaseSettings):
     @property
     def webhook_allow_host_list(self) -> list[str]:
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
+
+
+# The secret settings: never shown, and each may come from a file (mediagen.secret_files).
+SECRETS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation in (SecretStr, SecretUrl, SecretUrl | None)
+)
 
 
 def _host_port(entry: str) -> tuple[str, int]:

@@ -74,7 +74,7 @@ def database_url(settings: Settings, application_name: str = "mediagen") -> str:
         raise DatabaseUnavailableError(
             "DATABASE_URL is not set; `mediagen run` starts an embedded Postgres when it is unset"
         )
-    parts = urlsplit(settings.database_url)
+    parts = urlsplit(settings.database_url.get_secret_value())
     query = dict(parse_qsl(parts.query))
     query.setdefault("minsize", "1")
     query.setdefault("maxsize", str(settings.db_pool_max))

@@ -31,7 +31,9 @@ MediagenError
 ├── OutboundError                 an outbound HTTP exchange failed (`retryable`, `status`,
 │   │                             `retry_after` say how; mediagen.outbound)
 │   └── RefusedAddressError       not http(s), or the host reaches a non-public address
-└── StorageError                  the result store refused a read or write
+├── StorageError                  the result store refused a read or write
+└── ConfigurationError            a setting a process cannot start with (`mediagen` prints
+                                  its message, one line, and exits 2)
 """
 
 from __future__ import annotations
@@ -247,3 +249,10 @@ class RefusedAddressError(OutboundError):
 
 class StorageError(MediagenError):
     code = "storage_error"
+
+
+class ConfigurationError(MediagenError):
+    """A setting (or a secret file it names) that no process can start with; the message is
+    one line naming the variable and how to fix it."""
+
+    code = "configuration_error"

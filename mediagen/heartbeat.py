@@ -47,7 +47,9 @@ def _stale(who: str, age: float) -> Verdict:
 
 
 def _unreachable(exc: redis.RedisError) -> Verdict:
-    return Verdict(False, f"the broker does not answer ({type(exc).__name__})")
+    """Why, as redis-py says it (its address, never its password), on one line."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Verdict(False, f"the broker does not answer ({said}): is Redis running? set REDIS_URL")
 
 
 def own(client: redis.Redis, name: str, now: float | None = None) -> Verdict:

@@ -127,7 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.metrics_enabled:
             metrics.warn_if_open(settings.api_host, settings.metrics_token, "/metrics (API_HOST)")
         await init_db(settings, "mediagen-api")
-        storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+        storage.signer = await load_signer(
+            settings.media_signing_key.get_secret_value(), settings.media_url_ttl
+        )
         try:
             await storage.check()
         except StorageError as exc:  # keep serving: health answers 503 and says why

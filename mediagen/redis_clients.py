@@ -57,7 +57,7 @@ def _keepalive_options() -> dict[int, int]:
 
 def url(settings: Settings) -> str:
     """REDIS_URL, or the local default."""
-    return settings.redis_url or DEFAULT_URL
+    return settings.redis_url.get_secret_value() if settings.redis_url else DEFAULT_URL
 
 
 def uses_tls(settings: Settings) -> bool:
@@ -129,7 +129,7 @@ def _sentinel_parts(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]
         **({"ssl": True, **tls} if tls else {}),
     }
     if settings.redis_sentinel_password:
-        sentinels["password"] = settings.redis_sentinel_password
+        sentinels["password"] = settings.redis_sentinel_password.get_secret_value()
     return primary, sentinels
 
 

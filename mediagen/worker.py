@@ -169,7 +169,9 @@ class Worker:
         self.storage = create_storage(settings)
         await init_db(settings, name)
         # Signed URLs in webhook payloads: local outputs, a prediction's stream.
-        self.storage.signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+        self.storage.signer = await load_signer(
+            settings.media_signing_key.get_secret_value(), settings.media_url_ttl
+        )
         self.outbox = Outbox(redis_clients.async_client(settings, name, timeout=5))
         try:
             await self.storage.check()

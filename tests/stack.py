@@ -531,7 +531,7 @@ class InProcessWorker:
         self.pipeline = self.worker.pipeline
         self.outbox = self.worker.outbox
         self._work = self.worker.tasks()
-        self._queue = aioredis.from_url(self.settings.redis_url, socket_timeout=10,
+        self._queue = aioredis.from_url(self.settings.redis_url.get_secret_value(), socket_timeout=10,
                                       client_name="inprocess-consumer")
         self._slots = asyncio.Semaphore(self.CONCURRENCY)
         self._consumer = asyncio.create_task(self._consume(), name="inprocess-worker")

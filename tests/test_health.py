@@ -4,9 +4,11 @@ submitted while the broker is down is kept and dispatched by the sweeper later. 
 
 from __future__ import annotations
 
+import logging
 import time
 
 import httpx
+import pytest
 
 from mediagen.config import get_settings
 from mediagen.jobs.models import Job
@@ -18,6 +20,7 @@ from mediagen.storage import create_storage
 from tests.conftest import REDIS_URL
 from tests.stack import app
 from tests.support import free_port, wait_terminal
+from tests.test_secrets import PASSWORDS, VALUES
 
 
 async def test_health_ok(client: httpx.AsyncClient) -> None:
@@ -77,3 +80,22 @@ async def test_broker_down_health_503_and_job_kept(client: httpx.AsyncClient) ->
         await outbox.close()
         await outbox.client.aclose()
     assert (await wait_terminal(client, job_id))["status"] == "completed"
+
+
+async def test_health_and_logs_show_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that does not answer is reported (to a caller on this machine) with why, and
+    its URL's password is not part of it; nor is any secret in what the API logged."""
+    env = {name.upper(): value for name, value in VALUES.items()
+           if name not in ("database_url", "redis_sentinel_password")}
+    env["REDIS_URL"] = f"redis://:redis-pass-91bc@127.0.0.1:{free_port()}/0"
+    env["REPLICATE_API_TOKEN"] = ""  # the built-in generator: nothing is called
+    with caplog.at_level(logging.DEBUG):
+        async with app(env) as client:
+            health = await client.get("/api/v1/health")
+            metrics = await client.get("/metrics")
+    assert health.status_code == 503
+    assert health.json()["checks"]["broker"]["detail"]
+    assert metrics.status_code == 401  # the token from the environment is in force
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for text in (health.text, logged):
+        assert not [p for p in PASSWORDS if p in text]

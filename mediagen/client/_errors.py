@@ -31,6 +31,7 @@ carries (``mediagen.client._models``), so that this module imports no other of t
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 from typing import Any
 
@@ -87,6 +88,29 @@ class ServiceUnavailableError(MediagenError):
 
 class APIConnectionError(MediagenError):
     """The server could not be reached or dropped the connection."""
+
+
+def unreachable(url: str, exc: httpx.TransportError, connect_timeout: float) -> APIConnectionError:
+    """The one line for a server that did not answer at `url`: where, why in a few words (the
+    socket's own error, under httpx's), and what to check."""
+    inner: BaseException = exc
+    while (cause := inner.__cause__ or inner.__context__) is not None:
+        inner = cause
+    if isinstance(exc, httpx.ConnectTimeout) or isinstance(inner, TimeoutError):
+        why = f"no answer within {connect_timeout:g} s"
+    elif isinstance(inner, ConnectionRefusedError):
+        why = "connection refused"
+    elif isinstance(inner, socket.gaierror):
+        why = f"unknown host: {inner.strerror}"
+    elif isinstance(inner, OSError) and inner.strerror:
+        why = inner.strerror
+    else:
+        why = str(exc) or type(exc).__name__
+    return APIConnectionError(
+        f"cannot reach the mediagen server at {url} ({why}): is it running? "
+        "check MEDIAGEN_URL (or --url)",
+        code="connection_error",
+    )
 
 
 _BY_STATUS: dict[int, type[MediagenError]] = {

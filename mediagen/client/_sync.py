@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from mediagen.client._async import AsyncClient
+from mediagen.client._async import CONNECT_TIMEOUT, AsyncClient
 from mediagen.client._models import Job, Model, ProgressCallback
 
 T = TypeVar("T")
@@ -39,12 +39,16 @@ class Client:
         api_key: str | None = None,
         timeout: float = 30,
         max_retries: int = 4,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="mediagen-client", daemon=True)
         self._thread.start()
         self._closed = False
-        self._async = AsyncClient(url, api_key, timeout, max_retries)
+        self._async = AsyncClient(
+            url, api_key, timeout, max_retries, connect_timeout=connect_timeout
+        )
         self.url = self._async.url
 
     def _serve(self) -> None:

@@ -4,16 +4,14 @@ them start again (`mediagen.jobs.pausing`). Arguments are parsed in mediagen/cli
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
-from mediagen import redis_clients
+from mediagen import preflight, redis_clients
 from mediagen.broker import Outbox
 from mediagen.catalog import CatalogError, ModelNotAllowedError, load_catalog
 from mediagen.config import get_settings
 from mediagen.db import close_db, init_db
 from mediagen.jobs import pausing
-from mediagen.keys.cli import database_unreachable
 from mediagen.scheduling import Queues
 
 
@@ -52,12 +50,5 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command, or one clear line (exit 1) when the database or Redis cannot be reached."""
-    try:
-        return asyncio.run(_run(args))
-    except Exception as exc:
-        message = database_unreachable(exc)
-        if message is None:
-            raise
-        print(f"mediagen models: {message}", file=sys.stderr)
-        return 1
+    """The command (mediagen.preflight.run_command: one line if a store stops answering)."""
+    return preflight.run_command(get_settings(), _run(args))

@@ -5,18 +5,12 @@ the server."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from urllib.parse import parse_qsl, urlsplit
 
-import asyncpg
-from redis.exceptions import RedisError
-from tortoise.exceptions import BaseORMException
-
-from mediagen import redis_clients
+from mediagen import preflight, redis_clients
 from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, Settings, get_settings
 from mediagen.db import close_db, init_db
-from mediagen.errors import DatabaseUnavailableError, NotFoundError
+from mediagen.errors import NotFoundError
 from mediagen.jobs.deletion import delete_key_data
 from mediagen.jobs.repository import adopt_anonymous
 from mediagen.keys import service
@@ -163,40 +157,5 @@ def _queue_seconds(given: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command, or one clear line (exit 1) when there is no database to talk to."""
-    try:
-        return asyncio.run(_run(args))
-    except Exception as exc:
-        message = database_unreachable(exc)
-        if message is None:
-            raise
-        print(f"mediagen keys: {message}", file=sys.stderr)
-    return 1
-
-
-def database_unreachable(exc: BaseException) -> str | None:
-    """The one line a command prints when `exc` says the database (or Redis) cannot be
-    reached; None for any other error."""
-    if isinstance(exc, DatabaseUnavailableError):
-        return (
-            f"{exc.message}; or run this while `mediagen run` runs, from its directory (or with "
-            "its EMBEDDED_DATA_DIR)"
-        )
-    if isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresError, BaseORMException)):
-        return f"cannot reach the database at {_where(get_settings())}: {_reason(exc)}"
-    if isinstance(exc, RedisError):
-        return f"cannot reach Redis: {exc}"
-    return None
-
-
-def _where(settings: Settings) -> str:
-    """The database's address without its credentials."""
-    parts = urlsplit(settings.database_url or "")
-    host = parts.hostname or dict(parse_qsl(parts.query)).get("host", "?")
-    return f"{host}:{parts.port or 5432}{parts.path}"
-
-
-def _reason(exc: BaseException) -> str:
-    while exc.__cause__ is not None:  # Tortoise wraps the driver's error
-        exc = exc.__cause__
-    return str(exc) or type(exc).__name__
+    """The command (mediagen.preflight.run_command: one line if a store stops answering)."""
+    return preflight.run_command(get_settings(), _run(args))

@@ -102,7 +102,7 @@ async def _secret(key_id: uuid.UUID | None, settings: Settings) -> str:
     if key_id is not None:
         key = await ApiKey.get_or_none(id=key_id)
         return (key.webhook_secret or "") if key else ""
-    return settings.webhook_secret
+    return settings.webhook_secret.get_secret_value()
 
 
 async def _body(

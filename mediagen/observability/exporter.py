@@ -22,6 +22,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import SecretStr
 
 from mediagen.observability.metrics import authorized, exposition
 
@@ -47,7 +48,7 @@ def _status(ok: bool, detail: str | None = None) -> list[bytes]:
     return [json.dumps(body).encode() + b"\n"]
 
 
-def _app(token: str, ready: Readiness, metrics_on: bool) -> Callable[..., Iterable[bytes]]:
+def _app(token: SecretStr, ready: Readiness, metrics_on: bool) -> Callable[..., Iterable[bytes]]:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/livez":
@@ -73,7 +74,7 @@ def _app(token: str, ready: Readiness, metrics_on: bool) -> Callable[..., Iterab
     return app
 
 
-def serve(host: str, port: int, token: str, ready: Readiness, metrics_on: bool) -> WSGIServer:
+def serve(host: str, port: int, token: SecretStr, ready: Readiness, metrics_on: bool) -> WSGIServer:
     """Serve the probes, and the metrics when `metrics_on`, on `host:port` from a daemon
     thread. Raises OSError if the port is taken."""
     app = _app(token, ready, metrics_on)

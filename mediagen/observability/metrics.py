@@ -44,6 +44,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 
 from mediagen.jobs.states import OUTCOMES
 
@@ -379,7 +380,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def warn_if_open(host: str, token: str, what: str) -> None:
+def warn_if_open(host: str, token: SecretStr, what: str) -> None:
     """A loud warning when `what` (a /metrics) will answer whoever reaches `host` without a
     credential: bound beyond loopback with METRICS_TOKEN unset."""
     if token or _loopback(host):
@@ -393,11 +394,11 @@ def warn_if_open(host: str, token: str, what: str) -> None:
     )
 
 
-def authorized(header: str | None, token: str) -> bool:
+def authorized(header: str | None, token: SecretStr) -> bool:
     """A scrape is allowed: no METRICS_TOKEN, or `Bearer <METRICS_TOKEN>` (constant time)."""
     if not token:
         return True
-    expected = f"Bearer {token}".encode()
+    expected = f"Bearer {token.get_secret_value()}".encode()
     return hmac.compare_digest((header or "").encode(), expected)
 
 

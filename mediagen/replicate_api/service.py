@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from mediagen.base_url import service_root
 from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, ModelRoute
+from mediagen.config import Settings
 from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
 from mediagen.errors_http import describe
 from mediagen.jobs import paging
@@ -236,7 +237,8 @@ async def get_version(
 
 def webhook_secret(request: Request, owner: ApiKey | None) -> WebhookSecret:
     """The secret that signs the caller's webhooks: its key's, or WEBHOOK_SECRET without one."""
-    secret = owner.webhook_secret if owner else request.app.state.settings.webhook_secret
+    settings: Settings = request.app.state.settings
+    secret = owner.webhook_secret if owner else settings.webhook_secret.get_secret_value()
     if not secret:
         raise NotFoundError("no webhook signing secret is set for this caller")
     return WebhookSecret(key=secret)

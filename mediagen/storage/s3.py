@@ -87,7 +87,7 @@ class S3Storage:
         return cls(
             settings.s3_bucket_name,
             access_key_id=settings.aws_access_key_id,
-            secret_access_key=settings.aws_secret_access_key,
+            secret_access_key=settings.aws_secret_access_key.get_secret_value(),
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             key_prefix=settings.s3_key_prefix,

@@ -5,6 +5,7 @@ Ctrl-C while waiting."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import queue
@@ -23,9 +24,10 @@ import httpx
 import pytest
 import redis
 
+from mediagen.client import APIConnectionError, Client
 from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import REDIS, ROOT, start_api
-from tests.support import Proc, expire
+from tests.support import Proc, expire, free_port
 
 SIZE = ["--width", "64", "--height", "64"]
 
@@ -284,15 +286,35 @@ def test_api_and_usage_errors(stack: str) -> None:
     assert mediagen(stack, "jobs").returncode == 2
 
 
-def test_unreachable_service_is_an_api_error(
+def test_unreachable_service_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """In process, without the client's backoff between its connection retries (seconds)."""
     from mediagen.client import _async, cli
 
     monkeypatch.setattr(_async, "_backoff", lambda attempt: 0.0)
-    assert cli.main(["jobs", "list", "--url", "http://127.0.0.1:9"]) == 3
-    assert "connection_error" in capsys.readouterr().err
+    closed = free_port()
+    assert cli.main(["jobs", "list", "--url", f"http://127.0.0.1:{closed}"]) == 3
+    assert capsys.readouterr().err == (
+        f"mediagen: connection_error: cannot reach the mediagen server at http://127.0.0.1:{closed} "
+        "(connection refused): is it running? check MEDIAGEN_URL (or --url)\n")
+
+
+def test_an_unreachable_service_is_reported_within_the_connect_timeout() -> None:
+    """Connection retries (a server restarting) stop when the connect timeout is spent."""
+    closed = free_port()
+    with Client(url=f"http://127.0.0.1:{closed}", connect_timeout=1.0, max_retries=10) as client:
+        started = time.monotonic()
+        with pytest.raises(APIConnectionError, match=f"at http://127.0.0.1:{closed} "):
+            client.get("some-job")
+        assert time.monotonic() - started < 1.0
+
+
+def test_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "mediagen", "--version"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, f"mediagen {importlib.metadata.version('mediagen')}\n", "")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mediagen.config import Settings
+from mediagen.config import SECRETS, Settings
 from tests.deploy.kit import EXAMPLE, by_kind, pod_specs, rendered, tool
 from tests.support import ROOT
 
@@ -45,6 +45,7 @@ OPTIONAL_WITHOUT_DEFAULT = {
     "REDIS_TLS_CA_FILE": "TLS to Redis is optional (a rediss:// REDIS_URL)",
     "REDIS_TLS_CERT_FILE": "a client certificate only when Redis asks for one",
     "REDIS_TLS_KEY_FILE": "goes with REDIS_TLS_CERT_FILE",
+    "SECRETS_DIR": "secrets from files are optional (deploy/compose/secrets.yml)",
 }
 MUST_SET = {
     "METRICS_TOKEN": "the API is published: /metrics needs a token, which Prometheus sends",
@@ -159,6 +160,31 @@ def test_settings_in_dot_env_reach_the_containers(tmp_path: Path) -> None:
             assert env[key] == dot_env[key], (name, key)
         assert (env["AUTH_REQUIRED"], env["API_HOST"]) == ("true", "0.0.0.0"), name
     assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+
+
+def test_secrets_as_files_reach_the_containers(tmp_path: Path) -> None:
+    """deploy/compose/secrets.yml mounts secret settings as files where SECRETS_DIR says, in
+    every mediagen container, each named after a secret setting."""
+    for path in COMPOSE:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "deploy" / "compose").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy/compose/secrets.yml", tmp_path / "deploy/compose/secrets.yml")
+    (tmp_path / ".env").write_text("POSTGRES_PASSWORD=p\nREDIS_PASSWORD=r\n"
+                                   "FLOWER_BASIC_AUTH=u:p\nMETRICS_TOKEN=m\n")
+    run = subprocess.run([_docker_compose(), "-f", "docker-compose.yml", "-f",
+                          "deploy/compose/secrets.yml", "config"], cwd=tmp_path,
+                         capture_output=True, text=True, check=False, timeout=60,
+                         env={"PATH": os.environ["PATH"]})
+    assert run.returncode == 0, run.stderr
+    config = yaml.safe_load(run.stdout)
+    declared = set(config["secrets"])
+    assert declared and {name.upper() for name in declared} <= {s.upper() for s in SECRETS}
+    for name, service in config["services"].items():
+        if not service.get("image", "").startswith("mediagen:"):
+            continue
+        assert service["environment"]["SECRETS_DIR"] == "/run/secrets", name
+        assert {s["source"] for s in service["secrets"]} == declared, name
+        assert service["environment"]["AUTH_REQUIRED"] == "true", name  # the stack's own kept
 
 
 def test_the_api_scales_behind_the_proxy() -> None:

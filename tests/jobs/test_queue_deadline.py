@@ -121,7 +121,7 @@ async def stack(database: str, receiver: Receiver,
            "KEY_CACHE_SECONDS": "0"}
     async with in_process(env) as app:
         worker = await Worker.open(app.settings)
-        client = aioredis.from_url(app.settings.redis_url)
+        client = aioredis.from_url(app.settings.redis_url.get_secret_value())
         try:
             yield Deadlines(app, worker, client, receiver)
         finally:

@@ -129,7 +129,7 @@ async def test_media_never_leaves_storage_root(client: httpx.AsyncClient, path: 
     assert b"root:" not in response.content
     if key is not None:
         settings = get_settings()
-        signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+        signer = await load_signer(settings.media_signing_key.get_secret_value(), settings.media_url_ttl)
         signed = await client.get(f"{path}?{signer.query(key)}")
         assert signed.status_code == 404
         assert b"root:" not in signed.content

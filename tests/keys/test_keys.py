@@ -257,7 +257,8 @@ def test_keys_without_a_database_answer_one_clear_line() -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"mediagen keys: cannot reach the database at 127.0.0.1:{closed}/x")
+    assert lines[0] == (f"mediagen: cannot reach the database at postgres://postgres@127.0.0.1:"
+                        f"{closed}/x (connection refused): is Postgres running? set DATABASE_URL")
     assert "s3cret" not in done.stderr + done.stdout
 
 

@@ -33,7 +33,7 @@ async def test_only_signed_unexpired_urls_open_an_output(client: httpx.AsyncClie
         assert response.json()["code"] == "forbidden"
 
     settings = get_settings()
-    signer = await load_signer(settings.media_signing_key, settings.media_url_ttl)
+    signer = await load_signer(settings.media_signing_key.get_secret_value(), settings.media_url_ttl)
     key = path.removeprefix("/media/")
     expired = signer.query(key, now=time.time() - settings.media_url_ttl - 120)
     assert (await client.get(f"{path}?{expired}")).status_code == 403

@@ -72,7 +72,7 @@ class Handle:
 async def webhook_key(settings: Settings) -> bytes:
     """The deployment's key for webhook and upload tokens: COG_WEBHOOK_SECRET, else the
     deployment's own (`mediagen.signing`), so API and workers agree."""
-    return await deployment_key(_KEY_ROW, settings.cog_webhook_secret)
+    return await deployment_key(_KEY_ROW, settings.cog_webhook_secret.get_secret_value())
 
 
 def webhook_token(key: bytes, prediction: str) -> str:

@@ -393,7 +393,7 @@ async def _discard(storage: Storage, prediction: str, outputs: list[Any]) -> Non
 )
 async def cog_upload(token: str, filename: str, request: Request) -> Response:
     settings: Settings = request.app.state.settings
-    expected = settings.cog_upload_token
+    expected = settings.cog_upload_token.get_secret_value()
     if not expected:
         raise NotFoundError("uploads are not configured (COG_UPLOAD_TOKEN is unset)")
     if not hmac.compare_digest(token.encode(), expected.encode()):

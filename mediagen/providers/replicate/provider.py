@@ -124,11 +124,15 @@ class ReplicateProvider:
         if self._owned:
             await self.outbound.close()
 
+    def _auth(self) -> dict[str, str]:
+        """The API token's header: for the API base only, never for output hosts."""
+        return {"Authorization": f"Bearer {self.settings.replicate_api_token.get_secret_value()}"}
+
     async def _call(
         self, method: str, path: str, what: str, body: dict[str, Any] | None = None
     ) -> Prediction:
         """One API call; the token goes only to the API base, never to output hosts."""
-        headers = {"Authorization": f"Bearer {self.settings.replicate_api_token}"}
+        headers = self._auth()
         try:
             reply = await self.outbound.call(
                 method, self._base + path, self._api, json=body, headers=headers
@@ -170,7 +174,7 @@ class ReplicateProvider:
     async def cancel(self, prediction_id: str) -> None:
         what = f"replicate cancel {prediction_id}"
         path = f"/predictions/{quote(prediction_id, safe='')}/cancel"
-        headers = {"Authorization": f"Bearer {self.settings.replicate_api_token}"}
+        headers = self._auth()
         try:
             reply = await self.outbound.call("POST", self._base + path, self._api, headers=headers)
         except OutboundError as exc:

@@ -64,7 +64,7 @@ async def replicate_webhook(request: Request) -> WebhookAck:
     """Signed with Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
     `webhook-signature`). Answers 200 for duplicates and unknown predictions, so Replicate stops
     retrying them."""
-    secret = request.app.state.settings.replicate_webhook_secret
+    secret = request.app.state.settings.replicate_webhook_secret.get_secret_value()
     if not secret:
         raise NotFoundError("webhooks are not configured (REPLICATE_WEBHOOK_SECRET is unset)")
     body = await request.body()
