@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mediagen.broker import QUEUES
+from mediagen.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -29,10 +30,9 @@ HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 TOP_DIRS = ("mediagen", "tests", "docs", "deploy", "scripts", "bench", "examples", ".ci")
 TOP_FILES = ("Makefile", "Dockerfile", "pyproject.toml", "constraints.txt", ".env-example",
              "compose.env-example", "docker-compose.yml", "docker-compose.s3.yml")
-REPO_PATH = re.compile(
-    r"(?<![\w./~:-])((?:%s)/[\w./-]*|(?:%s))(?![\w-])"
-    % ("|".join(map(re.escape, TOP_DIRS)), "|".join(map(re.escape, TOP_FILES)))
-)
+_DIRS = "|".join(map(re.escape, TOP_DIRS))
+_FILES = "|".join(map(re.escape, TOP_FILES))
+REPO_PATH = re.compile(rf"(?<![\w./~:-])((?:{_DIRS})/[\w./-]*|(?:{_FILES}))(?![\w-])")
 # Hosts a page may link to: the service a reader runs on their own machine.
 LOCAL_HOSTS = {"localhost", "127.0.0.1"}
 WORKER_COMMAND = re.compile(r"\bcelery\b[^\n`|]*?\sworker(?=\s|$|`)", re.MULTILINE)
@@ -159,3 +159,11 @@ def test_worker_commands_consume_every_queue() -> None:
                 wrong.append(f"{_rel(page)}: -Q {queues}")
     assert commands, "no page shows the command a worker runs"
     assert wrong == [], f"workers must consume {','.join(QUEUES)}"
+
+
+def test_the_configuration_page_names_every_setting() -> None:
+    """docs/configuration.md is the reference of every setting (`.env-example` lists them with
+    their defaults; tests/test_project.py holds that file to `Settings`)."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    named = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", page))
+    assert {name.upper() for name in Settings.model_fields} - named == set()
