@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         return init_settings, files, env_settings, dotenv_settings
 
     # --- infrastructure --------------------------------------------------------------------
-    # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see README).
+    # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see docs/operations.md).
     database_url: SecretUrl | None = None
     redis_url: SecretUrl | None = None
     # Sentinel (docs/scaling.md): `host:port,host:port`; empty: REDIS_URL's own address. With
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     redis_tls_key_file: Path | None = None
     db_pool_max: int = Field(10, ge=1, le=100)
     # Prepared statements each database connection keeps (asyncpg's statement cache); 0 for
-    # PgBouncer in transaction mode (README, "PgBouncer").
+    # PgBouncer in transaction mode (docs/scaling.md, PgBouncer).
     database_statement_cache_size: int = Field(100, ge=0, le=10_000)
     embedded_data_dir: Path = Path("./.mediagen")
     # A directory of secret files, one per secret setting, named after it (a mounted
@@ -152,12 +152,12 @@ class Settings(BaseSettings):
     # Token in the upload URL Cog servers are started with (`--upload-url
     # {PUBLIC_BASE_URL}/api/v1/uploads/cog/{COG_UPLOAD_TOKEN}/`); empty: uploads are refused and
     # outputs come inline, as data: URIs in the completion webhook. Each upload also needs its
-    # prediction's own token, which the server got with the prediction (README, Cog).
+    # prediction's own token, which the server got with the prediction (docs/providers.md, Cog).
     cog_upload_token: SecretStr = SecretStr("")
     # Seconds for one call to a Cog server (create or cancel), all of it.
     cog_timeout: float = Field(10.0, gt=0, le=300)
     # Send the trace context (`traceparent`) to the Cog servers: only if they are your own and
-    # traced too. No other host ever gets it (see README "Tracing").
+    # traced too. No other host ever gets it (see docs/operations.md "Tracing").
     cog_trace_context: bool = False
     # --- end cog -------------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class Settings(BaseSettings):
     min_dimension: int = Field(64, ge=8)
     max_dimension: int = Field(2048, ge=64)
 
-    # --- client webhooks (`webhook` on POST /generate; see README "Client webhooks") ---------
+    # --- client webhooks (`webhook` on POST /generate; see docs/api.md "Client webhooks") ---------
     # Signs webhooks of anonymous jobs (`whsec_` + base64); keyed jobs use their key's secret.
     webhook_secret: SecretStr = SecretStr("")
     # Hosts exempt from the private-address check, comma-separated (local testing only).
@@ -273,7 +273,7 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------
     worker_concurrency: int = Field(16, ge=1, le=1000)
 
-    # --- observability (README "Operations") ------------------------------------------------
+    # --- observability (docs/operations.md) ------------------------------------------------
     debug: bool = False
     log_level: str = "INFO"
     # auto: readable lines on a terminal, JSON lines (one object per line) otherwise.

@@ -1,4 +1,4 @@
-"""Client webhooks: signed POSTs to the URL a client gave with its job (see README)."""
+"""Client webhooks: signed POSTs to the URL a client gave with its job (see docs/api.md "Client webhooks")."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ NOT_SETTINGS = {
     "MINIO_USER": "minio-init's mc command", "MINIO_PASSWORD": "minio-init's mc command",
     "BUCKET": "minio-init's mc command",
 }
-# Prefixes of variables other programs read: OpenTelemetry's SDK (tracing, README "Tracing"),
+# Prefixes of variables other programs read: OpenTelemetry's SDK (tracing, docs/operations.md "Tracing"),
 # Grafana's own settings.
 NOT_SETTING_PREFIXES = {"OTEL_": "OpenTelemetry's SDK", "GF_": "Grafana"}
 # Settings without a default (None: `mediagen run` starts embedded servers instead, which a
