@@ -79,7 +79,8 @@ class Settings(BaseSettings):
         return init_settings, files, env_settings, dotenv_settings
 
     # --- infrastructure --------------------------------------------------------------------
-    # Unset means "embedded": `mediagen run` starts a private Postgres and Redis (see docs/operations.md).
+    # Unset means "embedded": `mediagen run` starts a private Postgres and Redis
+    # (see docs/operations.md).
     database_url: SecretUrl | None = None
     redis_url: SecretUrl | None = None
     # Sentinel (docs/scaling.md): `host:port,host:port`; empty: REDIS_URL's own address. With

@@ -1,4 +1,5 @@
-"""Client webhooks: signed POSTs to the URL a client gave with its job (see docs/api.md "Client webhooks")."""
+"""Client webhooks: signed POSTs to the URL a client gave with its job (see docs/api.md,
+"Client webhooks")."""
 
 from __future__ import annotations
 
