@@ -33,7 +33,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 
 from mediagen.observability.context import current_headers
 
@@ -140,8 +139,10 @@ HEARTBEAT_TTL = 15
 
 
 _SEND_ONCE = """
-if redis.call('SET', ARGV[1], '1', 'NX', 'PX', ARGV[4]) then
-  redis.call('LPUSH', ARGV[2], ARGV[3])
+for i = 1, #ARGV, 4 do
+  if redis.call('SET', ARGV[i], '1', 'NX', 'PX', ARGV[i + 3]) then
+    redis.call('LPUSH', ARGV[i + 1], ARGV[i + 2])
+  end
 end
 return 0
 """
@@ -151,7 +152,8 @@ return 0
 class _Batch:
     tasks: dict[str, list[bytes]] = field(default_factory=dict)  # Redis list -> messages
     events: list[tuple[str, str, bytes]] = field(default_factory=list)
-    scripts: list[tuple[str, list[Any]]] = field(default_factory=list)  # (Lua, ARGV)
+    # Lua -> the ARGV of every call of it, end to end (each script takes a list of records)
+    scripts: dict[str, list[Any]] = field(default_factory=dict)
     done: asyncio.Future[bool] | None = None
 
     def size(self) -> int:
@@ -168,13 +170,6 @@ class Outbox:
         self._runner: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._scripts: dict[str, AsyncScript] = {}
-
-    def _script(self, text: str) -> AsyncScript:
-        script = self._scripts.get(text)
-        if script is None:
-            script = self._scripts[text] = self.client.register_script(text)
-        return script
 
     # --- appending -------------------------------------------------------------------------
     def _future(self) -> asyncio.Future[bool]:
@@ -211,9 +206,11 @@ class Outbox:
         return self.run(_SEND_ONCE, args)
 
     def run(self, script: str, args: Sequence[Any]) -> asyncio.Future[bool]:
-        """Run a Lua `script` with `args` (no keys) in the batch, after its task messages
-        (`mediagen.scheduling`: the queues a start message reads are written first)."""
-        self._batch.scripts.append((script, list(args)))
+        """Run a Lua `script` with `args` (no keys) in the batch, with its task messages
+        (`mediagen.scheduling`: the queues a start message reads are written in the same
+        transaction). The calls of one script in a batch become one call with all their
+        `args` end to end, so a script takes a list of records."""
+        self._batch.scripts.setdefault(script, []).extend(args)
         return self._future()
 
     async def flush(self) -> bool:
@@ -241,8 +238,10 @@ class Outbox:
     async def _send(self, batch: _Batch) -> bool:
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                for script, args in batch.scripts:
-                    await self._script(script)(args=args, client=pipe)
+                # EVAL, not EVALSHA: a Redis that restarted or failed over since has no
+                # script cached, and a NOSCRIPT inside MULTI would fail the batch.
+                for script, args in batch.scripts.items():
+                    pipe.eval(script, 0, *args)
                 for queue, messages in batch.tasks.items():
                     pipe.lpush(queue, *messages)
                 for key, kind, data in batch.events:

@@ -41,8 +41,9 @@ class Turns:
 
     async def take(self, token: str) -> Taken | None:
         """The job a start message naming `token` starts now, its slot taken; None: none (all
-        wait for a slot, or `token` needs no start). Redis down: none; the sweeper sends the
-        start again."""
+        wait for a slot, or `token` needs no start). Redis does not answer: `token`'s own job
+        if its model has no limit (no turn to keep, no slot to count), else none (the sweeper
+        sends its start again)."""
         try:
             picked = await self.queues.pick(token)
             if picked != "self":
@@ -58,11 +59,21 @@ class Turns:
             level = level_of(Priority(job.priority).rank if job.priority else 1)
             taken = await self.queues.acquire(str(job.id), level, route)
         except RedisError as exc:
-            log.warning("job %s: no turn taken (Redis: %s); it stays as it is", token, exc)
-            return None
+            return await self._without_redis(token, exc)
         if taken is None:
             log.info("job waits for a slot", extra={"job_id": token, "model": route.name})
         return taken
+
+    async def _without_redis(self, token: str, exc: RedisError) -> Taken | None:
+        job = await repo.get(token)
+        if job is not None and job.status in WAITING and not self._limited(job):
+            log.warning("job %s starts out of turn (Redis: %s)", token, exc)
+            return Taken(token, "")
+        log.warning("job %s: no turn taken (Redis: %s); it stays as it is", token, exc)
+        return None
+
+    def _limited(self, job: Job) -> bool:
+        return bool(pools(self.catalog.for_job(job.provider, job.model), self.settings))
 
     def endpoint(self, job: Job, taken: Taken) -> Endpoint | None:
         """The Cog server whose slot `job` holds (None: no server slot)."""
@@ -79,11 +90,12 @@ class Turns:
 
     async def release(self, job: Job) -> None:
         """The job's attempt (or wait) ended: its slot goes to the next in turn."""
-        route = self.catalog.for_job(job.provider, job.model)
-        if not pools(route, self.settings):
+        if not self._limited(job):
             return  # no limit: it held nothing, and nothing waits for a slot of it
         try:
-            heads = await self.queues.release(str(job.id), route)
+            heads = await self.queues.release(
+                str(job.id), self.catalog.for_job(job.provider, job.model)
+            )
         except RedisError as exc:  # the hold expires; the sweeper sends the next starts
             log.warning("job %s: slot not released: %s", job.id, exc)
             return

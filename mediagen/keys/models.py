@@ -23,7 +23,7 @@ class ApiKey(Model):
     max_queue_seconds = fields.IntField(null=True)
     # Its share of the starts when several keys have jobs waiting: `weight` turns to another
     # key's one of weight 1 (mediagen.scheduling).
-    weight = fields.IntField(default=1)
+    weight = fields.IntField(default=1, db_default=1)
 
     class Meta:
         table = "api_keys"

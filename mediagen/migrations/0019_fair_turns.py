@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
         ops.AddField(
             model_name="ApiKey",
             name="weight",
-            field=fields.IntField(default=1),
+            field=fields.IntField(default=1, db_default=1),
         ),
         ops.CreateModel(
             name="ModelPause",
