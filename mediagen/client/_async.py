@@ -312,9 +312,11 @@ class AsyncClient:
         job = await self.get(job_id) if finished else None
         if job is None or not job.done:
             job = await self._poll(job_id, state, progress)
-        # What the stream may not have said of the log (the finished job has it all), then the
-        # line the log ended without a newline.
+        # What the stream may not have said of the log (the finished job has it all), and of
+        # the status: a resume answered 204 ends without it (the job's events had not reached
+        # its stream yet); then the line the log ended without a newline.
         await _logged(state, progress, job_id, *split_stored(job.logs))
+        await _reported(job, state, progress)
         if state.logs is not None:
             for line in state.logs.rest():
                 await _call(state.on_log, line)
@@ -371,9 +373,7 @@ class AsyncClient:
         while True:
             job = await self.get(job_id)
             await _logged(state, progress, job_id, *split_stored(job.logs))
-            if job.status != state.last_status:
-                state.last_status = job.status
-                await _call(progress, "status", _status_data(job))
+            await _reported(job, state, progress)
             place = (job.queue_position, job.paused)
             if job.status == "pending" and place != state.last_position:
                 state.last_position = place
@@ -573,6 +573,13 @@ async def _logged(
     await _call(progress, "logs", {"job_id": job_id, "logs": part[0], "offset": part[1]})
     for line in state.logs.lines(part[0]):
         await _call(state.on_log, line)
+
+
+async def _reported(job: Job, state: _WaitState, progress: ProgressCallback | None) -> None:
+    """A `status` event for the job as read, unless the last one said the same."""
+    if job.status != state.last_status:
+        state.last_status = job.status
+        await _call(progress, "status", _status_data(job))
 
 
 def _print_log(line: str) -> None:
