@@ -71,6 +71,7 @@ WAIT_EXAMPLES = """\
 examples:
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --json
+  mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --logs   # the model's log lines too
   mediagen jobs wait ID && mediagen jobs download ID -o out
 exit codes: 0 completed, 1 failed, canceled or expired (completed, but its outputs were
 deleted when their retention ended: nothing to download), 3 API error, 130 interrupted.
