@@ -3,7 +3,10 @@
     from mediagen.client import Client
 
     with Client() as client:  # $MEDIAGEN_URL, $MEDIAGEN_API_KEY
-        job = client.generate("a red fox", width=512, height=512)
+        [png] = client.run("a red fox", width=512, height=512)  # the output's bytes
+        print(client.run("a red fox", save_to="out", logs=True))  # saved; logs on stderr
+
+        job = client.generate("a red fox", width=512, height=512)  # step by step
         job = job.wait(progress=lambda event, data: print(event, data))
         print(job.download("out"))
 
@@ -22,6 +25,7 @@ from mediagen.client._errors import (
     ServiceUnavailableError,
     ValidationError,
 )
+from mediagen.client._logs import LogCallback
 from mediagen.client._models import (
     Job,
     JobFailedError,
@@ -41,6 +45,7 @@ __all__ = [
     "ConflictError",
     "Job",
     "JobFailedError",
+    "LogCallback",
     "MediagenError",
     "Metrics",
     "Model",

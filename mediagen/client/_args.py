@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from mediagen.client._states import STATUSES
@@ -19,6 +20,8 @@ examples:
   mediagen generate "a red fox" --output-dir out --format webp --seed 42
   mediagen generate "a red fox" --param guidance_scale=7.5 --param negative_prompt='"blurry"'
   mediagen generate "the same fox at night" --image fox.png   # image-to-image
+  mediagen generate "a fox, masked" --param image=@fox.png --param mask=@mask.png
+  mediagen generate "a red fox" --logs                   # the model's log lines on stderr
   mediagen generate "a red fox" --priority high --retention 3600
   mediagen generate "a red fox" --no-wait                # prints the job id
   mediagen generate "a red fox" --json | jq -r '.files[]'
@@ -68,6 +71,7 @@ WAIT_EXAMPLES = """\
 examples:
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed
   mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --json
+  mediagen jobs wait 1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed --logs   # the model's log lines too
   mediagen jobs wait ID && mediagen jobs download ID -o out
 exit codes: 0 completed, 1 failed, canceled or expired (completed, but its outputs were
 deleted when their retention ended: nothing to download), 3 API error, 130 interrupted.
@@ -120,9 +124,15 @@ def _integer(value: str) -> int:
 
 
 def _param(value: str) -> tuple[str, Any]:
+    """KEY=VALUE: VALUE as JSON if it parses, else the string; KEY=@FILE: the local file, a
+    Path (which the client uploads). A string that starts with @ is given as JSON: '"@x"'."""
     key, sep, raw = value.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    if raw.startswith("@"):
+        if not raw[1:]:
+            raise argparse.ArgumentTypeError(f"expected KEY=@FILE, got {value!r}")
+        return key.strip(), Path(raw[1:])
     try:
         parsed: Any = json.loads(raw)
     except ValueError:
@@ -158,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image",
         metavar="FILE",
         help="an input image (uploaded first, then given as the `image` parameter; the upload "
-        "is kept FILE_TTL, as any upload)",
+        "is kept FILE_TTL, as any upload): the same as --param image=@FILE",
     )
     params.add_argument(
         "--priority",
@@ -178,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="any other parameter; VALUE is read as JSON if it parses (7.5, true, "
-        '"text"), else taken as a string; repeatable',
+        '"text"), else taken as a string; KEY=@FILE uploads the local FILE as that file '
+        "parameter; repeatable",
     )
     out = gen.add_argument_group("output")
     where = out.add_mutually_exclusive_group()
@@ -200,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print one JSON object (job_id, status, files, error); no progress display",
+    )
+    out.add_argument(
+        "--logs", action="store_true", help="print the model's log lines to stderr as they come"
     )
     _connection_options(gen)
 
@@ -257,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         WAIT_EXAMPLES,
     )
     wait.add_argument("--json", action="store_true", help="print the finished job as JSON")
+    wait.add_argument(
+        "--logs", action="store_true", help="print the model's log lines to stderr as they come"
+    )
 
     download = _job_command(
         jobs_sub,

@@ -9,12 +9,15 @@ import json
 import mimetypes
 import os
 import random
+import shutil
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any, overload
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -28,6 +31,7 @@ from mediagen.client._errors import (
     error_from_response,
     unreachable,
 )
+from mediagen.client._logs import LogCallback, LogFollower, split_stored
 from mediagen.client._models import Job, JobFailedError, Model, ProgressCallback
 from mediagen.client._sse import SSEParser
 from mediagen.client._states import TERMINAL
@@ -47,8 +51,11 @@ class _NoStream(Exception):
 
 
 class _WaitState:
-    def __init__(self) -> None:
+    def __init__(self, on_log: LogCallback | None = None) -> None:
         self.parser = SSEParser()
+        # the logs, when followed: how much of them was delivered, and to whom
+        self.logs = LogFollower() if on_log is not None else None
+        self.on_log = on_log
         self.last_status: str | None = None
         # polling: the queue position (and whether its model is paused) last reported
         self.last_position: tuple[int | None, bool | None] | None = None
@@ -179,13 +186,17 @@ class AsyncClient:
         **parameters: Any,
     ) -> Job:
         """Submit a job (``parameters``: width, height, num_inference_steps, seed,
-        output_format, num_outputs, an input file's ``mediagen://files/<id>`` from `upload`...)
-        and return it as the API then describes it. ``priority``: low, normal or high (up to
-        the key's ceiling); ``retention``: seconds to keep the outputs.
+        output_format, num_outputs, an input file...) and return it as the API then describes
+        it. ``priority``: low, normal or high (up to the key's ceiling); ``retention``: seconds
+        to keep the outputs.
+
+        An input file is a parameter whose value is a local path (a ``Path``, not a ``str``) or
+        an open binary file: it is uploaded first (`upload`) and sent as its
+        ``mediagen://files/<id>``, which may also be given as it is.
 
         An ``Idempotency-Key`` (a new UUID unless given) makes a retried submit return the first
         job instead of creating a second one."""
-        body: dict[str, Any] = {"prompt": prompt, "parameters": parameters}
+        body: dict[str, Any] = {"prompt": prompt, "parameters": await self._inputs(parameters)}
         optional = {"model": model, "webhook": webhook, "priority": priority}
         body.update({name: value for name, value in optional.items() if value is not None})
         if retention is not None:
@@ -228,14 +239,28 @@ class AsyncClient:
         page = await self._json("GET", f"{_API}/models")
         return [Model.from_json(item) for item in page.get("data") or []]
 
-    async def upload(self, path: str | Path) -> dict[str, Any]:
-        """Upload an input file; its description, whose ``uri`` a job's parameter can name
-        (``image="mediagen://files/<id>"``). Read whole first, so a retry sends it again."""
-        path = Path(path)
-        data = await asyncio.to_thread(path.read_bytes)
+    async def upload(self, file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        """Upload an input file (a path, or an open binary file); its description, whose
+        ``uri`` a job's parameter can name (``image="mediagen://files/<id>"``). Read whole
+        first, so a retry sends it again."""
+        if isinstance(file, str | os.PathLike):
+            path = Path(file)
+            name, data = path.name, await asyncio.to_thread(path.read_bytes)
+        else:
+            name = Path(str(getattr(file, "name", "") or "upload")).name
+            data = await asyncio.to_thread(file.read)
         return await self._json(
-            "POST", f"{_API}/files", files={"file": (path.name, data)}, idempotent=False
+            "POST", f"{_API}/files", files={"file": (name, data)}, idempotent=False
         )
+
+    async def _inputs(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """`parameters` with each local file (a path object, an open file) uploaded and named
+        by its URI; strings stay strings."""
+        sent = dict(parameters)
+        for name, value in parameters.items():
+            if isinstance(value, os.PathLike) or callable(getattr(value, "read", None)):
+                sent[name] = (await self.upload(value))["uri"]
+        return sent
 
     async def delete(self, job_id: str) -> None:
         """Delete a job and all of it (outputs, input files, record), canceling it if it runs."""
@@ -254,24 +279,32 @@ class AsyncClient:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the same signature as Client.wait)
         raise_on_failure: bool = False,
+        *,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
     ) -> Job:
         """Follow the job's live events until it is finished (completed, failed, canceled or
         expired); return it.
 
         ``progress(event, data)`` is called for each event (``status``, ``progress``,
-        ``queue``: the position of a pending job when it changed, and ``output``: the chunks of
-        a model that streams). A dropped stream is resumed with
-        ``Last-Event-ID``; if the stream keeps failing (or the server has none) the job is
-        polled every second instead. ``timeout`` raises TimeoutError (the job
+        ``queue``: the position of a pending job when it changed, ``output``: the chunks of
+        a model that streams, and ``logs`` when the logs are followed). A dropped stream is
+        resumed with ``Last-Event-ID``; if the stream keeps failing (or the server has none) the
+        job is polled every second instead. ``timeout`` raises TimeoutError (the job
         goes on); ``raise_on_failure`` raises JobFailedError for a job that is not completed:
-        failed, canceled, or expired (it completed, but its outputs are deleted)."""
-        job = await asyncio.wait_for(self._wait(job_id, progress), timeout)
+        failed, canceled, or expired (it completed, but its outputs are deleted).
+
+        The model's logs: ``on_log(line)`` is called with each line as soon as it is whole (the
+        last one when the job ends), in order and once each, from the stream or, when polling,
+        from the job's ``logs``; ``logs=True`` without ``on_log`` writes them to stderr."""
+        if logs and on_log is None:
+            on_log = _print_log
+        job = await asyncio.wait_for(self._wait(job_id, progress, _WaitState(on_log)), timeout)
         if raise_on_failure and job.status != "completed":
             raise JobFailedError(job)
         return job
 
-    async def _wait(self, job_id: str, progress: ProgressCallback | None) -> Job:
-        state = _WaitState()
+    async def _wait(self, job_id: str, progress: ProgressCallback | None, state: _WaitState) -> Job:
         failures, finished = 0, False
         while failures < STREAM_FAILURES:
             seen = state.events
@@ -287,11 +320,18 @@ class AsyncClient:
                 failures += 1
             if failures:
                 await asyncio.sleep(min(0.5 * failures, 2.0))
-        if finished:
-            job = await self.get(job_id)
-            if job.done:
-                return job
-        return await self._poll(job_id, state, progress)
+        job = await self.get(job_id) if finished else None
+        if job is None or not job.done:
+            job = await self._poll(job_id, state, progress)
+        # What the stream may not have said of the log (the finished job has it all), and of
+        # the status: a resume answered 204 ends without it (the job's events had not reached
+        # its stream yet); then the line the log ended without a newline.
+        await _logged(state, progress, job_id, *split_stored(job.logs))
+        await _reported(job, state, progress)
+        if state.logs is not None:
+            for line in state.logs.rest():
+                await _call(state.on_log, line)
+        return job
 
     async def _follow(
         self, job_id: str, state: _WaitState, progress: ProgressCallback | None
@@ -302,7 +342,10 @@ class AsyncClient:
             headers["Last-Event-ID"] = state.parser.last_id
         timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT)
         path = f"{_API}/jobs/{job_id}/events"
-        async with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+        params = {"logs": "true"} if state.logs is not None else None
+        async with self._http.stream(
+            "GET", path, params=params, headers=headers, timeout=timeout
+        ) as response:
             if response.status_code == 204:
                 return True  # resumed at the end of a finished job
             if response.status_code in (404, 405):
@@ -325,6 +368,11 @@ class AsyncClient:
                 if not isinstance(data, dict):
                     data = {"data": data}
                 state.events += 1
+                if event.event == "logs":
+                    text, offset = data.get("logs"), data.get("offset")
+                    if isinstance(text, str) and isinstance(offset, int):
+                        await _logged(state, progress, job_id, text, offset)
+                    continue
                 await _call(progress, event.event, data)
                 if event.event == "status":
                     state.last_status = str(data.get("status"))
@@ -335,9 +383,8 @@ class AsyncClient:
     async def _poll(self, job_id: str, state: _WaitState, progress: ProgressCallback | None) -> Job:
         while True:
             job = await self.get(job_id)
-            if job.status != state.last_status:
-                state.last_status = job.status
-                await _call(progress, "status", _status_data(job))
+            await _logged(state, progress, job_id, *split_stored(job.logs))
+            await _reported(job, state, progress)
             place = (job.queue_position, job.paused)
             if job.status == "pending" and place != state.last_position:
                 state.last_position = place
@@ -350,9 +397,104 @@ class AsyncClient:
                 return job
             await asyncio.sleep(POLL_SECONDS)
 
+    # -- one call ------------------------------------------------------------------------------
+
+    @overload
+    async def run(
+        self,
+        prompt: str,
+        *,
+        save_to: None = None,
+        model: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        progress: ProgressCallback | None = None,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
+        **parameters: Any,
+    ) -> builtins.list[bytes]: ...
+
+    @overload
+    async def run(
+        self,
+        prompt: str,
+        *,
+        save_to: str | os.PathLike[str],
+        model: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        progress: ProgressCallback | None = None,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
+        **parameters: Any,
+    ) -> builtins.list[Path]: ...
+
+    async def run(
+        self,
+        prompt: str,
+        *,
+        save_to: str | os.PathLike[str] | None = None,
+        model: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the same signature as Client.run)
+        progress: ProgressCallback | None = None,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
+        **parameters: Any,
+    ) -> builtins.list[bytes] | builtins.list[Path]:
+        """Submit, wait and fetch in one call: the outputs' bytes, in order, or with
+        ``save_to`` (a directory, created if need be) the paths they were saved at
+        (``<job_id>-<n>.<ext>``, as `download`).
+
+        The options are `generate`'s (an input file: a ``Path`` or an open file as a
+        parameter's value) and `wait`'s (``progress``, ``logs``, ``on_log``). A job that
+        ends failed, canceled or expired raises JobFailedError (its ``job`` says why); one not
+        finished within ``timeout`` seconds raises TimeoutError naming it, and goes on. A model
+        whose output is not files (text, numbers) gives ``[]``: read ``job.output`` after
+        `generate` and `wait`."""
+        job = await self.generate(
+            prompt,
+            model=model,
+            webhook=webhook,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            retention=retention,
+            **parameters,
+        )
+        try:
+            job = await self.wait(
+                job.id, progress, timeout, raise_on_failure=True, logs=logs, on_log=on_log
+            )
+        except TimeoutError:
+            if timeout is None:
+                raise
+            raise TimeoutError(
+                f"job {job.id} did not finish within {timeout:g} s; it goes on "
+                f"(wait for it, or cancel it, by its id)"
+            ) from None
+        if save_to is not None:
+            return await self.download(job, save_to)
+        scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="mediagen-run-"))
+        try:
+            paths = await self.download(job, scratch)
+            return [await asyncio.to_thread(path.read_bytes) for path in paths]
+        finally:
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+
     # -- downloads -----------------------------------------------------------------------------
 
-    async def download(self, job_or_id: Job | str, directory: str | Path) -> builtins.list[Path]:
+    async def download(
+        self, job_or_id: Job | str, directory: str | os.PathLike[str]
+    ) -> builtins.list[Path]:
         """Every output of a completed job, streamed into ``directory`` (created if need be) as
         ``<job_id>-<n>.<ext>`` (n from 0); returns the paths. The job is read again first, so
         its signed URLs are fresh."""
@@ -420,9 +562,36 @@ def _status_data(job: Job) -> dict[str, Any]:
     }
 
 
-async def _call(progress: ProgressCallback | None, event: str, data: dict[str, Any]) -> None:
-    if progress is None:
+async def _call(callback: Callable[..., object] | None, *args: Any) -> None:
+    """A user's callback (progress, on_log), awaited if it returns an awaitable."""
+    if callback is None:
         return
-    result = progress(event, data)
+    result = callback(*args)
     if inspect.isawaitable(result):
         await result
+
+
+async def _logged(
+    state: _WaitState, progress: ProgressCallback | None, job_id: str, text: str, offset: int
+) -> None:
+    """Text of the job's log (at byte `offset`), if it is followed: what is new of it goes to
+    `progress` as a `logs` event and, line by line, to `on_log`."""
+    if state.logs is None:
+        return
+    part = state.logs.feed(text, offset)
+    if part is None:
+        return
+    await _call(progress, "logs", {"job_id": job_id, "logs": part[0], "offset": part[1]})
+    for line in state.logs.lines(part[0]):
+        await _call(state.on_log, line)
+
+
+async def _reported(job: Job, state: _WaitState, progress: ProgressCallback | None) -> None:
+    """A `status` event for the job as read, unless the last one said the same."""
+    if job.status != state.last_status:
+        state.last_status = job.status
+        await _call(progress, "status", _status_data(job))
+
+
+def _print_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

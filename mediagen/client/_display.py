@@ -37,7 +37,8 @@ class MarkColumn(SpinnerColumn):
 
 class Display:
     """What a wait shows on stderr: a rich progress bar on a terminal, plain status lines
-    elsewhere, nothing with --json. Fed by the client's progress callback (its own thread)."""
+    elsewhere, nothing with --json; the model's log lines when asked for. Fed by the client's
+    progress and log callbacks (its own thread)."""
 
     def __init__(self, job: Job, quiet: bool) -> None:
         self.job_id = job.id
@@ -111,6 +112,14 @@ class Display:
             else:
                 return
             self._show()
+
+    def log(self, line: str) -> None:
+        """One line of the model's log (`--logs`): above the bar on a terminal, else a line."""
+        with self._lock:
+            if self._progress is not None:
+                self._progress.console.print(Text(line))
+            else:
+                print(line, file=sys.stderr, flush=True)
 
     def _show(self) -> None:
         if self.quiet:

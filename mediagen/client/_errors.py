@@ -20,9 +20,9 @@ The subclasses, by HTTP status::
     ├── RateLimitedError          429 (retried with backoff first; ``retry_after`` set)
     ├── ServiceUnavailableError   503 (retried with backoff first)
     ├── APIConnectionError        no answer (connection refused, reset, timed out)
-    └── JobFailedError            ``wait(..., raise_on_failure=True)`` on a job that ended
-                                  failed, canceled or expired; ``job`` holds it, ``code`` is
-                                  ``job_failed``/``job_canceled``/``job_expired``
+    └── JobFailedError            ``run(...)`` or ``wait(..., raise_on_failure=True)`` on a
+                                  job that ended failed, canceled or expired; ``job`` holds
+                                  it, ``code`` is ``job_failed``/``job_canceled``/``job_expired``
 
 Any other status is a plain :class:`MediagenError`. JobFailedError is defined beside the Job it
 carries (``mediagen.client._models``), so that this module imports no other of the client's.

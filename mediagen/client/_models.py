@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mediagen.client._errors import MediagenError
+from mediagen.client._logs import LogCallback
 from mediagen.client._states import TERMINAL
 
 # progress(event_name, data): "status" events carry {job_id, status, retry_count, error,
 # error_code, attempts, result_url, output}, "progress" events {current, total, percent},
 # "output" events (a model that streams) {job_id, attempt, output: [new chunks], offset},
-# "queue" events (while pending, when it changed) {job_id, queue_position}. The async client
-# also awaits a callback that returns an awaitable.
+# "queue" events (while pending, when it changed) {job_id, queue_position}, "logs" events (when
+# the logs are followed) {job_id, logs: the new text, offset: its first byte in the log}. The
+# async client also awaits a callback that returns an awaitable.
 ProgressCallback = Callable[[str, dict[str, Any]], object]
 
 
@@ -35,6 +37,9 @@ class BoundClient(Protocol):
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         raise_on_failure: bool = False,
+        *,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
     ) -> Job: ...
 
     def download(self, job_or_id: Job | str, directory: str | Path) -> list[Path]: ...
@@ -207,9 +212,17 @@ class Job:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         raise_on_failure: bool = False,
+        *,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
     ) -> Job:
         return self._bound().wait(
-            self.id, progress=progress, timeout=timeout, raise_on_failure=raise_on_failure
+            self.id,
+            progress=progress,
+            timeout=timeout,
+            raise_on_failure=raise_on_failure,
+            logs=logs,
+            on_log=on_log,
         )
 
     def download(self, directory: str | Path) -> list[Path]:

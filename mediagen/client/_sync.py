@@ -5,7 +5,7 @@ each call. Why a wrapper rather than a second implementation on httpx.Client: re
 event stream with its resume and polling fallback, and downloads exist once, so the two
 clients cannot drift apart; and unlike ``asyncio.run`` per call it also works where an event
 loop is already running (Jupyter, an async framework's thread) and keeps one connection pool.
-The cost is one thread per Client; ``progress`` callbacks run on that thread.
+The cost is one thread per Client; ``progress`` and ``on_log`` callbacks run on that thread.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
@@ -20,9 +21,10 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast, overload
 
 from mediagen.client._async import CONNECT_TIMEOUT, AsyncClient
+from mediagen.client._logs import LogCallback
 from mediagen.client._models import Job, Model, ProgressCallback
 
 T = TypeVar("T")
@@ -143,8 +145,8 @@ class Client:
             if not self._closed:
                 self._run(pages.aclose())
 
-    def upload(self, path: str | Path) -> dict[str, Any]:
-        return self._run(self._async.upload(path))
+    def upload(self, file: str | os.PathLike[str] | IO[bytes]) -> dict[str, Any]:
+        return self._run(self._async.upload(file))
 
     def delete(self, job_id: str) -> None:
         self._run(self._async.delete(job_id))
@@ -158,11 +160,95 @@ class Client:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         raise_on_failure: bool = False,
+        *,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
     ) -> Job:
-        return self._bind(self._run(self._async.wait(job_id, progress, timeout, raise_on_failure)))
+        return self._bind(
+            self._run(
+                self._async.wait(
+                    job_id, progress, timeout, raise_on_failure, logs=logs, on_log=on_log
+                )
+            )
+        )
 
-    def download(self, job_or_id: Job | str, directory: str | Path) -> builtins.list[Path]:
+    def download(
+        self, job_or_id: Job | str, directory: str | os.PathLike[str]
+    ) -> builtins.list[Path]:
         return self._run(self._async.download(job_or_id, directory))
+
+    @overload
+    def run(
+        self,
+        prompt: str,
+        *,
+        save_to: None = None,
+        model: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
+        **parameters: Any,
+    ) -> builtins.list[bytes]: ...
+
+    @overload
+    def run(
+        self,
+        prompt: str,
+        *,
+        save_to: str | os.PathLike[str],
+        model: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
+        **parameters: Any,
+    ) -> builtins.list[Path]: ...
+
+    def run(
+        self,
+        prompt: str,
+        *,
+        save_to: str | os.PathLike[str] | None = None,
+        model: str | None = None,
+        priority: str | None = None,
+        retention: int | None = None,
+        webhook: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        progress: ProgressCallback | None = None,
+        logs: bool = False,
+        on_log: LogCallback | None = None,
+        **parameters: Any,
+    ) -> builtins.list[bytes] | builtins.list[Path]:
+        """Submit, wait and fetch in one call (:meth:`AsyncClient.run`): the outputs' bytes,
+        or with ``save_to`` the paths they were saved at."""
+        outputs = self._async.run(
+            prompt,
+            save_to=save_to,
+            model=model,
+            priority=priority,
+            retention=retention,
+            webhook=webhook,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            progress=progress,
+            logs=logs,
+            on_log=on_log,
+            **parameters,
+        )
+        # The overloads' two results, one type to `_run` (which would join them to `object`).
+        return self._run(
+            cast("Coroutine[Any, Any, builtins.list[bytes] | builtins.list[Path]]", outputs)
+        )
 
 
 async def _next(pages: AsyncGenerator[Job, None]) -> Job | None:

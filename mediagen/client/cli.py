@@ -39,12 +39,13 @@ EXIT_INTERRUPTED = 130
 CLOSE_SECONDS = 3.0
 
 
-def _follow(client: Client, job: Job, quiet: bool) -> Job:
-    """Wait for `job` with the progress display; the finished job."""
+def _follow(client: Client, job: Job, quiet: bool, logs: bool) -> Job:
+    """Wait for `job` with the progress display (and the model's log lines, if asked for:
+    shown even with --json, as they go to stderr); the finished job."""
     with Display(job, quiet) as display:
-        if job.done:
+        if job.done and not logs:
             return job
-        return client.wait(job.id, progress=display.event)
+        return client.wait(job.id, progress=display.event, on_log=display.log if logs else None)
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -122,10 +123,23 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
     return parameters
 
 
+def _unreadable(parameters: dict[str, Any]) -> str | None:
+    """What is wrong with the first local file named (`--param KEY=@FILE`, `--image`), if any:
+    said before anything is uploaded or submitted."""
+    for key, value in parameters.items():
+        if isinstance(value, Path) and not value.is_file():
+            what = "not a file" if value.exists() else "no such file"
+            return f"{key}: {what}: {value}"
+    return None
+
+
 def cmd_generate(client: Client, args: argparse.Namespace) -> int:
     parameters = _parameters(args)
     if args.image:
-        parameters["image"] = client.upload(args.image)["uri"]
+        parameters["image"] = Path(args.image)  # uploaded by the client, as any local file
+    if (problem := _unreadable(parameters)) is not None:
+        print(f"mediagen: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     job = client.generate(
         args.prompt,
         model=args.model,
@@ -140,7 +154,7 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
             print(job.id)
         return EXIT_OK
     try:
-        job = _follow(client, job, quiet=args.json)
+        job = _follow(client, job, quiet=args.json, logs=args.logs)
     except KeyboardInterrupt:
         return _interrupted(job.id)
     files: list[Path] = []
@@ -229,7 +243,7 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 def cmd_wait(client: Client, args: argparse.Namespace) -> int:
     job = client.get(args.job_id)  # its queue position, and a 404 before any display
     try:
-        job = _follow(client, job, quiet=args.json)
+        job = _follow(client, job, quiet=args.json, logs=args.logs)
     except KeyboardInterrupt:
         return _interrupted(job.id)
     if args.json:

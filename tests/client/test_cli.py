@@ -262,6 +262,55 @@ def test_image_priority_retention_and_delete(stack: str, tmp_path: Path) -> None
     assert again.returncode == 3 and "404" in again.stderr
 
 
+def test_param_at_file_uploads_the_file_as_that_parameter(stack: str, tmp_path: Path) -> None:
+    """`--param image=@FILE` uploads any local file and gives its URI as the parameter, as
+    `--image` does; a missing file is one line naming it, exit 2, before anything is sent."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), "green").save(tmp_path / "green.png")
+    done = mediagen(stack, "generate", "a cli fox from an @file", *SIZE, "--param",
+                    "image=@green.png", "--param", "prompt_strength=0.3", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "completed"
+    uri = str(_detail(stack, summary["job_id"])["parameters"]["image"])  # type: ignore[index]
+    assert uri.startswith("mediagen://files/")
+    info = httpx.get(f"{stack}/api/v1/files/{uri.rsplit('/', 1)[1]}", timeout=10).json()
+    assert info["filename"] == "green.png" and info["content_type"] == "image/png"
+    assert _media(stack, info["url"]) == (tmp_path / "green.png").read_bytes()
+
+    newest = httpx.get(f"{stack}/api/v1/jobs", params={"limit": 1}, timeout=10).json()["data"]
+    for args in (["--param", "mask=@missing.png"], ["--image", "missing.png"]):
+        missing = mediagen(stack, "generate", "never sent", *args, cwd=tmp_path)
+        assert missing.returncode == 2
+        assert missing.stdout == "" and missing.stderr.count("\n") == 1, missing.stderr
+        assert "missing.png" in missing.stderr and "no such file" in missing.stderr
+    after = httpx.get(f"{stack}/api/v1/jobs", params={"limit": 1}, timeout=10).json()["data"]
+    assert [job["job_id"] for job in after] == [job["job_id"] for job in newest]  # none sent
+    empty = mediagen(stack, "generate", "x", "--param", "image=@")
+    assert empty.returncode == 2 and "KEY=@FILE" in empty.stderr
+    quoted = mediagen(stack, "generate", "a handle", *SIZE, "--param", 'handle="@fox"',
+                      "--no-wait", "--json")
+    assert quoted.returncode == 0, quoted.stderr
+    job_id = json.loads(quoted.stdout)["job_id"]
+    assert _detail(stack, job_id)["parameters"]["handle"] == "@fox"  # type: ignore[index]
+
+
+def test_generate_logs_prints_the_model_log_lines(stack: str, tmp_path: Path) -> None:
+    done = mediagen(stack, "generate", "a cli logged fox", *SIZE, "--seed", "9",
+                    "--num-outputs", "2", "--logs", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # stdout: the JSON alone
+    logs = str(_detail(stack, summary["job_id"])["logs"])
+    assert done.stderr.splitlines() == logs.splitlines()  # --json: only the log lines
+    assert logs.startswith("rendering 2 png 64x64, seed 9, 50 steps\n")
+    assert logs.count("rendered output") == 2
+    plain = mediagen(stack, "jobs", "wait", summary["job_id"], "--logs")
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stderr.splitlines()
+    assert [line for line in lines if not line.startswith("job ")] == logs.splitlines()
+
+
 def test_models_lists_what_the_service_runs(stack: str, tmp_path: Path) -> None:
     listed = httpx.get(f"{stack}/api/v1/models").json()["data"]
     assert listed, "the service runs at least its default model"
@@ -393,6 +442,19 @@ def test_progress_bar_on_a_terminal(stack: str, tmp_path: Path) -> None:
     assert "completed" in screen
     assert "━" in screen and "100%" in screen, screen
     assert "tty.png" in screen
+    assert (tmp_path / "tty.png").stat().st_size > 0
+
+
+def test_logs_on_a_terminal_print_beside_the_bar(stack: str, tmp_path: Path) -> None:
+    env = {**_env(stack), "TERM": "xterm", "COLUMNS": "100", "LINES": "30"}
+    env.pop("NO_COLOR", None)
+    command = [sys.executable, "-m", "mediagen", "generate", "a cli fox logged on a tty", *SIZE,
+               "--seed", "3", "--logs", "-o", "tty.png"]
+    code, screen = _run_in_pty(command, env, tmp_path)
+    assert code == 0, screen
+    assert "\x1b[" in screen and "100%" in screen, screen  # the bar, drawn
+    assert screen.count("rendering 1 png 64x64, seed 3, 50 steps") == 1, screen
+    assert screen.count("rendered output 0 (image/png") == 1, screen
     assert (tmp_path / "tty.png").stat().st_size > 0
 
 

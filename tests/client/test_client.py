@@ -329,3 +329,30 @@ async def test_without_an_events_endpoint_wait_polls() -> None:
         final = await mg.wait(job_id, progress=lambda e, d: seen.append(d["status"]), timeout=20)
     assert final.status == "completed"
     assert seen == ["processing", "completed"]
+
+
+async def test_a_resume_answered_204_still_reports_the_final_status() -> None:
+    """The job finished while the stream was down, before its events reached the server's
+    stream: the resume gets 204, and the final status comes from the job as read."""
+    job_id = str(uuid.uuid4())
+    opened: list[httpx.Request] = []
+    pending = {"job_id": job_id, "status": "pending", "retry_count": 0, "error": None,
+               "error_code": None, "attempts": 0, "result_url": None, "output": None}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            opened.append(request)
+            if len(opened) == 1:  # one event, then the connection ends
+                body = f"id: 1-0\nevent: status\ndata: {json.dumps(pending)}\n\n"
+                return httpx.Response(
+                    200, headers={"content-type": "text/event-stream"}, content=body.encode()
+                )
+            return httpx.Response(204)
+        return httpx.Response(200, json={**pending, "status": "canceled"})
+
+    seen: list[str] = []
+    async with AsyncClient("http://mediagen.test", transport=httpx.MockTransport(answer)) as mg:
+        final = await mg.wait(job_id, progress=lambda e, d: seen.append(d["status"]), timeout=20)
+    assert final.status == "canceled"
+    assert opened[1].headers["last-event-id"] == "1-0"
+    assert seen == ["pending", "canceled"]

@@ -74,6 +74,18 @@ async def _init_image(
         raise PermanentProviderError(f"input {name!r}: {exc}") from None
 
 
+def _first_line(request: GenerationRequest) -> str:
+    """The log's first line: what the prediction renders."""
+    params = request.parameters
+    seed = params.get("seed")
+    return (
+        f"rendering {int(params.get('num_outputs', 1))} {params.get('output_format', 'png')} "
+        f"{int(params.get('width', 1024))}x{int(params.get('height', 1024))}, "
+        f"seed {'random' if seed is None else seed}, "
+        f"{int(params.get('num_inference_steps', 50))} steps\n"
+    )
+
+
 class BuiltinProvider:
     name = "builtin"
 
@@ -117,7 +129,14 @@ class BuiltinProvider:
             raise PermanentProviderError(self.unavailable)
         self._inject_faults(request)
         prediction_id = f"builtin-{request.job_id}-{request.attempt}-{time.time_ns() // 1_000_000}"
-        return Prediction(prediction_id, PredictionStatus.PROCESSING, poll_after=self.latency)
+        # What it renders is logged from the start, as a model logs while it runs: a follower
+        # of the job's logs sees them grow (this line now, the outputs' lines at the end).
+        return Prediction(
+            prediction_id,
+            PredictionStatus.PROCESSING,
+            logs=_first_line(request),
+            poll_after=self.latency,
+        )
 
     async def get(self, prediction_id: str, request: GenerationRequest) -> Prediction:
         try:
@@ -132,10 +151,7 @@ class BuiltinProvider:
         width, height = int(params.get("width", 1024)), int(params.get("height", 1024))
         steps = int(params.get("num_inference_steps", 50))
         # Its logs, like a model's: what it renders, then each output and how long it took.
-        logs = (
-            f"rendering {count} {fmt} {width}x{height}, "
-            f"seed {'random' if seed is None else seed}, {steps} steps\n"
-        )
+        logs = _first_line(request)
         if remaining > 0:
             return Prediction(
                 prediction_id, PredictionStatus.PROCESSING, logs=logs, poll_after=remaining
