@@ -4,8 +4,8 @@ prediction's input (their default way of sending files).
 
 A file uploaded here is an input file like one uploaded to `/api/v1/files` (same id, limits,
 storage quota, type found from its bytes, expiry, owner). A prediction made at `/v1` whose input
-is a `urls.get` of this service takes it as that file of the caller's (`file_urls`, through
-`mediagen.files.inputs`): nothing is fetched."""
+is a `urls.get` of this service takes it as that file of the caller's
+(`predictions.file_urls`, through `mediagen.files.inputs.by_url`): nothing is fetched."""
 
 from __future__ import annotations
 
@@ -40,9 +40,8 @@ _UPLOAD_BODY = {
                     FIELD: {"type": "string", "format": "binary"},
                     "filename": {
                         "type": "string",
-                        "maxLength": upload.MAX_FIELD,
-                        "description": "The name to keep, if it comes before `content` "
-                        "(by default the name `content` was sent with).",
+                        "description": "The name to keep (at most 255 characters), if it "
+                        "comes before `content` (by default the name `content` was sent with).",
                     },
                     "type": {"type": "string", "description": "Ignored: found from the bytes."},
                     "metadata": {"type": "string", "description": "Ignored: not kept."},
