@@ -29,7 +29,7 @@ UNKNOWN = "6d1f0b8e-4c3a-4f6e-9a2b-7e5d3c1a0f94"  # a file id nobody made
 
 
 class Recording(httpx.HTTPTransport):
-    """Each request the client made (method, path, JSON body if any), over `inner`'s TLS."""
+    """Each request the client made (method, path, JSON body if any), trusting the test CA."""
 
     def __init__(self, stack: Stack) -> None:
         super().__init__(verify=stack.verify())
