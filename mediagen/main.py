@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         streamed={  # they read their own, capped as they go
             **cog_webhooks.streamed_limits(settings, API_PREFIX),
             API_PREFIX + files_router.PATH: files_router.upload_limit(settings.max_file_bytes),
+            replicate_api.FILES: files_router.upload_limit(settings.max_file_bytes),
         },
     )
     observed.install(app, settings)  # around everything: request id, access log, metrics

@@ -11,6 +11,12 @@ A parameter counts when its value is one string of one of these forms:
   DOWNLOAD_ALLOW_PRIVATE, MAX_FILE_BYTES, typed by its bytes), and stored as a file of the
   job's key. It is recorded at submit already.
 
+A surface may name its uploads by URL as well: `/v1` gives each file a `urls.get`
+(`<service root>/v1/files/<id>`), which Replicate's clients send as the input. A submit through
+it passes those URL prefixes (`file_urls`), and a value that is one of them and an id is taken
+as `mediagen://files/<id>` (written so in the job's parameters): the same upload, of the caller
+only, never fetched over HTTP.
+
 Every other value that reads as a URL (`mediagen.files.uris.url_scheme`: `http://`, `ftp:`,
 `file:`, `https://user@...`, ...), and any URL inside a list, is refused at submit (422
 `input_url_refused`): passed on, a model's server would fetch it from inside its network, and
@@ -27,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
@@ -97,6 +104,29 @@ def _items(value: object) -> Iterator[tuple[str, object]]:
             yield where, item
 
 
+_FILE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def by_url(parameters: dict[str, Any], file_urls: Sequence[str]) -> None:
+    """Write each value that is an upload's URL on the submit's surface (one of the prefixes
+    `file_urls`, then a file id) as that file's `mediagen://files/<id>`, in place; 422 for one
+    that starts like it but names no file."""
+    if not file_urls:
+        return
+    for name, value in parameters.items():
+        prefix = next(
+            (p for p in file_urls if isinstance(value, str) and value.startswith(p)), None
+        )
+        if prefix is None:
+            continue
+        file_id = value[len(prefix) :]
+        if not _FILE_ID.fullmatch(file_id):
+            raise InvalidInputError(
+                f"parameter {name!r}: {value[:200]!r} names no file (`urls.get` of a file)"
+            )
+        parameters[name] = service.uri_of(file_id.lower())
+
+
 def screen(parameters: dict[str, Any]) -> None:
     """Refuse (422 `input_url_refused`) every URL-like value that is not an input file in one
     of the three forms, and every URL-like item inside a list or object; an https URL whose
@@ -152,12 +182,15 @@ async def accept(
     job_id: uuid.UUID,
     owner: uuid.UUID | None,
     settings: Settings,
+    file_urls: Sequence[str] = (),
 ) -> list[str] | None:
-    """Check and prepare the inputs `parameters` name (changing `data:` values in place into the
-    files they were stored as); the file ids the job uses, or None when it names none.
+    """Check and prepare the inputs `parameters` name (changing `data:` values, and uploads
+    named by their URL on the surface (`file_urls`, `by_url`), in place into the files they
+    name); the file ids the job uses, or None when it names none.
 
     Refuses (422) URL-like values that name no input file (`screen`). One statement for
     uploaded files; no query for a job without inputs."""
+    by_url(parameters, file_urls)
     screen(parameters)
     found = named(parameters)
     if not found:

@@ -12,7 +12,6 @@ from mediagen.files.schemas import FileInfo
 from mediagen.jobs.router import READ, Caller, Reader
 from mediagen.jobs.schemas import ErrorResponse
 from mediagen.jobs.service import json_response
-from mediagen.keys.owners import owner_id
 
 router = APIRouter(tags=["files"])
 PATH = "/files"
@@ -72,16 +71,7 @@ async def create_file(request: Request, owner: Caller) -> Response:
     boundary = upload.boundary_of(request.headers.get("content-type"))
     body = upload.capped(request.stream(), upload_limit(settings.max_file_bytes))
     part = await upload.file_part(body, boundary)
-    row = await service.store(
-        state.storage,
-        part.body,
-        owner=owner_id(owner),
-        filename=part.filename,
-        ttl=settings.file_ttl,
-        limit=settings.max_file_bytes,
-        max_pixels=settings.max_input_pixels,
-        quota=settings.storage_quota_bytes,
-    )
+    row = await service.upload(state.storage, settings, part.body, owner, part.filename)
     return json_response(await service.describe(row, state.storage), 201)
 
 

@@ -15,16 +15,17 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
-from mediagen.config import get_settings
+from mediagen.config import Settings, get_settings
 from mediagen.errors import NotFoundError, PayloadTooLargeError
 from mediagen.files import quota as quotas
 from mediagen.files.models import InputFile
 from mediagen.files.sniff import HEAD_BYTES, SIZE_BYTES, check_pixels, dimensions, sniff
 from mediagen.files.uris import FILE_URI
 from mediagen.keys.models import ApiKey
-from mediagen.keys.owners import owned
+from mediagen.keys.owners import owned, owner_id
 from mediagen.storage.base import Body, Storage
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,31 @@ async def store(
         raise
 
 
+async def upload(
+    storage: Storage, settings: Settings, body: Body, owner: ApiKey | None, filename: str
+) -> InputFile:
+    """Store a file a caller uploads (`/api/v1/files`, `/v1/files`), kept FILE_TTL, within
+    MAX_FILE_BYTES, MAX_INPUT_PIXELS and the key's STORAGE_QUOTA_BYTES (`store`)."""
+    return await store(
+        storage,
+        body,
+        owner=owner_id(owner),
+        filename=filename,
+        ttl=settings.file_ttl,
+        limit=settings.max_file_bytes,
+        max_pixels=settings.max_input_pixels,
+        quota=settings.storage_quota_bytes,
+    )
+
+
+def unexpired(owner: ApiKey | None) -> QuerySet[InputFile]:
+    """`owner`'s files that have not expired: the ones it can see and use."""
+    return owned(InputFile, owner).filter(expires_at__gt=datetime.now(UTC))
+
+
 async def get_owned(file_id: uuid.UUID, owner: ApiKey | None) -> InputFile:
     """The file if `owner` uploaded it and it has not expired: another key's is "not found"."""
-    row = await owned(InputFile, owner).get_or_none(id=file_id, expires_at__gt=datetime.now(UTC))
+    row = await unexpired(owner).get_or_none(id=file_id)
     if row is None:
         raise NotFoundError(f"file {file_id} not found")
     return row

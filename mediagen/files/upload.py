@@ -16,17 +16,21 @@ from urllib.parse import unquote
 from mediagen.errors import InvalidInputError, PayloadTooLargeError
 
 MAX_HEADERS = 16 * 1024  # one part's headers
+MAX_FIELD = 1024  # what is kept of a text field beside the file (a file name)
 OVERHEAD = 64 * 1024  # what the form may add around the file: boundaries, headers, small fields
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;,"]{1,70}))', re.IGNORECASE)
 _PARAM = re.compile(r';\s*([A-Za-z*]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
 
 
-def boundary_of(content_type: str | None) -> bytes:
-    """The boundary of a multipart/form-data body, or 422 saying the body is not one."""
+def boundary_of(content_type: str | None, field: str = "file") -> bytes:
+    """The boundary of a multipart/form-data body, or 422 saying the body is not one (whose
+    file goes in the part named `field`)."""
     value = content_type or ""
     match = _BOUNDARY.search(value)
     if not value.lower().startswith("multipart/form-data") or match is None:
-        raise InvalidInputError("upload the file as multipart/form-data, in a field named `file`")
+        raise InvalidInputError(
+            f"upload the file as multipart/form-data, in a field named `{field}`"
+        )
     return (match.group(1) or match.group(2)).encode("latin-1")
 
 
@@ -48,6 +52,7 @@ def capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
 class Part:
     filename: str
     body: AsyncIterator[bytes]
+    fields: dict[str, str]  # the small text fields wanted that came before the file
 
 
 class _Reader:
@@ -107,17 +112,41 @@ def _disposition(value: str) -> dict[str, str]:
     return params
 
 
-async def file_part(chunks: AsyncIterator[bytes], boundary: bytes) -> Part:
-    """The part named `file`, its body streaming; parts before it are read and dropped."""
+async def _text(body: AsyncIterator[bytes]) -> str:
+    """A small text field's value: its first MAX_FIELD bytes (the rest is read and dropped)."""
+    data = b""
+    async for chunk in body:
+        if len(data) < MAX_FIELD:
+            data += chunk[: MAX_FIELD - len(data)]
+    return data.decode("utf-8", "replace")
+
+
+async def file_part(
+    chunks: AsyncIterator[bytes],
+    boundary: bytes,
+    field: str = "file",
+    wanted: frozenset[str] = frozenset(),
+) -> Part:
+    """The part named `field`, its body streaming; the `wanted` text fields before it are
+    kept (those after it are never read), other parts before it read and dropped."""
     reader = _Reader(chunks, boundary)
     await reader._until(reader.delimiter, OVERHEAD)  # a preamble, usually empty
+    fields: dict[str, str] = {}
     while (headers := await reader.next_part()) is not None:
         params = _disposition(headers.get("content-disposition", ""))
-        if params.get("name") == "file":
-            name = unquote(params.get("filename*", "").rpartition("'")[2]) or params.get(
+        name = params.get("name", "")
+        if name == field:
+            filename = unquote(params.get("filename*", "").rpartition("'")[2]) or params.get(
                 "filename", ""
             )
-            return Part(name.replace("\\", "/").rpartition("/")[2][:255] or "upload", reader.body())
+            return Part(
+                filename.replace("\\", "/").rpartition("/")[2][:255] or "upload",
+                reader.body(),
+                fields,
+            )
+        if name in wanted:
+            fields[name] = await _text(reader.body())
+            continue
         async for _ in reader.body():
             pass
-    raise InvalidInputError("the form has no field named `file`")
+    raise InvalidInputError(f"the form has no field named `{field}`")

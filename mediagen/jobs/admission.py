@@ -59,7 +59,8 @@ class Admission:
     its refusals name the entry, and its in-flight refusal speaks of the batch). Each webhook
     URL is checked once per submission. `schemas`: where Cog models' input schemas are found
     (without it, only the models file's); `field`: what the surface calls a job's inputs
-    (`parameters`, or `/v1`'s `input`), for the refusals."""
+    (`parameters`, or `/v1`'s `input`), for the refusals; `file_urls`: the URL prefixes under
+    which the surface names uploads (`mediagen.files.inputs.by_url`)."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Admission:
         batch: bool = False,
         schemas: InputSchemas | None = None,
         field: str = "parameters",
+        file_urls: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -76,6 +78,7 @@ class Admission:
         self.batch = batch
         self.schemas = schemas
         self.field = field
+        self.file_urls = file_urls
         self._checked: set[str] = set()
 
     async def webhook(self, url: str) -> None:
@@ -161,7 +164,9 @@ class Admission:
         try:
             for index, job in enumerate(jobs):
                 with self._entry(index):
-                    files = await inputs.accept(job.parameters, job.id, owner, self.settings)
+                    files = await inputs.accept(
+                        job.parameters, job.id, owner, self.settings, self.file_urls
+                    )
                 if files:
                     accepted[index] = dataclasses.replace(job, input_files=files)
         except BaseException:

@@ -1,6 +1,6 @@
-"""Keyset paging over a caller's jobs, newest first on `(created_at, id)`: the order of the
-`(api_key_id, created_at, id)` index, so a page costs one range read wherever it starts and
-does not shift when jobs are added or deleted meanwhile.
+"""Keyset paging over a caller's jobs (and input files), newest first on `(created_at, id)`:
+for jobs the order of the `(api_key_id, created_at, id)` index, so a page costs one range read
+wherever it starts; for any rows, a page does not shift when rows are added or deleted meanwhile.
 
 A position is the cursor `{created_at in µs since the epoch}~{id hex}` of a job; any string
 of that shape is valid, so the schemas can state exactly which cursors are accepted. A page
@@ -14,20 +14,41 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, Protocol, TypeVar
 
 from tortoise.expressions import Q
+from tortoise.models import Model
 from tortoise.queryset import QuerySet
 
-from mediagen.jobs.models import Job
-
+# A position, as the schemas state it (without anchors).
+CURSOR = r"[0-9]{1,16}~[0-9a-f]{32}"
 NEWEST_FIRST = ("-created_at", "-id")
 OLDEST_FIRST = ("created_at", "id")
 
 
-def encode_cursor(job: Job) -> str:
-    """The position of `job`: `{created_at in µs since the epoch}~{id hex}`."""
-    micros = int(job.created_at.timestamp()) * 1_000_000 + job.created_at.microsecond
-    return f"{micros}~{job.id.hex}"
+class Stamped(Protocol):
+    """A row that can be paged: a job, an input file."""
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+M = TypeVar("M", bound=Model)
+
+
+def _at(row: Model) -> tuple[datetime, uuid.UUID]:
+    stamped: Stamped = row  # type: ignore[assignment]  # every model paged has both fields
+    return stamped.created_at, stamped.id
+
+
+def encode_cursor(row: Model) -> str:
+    """The position of `row`: `{created_at in µs since the epoch}~{id hex}`."""
+    created_at, row_id = _at(row)
+    micros = int(created_at.timestamp()) * 1_000_000 + created_at.microsecond
+    return f"{micros}~{row_id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
@@ -47,28 +68,28 @@ def _newer(created_at: datetime, job_id: uuid.UUID) -> Q:
 
 
 @dataclass(frozen=True)
-class Page:
-    """Jobs newest first, and whether more lie that way: `older` after the last one, `newer`
+class Page(Generic[M]):
+    """Rows newest first, and whether more lie that way: `older` after the last one, `newer`
     before the first one (False when not known: see `page`)."""
 
-    jobs: list[Job]
+    rows: list[M]
     older: bool
     newer: bool
 
 
 async def page(
-    query: QuerySet[Job],
+    query: QuerySet[M],
     size: int,
     fields: Sequence[str],
     *,
     after: str | None = None,
     before: str | None = None,
     both_ways: bool = False,
-) -> Page:
-    """Up to `size` jobs of `query` (reading only `fields`): the newest, or those just after
+) -> Page[M]:
+    """Up to `size` rows of `query` (reading only `fields`): the newest, or those just after
     the cursor `after`, or just before the cursor `before`.
 
-    More that way is known from the page itself (one job more is read). The other way costs
+    More that way is known from the page itself (one row more is read). The other way costs
     one EXISTS on the index, asked only with `both_ways`; without it, that side says False."""
     if before is not None:
         ordered = query.filter(_newer(*decode_cursor(before))).order_by(*OLDEST_FIRST)
@@ -78,12 +99,12 @@ async def page(
         ordered = query.order_by(*NEWEST_FIRST)
     found = await ordered.limit(size + 1).only(*fields)
     beyond = len(found) > size
-    jobs = found[:size]
+    rows = found[:size]
     if before is not None:
-        jobs.reverse()
+        rows.reverse()
     older, newer = (False, beyond) if before is not None else (beyond, False)
-    if both_ways and jobs and before is not None:
-        older = await query.filter(_older(jobs[-1].created_at, jobs[-1].id)).exists()
-    elif both_ways and jobs and after is not None:
-        newer = await query.filter(_newer(jobs[0].created_at, jobs[0].id)).exists()
-    return Page(jobs, older, newer)
+    if both_ways and rows and before is not None:
+        older = await query.filter(_older(*_at(rows[-1]))).exists()
+    elif both_ways and rows and after is not None:
+        newer = await query.filter(_newer(*_at(rows[0]))).exists()
+    return Page(rows, older, newer)

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from mediagen.catalog import MODEL_PATTERN
 from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, get_settings
+from mediagen.jobs import paging
 from mediagen.jobs.parameters import NO_NUL, Parameters
 from mediagen.jobs.states import JobStatus, Priority
 
@@ -300,7 +301,7 @@ class JobQuery(BaseModel):
     created_before: IsoDatetime | None = None
     limit: int = Field(20, ge=1, le=100)
     cursor: str | None = Field(
-        None, pattern=r"^[0-9]{1,16}~[0-9a-f]{32}$", description="From the previous page's `next`."
+        None, pattern=rf"^{paging.CURSOR}$", description="From the previous page's `next`."
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -55,6 +56,7 @@ async def create_job(
     surface: tuple[str, str] | None = None,
     schemas: InputSchemas | None = None,
     job_id: uuid.UUID | None = None,
+    file_urls: Sequence[str] = (),
 ) -> uuid.UUID:
     """Accept a job (durable once this returns) and have it dispatched after the commit; its id
     is `job_id` if given (reserved by an Idempotency-Key's claim), else a new one. Its
@@ -62,10 +64,13 @@ async def create_job(
     public name it keeps (`Catalog.job_model`); the other checks are `admission`'s (`schemas`:
     the process's input schemas, which a Cog job's inputs are checked against). `surface`: the
     other API that made it and the base URL it was called at (`("replicate", base)`: its
-    webhooks take that API's shape, and its refusals call the inputs `input`)."""
+    webhooks take that API's shape, and its refusals call the inputs `input`); `file_urls`: where
+    that API's uploads are (`mediagen.files.inputs.by_url`)."""
     catalog = catalog or get_catalog()
     field = "parameters" if surface is None else "input"
-    admission = Admission(settings, owner, catalog, schemas=schemas, field=field)
+    admission = Admission(
+        settings, owner, catalog, schemas=schemas, field=field, file_urls=file_urls
+    )
     job = await admission.job(request, job_id=job_id)
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
     [job] = await admission.inputs([job])
@@ -171,7 +176,7 @@ async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], s
         jobs = jobs.filter(created_at__lt=query.created_before)
     # Only what a summary shows: a page must not carry each job's logs and parameters.
     found = await paging.page(jobs, query.limit, _SUMMARY, after=query.cursor or None)
-    return found.jobs, paging.encode_cursor(found.jobs[-1]) if found.older else None
+    return found.rows, paging.encode_cursor(found.rows[-1]) if found.older else None
 
 
 async def status_of(job: Job, storage: Storage) -> JobStatusResponse:

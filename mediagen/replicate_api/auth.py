@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
@@ -21,3 +23,15 @@ async def replicate_caller(
 ) -> ApiKey | None:
     """The calling key, or None for an anonymous caller where AUTH_REQUIRED allows it."""
     return await identify(request.app.state, request.headers.get("authorization"), SCHEMES)
+
+
+Caller = Annotated[ApiKey | None, Depends(replicate_caller)]
+
+
+async def _reader(request: Request, owner: Caller) -> ApiKey | None:
+    """A read, within RATE_LIMIT_READS_PER_MINUTE (429 past it)."""
+    request.app.state.read_limiter.check(owner)
+    return owner
+
+
+Reader = Annotated[ApiKey | None, Depends(_reader)]

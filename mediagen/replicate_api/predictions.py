@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mediagen.base_url import absolute
+from mediagen.files.uris import FILE_URI
 from mediagen.jobs import values
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import predict_time
@@ -25,6 +26,7 @@ from mediagen.storage.base import Storage
 from mediagen.storage.signing import MediaSigner
 
 PREFIX = "/v1"
+FILES_PATH = "/files"  # Replicate's files API (`mediagen.replicate_api.files`)
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
 
 STATUS: dict[JobStatus, PredictionStatus] = {
@@ -73,10 +75,23 @@ def stream_url(job_id: uuid.UUID | str, base: str, signer: MediaSigner | None) -
     return f"{url}?{signer.query(stream_key(job_id))}" if signer else url
 
 
-def input_of(job: Job) -> dict[str, Any]:
-    """The inputs it was given: its parameters, and its prompt as `prompt` (a prediction made
-    without one, for a model that takes none, has an empty prompt: none is shown)."""
-    parameters = dict(job.parameters or {})
+def file_urls(base: str) -> str:
+    """The start of every file's `urls.get` (`/v1/files`) at the service root `base`; its id
+    follows."""
+    return f"{base}{PREFIX}{FILES_PATH}/"
+
+
+def input_of(job: Job, base: str) -> dict[str, Any]:
+    """The inputs it was given: its parameters, each input file as its `urls.get`, and its
+    prompt as `prompt` (a prediction made without one, for a model that takes none, has an
+    empty prompt: none is shown)."""
+    files = file_urls(base)
+    parameters = {
+        name: f"{files}{value.removeprefix(FILE_URI)}"
+        if isinstance(value, str) and value.startswith(FILE_URI)
+        else value
+        for name, value in (job.parameters or {}).items()
+    }
     return {"prompt": job.prompt, **parameters} if job.prompt else parameters
 
 
@@ -112,7 +127,7 @@ async def prediction_of(
         id=str(job.id),
         model=model_name(model),
         version=version_id(model),
-        input=input_of(job),
+        input=input_of(job, base),
         output=await output_of(job, storage, base, state),
         logs=(job.logs or "") if with_logs else "",
         error=job.error if state is JobStatus.FAILED else None,

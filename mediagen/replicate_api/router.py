@@ -5,7 +5,7 @@ errors as problem+json for every path under `/v1` (`problems`, through `mediagen
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -14,9 +14,8 @@ from sse_starlette import EventSourceResponse
 from mediagen import errors_http
 from mediagen.errors import InvalidInputError
 from mediagen.keys.auth import bearer
-from mediagen.keys.models import ApiKey
-from mediagen.replicate_api import problems, service, streaming, waiting
-from mediagen.replicate_api.auth import replicate_caller
+from mediagen.replicate_api import files, pages, problems, service, streaming, waiting
+from mediagen.replicate_api.auth import Caller, Reader
 from mediagen.replicate_api.predictions import PREFIX
 from mediagen.replicate_api.schemas import (
     STREAM_EVENT_SCHEMA,
@@ -24,23 +23,13 @@ from mediagen.replicate_api.schemas import (
     ModelVersion,
     PredictionPage,
     PredictionRequest,
-    Problem,
     ReplicateModel,
     ReplicatePrediction,
     WebhookSecret,
 )
 
 router = APIRouter(tags=["replicate"], lifespan=waiting.lifespan)
-Caller = Annotated[ApiKey | None, Depends(replicate_caller)]
-
-
-async def _reader(request: Request, owner: Caller) -> ApiKey | None:
-    """A read, within RATE_LIMIT_READS_PER_MINUTE (429 past it)."""
-    request.app.state.read_limiter.check(owner)
-    return owner
-
-
-Reader = Annotated[ApiKey | None, Depends(_reader)]
+FILES = PREFIX + files.PATH  # uploads: streamed, capped as they are read
 Owner = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
 Name = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)]
 Prefer = Annotated[
@@ -54,44 +43,12 @@ Prefer = Annotated[
 ]
 
 
-_PROBLEM = {"schema": Problem.model_json_schema()}
-_TOO_LARGE = {
-    "schema": {
-        "type": "object",
-        "properties": {"detail": {"type": "string"}, "code": {"type": "string"}},
-        "required": ["detail", "code"],
-    }
-}
-
-
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {
-        400: "The body could not be read, or the Host is not served here (ALLOWED_HOSTS).",
-        401: "A valid API token is required.",
-        404: "Not found (or not yours).",
-        422: "The request is invalid.",
-        413: "The request body is too large.",
-        429: "Rate limited or too many predictions running; see Retry-After.",
-        503: "The database or Redis is unavailable; see Retry-After.",
-    }
-    return {
-        code: {
-            "description": text[code],
-            # A body over MAX_BODY_BYTES is refused before routing, in mediagen's own shape.
-            "content": {"application/json": _TOO_LARGE}
-            if code == 413
-            else {"application/problem+json": _PROBLEM},
-        }
-        for code in codes
-    }
-
-
 @router.post(
     "/models/{owner}/{name}/predictions",
     status_code=201,
     response_model=ReplicatePrediction,
     summary="Create a prediction of a model",
-    responses=_problems(400, 401, 404, 413, 422, 429, 503),
+    responses=problems.responses(400, 401, 404, 413, 422, 429, 503),
 )
 async def create_model_prediction(
     owner: Owner,
@@ -110,7 +67,7 @@ async def create_model_prediction(
     status_code=201,
     response_model=ReplicatePrediction,
     summary="Create a prediction of a model version",
-    responses=_problems(400, 401, 404, 413, 422, 429, 503),
+    responses=problems.responses(400, 401, 404, 413, 422, 429, 503),
 )
 async def create_prediction(
     body: PredictionRequest, request: Request, caller: Caller, prefer: Prefer = None
@@ -123,18 +80,12 @@ async def create_prediction(
     "/predictions",
     response_model=PredictionPage,
     summary="List your predictions, newest first",
-    responses=_problems(400, 401, 422, 429),
+    responses=problems.responses(400, 401, 422, 429),
 )
 async def list_predictions(
     request: Request,
     caller: Reader,
-    cursor: Annotated[
-        str | None,
-        Query(
-            pattern=r"^p?[0-9]{1,16}~[0-9a-f]{32}$",
-            description="From a page's `next` or `previous` (`p`: the page before).",
-        ),
-    ] = None,
+    cursor: pages.Cursor = None,
 ) -> PredictionPage:
     """Every job of the key (whatever API made it), as predictions: follow `next` (older) or
     `previous` (newer)."""
@@ -145,7 +96,7 @@ async def list_predictions(
     "/predictions/{prediction_id}",
     response_model=ReplicatePrediction,
     summary="Get a prediction",
-    responses=_problems(400, 401, 404, 422, 429),
+    responses=problems.responses(400, 401, 404, 422, 429),
 )
 async def get_prediction(
     prediction_id: str, request: Request, caller: Reader
@@ -163,7 +114,7 @@ async def get_prediction(
             '`done` (`{}` or `{"reason": "canceled"}`), after which the stream ends.',
             "content": {"text/event-stream": {"schema": STREAM_EVENT_SCHEMA}},
         },
-        **_problems(400, 401, 404, 422, 429, 503),
+        **problems.responses(400, 401, 404, 422, 429, 503),
     },
 )
 async def stream_prediction(
@@ -194,7 +145,7 @@ def _exactly_as_signed(request: Request) -> None:
     "/predictions/{prediction_id}/cancel",
     response_model=ReplicatePrediction,
     summary="Cancel a prediction",
-    responses=_problems(400, 401, 404, 422, 429),
+    responses=problems.responses(400, 401, 404, 422, 429),
 )
 async def cancel_prediction(
     prediction_id: str, request: Request, caller: Caller
@@ -207,7 +158,7 @@ async def cancel_prediction(
     "/models/{owner}/{name}",
     response_model=ReplicateModel,
     summary="Get a model",
-    responses=_problems(400, 401, 404, 422, 429),
+    responses=problems.responses(400, 401, 404, 422, 429),
 )
 async def get_model(owner: Owner, name: Name, request: Request, caller: Reader) -> ReplicateModel:
     """A model this service runs, with its input schema where its provider has one."""
@@ -218,7 +169,7 @@ async def get_model(owner: Owner, name: Name, request: Request, caller: Reader) 
     "/models/{owner}/{name}/versions/{version_id}",
     response_model=ModelVersion,
     summary="Get a model version",
-    responses=_problems(401, 404, 422, 429),
+    responses=problems.responses(401, 404, 422, 429),
 )
 async def get_version(
     owner: Owner, name: Name, version_id: str, request: Request, caller: Reader
@@ -230,7 +181,7 @@ async def get_version(
     "/webhooks/default/secret",
     response_model=WebhookSecret,
     summary="Get the secret that signs your webhooks",
-    responses=_problems(401, 404, 429),
+    responses=problems.responses(401, 404, 429),
 )
 async def webhook_secret(request: Request, caller: Reader) -> WebhookSecret:
     """The calling key's `whsec_` secret (WEBHOOK_SECRET for a keyless caller)."""
@@ -246,4 +197,5 @@ def install(app: FastAPI) -> None:
     """Serve Replicate's API at PREFIX, its errors (a 404 or 405 of any path under it too) as
     problem details."""
     app.include_router(router, prefix=PREFIX)
+    app.include_router(files.router, prefix=PREFIX)
     errors_http.add_renderer(app, PREFIX, problems.render)

@@ -125,6 +125,38 @@ class PredictionPage(BaseModel):
     results: list[ReplicatePrediction]
 
 
+class FileUrls(BaseModel):
+    get: str = Field(
+        description="This file's address (`GET /v1/files/{id}`): give it as a prediction's "
+        "input and the prediction uses the file (of the same key)."
+    )
+
+
+class ReplicateFile(BaseModel):
+    """An input file (`/api/v1/files`, same id) as Replicate's files API shows it."""
+
+    id: str
+    name: str = Field(description="The name it was uploaded under.")
+    content_type: str = Field(description="Its media type, found from its bytes.")
+    size: int = Field(description="In bytes.")
+    etag: str = Field(description="Stands for its bytes, which never change under an id.")
+    checksums: dict[str, str] = Field(description="Not computed: always empty.")
+    metadata: dict[str, Any] = Field(description="Not kept: always empty.")
+    created_at: str
+    expires_at: str = Field(
+        description="When it is deleted (FILE_TTL after upload, later while a prediction uses it)."
+    )
+    urls: FileUrls
+
+
+class FilePage(BaseModel):
+    """A page of files, newest first: follow `next` (a URL) until it is null."""
+
+    next: str | None
+    previous: str | None
+    results: list[ReplicateFile]
+
+
 class ModelVersion(BaseModel):
     id: str = Field(description="A 64-hex version id.")
     created_at: str

@@ -16,18 +16,18 @@ from mediagen.catalog import BUILTIN_MODEL, Catalog, ModelNotAllowedError, Model
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, InvalidInputError, NotFoundError
 from mediagen.errors_http import describe
-from mediagen.jobs import paging
 from mediagen.jobs import repository as repo
 from mediagen.jobs import service as jobs
 from mediagen.jobs.models import Job
 from mediagen.jobs.schemas import GenerateRequest, InputsRequest
 from mediagen.keys.models import ApiKey
 from mediagen.keys.owners import owned, owner_id
-from mediagen.replicate_api import waiting
+from mediagen.replicate_api import pages, waiting
 from mediagen.replicate_api.models import model_of, version_of
 from mediagen.replicate_api.predictions import (
     PREFIX,
     as_json,
+    file_urls,
     model_name,
     prediction_of,
     version_id,
@@ -154,6 +154,7 @@ async def create(
         state.catalog,
         surface=(SURFACE, base),
         schemas=state.input_schemas,
+        file_urls=(file_urls(base),),
     )
     headers: dict[str, str] = {}
     if wait is not None:
@@ -196,27 +197,13 @@ async def cancel(request: Request, owner: ApiKey | None, job_id: uuid.UUID) -> R
 async def list_predictions(
     request: Request, owner: ApiKey | None, cursor: str | None
 ) -> PredictionPage:
-    """One page of the caller's jobs, newest first (`mediagen.jobs.paging`, as `/api/v1/jobs`).
-
-    `next` is the page after the last job, `previous` (a cursor starting with `p`) the page
-    before the first; each is there when a job lies that way."""
+    """One page of the caller's jobs, newest first (as `/api/v1/jobs`, `pages`)."""
     state, base = request.app.state, service_root(request)
-    backwards = cursor is not None and cursor.startswith("p")
-    found = await paging.page(
-        owned(Job, owner),
-        PAGE_SIZE,
-        _LISTED,
-        after=None if backwards else cursor,
-        before=cursor[1:] if cursor is not None and backwards else None,
-        both_ways=True,
+    found = await pages.listed(
+        owned(Job, owner), PAGE_SIZE, _LISTED, cursor, f"{base}{PREFIX}/predictions"
     )
-    results = [await _prediction(state, job, base, with_logs=False) for job in found.jobs]
-    here = f"{base}{PREFIX}/predictions?cursor="
-    return PredictionPage(
-        next=f"{here}{paging.encode_cursor(found.jobs[-1])}" if found.older else None,
-        previous=f"{here}p{paging.encode_cursor(found.jobs[0])}" if found.newer else None,
-        results=results,
-    )
+    results = [await _prediction(state, job, base, with_logs=False) for job in found.rows]
+    return PredictionPage(next=found.next, previous=found.previous, results=results)
 
 
 async def get_model(request: Request, owner: ApiKey | None, name: str) -> ReplicateModel:

@@ -9,7 +9,7 @@ import pytest
 
 from mediagen.errors import InvalidInputError, UnsupportedMediaTypeError
 from mediagen.files.sniff import sniff
-from mediagen.files.upload import boundary_of, file_part
+from mediagen.files.upload import MAX_FIELD, boundary_of, file_part
 
 BOUNDARY = b"----formBoundary7MA4YWxk"
 
@@ -75,6 +75,38 @@ async def test_a_path_in_the_filename_is_dropped() -> None:
 async def test_bad_forms_are_422(data: bytes) -> None:
     with pytest.raises(InvalidInputError):
         await _read(data, 16)
+
+
+def _field(name: str, value: bytes) -> bytes:
+    return (
+        b"--" + BOUNDARY + f'\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value + b"\r\n"
+    )
+
+
+async def test_wanted_fields_before_the_file_are_kept() -> None:
+    """Replicate's form: `content`, with a `filename` field; one after the file is never read."""
+    data = (
+        _field("filename", "chosen ✓.png".encode())
+        + _field("type", b"image/png")
+        + b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="content"; '
+        + b'filename="sent.bin"\r\n\r\nPNGDATA\r\n'
+        + _field("filename", b"late.png")
+        + b"--" + BOUNDARY + b"--\r\n"
+    )
+    part = await file_part(_chunks(data, 5), BOUNDARY, "content", frozenset({"filename"}))
+    assert part.fields == {"filename": "chosen ✓.png"}  # `type` is not wanted
+    assert part.filename == "sent.bin"
+    assert b"".join([chunk async for chunk in part.body]) == b"PNGDATA"
+    with pytest.raises(InvalidInputError, match="`content`"):  # the `file` field is not it
+        await file_part(_chunks(_form(b"x"), 64), BOUNDARY, "content")
+
+
+async def test_a_wanted_field_is_kept_up_to_max_field_bytes() -> None:
+    data = _field("filename", b"x" * 5000) + _form(b"PNG")[len(b"preamble to ignore\r\n") :]
+    part = await file_part(_chunks(data, 100), BOUNDARY, wanted=frozenset({"filename"}))
+    assert part.fields == {"filename": "x" * MAX_FIELD}
+    assert b"".join([chunk async for chunk in part.body]) == b"PNG"
 
 
 def test_boundary_of() -> None:

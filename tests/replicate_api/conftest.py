@@ -28,7 +28,8 @@ from tests.support import Proc, free_port, wait_for
 
 READS = 3  # reads per minute per key on the `limited` API
 SLOW = 5.0  # seconds a job of the `slow` stack takes
-NAMES = ("alice", "bob", "lister", "carol", "jsuser", "jslister", "jsreader")
+NAMES = ("alice", "bob", "lister", "carol", "jsuser", "jslister", "jsreader", "filer", "filethief",
+         "filelister", "jsfiler")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The official JavaScript client (npm `replicate@1.4.0`, on the machine's Node) against
-mediagen's `/v1`: js/run.mjs runs one step per process and reports what it saw as JSON.
+mediagen's `/v1`, its files API included: js/run.mjs runs one step per process and reports what
+it saw as JSON.
 
 The package is installed once into a cache folder outside the repository. Node and npm are
 tools of every machine of ours (scripts/ensure-tools.sh installs them): missing, these tests
@@ -19,10 +20,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import TMP
+from tests.files.images import mean_color, png
 from tests.replicate_api.conftest import READS, Stack, job_detail, stored_bytes
 
 VERSION = "1.4.0"
 SCRIPT = Path(__file__).parent / "js" / "run.mjs"
+RED = (230, 20, 20)
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mediagen-tests"
 
 
@@ -66,6 +69,8 @@ def config(stack: Stack) -> Iterator[Path]:
     out = TMP / "replicate-js"
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.json"
+    image = out / "red.png"
+    image.write_bytes(png(RED, (128, 128)))
     path.write_text(json.dumps({
         "base": f"{stack.tls}/v1",  # the JavaScript client's base URL ends in /v1
         "slow": f"{stack.slow}/v1",
@@ -75,6 +80,8 @@ def config(stack: Stack) -> Iterator[Path]:
         "limited": f"{stack.limited}/v1",
         "limitedAuth": stack.keys["jsreader"].secret,
         "otherWebhookSecret": stack.keys["bob"].webhook_secret,
+        "filerAuth": stack.keys["jsfiler"].secret,
+        "image": str(image),
         "out": str(out),
     }))
     yield path
@@ -175,3 +182,27 @@ def test_a_read_past_the_limit_is_retried_then_refused_with_retry_after(run_step
     assert seen["status"] == 429 and 1 <= seen["retryAfter"] <= 60, seen
     assert seen["contentType"].startswith("application/problem+json")
     assert seen["again"] == {"id": seen["created"], "statuses": [200]}, seen
+
+
+def test_files_create_get_list_delete(stack: Stack, run_step: Any) -> None:
+    seen = run_step("files")
+    made = seen["made"]
+    assert made["content_type"] == "image/png" and made["size"] == seen["size"]
+    assert made["name"].startswith("blob") and made["metadata"] == {}
+    assert made["urls"] == {"get": f"{stack.tls}/v1/files/{made['id']}"}
+    assert seen["got"] == made and made["id"] in seen["listed"]
+    assert seen["deleted"] is True and seen["afterStatus"] == 404
+
+
+def test_run_with_a_file_uploads_it_and_the_prediction_uses_it(stack: Stack,
+                                                               run_step: Any) -> None:
+    seen = run_step("runWithFile")
+    calls = seen["calls"]
+    assert (calls[0]["method"], calls[0]["path"]) == ("POST", "/v1/files"), calls
+    sent = next(call["body"] for call in calls if call["path"].endswith("/predictions"))
+    url = sent["input"]["image"]
+    assert url.startswith(f"{stack.tls}/v1/files/") and url in seen["uploaded"], (url, seen)
+    assert seen["input"]["image"] == url  # the prediction shows the input as it was sent
+    [output] = seen["output"]
+    r, _, b = mean_color(Path(output["path"]).read_bytes(), (0, 0, 1, 0.5))
+    assert r > b + 80, (r, b)  # mostly the input's red

@@ -18,7 +18,7 @@ const SMALL = { width: 64, height: 64 };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const list = (output) => (Array.isArray(output) ? output : [output]);
 
-async function files(output, prefix) {
+async function written(output, prefix) {
   const written = [];
   for (const [index, item] of list(output).entries()) {
     const path = join(config.out, `${prefix}-${index}`);
@@ -38,7 +38,7 @@ const steps = {
       { input: { prompt: "a fox in javascript", ...SMALL, seed: 11, num_outputs: 2 } },
       (prediction) => seen.push(prediction.id),
     );
-    return { id: seen[0], files: await files(output, "run") };
+    return { id: seen[0], files: await written(output, "run") };
   },
 
   // A version id from models.get, then run pinned to it (POST /v1/predictions).
@@ -52,7 +52,7 @@ const steps = {
     return {
       version: version.id,
       inputs: Object.keys(version.openapi_schema.components.schemas.Input.properties),
-      files: await files(output, "version"),
+      files: await written(output, "version"),
     };
   },
 
@@ -231,6 +231,51 @@ const steps = {
       calls, status: refused.response.status, retryAfter, contentType,
       again: { id: again.id, statuses },
       created: created.id,
+    };
+  },
+
+  // files.create (a Blob, as a browser or Node gives one), get, list, delete, get again.
+  async files() {
+    const replicate = client(config.filerAuth);
+    const bytes = await readFile(config.image);
+    const made = await replicate.files.create(new Blob([bytes], { type: "image/png" }), {
+      purpose: "test",
+    });
+    const got = await replicate.files.get(made.id);
+    const listed = (await replicate.files.list()).results.map((file) => file.id);
+    const deleted = await replicate.files.delete(made.id);
+    let afterStatus = 200;
+    try {
+      await replicate.files.get(made.id);
+    } catch (error) {
+      afterStatus = error.response ? error.response.status : String(error);
+    }
+    return { made, got, listed, deleted, afterStatus, size: bytes.length };
+  },
+
+  // run with a Buffer input under the default file encoding strategy: it uploads the file
+  // (POST /files) and sends the returned urls.get, which the prediction uses.
+  async runWithFile() {
+    const calls = [];
+    const recording = async (url, init) => {
+      const body = typeof init?.body === "string" ? JSON.parse(init.body) : null;
+      calls.push({ method: init?.method ?? "GET", path: new URL(url).pathname, body });
+      return fetch(url, init);
+    };
+    const replicate = new Replicate({ auth: config.filerAuth, baseUrl: config.base, fetch: recording });
+    const seen = [];
+    const output = await replicate.run(
+      "mediagen/builtin",
+      { input: { prompt: "over red in javascript", image: await readFile(config.image),
+                 width: 128, height: 128, prompt_strength: 0.2 } },
+      (prediction) => seen.push(prediction),
+    );
+    const files = await replicate.files.list();
+    return {
+      calls,
+      input: seen[0].input,
+      uploaded: files.results.map((file) => file.urls.get),
+      output: await written(output, "with-file"),
     };
   },
 
