@@ -48,11 +48,12 @@ class LocalStorage:
     async def _save(self, key: str, body: Body) -> int:
         """`save`, not counted in the metrics (the health probe writes with it too)."""
         path = self.path_for(key)
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         # Write to a temporary name then rename: readers never see a half-written file.
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         written = 0
         try:
+            # A folder that cannot be made is the store refusing the write too (StorageError).
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
             fh = await asyncio.to_thread(open, tmp, "wb")
             try:
                 if isinstance(body, bytes):
