@@ -5,9 +5,10 @@ with SENTRY_DSN set and the SDK missing, `configure` says so in one line and the
 without it (`mediagen api|worker|beat|run` refuse to start instead).
 
 What is reported: an API request answered 500 (an unexpected exception, or one of ours that
-means a 500, such as storage refusing a write), an exception a worker's task raised, and every
-ERROR log line (Sentry's logging integration; lower lines travel with an event as its
-breadcrumbs). A 503 for a dependency that is down is not: health and metrics report outages.
+means a 500, such as storage refusing a write: `errors_http` calls `capture`), an exception a
+worker's task raised, and every ERROR log line (Sentry's logging integration; lower lines
+travel with an event as its breadcrumbs). A 503 for a dependency that is down is not: health
+and metrics report outages.
 
 What an event never holds, whatever LOG_PROMPTS says:
 - a request's body (the prompt, the parameters) or any header but a few harmless ones
@@ -95,14 +96,24 @@ def _init(settings: Settings, role: Role) -> None:
         # thread, ...): the auto-enabled ones record commands and URLs we would have to scrub.
         auto_enabling_integrations=False,
         integrations=[
-            # A 500 is reported; a 503 (a dependency down) is not.
-            StarletteIntegration(failed_request_status_codes={500}),
-            FastApiIntegration(failed_request_status_codes={500}),
+            # Which answers are reported is `errors_http`'s to say (`capture`): its fast
+            # paths answer outside the handlers these integrations watch.
+            StarletteIntegration(failed_request_status_codes=set()),
+            FastApiIntegration(failed_request_status_codes=set()),
             CeleryIntegration(propagate_traces=tracing),
         ],
         disabled_integrations=[ArgvIntegration()],
     )
     sentry_sdk.set_tag("service", f"mediagen-{role}")
+
+
+def capture(exc: BaseException) -> None:
+    """Report `exc`, if error tracking is on: an error the API answered 500
+    (`errors_http`, the one place that decides what is a 500)."""
+    if _configured_in is not None:
+        import sentry_sdk
+
+        sentry_sdk.capture_exception(exc)
 
 
 def scrub(event: Event, _: Hint) -> Event:

@@ -7,6 +7,7 @@ File I/O runs in a worker thread so the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -65,12 +66,12 @@ class LocalStorage:
                 await asyncio.to_thread(fh.close)
             await asyncio.to_thread(os.replace, tmp, path)
         except OSError as exc:
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            await _discard(tmp)
             raise StorageError(f"cannot write {key}: {exc}") from exc
         except BaseException:
             # The body's own failure (a provider error from a stream cut short or over its size
             # limit) or a cancellation: keep nothing, and let it propagate as it is.
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            await _discard(tmp)
             raise
         return written
 
@@ -115,3 +116,10 @@ class LocalStorage:
 
     async def close(self) -> None:
         return None
+
+
+async def _discard(tmp: Path) -> None:
+    """Remove a write's temporary file, if there is one: a folder that is not there (or not a
+    folder) has none, and the write's own error is the one to tell."""
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)

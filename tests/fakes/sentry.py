@@ -74,7 +74,12 @@ class Sentry:
             found[:] = [event for event in self.events() if match(event)]
             return bool(found)
 
-        wait_for(came, timeout, what=what)
+        try:
+            wait_for(came, timeout, what=what)
+        except TimeoutError as exc:  # say what came instead
+            came_instead = [(e.get("tags"), e.get("exception"), e.get("logentry"))
+                            for e in self.events()]
+            raise TimeoutError(f"{exc}; events: {came_instead}, refused: {self.refused}") from None
         return found[0]
 
 

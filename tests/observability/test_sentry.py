@@ -120,7 +120,8 @@ def test_an_api_request_that_fails_is_reported_with_its_ids(tracked: Tracked) ->
     request_id = response.headers["X-Request-ID"]
 
     event = tracked.sink.wait_event(
-        lambda e: e.get("tags", {}).get("request_id") == request_id, what="the API's event")
+        lambda e: e.get("tags", {}).get("request_id") == request_id,
+        what=f"the API's event\n{tracked.stack.api.tail(60)}")  # type: ignore[union-attr]
     # The job the request was about: the one its access line names.
     job_id = _access_line(tracked.stack.api.log, request_id)["job_id"]  # type: ignore[union-attr]
     assert uuid.UUID(job_id)
