@@ -7,7 +7,7 @@ Fault injection (`BUILTIN_FAULT_INJECTION=true`, for tests and chaos drills only
 directives in the prompt: `[fault:transient=N]` fails the first N attempts with a retryable
 error, `[fault:permanent]` fails every attempt with a permanent one, and `[fault:crash]`
 raises what no provider should (a bug's exception): the step fails unexpectedly, as a bug
-would make it, and the job waits for the sweeper (for error tracking's drills).
+would make it, and the job is left to the sweeper (drills of error tracking).
 
 Pillow (the renderer's) is the extra `mediagen[builtin]`: without it this provider still starts,
 says so in the log, and fails each job at once with the same message (`mediagen run` and
