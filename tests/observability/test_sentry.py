@@ -8,13 +8,16 @@ imported; with it and without the SDK, one line says so.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -157,6 +160,37 @@ def test_a_step_that_raises_is_reported_with_its_ids(tracked: Tracked) -> None:
         "RuntimeError", "injected crash: an unexpected error in the built-in generator")
     assert event["environment"] == ENVIRONMENT
     _assert_nothing_secret(tracked.sink, SECRET_PROMPT, tracked.key)
+
+
+def test_a_step_s_ids_come_back_to_its_task_s_thread() -> None:
+    """A step that took another job's turn ends under that job's ids, and the task's thread
+    (where Celery logs and reports the step's exception) takes them over."""
+    from mediagen.worker import Runtime
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runtime = object.__new__(Runtime)  # its loop alone: no worker, no database
+    runtime.loop = loop
+
+    async def step() -> None:
+        assert context.current() == ("r-message", "j-message")
+        context.request_id.set("r-turn")
+        context.job_id.set("j-turn")
+        raise RuntimeError("a bug")
+
+    def task() -> tuple[str | None, str | None]:
+        context.adopt({context.REQUEST_ID_HEADER: "r-message"}, "j-message")
+        with pytest.raises(RuntimeError):
+            runtime.run(step())
+        return context.current()
+
+    try:
+        assert contextvars.copy_context().run(task) == ("r-turn", "j-turn")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 # --- without the DSN, without the SDK ------------------------------------------------------------
