@@ -221,10 +221,20 @@ def _require_provider(settings: Settings, command: str) -> None:
     )
 
 
+def _require_error_tracking(settings: Settings, command: str) -> None:
+    """With SENTRY_DSN set, Sentry's SDK is installed: a service that would not report its
+    errors refuses to start instead (started otherwise, it says so in its log and runs)."""
+    if settings.sentry_dsn:
+        extras.require(
+            "sentry", f"mediagen {command} with SENTRY_DSN set", alternative="unset SENTRY_DSN"
+        )
+
+
 def cmd_run(_: argparse.Namespace) -> int:
     # Decide embedded-or-not from the real configuration only, not a previous run's file.
     settings = _settings(env_file=".env")
     _require_provider(settings, "run")
+    _require_error_tracking(settings, "run")
     settings.embedded_data_dir.mkdir(parents=True, exist_ok=True)
     with _services(settings) as env:
         os.environ.update(env)
@@ -473,6 +483,8 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.command == "worker-check":
         return _worker_check(settings)
+    if args.command in ("api", "worker", "beat"):
+        _require_error_tracking(settings, args.command)
     if args.command == "api":
         os.environ.update(_metrics_dir(settings, "api"))
         return _exec(_api_cmd(settings, args.workers))

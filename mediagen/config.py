@@ -291,6 +291,13 @@ class Settings(BaseSettings):
     # and, unless METRICS_ENABLED is false, its /metrics; 0: none.
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
+    # Error tracking (docs/logs-and-metrics.md, "Error tracking"): the API's and the workers'
+    # exceptions to this Sentry DSN, with the extra `mediagen[sentry]`; empty: off.
+    sentry_dsn: str = ""
+    # The environment events are filed under (`production`, `staging`); empty: Sentry's default.
+    sentry_environment: str = ""
+    # The share of requests and tasks also sent as performance traces; 0: errors only.
+    sentry_traces_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
 
     @field_validator("public_base_url")
     @classmethod

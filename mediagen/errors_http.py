@@ -27,7 +27,7 @@ from mediagen.errors import (
     RedisUnavailableError,
     ServiceUnavailableError,
 )
-from mediagen.observability import metrics
+from mediagen.observability import metrics, sentry
 from mediagen.proxy import route_path
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,13 @@ def describe(
 
 def error_of(exc: BaseException) -> HttpError | None:
     """The answer to one of our errors or to the database or Redis being down; None for
-    anything else."""
+    anything else. One of ours that answers 500 (storage refusing a write, say) is reported
+    to error tracking, as an unexpected error is (`_unexpected`); a 503 is not."""
     if isinstance(exc, MediagenError):
         if exc.limit is not None:
             metrics.rate_limited(exc.limit)
+        if exc.status_code == 500:
+            sentry.capture(exc)
         return HttpError(exc.status_code, exc.message, exc.code, None, exc.headers, exc.details)
     unavailable: ServiceUnavailableError | None = None
     if _database_down(exc):
@@ -201,6 +204,7 @@ def install(app: FastAPI) -> None:
         error = error_of(exc)
         if error is None:
             log.exception("unhandled error")
+            sentry.capture(exc)
             error = HttpError(500, "internal server error", "internal_error")
         return _rendered(request, error)
 

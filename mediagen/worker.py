@@ -55,7 +55,7 @@ from mediagen.notify.circuit import Circuits
 from mediagen.notify.deliverer import Deliverer
 from mediagen.notify.delivery import Bodies
 from mediagen.notify.service import stranded_deliveries
-from mediagen.observability import exporter, logs, metrics, tracing
+from mediagen.observability import context, exporter, logs, metrics, sentry, tracing
 from mediagen.observability.measured import MeasuredProvider
 from mediagen.outbound import Outbound
 from mediagen.providers.registry import Providers, create_providers
@@ -304,8 +304,16 @@ class Runtime:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run `coro` on this process's loop and wait for it (from a pool thread). The coroutine
-        runs in a copy of the calling thread's context: it sees the task's request and job ids."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        runs in a copy of the calling thread's context: it sees the task's request and job ids.
+        The ids it ends with come back to the calling thread, so what the task logs or reports
+        after it (Celery's line for an exception, its error report) names the job the step
+        ran, which may be another job's turn than its message's (`Pipeline.start`)."""
+        ended: list[context.Ids] = []
+        try:
+            return asyncio.run_coroutine_threadsafe(_ending(coro, ended), self.loop).result(timeout)
+        finally:
+            if ended:
+                context.restore(ended[0])
 
     def close(self) -> None:
         try:
@@ -313,6 +321,14 @@ class Runtime:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+
+
+async def _ending(coro: Coroutine[Any, Any, T], ended: list[context.Ids]) -> T:
+    """`coro`, noting the ids in force when it ends (`Runtime.run`)."""
+    try:
+        return await coro
+    finally:
+        ended.append(context.current())
 
 
 _runtime: Runtime | None = None
@@ -332,6 +348,7 @@ def runtime() -> Runtime:
 def _on_setup_logging(**_: Any) -> None:
     # Connected, so Celery installs no handlers of its own: its lines are structured like ours.
     logs.configure(get_settings(), "worker")
+    sentry.configure(get_settings(), "worker")  # before Celery builds its task tracers
 
 
 def _on_hup(*_: Any) -> None:

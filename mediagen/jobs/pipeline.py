@@ -104,8 +104,9 @@ class Pipeline:
         taken = await self.turns.take(job_id)  # whose turn it is (mediagen.jobs.turns)
         if taken is None:
             return None
-        if taken.job_id != job_id:  # another job's turn: its lines carry its own request id
+        if taken.job_id != job_id:  # another job's turn: its lines carry its own ids
             context.request_id.set(None)
+            context.job_id.set(taken.job_id)
             job_id = taken.job_id
         moved = await self.lifecycle.claim(
             job_id, self.settings.lease_seconds, self.settings.job_timeout

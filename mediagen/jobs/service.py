@@ -72,6 +72,9 @@ async def create_job(
         settings, owner, catalog, schemas=schemas, field=field, file_urls=file_urls
     )
     job = await admission.job(request, job_id=job_id)
+    # The rest of this request's lines (and an error report) are about the job, from here on:
+    # its input files are stored under its id, and it is written next (or refused).
+    context.job_id.set(str(job.id))
     # Input files it names: checked (422), inline ones stored; nothing to do for most jobs.
     [job] = await admission.inputs([job])
     created_at = await repo.insert(
@@ -95,7 +98,6 @@ async def create_job(
     )
     if created_at is None:
         raise await admission.refused([job])
-    context.job_id.set(str(job.id))  # the rest of this request's lines are about the job
     # Not the module's logger: a submit is a hot path (mediagen.observability.logs.FastLogger).
     _created_log.info(
         "job created",

@@ -16,6 +16,8 @@ job_id: ContextVar[str | None] = ContextVar("mediagen_job_id", default=None)
 
 REQUEST_ID_HEADER = "mediagen_request_id"  # on Celery messages (a header name Celery keeps)
 
+Ids = tuple[str | None, str | None]  # (request id, job id)
+
 _header_sources: list[Callable[[dict[str, str]], None]] = []
 
 
@@ -33,6 +35,17 @@ def current_headers() -> dict[str, str]:
     for source in _header_sources:
         source(headers)
     return headers
+
+
+def current() -> Ids:
+    """The request and job ids in force."""
+    return request_id.get(), job_id.get()
+
+
+def restore(ids: Ids) -> None:
+    """Put ids that `current` returned (in another context) in force here."""
+    request_id.set(ids[0])
+    job_id.set(ids[1])
 
 
 def adopt(headers: Mapping[str, object], job: str | None = None) -> None:

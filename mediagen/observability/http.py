@@ -175,6 +175,19 @@ class RequestObserver:
                 observe(route, method, status, seconds)
 
 
+class RequestIds(CorrelationIdMiddleware):
+    """asgi-correlation-id's middleware without its Sentry extension, which imports sentry-sdk
+    wherever it is installed and tags Sentry's scope on every request, error tracking on or
+    off: an error report takes the request id from the context (`observability.sentry`)."""
+
+    def __post_init__(self) -> None:
+        self.sentry_extension = _untracked
+
+
+def _untracked(_: str) -> None:
+    return None
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Wrap `app` (outermost: the request id, then the observer, if ACCESS_LOG or
     METRICS_ENABLED) around everything, Starlette's error middleware included."""
@@ -186,7 +199,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         inner = build()
         if access_log or observe is not None:
             inner = RequestObserver(inner, access_log, observe, templates(app))
-        return CorrelationIdMiddleware(
+        return RequestIds(
             inner, header_name=HEADER, generator=new_request_id, validator=valid_request_id
         )
 

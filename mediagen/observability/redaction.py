@@ -1,10 +1,13 @@
-"""Which parts of a URL are secrets, in one place, for wherever a URL is recorded (trace spans).
+"""Which parts of a request are secrets, in one place, for wherever a request is recorded (trace
+spans, error reports).
 
 - Requests to us: a path may carry a capability (a Cog server's webhook URL ends in its
   prediction's token, its upload URLs carry the upload token) and so may a query (the `sig` of a
   signed `/media` or stream URL, a client's own `token`). `secrets_of` finds them from the
   request's path and query alone, so a request refused before any route ran (a 404, a 413) is
   redacted like any other.
+- Headers: only those named in RECORDED_HEADERS are recorded (`recorded_headers`); any other
+  may carry a credential (Authorization, a webhook's signature, a cookie, a proxy's token).
 - Calls we make: only the scheme, host, port and path of the URL are recorded (`bare`): a
   query string may carry anything the URL's owner put there.
 """
@@ -12,7 +15,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 REDACTED = "REDACTED"
@@ -38,6 +41,25 @@ SECRET_QUERY_KEYS = frozenset(
         "x-amz-security-token",
     }
 )
+
+
+# Request headers recorded as they came (compared without case).
+RECORDED_HEADERS = frozenset(
+    {
+        "accept",
+        "content-length",
+        "content-type",
+        "host",
+        "prefer",
+        "user-agent",
+        "x-request-id",
+    }
+)
+
+
+def recorded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of `headers` that may be recorded (RECORDED_HEADERS)."""
+    return {name: value for name, value in headers.items() if name.lower() in RECORDED_HEADERS}
 
 
 def secrets_of(path: str, query: str = "") -> list[str]:

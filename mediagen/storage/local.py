@@ -7,6 +7,7 @@ File I/O runs in a worker thread so the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -48,11 +49,12 @@ class LocalStorage:
     async def _save(self, key: str, body: Body) -> int:
         """`save`, not counted in the metrics (the health probe writes with it too)."""
         path = self.path_for(key)
-        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         # Write to a temporary name then rename: readers never see a half-written file.
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
         written = 0
         try:
+            # A folder that cannot be made is the store refusing the write too (StorageError).
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
             fh = await asyncio.to_thread(open, tmp, "wb")
             try:
                 if isinstance(body, bytes):
@@ -64,12 +66,12 @@ class LocalStorage:
                 await asyncio.to_thread(fh.close)
             await asyncio.to_thread(os.replace, tmp, path)
         except OSError as exc:
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            await _discard(tmp)
             raise StorageError(f"cannot write {key}: {exc}") from exc
         except BaseException:
             # The body's own failure (a provider error from a stream cut short or over its size
             # limit) or a cancellation: keep nothing, and let it propagate as it is.
-            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            await _discard(tmp)
             raise
         return written
 
@@ -114,3 +116,10 @@ class LocalStorage:
 
     async def close(self) -> None:
         return None
+
+
+async def _discard(tmp: Path) -> None:
+    """Remove a write's temporary file, if there is one: a folder that is not there (or not a
+    folder) has none, and the write's own error is the one to tell."""
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)

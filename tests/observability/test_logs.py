@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 
 from mediagen.broker import Task
@@ -292,7 +291,7 @@ def test_no_request_observer_when_access_log_and_metrics_are_off() -> None:
         _layers(quiet.build_middleware_stack()),
         _layers(loud.build_middleware_stack()),
     )
-    assert quiet_layers[0] == loud_layers[0] == CorrelationIdMiddleware.__name__
+    assert quiet_layers[0] == loud_layers[0] == observed.RequestIds.__name__
     assert "RequestObserver" not in quiet_layers
     assert loud_layers[1] == "RequestObserver"  # inside the request id, outside the rest
     assert "ServerErrorMiddleware" in loud_layers[2:]

@@ -5,7 +5,9 @@ simulated latency (`BUILTIN_LATENCY`) has passed: no task sleeps, no state is ke
 
 Fault injection (`BUILTIN_FAULT_INJECTION=true`, for tests and chaos drills only) reads
 directives in the prompt: `[fault:transient=N]` fails the first N attempts with a retryable
-error, `[fault:permanent]` fails every attempt with a permanent one.
+error, `[fault:permanent]` fails every attempt with a permanent one, and `[fault:crash]`
+raises what no provider should (a bug's exception): the step fails unexpectedly, as a bug
+would make it, and the job is left to the sweeper (drills of error tracking).
 
 Pillow (the renderer's) is the extra `mediagen[builtin]`: without it this provider still starts,
 says so in the log, and fails each job at once with the same message (`mediagen run` and
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _TRANSIENT = re.compile(r"\[fault:transient=(\d+)\]")
 _PERMANENT = "[fault:permanent]"
+_CRASH = "[fault:crash]"
 
 
 _IMAGE_INPUTS = ("image", "init_image", "input_image")
@@ -116,6 +119,8 @@ class BuiltinProvider:
     def _inject_faults(self, request: GenerationRequest) -> None:
         if not self.fault_injection:
             return
+        if _CRASH in request.prompt:
+            raise RuntimeError("injected crash: an unexpected error in the built-in generator")
         if _PERMANENT in request.prompt:
             raise PermanentProviderError("injected permanent fault: the model rejected the input")
         match = _TRANSIENT.search(request.prompt)
