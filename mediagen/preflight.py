@@ -164,8 +164,8 @@ async def storage(settings: Settings) -> None:
     try:
         await asyncio.wait_for(store.check(), 3 * CONNECT_TIMEOUT)
     except (StorageError, OSError, TimeoutError) as exc:
-        why = exc.message if isinstance(exc, StorageError) else reason(exc)
-        raise StorageError(f"cannot store outputs in {where} ({why}): {fix}") from None
+        # The innermost error: a store's own wraps it ("cannot write <key>: ...").
+        raise StorageError(f"cannot store outputs in {where} ({reason(exc)}): {fix}") from None
     finally:
         await store.close()
 
