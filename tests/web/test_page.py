@@ -8,6 +8,7 @@ docs/images/ (the README shows them)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import shutil
@@ -21,11 +22,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import REDIS, TMP
 from tests.stack import Stacks
+from tests.support import wait_terminal
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium tries Google's hosts, which this network
@@ -547,3 +550,43 @@ async def test_the_page_under_a_path_prefix(browser: Browser, prefixed_api: str)
     paths = [urlsplit(url).path for url in seen.requests if url.startswith("http")]
     assert paths and all(path.startswith("/mg/") for path in paths), paths
     assert seen.errors == [] and seen.foreign() == []
+
+
+async def test_the_gallery_shows_thumbnails_not_the_full_images(
+    browser: Browser, slow_stack: str
+) -> None:
+    """Large images: each card loads its output's thumbnail (a small copy the worker made),
+    never the full image."""
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        created = [
+            (await http.post("/api/v1/generate", json={
+                "prompt": prompt, "parameters": {"width": 1024, "height": 768}})).json()["job_id"]
+            for prompt in ("a big harbour at dusk", "a big field of sunflowers")
+        ]
+        details = [await wait_terminal(http, job_id) for job_id in created]
+    assert all(detail["status"] == "completed" for detail in details), details
+    seen = await visit(browser, slow_stack)
+    page = seen.page
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        for detail in details:
+            job_id, [output] = detail["job_id"], detail["outputs"]
+            image = page.locator(f'#gallery li[data-job-id="{job_id}"] img')
+            await expect(image).to_be_visible()
+            src = await image.get_attribute("src") or ""
+            assert urlsplit(src).path == urlsplit(output["thumbnail_url"]).path
+            assert urlsplit(src).path == f"/media/{job_id}.thumb.webp"
+            for _ in range(100):
+                if natural := await image.evaluate("img => img.complete && img.naturalWidth"):
+                    break
+                await page.wait_for_timeout(100)
+            assert natural == 256
+            fetched = await http.get(src)
+            assert fetched.status_code == 200
+            assert fetched.headers["content-type"] == "image/webp"
+            with Image.open(io.BytesIO(fetched.content)) as small:
+                assert small.size == (256, 192)
+            assert len(fetched.content) < output["size"] / 4
+            full = urlsplit(output["url"]).path
+            assert [url for url in seen.requests if urlsplit(url).path == full] == []
+    assert seen.errors == []
+

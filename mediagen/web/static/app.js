@@ -275,8 +275,9 @@ function cardFor(job) {
   const button = el("button", { type: "button", class: "thumb" });
   button.addEventListener("click", () => openDetail(job.job_id));
   const kind = kindOf("", job.result_url);
-  if (job.status === "completed" && job.result_url && kind === "image") {
-    button.append(el("img", { src: job.result_url, alt: job.prompt, loading: "lazy", decoding: "async" }));
+  const src = job.status === "completed" ? thumbnailOf(job) : null;
+  if (src && kind === "image") {
+    button.append(el("img", { src, alt: job.prompt, loading: "lazy", decoding: "async" }));
   } else {
     const glyph = { video: "▶", audio: "♪" }[kind] || (TERMINAL.has(job.status) ? "□" : "…");
     button.append(el("span", { class: "placeholder", "aria-hidden": "true", text: glyph }),
@@ -288,6 +289,16 @@ function cardFor(job) {
   button.setAttribute("aria-label", `${job.prompt} (${job.status})`);
   card.replaceChildren(button);
   return card;
+}
+
+// A card's picture: the first output's thumbnail (a small copy the server made once), else the
+// output itself (a server without thumbnails, an image that small already). A job known only
+// from its status events says neither yet: nothing, until its detail does (no full-size load).
+function thumbnailOf(job) {
+  const first = job.outputs && job.outputs[0];
+  if (first) return first.thumbnail_url || first.url;
+  if ("thumbnail_url" in job) return job.thumbnail_url || job.result_url;
+  return null;
 }
 
 async function loadMore() {
