@@ -8,6 +8,7 @@ docs/images/ (the README shows them)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 import re
@@ -590,3 +591,57 @@ async def test_the_gallery_shows_thumbnails_not_the_full_images(
             assert [url for url in seen.requests if urlsplit(url).path == full] == []
     assert seen.errors == []
 
+
+def _picture(path: Path, size: tuple[int, int] = (320, 240)) -> Path:
+    Image.new("RGB", size, (200, 40, 40)).save(path, "PNG")
+    return path
+
+
+async def test_an_input_image_is_uploaded_and_given_to_the_job(
+    browser: Browser, slow_stack: str, tmp_path: Path
+) -> None:
+    seen = await visit(browser, slow_stack)
+    page = seen.page
+    picked = _picture(tmp_path / "input.png")
+    await page.get_by_label("Input image").set_input_files(picked)
+    chosen = page.locator("#image-chosen")
+    await expect(chosen.locator("#image-state")).to_have_text(re.compile(r"^input\.png \(\d"))
+    assert await chosen.locator("img").evaluate("img => img.complete && img.naturalWidth") == 320
+    await submit(page, "a fox from a picture")
+    job_id = await live_job_id(page)
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        job = (await http.get(f"/api/v1/jobs/{job_id}")).json()
+        uri = job["parameters"]["image"]
+        assert re.fullmatch(r"mediagen://files/[0-9a-f-]{36}", uri), uri
+        uploaded = (await http.get(f"/api/v1/files/{uri.rsplit('/', 1)[1]}")).json()
+        assert uploaded["filename"] == "input.png" and uploaded["content_type"] == "image/png"
+        assert uploaded["size"] == picked.stat().st_size
+        assert (await wait_terminal(http, job_id))["status"] == "completed"
+
+        # Removed: the next job names none.
+        await page.get_by_role("button", name="Remove image").click()
+        await expect(chosen).to_be_hidden()
+        await submit(page, "a fox without a picture")
+        await expect(page.locator("#live")).not_to_have_attribute("data-job-id", job_id)
+        other = await live_job_id(page)
+        assert "image" not in (await http.get(f"/api/v1/jobs/{other}")).json()["parameters"]
+
+    # Dropped on the form, as a file from the desktop would be.
+    png = base64.b64encode(_picture(tmp_path / "dropped.png", (100, 80)).read_bytes()).decode()
+    transfer = await page.evaluate_handle("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+        return transfer;
+    }""", png)
+    await page.locator("#generate-form").dispatch_event("drop", {"dataTransfer": transfer})
+    await expect(chosen.locator("#image-state")).to_have_text(re.compile(r"^dropped\.png \(\d"))
+
+    # What the upload refuses is said where the form's errors are, and nothing stays chosen.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    await page.get_by_label("Input image").set_input_files(notes)
+    error = page.locator("#form-error")
+    await expect(error).to_contain_text("The image was not uploaded")
+    await expect(chosen).to_be_hidden()
+    assert seen.errors == []

@@ -61,9 +61,9 @@ function headers(extra) {
   return h;
 }
 
-async function api(path, { method = "GET", json, extraHeaders, signal } = {}) {
+async function api(path, { method = "GET", json, form, extraHeaders, signal } = {}) {
   const sentKey = apiKey();
-  const init = { method, headers: headers(extraHeaders), signal };
+  const init = { method, headers: headers(extraHeaders), signal, body: form };
   if (json !== undefined) {
     init.headers.set("Content-Type", "application/json");
     init.body = JSON.stringify(json);
@@ -388,6 +388,74 @@ async function watchLive(job) {
   }
 }
 
+// --- the input image (image-to-image) ---------------------------------------------------------
+
+// The picked or dropped file, uploaded at once through POST /files; `upload` settles with its
+// file's `uri` (what the job's `image` parameter names). A newer pick replaces an older one,
+// even one whose upload is still running.
+let inputImage = null; // { file, preview, upload }
+
+function showFormError(text) {
+  $("form-error").textContent = text;
+  $("form-error").hidden = !text;
+}
+
+function forgetImage() {
+  if (inputImage) URL.revokeObjectURL(inputImage.preview);
+  inputImage = null;
+  $("image-chosen").hidden = true;
+  $("image-preview").removeAttribute("src");
+}
+
+function removeImage() {
+  forgetImage();
+  $("image-file").value = "";
+}
+
+function chooseImage(file) {
+  forgetImage();
+  if (!file) return;
+  showFormError("");
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const chosen = { file, preview: URL.createObjectURL(file), upload: null };
+  chosen.upload = api(`${API}/files`, { method: "POST", form }).then((uploaded) => {
+    if (inputImage === chosen) $("image-state").textContent = `${file.name} (${formatBytes(uploaded.size)})`;
+    return uploaded.uri;
+  }, (error) => {
+    if (inputImage === chosen) {
+      removeImage();
+      showFormError(`The image was not uploaded: ${describe(error)}`);
+    }
+    throw error;
+  });
+  chosen.upload.catch(() => {}); // reported above; a submit waiting on it reports it again
+  inputImage = chosen;
+  $("image-preview").src = chosen.preview;
+  $("image-state").textContent = `${file.name}: uploading…`;
+  $("image-chosen").hidden = false;
+}
+
+function acceptDrops(form) {
+  const hasFiles = (event) => [...event.dataTransfer.types].includes("Files");
+  form.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    form.classList.add("dropping");
+  });
+  form.addEventListener("dragleave", (event) => {
+    if (!form.contains(event.relatedTarget)) form.classList.remove("dropping");
+  });
+  form.addEventListener("drop", (event) => {
+    form.classList.remove("dropping");
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+    $("image-file").value = ""; // the dropped file replaces a picked one
+    if (file) chooseImage(file); else showFormError("Drop an image file (PNG, JPEG, WebP or GIF).");
+  });
+}
+
 async function submit(event) {
   event.preventDefault();
   const form = $("generate-form");
@@ -416,6 +484,7 @@ async function submit(event) {
   button.disabled = true;
   button.textContent = "Submitting…";
   try {
+    if (inputImage) parameters.image = await inputImage.upload;
     const created = await api(`${API}/generate`,
       { method: "POST", json: body, extraHeaders: { "Idempotency-Key": randomKey() } });
     const job = { job_id: created.job_id, status: created.status, prompt, result_url: null };
@@ -555,6 +624,9 @@ function start() {
   loadModels();
   updateKeyButton();
   $("generate-form").addEventListener("submit", submit);
+  $("image-file").addEventListener("change", () => chooseImage($("image-file").files[0]));
+  $("image-remove").addEventListener("click", removeImage);
+  acceptDrops($("generate-form"));
   $("live-cancel").addEventListener("click", () => live && cancel(live.jobId, $("live-status")));
   $("live-open").addEventListener("click", () => live && openDetail(live.jobId));
   $("refresh").addEventListener("click", resetGallery);
