@@ -23,10 +23,12 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from mediagen.jobs.retention import EXPIRED_NOTE
+from mediagen.scheduling.queues import PAUSED
 from tests.conftest import REDIS, TMP
 from tests.stack import Stacks
 from tests.support import wait_terminal
@@ -47,6 +49,9 @@ if not Path(CHROMIUM).exists():
                 allow_module_level=True)
 
 
+IDLE_REDIS: list[str] = []  # the idle stack's Redis (its queues), once it is started
+
+
 @pytest.fixture(scope="module")
 def web(fresh_database: str, stacks: Stacks) -> dict[str, str]:
     """Three APIs and a worker of their own, on a database of their own (so the gallery holds
@@ -61,6 +66,7 @@ def web(fresh_database: str, stacks: Stacks) -> dict[str, str]:
     idle = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh()}
     keyed = {**slow, "AUTH_REQUIRED": "true"}  # the slow stack's queue
     prefixed = {**slow, "ROOT_PATH": "/mg"}
+    IDLE_REDIS.append(idle["REDIS_URL"])
     running = stacks.many((slow, True, True, "web"), (idle, True, False, "web-idle"),
                           (keyed, True, False, "web-keyed"),
                           (prefixed, True, False, "web-prefixed"))
@@ -377,6 +383,37 @@ async def test_a_waiting_job_shows_its_place_in_the_queue(browser: Browser, idle
         await http.post(f"/api/v1/jobs/{job_id}/cancel")
     detail = f"/api/v1/jobs/{job_id}"
     assert [url for url in seen.requests if url.endswith(detail)] == [], seen.requests
+    assert seen.errors == []
+
+
+async def test_a_waiting_job_says_when_its_model_is_paused(
+    browser: Browser, idle_api: str
+) -> None:
+    """A pause (as `mediagen models pause` leaves it in the queues; the idle stack runs no
+    sweeper to undo it) reaches the page through the job's `queue` events, and so does the
+    resume."""
+    async with httpx.AsyncClient(base_url=idle_api) as http:
+        models = (await http.get("/api/v1/models")).json()["data"]
+    default = next(m["name"] for m in models if m["default"])
+    queues = aioredis.from_url(IDLE_REDIS[0])
+    seen = await visit(browser, idle_api)
+    page = seen.page
+    try:
+        await submit(page, "a job whose model is paused")
+        job_id = await live_job_id(page)
+        status = page.locator("#live-status")
+        await expect(status).to_contain_text(re.compile(r"pending \((\d+ ahead|next)"))
+        await expect(status).not_to_contain_text("paused")
+        await queues.sadd(PAUSED, default)
+        await expect(status).to_contain_text("(its model is paused)")
+        await queues.srem(PAUSED, default)
+        await expect(status).not_to_contain_text("paused")
+        await expect(status).to_contain_text("pending")
+    finally:
+        await queues.srem(PAUSED, default)
+        await queues.aclose()
+    async with httpx.AsyncClient(base_url=idle_api) as http:
+        await http.post(f"/api/v1/jobs/{job_id}/cancel")
     assert seen.errors == []
 
 
