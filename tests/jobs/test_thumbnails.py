@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
 from mediagen.config import get_settings
@@ -106,6 +107,17 @@ async def test_outputs_a_completion_does_not_keep_lose_their_thumbnails(
     record = {"key": key, "content_type": "image/png", "size": size, "thumbnail_key": made}
     await outputs.discard_unused(storage, job_id, [record])
     assert list(MEDIA.glob(f"{job_id}*")) == []
+
+
+async def test_without_pillow_none_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow is the `builtin` extra's: a server without it stores outputs without any."""
+    storage = LocalStorage(MEDIA)
+    key = storage.key_for(str(uuid.uuid4()), 0, "png")
+    picture = io.BytesIO()
+    Image.new("RGB", (600, 300)).save(picture, "PNG")
+    monkeypatch.setattr(thumbnails, "_pillow", lambda: False)
+    assert await thumbnails.make(storage, key, "image/png", 1000, picture.getvalue()) is None
+    assert not (MEDIA / thumbnails.key_for(key)).exists()
 
 
 def test_what_gets_no_thumbnail() -> None:
