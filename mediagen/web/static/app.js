@@ -451,8 +451,9 @@ function acceptDrops(form) {
     if (!hasFiles(event)) return;
     event.preventDefault();
     const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+    if (!file) { showFormError("Drop an image file (PNG, JPEG, WebP or GIF)."); return; }
     $("image-file").value = ""; // the dropped file replaces a picked one
-    if (file) chooseImage(file); else showFormError("Drop an image file (PNG, JPEG, WebP or GIF).");
+    chooseImage(file);
   });
 }
 
