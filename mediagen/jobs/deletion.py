@@ -28,6 +28,7 @@ from mediagen.db import pool
 from mediagen.errors import NotFoundError, ServiceUnavailableError, StorageError
 from mediagen.files.inputs import made_for
 from mediagen.files.service import delete_files
+from mediagen.jobs import thumbnails
 from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.states import TERMINAL, JobStatus
 from mediagen.keys.models import ApiKey
@@ -47,11 +48,13 @@ def _json(value: Any) -> Any:
 
 
 async def _delete_stored(rows: Iterable[Record], storage: Storage) -> None:
-    """The outputs of the rows of `jobs`, and the input files made for them."""
+    """The outputs of the rows of `jobs` (with their thumbnails), and the input files made for
+    them."""
     file_ids: list[str] = []
     for row in rows:
         for output in _json(row["outputs"]) or ():
-            await storage.delete(output["key"])
+            for key in thumbnails.keys_of(output):
+                await storage.delete(key)
         if files := _json(row["input_files"]):
             file_ids += made_for(row["id"], _json(row["parameters"]) or {}, files)
     await delete_files(file_ids, storage)

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from mediagen.errors import PermanentProviderError
 from mediagen.jobs import repository as repo
+from mediagen.jobs import thumbnails
 from mediagen.jobs.states import NO_OUTPUTS
 from mediagen.observability import tracing
 from mediagen.providers.base import Prediction, Provider
@@ -60,7 +61,8 @@ async def store(
     `{key, content_type, size}` (and `at`, their place in the output value, when it has one).
     Raises the provider's or the storage's error (nothing of a failed output is kept; the ones
     before it are overwritten by the next attempt's), and PermanentProviderError for more than
-    `max_outputs` outputs (before any is fetched) or for neither a file nor a value."""
+    `max_outputs` outputs (before any is fetched) or for neither a file nor a value. An image
+    gets its thumbnail (`thumbnail_key`: `mediagen.jobs.thumbnails`)."""
     if not prediction.outputs and prediction.output is None:
         raise PermanentProviderError("the prediction succeeded without any output")
     check_count(len(prediction.outputs), max_outputs)
@@ -71,7 +73,10 @@ async def store(
             with tracing.span("storage.put", {"mediagen.storage.key": key}) as span:
                 size = await storage.save(key, fetched.body, fetched.content_type)
                 span.set_attribute("mediagen.storage.bytes", size)
+            data = fetched.body if isinstance(fetched.body, bytes) else None
         record: dict[str, Any] = {"key": key, "content_type": fetched.content_type, "size": size}
+        if thumbnail := await thumbnails.make(storage, key, fetched.content_type, size, data):
+            record["thumbnail_key"] = thumbnail
         if output.at is not None:
             record["at"] = list(output.at)
         stored.append(record)
@@ -86,6 +91,7 @@ async def discard_unused(storage: Storage, job_id: Any, outputs: list[dict[str, 
     now = await repo.get(job_id)
     if now is None or now.status in NO_OUTPUTS:
         for output in outputs:
-            await storage.delete(output["key"])
+            for key in thumbnails.keys_of(output):
+                await storage.delete(key)
         why = "deleted" if now is None else str(now.status)
         log.info("job %s: %s while finishing; its outputs were deleted", job_id, why)

@@ -38,6 +38,7 @@ from mediagen.db import pool
 from mediagen.errors import GoneError, NotFoundError, StorageError
 from mediagen.files import service as files
 from mediagen.jobs import repository as repo
+from mediagen.jobs import thumbnails
 from mediagen.jobs.states import NO_OUTPUTS, JobStatus, sql_list
 from mediagen.scheduling import remove_now
 from mediagen.storage.base import Storage
@@ -104,7 +105,8 @@ async def expire_outputs(storage: Storage, settings: Settings, limit: int) -> in
         )
         try:
             for output in outputs or ():
-                await storage.delete(output["key"])
+                for key in thumbnails.keys_of(output):
+                    await storage.delete(key)
         except StorageError as exc:
             log.warning("job %s: outputs not deleted (%s); next sweep tries again", row["id"], exc)
             continue

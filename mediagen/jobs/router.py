@@ -205,6 +205,7 @@ async def list_jobs(
             prompt=job.prompt,
             model=job.model,
             error=job.error,
+            thumbnail_url=await service.thumbnail_of(job, storage),
         )
         for job in jobs
     ]

@@ -177,6 +177,11 @@ class OutputInfo(BaseModel):
     url: str
     content_type: str
     size: int
+    thumbnail_url: str | None = Field(
+        None,
+        description="An image's small copy (WebP, at most 256 px a side), signed as `url` is; "
+        "null for other files, images that small already, or when none could be made.",
+    )
 
 
 class JobProgress(BaseModel):
@@ -309,6 +314,9 @@ class JobSummary(JobStatusResponse):
     prompt: str
     model: str | None
     error: str | None
+    thumbnail_url: str | None = Field(
+        None, description="The first output's `thumbnail_url` (see the job's `outputs`)."
+    )
 
 
 class JobList(BaseModel):

@@ -23,7 +23,7 @@ from mediagen.catalog import Catalog, get_catalog
 from mediagen.catalog.listing import InputSchemas
 from mediagen.config import Settings
 from mediagen.errors import ConflictError, NotFoundError
-from mediagen.jobs import paging, values
+from mediagen.jobs import paging, thumbnails, values
 from mediagen.jobs import repository as repo
 from mediagen.jobs.admission import Admission, dispatch
 from mediagen.jobs.lifecycle import Lifecycle
@@ -162,6 +162,7 @@ _SUMMARY = (
     "prompt",
     "model",
     "error",
+    "outputs",  # for the first one's thumbnail (a few short records)
 )
 
 
@@ -181,6 +182,13 @@ async def list_jobs(owner: ApiKey | None, query: JobQuery) -> tuple[list[Job], s
     return found.rows, paging.encode_cursor(found.rows[-1]) if found.older else None
 
 
+async def thumbnail_of(job: Job, storage: Storage) -> str | None:
+    """The URL of a completed job's first output's thumbnail, if it has one."""
+    if job.status is not JobStatus.COMPLETED or not job.outputs:
+        return None
+    return await thumbnails.url_of(job.outputs[0], storage)
+
+
 async def status_of(job: Job, storage: Storage) -> JobStatusResponse:
     return JobStatusResponse.model_validate(await status_response(job.id, job, storage))
 
@@ -190,7 +198,10 @@ async def detail_of(
 ) -> JobDetail:
     outputs = [
         OutputInfo(
-            url=await storage.url_for(o["key"]), content_type=o["content_type"], size=o["size"]
+            url=await storage.url_for(o["key"]),
+            content_type=o["content_type"],
+            size=o["size"],
+            thumbnail_url=await thumbnails.url_of(o, storage),
         )
         for o in job.outputs
     ]

@@ -153,11 +153,16 @@ async def test_expired_s3_output_is_deleted_and_its_api_url_answers_gone(
     s3_api: InProcess, raw_s3: Any, s3_env: dict[str, str], s3_storage: S3Storage
 ) -> None:
     async with s3_api.client() as client, httpx.AsyncClient(timeout=30) as s3:
-        job_id = await _submit(client, retention=60)
+        big = {"width": 512, "height": 512}  # big enough for a thumbnail
+        job_id = await _submit(client, retention=60, parameters=big)
         detail = await wait_terminal(client, job_id)
         assert detail["status"] == "completed", detail
         key = f"{s3_env['S3_KEY_PREFIX']}/jobs/{job_id}/0.png"
         await raw_s3.head_object(Bucket=BUCKET, Key=key)
+        thumbnail = f"{s3_env['S3_KEY_PREFIX']}/jobs/{job_id}/0.thumb.webp"
+        await raw_s3.head_object(Bucket=BUCKET, Key=thumbnail)
+        small = await s3.get(detail["outputs"][0]["thumbnail_url"])  # presigned, from S3
+        assert small.status_code == 200 and small.content[8:12] == b"WEBP"
         stable = await client.get(f"/api/v1/jobs/{job_id}/outputs/0")
         assert stable.status_code == 307
         location = stable.headers["location"]
@@ -167,9 +172,10 @@ async def test_expired_s3_output_is_deleted_and_its_api_url_answers_gone(
 
         await _due_now(job_id)
         assert await retention.expire_outputs(s3_storage, get_settings(), 1000) >= 1
-        with pytest.raises(ClientError) as missing:
-            await raw_s3.head_object(Bucket=BUCKET, Key=key)
-        assert missing.value.response["Error"]["Code"] in ("404", "NoSuchKey")
+        for deleted in (key, thumbnail):
+            with pytest.raises(ClientError) as missing:
+                await raw_s3.head_object(Bucket=BUCKET, Key=deleted)
+            assert missing.value.response["Error"]["Code"] in ("404", "NoSuchKey")
         after = (await client.get(f"/api/v1/jobs/{job_id}")).json()
         assert after["status"] == "expired" and after["outputs"] == []
         gone = await client.get(f"/api/v1/jobs/{job_id}/outputs/0")

@@ -8,6 +8,8 @@ docs/images/ (the README shows them)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import os
 import re
 import shutil
@@ -21,11 +23,15 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
+from PIL import Image
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from mediagen.jobs.retention import EXPIRED_NOTE
+from mediagen.scheduling.queues import PAUSED
 from tests.conftest import REDIS, TMP
 from tests.stack import Stacks
+from tests.support import wait_terminal
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium tries Google's hosts, which this network
@@ -43,6 +49,9 @@ if not Path(CHROMIUM).exists():
                 allow_module_level=True)
 
 
+IDLE_REDIS: list[str] = []  # the idle stack's Redis (its queues), once it is started
+
+
 @pytest.fixture(scope="module")
 def web(fresh_database: str, stacks: Stacks) -> dict[str, str]:
     """Three APIs and a worker of their own, on a database of their own (so the gallery holds
@@ -57,6 +66,7 @@ def web(fresh_database: str, stacks: Stacks) -> dict[str, str]:
     idle = {"DATABASE_URL": fresh_database, "REDIS_URL": REDIS.fresh()}
     keyed = {**slow, "AUTH_REQUIRED": "true"}  # the slow stack's queue
     prefixed = {**slow, "ROOT_PATH": "/mg"}
+    IDLE_REDIS.append(idle["REDIS_URL"])
     running = stacks.many((slow, True, True, "web"), (idle, True, False, "web-idle"),
                           (keyed, True, False, "web-keyed"),
                           (prefixed, True, False, "web-prefixed"))
@@ -376,6 +386,37 @@ async def test_a_waiting_job_shows_its_place_in_the_queue(browser: Browser, idle
     assert seen.errors == []
 
 
+async def test_a_waiting_job_says_when_its_model_is_paused(
+    browser: Browser, idle_api: str
+) -> None:
+    """A pause (as `mediagen models pause` leaves it in the queues; the idle stack runs no
+    sweeper to undo it) reaches the page through the job's `queue` events, and so does the
+    resume."""
+    async with httpx.AsyncClient(base_url=idle_api) as http:
+        models = (await http.get("/api/v1/models")).json()["data"]
+    default = next(m["name"] for m in models if m["default"])
+    queues = aioredis.from_url(IDLE_REDIS[0])
+    seen = await visit(browser, idle_api)
+    page = seen.page
+    try:
+        await submit(page, "a job whose model is paused")
+        job_id = await live_job_id(page)
+        status = page.locator("#live-status")
+        await expect(status).to_contain_text(re.compile(r"pending \((\d+ ahead|next)"))
+        await expect(status).not_to_contain_text("paused")
+        await queues.sadd(PAUSED, default)
+        await expect(status).to_contain_text("(its model is paused)")
+        await queues.srem(PAUSED, default)
+        await expect(status).not_to_contain_text("paused")
+        await expect(status).to_contain_text("pending")
+    finally:
+        await queues.srem(PAUSED, default)
+        await queues.aclose()
+    async with httpx.AsyncClient(base_url=idle_api) as http:
+        await http.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert seen.errors == []
+
+
 async def test_the_gallery_scrolls_through_every_page(browser: Browser, idle_api: str) -> None:
     async with httpx.AsyncClient(base_url=idle_api) as http:
         listed = (await http.get("/api/v1/jobs", params={"limit": 100})).json()
@@ -547,3 +588,97 @@ async def test_the_page_under_a_path_prefix(browser: Browser, prefixed_api: str)
     paths = [urlsplit(url).path for url in seen.requests if url.startswith("http")]
     assert paths and all(path.startswith("/mg/") for path in paths), paths
     assert seen.errors == [] and seen.foreign() == []
+
+
+async def test_the_gallery_shows_thumbnails_not_the_full_images(
+    browser: Browser, slow_stack: str
+) -> None:
+    """Large images: each card loads its output's thumbnail (a small copy the worker made),
+    never the full image."""
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        created = [
+            (await http.post("/api/v1/generate", json={
+                "prompt": prompt, "parameters": {"width": 1024, "height": 768}})).json()["job_id"]
+            for prompt in ("a big harbour at dusk", "a big field of sunflowers")
+        ]
+        details = [await wait_terminal(http, job_id) for job_id in created]
+    assert all(detail["status"] == "completed" for detail in details), details
+    seen = await visit(browser, slow_stack)
+    page = seen.page
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        for detail in details:
+            job_id, [output] = detail["job_id"], detail["outputs"]
+            image = page.locator(f'#gallery li[data-job-id="{job_id}"] img')
+            await expect(image).to_be_visible()
+            src = await image.get_attribute("src") or ""
+            assert urlsplit(src).path == urlsplit(output["thumbnail_url"]).path
+            assert urlsplit(src).path == f"/media/{job_id}.thumb.webp"
+            for _ in range(100):
+                if natural := await image.evaluate("img => img.complete && img.naturalWidth"):
+                    break
+                await page.wait_for_timeout(100)
+            assert natural == 256
+            fetched = await http.get(src)
+            assert fetched.status_code == 200
+            assert fetched.headers["content-type"] == "image/webp"
+            with Image.open(io.BytesIO(fetched.content)) as small:
+                assert small.size == (256, 192)
+            assert len(fetched.content) < output["size"] / 4
+            full = urlsplit(output["url"]).path
+            assert [url for url in seen.requests if urlsplit(url).path == full] == []
+    assert seen.errors == []
+
+
+def _picture(path: Path, size: tuple[int, int] = (320, 240)) -> Path:
+    Image.new("RGB", size, (200, 40, 40)).save(path, "PNG")
+    return path
+
+
+async def test_an_input_image_is_uploaded_and_given_to_the_job(
+    browser: Browser, slow_stack: str, tmp_path: Path
+) -> None:
+    seen = await visit(browser, slow_stack)
+    page = seen.page
+    picked = _picture(tmp_path / "input.png")
+    await page.get_by_label("Input image").set_input_files(picked)
+    chosen = page.locator("#image-chosen")
+    await expect(chosen.locator("#image-state")).to_have_text(re.compile(r"^input\.png \(\d"))
+    assert await chosen.locator("img").evaluate("img => img.complete && img.naturalWidth") == 320
+    await submit(page, "a fox from a picture")
+    job_id = await live_job_id(page)
+    async with httpx.AsyncClient(base_url=slow_stack) as http:
+        job = (await http.get(f"/api/v1/jobs/{job_id}")).json()
+        uri = job["parameters"]["image"]
+        assert re.fullmatch(r"mediagen://files/[0-9a-f-]{36}", uri), uri
+        uploaded = (await http.get(f"/api/v1/files/{uri.rsplit('/', 1)[1]}")).json()
+        assert uploaded["filename"] == "input.png" and uploaded["content_type"] == "image/png"
+        assert uploaded["size"] == picked.stat().st_size
+        assert (await wait_terminal(http, job_id))["status"] == "completed"
+
+        # Removed: the next job names none.
+        await page.get_by_role("button", name="Remove image").click()
+        await expect(chosen).to_be_hidden()
+        await submit(page, "a fox without a picture")
+        await expect(page.locator("#live")).not_to_have_attribute("data-job-id", job_id)
+        other = await live_job_id(page)
+        assert "image" not in (await http.get(f"/api/v1/jobs/{other}")).json()["parameters"]
+
+    # Dropped on the form, as a file from the desktop would be.
+    png = base64.b64encode(_picture(tmp_path / "dropped.png", (100, 80)).read_bytes()).decode()
+    transfer = await page.evaluate_handle("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+        return transfer;
+    }""", png)
+    await page.locator("#generate-form").dispatch_event("drop", {"dataTransfer": transfer})
+    await expect(chosen.locator("#image-state")).to_have_text(re.compile(r"^dropped\.png \(\d"))
+
+    # What the upload refuses is said where the form's errors are, and nothing stays chosen.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    await page.get_by_label("Input image").set_input_files(notes)
+    error = page.locator("#form-error")
+    await expect(error).to_contain_text("The image was not uploaded")
+    await expect(chosen).to_be_hidden()
+    assert seen.errors == []

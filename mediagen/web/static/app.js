@@ -61,9 +61,9 @@ function headers(extra) {
   return h;
 }
 
-async function api(path, { method = "GET", json, extraHeaders, signal } = {}) {
+async function api(path, { method = "GET", json, form, extraHeaders, signal } = {}) {
   const sentKey = apiKey();
-  const init = { method, headers: headers(extraHeaders), signal };
+  const init = { method, headers: headers(extraHeaders), signal, body: form };
   if (json !== undefined) {
     init.headers.set("Content-Type", "application/json");
     init.body = JSON.stringify(json);
@@ -275,8 +275,9 @@ function cardFor(job) {
   const button = el("button", { type: "button", class: "thumb" });
   button.addEventListener("click", () => openDetail(job.job_id));
   const kind = kindOf("", job.result_url);
-  if (job.status === "completed" && job.result_url && kind === "image") {
-    button.append(el("img", { src: job.result_url, alt: job.prompt, loading: "lazy", decoding: "async" }));
+  const src = job.status === "completed" ? thumbnailOf(job) : null;
+  if (src && kind === "image") {
+    button.append(el("img", { src, alt: job.prompt, loading: "lazy", decoding: "async" }));
   } else {
     const glyph = { video: "▶", audio: "♪" }[kind] || (TERMINAL.has(job.status) ? "□" : "…");
     button.append(el("span", { class: "placeholder", "aria-hidden": "true", text: glyph }),
@@ -288,6 +289,16 @@ function cardFor(job) {
   button.setAttribute("aria-label", `${job.prompt} (${job.status})`);
   card.replaceChildren(button);
   return card;
+}
+
+// A card's picture: the first output's thumbnail (a small copy the server made once), else the
+// output itself (a server without thumbnails, an image that small already). A job known only
+// from its status events says neither yet: nothing, until its detail does (no full-size load).
+function thumbnailOf(job) {
+  const first = job.outputs && job.outputs[0];
+  if (first) return first.thumbnail_url || first.url;
+  if ("thumbnail_url" in job) return job.thumbnail_url || job.result_url;
+  return null;
 }
 
 async function loadMore() {
@@ -377,6 +388,75 @@ async function watchLive(job) {
   }
 }
 
+// --- the input image (image-to-image) ---------------------------------------------------------
+
+// The picked or dropped file, uploaded at once through POST /files; `upload` settles with its
+// file's `uri` (what the job's `image` parameter names). A newer pick replaces an older one,
+// even one whose upload is still running.
+let inputImage = null; // { file, preview, upload }
+
+function showFormError(text) {
+  $("form-error").textContent = text;
+  $("form-error").hidden = !text;
+}
+
+function forgetImage() {
+  if (inputImage) URL.revokeObjectURL(inputImage.preview);
+  inputImage = null;
+  $("image-chosen").hidden = true;
+  $("image-preview").removeAttribute("src");
+}
+
+function removeImage() {
+  forgetImage();
+  $("image-file").value = "";
+}
+
+function chooseImage(file) {
+  forgetImage();
+  if (!file) return;
+  showFormError("");
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const chosen = { file, preview: URL.createObjectURL(file), upload: null };
+  chosen.upload = api(`${API}/files`, { method: "POST", form }).then((uploaded) => {
+    if (inputImage === chosen) $("image-state").textContent = `${file.name} (${formatBytes(uploaded.size)})`;
+    return uploaded.uri;
+  }, (error) => {
+    if (inputImage === chosen) {
+      removeImage();
+      showFormError(`The image was not uploaded: ${describe(error)}`);
+    }
+    throw error;
+  });
+  chosen.upload.catch(() => {}); // reported above; a submit waiting on it reports it again
+  inputImage = chosen;
+  $("image-preview").src = chosen.preview;
+  $("image-state").textContent = `${file.name}: uploading…`;
+  $("image-chosen").hidden = false;
+}
+
+function acceptDrops(form) {
+  const hasFiles = (event) => [...event.dataTransfer.types].includes("Files");
+  form.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    form.classList.add("dropping");
+  });
+  form.addEventListener("dragleave", (event) => {
+    if (!form.contains(event.relatedTarget)) form.classList.remove("dropping");
+  });
+  form.addEventListener("drop", (event) => {
+    form.classList.remove("dropping");
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+    if (!file) { showFormError("Drop an image file (PNG, JPEG, WebP or GIF)."); return; }
+    $("image-file").value = ""; // the dropped file replaces a picked one
+    chooseImage(file);
+  });
+}
+
 async function submit(event) {
   event.preventDefault();
   const form = $("generate-form");
@@ -405,6 +485,7 @@ async function submit(event) {
   button.disabled = true;
   button.textContent = "Submitting…";
   try {
+    if (inputImage) parameters.image = await inputImage.upload;
     const created = await api(`${API}/generate`,
       { method: "POST", json: body, extraHeaders: { "Idempotency-Key": randomKey() } });
     const job = { job_id: created.job_id, status: created.status, prompt, result_url: null };
@@ -544,6 +625,9 @@ function start() {
   loadModels();
   updateKeyButton();
   $("generate-form").addEventListener("submit", submit);
+  $("image-file").addEventListener("change", () => chooseImage($("image-file").files[0]));
+  $("image-remove").addEventListener("click", removeImage);
+  acceptDrops($("generate-form"));
   $("live-cancel").addEventListener("click", () => live && cancel(live.jobId, $("live-status")));
   $("live-open").addEventListener("click", () => live && openDetail(live.jobId));
   $("refresh").addEventListener("click", resetGallery);
