@@ -133,6 +133,38 @@ def test_the_wheel_has_py_typed_the_license_and_open_metadata(tmp_path: Path) ->
     assert capped == set(CAPPED)
 
 
+def test_the_built_wheel_alone_runs_a_job_in_one_call(
+    tmp_path: Path, api: str, worker: Proc
+) -> None:
+    """What a user gets from `pip install mediagen-*.whl` (the client only): `mediagen
+    --version`, and `Client.run` submitting, following and returning an image in one call."""
+    src = _sources(tmp_path)
+    built = subprocess.run([_uv(), "build", "--wheel", "--no-build-isolation", "--python",
+                            sys.executable, "-o", str(tmp_path / "dist"), str(src)],
+                           capture_output=True, text=True, timeout=120, env=_env())
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    done = subprocess.run([_uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                           "-c", str(ROOT / "constraints.txt"), str(wheel)],
+                          capture_output=True, text=True, timeout=900, env=_env())
+    assert done.returncode == 0, done.stderr
+    bin_dir = venv / "bin"
+    version = _run(bin_dir, "mediagen", "--version", cwd=tmp_path)
+    assert version.stdout.strip() == f"mediagen {mediagen.__version__}", version.stderr
+    script = (
+        "from mediagen.client import Client\n"
+        f"with Client({api!r}, api_key='') as client:\n"
+        "    [png] = client.run('a wheel-made red fox', width=64, height=64, timeout=60)\n"
+        "print(png[:8] == b'\\x89PNG\\r\\n\\x1a\\n', len(png))\n"
+    )
+    ran = _run(bin_dir, "python", "-c", script, cwd=tmp_path, timeout=90)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split()[0] == "True", ran.stdout
+
+
 # --- the client alone -------------------------------------------------------------------------
 def test_client_install_has_no_server_package(client_bin: Path, tmp_path: Path) -> None:
     probe = (
