@@ -123,13 +123,16 @@ def traced(database: str, collector: tuple[Collector, str]) -> Iterator[Traced]:
             for job_id in jobs.values():
                 _wait_completed(http, job_id)
 
-        def exported() -> bool:  # both services, through the second job's stored output
+        def exported() -> bool:  # both services, through each job's whole start step
             spans = sink.snapshot()
             puts = [str(s.attributes.get("mediagen.storage.key")) for s in spans
                     if s.name == "storage.put"]
+            steps = {str(s.attributes.get("mediagen.job_id")) for s in spans
+                     if s.name == "job.start"}  # exported once it ended (after a thumbnail)
             return (
                 {s.service for s in spans} >= {"mediagen-api", "mediagen-worker"}
                 and all(any(job_id in key for key in puts) for job_id in jobs.values())
+                and set(jobs.values()) <= steps
                 and any(s.attributes.get("http.route") == HOOK_ROUTE for s in spans)
                 and any(str(s.attributes.get("url.path")).startswith("/media/") for s in spans)
             )
