@@ -235,13 +235,17 @@ return 0
 )
 
 # ARGV: job. {position, paused}: how many jobs of its model start before it in turn as things
-# stand (higher levels, then lower turns), and whether its model is paused; {-1, 0} if it is
-# not queued.
+# stand (higher levels, then lower turns), and whether its model is paused; {0, 0} for a job
+# that took a slot and is being started; {-1, 0} if it is neither.
 POSITION = (
     _COMMON
     + """
 local where = redis.call('HGET', JOBS, ARGV[1])
-if not where then return {-1, 0} end
+if not where then
+  -- Its turn came (it holds a slot) and its start is under way: none is ahead of it.
+  if redis.call('HEXISTS', HOLDS, ARGV[1]) == 1 then return {0, 0} end
+  return {-1, 0}
+end
 local level, model = tonumber(string.sub(where, 1, 1)), string.sub(where, 2)
 local ahead = redis.call('ZRANK', qkey(level, model), ARGV[1]) or 0
 for l = level + 1, 2 do ahead = ahead + redis.call('ZCARD', qkey(l, model)) end

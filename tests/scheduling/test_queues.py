@@ -97,7 +97,10 @@ async def test_a_limited_model_starts_as_many_as_it_has_slots(queues: Queues) ->
     first = jobs[:2]
     assert await queues.pick(jobs[2]) is None  # both slots held: it waits
     assert await queues.usage([TWO]) == {"acme/two": (2, 2)}
+    # A job whose turn came holds its slot while it is started: none is ahead of it.
+    assert await queue_position(queues.client, jobs[0]) == (0, False)
     assert await queues.release(first[0], TWO) == [(jobs[2], "1")]  # the next that fits
+    assert await queue_position(queues.client, jobs[0]) is None  # over: no place at all
     assert await starts(queues, [jobs[2]]) == [jobs[2]]
     assert await queues.release("", TWO) == []  # full again
 
