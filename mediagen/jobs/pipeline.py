@@ -60,11 +60,13 @@ from mediagen.providers.base import (
 from mediagen.providers.downloads import NO_MESSAGE
 from mediagen.providers.registry import Providers
 from mediagen.retry import MAX_POLL_WAIT
+from mediagen.scheduling import Taken
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 CANCEL_ATTEMPTS = 10  # a prediction that refuses to be canceled this often is given up on
 STREAM_POLL = 0.5  # the longest wait between looks at a prediction that streams its output
+STALE_PICKS = 8  # jobs picked in turn but not claimable that one start message skips
 
 __all__ = ["CANCEL_ATTEMPTS", "Next", "Pipeline"]
 
@@ -101,22 +103,10 @@ class Pipeline:
 
     # --- steps -------------------------------------------------------------------------------
     async def start(self, job_id: str) -> Next | None:
-        taken = await self.turns.take(job_id)  # whose turn it is (mediagen.jobs.turns)
-        if taken is None:
+        claimed = await self._claim_turn(job_id)
+        if claimed is None:
             return None
-        if taken.job_id != job_id:  # another job's turn: its lines carry its own ids
-            context.request_id.set(None)
-            context.job_id.set(taken.job_id)
-            job_id = taken.job_id
-        moved = await self.lifecycle.claim(
-            job_id, self.settings.lease_seconds, self.settings.job_timeout
-        )
-        if moved is None:
-            if taken.pool:
-                await self.turns.unclaimed(job_id)
-            await self._not_claimed(job_id)
-            return None
-        job = moved.job
+        job, taken = claimed
         slot = self.turns.endpoint(job, taken)
         attempt = job.attempt
         request = self._request(job, attempt, slot)
@@ -428,6 +418,31 @@ class Pipeline:
             if prediction.status in (PredictionStatus.FAILED, PredictionStatus.CANCELED)
             else prediction
         )
+
+    async def _claim_turn(self, job_id: str) -> tuple[Job, Taken] | None:
+        """Claim the job whose turn it is (`mediagen.jobs.turns`) for the start message naming
+        `job_id`. A job picked in turn that cannot be claimed (an entry that reached the queue
+        after its job was canceled, say) does not spend the message: the next in turn is
+        picked, STALE_PICKS times at most (the sweeper drops stale entries)."""
+        for _ in range(STALE_PICKS):
+            taken = await self.turns.take(job_id)
+            if taken is None:
+                return None
+            if taken.job_id != job_id:  # another job's turn: its lines carry its own ids
+                context.request_id.set(None)
+            context.job_id.set(taken.job_id)
+            moved = await self.lifecycle.claim(
+                taken.job_id, self.settings.lease_seconds, self.settings.job_timeout
+            )
+            if moved is not None:
+                return moved.job, taken
+            if taken.pool:
+                await self.turns.unclaimed(taken.job_id)
+            await self._not_claimed(taken.job_id)
+            if taken.job_id == job_id:
+                return None
+            await self.turns.passed(taken.job_id)
+        return None
 
     async def _not_claimed(self, job_id: str) -> None:
         """The claim found nothing to start: finished, owned by another attempt, or past its

@@ -88,6 +88,14 @@ class Turns:
         if job is not None and job.status is not JobStatus.PROCESSING:
             await self.release(job)
 
+    async def passed(self, job_id: str) -> None:
+        """A job picked in turn was not started (it was no longer waiting): its own start
+        message, if one is still on its way, starts nothing in its place."""
+        try:
+            await self.queues.unlend(job_id)
+        except RedisError as exc:  # that message then starts one job too many: harmless
+            log.warning("job %s: lent mark kept: %s", job_id, exc)
+
     async def release(self, job: Job) -> None:
         """The job's attempt (or wait) ended: its slot goes to the next in turn."""
         if not self._limited(job):

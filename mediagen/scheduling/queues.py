@@ -38,6 +38,7 @@ ANONYMOUS = "-"  # the one turn all callers without a key share
 HELD = PREFIX + "held:"
 DOWN = PREFIX + "down:"
 PAUSED = PREFIX + "paused"
+LENT = PREFIX + "lent"
 WEIGHTS = PREFIX + "weights"
 
 
@@ -136,6 +137,10 @@ class Queues:
         if kind == "picked":
             return Taken(_text(reply[1]), _text(reply[2]))
         return "self" if kind == "self" else None
+
+    async def unlend(self, job_id: str) -> None:
+        """`job_id` was picked but not started: its own message no longer starts another."""
+        await self.client.srem(LENT, job_id)
 
     async def acquire(self, job_id: str, level: str, route: ModelRoute) -> Taken | None:
         """A slot for a job that is not queued (None: it now waits, first in line)."""

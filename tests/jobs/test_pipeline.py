@@ -15,13 +15,14 @@ import redis.asyncio as aioredis
 from mediagen.broker import QUEUE, Outbox, queue_key
 from mediagen.config import Settings
 from mediagen.jobs import repository as repo
+from mediagen.jobs.dispatch import entry
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline
 from mediagen.jobs.priority import kombu_priority
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.sweeper import sweep
 from mediagen.providers.builtin.provider import BuiltinProvider
-from mediagen.scheduling import queue_position
+from mediagen.scheduling import enqueue, queue_position
 from mediagen.storage.local import LocalStorage
 from tests.conftest import REDIS
 from tests.support import new_job
@@ -130,3 +131,29 @@ async def test_sweeper_fails_jobs_past_deadline(database: str, tmp_path: Path) -
     job = await Job.get(id=old)
     assert job.status is JobStatus.FAILED
     assert job.error and job.error.startswith("deadline exceeded")
+
+
+async def test_a_stale_queue_entry_does_not_spend_a_start_message(
+        database: str, tmp_path: Path, quiet_redis: redis.Redis) -> None:
+    """Entries that reached the queue after their jobs were canceled (a submit's news can land
+    after the cancel's) sit ahead of a waiting job: its start message skips them and starts it,
+    and a canceled job's own message, arriving later, starts nobody in its place."""
+    pipeline = _pipeline(tmp_path)
+    stale = [await _new_job("canceled meanwhile") for _ in range(3)]
+    waiting, later = await _new_job("waiting"), await _new_job("queued later")
+    model = pipeline.turns.catalog.for_job("builtin", None).name
+
+    def queue(*job_ids: str) -> None:
+        enqueue(pipeline.outbox, [entry(j, model, None, None) for j in job_ids])
+
+    for job_id in stale:
+        await pipeline.lifecycle.finish(job_id, JobStatus.CANCELED, "canceled")
+    queue(*stale, waiting, later)  # (after the cancels' removals: the race's late side)
+    await pipeline.outbox.flush()
+    assert await pipeline.start(waiting) is None
+    assert (await Job.get(id=waiting)).status is JobStatus.COMPLETED
+    for job_id in stale:
+        assert await queue_position(pipeline.outbox.client, job_id) is None
+        assert await pipeline.start(job_id) is None  # its own message, late
+    assert (await Job.get(id=later)).status is JobStatus.PENDING
+    assert await queue_position(pipeline.outbox.client, later) == (0, False)
