@@ -143,6 +143,8 @@ class Pipeline:
             await repo.record_upstream_cancel(prediction.id, job.id)
             self.outbox.send(cancel_upstream_task(prediction.id))
             return None
+        if await provider.reported(prediction.id):  # its end came before the record
+            return await self._poll_now(recorded.job, attempt, prediction.id, request)
         return await self.on_prediction(recorded.job, attempt, prediction)
 
     async def poll(self, job_id: str, attempt: int) -> Next | None:

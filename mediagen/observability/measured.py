@@ -35,6 +35,9 @@ class MeasuredProvider:
         async with metrics.provider_call(self.name, "cancel"):
             await self.inner.cancel(prediction_id)
 
+    async def reported(self, prediction_id: str) -> bool:
+        return await self.inner.reported(prediction_id)
+
     @asynccontextmanager
     async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
         """A download counts as failed if opening it or reading its body failed (not if the

@@ -169,6 +169,12 @@ class Provider(Protocol):
         """Ask upstream to stop; a prediction already terminal is not an error."""
         ...
 
+    async def reported(self, prediction_id: str) -> bool:
+        """Whether upstream already reported the prediction's end, before its id was recorded
+        (a webhook faster than the create's own write): then it is looked at at once, not a
+        poll interval later. False where a poll asks upstream anyway."""
+        ...
+
     def fetch(self, output: Output) -> AbstractAsyncContextManager[Fetched]:
         """Open the output for reading; `Fetched.body` streams (checked as it goes) while open.
 

@@ -7,19 +7,21 @@ running on an endpoint but not a model (the real server is tests/cog_servers.py)
     POST /predictions/{id}/cancel      200 {}
 
 It never runs anything and never calls back: the test plays the server's webhooks and uploads
-itself, with what the server was given (`created`: prediction id -> request body).
+itself, with what the server was given (`created`: prediction id -> request body). `on_put(id,
+body)`, when given, runs before a PUT is answered (a webhook sent before the reply, say).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class FakeCog:
-    def __init__(self) -> None:
+    def __init__(self, on_put: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.created: dict[str, dict[str, Any]] = {}
         self.canceled: list[str] = []
         fake = self
@@ -47,6 +49,8 @@ class FakeCog:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 prediction = self.path.removeprefix("/predictions/")
                 fake.created[prediction] = body
+                if on_put is not None:
+                    on_put(prediction, body)
                 self._answer(202, {"id": prediction, "status": "starting"})
 
             def do_POST(self) -> None:

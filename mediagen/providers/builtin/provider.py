@@ -198,6 +198,9 @@ class BuiltinProvider:
     async def cancel(self, prediction_id: str) -> None:
         return None
 
+    async def reported(self, prediction_id: str) -> bool:
+        return False
+
     @asynccontextmanager
     async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
         """The rendered image, already in memory: its body is plain bytes."""

@@ -417,6 +417,17 @@ class CogProvider:
         if reply.status != 404:  # 404: finished, or never there (a restarted server)
             check_reply(reply, what)
 
+    async def reported(self, prediction_id: str) -> bool:
+        """Its terminal webhook came first: the API found the prediction not recorded yet, so
+        sent no poll (`webhooks`); this look after the record closes that gap."""
+        handle = Handle.parse(prediction_id)
+        if handle is None:
+            return False
+        try:
+            return bool(await self._records().exists(DONE + handle.cog_id))
+        except RedisError:  # the regular poll finds it
+            return False
+
     @asynccontextmanager
     async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
         url = output.url or ""

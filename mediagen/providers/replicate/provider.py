@@ -182,6 +182,9 @@ class ReplicateProvider:
         if reply.status not in (404, 409):  # gone or already terminal: nothing to stop
             check_reply(reply, what)
 
+    async def reported(self, prediction_id: str) -> bool:
+        return False  # a poll asks Replicate itself
+
     @asynccontextmanager
     async def fetch(self, output: Output) -> AsyncIterator[Fetched]:
         if output.data is not None:
