@@ -17,6 +17,12 @@ the slot spent predicting over the wall time from the first start to the last co
 a handoff is the gap between one prediction's completion and the next one's start (p50, p99,
 max). Its last line, for the 200 ms round (max over both rounds):
 `cog handoff: p50_ms=X p99_ms=Y max_ms=Z utilization=U`.
+
+Each round also runs the same Cog server with no mediagen at all ("Cog alone"): this script
+PUTs a prediction, and the next one the moment the server's terminal webhook reaches it. That
+is the floor of any scheduler in front of the server: the server's own time from a PUT to its
+"Starting prediction", and from its completion to its webhook. The line before the last:
+`cog floor: p50_ms=X utilization=U` (the 200 ms round).
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import argparse
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +156,17 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
         other = Path(args.versus_tree).resolve()
         trees.append((other.name, other))
     results: dict[str, Figures] = {}
+    for name, inputs in ROUNDS.items():
+        if args.round and name != args.round:
+            continue
+        work = WORK / f"alone-{name.replace(' ', '-')}"
+        procs = Procs(work / "logs")
+        try:
+            got = await _measure_alone(args.jobs, procs, work, venv, inputs)
+        finally:
+            procs.stop()
+        results[f"{name}, Cog alone"] = got
+        print(got.row(f"{name}, Cog alone"), flush=True)
     for label, tree in trees:
         for name, inputs in ROUNDS.items():
             if args.round and name != args.round:
@@ -172,6 +191,8 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
     main_200, main_instant = results["200 ms, this tree"], results["near-instant, this tree"]
     print(f"near-instant: {main_instant.over_100ms} of {max(main_instant.completed - 1, 0)} "
           f"handoffs over 100 ms, longest {main_instant.max_ms:.0f} ms")
+    floor = results["200 ms, Cog alone"]
+    print(f"cog floor: p50_ms={floor.p50_ms:.1f} utilization={floor.utilization:.3f}")
     print(f"cog handoff: p50_ms={main_200.p50_ms:.1f} p99_ms={main_200.p99_ms:.1f} "
           f"max_ms={max(main_200.max_ms, main_instant.max_ms):.1f} "
           f"utilization={main_200.utilization:.3f}")
@@ -197,14 +218,9 @@ async def _measure(args: argparse.Namespace, procs: Procs, work: Path, tree: Pat
         LOG_LEVEL="INFO",
         PYTHONPATH=str(tree),
     )
-    cog_env = {**clean_env(), "PATH": f"{venv / 'bin'}:{clean_env().get('PATH', '')}",
-               "PORT": str(cog_port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-               "VIRTUAL_ENV": str(venv)}
-    cog_env.pop("PYTHONPATH", None)
     subprocess.run([sys.executable, "-m", "mediagen", "migrate"], env=env, cwd=tree,
                    check=True, capture_output=True)
-    procs.spawn([str(venv / "bin" / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"],
-                cog_env, "cog.log", cwd=MODEL_DIR)
+    _spawn_cog(procs, venv, cog_port)
     procs.spawn([sys.executable, "-m", "mediagen", "api"], env, "api.log", cwd=tree)
     procs.spawn([sys.executable, "-m", "mediagen", "worker", "--beat"], env, "worker.log",
                 cwd=tree)
@@ -234,6 +250,62 @@ async def _measure(args: argparse.Namespace, procs: Procs, work: Path, tree: Pat
             await asyncio.sleep(0.5)
     completed = sum(status == "completed" for status in done.values())
     return figures(args.jobs, completed, cog_times(work / "logs" / "cog.log", since))
+
+
+def _cog_env(venv: Path, port: int) -> dict[str, str]:
+    env = {**clean_env(), "PATH": f"{venv / 'bin'}:{clean_env().get('PATH', '')}",
+           "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+           "VIRTUAL_ENV": str(venv)}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _spawn_cog(procs: Procs, venv: Path, port: int) -> None:
+    procs.spawn([str(venv / "bin" / "python"), "-m", "cog.server.http", "--host", "127.0.0.1"],
+                _cog_env(venv, port), "cog.log", cwd=MODEL_DIR)
+
+
+async def _measure_alone(jobs: int, procs: Procs, work: Path, venv: Path,
+                         inputs: dict[str, Any]) -> Figures:
+    """The Cog server driven by this script alone: each PUT is sent the moment the terminal
+    webhook of the prediction before it arrives (a receiver on loopback)."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Queue[str] = asyncio.Queue()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_POST(self) -> None:
+            body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            if body.get("status") in ("succeeded", "failed", "canceled"):
+                loop.call_soon_threadsafe(ended.put_nowait, str(body.get("status")))
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/done"
+    cog_port = free_port()
+    _spawn_cog(procs, venv, cog_port)
+    try:
+        await _cog_ready(f"http://127.0.0.1:{cog_port}")
+        since = time.time()
+        completed = 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cog_port}", timeout=60) as cog:
+            for n in range(jobs):
+                body = {"input": {**inputs, "output_format": "png",
+                                  "prompt": f"a lighthouse, number {n}"},
+                        "webhook": hook, "webhook_events_filter": ["completed"]}
+                reply = await cog.put(f"/predictions/alone-{n}-{time.time_ns()}", json=body,
+                                      headers={"Prefer": "respond-async"})
+                reply.raise_for_status()
+                completed += await asyncio.wait_for(ended.get(), 60) == "succeeded"
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    return figures(jobs, completed, cog_times(work / "logs" / "cog.log", since))
 
 
 async def _cog_ready(url: str, timeout: float = 60) -> None:
