@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import os
 import re
 import signal
@@ -28,6 +30,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Every process a test started, in a session of its own (so no signal to the test run reaches
+# it): whatever a test left running is killed when its pytest process exits.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for popen in _STARTED:
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+
+
 @dataclass
 class Proc:
     name: str
@@ -44,6 +59,7 @@ class Proc:
         handle = log.open("ab")
         popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                  start_new_session=True)
+        _STARTED.append(popen)
         return cls(name, popen, log)
 
     def tail(self, lines: int = 40) -> str:

@@ -40,12 +40,13 @@ def fuzz_api(database: str) -> Iterator[tuple[str, str]]:
                              capture_output=True, text=True, check=True).stdout.splitlines()[1]
         try:
             yield url, key
-        finally:  # other tests run in the default mode, where any active key requires one
-            subprocess.run([sys.executable, "-m", "mediagen", "keys", "revoke", key[:11]],
-                           capture_output=True, check=True)
+        finally:
             proc.stop()
             worker.stop()
             broker.close()
+            # Other tests run in the default mode, where any active key requires one.
+            subprocess.run([sys.executable, "-m", "mediagen", "keys", "revoke", key[:11]],
+                           capture_output=True, check=True)
 
 
 def _fuzz(url: str, examples: int, seed: str, *extra: str) -> int:
