@@ -54,6 +54,7 @@ class Output:
     url: str
     content_type: str | None = None
     size: int | None = None
+    thumbnail_url: str | None = None  # a small WebP of an image output (None: none made)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class Job:
             error=data.get("error"),
             error_code=data.get("error_code"),
             outputs=[
-                Output(str(o["url"]), o.get("content_type"), o.get("size"))
+                Output(str(o["url"]), o.get("content_type"), o.get("size"), o.get("thumbnail_url"))
                 for o in data.get("outputs") or []
             ],
             output=data.get("output"),

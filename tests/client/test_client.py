@@ -83,8 +83,16 @@ async def test_submit_wait_through_events_and_download(
     for path, output in zip(paths, final.outputs, strict=True):
         assert path.read_bytes() == await _media(api, output.url)
         assert path.stat().st_size == output.size
+        assert output.thumbnail_url is None  # (64 px: already small)
     assert paths[0].read_bytes() == await _media(api, final.result_url or "")
     assert not list((tmp_path / "out").glob("*.part"))
+
+
+async def test_an_image_output_has_a_thumbnail(mg: AsyncClient, api: str) -> None:
+    job = await mg.wait((await mg.generate("a client's large fox", width=320, height=320)).id)
+    [output] = job.outputs
+    thumbnail = await _media(api, output.thumbnail_url or "")  # a small WebP of it
+    assert thumbnail[:4] == b"RIFF" and thumbnail[8:12] == b"WEBP"
 
 
 async def test_a_failed_job_raises_job_failed_error(mg: AsyncClient) -> None:
