@@ -118,7 +118,11 @@ async def stack(database: str, receiver: Receiver,
     models.write_text(MODELS.format(port=free_port()))  # (no Cog server answers there)
     env = {"MODELS_FILE": str(models), "MAX_QUEUE_SECONDS": str(GLOBAL_DEFAULT),
            "MAX_JOBS_IN_FLIGHT": "2", "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
-           "KEY_CACHE_SECONDS": "0"}
+           "KEY_CACHE_SECONDS": "0",
+           # Other modules' jobs share the session's database, and a start message starts
+           # whoever's turn it is: a long dispatch grace and lease keep this module's sweeps
+           # from queueing the pending jobs they left behind ahead of this module's own.
+           "DISPATCH_GRACE": "3600", "LEASE_SECONDS": "3600"}
     async with in_process(env) as app:
         worker = await Worker.open(app.settings)
         client = aioredis.from_url(app.settings.redis_url.get_secret_value())
