@@ -5,17 +5,17 @@ in bytes (or up to the next newline without one)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any
 
-from tests.support import free_port, wait_for
+from tests.fakes.ingest import Reply, ingesting
+from tests.support import wait_for
 
 ENVELOPE_PATH = re.compile(r"^/api/(?P<project>\d+)/envelope/$")
 
@@ -89,38 +89,18 @@ def receiving() -> Iterator[tuple[Sentry, str]]:
     for it (project 1, public key `public`)."""
     sink = Sentry()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            match = ENVELOPE_PATH.match(self.path)
-            if match is None:
-                with sink.lock:
-                    sink.refused.append(self.path)
-                self.send_response(404)
-                self.end_headers()
-                return
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            header, items = parse(body)
-            envelope = Envelope(match["project"], self.headers.get("X-Sentry-Auth", ""), body,
-                                header, items)
+    def answer(path: str, headers: Message, body: bytes) -> Reply:
+        match = ENVELOPE_PATH.match(path)
+        if match is None:
             with sink.lock:
-                sink.envelopes.append(envelope)
-            reply = json.dumps({"id": header.get("event_id")}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+                sink.refused.append(path)
+            return 404, None, b""
+        header, items = parse(body)
+        envelope = Envelope(match["project"], headers.get("X-Sentry-Auth", ""), body, header,
+                            items)
+        with sink.lock:
+            sink.envelopes.append(envelope)
+        return 200, "application/json", json.dumps({"id": header.get("event_id")}).encode()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield sink, f"http://public@127.0.0.1:{server.server_port}/1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with ingesting(answer) as port:
+        yield sink, f"http://public@127.0.0.1:{port}/1"
