@@ -18,10 +18,18 @@ a handoff is the gap between one prediction's completion and the next one's star
 max). Its last line, for the 200 ms round (max over both rounds):
 `cog handoff: p50_ms=X p99_ms=Y max_ms=Z utilization=U`.
 
+Where a handoff's time goes, from the three logs (the 200 ms round, each code; p50): from
+the completion to the terminal webhook's arrival at the API (Cog's share: its access line's
+time less its duration), from that arrival to the next job's claim (the worker's "job
+started": mediagen's release, start message, turn and claim), and from the claim to the
+server's "Starting prediction" (the PUT: the server's own time, but for the request's making).
+`handoff parts (CODE): cog_webhook_ms=X to_claim_ms=Y claim_to_start_ms=Z`, a line per code.
+
 Each round also runs the same Cog server with no mediagen at all ("Cog alone"): this script
-PUTs a prediction, and the next one the moment the server's terminal webhook reaches it. That
-is the floor of any scheduler in front of the server: the server's own time from a PUT to its
-"Starting prediction", and from its completion to its webhook. The line before the last:
+PUTs a prediction, and the next one the moment the server's terminal webhook reaches it (a
+409 sent again as mediagen sends it). That is the floor of any scheduler in front of the
+server: the server's own time from a PUT to its "Starting prediction", and from its completion
+to its webhook. The line before the last:
 `cog floor: p50_ms=X utilization=U` (the 200 ms round).
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import subprocess
 import sys
 import threading
@@ -45,6 +54,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Procs, clean_env, free_port, servers, wait_http
+from mediagen.providers.cog.provider import BUSY_WAITS
 
 WORK = ROOT / ".bench" / "cog"
 VENV = ROOT / ".bench" / "cog-venv"
@@ -123,6 +133,58 @@ def cog_times(log: Path, since: float) -> list[tuple[float, float]]:
     return sorted((starts[p], ends[p]) for p in starts if p in ends)
 
 
+def _json_lines(log: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in log.read_bytes().splitlines():
+        if line.startswith(b"{"):
+            try:
+                entries.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+    return entries
+
+
+def handoff_parts(logs: Path, since: float) -> dict[str, float]:
+    """The p50 of each part of the handoffs (ms): Cog's completion to its terminal webhook's
+    arrival at the API, that arrival to the next job's claim, the claim to the next start.
+    Predictions by their Cog id before its token (`mg-<job>-<attempt>`)."""
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for entry in _json_lines(logs / "cog.log"):
+        fields = entry.get("fields") or {}
+        prediction = str(fields.get("prediction_id") or "").split(".")[0]
+        if not prediction or "timestamp" not in entry or _stamp(entry["timestamp"]) < since:
+            continue
+        if fields.get("message") == "Starting prediction":
+            starts.setdefault(prediction, _stamp(entry["timestamp"]))
+        elif fields.get("message") == "Prediction worker completed":
+            ends[prediction] = _stamp(entry["timestamp"])
+    terminal: dict[str, str] = {}  # request id -> prediction
+    arrived: dict[str, float] = {}  # request id -> when its request came in
+    for entry in _json_lines(logs / "api.log"):
+        event, request = str(entry.get("event", "")), entry.get("request_id")
+        words = event.split()
+        if event.startswith("cog webhook for ") and "(processing):" not in words:
+            terminal[request] = words[3]
+        elif entry.get("logger") == "mediagen.access" and "/webhooks/cog/" in str(
+                entry.get("route")):
+            arrived[request] = _stamp(entry["timestamp"]) - entry["duration_ms"] / 1000
+    webhook = {terminal[r]: at for r, at in arrived.items() if r in terminal}
+    claimed: dict[str, float] = {}
+    for entry in _json_lines(logs / "worker.log"):
+        if entry.get("event") == "job started":
+            job = str(entry["job_id"]).replace("-", "")
+            claimed[f"mg-{job}-{entry['attempt']}"] = _stamp(entry["timestamp"])
+    parts: dict[str, list[float]] = {"cog_webhook": [], "to_claim": [], "claim_to_start": []}
+    order = sorted(starts, key=starts.__getitem__)
+    for done, following in itertools.pairwise(order):
+        if done in ends and done in webhook and following in claimed:
+            parts["cog_webhook"].append((webhook[done] - ends[done]) * 1000)
+            parts["to_claim"].append((claimed[following] - webhook[done]) * 1000)
+            parts["claim_to_start"].append((starts[following] - claimed[following]) * 1000)
+    return {name: _percentile(values, 0.5) for name, values in parts.items()}
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -156,6 +218,7 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
         other = Path(args.versus_tree).resolve()
         trees.append((other.name, other))
     results: dict[str, Figures] = {}
+    parts: dict[str, dict[str, float]] = {}  # the 200 ms round's, by code
     for name, inputs in ROUNDS.items():
         if args.round and name != args.round:
             continue
@@ -176,16 +239,21 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
             procs = Procs(work / "logs")
             with servers(work, None, None) as (database_url, redis_url):
                 try:
-                    got = await _measure(args, procs, work, tree, venv, inputs, database_url,
-                                         redis_url)
+                    got, since = await _measure(args, procs, work, tree, venv, inputs,
+                                                database_url, redis_url)
                 finally:
                     procs.stop()
             results[f"{name}, {label}"] = got
             print(got.row(f"{name}, {label}"), flush=True)
+            if name == "200 ms":
+                parts[label] = handoff_parts(work / "logs", since)
     print()
     print(HEADER)
     for key, got in results.items():
         print(got.row(key))
+    for label, got_parts in parts.items():
+        print(f"handoff parts ({label}): " + " ".join(
+            f"{part}_ms={value:.1f}" for part, value in got_parts.items()))
     if args.round:
         return results
     main_200, main_instant = results["200 ms, this tree"], results["near-instant, this tree"]
@@ -200,7 +268,9 @@ async def run(args: argparse.Namespace) -> dict[str, Figures]:
 
 
 async def _measure(args: argparse.Namespace, procs: Procs, work: Path, tree: Path, venv: Path,
-                   inputs: dict[str, Any], database_url: str, redis_url: str) -> Figures:
+                   inputs: dict[str, Any], database_url: str,
+                   redis_url: str) -> tuple[Figures, float]:
+    """The round's figures, and when its handoffs began (epoch seconds)."""
     cog_port, api_port = free_port(), free_port()
     models = work / "models.toml"
     models.write_text(f'[models."{MODEL}"]\nprovider = "cog"\ndeadline = 120\n'
@@ -249,7 +319,7 @@ async def _measure(args: argparse.Namespace, procs: Procs, work: Path, tree: Pat
                 done[job_id] = status
             await asyncio.sleep(0.5)
     completed = sum(status == "completed" for status in done.values())
-    return figures(args.jobs, completed, cog_times(work / "logs" / "cog.log", since))
+    return figures(args.jobs, completed, cog_times(work / "logs" / "cog.log", since)), since
 
 
 def _cog_env(venv: Path, port: int) -> dict[str, str]:
@@ -298,8 +368,15 @@ async def _measure_alone(jobs: int, procs: Procs, work: Path, venv: Path,
                 body = {"input": {**inputs, "output_format": "png",
                                   "prompt": f"a lighthouse, number {n}"},
                         "webhook": hook, "webhook_events_filter": ["completed"]}
-                reply = await cog.put(f"/predictions/alone-{n}-{time.time_ns()}", json=body,
-                                      headers={"Prefer": "respond-async"})
+                url = f"/predictions/alone-{n}-{time.time_ns()}"
+                # The server sends its terminal webhook a few milliseconds before its slot
+                # takes work: a 409 started nothing, so the same PUT is sent again, after the
+                # waits mediagen's Cog provider uses.
+                for wait in (*BUSY_WAITS, None):
+                    reply = await cog.put(url, json=body, headers={"Prefer": "respond-async"})
+                    if reply.status_code != 409 or wait is None:
+                        break
+                    await asyncio.sleep(wait)
                 reply.raise_for_status()
                 completed += await asyncio.wait_for(ended.get(), 60) == "succeeded"
     finally:
