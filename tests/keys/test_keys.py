@@ -19,7 +19,8 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
 from tests.conftest import ROOT, TEST_ENV, start_api
-from tests.support import Proc, free_port, new_job, wait_terminal
+from tests.stack import Stack
+from tests.support import free_port, new_job, wait_terminal
 
 BODY = {"prompt": "a key-holder's kite", "parameters": {"width": 64, "height": 64}}
 
@@ -36,8 +37,12 @@ def create_key(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def auto_api(database: str, worker: Proc) -> Iterator[str]:
-    proc, url = start_api("api-keys", {"AUTH_REQUIRED": "auto"})
+def auto_api(database: str, default_stack: Stack) -> Iterator[str]:
+    """An API whose jobs the default stack's worker runs (they share its Redis database)."""
+    assert default_stack.worker is not None
+    proc, url = start_api(
+        "api-keys", {"AUTH_REQUIRED": "auto", "REDIS_URL": default_stack.redis_url}
+    )
     yield url
     proc.stop()
 
