@@ -18,6 +18,7 @@ recorded upstream cancels.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from types import EllipsisType
@@ -32,6 +33,7 @@ from mediagen.jobs.models import Job
 from mediagen.jobs.repository import Moved
 from mediagen.jobs.states import JobStatus
 
+log = logging.getLogger(__name__)
 AttemptEnded = Callable[[Job], Awaitable[None]]
 
 
@@ -170,6 +172,36 @@ class Lifecycle:
             **fields,
         )
         return await self._followed(moved, quiet=quiet, grown=grown, stop_upstream=stop_upstream)
+
+    async def fail(
+        self,
+        job_id: uuid.UUID | str,
+        error: str,
+        attempt: int | None = None,
+        *,
+        stop_upstream: bool = False,
+        grown: Grown | None = None,
+        logged: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Fail an unfinished job with `error` (public, `finish`) and log it; `logged`: more
+        fields of that log line (an upstream's details, for operators only)."""
+        moved = await self.finish(
+            job_id,
+            JobStatus.FAILED,
+            error,
+            attempt=attempt,
+            stop_upstream=stop_upstream,
+            grown=grown,
+            **fields,
+        )
+        if moved is None:
+            return False
+        log.warning(
+            "job failed",
+            extra={"job_id": str(job_id), "attempt": attempt, "error": error, **(logged or {})},
+        )
+        return True
 
     async def time_out_queued(self, job_id: uuid.UUID | str) -> Moved | None:
         """Fail a job still pending past its queue deadline (`queue_timeout`), as any failure

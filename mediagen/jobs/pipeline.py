@@ -6,7 +6,7 @@ step returns the `Next` step for the task layer to publish with a countdown, so 
 model costs a broker message, not a worker slot. Every write is one statement, made through
 `mediagen.jobs.lifecycle`, which announces it after it commits.
 
-A start message starts the job whose turn it is (`mediagen.jobs.turns`), with a slot of its
+A start message starts the job whose turn it is (`mediagen.jobs.starts`), with a slot of its
 model when the model has a limit (a Cog model's servers); a job without a free slot waits
 `pending` in its model's queue until a release sends a start again.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from datetime import timedelta
 from typing import Any
 
 from mediagen import retry
@@ -44,10 +43,10 @@ from mediagen.jobs import joblogs, progress, values
 from mediagen.jobs import outputs as stored_outputs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import Next, cancel_upstream_task
-from mediagen.jobs.events import Streamed
 from mediagen.jobs.lifecycle import Lifecycle
 from mediagen.jobs.models import Job
 from mediagen.jobs.payloads import metrics_at_end
+from mediagen.jobs.starts import Starts
 from mediagen.jobs.states import JobStatus
 from mediagen.jobs.turns import Turns
 from mediagen.observability import context
@@ -60,13 +59,11 @@ from mediagen.providers.base import (
 from mediagen.providers.downloads import NO_MESSAGE
 from mediagen.providers.registry import Providers
 from mediagen.retry import MAX_POLL_WAIT
-from mediagen.scheduling import Taken
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
 CANCEL_ATTEMPTS = 10  # a prediction that refuses to be canceled this often is given up on
 STREAM_POLL = 0.5  # the longest wait between looks at a prediction that streams its output
-STALE_PICKS = 8  # jobs picked in turn but not claimable that one start message skips
 
 __all__ = ["CANCEL_ATTEMPTS", "Next", "Pipeline"]
 
@@ -100,10 +97,11 @@ class Pipeline:
         self.turns = Turns(settings, self.providers.catalog, outbox)
         self.capacity = self.providers.capacity(outbox, storage)
         self.lifecycle = Lifecycle(outbox, attempt_ended=self.turns.release, adopt=_adopt_request)
+        self.starts = Starts(settings, self.turns, self.lifecycle)
 
     # --- steps -------------------------------------------------------------------------------
     async def start(self, job_id: str) -> Next | None:
-        claimed = await self._claim_turn(job_id)
+        claimed = await self.starts.claim(job_id)
         if claimed is None:
             return None
         job, taken = claimed
@@ -157,8 +155,8 @@ class Pipeline:
         ):
             return None  # stale: finished, retried, or owned by a newer attempt
         _adopt_request(job)
-        if self._expired(job):
-            await self.fail_deadline(job)
+        if self.starts.expired(job):
+            await self.starts.fail_deadline(job)
             return None
         try:
             request = await self._with_inputs(job, self._request(job, attempt))
@@ -180,10 +178,12 @@ class Pipeline:
             if prediction.status is PredictionStatus.CANCELED:
                 error = "the prediction was canceled upstream"
             fields["metrics"] = metrics_at_end(prediction.predict_time, None)
-            await self._fail(job.id, error, attempt, grown=grown, **fields)
+            await self.lifecycle.fail(job.id, error, attempt, grown=grown, **fields)
             return None
         try:
-            streamed = self._streamed(job, prediction, fields)
+            streamed = progress.streamed(
+                job, prediction, fields, self.settings.max_output_value_bytes
+            )
         except OutputTooLargeError as exc:
             return await self._on_error(job, attempt, exc)
         moved = await self.lifecycle.renew(
@@ -241,14 +241,6 @@ class Pipeline:
         if self.capacity is not None:
             await self.capacity.canceled(prediction_id)
 
-    async def fail_deadline(self, job: Job) -> None:
-        """The job is past JOB_TIMEOUT: failed, its prediction (if running) stopped."""
-        await self._fail(
-            job.id,
-            f"deadline exceeded: not finished within JOB_TIMEOUT={self.settings.job_timeout:g}s",
-            stop_upstream=job.status is JobStatus.PROCESSING,
-        )
-
     # --- helpers -----------------------------------------------------------------------------
     async def _poll_now(
         self,
@@ -289,7 +281,7 @@ class Pipeline:
         try:  # (the prediction is over: nothing to stop)
             values.check(prediction.output, self.settings.max_output_value_bytes)
         except OutputTooLargeError as exc:
-            await self._fail(job.id, exc.message, attempt, grown=grown, **fields)
+            await self.lifecycle.fail(job.id, exc.message, attempt, grown=grown, **fields)
             return None
         holding: asyncio.Task[None] | None = None
         if any(output.url for output in prediction.outputs):
@@ -352,11 +344,13 @@ class Pipeline:
         if not retryable:
             # An output too large here came while the model still streams: it is stopped.
             stop = isinstance(exc, OutputTooLargeError)
-            await self._fail(job.id, exc.message, attempt, stop_upstream=stop, logged=details)
+            await self.lifecycle.fail(
+                job.id, exc.message, attempt, stop_upstream=stop, logged=details
+            )
             return None
         counted = not isinstance(exc, NoCapacityError)  # busy is not broken: not a retry
         if counted and job.retry_count >= self.settings.max_retries:
-            await self._fail(
+            await self.lifecycle.fail(
                 job.id,
                 f"gave up after {job.retry_count} retries: {exc.message}",
                 attempt,
@@ -380,34 +374,6 @@ class Pipeline:
         )
         return Next("start", str(job.id), None, delay)
 
-    async def _fail(
-        self,
-        job_id: Any,
-        error: str,
-        attempt: int | None = None,
-        stop_upstream: bool = False,
-        grown: joblogs.Grown | None = None,
-        logged: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> bool:
-        """Fail the job with `error` (public); `logged`: more fields of its log line."""
-        moved = await self.lifecycle.finish(
-            job_id,
-            JobStatus.FAILED,
-            error,
-            attempt=attempt,
-            stop_upstream=stop_upstream,
-            grown=grown,
-            **fields,
-        )
-        if moved is None:
-            return False
-        log.warning(
-            "job failed",
-            extra={"job_id": str(job_id), "attempt": attempt, "error": error, **(logged or {})},
-        )
-        return True
-
     async def _resume(
         self, provider: Provider, prediction_id: str, request: GenerationRequest
     ) -> Prediction | None:
@@ -420,48 +386,6 @@ class Pipeline:
             if prediction.status in (PredictionStatus.FAILED, PredictionStatus.CANCELED)
             else prediction
         )
-
-    async def _claim_turn(self, job_id: str) -> tuple[Job, Taken] | None:
-        """Claim the job whose turn it is (`mediagen.jobs.turns`) for the start message naming
-        `job_id`. A job picked in turn that cannot be claimed (an entry that reached the queue
-        after its job was canceled, say) does not spend the message: the next in turn is
-        picked, STALE_PICKS times at most (the sweeper drops stale entries)."""
-        for _ in range(STALE_PICKS):
-            taken = await self.turns.take(job_id)
-            if taken is None:
-                return None
-            if taken.job_id != job_id:  # another job's turn: its lines carry its own ids
-                context.request_id.set(None)
-            context.job_id.set(taken.job_id)
-            moved = await self.lifecycle.claim(
-                taken.job_id, self.settings.lease_seconds, self.settings.job_timeout
-            )
-            if moved is not None:
-                return moved.job, taken
-            if taken.pool:
-                await self.turns.unclaimed(taken.job_id)
-            await self._not_claimed(taken.job_id)
-            if taken.job_id == job_id:
-                return None
-            await self.turns.passed(taken.job_id)
-        return None
-
-    async def _not_claimed(self, job_id: str) -> None:
-        """The claim found nothing to start: finished, owned by another attempt, or past its
-        deadline or (still pending) its queue deadline, which is failed here (the claim never
-        starts such a job; the sweeper may fail it at the same moment: one of them does)."""
-        job = await repo.get(job_id)
-        if job is None or job.status.is_terminal:
-            return
-        deadline = job.queue_deadline
-        if job.status is JobStatus.PENDING and deadline is not None and repo.now() >= deadline:
-            await self.lifecycle.time_out_queued(job.id)
-            return
-        if self._expired(job):
-            await self.fail_deadline(job)
-
-    def _expired(self, job: Job) -> bool:
-        return repo.now() > job.created_at + timedelta(seconds=self.settings.job_timeout)
 
     def _lease_for(self, prediction: Prediction) -> float:
         wait = prediction.poll_after or self.settings.poll_interval
@@ -481,23 +405,6 @@ class Pipeline:
             attempt=attempt,
             route=route,
         )
-
-    def _streamed(
-        self, job: Job, prediction: Prediction, fields: dict[str, Any]
-    ) -> Streamed | None:
-        """The chunks a running prediction streamed since the job last stored its output (added
-        to the `fields` of the write this step makes anyway); OutputTooLargeError past
-        MAX_OUTPUT_VALUE_BYTES. A provider's chunks only grow: fewer than stored (an older
-        report) are nothing new."""
-        chunks = prediction.output
-        if not isinstance(chunks, list):
-            return None
-        have = len(job.output) if isinstance(job.output, list) else 0
-        if len(chunks) <= have:
-            return None
-        values.check(chunks, self.settings.max_output_value_bytes)
-        fields["output"] = chunks
-        return chunks[have:], have
 
     def _fold_logs(
         self, job: Job, attempt: int, prediction: Prediction, fields: dict[str, Any]

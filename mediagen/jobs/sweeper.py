@@ -54,7 +54,7 @@ async def sweep(pipeline: Pipeline) -> int:
         status__in=UNFINISHED, created_at__lt=moment - timedelta(seconds=settings.job_timeout)
     ).limit(BATCH)
     for job in expired:
-        await pipeline.fail_deadline(job)
+        await pipeline.starts.fail_deadline(job)
     # Pending jobs past their queue deadline (`max_queue_seconds`): failed, `queue_timeout`.
     queued_out = await repo.queue_timed_out(BATCH)
     for late in queued_out:
