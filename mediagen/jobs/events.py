@@ -32,7 +32,7 @@ from mediagen.batches import SETTLE_PENDING_SECONDS, settle_marker, settle_task
 from mediagen.broker import STREAM_MAXLEN, Outbox, stream_key
 from mediagen.jobs.joblogs import Grown
 from mediagen.jobs.payloads import status_payload
-from mediagen.jobs.repository import Moved
+from mediagen.jobs.statements import Moved
 from mediagen.jobs.states import OUTCOMES, JobStatus
 from mediagen.notify import delivery_task
 from mediagen.scheduling import remove

@@ -30,7 +30,7 @@ from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import cancel_upstream_task
 from mediagen.jobs.joblogs import Grown
 from mediagen.jobs.models import Job
-from mediagen.jobs.repository import Moved
+from mediagen.jobs.statements import Moved
 from mediagen.jobs.states import JobStatus
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from mediagen.errors import (
     StorageError,
 )
 from mediagen.files import inputs
-from mediagen.jobs import joblogs, progress, values
+from mediagen.jobs import joblogs, progress, upstream_cancels, values
 from mediagen.jobs import outputs as stored_outputs
 from mediagen.jobs import repository as repo
 from mediagen.jobs.dispatch import Next, cancel_upstream_task
@@ -138,7 +138,7 @@ class Pipeline:
             job.id, attempt, self.settings.lease_seconds, grown=grown, **fields
         )
         if recorded is None:  # we lost the job while creating (canceled, say): stop it
-            await repo.record_upstream_cancel(prediction.id, job.id)
+            await upstream_cancels.record(prediction.id, job.id)
             self.outbox.send(cancel_upstream_task(prediction.id))
             return None
         if await provider.reported(prediction.id):  # its end came before the record
@@ -219,13 +219,13 @@ class Pipeline:
         """Stop a prediction upstream; the record goes once the provider confirms, and a failed
         cancel is tried again (backoff) until CANCEL_ATTEMPTS, by this or by the sweeper. The
         provider is the one of the job the prediction was made for."""
-        owner = await repo.prediction_owner(prediction_id)
+        owner = await upstream_cancels.owner_of(prediction_id)
         kind = owner[0] if owner else self.providers.catalog.default.provider
         try:  # (a provider this process cannot run fails like a cancel that failed)
             await self.providers.get(kind).cancel(prediction_id)
         except ProviderError as exc:
             retry_in = self.retries.delay(0, exc.retry_after)
-            again = await repo.upstream_not_stopped(prediction_id, retry_in, CANCEL_ATTEMPTS)
+            again = await upstream_cancels.not_stopped(prediction_id, retry_in, CANCEL_ATTEMPTS)
             log.warning(
                 "cancel of prediction %s failed (%s)%s",
                 prediction_id,
@@ -237,7 +237,7 @@ class Pipeline:
                     dataclasses.replace(cancel_upstream_task(prediction_id), countdown=retry_in)
                 )
             return
-        await repo.upstream_stopped(prediction_id)
+        await upstream_cancels.stopped(prediction_id)
         if self.capacity is not None:
             await self.capacity.canceled(prediction_id)
 

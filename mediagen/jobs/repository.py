@@ -1,25 +1,13 @@
-"""Every write to a job, each a single SQL statement: one round trip, atomic with what it implies.
-
-A transition is a guarded UPDATE, a compare-and-set on the status (and on the attempt, where an
-attempt owns the job): a duplicated, late or concurrent task finds the guard false, changes
-nothing and stops, so a job never moves backwards, never runs one attempt twice, and reaches a
-terminal state once. The same statement writes what the transition implies:
-
-- the client webhook deliveries its events call for (`webhook_deliveries`, if the job has a
-  webhook that wants them), so a crash can never keep a transition and lose its webhook;
-- on any change of state, the owner's counters (`job_counters`, the shard that counted the
-  job): unfinished jobs, and unfinished jobs by state, so the in-flight limit and the backlog
-  gauges read a few rows and are exact.
-
-It returns the row as it now is. Publishing what it means (task messages, live events) is the
-caller's job, after the statement has committed (`mediagen.jobs.events.announce`).
+"""Every write to a job, and the reads the steps make: each write one guarded statement
+(`mediagen.jobs.statements`: why a late or duplicated task changes nothing, and what the
+statement writes with the move), which returns the row as it now is. Publishing what a move
+means is the caller's, after it committed (`mediagen.jobs.lifecycle`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from types import EllipsisType
 from typing import Any
@@ -29,16 +17,11 @@ from asyncpg import Record
 
 from mediagen.db import pool
 from mediagen.jobs.models import ANONYMOUS, COUNTER_SHARDS, Job
-from mediagen.jobs.payloads import STATUS_COLUMNS, status_sql
+from mediagen.jobs.payloads import STATUS_COLUMNS
 from mediagen.jobs.sql import Expr, plus_one, seconds_from_now
-from mediagen.jobs.states import ALLOWED_FROM, OUTCOMES, TERMINAL, JobStatus, sql_list
+from mediagen.jobs.statements import Moved, Statement, execute
+from mediagen.jobs.states import ALLOWED_FROM, OUTCOMES, JobStatus
 from mediagen.keys.owners import owner_sql
-from mediagen.observability import metrics
-
-_JSON_COLUMNS = frozenset({"parameters", "outputs", "output", "progress"})
-# When the sweeper looks at a recorded upstream cancel if its own message has not settled it.
-_CANCEL_DUE = "now() + interval '60 seconds'"
-_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'"""
 
 
 def now() -> datetime:
@@ -50,138 +33,6 @@ def now() -> datetime:
 _KEPT_UNTIL = Expr("now() + make_interval(secs => least(retention_seconds, {})::float8)")
 # A final state keeps the moment it was first reached (an expired job: when it completed).
 _FINISHED_AT = Expr("coalesce(completed_at, now())")
-
-
-@dataclass(frozen=True)
-class Moved:
-    """A job right after a successful write, the webhook deliveries written with it, and the
-    state it was in when a transition moved it (None: the write was no transition)."""
-
-    job: Job
-    deliveries: tuple[uuid.UUID, ...] = ()
-    was: JobStatus | None = None
-
-    @property
-    def attempt_ended(self) -> bool:
-        """The write ended an attempt or a wait: the job left `processing` (or never got
-        there), so whatever capacity it held or queued for is free for the next."""
-        return self.was is not None and self.job.status is not JobStatus.PROCESSING
-
-
-# The payload of a client webhook, as of the transition (`result_key` becomes `result_url`
-# when sent; see mediagen.notify.delivery). A job of another surface (`surface`) carries it
-# too, so the sender shapes its body that way; other payloads stay as they always were.
-_PAYLOAD = f"""(jsonb_build_object(
-    'event', e.event, {status_sql("moved")}, 'progress', moved.progress,
-    'created_at', to_char(moved.created_at AT TIME ZONE 'UTC', {_ISO}),
-    'updated_at', to_char(moved.updated_at AT TIME ZONE 'UTC', {_ISO}))
-    || CASE WHEN moved.surface IS NULL THEN '{{}}'::jsonb
-       ELSE jsonb_build_object('surface', moved.surface) END)"""
-
-
-_TERMINAL = sql_list(TERMINAL)
-# The owner's counter row after `moved` left `was`: one fewer unfinished job if it finished,
-# and one job moved between the unfinished states' counts.
-_RECOUNT = f"""unfinished = job_counters.unfinished
-        - (moved.status IN ({_TERMINAL}) AND moved.was NOT IN ({_TERMINAL}))::int,
-    pending = job_counters.pending + (moved.status = 'pending')::int
-        - (moved.was = 'pending')::int,
-    processing = job_counters.processing + (moved.status = 'processing')::int
-        - (moved.was = 'processing')::int,
-    retrying = job_counters.retrying + (moved.status = 'retrying')::int
-        - (moved.was = 'retrying')::int"""
-
-
-class _Statement:
-    """Builds one statement's text and arguments. The text depends only on which columns are
-    set and how, so each shape is prepared once per connection and reused."""
-
-    def __init__(self) -> None:
-        self.args: list[Any] = []
-
-    def arg(self, value: Any, cast: str = "") -> str:
-        self.args.append(value)
-        return f"${len(self.args)}{cast}"
-
-    def sets(self, fields: Mapping[str, Any]) -> str:
-        parts = []
-        for column, value in fields.items():
-            if isinstance(value, Expr):
-                sql = value.sql.format(*(self.arg(a) for a in value.args))
-            elif column in _JSON_COLUMNS and value is not None:
-                sql = self.arg(orjson.dumps(value).decode(), "::jsonb")
-            else:
-                sql = self.arg(value)
-            parts.append(f"{column} = {sql}")
-        return ", ".join(parts)
-
-    def update(
-        self,
-        where: str,
-        fields: Mapping[str, Any],
-        *,
-        events: Sequence[str] = (),
-        stop_upstream: bool = False,
-    ) -> str:
-        """UPDATE jobs ... RETURNING the row, plus what the change implies (module docstring)."""
-        if "status" in fields:  # lock the row first, to know the state it leaves
-            sql = [
-                f"WITH before AS (SELECT id AS before_id, status AS was FROM jobs WHERE {where} "
-                f"FOR UPDATE), moved AS (UPDATE jobs SET updated_at = now(), "
-                f"{self.sets(fields)} FROM before WHERE jobs.id = before.before_id "
-                "RETURNING jobs.*, before.was)"
-                f", counted AS (UPDATE job_counters SET {_RECOUNT} FROM moved "
-                f"WHERE job_counters.scope = coalesce(moved.api_key_id, '{ANONYMOUS}'::uuid) "
-                "AND job_counters.shard = moved.quota_shard AND moved.was <> moved.status)"
-            ]
-        else:
-            sql = [
-                f"WITH moved AS (UPDATE jobs SET updated_at = now(), {self.sets(fields)} "
-                f"WHERE {where} RETURNING jobs.*)"
-            ]
-        if stop_upstream:  # the job's prediction, if any, is to be canceled upstream
-            sql.append(
-                ", stopping AS (INSERT INTO upstream_cancels "
-                "(prediction_id, job_id, provider, attempts, created_at, next_attempt_at) "
-                f"SELECT moved.prediction_id, moved.id, moved.provider, 0, now(), {_CANCEL_DUE} "
-                "FROM moved "
-                "WHERE moved.prediction_id IS NOT NULL ON CONFLICT (prediction_id) DO NOTHING)"
-            )
-        if events:
-            sql.append(
-                ", delivered AS (INSERT INTO webhook_deliveries "
-                "(id, job_id, event, url, payload, status, attempts, created_at) "
-                f"SELECT gen_random_uuid(), moved.id, e.event, w.url, {_PAYLOAD}, 'pending', 0, "
-                "clock_timestamp() FROM moved JOIN job_webhooks w ON w.job_id = moved.id "
-                f"CROSS JOIN unnest({self.arg(list(events), '::text[]')}) "
-                "WITH ORDINALITY AS e(event, n) "
-                "WHERE w.events ? e.event AND (e.event <> 'start' OR moved.attempt = 1) "
-                "ORDER BY e.n RETURNING id)"
-                " SELECT moved.*, ARRAY(SELECT id FROM delivered) AS delivery_ids FROM moved"
-            )
-        else:
-            sql.append(" SELECT moved.* FROM moved")
-        return "".join(sql)
-
-
-async def _moved(statement: _Statement, sql: str) -> Moved | None:
-    record = await (await pool()).fetchrow(sql, *statement.args)
-    if record is None:
-        return None
-    row = dict(record)
-    deliveries = tuple(row.pop("delivery_ids", None) or ())
-    was = row.pop("was", None)
-    if was is not None:  # counted here: once per change, by whichever process made it
-        metrics.job_moved(
-            was,
-            row["status"],
-            row["provider"],
-            row["model"],
-            row["created_at"],
-            row["started_at"],
-            row["completed_at"],
-        )
-    return Moved(Job._init_from_db(**row), deliveries, None if was is None else JobStatus(was))
 
 
 def _event_of(to: JobStatus) -> tuple[str, ...]:
@@ -352,7 +203,7 @@ async def transition(
     `owner` when one is given; None: anonymous; and past its queue deadline, when
     `past_queue_deadline`). `stop_upstream`: its prediction is to be canceled upstream
     (recorded in the same statement: `upstream_cancels`)."""
-    statement = _Statement()
+    statement = Statement()
     where = (
         f"id = {statement.arg(_uuid(job_id))} AND status = ANY("
         f"{statement.arg([str(s) for s in (allowed_from or ALLOWED_FROM[to])], '::text[]')})"
@@ -369,7 +220,7 @@ async def transition(
         events=_event_of(to) if events is None else events,
         stop_upstream=stop_upstream,
     )
-    return await _moved(statement, sql)
+    return await execute(statement, sql)
 
 
 async def claim(job_id: uuid.UUID | str, lease_seconds: float, job_timeout: float) -> Moved | None:
@@ -377,7 +228,7 @@ async def claim(job_id: uuid.UUID | str, lease_seconds: float, job_timeout: floa
     owner died before it recorded a prediction (its lease ran out). A job past its deadline, or
     still pending past its queue deadline, is not claimed (the caller fails it); the guard is
     the opposite of `time_out_queued`'s, so of a start and a timeout racing, one moves it."""
-    statement = _Statement()
+    statement = Statement()
     where = (
         f"id = {statement.arg(_uuid(job_id))} "
         f"AND created_at > now() - make_interval(secs => {statement.arg(job_timeout)}::float8) "
@@ -399,19 +250,19 @@ async def claim(job_id: uuid.UUID | str, lease_seconds: float, job_timeout: floa
         },
         events=("start",),
     )
-    return await _moved(statement, sql)
+    return await execute(statement, sql)
 
 
 async def update_running(
     job_id: uuid.UUID | str, attempt: int, *, events: Sequence[str] = (), **fields: Any
 ) -> Moved | None:
     """Write to a processing job only while `attempt` still owns it."""
-    statement = _Statement()
+    statement = Statement()
     where = (
         f"id = {statement.arg(_uuid(job_id))} AND status = '{JobStatus.PROCESSING}' "
         f"AND attempt = {statement.arg(attempt)}"
     )
-    return await _moved(statement, statement.update(where, fields, events=events))
+    return await execute(statement, statement.update(where, fields, events=events))
 
 
 async def renew_lease(
@@ -574,67 +425,6 @@ async def adopt_anonymous(owner: uuid.UUID) -> int:
             f"WHERE scope = '{ANONYMOUS}'::uuid"
         )
     return int(status.rsplit(" ", 1)[1])
-
-
-async def record_upstream_cancel(prediction_id: str, job_id: uuid.UUID | str) -> None:
-    """Record that `prediction_id` must be canceled upstream (it outlived its attempt)."""
-    await (await pool()).execute(
-        "INSERT INTO upstream_cancels (prediction_id, job_id, provider, attempts, created_at, "
-        "next_attempt_at) VALUES ($1, $2, (SELECT provider FROM jobs WHERE id = $2), 0, now(), "
-        f"{_CANCEL_DUE}) ON CONFLICT DO NOTHING",
-        prediction_id,
-        _uuid(job_id),
-    )
-
-
-async def prediction_owner(prediction_id: str) -> tuple[str, str | None] | None:
-    """(provider, model) of the job a prediction was made for: the job its upstream cancel
-    names, else the job that holds it, else (the job was deleted meanwhile) the provider the
-    cancel recorded; None if none of them exists."""
-    row = await (await pool()).fetchrow(
-        "SELECT provider, model FROM jobs WHERE id = (SELECT job_id FROM upstream_cancels "
-        "WHERE prediction_id = $1) UNION ALL "
-        "(SELECT provider, model FROM jobs WHERE prediction_id = $1 LIMIT 1) UNION ALL "
-        "(SELECT provider, NULL FROM upstream_cancels WHERE prediction_id = $1 "
-        "AND provider IS NOT NULL) LIMIT 1",
-        prediction_id,
-    )
-    return None if row is None else (row["provider"], row["model"])
-
-
-async def upstream_stopped(prediction_id: str) -> None:
-    await (await pool()).execute(
-        "DELETE FROM upstream_cancels WHERE prediction_id = $1", prediction_id
-    )
-
-
-async def upstream_not_stopped(prediction_id: str, retry_in: float, give_up_after: int) -> bool:
-    """A cancel failed: try again in `retry_in` s, unless it failed `give_up_after` times (then
-    the record goes, and False)."""
-    db = await pool()
-    attempts = await db.fetchval(
-        "UPDATE upstream_cancels SET attempts = attempts + 1, "
-        "next_attempt_at = now() + make_interval(secs => $2::float8) "
-        "WHERE prediction_id = $1 RETURNING attempts",
-        prediction_id,
-        float(retry_in),
-    )
-    if attempts is not None and attempts >= give_up_after:
-        await upstream_stopped(prediction_id)
-        return False
-    return True
-
-
-async def due_upstream_cancels(hold_for: float, limit: int) -> list[str]:
-    """Cancels due again (failed, or their message lost), held for `hold_for` s meanwhile."""
-    rows = await (await pool()).fetch(
-        "UPDATE upstream_cancels SET next_attempt_at = now() + make_interval(secs => $1::float8) "
-        "WHERE prediction_id IN (SELECT prediction_id FROM upstream_cancels "
-        "WHERE next_attempt_at < now() ORDER BY next_attempt_at LIMIT $2) RETURNING prediction_id",
-        float(hold_for),
-        limit,
-    )
-    return [row["prediction_id"] for row in rows]
 
 
 async def mark_dispatched(job_ids: Iterable[uuid.UUID | str]) -> None:

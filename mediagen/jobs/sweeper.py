@@ -29,7 +29,7 @@ from tortoise.expressions import Q
 
 from mediagen.batches import repository as batches
 from mediagen.jobs import repository as repo
-from mediagen.jobs import retention
+from mediagen.jobs import retention, upstream_cancels
 from mediagen.jobs.dispatch import Next, cancel_upstream_task, entry, redispatch
 from mediagen.jobs.models import Job
 from mediagen.jobs.pipeline import Pipeline
@@ -109,7 +109,7 @@ async def sweep(pipeline: Pipeline) -> int:
     for step in steps:
         outbox.send(step.task())
     # Predictions to stop upstream whose cancel failed, or whose message was lost.
-    cancels = await repo.due_upstream_cancels(settings.lease_seconds, BATCH)
+    cancels = await upstream_cancels.due(settings.lease_seconds, BATCH)
     for prediction_id in cancels:
         outbox.send(cancel_upstream_task(prediction_id))
     # Finished batches not marked yet (their settle message was lost): marked, webhook sent.

@@ -377,7 +377,7 @@ async def test_a_lost_upstream_cancel_is_sent_by_the_sweeper(polling: Stack) -> 
 
     from mediagen.broker import Outbox
     from mediagen.config import Settings
-    from mediagen.jobs import repository as repo
+    from mediagen.jobs import upstream_cancels
     from mediagen.jobs.models import UpstreamCancel
     from mediagen.jobs.pipeline import Pipeline
     from mediagen.jobs.sweeper import sweep
@@ -386,7 +386,7 @@ async def test_a_lost_upstream_cancel_is_sent_by_the_sweeper(polling: Stack) -> 
 
     async with httpx.AsyncClient(base_url=polling.url, timeout=30) as client:
         job = await _processing(client, f"[fake:stuck] {uuid.uuid4()}")
-    await repo.record_upstream_cancel(job["prediction_id"], job["job_id"])
+    await upstream_cancels.record(job["prediction_id"], job["job_id"])
     await UpstreamCancel.filter(prediction_id=job["prediction_id"]).update(
         next_attempt_at=datetime.now(UTC) - timedelta(minutes=5))
     cancels = polling.fake.stats.cancels
