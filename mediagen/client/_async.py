@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import inspect
-import json
 import mimetypes
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, overload
@@ -31,35 +28,15 @@ from mediagen.client._errors import (
     error_from_response,
     unreachable,
 )
-from mediagen.client._logs import LogCallback, LogFollower, split_stored
+from mediagen.client._logs import LogCallback
 from mediagen.client._models import Job, JobFailedError, Model, ProgressCallback
-from mediagen.client._sse import SSEParser
-from mediagen.client._states import TERMINAL
+from mediagen.client._wait import Waiter
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT = 5.0  # a server that does not answer is reported within this (retries included)
 MAX_RETRY_WAIT = 30.0  # no single wait before a retry is longer, whatever Retry-After says
-POLL_SECONDS = 1.0
-STREAM_FAILURES = 3  # consecutive failed stream attempts before falling back to polling
-STREAM_READ_TIMEOUT = 60.0  # the server pings every 15 s
 _RETRY_STATUSES = frozenset({429, 503})
 _API = "/api/v1"
-
-
-class _NoStream(Exception):
-    """The events endpoint cannot serve this wait (absent, capped, not an event stream)."""
-
-
-class _WaitState:
-    def __init__(self, on_log: LogCallback | None = None) -> None:
-        self.parser = SSEParser()
-        # the logs, when followed: how much of them was delivered, and to whom
-        self.logs = LogFollower() if on_log is not None else None
-        self.on_log = on_log
-        self.last_status: str | None = None
-        # polling: the queue position (and whether its model is paused) last reported
-        self.last_position: tuple[int | None, bool | None] | None = None
-        self.events = 0
 
 
 def _backoff(attempt: int) -> float:
@@ -297,105 +274,11 @@ class AsyncClient:
         The model's logs: ``on_log(line)`` is called with each line as soon as it is whole (the
         last one when the job ends), in order and once each, from the stream or, when polling,
         from the job's ``logs``; ``logs=True`` without ``on_log`` writes them to stderr."""
-        if logs and on_log is None:
-            on_log = _print_log
-        job = await asyncio.wait_for(self._wait(job_id, progress, _WaitState(on_log)), timeout)
+        waiter = Waiter(self._http, self.timeout, self.get, progress, on_log, logs=logs)
+        job = await asyncio.wait_for(waiter.run(job_id, f"{_API}/jobs/{job_id}/events"), timeout)
         if raise_on_failure and job.status != "completed":
             raise JobFailedError(job)
         return job
-
-    async def _wait(self, job_id: str, progress: ProgressCallback | None, state: _WaitState) -> Job:
-        failures, finished = 0, False
-        while failures < STREAM_FAILURES:
-            seen = state.events
-            try:
-                if await self._follow(job_id, state, progress):
-                    finished = True
-                    break
-                # Closed before the end: resume; only a connection that brought nothing counts.
-                failures = 0 if state.events > seen else failures + 1
-            except _NoStream:
-                break  # no stream to be had here: poll
-            except (httpx.TransportError, RateLimitedError, ServiceUnavailableError):
-                failures += 1
-            if failures:
-                await asyncio.sleep(min(0.5 * failures, 2.0))
-        job = await self.get(job_id) if finished else None
-        if job is None or not job.done:
-            job = await self._poll(job_id, state, progress)
-        # What the stream may not have said of the log (the finished job has it all), and of
-        # the status: a resume answered 204 ends without it (the job's events had not reached
-        # its stream yet); then the line the log ended without a newline.
-        await _logged(state, progress, job_id, *split_stored(job.logs))
-        await _reported(job, state, progress)
-        if state.logs is not None:
-            for line in state.logs.rest():
-                await _call(state.on_log, line)
-        return job
-
-    async def _follow(
-        self, job_id: str, state: _WaitState, progress: ProgressCallback | None
-    ) -> bool:
-        """One connection to the events endpoint; True once the job has finished."""
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-        if state.parser.last_id:
-            headers["Last-Event-ID"] = state.parser.last_id
-        timeout = httpx.Timeout(self.timeout, read=STREAM_READ_TIMEOUT)
-        path = f"{_API}/jobs/{job_id}/events"
-        params = {"logs": "true"} if state.logs is not None else None
-        async with self._http.stream(
-            "GET", path, params=params, headers=headers, timeout=timeout
-        ) as response:
-            if response.status_code == 204:
-                return True  # resumed at the end of a finished job
-            if response.status_code in (404, 405):
-                await response.aread()
-                await self.get(job_id)  # raises NotFoundError if the job is not ours
-                raise _NoStream("no events endpoint")
-            if not response.is_success:
-                await response.aread()
-                raise error_from_response(response)
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                raise _NoStream("not an event stream")
-            async for line in response.aiter_lines():
-                event = state.parser.feed(line.rstrip("\r\n"))
-                if event is None:
-                    continue
-                try:
-                    data = json.loads(event.data)
-                except ValueError:
-                    data = {"data": event.data}
-                if not isinstance(data, dict):
-                    data = {"data": data}
-                state.events += 1
-                if event.event == "logs":
-                    text, offset = data.get("logs"), data.get("offset")
-                    if isinstance(text, str) and isinstance(offset, int):
-                        await _logged(state, progress, job_id, text, offset)
-                    continue
-                await _call(progress, event.event, data)
-                if event.event == "status":
-                    state.last_status = str(data.get("status"))
-                    if state.last_status in TERMINAL:
-                        return True
-        return False
-
-    async def _poll(self, job_id: str, state: _WaitState, progress: ProgressCallback | None) -> Job:
-        while True:
-            job = await self.get(job_id)
-            await _logged(state, progress, job_id, *split_stored(job.logs))
-            await _reported(job, state, progress)
-            place = (job.queue_position, job.paused)
-            if job.status == "pending" and place != state.last_position:
-                state.last_position = place
-                await _call(
-                    progress,
-                    "queue",
-                    {"job_id": job.id, "queue_position": job.queue_position, "paused": job.paused},
-                )
-            if job.done:
-                return job
-            await asyncio.sleep(POLL_SECONDS)
 
     # -- one call ------------------------------------------------------------------------------
 
@@ -548,50 +431,3 @@ class AsyncClient:
                 retry_after = exc.retry_after if isinstance(exc, MediagenError) else None
                 await asyncio.sleep(min(retry_after or _backoff(attempt), MAX_RETRY_WAIT))
                 attempt += 1
-
-
-def _status_data(job: Job) -> dict[str, Any]:
-    return {
-        "job_id": job.id,
-        "status": job.status,
-        "retry_count": job.retry_count,
-        "error": job.error,
-        "attempts": job.attempts,
-        "result_url": job.result_url,
-        "output": job.output,
-    }
-
-
-async def _call(callback: Callable[..., object] | None, *args: Any) -> None:
-    """A user's callback (progress, on_log), awaited if it returns an awaitable."""
-    if callback is None:
-        return
-    result = callback(*args)
-    if inspect.isawaitable(result):
-        await result
-
-
-async def _logged(
-    state: _WaitState, progress: ProgressCallback | None, job_id: str, text: str, offset: int
-) -> None:
-    """Text of the job's log (at byte `offset`), if it is followed: what is new of it goes to
-    `progress` as a `logs` event and, line by line, to `on_log`."""
-    if state.logs is None:
-        return
-    part = state.logs.feed(text, offset)
-    if part is None:
-        return
-    await _call(progress, "logs", {"job_id": job_id, "logs": part[0], "offset": part[1]})
-    for line in state.logs.lines(part[0]):
-        await _call(state.on_log, line)
-
-
-async def _reported(job: Job, state: _WaitState, progress: ProgressCallback | None) -> None:
-    """A `status` event for the job as read, unless the last one said the same."""
-    if job.status != state.last_status:
-        state.last_status = job.status
-        await _call(progress, "status", _status_data(job))
-
-
-def _print_log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
