@@ -33,29 +33,18 @@ Postgres/Redis and Flower).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mediagen import __version__, extras
+from mediagen import __version__, extras, supervisor
 from mediagen.errors import ConfigurationError, ServiceUnavailableError, StorageError
 
 if TYPE_CHECKING:
     from mediagen.config import Settings
     from mediagen.preflight import Need
 
-EMBEDDED_ENV = "embedded.env"
-MAX_RESTARTS = 5
 PRIORITIES = ("low", "normal", "high")  # mediagen.jobs.states.Priority, without importing it
-RESTART_WINDOW = 60.0
 # What each server command needs to answer before it starts (mediagen.preflight); `run` checks
 # once its embedded servers (if any) are up, `worker-check` reports on its own.
 NEEDS: dict[str, tuple[Need, ...]] = {
@@ -68,99 +57,6 @@ NEEDS: dict[str, tuple[Need, ...]] = {
     "models": ("database", "schema", "redis"),
     "usage": ("database", "schema"),
 }
-
-
-def _api_cmd(settings: Settings, workers: int | None = None) -> list[str]:
-    workers = workers or settings.web_concurrency
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "mediagen.main:app",
-        "--host",
-        settings.api_host,
-        "--port",
-        str(settings.api_port),
-        "--no-access-log",
-        # The app believes forwarded headers itself (FORWARDED_ALLOW_IPS, mediagen.proxy).
-        "--no-proxy-headers",
-    ]
-    if settings.debug:  # auto-reload runs one process
-        return [*cmd, "--reload", "--reload-dir", "mediagen"]
-    return cmd + (["--workers", str(workers)] if workers > 1 else [])
-
-
-def _worker_cmd(settings: Settings, beat: bool) -> list[str]:
-    from mediagen.broker import QUEUES
-
-    level = "DEBUG" if settings.debug else settings.log_level
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mediagen.worker",
-        "worker",
-        "-P",
-        "threads",
-        "-c",
-        str(settings.worker_concurrency),
-        "-Q",
-        ",".join(QUEUES),
-        "--loglevel",
-        level,
-        "-n",
-        f"mediagen-{os.getpid()}@%h",
-    ]
-    if beat:
-        schedule = settings.embedded_data_dir / "celerybeat-schedule"
-        cmd += ["-B", "-s", str(schedule)]
-    return cmd
-
-
-def _beat_cmd(settings: Settings) -> list[str]:
-    schedule = settings.embedded_data_dir / "celerybeat-schedule"
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mediagen.worker",
-        "beat",
-        "-s",
-        str(schedule),
-        "--loglevel",
-        settings.log_level,
-    ]
-
-
-@contextlib.contextmanager
-def _services(settings: Settings) -> Iterator[dict[str, str]]:
-    """The DATABASE_URL/REDIS_URL to use: configured ones, or embedded servers for the rest."""
-    env: dict[str, str] = {}
-    if settings.database_url and settings.redis_url:
-        yield env
-        return
-    extras.require(
-        "embedded",
-        "mediagen run without DATABASE_URL and REDIS_URL",
-        alternative="set both (a Postgres and a Redis of your own)",
-    )
-    from mediagen.embedded import EmbeddedServices
-
-    data_dir = settings.embedded_data_dir.resolve()
-    print(f"mediagen: starting embedded Postgres and Redis in {data_dir}", flush=True)
-    with EmbeddedServices(data_dir) as services:
-        given = settings.database_url, settings.redis_url
-        database, redis = (url.get_secret_value() if url else None for url in given)
-        env["DATABASE_URL"] = database or services.database_url
-        env["REDIS_URL"] = redis or services.redis_url
-        env_file = data_dir / EMBEDDED_ENV
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        try:
-            yield env
-        finally:
-            env_file.unlink(missing_ok=True)
 
 
 def _migrate(settings: Settings) -> None:
@@ -236,73 +132,17 @@ def cmd_run(_: argparse.Namespace) -> int:
     _require_provider(settings, "run")
     _require_error_tracking(settings, "run")
     settings.embedded_data_dir.mkdir(parents=True, exist_ok=True)
-    with _services(settings) as env:
+    with supervisor.services(settings) as env:
         os.environ.update(env)
         settings = _settings(env_file=".env")
         _preflight(settings, ("database", "redis", "storage"))
         _migrate(settings)
-        commands = [_api_cmd(settings), _worker_cmd(settings, beat=True)]
-        envs = [{**os.environ, **_metrics_dir(settings, service)} for service in ("api", "worker")]
-        children = [
-            subprocess.Popen(cmd, env=env)  # noqa: S603
-            for cmd, env in zip(commands, envs, strict=True)
+        commands = [supervisor.api_cmd(settings), supervisor.worker_cmd(settings, beat=True)]
+        envs = [
+            {**os.environ, **supervisor.metrics_dir(settings, service)}
+            for service in ("api", "worker")
         ]
-        restarts: list[float] = []
-        print(
-            f"mediagen: API on http://{settings.api_host}:{settings.api_port} "
-            f"(docs at /docs), worker and sweeper started",
-            flush=True,
-        )
-        stopping = False
-
-        def stop(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        def reload(*_: object) -> None:
-            """SIGHUP: each process reads the models file again. (Not an API under `--reload`:
-            its supervisor would stop; its file check sees the change.)"""
-            for index, child in enumerate(children):
-                if child.poll() is None and not (index == 0 and settings.debug):
-                    child.send_signal(signal.SIGHUP)
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGHUP, reload)
-        code = 0
-        while not stopping:
-            for index, child in enumerate(children):
-                if child.poll() is None:
-                    continue
-                # A supervisor's job: start it again (jobs are safe in Postgres meanwhile),
-                # unless it keeps dying, which needs a human.
-                restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW]
-                if len(restarts) >= MAX_RESTARTS:
-                    print(
-                        f"mediagen: giving up after {MAX_RESTARTS} restarts in {RESTART_WINDOW:g}s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    code, stopping = child.returncode or 1, True
-                    break
-                print(
-                    f"mediagen: process {child.pid} exited with {child.returncode}; restarting it",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                restarts.append(time.monotonic())
-                children[index] = subprocess.Popen(commands[index], env=envs[index])  # noqa: S603
-            time.sleep(0.3)
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 20
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-        return code
+        return supervisor.supervise(settings, commands, envs)
 
 
 def _worker_check(settings: Settings) -> int:
@@ -320,25 +160,6 @@ def _worker_check(settings: Settings) -> int:
 
 def _exec(cmd: list[str]) -> int:
     os.execv(cmd[0], cmd)  # noqa: S606
-
-
-def _metrics_dir(settings: Settings, service: str) -> dict[str, str]:
-    """A fresh multiprocess metrics directory for `service` (mediagen.observability.metrics),
-    `<PROMETHEUS_MULTIPROC_DIR or EMBEDDED_DATA_DIR/metrics>/<service>`, emptied as the service
-    starts (what prometheus-client asks): the processes of one service add up, two services
-    never mix. Two `mediagen api` (or `worker`) on one machine need different directories."""
-    from mediagen.observability.metrics import MULTIPROC_ENV
-
-    if not settings.metrics_enabled:
-        return {}
-    base = os.environ.get(MULTIPROC_ENV) or str(settings.embedded_data_dir / "metrics")
-    path = (Path(base) / service).resolve()
-    shutil.rmtree(path, ignore_errors=True)
-    try:
-        path.mkdir(parents=True)
-    except OSError:  # not writable here (a container's read-only work directory)
-        path = Path(tempfile.mkdtemp(prefix=f"mediagen-metrics-{service}-"))
-    return {MULTIPROC_ENV: str(path)}
 
 
 def _flower(args: list[str]) -> int:
@@ -486,13 +307,13 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command in ("api", "worker", "beat"):
         _require_error_tracking(settings, args.command)
     if args.command == "api":
-        os.environ.update(_metrics_dir(settings, "api"))
-        return _exec(_api_cmd(settings, args.workers))
+        os.environ.update(supervisor.metrics_dir(settings, "api"))
+        return _exec(supervisor.api_cmd(settings, args.workers))
     if args.command == "worker":
-        os.environ.update(_metrics_dir(settings, "worker"))
-        return _exec(_worker_cmd(settings, beat=args.beat))
+        os.environ.update(supervisor.metrics_dir(settings, "worker"))
+        return _exec(supervisor.worker_cmd(settings, beat=args.beat))
     if args.command == "beat":
-        return _exec(_beat_cmd(settings))
+        return _exec(supervisor.beat_cmd(settings))
     parser.error(f"unknown command {args.command}")
     return 2
 

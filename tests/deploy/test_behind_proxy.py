@@ -76,9 +76,9 @@ async def test_health_details_go_to_this_machine_not_to_who_claims_to_be_it(data
 def test_the_api_command_leaves_forwarded_headers_to_the_app() -> None:
     """uvicorn's own handling is off: FORWARDED_ALLOW_IPS from `.env` decides (uvicorn reads
     only the process environment), in one place."""
-    from mediagen.cli import _api_cmd
+    from mediagen.supervisor import api_cmd
 
-    assert "--no-proxy-headers" in _api_cmd(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert "--no-proxy-headers" in api_cmd(Settings(_env_file=None))  # type: ignore[call-arg]
 
 
 # --- a path prefix -------------------------------------------------------------------------------
