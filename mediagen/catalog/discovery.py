@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
-from mediagen.catalog.catalog import Catalog, Endpoint, ModelRoute
+from mediagen.catalog.catalog import Catalog
+from mediagen.catalog.routes import Endpoint, ModelRoute
 
 # (host, port) -> its addresses, sorted; raises OSError (socket.gaierror) when it cannot.
 Resolver = Callable[[str, int], Awaitable[list[str]]]

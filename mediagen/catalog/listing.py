@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
-from mediagen.catalog.catalog import Catalog, ModelRoute, ProviderName
+from mediagen.catalog.catalog import Catalog
+from mediagen.catalog.routes import ModelRoute, ProviderName
 from mediagen.catalog.schemas import cog_input, invalid
 from mediagen.errors import OutboundError
 from mediagen.outbound import Outbound, Policy

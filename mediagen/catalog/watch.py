@@ -27,8 +27,10 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from mediagen.catalog.catalog import Catalog, CatalogError, Endpoint, file_stamp, load_catalog
+from mediagen.catalog.catalog import Catalog, load_catalog
 from mediagen.catalog.discovery import Resolver, changes, expand, host_port, resolve
+from mediagen.catalog.models_file import file_stamp
+from mediagen.catalog.routes import CatalogError, Endpoint
 from mediagen.config import Settings
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from mediagen.broker import PRIORITY_STEPS, QUEUES, queue_key, stream_key
-from mediagen.catalog.catalog import CatalogError, parse
+from mediagen.catalog import CatalogError
+from mediagen.catalog.catalog import parse
 from mediagen.config import MAX_QUEUE_SECONDS_LIMIT, Settings
 from mediagen.db import pool
 from mediagen.jobs.dispatch import START
