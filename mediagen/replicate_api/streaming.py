@@ -29,6 +29,7 @@ from mediagen.base_url import service_root
 from mediagen.errors import NotFoundError
 from mediagen.jobs import live
 from mediagen.jobs import repository as repo
+from mediagen.jobs.feed import Event, stream_end
 from mediagen.jobs.models import Job
 from mediagen.jobs.states import JobStatus
 from mediagen.keys.models import ApiKey
@@ -47,7 +48,7 @@ def signed(request: Request, job_id: uuid.UUID) -> bool:
 
 
 class ReplicateFeed:
-    """One job's events (`live.JobFeed`, with logs) written as Replicate's stream has them."""
+    """One job's events (`feed.JobFeed`, with logs) written as Replicate's stream has them."""
 
     def __init__(self, job_id: uuid.UUID, storage: Storage, base: str) -> None:
         self.job_id = job_id
@@ -62,7 +63,7 @@ class ReplicateFeed:
         self.sent = max(self.sent, offset + len(items))
         return [ServerSentEvent(data=_text(item), event="output", id=event_id) for item in fresh]
 
-    async def write(self, event: live.Event) -> list[ServerSentEvent]:
+    async def write(self, event: Event) -> list[ServerSentEvent]:
         data = event.data
         if event.name == "logs":
             return [ServerSentEvent(data=data["logs"], event="logs", id=event.id)]
@@ -105,7 +106,7 @@ async def open_stream(request: Request, job_id: uuid.UUID) -> EventSourceRespons
     state = request.app.state
     base = service_root(request)
     # The stream's end first, then the row (as `live.job_events`).
-    info = await live.stream_end(state.events_redis, job_id)
+    info = await stream_end(state.events_redis, job_id)
     allowed: Callable[[], Awaitable[bool]]
     by_signature = signed(request, job_id)
     if by_signature:
