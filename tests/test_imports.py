@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent / "mediagen"
 LAZY = {
     "mediagen.cli": "the server (`mediagen[server]`) for server commands; the client's commands",
     "mediagen.embedded": "the embedded servers (`mediagen[embedded]`)",
+    "mediagen.supervisor": "what `mediagen run` starts: the server (`mediagen[server]`) and the "
+    "embedded servers (`mediagen[embedded]`); `mediagen.cli` imports it before a command is chosen",
     "mediagen.providers.builtin.provider": "Pillow (`mediagen[builtin]`) for rendering",
 }
 
