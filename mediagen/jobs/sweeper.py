@@ -120,13 +120,15 @@ async def sweep(pipeline: Pipeline) -> int:
     resent = {str(row[0]) for row in pending} | {s.job_id for s in steps}
     if resent:
         await repo.mark_dispatched(resent)
-    await pipeline.turns.sweep()  # stale queue entries; the starts that fit free slots
     try:  # expired outputs, and pruning on its own schedule (mediagen.jobs.retention)
         await retention.sweep_retention(pipeline.storage, settings, outbox.client)
     except Exception as exc:  # the database or storage is down: the next sweep goes on
         log.warning("sweep: retention not run: %s", exc)
     if pipeline.capacity is not None:  # health checks of Cog servers, staged outputs
         await pipeline.capacity.sweep(pipeline.lose)
+    # Stale queue entries; the starts that fit free slots, after the health checks: a server
+    # found good again takes its waiting jobs now, not a sweep later.
+    await pipeline.turns.sweep()
     await outbox.flush()
     for kind, found in (
         ("deadline", len(expired)),

@@ -8,7 +8,9 @@ prediction. Here:
   again for a moment first), or a refused connection, sets the server aside for a moment; the
   job waits for a slot again without counting a retry.
 - `release` (the prediction's terminal webhook, in the API, `webhooks`): the server is free once
-  it reports the prediction done, while the worker still stores the outputs.
+  it reports the prediction done, while the worker still stores the outputs; unless it reports
+  that its worker crashed (`worker_crashed`): then it is set aside until a health check finds it
+  good again.
 - `sweep` (the sweeper): health-checks every server (`GET /health-check`); one that is not
   READY or BUSY gets no work until it is again, and after LOST_AFTER_FAILED_CHECKS failed checks
   in a row the jobs in flight on it run a new attempt (their predictions will never report:
@@ -63,6 +65,19 @@ class CogCapacity:
         if job.provider == "cog":
             await self.turns.release(job)
 
+    async def worker_crashed(self, job: Job, prediction: str) -> None:
+        """The server of the job's prediction `prediction` (a Cog id) said its worker crashed:
+        it is stopping, or died. It gets no new work until its health check is good again:
+        the slot the prediction frees would otherwise go at once to the next job in turn,
+        whose PUT would meet a refused connection and cost it an attempt."""
+        handle = Handle.parse(job.prediction_id or "")
+        if handle is None or handle.cog_id != prediction:  # not recorded yet: no server known
+            return
+        try:
+            await self.turns.queues.set_down(handle.endpoint, self._down_for(), "worker crashed")
+        except RedisError as failed:
+            log.warning("Cog endpoint %s not set aside: %s", handle.endpoint, failed)
+
     async def turned_away(self, slot: Endpoint, exc: NoCapacityError) -> NoCapacityError:
         """A Cog server answered 409 despite our accounting (someone else uses it, or a
         prediction we gave up on still runs) or could not be reached: it gets no work for a
@@ -87,6 +102,10 @@ class CogCapacity:
         if job is not None and job.status.is_terminal:
             await self.release(job)
 
+    def _down_for(self) -> float:
+        """How long a server that failed gets no work unless a health check finds it good."""
+        return max(3 * self.settings.sweep_interval, 10.0)
+
     # --- the sweeper's share -----------------------------------------------------------------
     async def sweep(self, lose: Lose) -> None:
         """Health checks of every Cog server, and the staged outputs no job will use."""
@@ -104,7 +123,7 @@ class CogCapacity:
 
     async def _check(self, route: ModelRoute, lose: Lose) -> None:
         slots = self.slots
-        down_for = max(3 * self.settings.sweep_interval, 10.0)
+        down_for = self._down_for()
         health = await asyncio.gather(*(slots.healthy(e) for e in route.endpoints))
         for endpoint, healthy in zip(route.endpoints, health, strict=True):
             if healthy:

@@ -385,10 +385,9 @@ class CogProvider:
             raise PredictionLostError(
                 "the Cog server could not upload its output", answer=error[:ANSWER_LOGGED]
             )
-        if error.startswith("Worker crashed"):
-            # The server's worker died (the server stopped or was killed, out of memory): not
-            # this input's fault, so a new attempt, counted (MAX_RETRIES bounds a model that
-            # crashes on it every time).
+        if worker_crashed(error):
+            # Not this input's fault, so a new attempt, counted (MAX_RETRIES bounds a model
+            # that crashes on it every time).
             raise PredictionLostError(
                 "the Cog server lost the prediction (its worker crashed)",
                 answer=error[:ANSWER_LOGGED],
@@ -473,6 +472,12 @@ class CogProvider:
             raise RetryableProviderError(
                 f"cog: cannot drop the prediction's record: {exc}"
             ) from exc
+
+
+def worker_crashed(error: str | None) -> bool:
+    """Whether a failed prediction's error says the server's worker died: the server was
+    stopped or killed, or ran out of memory. The server goes away (or restarts) with it."""
+    return model_message(error).startswith("Worker crashed")
 
 
 def _never_sent(exc: OutboundError) -> bool:

@@ -205,6 +205,9 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
         return "ignored"
     capacity: CogCapacity | None = request.app.state.cog_capacity
     if capacity is not None:
+        error = payload.get("error")
+        if status == "failed" and cog.worker_crashed(error if isinstance(error, str) else None):
+            await capacity.worker_crashed(running, prediction)  # the server is going away
         # The server's slot is free now: the next job in the queue starts while this one's
         # outputs are stored (a release by the worker, after that, would leave the server idle
         # for a poll step and the finish; the worker's own release is then a no-op).
