@@ -53,6 +53,7 @@ async def test_probing_does_not_write_each_time(client: httpx.AsyncClient) -> No
     probes = Path(TEST_ENV["LOCAL_STORAGE_PATH"]) / ".health"
     seen = set()
     for _ in range(20):
-        assert (await client.get("/api/v1/health")).status_code == 200
+        health = await client.get("/api/v1/health")
+        assert health.status_code == 200, health.text  # (which check failed, and why)
         seen.add(probes.stat().st_mtime_ns)
     assert len(seen) <= 2, f"the probe directory changed {len(seen)} times"
