@@ -274,8 +274,11 @@ class AsyncClient:
         The model's logs: ``on_log(line)`` is called with each line as soon as it is whole (the
         last one when the job ends), in order and once each, from the stream or, when polling,
         from the job's ``logs``; ``logs=True`` without ``on_log`` writes them to stderr."""
-        waiter = Waiter(self._http, self.timeout, self.get, progress, on_log, logs=logs)
-        job = await asyncio.wait_for(waiter.run(job_id, f"{_API}/jobs/{job_id}/events"), timeout)
+        events = f"{_API}/jobs/{job_id}/events"
+        waiter = Waiter(
+            self._http, self.timeout, self.get, job_id, events, progress, on_log, logs=logs
+        )
+        job = await asyncio.wait_for(waiter.run(), timeout)
         if raise_on_failure and job.status != "completed":
             raise JobFailedError(job)
         return job

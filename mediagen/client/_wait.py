@@ -30,14 +30,17 @@ class _NoStream(Exception):
 
 
 class Waiter:
-    """One wait: the client's connection and its `get`, the caller's callbacks, and what was
-    reported so far (so nothing is reported twice across resumes and the polling fallback)."""
+    """One wait for one job: the client's connection and its `get`, the job and the path of its
+    event stream, the caller's callbacks, and what was reported so far (so nothing is reported
+    twice across resumes and the polling fallback)."""
 
     def __init__(
         self,
         http: httpx.AsyncClient,
         timeout: float,
         get: Callable[[str], Awaitable[Job]],
+        job_id: str,
+        events: str,
         progress: ProgressCallback | None = None,
         on_log: LogCallback | None = None,
         *,
@@ -46,6 +49,8 @@ class Waiter:
         self.http = http
         self.timeout = timeout
         self.get = get
+        self.job_id = job_id
+        self.events_path = events
         self.progress = progress
         if logs and on_log is None:
             on_log = _print_log
@@ -57,16 +62,14 @@ class Waiter:
         # polling: the queue position (and whether its model is paused) last reported
         self.last_position: tuple[int | None, bool | None] | None = None
         self.events = 0
-        self.events_path = ""
 
-    async def run(self, job_id: str, events: str) -> Job:
-        """The job once it is finished; `events`: the path of its event stream."""
-        self.events_path = events
+    async def run(self) -> Job:
+        """The job once it is finished."""
         failures, finished = 0, False
         while failures < STREAM_FAILURES:
             seen = self.events
             try:
-                if await self._follow(job_id):
+                if await self._follow():
                     finished = True
                     break
                 # Closed before the end: resume; only a connection that brought nothing counts.
@@ -77,20 +80,20 @@ class Waiter:
                 failures += 1
             if failures:
                 await asyncio.sleep(min(0.5 * failures, 2.0))
-        job = await self.get(job_id) if finished else None
+        job = await self.get(self.job_id) if finished else None
         if job is None or not job.done:
-            job = await self._poll(job_id)
+            job = await self._poll()
         # What the stream may not have said of the log (the finished job has it all), and of
         # the status: a resume answered 204 ends without it (the job's events had not reached
         # its stream yet); then the line the log ended without a newline.
-        await self._logged(job_id, *split_stored(job.logs))
+        await self._logged(*split_stored(job.logs))
         await self._reported(job)
         if self.logs is not None:
             for line in self.logs.rest():
                 await _call(self.on_log, line)
         return job
 
-    async def _follow(self, job_id: str) -> bool:
+    async def _follow(self) -> bool:
         """One connection to the events endpoint; True once the job has finished."""
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if self.parser.last_id:
@@ -104,7 +107,7 @@ class Waiter:
                 return True  # resumed at the end of a finished job
             if response.status_code in (404, 405):
                 await response.aread()
-                await self.get(job_id)  # raises NotFoundError if the job is not ours
+                await self.get(self.job_id)  # raises NotFoundError if the job is not ours
                 raise _NoStream("no events endpoint")
             if not response.is_success:
                 await response.aread()
@@ -125,7 +128,7 @@ class Waiter:
                 if event.event == "logs":
                     text, offset = data.get("logs"), data.get("offset")
                     if isinstance(text, str) and isinstance(offset, int):
-                        await self._logged(job_id, text, offset)
+                        await self._logged(text, offset)
                     continue
                 await _call(self.progress, event.event, data)
                 if event.event == "status":
@@ -134,10 +137,10 @@ class Waiter:
                         return True
         return False
 
-    async def _poll(self, job_id: str) -> Job:
+    async def _poll(self) -> Job:
         while True:
-            job = await self.get(job_id)
-            await self._logged(job_id, *split_stored(job.logs))
+            job = await self.get(self.job_id)
+            await self._logged(*split_stored(job.logs))
             await self._reported(job)
             place = (job.queue_position, job.paused)
             if job.status == "pending" and place != self.last_position:
@@ -151,7 +154,7 @@ class Waiter:
                 return job
             await asyncio.sleep(POLL_SECONDS)
 
-    async def _logged(self, job_id: str, text: str, offset: int) -> None:
+    async def _logged(self, text: str, offset: int) -> None:
         """Text of the job's log (at byte `offset`), if it is followed: what is new of it goes
         to `progress` as a `logs` event and, line by line, to `on_log`."""
         if self.logs is None:
@@ -159,7 +162,9 @@ class Waiter:
         part = self.logs.feed(text, offset)
         if part is None:
             return
-        await _call(self.progress, "logs", {"job_id": job_id, "logs": part[0], "offset": part[1]})
+        await _call(
+            self.progress, "logs", {"job_id": self.job_id, "logs": part[0], "offset": part[1]}
+        )
         for line in self.logs.lines(part[0]):
             await _call(self.on_log, line)
 
