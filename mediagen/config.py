@@ -49,11 +49,18 @@ def mask_url(url: str) -> str:
     return parts._replace(netloc=user + parts.netloc.rpartition("@")[2]).geturl()
 
 
+#: Where `mediagen run` keeps its embedded servers (EMBEDDED_DATA_DIR), and the file in it that
+#: holds their URLs while it runs them, so that other commands (`celery -A mediagen.worker
+#: inspect ping`, `mediagen migrate`) find them.
+EMBEDDED_DATA_DIR = Path(".mediagen")
+EMBEDDED_ENV = "embedded.env"
+
+
 class Settings(BaseSettings):
-    # `.mediagen/embedded.env` is written by `mediagen run` while it runs embedded servers, so
-    # other commands (`celery -A mediagen.worker inspect ping`, `mediagen migrate`) find them.
     model_config = SettingsConfigDict(
-        env_file=(".env", ".mediagen/embedded.env"), extra="ignore", case_sensitive=False
+        env_file=(".env", str(EMBEDDED_DATA_DIR / EMBEDDED_ENV)),
+        extra="ignore",
+        case_sensitive=False,
     )
 
     @classmethod
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
     # Prepared statements each database connection keeps (asyncpg's statement cache); 0 for
     # PgBouncer in transaction mode (docs/scaling.md, PgBouncer).
     database_statement_cache_size: int = Field(100, ge=0, le=10_000)
-    embedded_data_dir: Path = Path("./.mediagen")
+    embedded_data_dir: Path = EMBEDDED_DATA_DIR
     # A directory of secret files, one per secret setting, named after it (a mounted
     # Kubernetes Secret, Docker's /run/secrets); `NAME_FILE` names one file. Unset: none.
     secrets_dir: Path | None = None
@@ -369,6 +376,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def embedded_env_file(self) -> Path:
+        """The URLs of the embedded servers, written by `mediagen run` while it runs them."""
+        return self.embedded_data_dir / EMBEDDED_ENV
+
+    @property
     def max_input_pixels(self) -> int:
         """The most pixels an input image may have: 4 x MAX_DIMENSION² (4096 x 4096 at the
         default), checked on its header before anything decodes it (a 20 KB PNG can declare
@@ -423,7 +435,7 @@ def get_settings() -> Settings:
     """The process-wide settings, read once. A `mediagen run` started with another
     EMBEDDED_DATA_DIR wrote its servers' addresses there: they are read from there too."""
     settings = Settings()
-    found = settings.embedded_data_dir / "embedded.env"
+    found = settings.embedded_env_file
     if (not settings.database_url or not settings.redis_url) and found.is_file():
         settings = Settings(_env_file=(".env", str(found)))
     return settings

@@ -27,7 +27,6 @@ from mediagen import extras
 if TYPE_CHECKING:
     from mediagen.config import Settings
 
-EMBEDDED_ENV = "embedded.env"
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 
@@ -117,7 +116,7 @@ def services(settings: Settings) -> Iterator[dict[str, str]]:
         database, redis = (url.get_secret_value() if url else None for url in given)
         env["DATABASE_URL"] = database or services.database_url
         env["REDIS_URL"] = redis or services.redis_url
-        env_file = data_dir / EMBEDDED_ENV
+        env_file = settings.embedded_env_file.resolve()
         env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         try:
             yield env
