@@ -366,7 +366,7 @@ S10_WAIT = 150.0  # at most, for every job to be terminal before the replays
 
 
 def _cog_webhook(ctx: Context, prediction: str) -> str:
-    from mediagen.providers.cog.provider import webhook_token
+    from mediagen.providers.cog.ids import webhook_token
 
     token = webhook_token(SECRET.encode(), prediction)
     return f"{ctx.app.api_url}/api/v1/webhooks/cog/{prediction}/{token}"

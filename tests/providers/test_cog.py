@@ -29,6 +29,8 @@ import redis
 
 from mediagen.catalog import Endpoint
 from mediagen.config import get_settings
+from mediagen.providers.cog import ids
+from mediagen.providers.cog import outputs as cog_outputs
 from mediagen.providers.cog import provider as cog
 from mediagen.scheduling import pool_of
 from mediagen.scheduling._lua import PREFIX
@@ -220,17 +222,17 @@ async def test_an_output_over_the_download_limit_fails_the_job(main: Stack,
 async def test_upload_endpoint_refuses_strangers(uploads: Stack) -> None:
     token = uploads.env["COG_UPLOAD_TOKEN"]
     # The stack's key is the one kept in Postgres (its COG_WEBHOOK_SECRET is unset).
-    key = await cog.webhook_key(get_settings())
-    stranger = cog.cog_id(uuid.uuid4(), 1)
+    key = await ids.webhook_key(get_settings())
+    stranger = ids.cog_id(uuid.uuid4(), 1)
 
     def put(url_token: str, prediction: str) -> Any:
         return client.put(f"/api/v1/uploads/cog/{url_token}/x.png", content=b"\x89PNG",
                           headers={"content-type": "image/png", "x-prediction-id": prediction})
 
     async with httpx.AsyncClient(base_url=uploads.url, timeout=30) as client:
-        wrong = await put("not-the-token", cog.given_id(key, stranger))
+        wrong = await put("not-the-token", ids.given_id(key, stranger))
         bare = await put(token, stranger)  # not the id a server was given: no upload token
-        no_job = await put(token, cog.given_id(key, stranger))
+        no_job = await put(token, ids.given_id(key, stranger))
     assert wrong.status_code == 401
     assert bare.status_code == 401
     assert no_job.status_code == 404
@@ -244,14 +246,14 @@ async def test_forged_and_cross_prediction_tokens_are_refused(main: Stack) -> No
         job_id = await _submit(client, _inputs("a slow owl", step_seconds=0.2, num_inference_steps=10))
         job = await _started(client, job_id, main.cog)
         mine = _cog_id(job)
-        other = cog.cog_id(uuid.uuid4(), 1)
+        other = ids.cog_id(uuid.uuid4(), 1)
         forged = "A" * 43
         succeeded = {"id": mine, "status": "succeeded", "output": ["data:image/png;base64,AAAA"]}
         answers = [
             await _webhook(client, mine, forged, succeeded),  # a made-up token
-            await _webhook(client, mine, cog.webhook_token(key, other), succeeded),  # another's
-            await _webhook(client, other, cog.webhook_token(key, other), succeeded),  # body: mine
-            await _webhook(client, mine, cog.webhook_token(b"another secret", mine), succeeded),
+            await _webhook(client, mine, ids.webhook_token(key, other), succeeded),  # another's
+            await _webhook(client, other, ids.webhook_token(key, other), succeeded),  # body: mine
+            await _webhook(client, mine, ids.webhook_token(b"another secret", mine), succeeded),
         ]
         assert [a.status_code for a in answers] == [401, 401, 401, 401], [a.text for a in answers]
         assert all(a.json()["code"] == "unauthorized" for a in answers)
@@ -271,13 +273,13 @@ async def test_replayed_webhooks_are_acknowledged_and_ignored(main: Stack) -> No
         other_png = _decoded(main.cog.predict(_inputs("something else"))["output"])[0]
         replay = {"id": prediction, "status": "succeeded",
                   "output": ["data:image/png;base64," + base64.b64encode(other_png).decode()]}
-        token = cog.webhook_token(key, prediction)
+        token = ids.webhook_token(key, prediction)
         answer = await _webhook(client, prediction, token, replay)
         failed = await _webhook(client, prediction, token,
                                 {"id": prediction, "status": "failed", "error": "replayed"})
         # A stale attempt of the same job (attempt 2 never ran; attempt 1 is over).
-        stale = cog.cog_id(job["job_id"], 2)
-        late = await _webhook(client, stale, cog.webhook_token(key, stale),
+        stale = ids.cog_id(job["job_id"], 2)
+        late = await _webhook(client, stale, ids.webhook_token(key, stale),
                               {**replay, "id": stale})
         after = (await client.get(f"/api/v1/jobs/{job['job_id']}")).json()
         assert [r.json()["status"] for r in (answer, failed, late)] == ["ignored"] * 3
@@ -299,7 +301,7 @@ async def test_a_duplicate_completion_of_a_running_attempt_counts_once(main: Sta
             job_id = await _submit(client, _inputs("a doubled crane", step_seconds=0.3, num_inference_steps=10))
             job = await _started(client, job_id, main.cog)
             prediction = _cog_id(job)
-            token = cog.webhook_token(key, prediction)
+            token = ids.webhook_token(key, prediction)
             early = {"id": prediction, "status": "failed", "error": "first answer wins"}
             answers = await asyncio.gather(*(_webhook(client, prediction, token, early) for _ in "ab"))
             final = await wait_terminal(client, job_id, 30)
@@ -329,7 +331,7 @@ async def test_a_busy_server_is_waited_for_as_pending(main: Stack) -> None:
         await asyncio.sleep(0.5)
         waiting = (await client.get(f"/api/v1/jobs/{second}")).json()
         assert waiting["status"] == "pending" and waiting["queue_position"] == 0, waiting
-        assert not main.cog.says(cog.cog_id(second, 1))
+        assert not main.cog.says(ids.cog_id(second, 1))
         done = [await wait_terminal(client, job_id, 40) for job_id in (first, second)]
     assert [j["status"] for j in done] == ["completed", "completed"], done
     assert done[1]["retry_count"] == 0 and done[1]["attempts"] == 1, done[1]
@@ -363,7 +365,7 @@ async def test_a_409_from_the_server_of_its_slot_is_waited_out_there(main: Stack
             job_id = await _submit(client, _inputs(f"right after it {round_}"))
             done = await wait_terminal(client, job_id, 30)
             lines = [line for line in main.worker.log.read_text().splitlines() if job_id in line
-                     or cog.cog_id(job_id, 1) in line]
+                     or ids.cog_id(job_id, 1) in line]
             met = any("Cog server busy (409)" in line for line in lines)
             if met or any("no free slot" in line for line in lines):
                 break
@@ -399,10 +401,10 @@ async def test_the_completion_webhook_frees_the_slot_before_the_worker_finishes(
         os.killpg(main.worker.popen.pid, signal.SIGSTOP)
         try:
             for _ in range(400):  # until the server reported the first one done
-                if broker.exists(cog.DONE + cog.cog_id(first, 1)):
+                if broker.exists(cog.DONE + ids.cog_id(first, 1)):
                     break
                 await asyncio.sleep(0.01)
-            assert broker.exists(cog.DONE + cog.cog_id(first, 1))
+            assert broker.exists(cog.DONE + ids.cog_id(first, 1))
             job = (await client.get(f"/api/v1/jobs/{first}")).json()
             assert job["status"] == "processing", job  # not finished: the worker is paused
             assert broker.zscore(held, first) is None  # ... and its slot is free
@@ -433,7 +435,7 @@ async def test_a_job_canceled_while_it_waits_gives_its_turn_to_the_next(main: St
         done = [await wait_terminal(client, job_id, 20) for job_id in (first, third)]
     assert [j["status"] for j in done] == ["completed", "completed"], done
     assert done[1]["attempts"] == 1
-    assert not main.cog.says(cog.cog_id(second, 1))
+    assert not main.cog.says(ids.cog_id(second, 1))
 
 
 async def test_cancel_reaches_the_cog_server(main: Stack) -> None:
@@ -444,7 +446,7 @@ async def test_cancel_reaches_the_cog_server(main: Stack) -> None:
         canceled = await client.post(f"/api/v1/jobs/{job_id}/cancel")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         started = time.monotonic()
-        given = cog.given_id(SECRET.encode(), _cog_id(job))  # the id the server knows it by
+        given = ids.given_id(SECRET.encode(), _cog_id(job))  # the id the server knows it by
         while not main.cog.says(f'"Prediction cancelled","prediction_id":"{given}"'):
             assert time.monotonic() - started < 10, main.cog.tail()
             await asyncio.sleep(0.05)
@@ -507,25 +509,25 @@ async def test_a_cog_server_killed_mid_prediction_is_survived(fragile: Stack) ->
 
 def test_handles_and_tokens() -> None:
     job_id = uuid.uuid4()
-    prediction = cog.cog_id(job_id, 3)
+    prediction = ids.cog_id(job_id, 3)
     assert prediction == f"mg-{job_id.hex}-3"
-    assert cog.parse_cog_id(prediction) == (job_id, 3)
-    assert cog.parse_cog_id(prediction + "x") is None and cog.parse_cog_id("mg-1-1") is None
-    handle = cog.Handle(prediction, cog.endpoint_key("http://gpu-1:5000"), 1795990000123)
-    assert cog.Handle.parse(str(handle)) == handle and len(str(handle)) < 200
+    assert ids.parse_cog_id(prediction) == (job_id, 3)
+    assert ids.parse_cog_id(prediction + "x") is None and ids.parse_cog_id("mg-1-1") is None
+    handle = ids.Handle(prediction, ids.endpoint_key("http://gpu-1:5000"), 1795990000123)
+    assert ids.Handle.parse(str(handle)) == handle and len(str(handle)) < 200
     key = b"k"
-    token = cog.webhook_token(key, prediction)
-    assert cog.token_matches(key, prediction, token)
-    assert not cog.token_matches(key, cog.cog_id(job_id, 4), token)
-    assert not cog.token_matches(b"other", prediction, token)
-    assert not cog.token_matches(key, prediction, "é" * 43)  # never raises
+    token = ids.webhook_token(key, prediction)
+    assert ids.token_matches(key, prediction, token)
+    assert not ids.token_matches(key, ids.cog_id(job_id, 4), token)
+    assert not ids.token_matches(b"other", prediction, token)
+    assert not ids.token_matches(key, prediction, "é" * 43)  # never raises
 
 
 async def test_data_uris_are_checked_before_decoding() -> None:
     from mediagen.errors import PermanentProviderError
 
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-    uri = cog.DataUri.parse("data:image/png;base64," + base64.b64encode(png).decode(), 4096)
+    uri = cog_outputs.DataUri.parse("data:image/png;base64," + base64.b64encode(png).decode(), 4096)
     assert (uri.content_type, uri.ext, uri.size) == ("image/png", "png", len(png))
     assert b"".join([chunk async for chunk in uri.chunks()]) == png
     for bad, why in (("data:image/png;base64," + "A" * 8000, "exceeds 4096"),
@@ -533,7 +535,7 @@ async def test_data_uris_are_checked_before_decoding() -> None:
                      ("data:image/png,%89PNG", "not base64"),
                      ("data:image/png;base64,AAA", "not valid base64")):
         with pytest.raises(PermanentProviderError, match=why):
-            cog.DataUri.parse(bad, 4096)
-    assert cog.file_outputs({"a": ["data:x", "text", 3], "b": "https://h/x.png"}) == [
+            cog_outputs.DataUri.parse(bad, 4096)
+    assert cog_outputs.file_outputs({"a": ["data:x", "text", 3], "b": "https://h/x.png"}) == [
         "data:x", "https://h/x.png"]
     assert json.loads(json.dumps(cog.WEBHOOK_EVENTS)) == ["start", "output", "logs", "completed"]

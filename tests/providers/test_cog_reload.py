@@ -30,7 +30,7 @@ import redis
 from mediagen.catalog import load_catalog
 from mediagen.catalog.watch import CatalogWatcher
 from mediagen.config import Settings
-from mediagen.providers.cog import provider as cog
+from mediagen.providers.cog import ids
 from tests.cog_servers import CogServer, cog_venv  # noqa: F401 - the fixture, for this module
 from tests.conftest import redis_server, start_api, start_worker
 from tests.support import Proc, free_port, wait_for, wait_terminal
@@ -174,7 +174,7 @@ async def test_an_edit_moves_new_jobs_and_lets_running_ones_finish(stack: Stack)
         # A cancel still reaches the server the file no longer names.
         canceled = await client.post(f"/api/v1/jobs/{dropped}/cancel")
         assert canceled.status_code == 200, canceled.text
-        given = cog.given_id(SECRET.encode(), _cog_id(second))
+        given = ids.given_id(SECRET.encode(), _cog_id(second))
         wait_for(lambda: second_on.says(f'"Prediction cancelled","prediction_id":"{given}"'),
                  10, None, "the cancel on the old server")
 

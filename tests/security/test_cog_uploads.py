@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from mediagen.jobs.sweeper import sweep
-from mediagen.providers.cog import provider as cog
+from mediagen.providers.cog import ids
+from mediagen.providers.cog import outputs as cog_outputs
 from tests.fakes.cog import FakeCog
 from tests.stack import InProcess, in_process
 from tests.support import wait_terminal
@@ -67,7 +68,7 @@ async def _running(cogs: Cog) -> tuple[str, str]:
     for _ in range(400):
         job = (await cogs.client.get(f"/api/v1/jobs/{job_id}")).json()
         if job["status"] == "processing" and job["prediction_id"]:
-            return job_id, cog.cog_id(job_id, job["attempts"])
+            return job_id, ids.cog_id(job_id, job["attempts"])
         await asyncio.sleep(0.025)
     raise AssertionError(f"the prediction never started: {job}")
 
@@ -91,7 +92,7 @@ async def test_the_shared_upload_token_alone_stores_nothing(cogs: Cog) -> None:
     answers = [
         await _upload(cogs, prediction, PNG),  # the shared token and the bare id
         await _upload(cogs, forged, PNG),  # another token
-        await _upload(cogs, cog.cog_id(uuid.uuid4(), 1) + given[len(prediction):], PNG),
+        await _upload(cogs, ids.cog_id(uuid.uuid4(), 1) + given[len(prediction):], PNG),
     ]
     assert [a.status_code for a in answers] == [401, 401, 401], [a.text for a in answers]
     assert _staged(cogs, prediction) == []
@@ -99,7 +100,7 @@ async def test_the_shared_upload_token_alone_stores_nothing(cogs: Cog) -> None:
     assert wrong_url.status_code == 401  # and the shared token is still needed
     ok = await _upload(cogs, given, PNG)
     assert ok.status_code == 201, ok.text
-    assert ok.headers["location"].startswith(cog.UPLOADED)
+    assert ok.headers["location"].startswith(cog_outputs.UPLOADED)
     assert len(_staged(cogs, prediction)) == 1
     await cogs.client.post(f"/api/v1/jobs/{job_id}/cancel")
 
@@ -122,7 +123,7 @@ async def test_inline_outputs_must_be_what_they_say_they_are(cogs: Cog) -> None:
     """The completion webhook's data: URIs are checked the same way: the job fails, saying
     why, and keeps nothing."""
     job_id, prediction = await _running(cogs)
-    token = cog.webhook_token(SECRET.encode(), prediction)
+    token = ids.webhook_token(SECRET.encode(), prediction)
     lie = "data:image/png;base64," + base64.b64encode(HTML).decode()
     hook = await cogs.client.post(f"/api/v1/webhooks/cog/{prediction}/{token}", json={
         "id": cogs.fake.given(prediction), "status": "succeeded", "output": [lie]})
@@ -137,7 +138,7 @@ async def test_a_completion_with_more_outputs_than_a_job_keeps_fails_it(cogs: Co
     """300 inline outputs in one webhook: the job fails saying why, and none of them was
     staged (MAX_OUTPUTS_PER_JOB, 16 by default; the same rule as every provider's)."""
     job_id, prediction = await _running(cogs)
-    token = cog.webhook_token(SECRET.encode(), prediction)
+    token = ids.webhook_token(SECRET.encode(), prediction)
     one = "data:image/png;base64," + base64.b64encode(PNG).decode()
     hook = await cogs.client.post(f"/api/v1/webhooks/cog/{prediction}/{token}", json={
         "id": cogs.fake.given(prediction), "status": "succeeded", "output": [one] * 300})
@@ -159,7 +160,7 @@ async def test_staged_outputs_nobody_will_use_are_swept(cogs: Cog) -> None:
     canceled = await cogs.client.post(f"/api/v1/jobs/{ended}/cancel")
     assert canceled.status_code == 200, canceled.text
     # Left by a job long gone, and by something that is no prediction of ours, a day ago.
-    orphan = cogs.media / "cog-staging" / cog.cog_id(uuid.uuid4(), 2) / f"{uuid.uuid4().hex}.png"
+    orphan = cogs.media / "cog-staging" / ids.cog_id(uuid.uuid4(), 2) / f"{uuid.uuid4().hex}.png"
     stray = cogs.media / "cog-staging" / "not-a-prediction" / f"{uuid.uuid4().hex}.png"
     day_ago = time.time() - 86_400
     for path in (orphan, stray):

@@ -84,23 +84,15 @@ from mediagen.providers.base import (
 from mediagen.providers.cog.ids import (
     Handle,
     cog_id,
-    cog_id_of,
     endpoint_key,
     given_id,
     parse_cog_id,
-    token_matches,
-    uploading,
     webhook_key,
-    webhook_token,
     webhook_url,
 )
 from mediagen.providers.cog.outputs import (
     STAGED,
     STAGED_NAME,
-    UPLOADED,
-    DataUri,
-    file_outputs,
-    is_file,
     media_of,
     staged_chunks,
     staged_key,
@@ -117,28 +109,6 @@ from mediagen.providers.downloads import (
 from mediagen.storage import create_storage
 from mediagen.storage.base import Storage
 
-__all__ = [
-    "STAGED",
-    "STAGED_NAME",
-    "UPLOADED",
-    "CogProvider",
-    "DataUri",
-    "Handle",
-    "cog_id",
-    "cog_id_of",
-    "endpoint_key",
-    "file_outputs",
-    "given_id",
-    "is_file",
-    "media_of",
-    "parse_cog_id",
-    "staged_key",
-    "token_matches",
-    "uploading",
-    "webhook_key",
-    "webhook_token",
-    "webhook_url",
-]
 log = logging.getLogger(__name__)
 
 # Waits before a PUT that met a 409 is sent again (`CogProvider._put`): about 0.6 s in all,

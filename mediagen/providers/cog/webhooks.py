@@ -73,6 +73,23 @@ from mediagen.jobs.states import JobStatus
 from mediagen.providers.base import finished
 from mediagen.providers.cog import provider as cog
 from mediagen.providers.cog.capacity import CogCapacity
+from mediagen.providers.cog.ids import (
+    cog_id_of,
+    parse_cog_id,
+    token_matches,
+    uploading,
+    webhook_key,
+)
+from mediagen.providers.cog.outputs import (
+    STAGED,
+    STAGED_NAME,
+    UPLOADED,
+    DataUri,
+    file_outputs,
+    is_file,
+    media_of,
+    staged_key,
+)
 from mediagen.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -83,8 +100,8 @@ UPLOADS = "/uploads/cog/"
 WEBHOOK_SLACK = 4 * 1024 * 1024  # logs, metrics and JSON around the outputs
 DATA_OUTPUTS = 4  # data: URI outputs one webhook may carry at DOWNLOAD_MAX_BYTES each
 RECORD_TTL_MARGIN = 24 * 3600
-ID_PATTERN = r"^mg-[0-9a-f]{32}-[1-9][0-9]{0,8}$"  # cog.cog_id
-MAC_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # cog.webhook_token
+ID_PATTERN = r"^mg-[0-9a-f]{32}-[1-9][0-9]{0,8}$"  # cog_id
+MAC_PATTERN = r"^[A-Za-z0-9_-]{43}$"  # webhook_token
 
 
 class WebhookAck(BaseModel):
@@ -119,7 +136,7 @@ async def _body(request: Request, limit: int) -> AsyncIterator[bytes]:
 async def _running(prediction: str) -> Job | None:
     """The job when `prediction` is the Cog prediction of the attempt that owns it right now;
     None when it is stale (or was never one of ours)."""
-    parsed = cog.parse_cog_id(prediction)
+    parsed = parse_cog_id(prediction)
     if parsed is None:
         return None
     job = await repo.get(parsed[0])
@@ -162,8 +179,8 @@ async def cog_webhook(
     """The URL is the one mediagen gave the prediction (it carries a token of that prediction
     only). Answers 200 for stale and duplicate webhooks, so Cog stops sending them."""
     settings: Settings = request.app.state.settings
-    key = await cog.webhook_key(settings)
-    if not cog.token_matches(key, prediction_id, token):
+    key = await webhook_key(settings)
+    if not token_matches(key, prediction_id, token):
         raise AuthenticationError("webhook rejected: invalid token")
     body = b"".join([chunk async for chunk in _body(request, webhook_max_bytes(settings))])
     try:
@@ -175,7 +192,7 @@ async def cog_webhook(
     except orjson.JSONDecodeError as exc:
         raise AuthenticationError("webhook rejected: the body is not JSON") from exc
     given = payload.get("id") if isinstance(payload, dict) else None
-    if not isinstance(given, str) or cog.cog_id_of(given) != prediction_id:
+    if not isinstance(given, str) or cog_id_of(given) != prediction_id:
         raise AuthenticationError("webhook rejected: its token is for another prediction")
     try:
         outcome = await _accept(prediction_id, payload, request)
@@ -201,7 +218,7 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
         return "noted"
     running = await _running(prediction)
     if running is None:  # its uploads will never be used
-        await _discard(storage, prediction, cog.file_outputs(payload.get("output")))
+        await _discard(storage, prediction, file_outputs(payload.get("output")))
         return "ignored"
     capacity: CogCapacity | None = request.app.state.cog_capacity
     if capacity is not None:
@@ -244,7 +261,7 @@ async def _accept(prediction: str, payload: dict[str, Any], request: Request) ->
 
 async def _ended_in(prediction: str) -> JobStatus | None:
     """The job's final status when it ended in the attempt `prediction` belongs to."""
-    parsed = cog.parse_cog_id(prediction)
+    parsed = parse_cog_id(prediction)
     job = await repo.get(parsed[0]) if parsed else None
     if job is None or parsed is None or job.attempt != parsed[1]:
         return None
@@ -266,7 +283,7 @@ async def _terminal_record(
         "predict_time": _predict_time(payload),
         "outputs": [],
     }
-    shaped, files = values.split(payload.get("output"), cog.is_file)
+    shaped, files = values.split(payload.get("output"), is_file)
     outputs = [ref for _, ref in files]
     if status != "succeeded":
         await _discard(storage, prediction, outputs)
@@ -294,7 +311,7 @@ async def _terminal_record(
 def _streamed(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """What a running prediction streamed so far (`values.streamed`): its chunks, or only
     their size when that is past MAX_OUTPUT_VALUE_BYTES (the job fails: `CogProvider.get`)."""
-    chunks = values.streamed(payload.get("output"), cog.is_file)
+    chunks = values.streamed(payload.get("output"), is_file)
     if not chunks:
         return {}
     size = values.size_of(chunks)
@@ -321,27 +338,27 @@ async def _stage(
     prediction: str, index: int, value: str, settings: Settings, storage: Storage
 ) -> str:
     """One output as the record keeps it: a staged object (`staged:<name>`) or a URL."""
-    if value.startswith(cog.UPLOADED):
-        name = value.removeprefix(cog.UPLOADED)
-        if not cog.STAGED_NAME.match(name):
+    if value.startswith(UPLOADED):
+        name = value.removeprefix(UPLOADED)
+        if not STAGED_NAME.match(name):
             raise PermanentProviderError(f"output {index}: not an upload of ours: {value[:80]!r}")
-        return cog.STAGED + name
+        return STAGED + name
     if not value.startswith("data:"):
         return value  # http(s): downloaded by the worker, with the download rules
     try:
-        uri = cog.DataUri.parse(value, settings.download_max_bytes)
+        uri = DataUri.parse(value, settings.download_max_bytes)
     except PermanentProviderError as exc:
         raise PermanentProviderError(f"output {index}: {exc.message}") from None
     name = f"{uuid.uuid4().hex}.{uri.ext}"
     try:
         await storage.save(
-            cog.staged_key(storage, prediction, name),
+            staged_key(storage, prediction, name),
             await _checked(uri.chunks(), uri.ext),
             uri.content_type,
         )
     except (PermanentProviderError, UnsupportedMediaTypeError) as exc:
         raise PermanentProviderError(f"output {index}: {exc.message}") from None
-    return cog.STAGED + name
+    return STAGED + name
 
 
 async def _checked(chunks: AsyncIterator[bytes], ext: str) -> AsyncIterator[bytes]:
@@ -357,10 +374,10 @@ async def _discard(storage: Storage, prediction: str, outputs: list[Any]) -> Non
     for value in outputs:
         if not isinstance(value, str):
             continue
-        name = value.removeprefix(cog.STAGED).removeprefix(cog.UPLOADED)
-        if name != value and cog.STAGED_NAME.match(name):
+        name = value.removeprefix(STAGED).removeprefix(UPLOADED)
+        if name != value and STAGED_NAME.match(name):
             try:
-                await storage.delete(cog.staged_key(storage, prediction, name))
+                await storage.delete(staged_key(storage, prediction, name))
             except StorageError as exc:
                 log.warning("staged output %s of %s not deleted: %s", name, prediction, exc)
 
@@ -401,8 +418,8 @@ async def cog_upload(token: str, filename: str, request: Request) -> Response:
         raise NotFoundError("uploads are not configured (COG_UPLOAD_TOKEN is unset)")
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise AuthenticationError("upload rejected: invalid token")
-    key = await cog.webhook_key(settings)
-    prediction = cog.uploading(key, request.headers.get("x-prediction-id", ""))
+    key = await webhook_key(settings)
+    prediction = uploading(key, request.headers.get("x-prediction-id", ""))
     if prediction is None:
         raise AuthenticationError(
             "upload rejected: X-Prediction-ID is not the id of a prediction mediagen gave"
@@ -410,16 +427,16 @@ async def cog_upload(token: str, filename: str, request: Request) -> Response:
     if await _running(prediction) is None:
         raise NotFoundError("no running prediction has this X-Prediction-ID")
     try:
-        content_type, ext = cog.media_of(request.headers.get("content-type"), filename)
+        content_type, ext = media_of(request.headers.get("content-type"), filename)
     except PermanentProviderError as exc:
         raise UnsupportedMediaTypeError(exc.message) from None
     body = await _checked(_body(request, settings.download_max_bytes), ext)
     name = f"{uuid.uuid4().hex}.{ext}"
     storage: Storage = request.app.state.storage
-    where = cog.staged_key(storage, prediction, name)
+    where = staged_key(storage, prediction, name)
     try:
         await storage.save(where, body, content_type)
     except StorageError as exc:
         raise ServiceUnavailableError(f"upload not stored: {exc.message}", retry_after=5) from exc
     log.info("cog upload %s for %s stored", name, prediction)
-    return Response(status_code=201, headers={"Location": cog.UPLOADED + name})
+    return Response(status_code=201, headers={"Location": UPLOADED + name})
