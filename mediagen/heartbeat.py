@@ -2,8 +2,8 @@
 
 Every worker process with a runtime (a threads worker's only process, a prefork worker's main
 process and each child) writes `{host}:{pid}` with the time into the sorted set WORKERS every
-HEARTBEAT_TTL / 3 seconds, from its event loop (`mediagen.worker.Worker`). A heartbeat older
-than HEARTBEAT_TTL means that loop is stuck or its process gone. The API counts the fresh ones
+HEARTBEAT_TTL / 3 seconds, from its event loop (`mediagen.worker_services.Worker`). A heartbeat
+older than HEARTBEAT_TTL means that loop is stuck or its process gone. The API counts the fresh ones
 (`/api/v1/health`); a worker's own readiness (`GET /readyz` on its port) reads its own; and
 `mediagen worker-check`, a probe run beside the worker, reads those of its host.
 

@@ -509,7 +509,7 @@ def _decode(raw: bytes) -> tuple[str, list[Any], dict[str, Any]]:
 class InProcessWorker:
     """What a Celery worker does with mediagen's queue, on the test's event loop: it takes each
     message the API (or a step) put in Redis, waits for its ETA, and runs it as the task of
-    that name does, with the worker process's own parts (`mediagen.worker.Worker`: the pipeline,
+    that name does, with the worker process's own parts (`mediagen.worker_services.Worker`: the pipeline,
     the providers, the storage, the outbox, the webhook deliverer and the heartbeat)."""
 
     CONCURRENCY = 8  # the worker processes' `-c 8`
@@ -525,7 +525,7 @@ class InProcessWorker:
     async def open(self) -> InProcessWorker:
         import redis.asyncio as aioredis
 
-        from mediagen.worker import Worker
+        from mediagen.worker_services import Worker
 
         self.worker = await Worker.open(self.settings)
         self.pipeline = self.worker.pipeline

@@ -1,5 +1,5 @@
 """Celery tasks: thin wrappers that pass ids and run one step on the process's event loop
-(`mediagen.worker.Worker`: the pipeline's step, then the step it asks for next published).
+(`mediagen.worker_services.Worker`: the pipeline's step, then the step it asks for next published).
 Results are ignored: Postgres holds the state.
 
 Each first adopts the request id its message carries and the job it is about

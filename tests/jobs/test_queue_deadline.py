@@ -6,7 +6,7 @@ comes first.
 
 The application runs in this process on a queue of its own that no worker consumes, so its jobs
 stay pending for as long as a test likes. The test plays the worker with the worker's own parts
-(`mediagen.worker.Worker`): it sweeps, starts a job when it means to, and runs every other task
+(`mediagen.worker_services.Worker`): it sweeps, starts a job when it means to, and runs every other task
 message the application and the sweep published (webhook deliveries, batch settles), over
 real Postgres, Redis and HTTP."""
 
@@ -43,7 +43,7 @@ from mediagen.keys.models import ApiKey
 from mediagen.notify import DELIVER_TASK
 from mediagen.scheduling import pool_of, queue_position
 from mediagen.scheduling.queues import HELD
-from mediagen.worker import Worker
+from mediagen.worker_services import Worker
 from tests.conftest import ROOT
 from tests.receiver import Receiver, receiving
 from tests.stack import InProcess, _decode, in_process
