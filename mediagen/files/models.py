@@ -4,6 +4,7 @@ and the bytes each key keeps in them, for its storage quota."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from tortoise import fields
 from tortoise.models import Model
@@ -22,6 +23,11 @@ class InputFile(Model):
     filename = fields.CharField(max_length=255)
     content_type = fields.CharField(max_length=100)
     size = fields.BigIntField()
+    # Hex digests of its bytes, taken as they were stored (none for files kept before they were).
+    sha256 = fields.CharField(max_length=64, null=True)
+    md5 = fields.CharField(max_length=32, null=True)
+    # What the uploader asked to keep with it (Replicate's files API: `metadata`).
+    metadata: dict[str, Any] | None = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     expires_at = fields.DatetimeField(db_index=True)
 

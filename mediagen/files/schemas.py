@@ -17,6 +17,10 @@ class FileInfo(BaseModel):
     filename: str = Field(description="The name it was uploaded under.")
     content_type: str = Field(description="Its media type, found from its bytes.")
     size: int = Field(description="In bytes.")
+    sha256: str | None = Field(
+        description="SHA-256 of its bytes, in hex (null for a file kept before the service "
+        "took it)."
+    )
     created_at: datetime
     expires_at: datetime = Field(
         description="When it is deleted (FILE_TTL after upload, later while a job uses it)."

@@ -8,10 +8,11 @@ owner's storage quota (`mediagen.files.quota`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,8 @@ from mediagen.keys.owners import owned, owner_id
 from mediagen.storage.base import Body, Storage
 
 log = logging.getLogger(__name__)
+# What an uploader asked to keep with a file, read once its bytes are stored (`store`).
+Metadata = Callable[[], dict[str, Any] | None]
 _storage: Storage | None = None
 
 
@@ -121,18 +124,23 @@ async def store(
     file_id: uuid.UUID | None = None,
     max_pixels: int | None = None,
     quota: int = 0,
+    metadata: Metadata | None = None,
 ) -> InputFile:
-    """Store `body` as an input file of `owner` kept `ttl` seconds: 415 if its bytes are not
-    media we accept, 413 past `limit` bytes, for an image over `max_pixels` (by default
-    `Settings.max_input_pixels`) or (`storage_quota_exceeded`) past the owner's `quota` of
-    bytes kept (0: none); nothing kept in any case."""
+    """Store `body` as an input file of `owner` kept `ttl` seconds, with its checksums and
+    what `metadata()` gives once the body is stored (a form's fields after the file are read by
+    then): 415 if its bytes are not media we accept, 413 past `limit` bytes, for an image over
+    `max_pixels` (by default `Settings.max_input_pixels`) or (`storage_quota_exceeded`) past
+    the owner's `quota` of bytes kept (0: none), or what `metadata()` raises; nothing kept in
+    any case."""
     file_id = file_id or uuid.uuid4()
     await quotas.check_room(owner, quota)
     pixels = max_pixels or get_settings().max_input_pixels
     content_type, ext, checked = await _typed(body, limit, pixels)
     key = storage_key(storage, file_id, ext)
-    size = await storage.save(key, checked, content_type)
+    digests = Digests()
+    size = await storage.save(key, digests.of(checked), content_type)
     try:
+        kept = metadata() if metadata is not None else None
         async with in_transaction() as connection:  # the row and its bytes in the count
             await quotas.take(connection, owner, size, quota)
             return await InputFile.create(
@@ -142,6 +150,9 @@ async def store(
                 filename=clean_filename(filename),
                 content_type=content_type,
                 size=size,
+                sha256=digests.sha256.hexdigest(),
+                md5=digests.md5.hexdigest(),
+                metadata=kept,
                 expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
                 using_db=connection,
             )
@@ -150,8 +161,35 @@ async def store(
         raise
 
 
+class Digests:
+    """SHA-256 and MD5 of a body, taken as it streams to storage (one pass over its bytes)."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)  # Replicate's files API gives both
+
+    def of(self, body: Body) -> Body:
+        """`body`, each of its chunks also added to the digests."""
+        if isinstance(body, bytes):
+            self.sha256.update(body)
+            self.md5.update(body)
+            return body
+        return self._streamed(body)
+
+    async def _streamed(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in body:
+            self.sha256.update(chunk)
+            self.md5.update(chunk)
+            yield chunk
+
+
 async def upload(
-    storage: Storage, settings: Settings, body: Body, owner: ApiKey | None, filename: str
+    storage: Storage,
+    settings: Settings,
+    body: Body,
+    owner: ApiKey | None,
+    filename: str,
+    metadata: Metadata | None = None,
 ) -> InputFile:
     """Store a file a caller uploads (`/api/v1/files`, `/v1/files`), kept FILE_TTL, within
     MAX_FILE_BYTES, MAX_INPUT_PIXELS and the key's STORAGE_QUOTA_BYTES (`store`)."""
@@ -164,6 +202,7 @@ async def upload(
         limit=settings.max_file_bytes,
         max_pixels=settings.max_input_pixels,
         quota=settings.storage_quota_bytes,
+        metadata=metadata,
     )
 
 
@@ -189,6 +228,7 @@ async def describe(row: InputFile, storage: Storage) -> dict[str, Any]:
         "filename": row.filename,
         "content_type": row.content_type,
         "size": row.size,
+        "sha256": row.sha256,
         "created_at": row.created_at,
         "expires_at": row.expires_at,
     }

@@ -1,9 +1,9 @@
 """The `file` part of a multipart/form-data body, read as it arrives (never whole in memory).
 
 A small parser of our own rather than `request.form()` (which spools the whole body first) or
-a dependency: an upload is one part we want and a few we skip, and the one rule that matters is
-that a part's bytes are passed on as they come, holding back only what could be the start of
-the next boundary.
+a dependency: an upload is one part we want and a few small fields around it, and the one rule
+that matters is that a part's bytes are passed on as they come, holding back only what could be
+the start of the next boundary.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from mediagen.errors import InvalidInputError, PayloadTooLargeError
 
 MAX_HEADERS = 16 * 1024  # one part's headers
-MAX_FIELD = 1024  # what is kept of a text field beside the file (a file name)
+MAX_FIELD = 16 * 1024  # what is kept of a text field beside the file (a name, JSON metadata)
 OVERHEAD = 64 * 1024  # what the form may add around the file: boundaries, headers, small fields
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;,"]{1,70}))', re.IGNORECASE)
 _PARAM = re.compile(r';\s*([A-Za-z*]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
@@ -52,7 +52,9 @@ def capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
 class Part:
     filename: str
     body: AsyncIterator[bytes]
-    fields: dict[str, str]  # the small text fields wanted that came before the file
+    # The small text fields wanted: those before the file at once, those after it (the first
+    # of a name kept) once `body` has been read to its end.
+    fields: dict[str, str]
 
 
 class _Reader:
@@ -127,8 +129,9 @@ async def file_part(
     field: str = "file",
     wanted: frozenset[str] = frozenset(),
 ) -> Part:
-    """The part named `field`, its body streaming; the `wanted` text fields before it are
-    kept (those after it are never read), other parts before it read and dropped."""
+    """The part named `field`, its body streaming; the `wanted` text fields around it are kept
+    (those after it when its body is read to the end: whoever stores the body finds them in
+    `Part.fields` once it is done), other parts read and dropped."""
     reader = _Reader(chunks, boundary)
     await reader._until(reader.delimiter, OVERHEAD)  # a preamble, usually empty
     fields: dict[str, str] = {}
@@ -141,12 +144,31 @@ async def file_part(
             )
             return Part(
                 filename.replace("\\", "/").rpartition("/")[2][:255] or "upload",
-                reader.body(),
+                _then_fields(reader, wanted, fields),
                 fields,
             )
-        if name in wanted:
-            fields[name] = await _text(reader.body())
-            continue
-        async for _ in reader.body():
-            pass
+        await _field(reader, name, wanted, fields)
     raise InvalidInputError(f"the form has no field named `{field}`")
+
+
+async def _field(
+    reader: _Reader, name: str, wanted: frozenset[str], fields: dict[str, str]
+) -> None:
+    """The current part: kept in `fields` if `wanted` (and not seen yet), else read and dropped."""
+    if name in wanted and name not in fields:
+        fields[name] = await _text(reader.body())
+        return
+    async for _ in reader.body():
+        pass
+
+
+async def _then_fields(
+    reader: _Reader, wanted: frozenset[str], fields: dict[str, str]
+) -> AsyncIterator[bytes]:
+    """The file's bytes, then the rest of the form read for its `wanted` fields (Replicate's
+    JavaScript client sends `metadata` after `content`). The body's capped size bounds it."""
+    async for chunk in reader.body():
+        yield chunk
+    while (headers := await reader.next_part()) is not None:
+        params = _disposition(headers.get("content-disposition", ""))
+        await _field(reader, params.get("name", ""), wanted, fields)

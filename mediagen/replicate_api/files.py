@@ -10,11 +10,13 @@ is a `urls.get` of this service takes it as that file of the caller's
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from mediagen.base_url import service_root
-from mediagen.errors import NotFoundError
+from mediagen.errors import InvalidInputError, NotFoundError
 from mediagen.files import service, upload
 from mediagen.files.models import InputFile
 from mediagen.files.router import upload_limit
@@ -28,7 +30,17 @@ router = APIRouter(tags=["replicate"])
 PATH = FILES_PATH
 FIELD = "content"  # the form field of the file, as Replicate names it
 PAGE_SIZE = 100
-_LISTED = ("id", "filename", "content_type", "size", "created_at", "expires_at")
+_LISTED = (
+    "id",
+    "filename",
+    "content_type",
+    "size",
+    "sha256",
+    "md5",
+    "metadata",
+    "created_at",
+    "expires_at",
+)
 _UPLOAD_BODY = {
     "required": True,
     "content": {
@@ -44,7 +56,11 @@ _UPLOAD_BODY = {
                         "comes before `content` (by default the name `content` was sent with).",
                     },
                     "type": {"type": "string", "description": "Ignored: found from the bytes."},
-                    "metadata": {"type": "string", "description": "Ignored: not kept."},
+                    "metadata": {
+                        "type": "string",
+                        "description": "A JSON object to keep with the file (at most "
+                        f"{upload.MAX_FIELD} bytes).",
+                    },
                 },
             }
         }
@@ -60,12 +76,30 @@ def file_of(row: InputFile, base: str) -> ReplicateFile:
         content_type=row.content_type,
         size=row.size,
         etag=f'"{row.id.hex}"',
-        checksums={},
-        metadata={},
+        checksums={"sha256": row.sha256, "md5": row.md5} if row.sha256 and row.md5 else {},
+        metadata=row.metadata or {},
         created_at=timestamp(row.created_at) or "",
         expires_at=timestamp(row.expires_at) or "",
         urls=FileUrls(get=f"{file_urls(base)}{row.id}"),
     )
+
+
+def metadata_of(text: str | None) -> dict[str, Any] | None:
+    """The `metadata` field as Replicate's clients send it: a JSON object (422 for anything
+    else, and for a NUL character, which Postgres cannot keep)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise InvalidInputError(
+            f"`metadata` is not JSON (a JSON object of at most {upload.MAX_FIELD} bytes)"
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInputError("`metadata` must be a JSON object")
+    if b"\\u0000" in orjson.dumps(value):
+        raise InvalidInputError("`metadata` must not contain NUL characters")
+    return value
 
 
 @router.post(
@@ -96,9 +130,16 @@ async def create_file(request: Request, caller: Caller) -> Response:
     base = service_root(request)  # a refused Host stores nothing
     boundary = upload.boundary_of(request.headers.get("content-type"), FIELD)
     body = upload.capped(request.stream(), upload_limit(state.settings.max_file_bytes))
-    part = await upload.file_part(body, boundary, FIELD, frozenset({"filename"}))
+    part = await upload.file_part(body, boundary, FIELD, frozenset({"filename", "metadata"}))
     name = part.fields.get("filename") or part.filename
-    row = await service.upload(state.storage, state.settings, part.body, caller, name)
+    row = await service.upload(
+        state.storage,
+        state.settings,
+        part.body,
+        caller,
+        name,
+        lambda: metadata_of(part.fields.get("metadata")),  # before or after `content`
+    )
     return json_response(file_of(row, base).model_dump(mode="json"), 201)
 
 

@@ -140,8 +140,11 @@ class ReplicateFile(BaseModel):
     content_type: str = Field(description="Its media type, found from its bytes.")
     size: int = Field(description="In bytes.")
     etag: str = Field(description="Stands for its bytes, which never change under an id.")
-    checksums: dict[str, str] = Field(description="Not computed: always empty.")
-    metadata: dict[str, Any] = Field(description="Not kept: always empty.")
+    checksums: dict[str, str] = Field(
+        description="`sha256` and `md5` of its bytes, in hex (empty for a file kept before "
+        "the service took them)."
+    )
+    metadata: dict[str, Any] = Field(description="What the upload's `metadata` gave, or `{}`.")
     created_at: str
     expires_at: str = Field(
         description="When it is deleted (FILE_TTL after upload, later while a prediction uses it)."

@@ -4,6 +4,7 @@ ownership, use by a job (image-to-image), refusals at submit, and the expiry hoo
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,7 @@ async def test_upload_then_read_back_by_url(client: httpx.AsyncClient) -> None:
     assert info["uri"] == f"mediagen://files/{info['id']}"
     assert info["content_type"] == "image/png"  # from the bytes, not the declared type
     assert info["size"] == len(data) and info["filename"] == "red square.png"
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
     created_at = datetime.fromisoformat(info["created_at"])
     expires_at = datetime.fromisoformat(info["expires_at"])
     assert timedelta(hours=23) < expires_at - created_at <= timedelta(hours=24, seconds=5)
@@ -160,6 +162,7 @@ async def test_data_uri_is_stored_as_a_file_at_submit(client: httpx.AsyncClient)
     assert stored == f"mediagen://files/{made_id(job['job_id'], 'image')}"  # deleted with the job
     info = (await client.get(f"/api/v1/files/{stored.rsplit('/', 1)[1]}")).json()
     assert info["content_type"] == "image/png" and info["size"] == len(data)
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
     assert (await client.get(info["url"])).content == data
     output = (await client.get(job["result_url"])).content
     r, _, b = mean_color(output, (0, 0, 1, 0.5))

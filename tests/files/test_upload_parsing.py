@@ -84,26 +84,33 @@ def _field(name: str, value: bytes) -> bytes:
     )
 
 
-async def test_wanted_fields_before_the_file_are_kept() -> None:
-    """Replicate's form: `content`, with a `filename` field; one after the file is never read."""
+async def test_wanted_fields_around_the_file_are_kept() -> None:
+    """Replicate's form: `content`, with `filename` and `metadata` fields. One before the file is
+    there at once; one after it once the file's body was read to its end; of two with one name,
+    the first."""
     data = (
         _field("filename", "chosen ✓.png".encode())
         + _field("type", b"image/png")
         + b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="content"; '
         + b'filename="sent.bin"\r\n\r\nPNGDATA\r\n'
         + _field("filename", b"late.png")
+        + _field("other", b"dropped")
+        + _field("metadata", b'{"purpose": "test"}')
         + b"--" + BOUNDARY + b"--\r\n"
     )
-    part = await file_part(_chunks(data, 5), BOUNDARY, "content", frozenset({"filename"}))
+    wanted = frozenset({"filename", "metadata"})
+    part = await file_part(_chunks(data, 5), BOUNDARY, "content", wanted)
     assert part.fields == {"filename": "chosen ✓.png"}  # `type` is not wanted
     assert part.filename == "sent.bin"
     assert b"".join([chunk async for chunk in part.body]) == b"PNGDATA"
+    assert part.fields == {"filename": "chosen ✓.png", "metadata": '{"purpose": "test"}'}
     with pytest.raises(InvalidInputError, match="`content`"):  # the `file` field is not it
         await file_part(_chunks(_form(b"x"), 64), BOUNDARY, "content")
 
 
 async def test_a_wanted_field_is_kept_up_to_max_field_bytes() -> None:
-    data = _field("filename", b"x" * 5000) + _form(b"PNG")[len(b"preamble to ignore\r\n") :]
+    data = _field("filename", b"x" * (MAX_FIELD + 5000))
+    data += _form(b"PNG")[len(b"preamble to ignore\r\n") :]
     part = await file_part(_chunks(data, 100), BOUNDARY, wanted=frozenset({"filename"}))
     assert part.fields == {"filename": "x" * MAX_FIELD}
     assert b"".join([chunk async for chunk in part.body]) == b"PNG"

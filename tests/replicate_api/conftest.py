@@ -29,7 +29,7 @@ from tests.support import Proc, free_port, wait_for
 READS = 3  # reads per minute per key on the `limited` API
 SLOW = 5.0  # seconds a job of the `slow` stack takes
 NAMES = ("alice", "bob", "lister", "carol", "jsuser", "jslister", "jsreader", "filer", "filethief",
-         "filelister", "jsfiler")
+         "filelister", "jsfiler", "filemeta")
 
 
 @dataclass

@@ -7,6 +7,7 @@ same URL as its input."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -55,6 +56,10 @@ def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
+def _checksums(data: bytes) -> dict[str, str]:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+
+
 def _noise_png(side: int) -> bytes:
     """A PNG that does not compress: side*side*3 bytes and more."""
     rng = random.Random(side)
@@ -74,7 +79,8 @@ def test_create_get_list_delete(stack: Stack, tmp_path: Path) -> None:
     assert made.size == len(data)
     assert made.urls == {"get": f"{stack.tls}/v1/files/{made.id}"}
     assert made.created_at.endswith("Z") and made.expires_at and made.expires_at > made.created_at
-    assert made.etag and made.checksums == {} and made.metadata == {}
+    assert made.etag and made.checksums == _checksums(data)
+    assert made.metadata == {"purpose": "test"}
 
     assert client.files.get(made.id) == made
     assert made.id in [item.id for item in client.files.list()]
@@ -190,6 +196,40 @@ def test_upload_errors_are_problem_details(stack: Stack) -> None:
         _problem(http.delete(f"{url}/{UNKNOWN}", headers=headers), 404)
 
 
+@pytest.mark.parametrize("metadata, error", [
+    ("not json", "not JSON"),
+    ('["a list"]', "must be a JSON object"),
+    ('{"nul": "a\\u0000b"}', "NUL"),
+    ('{"long": "' + "x" * 20_000 + '"}', "at most 16384 bytes"),
+])
+def test_metadata_that_is_not_a_json_object_is_422_and_keeps_nothing(
+        stack: Stack, metadata: str, error: str) -> None:
+    """Before the file (Python's client) or after it (JavaScript's): refused either way, and the
+    bytes already stored are deleted."""
+    url, headers = f"{stack.tls}/v1/files", _headers(stack, "filemeta")
+    with httpx.Client(verify=stack.verify(), headers=headers, timeout=30) as http:
+        before = http.post(url, data={"metadata": metadata},
+                           files={"content": ("a.png", png(RED), "image/png")})
+        assert error in _problem(before, 422)["detail"]
+        after = http.post(url, content=_form_after(metadata), headers={
+            "content-type": "multipart/form-data; boundary=mediagen-test"})
+        assert error in _problem(after, 422)["detail"]
+        assert http.get(url).json()["results"] == []
+        kept = http.post(url, content=_form_after('{"kept": [1, "two"]}'), headers={
+            "content-type": "multipart/form-data; boundary=mediagen-test"})
+        assert kept.status_code == 201 and kept.json()["metadata"] == {"kept": [1, "two"]}
+        http.delete(f"{url}/{kept.json()['id']}")
+
+
+def _form_after(metadata: str) -> bytes:
+    """A form whose `metadata` comes after `content`, as Replicate's JavaScript client sends it."""
+    return (b'--mediagen-test\r\nContent-Disposition: form-data; name="content"; '
+            b'filename="a.png"\r\nContent-Type: image/png\r\n\r\n' + png(RED)
+            + b'\r\n--mediagen-test\r\nContent-Disposition: form-data; name="metadata"; '
+            b'filename="blob"\r\nContent-Type: application/json\r\n\r\n' + metadata.encode()
+            + b"\r\n--mediagen-test--\r\n")
+
+
 def test_upload_larger_than_a_request_body_and_named_by_the_form(stack: Stack) -> None:
     """Past MAX_BODY_BYTES (64 KiB): an upload streams under MAX_FILE_BYTES instead. A
     `filename` field before `content` names the file."""
@@ -202,7 +242,8 @@ def test_upload_larger_than_a_request_body_and_named_by_the_form(stack: Stack) -
     assert response.status_code == 201, response.text
     made = response.json()
     assert made["name"] == "chosen.png" and made["content_type"] == "image/png"
-    assert made["size"] == len(data)
+    assert made["size"] == len(data) and made["checksums"] == _checksums(data)
+    assert made["metadata"] == {}  # none given
 
 
 def test_list_pages_follow_next_and_previous(stack: Stack) -> None:

@@ -8,6 +8,7 @@ fail under CI and skip elsewhere, as the other tool-bound tests do."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -188,7 +189,11 @@ def test_files_create_get_list_delete(stack: Stack, run_step: Any) -> None:
     seen = run_step("files")
     made = seen["made"]
     assert made["content_type"] == "image/png" and made["size"] == seen["size"]
-    assert made["name"].startswith("blob") and made["metadata"] == {}
+    assert made["name"].startswith("blob")
+    assert made["metadata"] == {"purpose": "test"}  # its form sends it after the file
+    data = png(RED, (128, 128))  # the config's image
+    assert made["checksums"] == {"sha256": hashlib.sha256(data).hexdigest(),
+                                 "md5": hashlib.md5(data).hexdigest()}
     assert made["urls"] == {"get": f"{stack.tls}/v1/files/{made['id']}"}
     assert seen["got"] == made and made["id"] in seen["listed"]
     assert seen["deleted"] is True and seen["afterStatus"] == 404
