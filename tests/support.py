@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from mediagen.jobs.states import TERMINAL  # the server's own (a plain enum: safe to import early)
+from mediagen.limits.rates import WINDOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +105,14 @@ async def submit(client: httpx.AsyncClient, prompt: str, **parameters: Any) -> s
                                  json={"prompt": prompt, "parameters": parameters})
     assert response.status_code == 201, response.text
     return str(response.json()["job_id"])
+
+
+async def in_one_rate_window(needed: float = 10.0) -> None:
+    """Wait, if need be, until the current rate-limit window (fixed minutes: WINDOW) has
+    `needed` seconds left, so that requests meant to share one window do not straddle two."""
+    left = WINDOW - time.time() % WINDOW
+    if left < needed:
+        await asyncio.sleep(left + 0.05)
 
 
 async def wait_terminal(client: httpx.AsyncClient, job_id: str,

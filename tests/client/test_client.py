@@ -25,7 +25,7 @@ from mediagen.client import (
 from mediagen.jobs.retention import EXPIRED_NOTE
 from tests.conftest import REDIS, start_api
 from tests.stack import new_key
-from tests.support import Proc, expire
+from tests.support import Proc, expire, in_one_rate_window
 
 SMALL = {"width": 64, "height": 64}
 
@@ -172,6 +172,7 @@ async def test_rate_limit_raises_with_retry_after(database: str) -> None:
     )
     try:
         async with AsyncClient(url, max_retries=0) as mg:
+            await in_one_rate_window()
             await mg.generate("one", **SMALL)
             await mg.generate("two", **SMALL)
             with pytest.raises(RateLimitedError) as limited:

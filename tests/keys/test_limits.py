@@ -14,6 +14,7 @@ from mediagen.db import pool
 from tests.conftest import TEST_ENV
 from tests.files.images import png
 from tests.stack import app, create_key
+from tests.support import in_one_rate_window
 
 MEDIA = Path(TEST_ENV["LOCAL_STORAGE_PATH"])
 BODY = {"prompt": "a limited edition", "parameters": {"width": 64, "height": 64}}
@@ -22,6 +23,7 @@ BODY = {"prompt": "a limited edition", "parameters": {"width": 64, "height": 64}
 async def test_rate_limit_answers_429_with_retry_after(database: str) -> None:
     # A Redis database of its own: the anonymous counter must not include earlier tests' POSTs.
     async with app({"RATE_LIMIT_PER_MINUTE": "3", "MAX_JOBS_IN_FLIGHT": "0"}) as client:
+        await in_one_rate_window()
         codes = [(await client.post("/api/v1/generate", json=BODY)).status_code
                  for _ in range(3)]
         limited = await client.post("/api/v1/generate", json=BODY)

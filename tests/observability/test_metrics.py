@@ -35,7 +35,7 @@ from mediagen.observability import metrics
 from mediagen.scheduling import Queues, Taken, pool_of
 from tests.conftest import DATABASES, REDIS, TMP, start_api
 from tests.receiver import Receiver, receiving
-from tests.support import Proc, free_port, submit, wait_for, wait_terminal
+from tests.support import Proc, free_port, in_one_rate_window, submit, wait_for, wait_terminal
 
 REDIS_DB = REDIS.fresh()
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"metrics-webhooks-test-secret-32b").decode()
@@ -231,6 +231,7 @@ async def test_rate_limit_refusals_are_counted(fresh_database: str) -> None:
                                              "RATE_LIMIT_PER_MINUTE": "2", "FAST_PATHS": "true"})
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await in_one_rate_window()
             codes = [(await client.post("/api/v1/generate", json={
                 "prompt": "a limited hare", "parameters": {"width": 64, "height": 64}})).status_code
                 for _ in range(4)]
